@@ -1,0 +1,36 @@
+# SD3 Lab: the two commands of the README are `make run` and `make test`.
+# Both install what is missing first (scripts/setup.sh is idempotent and fast once done).
+CARGO ?= cargo
+SETUP_FLAGS ?=
+
+.PHONY: setup build run test doctor bench-blas fmt lint
+
+setup:
+	scripts/setup.sh $(SETUP_FLAGS)
+
+build: setup
+	$(CARGO) build --release --locked
+
+# Starts the program. Until the desktop app lands, `sd3lab` runs its self-check (doctor).
+run: build
+	target/release/sd3lab
+
+doctor: build
+	target/release/sd3lab doctor
+
+# The whole test suite (unit, integration, numpy interop), in release mode: the MLX tests
+# run real numerics and the build is shared with `make run`.
+test: build
+	$(CARGO) test --release --locked --workspace
+	@echo "make test: all tests passed"
+
+# Reference BLAS vs OpenBLAS, side by side in one run (builds a second, reference-BLAS binary).
+bench-blas: build
+	scripts/bench-blas.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings

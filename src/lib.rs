@@ -1,0 +1,7 @@
+//! SD3 Lab: post-training quantization research on Stable Diffusion 3 medium with MLX.
+//!
+//! Every job is a library function with a typed configuration; the `sd3lab` binary (CLI) and,
+//! later, the desktop app are thin shells over these modules. See `ARCHITECTURE.md`.
+
+pub mod calib;
+pub mod runtime;

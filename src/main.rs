@@ -1,0 +1,44 @@
+//! The `sd3lab` command line: parses flags, builds validated configs, calls the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(
+    name = "sd3lab",
+    version,
+    about = "Post-training quantization lab for Stable Diffusion 3 medium on MLX"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check MLX, the backend, the CPU BLAS and memory; benchmark an f32 GEMM.
+    Doctor(cli::DoctorArgs),
+    /// List the samples of a calibration directory with a summary.
+    Samples(cli::SamplesArgs),
+}
+
+fn main() -> ExitCode {
+    // Must run before anything else: it may restart the process with faster BLAS kernels.
+    sd3lab::runtime::blas::select_cpu_kernels();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Doctor(args)) => cli::doctor(&args),
+        Some(Command::Samples(args)) => cli::samples(&args),
+        None => cli::default_action(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
