@@ -1,11 +1,14 @@
 //! Subcommand implementations: each turns parsed flags into a library call and prints the result.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 
+use sd3lab::calib::{Bucket, CalibrationSet, OpenOptions, SampleFilter};
 use sd3lab::runtime::{DoctorOptions, run_doctor};
 
 #[derive(Args)]
@@ -58,8 +61,128 @@ pub fn default_action() -> anyhow::Result<ExitCode> {
 }
 
 #[derive(Args)]
-pub struct SamplesArgs {}
+pub struct SamplesArgs {
+    /// Calibration directory.
+    #[arg(long, default_value = "calibration_data")]
+    calib_dir: PathBuf,
+    /// Only the first N images.
+    #[arg(long)]
+    max_images: Option<usize>,
+    /// Every k-th step of each image, starting at step 0.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    step_stride: Option<u64>,
+    /// Only samples of this step bucket (early, mid, late).
+    #[arg(long)]
+    bucket: Option<Bucket>,
+    /// Print one JSON document (schema `sd3lab.samples/1`, see the README).
+    #[arg(long)]
+    json: bool,
+    /// Fail on the first bad file instead of skipping it.
+    #[arg(long)]
+    strict: bool,
+}
 
-pub fn samples(_args: &SamplesArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+pub fn samples(args: &SamplesArgs) -> anyhow::Result<ExitCode> {
+    let options = OpenOptions {
+        strict: args.strict,
+        ..OpenOptions::default()
+    };
+    let set = CalibrationSet::open(&args.calib_dir, &options)?;
+    let filter = SampleFilter {
+        max_images: args.max_images,
+        step_stride: args.step_stride.map(|k| k as usize),
+        bucket: args.bucket,
+    };
+    let selected = set.select(&filter);
+    let summary = CalibrationSet::summarize(&selected);
+    if args.json {
+        let doc = samples_json(&set, &filter, &selected, &summary);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:>6} {:>5} {:<6} {:>10} {:>10}  file",
+        "image", "step", "bucket", "timestep", "sigma"
+    )?;
+    for s in &selected {
+        writeln!(
+            out,
+            "{:>6} {:>5} {:<6} {:>10.4} {:>10.6}  {}",
+            s.image, s.step, s.bucket, s.timestep, s.sigma, s.file
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(out, "directory   {}", set.dir().display())?;
+    let manifest = match set.manifest() {
+        Some(m) => {
+            let show = |v: Option<u64>| v.map_or("absent".to_owned(), |n| n.to_string());
+            format!(
+                "manifest.json (n_completed {}, num_steps {})",
+                show(m.n_completed),
+                show(m.num_steps)
+            )
+        }
+        None => "no manifest.json (steps and images inferred from the files)".to_owned(),
+    };
+    writeln!(out, "manifest    {manifest}")?;
+    writeln!(
+        out,
+        "set         {} images × {} steps, {} samples",
+        set.num_images(),
+        set.num_steps(),
+        set.samples().len()
+    )?;
+    for (key, t) in set.reference_tensors() {
+        writeln!(out, "  {:<20} {:?} {}", key.name(), t.shape, t.dtype)?;
+    }
+    let buckets: Vec<String> = summary
+        .buckets
+        .iter()
+        .map(|(b, n)| format!("{b} {n}"))
+        .collect();
+    writeln!(
+        out,
+        "selected    {} samples of {} images ({}), {:.1} MB",
+        summary.samples,
+        summary.images,
+        buckets.join(", "),
+        summary.bytes as f64 / 1e6
+    )?;
+    writeln!(out, "problems    {}", set.problems().len())?;
+    drop(out);
+    for p in set.problems() {
+        eprintln!("problem: {p}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `--json` document; its schema is documented in the README.
+fn samples_json(
+    set: &CalibrationSet,
+    filter: &SampleFilter,
+    selected: &[&sd3lab::calib::SampleMeta],
+    summary: &sd3lab::calib::Summary,
+) -> serde_json::Value {
+    serde_json::json!({
+        "schema": "sd3lab.samples/1",
+        "calib_dir": set.dir(),
+        "manifest": set.manifest().map(|m| serde_json::json!({
+            "n_completed": m.n_completed,
+            "num_steps": m.num_steps,
+            "has_sample_files": m.sample_files.is_some(),
+        })),
+        "num_images": set.num_images(),
+        "num_steps": set.num_steps(),
+        "total_samples": set.samples().len(),
+        "tensors": set.reference_tensors(),
+        "filter": filter,
+        "summary": summary,
+        "samples": selected,
+        "problems": set.problems().iter().map(|p| serde_json::json!({
+            "file": p.file,
+            "message": p.to_string(),
+        })).collect::<Vec<_>>(),
+    })
 }

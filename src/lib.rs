@@ -4,4 +4,5 @@
 //! later, the desktop app are thin shells over these modules. See `ARCHITECTURE.md`.
 
 pub mod calib;
+pub mod fsutil;
 pub mod runtime;

@@ -1,0 +1,315 @@
+//! `.npz` archives (what `np.savez` / `np.savez_compressed` write): a zip of `.npy` members.
+//!
+//! Reading opens only the zip's central directory; each member is located and inflated on
+//! demand, and reading a member's header inflates only its first bytes, so a sample's small
+//! arrays never cost reading its large ones. Member data is read into a buffer sized from the
+//! `.npy` header after checking it against the zip directory and a byte limit, and never more
+//! than that is inflated: a zip bomb or a lying directory cannot exhaust memory.
+//! Writing goes to a temporary file in the destination folder, synced, then renamed.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use zip::ZipArchive;
+use zip::result::ZipError;
+use zip::write::SimpleFileOptions;
+
+use super::npy::{self, NpyArray, NpyError, NpyHeader};
+
+/// Largest array a member may hold unless the caller says otherwise (4 GiB).
+pub const DEFAULT_MAX_ARRAY_BYTES: u64 = 4 << 30;
+
+/// An error reading or writing one archive, naming the file (and member).
+#[derive(Debug, thiserror::Error)]
+pub enum NpzError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid .npz (zip) archive: {source}")]
+    Zip { path: PathBuf, source: ZipError },
+    #[error("{path}: member '{member}': {source}")]
+    Member {
+        path: PathBuf,
+        member: String,
+        source: NpyError,
+    },
+    #[error("{path}: member '{member}': {reason}")]
+    Corrupt {
+        path: PathBuf,
+        member: String,
+        reason: String,
+    },
+    #[error("{path}: no array named '{name}' (has: {available})")]
+    Missing {
+        path: PathBuf,
+        name: String,
+        available: String,
+    },
+}
+
+/// A member's name, dtype, shape and sizes, from its `.npy` header and the zip directory.
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    /// Array name (the member's file name without `.npy`).
+    pub name: String,
+    pub header: NpyHeader,
+    pub compressed_size: u64,
+    pub uncompressed_size: u64,
+}
+
+/// A read-only view of an `.npz` file.
+pub struct NpzReader {
+    path: PathBuf,
+    archive: ZipArchive<BufReader<File>>,
+    /// Member file names, in archive order.
+    members: Vec<String>,
+    max_array_bytes: u64,
+}
+
+impl NpzReader {
+    /// Opens the archive and reads its central directory (nothing else).
+    pub fn open(path: &Path) -> Result<Self, NpzError> {
+        let file = File::open(path).map_err(|source| NpzError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let zip_err = |source| NpzError::Zip {
+            path: path.to_owned(),
+            source,
+        };
+        let archive =
+            ZipArchive::new(BufReader::with_capacity(16 * 1024, file)).map_err(zip_err)?;
+        let members = archive
+            .file_names()
+            .map(|n| n.map(|n| n.into_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(zip_err)?;
+        Ok(Self {
+            path: path.to_owned(),
+            archive,
+            members,
+            max_array_bytes: DEFAULT_MAX_ARRAY_BYTES,
+        })
+    }
+
+    /// Sets the largest array (in bytes) [`read`](Self::read) accepts.
+    pub fn with_max_array_bytes(mut self, limit: u64) -> Self {
+        self.max_array_bytes = limit;
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Array names in archive order.
+    pub fn names(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|n| n.strip_suffix(".npy").unwrap_or(n).to_owned())
+            .collect()
+    }
+
+    fn member_name(&self, name: &str) -> Option<String> {
+        let with_ext = format!("{name}.npy");
+        self.members
+            .iter()
+            .find(|n| **n == with_ext || *n == name)
+            .cloned()
+    }
+
+    fn missing(&self, name: &str) -> NpzError {
+        NpzError::Missing {
+            path: self.path.clone(),
+            name: name.to_owned(),
+            available: self.names().join(", "),
+        }
+    }
+
+    fn member_err(&self, member: &str, source: NpyError) -> NpzError {
+        NpzError::Member {
+            path: self.path.clone(),
+            member: member.to_owned(),
+            source,
+        }
+    }
+
+    /// Reads one member's `.npy` header (inflating only its first bytes).
+    pub fn info(&mut self, name: &str) -> Result<MemberInfo, NpzError> {
+        let member = self.member_name(name).ok_or_else(|| self.missing(name))?;
+        let mut file = match self.archive.by_name(&member) {
+            Ok(f) => f,
+            Err(e) => return Err(member_zip_err(&self.path, &member, e)),
+        };
+        let (compressed_size, uncompressed_size) = (file.compressed_size(), file.size());
+        let header = npy::read_header(&mut file);
+        drop(file);
+        let header = header.map_err(|e| self.member_err(&member, e))?;
+        if let Some(reason) = size_problem(&header, uncompressed_size) {
+            return Err(NpzError::Corrupt {
+                path: self.path.clone(),
+                member,
+                reason,
+            });
+        }
+        Ok(MemberInfo {
+            name: name.to_owned(),
+            header,
+            compressed_size,
+            uncompressed_size,
+        })
+    }
+
+    /// Reads one array whole.
+    pub fn read(&mut self, name: &str) -> Result<NpyArray, NpzError> {
+        let member = self.member_name(name).ok_or_else(|| self.missing(name))?;
+        let limit = self.max_array_bytes;
+        let mut file = match self.archive.by_name(&member) {
+            Ok(f) => f,
+            Err(e) => return Err(member_zip_err(&self.path, &member, e)),
+        };
+        let uncompressed = file.size();
+        let result = npy::read_header(&mut file).and_then(|header| {
+            if let Some(reason) = size_problem(&header, uncompressed) {
+                return Err(NpyError::Header(reason));
+            }
+            npy::read_data(&mut file, &header, limit)
+        });
+        drop(file);
+        result.map_err(|e| match e {
+            // The zip crate reports CRC mismatches and inflate failures as I/O errors.
+            NpyError::Io(io) => NpzError::Corrupt {
+                path: self.path.clone(),
+                member: member.clone(),
+                reason: io.to_string(),
+            },
+            other => self.member_err(&member, other),
+        })
+    }
+}
+
+fn member_zip_err(path: &Path, member: &str, source: ZipError) -> NpzError {
+    match source {
+        ZipError::Io(e) => NpzError::Member {
+            path: path.to_owned(),
+            member: member.to_owned(),
+            source: NpyError::Io(e),
+        },
+        other => NpzError::Corrupt {
+            path: path.to_owned(),
+            member: member.to_owned(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Why a member's size in the zip directory disagrees with its `.npy` header, if it does.
+fn size_problem(header: &NpyHeader, uncompressed: u64) -> Option<String> {
+    let expected = header
+        .data_len()
+        .and_then(|d| d.checked_add(header.header_len));
+    (expected != Some(uncompressed)).then(|| {
+        format!(
+            "the zip directory says {uncompressed} bytes but the .npy header ({:?} {}) needs {} (truncated or corrupt)",
+            header.shape,
+            header.dtype,
+            expected.map_or("more than 2^64".to_owned(), |e| e.to_string())
+        )
+    })
+}
+
+/// Writes an `.npz` atomically: members go to a temporary file beside `path`, which replaces
+/// `path` only when [`finish`](Self::finish) succeeds. Dropped unfinished, it leaves nothing.
+pub struct NpzWriter {
+    path: PathBuf,
+    zip: zip::ZipWriter<BufWriter<tempfile::NamedTempFile>>,
+    options: SimpleFileOptions,
+}
+
+impl NpzWriter {
+    /// `compressed`: deflate members like `np.savez_compressed`; otherwise store them like `np.savez`.
+    pub fn create(path: &Path, compressed: bool) -> Result<Self, NpzError> {
+        let io = |source| NpzError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(".sd3lab-")
+            .suffix(".npz.tmp")
+            .tempfile_in(dir)
+            .map_err(io)?;
+        let method = if compressed {
+            zip::CompressionMethod::Deflated
+        } else {
+            zip::CompressionMethod::Stored
+        };
+        let options = SimpleFileOptions::default()
+            .compression_method(method)
+            .large_file(false);
+        Ok(Self {
+            path: path.to_owned(),
+            zip: zip::ZipWriter::new(BufWriter::new(tmp)),
+            options,
+        })
+    }
+
+    /// Adds `array` as member `<name>.npy`.
+    pub fn add(&mut self, name: &str, array: &NpyArray) -> Result<(), NpzError> {
+        let mut bytes = Vec::new();
+        array.write_npy(&mut bytes).map_err(|source| NpzError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        let options = self
+            .options
+            .large_file(bytes.len() as u64 >= u32::MAX as u64);
+        self.zip
+            .start_file(format!("{name}.npy"), options)
+            .map_err(|source| NpzError::Zip {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.zip.write_all(&bytes).map_err(|source| NpzError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Completes the archive, syncs it to disk and moves it into place.
+    pub fn finish(self) -> Result<(), NpzError> {
+        let path = self.path;
+        let io = |source| NpzError::Io {
+            path: path.clone(),
+            source,
+        };
+        let buf = self.zip.finish().map_err(|source| NpzError::Zip {
+            path: path.clone(),
+            source,
+        })?;
+        let mut tmp = buf.into_inner().map_err(|e| io(e.into_error()))?;
+        tmp.flush().map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(&path).map_err(|e| io(e.error))?;
+        Ok(())
+    }
+}
+
+/// Writes `arrays` (name, array) to `path` in one go; see [`NpzWriter`].
+pub fn write_npz(
+    path: &Path,
+    arrays: &[(&str, &NpyArray)],
+    compressed: bool,
+) -> Result<(), NpzError> {
+    let mut w = NpzWriter::create(path, compressed)?;
+    for (name, array) in arrays {
+        w.add(name, array)?;
+    }
+    w.finish()
+}
