@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use sd3lab::calib::listing::Listing;
 use sd3lab::calib::{Bucket, CalibrationSet, OpenOptions, SampleFilter};
 use sd3lab::runtime::{DoctorOptions, run_doctor};
 
@@ -94,12 +95,15 @@ pub fn samples(args: &SamplesArgs) -> anyhow::Result<ExitCode> {
         bucket: args.bucket,
     };
     let selected = set.select(&filter);
-    let summary = CalibrationSet::summarize(&selected);
+    let listing = Listing::new(&set, &filter, &selected);
     if args.json {
-        let doc = samples_json(&set, &filter, &selected, &summary);
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        serde_json::to_writer(&mut out, &listing)?;
+        writeln!(out)?;
+        out.flush()?;
         return Ok(ExitCode::SUCCESS);
     }
+    let summary = &listing.summary;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -156,33 +160,4 @@ pub fn samples(args: &SamplesArgs) -> anyhow::Result<ExitCode> {
         eprintln!("problem: {p}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The `--json` document; its schema is documented in the README.
-fn samples_json(
-    set: &CalibrationSet,
-    filter: &SampleFilter,
-    selected: &[&sd3lab::calib::SampleMeta],
-    summary: &sd3lab::calib::Summary,
-) -> serde_json::Value {
-    serde_json::json!({
-        "schema": "sd3lab.samples/1",
-        "calib_dir": set.dir(),
-        "manifest": set.manifest().map(|m| serde_json::json!({
-            "n_completed": m.n_completed,
-            "num_steps": m.num_steps,
-            "has_sample_files": m.sample_files.is_some(),
-        })),
-        "num_images": set.num_images(),
-        "num_steps": set.num_steps(),
-        "total_samples": set.samples().len(),
-        "tensors": set.reference_tensors(),
-        "filter": filter,
-        "summary": summary,
-        "samples": selected,
-        "problems": set.problems().iter().map(|p| serde_json::json!({
-            "file": p.file,
-            "message": p.to_string(),
-        })).collect::<Vec<_>>(),
-    })
 }

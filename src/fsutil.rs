@@ -22,37 +22,57 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Why `relative` may not be used as a path inside `root`, if it may not.
+/// A data folder that user-supplied relative paths must stay inside.
 ///
-/// Refused: absolute paths, `..` components, and paths that leave `root` through symbolic links
-/// (checked on the canonical path when the target exists).
-pub fn contained_path(root: &Path, relative: &str) -> Result<PathBuf, String> {
-    let rel = Path::new(relative);
-    if relative.is_empty() {
-        return Err("empty path".into());
+/// Refused: absolute paths, `..` components, and paths that leave the folder through symbolic
+/// links (checked on the canonical path when the target exists).
+#[derive(Debug, Clone)]
+pub struct DataRoot {
+    root: PathBuf,
+    real_root: Option<PathBuf>,
+}
+
+impl DataRoot {
+    /// Resolves the folder's canonical path once.
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+            real_root: root.canonicalize().ok(),
+        }
     }
-    if rel.is_absolute()
-        || rel
-            .components()
-            .any(|c| matches!(c, Component::Prefix(_) | Component::RootDir))
-    {
-        return Err(format!(
-            "'{relative}' is absolute; paths must be relative to the data folder"
-        ));
+
+    /// `root/relative`, or why it may not be used.
+    pub fn resolve(&self, relative: &str) -> Result<PathBuf, String> {
+        let rel = Path::new(relative);
+        if relative.is_empty() {
+            return Err("empty path".into());
+        }
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| matches!(c, Component::Prefix(_) | Component::RootDir))
+        {
+            return Err(format!(
+                "'{relative}' is absolute; paths must be relative to the data folder"
+            ));
+        }
+        if rel.components().any(|c| c == Component::ParentDir) {
+            return Err(format!(
+                "'{relative}' contains '..' and could leave the data folder"
+            ));
+        }
+        let joined = self.root.join(rel);
+        self.check_real(&joined).map_err(|to| {
+            format!("'{relative}' leaves the data folder through a symbolic link (to {to})")
+        })?;
+        Ok(joined)
     }
-    if rel.components().any(|c| c == Component::ParentDir) {
-        return Err(format!(
-            "'{relative}' contains '..' and could leave the data folder"
-        ));
+
+    /// Fails with the real target when `path` (inside the folder) resolves outside it.
+    pub fn check_real(&self, path: &Path) -> Result<(), String> {
+        match (path.canonicalize(), &self.real_root) {
+            (Ok(real), Some(root)) if !real.starts_with(root) => Err(real.display().to_string()),
+            _ => Ok(()),
+        }
     }
-    let joined = root.join(rel);
-    if let (Ok(real), Ok(real_root)) = (joined.canonicalize(), root.canonicalize())
-        && !real.starts_with(&real_root)
-    {
-        return Err(format!(
-            "'{relative}' leaves the data folder through a symbolic link (to {})",
-            real.display()
-        ));
-    }
-    Ok(joined)
 }

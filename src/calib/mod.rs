@@ -7,6 +7,7 @@
 //! - [`CalibrationSet`]: a whole directory: file discovery, image/step assignment, checks,
 //!   filters, and lazy loading of each tensor.
 
+pub mod listing;
 pub mod manifest;
 pub mod npy;
 pub mod npz;

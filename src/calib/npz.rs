@@ -8,7 +8,7 @@
 //! Writing goes to a temporary file in the destination folder, synced, then renamed.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use zip::ZipArchive;
@@ -60,12 +60,97 @@ pub struct MemberInfo {
     pub uncompressed_size: u64,
 }
 
+/// A positioned file reader for archives read in small scattered pieces: it keeps the last
+/// 4 KiB block read and serves seeks inside it without system calls, reads with `pread` (no
+/// `lseek`), and reads large requests straight into the caller's buffer. A member's local zip
+/// header and its `.npy` header usually share one block: one system call per member.
+pub struct BlockReader {
+    file: File,
+    len: u64,
+    pos: u64,
+    block: Vec<u8>,
+    block_start: u64,
+}
+
+impl BlockReader {
+    const BLOCK: usize = 4096;
+
+    pub fn new(file: File) -> std::io::Result<Self> {
+        let len = file.metadata()?.len();
+        Ok(Self {
+            file,
+            len,
+            pos: 0,
+            block: Vec::with_capacity(Self::BLOCK),
+            block_start: 0,
+        })
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::FileExt::read_at(&self.file, buf, offset)
+        }
+        #[cfg(not(unix))]
+        {
+            let mut f = &self.file;
+            f.seek(SeekFrom::Start(offset))?;
+            f.read(buf)
+        }
+    }
+}
+
+impl Read for BlockReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let in_block =
+            self.pos >= self.block_start && self.pos < self.block_start + self.block.len() as u64;
+        if !in_block {
+            if out.len() >= Self::BLOCK {
+                let n = self.read_at(out, self.pos)?;
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            let mut block = std::mem::take(&mut self.block);
+            block.resize(Self::BLOCK, 0);
+            let read = self.read_at(&mut block, self.pos);
+            let n = *read.as_ref().unwrap_or(&0);
+            self.block = block;
+            self.block.truncate(n);
+            self.block_start = self.pos;
+            read?;
+            if n == 0 {
+                return Ok(0);
+            }
+        }
+        let at = (self.pos - self.block_start) as usize;
+        let n = out.len().min(self.block.len() - at);
+        out[..n].copy_from_slice(&self.block[at..at + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for BlockReader {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = target.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.pos)
+    }
+}
+
 /// A read-only view of an `.npz` file.
 pub struct NpzReader {
     path: PathBuf,
-    archive: ZipArchive<BufReader<File>>,
+    archive: ZipArchive<BlockReader>,
     /// Member file names, in archive order.
     members: Vec<String>,
+    file_len: u64,
     max_array_bytes: u64,
 }
 
@@ -80,8 +165,12 @@ impl NpzReader {
             path: path.to_owned(),
             source,
         };
-        let archive =
-            ZipArchive::new(BufReader::with_capacity(16 * 1024, file)).map_err(zip_err)?;
+        let reader = BlockReader::new(file).map_err(|source| NpzError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file_len = reader.len;
+        let archive = ZipArchive::new(reader).map_err(zip_err)?;
         let members = archive
             .file_names()
             .map(|n| n.map(|n| n.into_owned()))
@@ -91,6 +180,7 @@ impl NpzReader {
             path: path.to_owned(),
             archive,
             members,
+            file_len,
             max_array_bytes: DEFAULT_MAX_ARRAY_BYTES,
         })
     }
@@ -103,6 +193,11 @@ impl NpzReader {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Size of the archive file in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
     }
 
     /// Array names in archive order.
@@ -165,8 +260,13 @@ impl NpzReader {
 
     /// Reads one array whole.
     pub fn read(&mut self, name: &str) -> Result<NpyArray, NpzError> {
+        self.read_limited(name, self.max_array_bytes)
+    }
+
+    /// Reads one array whole if it holds at most `limit` bytes (for arrays that must be small).
+    pub fn read_limited(&mut self, name: &str, limit: u64) -> Result<NpyArray, NpzError> {
         let member = self.member_name(name).ok_or_else(|| self.missing(name))?;
-        let limit = self.max_array_bytes;
+        let limit = limit.min(self.max_array_bytes);
         let mut file = match self.archive.by_name(&member) {
             Ok(f) => f,
             Err(e) => return Err(member_zip_err(&self.path, &member, e)),

@@ -55,6 +55,11 @@ impl SampleKey {
         }
     }
 
+    /// `timestep`, `sigma` and `step_index`: read whole while indexing.
+    pub fn is_small(self) -> bool {
+        matches!(self, Self::Timestep | Self::Sigma | Self::StepIndex)
+    }
+
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.name() == name)
     }
@@ -157,6 +162,9 @@ pub enum SampleError {
     },
 }
 
+/// Largest `timestep` / `sigma` / `step_index` array accepted (bytes).
+pub const SMALL_ARRAY_LIMIT: u64 = 64 * 1024;
+
 /// Finds which member holds each array.
 pub fn resolve_members(
     names: &[String],
@@ -188,48 +196,51 @@ pub fn resolve_members(
 /// Reads a sample file's metadata: every member's header, and the values of `step_index`,
 /// `timestep` and `sigma` (the large arrays are not read).
 pub fn read_sample_info(path: &Path, max_array_bytes: u64) -> Result<SampleFileInfo, SampleError> {
-    let file_size = std::fs::metadata(path)
-        .map_err(|source| NpzError::Io {
-            path: path.to_owned(),
-            source,
-        })?
-        .len();
     let mut npz = NpzReader::open(path)?.with_max_array_bytes(max_array_bytes);
+    let file_size = npz.file_len();
     let members = resolve_members(&npz.names(), path)?;
-    let mut tensors = BTreeMap::new();
-    for (key, member) in &members {
-        let info = npz.info(member)?;
-        tensors.insert(
-            *key,
-            TensorInfo {
-                member: member.clone(),
-                shape: info.header.shape,
-                dtype: info.header.dtype,
-            },
-        );
-    }
     let bad = |key, reason: String| SampleError::BadValue {
         path: path.to_owned(),
         key,
         reason,
     };
-    // Small arrays: a scalar or a 1-D array whose first element is the value.
-    let mut small = |key: SampleKey| -> Result<super::npy::NpyArray, SampleError> {
-        let t = &tensors[&key];
-        if t.shape.len() > 1 || t.shape.iter().product::<usize>() > 1024 {
-            return Err(bad(
-                key,
-                format!(
-                    "should be a scalar or a short 1-D array, has shape {:?}",
-                    t.shape
-                ),
-            ));
-        }
-        let a = npz.read(&t.member)?;
-        if a.data.is_empty() {
-            return Err(bad(key, "is empty".into()));
-        }
-        Ok(a)
+    let mut tensors = BTreeMap::new();
+    let mut small_values = BTreeMap::new();
+    for (key, member) in &members {
+        let (shape, dtype) = if key.is_small() {
+            // A scalar or a short 1-D array whose first element is the value: read it whole
+            // (one pass over the member), refusing anything large.
+            let a = npz.read_limited(member, SMALL_ARRAY_LIMIT)?;
+            if a.shape.len() > 1 || a.data.is_empty() {
+                return Err(bad(
+                    *key,
+                    format!(
+                        "should be a scalar or a short 1-D array, has shape {:?}",
+                        a.shape
+                    ),
+                ));
+            }
+            let facts = (a.shape.clone(), a.dtype());
+            small_values.insert(*key, a);
+            facts
+        } else {
+            let info = npz.info(member)?;
+            (info.header.shape, info.header.dtype)
+        };
+        tensors.insert(
+            *key,
+            TensorInfo {
+                member: member.clone(),
+                shape,
+                dtype,
+            },
+        );
+    }
+    let small = |key: SampleKey| -> Result<super::npy::NpyArray, SampleError> {
+        small_values
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| bad(key, "was not read".into()))
     };
     let step = small(SampleKey::StepIndex)?;
     let step_dtype = step.dtype();

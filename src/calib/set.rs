@@ -10,6 +10,7 @@ use super::manifest::Manifest;
 use super::npy::NpyArray;
 use super::npz::{DEFAULT_MAX_ARRAY_BYTES, NpzReader};
 use super::sample::{Bucket, SampleFileInfo, SampleKey, TensorInfo, read_sample_info};
+use crate::fsutil::DataRoot;
 
 /// How to open a directory.
 #[derive(Debug, Clone)]
@@ -80,7 +81,9 @@ pub struct SampleFilter {
 impl SampleFilter {
     pub fn accepts(&self, s: &SampleMeta) -> bool {
         self.max_images.is_none_or(|n| s.image < n)
-            && self.step_stride.is_none_or(|k| s.step % k.max(1) == 0)
+            && self
+                .step_stride
+                .is_none_or(|k| s.step.is_multiple_of(k.max(1)))
             && self.bucket.is_none_or(|b| s.bucket == b)
     }
 }
@@ -164,13 +167,15 @@ impl CalibrationSet {
         good.retain(|(_, info)| {
             let bad = if info.step_index < 0 {
                 Some(format!("step_index {} is negative", info.step_index))
-            } else if let Some(n) = manifest_steps.filter(|&n| info.step_index as usize >= n) {
-                Some(format!(
-                    "step_index {} is out of range: the manifest says num_steps = {n}",
-                    info.step_index
-                ))
             } else {
-                None
+                manifest_steps
+                    .filter(|&n| info.step_index as usize >= n)
+                    .map(|n| {
+                        format!(
+                            "step_index {} is out of range: the manifest says num_steps = {n}",
+                            info.step_index
+                        )
+                    })
             };
             if let Some(message) = &bad {
                 problems.push(Problem {
@@ -317,11 +322,12 @@ fn resolve_files(
     manifest: Option<&Manifest>,
     problems: &mut Vec<Problem>,
 ) -> Result<Vec<(String, PathBuf)>, CalibError> {
+    let root = DataRoot::new(dir);
     if let Some(list) = manifest.and_then(|m| m.sample_files.as_ref()) {
         let manifest_path = Manifest::path(dir);
         let mut files = Vec::with_capacity(list.len());
         for rel in list {
-            match crate::fsutil::contained_path(dir, rel) {
+            match root.resolve(rel) {
                 Ok(path) if path.is_file() => files.push((rel.clone(), path)),
                 Ok(path) => problems.push(Problem {
                     file: Some(path),
@@ -346,23 +352,43 @@ fn resolve_files(
                 });
             }
         };
-        let mut names: Vec<String> = read
+        if let Err(to) = root.check_real(sub) {
+            problems.push(Problem {
+                file: Some(sub.to_owned()),
+                message: format!(
+                    "leaves the data folder through a symbolic link (to {to}); skipped"
+                ),
+            });
+            return Ok(Vec::new());
+        }
+        // (name, is a symbolic link): only links need their real path checked.
+        let mut names: Vec<(String, bool)> = read
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.ends_with(".npz") && !n.starts_with('.'))
+            .filter_map(|e| {
+                let kind = e.file_type().ok()?;
+                let name = e.file_name().into_string().ok()?;
+                (kind.is_file() || kind.is_symlink()).then_some((name, kind.is_symlink()))
+            })
+            .filter(|(n, _)| n.ends_with(".npz") && !n.starts_with('.'))
             .collect();
         names.sort();
         let prefix = sub.strip_prefix(dir).unwrap_or(Path::new(""));
         let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let rel = prefix.join(&name).to_string_lossy().into_owned();
-            match crate::fsutil::contained_path(dir, &rel) {
-                Ok(path) => out.push((rel, path)),
-                Err(reason) => problems.push(Problem {
-                    file: Some(sub.join(&name)),
-                    message: reason,
+        for (name, is_link) in names {
+            let path = sub.join(&name);
+            let checked = if is_link {
+                root.check_real(&path)
+            } else {
+                Ok(())
+            };
+            match checked {
+                Err(to) => problems.push(Problem {
+                    file: Some(path),
+                    message: format!(
+                        "leaves the data folder through a symbolic link (to {to}); skipped"
+                    ),
                 }),
+                Ok(()) => out.push((prefix.join(&name).to_string_lossy().into_owned(), path)),
             }
         }
         Ok(out)
