@@ -10,6 +10,7 @@ use clap::Args;
 
 use sd3lab::calib::listing::Listing;
 use sd3lab::calib::{Bucket, CalibrationSet, OpenOptions, SampleFilter};
+use sd3lab::model::{Preset, StreamKind, mmdit_linear_layers};
 use sd3lab::runtime::{DoctorOptions, run_doctor};
 
 #[derive(Args)]
@@ -159,5 +160,78 @@ pub fn samples(args: &SamplesArgs) -> anyhow::Result<ExitCode> {
     for p in set.problems() {
         eprintln!("problem: {p}");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Subcommand)]
+pub enum ModelCommand {
+    /// List the MMDiT's quantizable Linear layers (name, block, kind, shape, parameters).
+    Layers(LayersArgs),
+}
+
+#[derive(Args)]
+pub struct LayersArgs {
+    /// Configuration preset (layers come from the configuration alone, no weights needed).
+    #[arg(long, value_enum, default_value = "sd3-medium")]
+    preset: Preset,
+    /// Override the number of joint blocks.
+    #[arg(long)]
+    depth: Option<usize>,
+    /// Print one JSON document (schema `sd3lab.layers/1`).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn model(cmd: &ModelCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ModelCommand::Layers(args) => layers(args),
+    }
+}
+
+fn layers(args: &LayersArgs) -> anyhow::Result<ExitCode> {
+    let config = args.preset.config(args.depth);
+    config.mmdit.validate().map_err(anyhow::Error::msg)?;
+    let layers = mmdit_linear_layers(&config.mmdit);
+    let total: usize = layers.iter().map(|l| l.params).sum();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.json {
+        let doc = serde_json::json!({
+            "schema": "sd3lab.layers/1",
+            "preset": args.preset,
+            "mmdit": config.mmdit,
+            "count": layers.len(),
+            "linear_params": total,
+            "layers": layers,
+        });
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{:<62} {:>5} {:<6} {:<9} {:>6} {:>6} {:>11}",
+            "name", "block", "stream", "kind", "out", "in", "params"
+        )?;
+        for l in &layers {
+            let block = l.block.map_or("-".to_owned(), |b| b.to_string());
+            let stream = match l.stream {
+                Some(StreamKind::Image) => "image",
+                Some(StreamKind::Text) => "text",
+                None => "-",
+            };
+            writeln!(
+                out,
+                "{:<62} {:>5} {:<6} {:<9} {:>6} {:>6} {:>11}",
+                l.name,
+                block,
+                stream,
+                l.kind.name(),
+                l.out_features,
+                l.in_features,
+                l.params
+            )?;
+        }
+        writeln!(out, "{} Linear layers, {} parameters", layers.len(), total)?;
+    }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

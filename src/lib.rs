@@ -5,4 +5,6 @@
 
 pub mod calib;
 pub mod fsutil;
+pub mod model;
+pub mod rng;
 pub mod runtime;

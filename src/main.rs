@@ -23,6 +23,9 @@ enum Command {
     Doctor(cli::DoctorArgs),
     /// List the samples of a calibration directory with a summary.
     Samples(cli::SamplesArgs),
+    /// Model tools: list the quantizable layers.
+    #[command(subcommand)]
+    Model(cli::ModelCommand),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Doctor(args)) => cli::doctor(&args),
         Some(Command::Samples(args)) => cli::samples(&args),
+        Some(Command::Model(cmd)) => cli::model(&cmd),
         None => cli::default_action(),
     };
     match result {

@@ -2,8 +2,9 @@
 //! values; SD3 Lab writes and `np.load` reads back identical arrays and dtypes.
 //! numpy comes from the project's test environment (`.deps/venv`, made by `scripts/setup.sh`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use std::path::Path;
 
 use sd3lab::calib::npz::{NpzReader, write_npz};
 use sd3lab::calib::{
@@ -15,29 +16,10 @@ const DTYPES: [&str; 8] = [
 ];
 const SHAPES: [&[usize]; 5] = [&[], &[1], &[3], &[2, 3], &[2, 3, 4]];
 
-fn python() -> PathBuf {
-    std::env::var_os("SD3LAB_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/venv/bin/python"))
-}
-
 fn oracle(cmd: &str, dir: &Path) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/npz_oracle.py");
-    let out = Command::new(python())
-        .arg(&script)
-        .arg(cmd)
-        .arg(dir)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} (run scripts/setup.sh): {e}",
-                python().display()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "numpy oracle {cmd} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::run_oracle(
+        "npz_oracle.py",
+        &[std::ffi::OsStr::new(cmd), dir.as_os_str()],
     );
 }
 

@@ -1,0 +1,8 @@
+//! SD3 medium on MLX, as DiffusionKit runs it: configurations, the layer registry, and (as they
+//! land) the tokenizer, the CLIP encoders, the MMDiT, the VAE decoder, the sampler and weights.
+
+pub mod config;
+pub mod registry;
+
+pub use config::{ClipConfig, MmditConfig, Preset, Sd3Config, VaeDecoderConfig};
+pub use registry::{LayerKind, LinearLayer, StreamKind, mmdit_linear_layers};

@@ -1,0 +1,44 @@
+//! Helpers shared by the integration tests: the project's Python test environment.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The Python with the test oracles (`.deps/venv`, made by `scripts/setup.sh`), or
+/// `SD3LAB_TEST_PYTHON`.
+pub fn python() -> PathBuf {
+    std::env::var_os("SD3LAB_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/venv/bin/python"))
+}
+
+/// Runs `tests/py/<script> args...`; panics with its stderr when it fails.
+pub fn run_oracle(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let out = Command::new(python())
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} (run scripts/setup.sh): {e}",
+                python().display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "oracle {script} {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Reads a `.npy` file written by numpy.
+pub fn read_npy(path: &Path) -> sd3lab::calib::NpyArray {
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    sd3lab::calib::npy::read_npy(&mut f, u64::MAX)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
