@@ -98,9 +98,12 @@ if [ "$want_python" = 1 ]; then
     echo "setup: creating $venv"
     python3 -m venv "$venv"
   fi
-  if ! "$venv/bin/python" -c 'import numpy' 2>/dev/null; then
+  stamp="$venv/.oracles-$(cat scripts/oracle-requirements.txt scripts/oracle-requirements-nodeps.txt | python3 -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')"
+  if [ ! -f "$stamp" ]; then
     echo "setup: installing the Python test oracles into .deps/venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/oracle-requirements.txt
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r scripts/oracle-requirements-nodeps.txt
+    rm -f "$venv"/.oracles-*; touch "$stamp"
   fi
 fi
 echo "setup: done"

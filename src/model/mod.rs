@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod registry;
+pub mod tokenizer;
 
 pub use config::{ClipConfig, MmditConfig, Preset, Sd3Config, VaeDecoderConfig};
 pub use registry::{LayerKind, LinearLayer, StreamKind, mmdit_linear_layers};

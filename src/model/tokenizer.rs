@@ -1,0 +1,343 @@
+//! CLIP's byte-pair-encoding tokenizer, as DiffusionKit runs it (a port of Hugging Face's
+//! `CLIPTokenizer` without ftfy or HTML clean-up):
+//! lower-case, collapse whitespace, split with CLIP's regex, merge each piece by rank with
+//! `</w>` marking word ends, truncate to 75 tokens, add BOS (49406) and EOS (49407).
+//!
+//! DiffusionKit looks each piece's characters up in the vocabulary as they are; on text it cannot
+//! encode that way (it raises `KeyError`, e.g. most non-ASCII text) this tokenizer does what
+//! OpenAI's CLIP tokenizer does instead: each piece's UTF-8 bytes are mapped through CLIP's
+//! byte-to-unicode table before merging. The two agree on printable ASCII.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Start-of-text marker.
+pub const BOS: &str = "<|startoftext|>";
+/// End-of-text marker.
+pub const EOS: &str = "<|endoftext|>";
+/// Merges DiffusionKit reads from `merges.txt` (lines 1..=48894).
+pub const MAX_MERGES: usize = 49152 - 256 - 2;
+
+/// Why a tokenizer could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Format { path: String, reason: String },
+}
+
+/// How padding is done for a CLIP model: CLIP-L pads with EOS, CLIP-G with 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    Eos,
+    Zero,
+}
+
+/// A loaded CLIP BPE tokenizer.
+#[derive(Debug, Clone)]
+pub struct ClipTokenizer {
+    vocab: HashMap<String, u32>,
+    ranks: HashMap<(String, String), usize>,
+    bos: u32,
+    eos: u32,
+    pub max_length: usize,
+    pub padding: Padding,
+    splitter: regex::Regex,
+    byte_encoder: [char; 256],
+}
+
+/// CLIP's reversible byte → printable character table (OpenAI's `bytes_to_unicode`).
+pub fn bytes_to_unicode() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut extra = 0u32;
+    for b in 0..256u32 {
+        let printable = (b'!' as u32..=b'~' as u32).contains(&b)
+            || (0xA1..=0xAC).contains(&b)
+            || (0xAE..=0xFF).contains(&b);
+        table[b as usize] = if printable {
+            char::from_u32(b).unwrap_or('\0')
+        } else {
+            extra += 1;
+            char::from_u32(255 + extra).unwrap_or('\0')
+        };
+    }
+    table
+}
+
+impl ClipTokenizer {
+    /// Builds a tokenizer from a vocabulary and ranked merges.
+    pub fn new(
+        vocab: HashMap<String, u32>,
+        merges: Vec<(String, String)>,
+        padding: Padding,
+    ) -> Result<Self, String> {
+        let bos = *vocab
+            .get(BOS)
+            .ok_or("the vocabulary has no <|startoftext|>")?;
+        let eos = *vocab
+            .get(EOS)
+            .ok_or("the vocabulary has no <|endoftext|>")?;
+        let ranks = merges
+            .into_iter()
+            .enumerate()
+            .map(|(i, pair)| (pair, i))
+            .collect();
+        let splitter = regex::Regex::new(
+            r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Self {
+            vocab,
+            ranks,
+            bos,
+            eos,
+            max_length: 77,
+            padding,
+            splitter,
+            byte_encoder: bytes_to_unicode(),
+        })
+    }
+
+    /// Loads `vocab.json` and `merges.txt` from `dir` (the published `tokenizer_l/`,
+    /// `tokenizer_g/` layout).
+    pub fn load(dir: &Path, padding: Padding) -> Result<Self, TokenizerError> {
+        let vocab_path = dir.join("vocab.json");
+        let merges_path = dir.join("merges.txt");
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| TokenizerError::Io {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let vocab: HashMap<String, u32> =
+            serde_json::from_str(&read(&vocab_path)?).map_err(|e| TokenizerError::Format {
+                path: vocab_path.display().to_string(),
+                reason: format!("not a token → id JSON object: {e}"),
+            })?;
+        let merges_text = read(&merges_path)?;
+        let mut merges = Vec::new();
+        for (n, line) in merges_text
+            .trim()
+            .split('\n')
+            .enumerate()
+            .skip(1)
+            .take(MAX_MERGES)
+        {
+            let mut parts = line.split_whitespace();
+            match (parts.next(), parts.next()) {
+                (Some(a), Some(b)) => merges.push((a.to_owned(), b.to_owned())),
+                _ => {
+                    return Err(TokenizerError::Format {
+                        path: merges_path.display().to_string(),
+                        reason: format!("line {}: expected two symbols, found {line:?}", n + 1),
+                    });
+                }
+            }
+        }
+        Self::new(vocab, merges, padding).map_err(|reason| TokenizerError::Format {
+            path: vocab_path.display().to_string(),
+            reason,
+        })
+    }
+
+    pub fn bos(&self) -> u32 {
+        self.bos
+    }
+
+    pub fn eos(&self) -> u32 {
+        self.eos
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        match self.padding {
+            Padding::Eos => self.eos,
+            Padding::Zero => 0,
+        }
+    }
+
+    /// Merges one piece's symbols by rank; the last symbol carries `</w>`.
+    fn bpe(&self, symbols: Vec<String>) -> Vec<String> {
+        let mut unigrams = symbols;
+        if let Some(last) = unigrams.last_mut() {
+            last.push_str("</w>");
+        }
+        loop {
+            if unigrams.len() < 2 {
+                return unigrams;
+            }
+            let best = unigrams
+                .windows(2)
+                .filter_map(|w| {
+                    self.ranks
+                        .get(&(w[0].clone(), w[1].clone()))
+                        .map(|r| (*r, (w[0].clone(), w[1].clone())))
+                })
+                .min_by_key(|(r, _)| *r);
+            let Some((_, (a, b))) = best else {
+                return unigrams;
+            };
+            let mut merged = Vec::with_capacity(unigrams.len());
+            let mut i = 0;
+            while i < unigrams.len() {
+                if i + 1 < unigrams.len() && unigrams[i] == a && unigrams[i + 1] == b {
+                    merged.push(format!("{a}{b}"));
+                    i += 2;
+                } else {
+                    merged.push(unigrams[i].clone());
+                    i += 1;
+                }
+            }
+            unigrams = merged;
+        }
+    }
+
+    /// The text's pieces after lower-casing and whitespace clean-up.
+    fn pieces<'t>(&self, clean: &'t str) -> Vec<&'t str> {
+        self.splitter.find_iter(clean).map(|m| m.as_str()).collect()
+    }
+
+    /// Token ids without BOS/EOS, DiffusionKit's way, or `None` where DiffusionKit would fail.
+    fn ids_as_diffusionkit(&self, clean: &str) -> Option<Vec<u32>> {
+        let mut ids = Vec::new();
+        for piece in self.pieces(clean) {
+            // DiffusionKit's BPE cache returns the two markers as plain strings, which are then
+            // iterated character by character.
+            let symbols: Vec<String> = if piece == BOS || piece == EOS {
+                piece.chars().map(String::from).collect()
+            } else {
+                self.bpe(piece.chars().map(String::from).collect())
+            };
+            for s in symbols {
+                ids.push(*self.vocab.get(&s)?);
+            }
+        }
+        Some(ids)
+    }
+
+    /// Token ids without BOS/EOS, OpenAI's byte-level way (unknown symbols are skipped).
+    fn ids_byte_level(&self, clean: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        for piece in self.pieces(clean) {
+            let symbols: Vec<String> = piece
+                .bytes()
+                .map(|b| self.byte_encoder[b as usize].to_string())
+                .collect();
+            ids.extend(self.bpe(symbols).iter().filter_map(|s| self.vocab.get(s)));
+        }
+        ids
+    }
+
+    /// `[BOS] + ids + [EOS]`, with the ids truncated to fit `max_length`, unpadded.
+    pub fn tokenize(&self, text: &str) -> Vec<u32> {
+        let lower = text.to_lowercase();
+        let clean = lower.split_whitespace().collect::<Vec<_>>().join(" ");
+        // `\s+` → " " keeps one leading/trailing space, which the splitter ignores anyway.
+        let mut ids = self
+            .ids_as_diffusionkit(&clean)
+            .unwrap_or_else(|| self.ids_byte_level(&clean));
+        ids.truncate(self.max_length.saturating_sub(2));
+        let mut out = Vec::with_capacity(ids.len() + 2);
+        out.push(self.bos);
+        out.extend(ids);
+        out.push(self.eos);
+        out
+    }
+
+    /// The CFG token batch DiffusionKit builds: the prompt padded to `max_length`, then the
+    /// negative prompt (if any), both padded to the same length with this model's pad id.
+    pub fn batch(&self, prompt: &str, negative: Option<&str>) -> Vec<Vec<u32>> {
+        let pad = self.pad_id();
+        let mut first = self.tokenize(prompt);
+        first.resize(first.len().max(self.max_length), pad);
+        let mut rows = vec![first];
+        if let Some(neg) = negative {
+            rows.push(self.tokenize(neg));
+        }
+        let n = rows.iter().map(Vec::len).max().unwrap_or(0);
+        for r in &mut rows {
+            r.resize(n, pad);
+        }
+        rows
+    }
+}
+
+/// Builds CLIP's standard vocabulary from ranked merges: the 256 byte symbols, the same with
+/// `</w>`, one entry per merge, then BOS and EOS (OpenAI's construction; 49,408 entries for the
+/// published 48,894 merges).
+pub fn vocab_from_merges(merges: &[(String, String)]) -> HashMap<String, u32> {
+    let bytes = bytes_to_unicode();
+    let mut tokens: Vec<String> = bytes.iter().map(|c| c.to_string()).collect();
+    tokens.extend(bytes.iter().map(|c| format!("{c}</w>")));
+    tokens.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
+    tokens.push(BOS.to_owned());
+    tokens.push(EOS.to_owned());
+    tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, i as u32))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy() -> ClipTokenizer {
+        ClipTokenizer::new(vocab_from_merges(&toy_merges()), toy_merges(), Padding::Eos).unwrap()
+    }
+
+    /// "red" merges in two steps (e+d</w>, then r+ed</w>); "fox" likewise; (d, e) is never used.
+    fn toy_merges() -> Vec<(String, String)> {
+        [
+            ("e", "d</w>"),
+            ("r", "ed</w>"),
+            ("f", "o"),
+            ("fo", "x</w>"),
+            ("d", "e"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+    }
+
+    #[test]
+    fn merges_by_rank_and_wraps_with_bos_eos() {
+        let t = toy();
+        let v = vocab_from_merges(&toy_merges());
+        let ids = t.tokenize("  A RED\tfox ");
+        assert_eq!(
+            ids,
+            vec![t.bos(), v["a</w>"], v["red</w>"], v["fox</w>"], t.eos()]
+        );
+        assert_eq!(t.tokenize(""), vec![t.bos(), t.eos()]);
+    }
+
+    #[test]
+    fn truncates_to_77_and_pads_per_model() {
+        let t = toy();
+        let long = "fox ".repeat(100);
+        let ids = t.tokenize(&long);
+        assert_eq!(ids.len(), 77);
+        assert_eq!((ids[0], ids[76]), (t.bos(), t.eos()));
+        let batch = t.batch("fox", Some(""));
+        assert_eq!(batch.len(), 2);
+        assert!(batch.iter().all(|r| r.len() == 77));
+        assert_eq!(batch[1][..3], [t.bos(), t.eos(), t.eos()]);
+        let mut g = toy();
+        g.padding = Padding::Zero;
+        assert_eq!(g.batch("fox", None)[0][3..], [0u32; 74]);
+    }
+
+    #[test]
+    fn non_ascii_falls_back_to_bytes() {
+        let t = toy();
+        let ids = t.tokenize("naïve ☃");
+        // Every id is a known byte-level symbol, and nothing panicked.
+        assert_eq!(ids.first(), Some(&t.bos()));
+        assert!(ids.len() > 4);
+    }
+}
