@@ -72,7 +72,7 @@ impl MmditConfig {
                 self.hidden_size, self.num_heads
             ));
         }
-        if self.frequency_dim % 2 != 0 {
+        if !self.frequency_dim.is_multiple_of(2) {
             return Err("frequency_dim must be even".into());
         }
         Ok(())

@@ -2,8 +2,12 @@
 //! land) the tokenizer, the CLIP encoders, the MMDiT, the VAE decoder, the sampler and weights.
 
 pub mod config;
+pub mod mmdit;
+pub mod nn;
 pub mod registry;
+pub mod synth;
 pub mod tokenizer;
+pub mod weights;
 
 pub use config::{ClipConfig, MmditConfig, Preset, Sd3Config, VaeDecoderConfig};
 pub use registry::{LayerKind, LinearLayer, StreamKind, mmdit_linear_layers};

@@ -1,0 +1,115 @@
+//! Building blocks shared by the model parts, written to perform the same MLX operations in the
+//! same order as MLX's Python `nn` layers that DiffusionKit uses, so results match to rounding.
+
+use mlx_rs::error::Exception;
+use mlx_rs::{Array, Dtype};
+
+/// Result of model computations.
+pub type MlxResult<T> = Result<T, Exception>;
+
+/// A float Linear layer: `y = x · Wᵀ + b`, weight `(out, in)`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Array,
+    pub bias: Option<Array>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Array) -> MlxResult<Array> {
+        let wt = self.weight.transpose()?;
+        match &self.bias {
+            // mlx.nn.Linear: addmm(bias, x, W.T) with a bias, x @ W.T without.
+            Some(b) => mlx_rs::ops::addmm(b, x, &wt, None, None),
+            None => x.matmul(&wt),
+        }
+    }
+
+    pub fn out_features(&self) -> i32 {
+        self.weight.shape()[0]
+    }
+}
+
+/// A 2-D convolution in MLX layout: input NHWC, weight `(out, kh, kw, in)`.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    pub weight: Array,
+    pub bias: Option<Array>,
+    pub stride: i32,
+    pub padding: i32,
+}
+
+impl Conv2d {
+    pub fn forward(&self, x: &Array) -> MlxResult<Array> {
+        let y = mlx_rs::ops::conv2d(
+            x,
+            &self.weight,
+            (self.stride, self.stride),
+            (self.padding, self.padding),
+            None,
+            None,
+        )?;
+        match &self.bias {
+            Some(b) => y.add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// A LayerNorm with optional affine parameters (over the last axis).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Option<Array>,
+    pub bias: Option<Array>,
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    pub fn forward(&self, x: &Array) -> MlxResult<Array> {
+        mlx_rs::fast::layer_norm(x, self.weight.as_ref(), self.bias.as_ref(), self.eps)
+    }
+}
+
+/// `x · sigmoid(x)` (mlx.nn.silu).
+pub fn silu(x: &Array) -> MlxResult<Array> {
+    x.multiply(mlx_rs::ops::sigmoid(x)?)
+}
+
+/// Exact GELU, `x · (1 + erf(x / √2)) / 2` (mlx.nn.gelu).
+pub fn gelu(x: &Array) -> MlxResult<Array> {
+    let inner = mlx_rs::ops::erf(x.divide(scalar(std::f64::consts::SQRT_2 as f32))?)?;
+    x.multiply(scalar(1.0).add(inner)?)?.divide(scalar(2.0))
+}
+
+/// `x · sigmoid(1.702 · x)` (CLIP-L's quick_gelu).
+pub fn quick_gelu(x: &Array) -> MlxResult<Array> {
+    x.multiply(mlx_rs::ops::sigmoid(x.multiply(scalar(1.702))?)?)
+}
+
+/// A float32 scalar that takes the other operand's dtype, like a Python float in MLX.
+pub fn scalar(v: f32) -> Array {
+    Array::from_f32(v)
+}
+
+/// Slices `[start, start + len)` along `axis`.
+pub fn narrow(x: &Array, axis: i32, start: i32, len: i32) -> MlxResult<Array> {
+    let parts = x.split_at_indices(&[start, start + len], axis)?;
+    Ok(parts[1].clone())
+}
+
+/// Casts when the dtype differs.
+pub fn cast(x: &Array, dtype: Dtype) -> MlxResult<Array> {
+    if x.dtype() == dtype {
+        Ok(x.clone())
+    } else {
+        x.as_dtype(dtype)
+    }
+}
+
+/// The array's values as `f32`, in C order (a reshape materialises strided views).
+pub fn to_vec_f32(x: &Array) -> MlxResult<Vec<f32>> {
+    let flat = x.as_dtype(Dtype::Float32)?.reshape(&[-1])?;
+    flat.eval()?;
+    flat.try_as_slice::<f32>()
+        .map(|s| s.to_vec())
+        .map_err(|e| mlx_rs::error::Exception::custom(format!("reading array values: {e}")))
+}

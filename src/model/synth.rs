@@ -1,0 +1,195 @@
+//! Synthetic checkpoints in exactly the published file layout and key names, filled with
+//! deterministic random values: what tests, the built-in demo model and the benchmarks load
+//! through the real loading code (real weights cannot be downloaded on the development machines).
+//!
+//! Values: each tensor gets its own stream (SplitMix64 seeded from the seed and the key), so a
+//! tensor's values do not depend on which other tensors exist. Weights are uniform with standard
+//! deviation `1/√fan_in`, biases ±0.02, normalisation weights 1 ± 0.05, the position table ±0.02.
+//! Files are written as float16 (the published dtype), streamed, to a temporary file that is
+//! renamed into place.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use half::f16;
+
+use super::config::MmditConfig;
+use super::weights::MMDIT_PREFIX;
+
+/// How a tensor's values are drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Uniform, standard deviation `1/√fan_in`.
+    Weight { fan_in: usize },
+    /// Uniform in ±`0.02`.
+    Small,
+    /// `1 ±` uniform `0.05` (normalisation scales).
+    One,
+}
+
+/// One tensor to write.
+#[derive(Debug, Clone)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: Init,
+}
+
+impl TensorSpec {
+    pub fn new(name: impl Into<String>, shape: &[usize], init: Init) -> Self {
+        Self {
+            name: name.into(),
+            shape: shape.to_vec(),
+            init,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    fn next_signed(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+    }
+}
+
+fn stream_seed(seed: u64, name: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x100_0000_01b3);
+    for b in name.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// Writes `specs` as a float16 `.safetensors` file at `path` (atomically).
+pub fn write_safetensors(path: &Path, specs: &[TensorSpec], seed: u64) -> std::io::Result<()> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for s in specs {
+        let bytes = s.len() * 2;
+        header.insert(
+            s.name.clone(),
+            serde_json::json!({"dtype": "F16", "shape": s.shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    header.insert(
+        "__metadata__".into(),
+        serde_json::json!({"format": "pt", "generator": "sd3lab model synth"}),
+    );
+    let mut text = serde_json::to_string(&header)?;
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".sd3lab-")
+        .suffix(".safetensors.tmp")
+        .tempfile_in(dir)?;
+    let mut w = BufWriter::with_capacity(1 << 20, tmp);
+    w.write_all(&(text.len() as u64).to_le_bytes())?;
+    w.write_all(text.as_bytes())?;
+    let mut chunk = Vec::with_capacity(1 << 16);
+    for s in specs {
+        let mut rng = SplitMix64(stream_seed(seed, &s.name));
+        let (scale, offset) = match s.init {
+            Init::Weight { fan_in } => ((3.0 / fan_in.max(1) as f32).sqrt(), 0.0),
+            Init::Small => (0.02, 0.0),
+            Init::One => (0.05, 1.0),
+        };
+        let mut left = s.len();
+        while left > 0 {
+            let n = left.min(1 << 15);
+            chunk.clear();
+            for _ in 0..n {
+                let v = offset + scale * rng.next_signed();
+                chunk.extend_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
+            }
+            w.write_all(&chunk)?;
+            left -= n;
+        }
+    }
+    let tmp = w.into_inner().map_err(|e| e.into_error())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The MMDiT's tensors in Stability's layout (`model.diffusion_model.*`).
+pub fn mmdit_specs(cfg: &MmditConfig) -> Vec<TensorSpec> {
+    let h = cfg.hidden_size;
+    let p = cfg.patch_size;
+    let c = cfg.latent_channels;
+    let k = |name: &str| format!("{MMDIT_PREFIX}{name}");
+    let mut v = Vec::new();
+    let linear = |v: &mut Vec<TensorSpec>, name: String, out: usize, inp: usize| {
+        v.push(TensorSpec::new(
+            format!("{name}.weight"),
+            &[out, inp],
+            Init::Weight { fan_in: inp },
+        ));
+        v.push(TensorSpec::new(format!("{name}.bias"), &[out], Init::Small));
+    };
+    v.push(TensorSpec::new(
+        k("x_embedder.proj.weight"),
+        &[h, c, p, p],
+        Init::Weight { fan_in: c * p * p },
+    ));
+    v.push(TensorSpec::new(
+        k("x_embedder.proj.bias"),
+        &[h],
+        Init::Small,
+    ));
+    let max = cfg.max_latent_resolution;
+    v.push(TensorSpec::new(
+        k("pos_embed"),
+        &[1, max * max, h],
+        Init::Small,
+    ));
+    linear(&mut v, k("t_embedder.mlp.0"), h, cfg.frequency_dim);
+    linear(&mut v, k("t_embedder.mlp.2"), h, h);
+    linear(&mut v, k("y_embedder.mlp.0"), h, cfg.pooled_dim);
+    linear(&mut v, k("y_embedder.mlp.2"), h, h);
+    linear(&mut v, k("context_embedder"), h, cfg.context_dim);
+    for i in 0..cfg.depth {
+        for stream in ["x_block", "context_block"] {
+            let skip = i + 1 == cfg.depth && stream == "context_block";
+            let pre = k(&format!("joint_blocks.{i}.{stream}"));
+            linear(
+                &mut v,
+                format!("{pre}.adaLN_modulation.1"),
+                if skip { 2 } else { 6 } * h,
+                h,
+            );
+            linear(&mut v, format!("{pre}.attn.qkv"), 3 * h, h);
+            if !skip {
+                linear(&mut v, format!("{pre}.attn.proj"), h, h);
+                linear(&mut v, format!("{pre}.mlp.fc1"), cfg.mlp_hidden(), h);
+                linear(&mut v, format!("{pre}.mlp.fc2"), h, cfg.mlp_hidden());
+            }
+        }
+    }
+    linear(&mut v, k("final_layer.adaLN_modulation.1"), 2 * h, h);
+    linear(&mut v, k("final_layer.linear"), p * p * c, h);
+    v
+}

@@ -1,0 +1,67 @@
+"""DiffusionKit (0.5.2, MLX) as the numerical oracle for tests/model_parity.rs.
+
+usage: dk_oracle.py mmdit CHECKPOINT CONFIG.json OUT_DIR
+  Builds DiffusionKit's MMDiT for the configuration, loads CHECKPOINT (Stability layout) with
+  DiffusionKit's own remapping, runs one forward on deterministic inputs for a CFG batch of 2
+  and for a batch of 1, and saves inputs and outputs as .npy files in OUT_DIR.
+"""
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+
+import dk_stubs
+
+dk_stubs.install()
+import mlx.core as mx  # noqa: E402
+from diffusionkit.mlx import config as dkc  # noqa: E402
+from diffusionkit.mlx.mmdit import MMDiT  # noqa: E402
+from diffusionkit.mlx.model_io import mmdit_state_dict_adjustments  # noqa: E402
+
+
+def mmdit_config(cfg):
+    return dataclasses.replace(
+        dkc.SD3_2b,
+        depth_multimodal=cfg["depth"],
+        num_heads=cfg["num_heads"],
+        hidden_size_override=cfg["hidden_size"],
+        max_latent_resolution=cfg["max_latent_resolution"],
+        pooled_text_embed_dim=cfg["pooled_dim"],
+        low_memory_mode=False,
+    )
+
+
+def load_mmdit(checkpoint, cfg):
+    model = MMDiT(mmdit_config(cfg))
+    weights = mmdit_state_dict_adjustments(mx.load(checkpoint), prefix="model.diffusion_model.")
+    weights = {k: v.astype(mx.float32) for k, v in weights.items()}
+    model.load_weights(list(weights.items()))
+    return model
+
+
+def mmdit(checkpoint, config_file, out):
+    cfg = json.load(open(config_file))
+    rng = np.random.RandomState(0)
+    for batch, (lh, lw), t in [(2, (8, 12), 843.75), (1, (6, 6), 21.5)]:
+        model = load_mmdit(checkpoint, cfg)
+        x = rng.standard_normal((batch, lh, lw, 16)).astype(np.float32)
+        ctx = np.zeros((batch, 154, 4096), np.float32)
+        ctx[:, :77, :96] = rng.standard_normal((batch, 77, 96)).astype(np.float32)
+        pooled = rng.standard_normal((batch, cfg["pooled_dim"])).astype(np.float32)
+        timestep = mx.array([t], dtype=mx.float32)
+        model.cache_modulation_params(mx.array(pooled), timestep)
+        y = model(
+            latent_image_embeddings=mx.array(x),
+            token_level_text_embeddings=mx.expand_dims(mx.array(ctx), 2),
+            timestep=mx.broadcast_to(timestep[0], [batch]),
+        )
+        tag = f"b{batch}"
+        for name, a in [("x", x), ("ctx", ctx), ("pooled", pooled), ("t", np.array(t, np.float32)), ("out", np.array(y))]:
+            np.save(os.path.join(out, f"{tag}_{name}.npy"), a)
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    {"mmdit": mmdit}[cmd](*sys.argv[2:])
