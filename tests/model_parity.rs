@@ -89,3 +89,88 @@ fn mmdit_forward_matches_diffusionkit() {
         check_mmdit(name, &cfg, dir.path());
     }
 }
+
+#[test]
+fn clip_encoders_match_diffusionkit() {
+    use sd3lab::model::clip::load_clip;
+    use sd3lab::model::synth::{synthetic_merges, write_clip, write_tokenizer};
+    use sd3lab::model::tokenizer::{ClipTokenizer, Padding};
+
+    let dir = tempfile::tempdir().unwrap();
+    let tok_dir = dir.path().join("tokenizer");
+    write_tokenizer(&tok_dir, &synthetic_merges()).unwrap();
+    let prompts = [
+        ("a red fox in snow", ""),
+        ("Two cats, 3 dogs & a parrot!", "blurry, low quality"),
+        ("", ""),
+    ];
+    let prompts_file = dir.path().join("prompts.json");
+    std::fs::write(&prompts_file, serde_json::to_string(&prompts).unwrap()).unwrap();
+    let cfg = sd3lab::model::Preset::Tiny.config(None);
+    let other_g = sd3lab::model::ClipConfig {
+        num_layers: 4,
+        width: 64,
+        num_heads: 4,
+        mlp_dim: 256,
+        projection_dim: Some(40),
+        ..cfg.clip_g.clone()
+    };
+    for (name, clip_cfg, padding) in [
+        ("clip_l", cfg.clip_l.clone(), Padding::Eos),
+        ("clip_g", cfg.clip_g.clone(), Padding::Zero),
+        ("clip_g_4x64", other_g, Padding::Zero),
+    ] {
+        let model_dir = dir.path().join(name);
+        write_clip(&model_dir, &clip_cfg, 11).unwrap();
+        let out = dir.path().join(format!("{name}_out"));
+        std::fs::create_dir(&out).unwrap();
+        let pad = if padding == Padding::Eos {
+            "eos"
+        } else {
+            "zero"
+        };
+        common::run_oracle(
+            "dk_oracle.py",
+            &[
+                "clip".as_ref(),
+                model_dir.as_os_str(),
+                tok_dir.as_os_str(),
+                pad.as_ref(),
+                prompts_file.as_os_str(),
+                out.as_os_str(),
+            ],
+        );
+        let model = load_clip(&model_dir, Dtype::Float32).unwrap();
+        let tok = ClipTokenizer::load(&tok_dir, padding).unwrap();
+        for (i, (prompt, negative)) in prompts.iter().enumerate() {
+            let batch = tok.batch(prompt, Some(negative));
+            let want_ids = common::read_npy(&out.join(format!("clip{i}_ids.npy")));
+            let flat: Vec<i32> = batch.iter().flatten().map(|&t| t as i32).collect();
+            assert_eq!(
+                want_ids
+                    .data
+                    .to_f32_vec()
+                    .iter()
+                    .map(|&v| v as i32)
+                    .collect::<Vec<_>>(),
+                flat,
+                "{name} ids {i}"
+            );
+            let ids = Array::from_slice(&flat, &[batch.len() as i32, batch[0].len() as i32]);
+            let o = model.forward(&ids).unwrap();
+            let e1 = relative_error(
+                &o.penultimate,
+                &common::read_npy(&out.join(format!("clip{i}_hidden.npy"))),
+            );
+            let e2 = relative_error(
+                &o.pooled,
+                &common::read_npy(&out.join(format!("clip{i}_pooled.npy"))),
+            );
+            eprintln!("{name} prompt {i}: hidden {e1:.2e}, pooled {e2:.2e}");
+            assert!(
+                e1 <= TOLERANCE && e2 <= TOLERANCE,
+                "{name} prompt {i}: hidden {e1:.2e}, pooled {e2:.2e}"
+            );
+        }
+    }
+}

@@ -198,7 +198,7 @@ impl Preset {
                     num_layers: 2,
                     width: 32,
                     num_heads: 2,
-                    mlp_dim: 64,
+                    mlp_dim: 128,
                     vocab_size: 49408,
                     max_length: 77,
                     hidden_act: "quick_gelu".into(),
@@ -209,7 +209,7 @@ impl Preset {
                     num_layers: 3,
                     width: 48,
                     num_heads: 3,
-                    mlp_dim: 96,
+                    mlp_dim: 192,
                     hidden_act: "gelu".into(),
                     projection_dim: Some(48),
                     ..clip_l.clone()

@@ -1,6 +1,7 @@
 //! SD3 medium on MLX, as DiffusionKit runs it: configurations, the layer registry, and (as they
 //! land) the tokenizer, the CLIP encoders, the MMDiT, the VAE decoder, the sampler and weights.
 
+pub mod clip;
 pub mod config;
 pub mod mmdit;
 pub mod nn;

@@ -193,3 +193,113 @@ pub fn mmdit_specs(cfg: &MmditConfig) -> Vec<TensorSpec> {
     linear(&mut v, k("final_layer.linear"), p * p * c, h);
     v
 }
+
+/// A CLIP text encoder's tensors in Hugging Face's layout (`model.fp16.safetensors`).
+pub fn clip_specs(cfg: &super::config::ClipConfig) -> Vec<TensorSpec> {
+    let w = cfg.width;
+    let mut v = vec![
+        TensorSpec::new(
+            "text_model.embeddings.token_embedding.weight",
+            &[cfg.vocab_size, w],
+            Init::Weight { fan_in: w },
+        ),
+        TensorSpec::new(
+            "text_model.embeddings.position_embedding.weight",
+            &[cfg.max_length, w],
+            Init::Weight { fan_in: w },
+        ),
+    ];
+    let linear = |v: &mut Vec<TensorSpec>, name: String, out: usize, inp: usize| {
+        v.push(TensorSpec::new(
+            format!("{name}.weight"),
+            &[out, inp],
+            Init::Weight { fan_in: inp },
+        ));
+        v.push(TensorSpec::new(format!("{name}.bias"), &[out], Init::Small));
+    };
+    let norm = |v: &mut Vec<TensorSpec>, name: String| {
+        v.push(TensorSpec::new(format!("{name}.weight"), &[w], Init::One));
+        v.push(TensorSpec::new(format!("{name}.bias"), &[w], Init::Small));
+    };
+    for i in 0..cfg.num_layers {
+        let p = format!("text_model.encoder.layers.{i}");
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            linear(&mut v, format!("{p}.self_attn.{proj}"), w, w);
+        }
+        norm(&mut v, format!("{p}.layer_norm1"));
+        linear(&mut v, format!("{p}.mlp.fc1"), cfg.mlp_dim, w);
+        linear(&mut v, format!("{p}.mlp.fc2"), w, cfg.mlp_dim);
+        norm(&mut v, format!("{p}.layer_norm2"));
+    }
+    norm(&mut v, "text_model.final_layer_norm".into());
+    if let Some(d) = cfg.projection_dim {
+        v.push(TensorSpec::new(
+            "text_projection.weight",
+            &[d, w],
+            Init::Weight { fan_in: w },
+        ));
+    }
+    v
+}
+
+/// 48,894 deterministic BPE merges over CLIP's byte symbols (letters first, so that words merge
+/// into pairs), giving the standard 49,408-entry vocabulary shape. Synthetic: real text
+/// tokenizes into plausible but meaningless pieces.
+pub fn synthetic_merges() -> Vec<(String, String)> {
+    let table = super::tokenizer::bytes_to_unicode();
+    let mut alphabet: Vec<char> = ('a'..='z').chain('0'..='9').collect();
+    alphabet.extend(
+        table
+            .iter()
+            .filter(|c| !c.is_ascii_lowercase() && !c.is_ascii_digit()),
+    );
+    let mut merges = Vec::with_capacity(super::tokenizer::MAX_MERGES);
+    'outer: for a in &alphabet {
+        for b in &alphabet {
+            for end in [true, false] {
+                let right = if end {
+                    format!("{b}</w>")
+                } else {
+                    b.to_string()
+                };
+                merges.push((a.to_string(), right));
+                if merges.len() == super::tokenizer::MAX_MERGES {
+                    break 'outer;
+                }
+            }
+        }
+    }
+    merges
+}
+
+/// Writes `vocab.json` and `merges.txt` (the published `tokenizer_*/` layout) to `dir`.
+pub fn write_tokenizer(dir: &Path, merges: &[(String, String)]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let vocab = super::tokenizer::vocab_from_merges(merges);
+    let mut entries: Vec<(&String, &u32)> = vocab.iter().collect();
+    entries.sort_by_key(|(_, id)| **id);
+    let map: serde_json::Map<String, serde_json::Value> = entries
+        .into_iter()
+        .map(|(k, v)| (k.clone(), (*v).into()))
+        .collect();
+    crate::fsutil::write_atomic(
+        &dir.join("vocab.json"),
+        serde_json::to_string(&map)?.as_bytes(),
+    )?;
+    let mut text = String::from("#version: 0.2\n");
+    for (a, b) in merges {
+        text.push_str(a);
+        text.push(' ');
+        text.push_str(b);
+        text.push('\n');
+    }
+    crate::fsutil::write_atomic(&dir.join("merges.txt"), text.as_bytes())
+}
+
+/// Writes `dir/config.json` and `dir/model.fp16.safetensors` for a CLIP encoder.
+pub fn write_clip(dir: &Path, cfg: &super::config::ClipConfig, seed: u64) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_string_pretty(&super::clip::clip_config_to_hf(cfg))?;
+    crate::fsutil::write_atomic(&dir.join("config.json"), json.as_bytes())?;
+    write_safetensors(&dir.join("model.fp16.safetensors"), &clip_specs(cfg), seed)
+}

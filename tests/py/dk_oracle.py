@@ -62,6 +62,39 @@ def mmdit(checkpoint, config_file, out):
             np.save(os.path.join(out, f"{tag}_{name}.npy"), a)
 
 
+
+
+def clip(model_dir, tokenizer_dir, pad, prompts_file, out):
+    """CLIP hidden_states[-2] and pooled output for [prompt, negative] as DiffusionKit's
+    encode_text batches them (pad: 'eos' for CLIP-L, 'zero' for CLIP-G)."""
+    from diffusionkit.mlx.clip import CLIPTextModel
+    from diffusionkit.mlx.config import CLIPTextModelConfig
+    from diffusionkit.mlx.model_io import _load_safetensor_weights, map_clip_text_encoder_weights
+    from diffusionkit.mlx.tokenizer import Tokenizer
+    from diffusionkit.mlx import DiffusionPipeline
+
+    config = json.load(open(os.path.join(model_dir, "config.json")))
+    with_projection = "WithProjection" in config["architectures"][0]
+    model = CLIPTextModel(CLIPTextModelConfig(
+        num_layers=config["num_hidden_layers"], model_dims=config["hidden_size"],
+        num_heads=config["num_attention_heads"], max_length=config["max_position_embeddings"],
+        vocab_size=config["vocab_size"], projection_dim=config["projection_dim"] if with_projection else None,
+        hidden_act=config.get("hidden_act", "quick_gelu")))
+    _load_safetensor_weights(map_clip_text_encoder_weights, model, os.path.join(model_dir, "model.fp16.safetensors"), False)
+    with open(os.path.join(tokenizer_dir, "merges.txt"), encoding="utf-8") as f:
+        merges = [tuple(m.split()) for m in f.read().strip().split("\n")[1 : 49152 - 256 - 2 + 1]]
+    vocab = json.load(open(os.path.join(tokenizer_dir, "vocab.json"), encoding="utf-8"))
+    tok = Tokenizer(dict(map(reversed, enumerate(merges))), vocab, pad_with_eos=(pad == "eos"))
+    for i, (prompt, negative) in enumerate(json.load(open(prompts_file))):
+        tokens = DiffusionPipeline._tokenize(None, tok, prompt, negative)
+        o = model(tokens)
+        np.save(os.path.join(out, f"clip{i}_ids.npy"), np.array(tokens).astype(np.int64))
+        np.save(os.path.join(out, f"clip{i}_hidden.npy"), np.array(o.hidden_states[-2]))
+        np.save(os.path.join(out, f"clip{i}_pooled.npy"), np.array(o.pooled_output))
+
+
+COMMANDS = {"mmdit": mmdit, "clip": clip}
+
+
 if __name__ == "__main__":
-    cmd = sys.argv[1]
-    {"mmdit": mmdit}[cmd](*sys.argv[2:])
+    COMMANDS[sys.argv[1]](*sys.argv[2:])
