@@ -174,3 +174,57 @@ fn clip_encoders_match_diffusionkit() {
         }
     }
 }
+
+#[test]
+fn vae_decoder_matches_diffusionkit() {
+    use sd3lab::model::synth::vae_decoder_specs;
+    use sd3lab::model::vae::{load_vae_decoder, to_u8_images};
+
+    let tiny = sd3lab::model::Preset::Tiny.config(None).vae;
+    let other = sd3lab::model::VaeDecoderConfig {
+        block_out_channels: vec![16, 32, 32],
+        layers_per_block: 2,
+        norm_groups: 4,
+        ..tiny.clone()
+    };
+    for (name, cfg) in [("tiny", tiny), ("3-levels", other)] {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = dir.path().join("sd3_medium.safetensors");
+        write_safetensors(&ckpt, &vae_decoder_specs(&cfg), 3).unwrap();
+        let cfg_file = dir.path().join("vae.json");
+        std::fs::write(&cfg_file, serde_json::to_string(&cfg).unwrap()).unwrap();
+        common::run_oracle(
+            "dk_oracle.py",
+            &[
+                "vae".as_ref(),
+                ckpt.as_os_str(),
+                cfg_file.as_os_str(),
+                dir.path().as_os_str(),
+            ],
+        );
+        let vae = load_vae_decoder(&ckpt, &cfg, Dtype::Float32).unwrap();
+        let latent = to_mlx(&common::read_npy(&dir.path().join("vae_latent.npy")));
+        let image = vae.decode_latent(&latent).unwrap();
+        let err = relative_error(&image, &common::read_npy(&dir.path().join("vae_image.npy")));
+        let (w, h, ours) = to_u8_images(&image).unwrap().remove(0);
+        let want = common::read_npy(&dir.path().join("vae_u8.npy"));
+        assert_eq!((h as usize, w as usize), (want.shape[1], want.shape[2]));
+        let want: Vec<u8> = want.data.to_f32_vec().iter().map(|&v| v as u8).collect();
+        let off: Vec<i32> = ours
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as i32 - *b as i32).abs())
+            .collect();
+        let differing = off.iter().filter(|&&d| d > 0).count();
+        eprintln!(
+            "{name}: VAE relative error {err:.2e}; {differing} of {} u8 values differ (max {})",
+            off.len(),
+            off.iter().max().unwrap()
+        );
+        assert!(err <= TOLERANCE, "{name}: VAE relative error {err:.2e}");
+        assert!(
+            off.iter().all(|&d| d <= 1),
+            "{name}: a pixel differs by more than one level"
+        );
+    }
+}

@@ -8,6 +8,7 @@ pub mod nn;
 pub mod registry;
 pub mod synth;
 pub mod tokenizer;
+pub mod vae;
 pub mod weights;
 
 pub use config::{ClipConfig, MmditConfig, Preset, Sd3Config, VaeDecoderConfig};

@@ -303,3 +303,70 @@ pub fn write_clip(dir: &Path, cfg: &super::config::ClipConfig, seed: u64) -> std
     crate::fsutil::write_atomic(&dir.join("config.json"), json.as_bytes())?;
     write_safetensors(&dir.join("model.fp16.safetensors"), &clip_specs(cfg), seed)
 }
+
+/// The VAE decoder's tensors in Stability's layout (`first_stage_model.decoder.*`).
+pub fn vae_decoder_specs(cfg: &super::config::VaeDecoderConfig) -> Vec<TensorSpec> {
+    let p = super::weights::VAE_DECODER_PREFIX;
+    let mut v = Vec::new();
+    let conv = |v: &mut Vec<TensorSpec>, name: String, cin: usize, cout: usize, k: usize| {
+        v.push(TensorSpec::new(
+            format!("{p}{name}.weight"),
+            &[cout, cin, k, k],
+            Init::Weight {
+                fan_in: cin * k * k,
+            },
+        ));
+        v.push(TensorSpec::new(
+            format!("{p}{name}.bias"),
+            &[cout],
+            Init::Small,
+        ));
+    };
+    let norm = |v: &mut Vec<TensorSpec>, name: String, c: usize| {
+        v.push(TensorSpec::new(
+            format!("{p}{name}.weight"),
+            &[c],
+            Init::One,
+        ));
+        v.push(TensorSpec::new(
+            format!("{p}{name}.bias"),
+            &[c],
+            Init::Small,
+        ));
+    };
+    let resnet = |v: &mut Vec<TensorSpec>, name: String, cin: usize, cout: usize| {
+        norm(v, format!("{name}.norm1"), cin);
+        conv(v, format!("{name}.conv1"), cin, cout, 3);
+        norm(v, format!("{name}.norm2"), cout);
+        conv(v, format!("{name}.conv2"), cout, cout, 3);
+        if cin != cout {
+            conv(v, format!("{name}.nin_shortcut"), cin, cout, 1);
+        }
+    };
+    let chans = &cfg.block_out_channels;
+    let top = *chans.last().unwrap_or(&1);
+    conv(&mut v, "conv_in".into(), cfg.latent_channels, top, 3);
+    resnet(&mut v, "mid.block_1".into(), top, top);
+    norm(&mut v, "mid.attn_1.norm".into(), top);
+    for proj in ["q", "k", "v", "proj_out"] {
+        conv(&mut v, format!("mid.attn_1.{proj}"), top, top, 1);
+    }
+    resnet(&mut v, "mid.block_2".into(), top, top);
+    for (i, &cout) in chans.iter().enumerate() {
+        let cin = chans.get(i + 1).copied().unwrap_or(top);
+        for j in 0..cfg.layers_per_block {
+            resnet(
+                &mut v,
+                format!("up.{i}.block.{j}"),
+                if j == 0 { cin } else { cout },
+                cout,
+            );
+        }
+        if i > 0 {
+            conv(&mut v, format!("up.{i}.upsample.conv"), cout, cout, 3);
+        }
+    }
+    norm(&mut v, "norm_out".into(), chans[0]);
+    conv(&mut v, "conv_out".into(), chans[0], cfg.out_channels, 3);
+    v
+}

@@ -96,5 +96,28 @@ def clip(model_dir, tokenizer_dir, pad, prompts_file, out):
 COMMANDS = {"mmdit": mmdit, "clip": clip}
 
 
+def vae(checkpoint, config_file, out):
+    """DiffusionKit's VAE decoder on a deterministic sampler latent: float image and u8 image."""
+    from diffusionkit.mlx.vae import VAEDecoder
+    from diffusionkit.mlx.model_io import vae_decoder_state_dict_adjustments
+    from diffusionkit.mlx import SD3LatentFormat
+
+    cfg = json.load(open(config_file))
+    model = VAEDecoder(in_channels=cfg["latent_channels"], out_channels=cfg["out_channels"],
+                       block_out_channels=cfg["block_out_channels"], layers_per_block=cfg["layers_per_block"],
+                       resnet_groups=cfg["norm_groups"])
+    weights = vae_decoder_state_dict_adjustments(mx.load(checkpoint), prefix="first_stage_model.decoder.")
+    model.load_weights(list({k: v.astype(mx.float32) for k, v in weights.items()}.items()))
+    latent = np.random.RandomState(5).standard_normal((1, 6, 8, 16)).astype(np.float32)
+    z = SD3LatentFormat().process_out(mx.array(latent))
+    x = mx.clip(model(z) / 2 + 0.5, 0, 1)
+    np.save(os.path.join(out, "vae_latent.npy"), latent)
+    np.save(os.path.join(out, "vae_image.npy"), np.array(x))
+    np.save(os.path.join(out, "vae_u8.npy"), np.array((x * 255).astype(mx.uint8)))
+
+
+COMMANDS["vae"] = vae
+
+
 if __name__ == "__main__":
     COMMANDS[sys.argv[1]](*sys.argv[2:])

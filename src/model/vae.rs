@@ -1,0 +1,313 @@
+//! SD3's VAE decoder (16 latent channels → RGB), as DiffusionKit's `VAEDecoder` computes it:
+//! conv_in, mid (resnet, single-head attention, resnet), up blocks from the lowest resolution
+//! with nearest ×2 upsampling, GroupNorm (PyTorch-compatible, 32 groups, eps 1e-5) + SiLU +
+//! conv_out. Images come out as `clip(x/2 + 0.5, 0, 1) · 255` truncated to u8.
+
+use mlx_rs::{Array, Dtype};
+
+use super::config::VaeDecoderConfig;
+use super::nn::{Conv2d, Linear, MlxResult, scalar, silu};
+use super::weights::{TensorStore, WeightsError};
+
+/// PyTorch-compatible GroupNorm over NHWC with affine parameters.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    pub groups: i32,
+    pub weight: Array,
+    pub bias: Array,
+    pub eps: f32,
+}
+
+impl GroupNorm {
+    pub fn forward(&self, x: &Array) -> MlxResult<Array> {
+        let shape = x.shape().to_vec();
+        let (b, c) = (shape[0], shape[shape.len() - 1]);
+        let g = self.groups;
+        let gs = c / g;
+        let y = x
+            .reshape(&[b, -1, g, gs])?
+            .transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&[b, g, -1])?;
+        let y = mlx_rs::fast::layer_norm(&y, None, None, self.eps)?;
+        let y = y
+            .reshape(&[b, g, -1, gs])?
+            .transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&shape)?;
+        self.weight.multiply(&y)?.add(&self.bias)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ResnetBlock {
+    pub norm1: GroupNorm,
+    pub conv1: Conv2d,
+    pub norm2: GroupNorm,
+    pub conv2: Conv2d,
+    /// 1×1 projection when the channel count changes.
+    pub conv_shortcut: Option<Linear>,
+}
+
+impl ResnetBlock {
+    pub fn forward(&self, x: &Array) -> MlxResult<Array> {
+        let y = self.conv1.forward(&silu(&self.norm1.forward(x)?)?)?;
+        let y = self.conv2.forward(&silu(&self.norm2.forward(&y)?)?)?;
+        match &self.conv_shortcut {
+            Some(s) => y.add(s.forward(x)?),
+            None => y.add(x),
+        }
+    }
+}
+
+/// Single-head attention over all pixels.
+#[derive(Debug, Clone)]
+pub struct VaeAttention {
+    pub group_norm: GroupNorm,
+    pub query_proj: Linear,
+    pub key_proj: Linear,
+    pub value_proj: Linear,
+    pub out_proj: Linear,
+}
+
+impl VaeAttention {
+    pub fn forward(&self, x: &Array) -> MlxResult<Array> {
+        let s = x.shape().to_vec();
+        let (b, h, w, c) = (s[0], s[1], s[2], s[3]);
+        let y = self.group_norm.forward(x)?;
+        let q = self.query_proj.forward(&y)?.reshape(&[b, h * w, c])?;
+        let k = self.key_proj.forward(&y)?.reshape(&[b, h * w, c])?;
+        let v = self.value_proj.forward(&y)?.reshape(&[b, h * w, c])?;
+        let scale = (1.0 / (c as f64).sqrt()) as f32;
+        let scores = q
+            .multiply(scalar(scale))?
+            .matmul(k.transpose_axes(&[0, 2, 1])?)?;
+        let attn = mlx_rs::ops::softmax_axis(&scores, -1, None)?;
+        let y = attn.matmul(&v)?.reshape(&[b, h, w, c])?;
+        x.add(self.out_proj.forward(&y)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpBlock {
+    pub resnets: Vec<ResnetBlock>,
+    pub upsample: Option<Conv2d>,
+}
+
+/// The decoder.
+#[derive(Debug, Clone)]
+pub struct VaeDecoder {
+    pub config: VaeDecoderConfig,
+    pub conv_in: Conv2d,
+    pub mid: (ResnetBlock, VaeAttention, ResnetBlock),
+    /// Indexed like the checkpoint (`up.0` is the full-resolution block); run from the last.
+    pub up_blocks: Vec<UpBlock>,
+    pub conv_norm_out: GroupNorm,
+    pub conv_out: Conv2d,
+}
+
+fn upsample_nearest(x: &Array) -> MlxResult<Array> {
+    let s = x.shape().to_vec();
+    let (b, h, w, c) = (s[0], s[1], s[2], s[3]);
+    let y = x.reshape(&[b, h, 1, w, 1, c])?;
+    mlx_rs::ops::broadcast_to(&y, &[b, h, 2, w, 2, c])?.reshape(&[b, h * 2, w * 2, c])
+}
+
+impl VaeDecoder {
+    /// Builds the decoder from tensors named as DiffusionKit maps them (see [`remap_vae_decoder`]).
+    pub fn from_store(
+        config: &VaeDecoderConfig,
+        store: &mut TensorStore,
+    ) -> Result<Self, WeightsError> {
+        let groups = config.norm_groups as i32;
+        let gn =
+            |store: &mut TensorStore, name: &str, c: usize| -> Result<GroupNorm, WeightsError> {
+                Ok(GroupNorm {
+                    groups,
+                    weight: store.take(&format!("{name}.weight"), &[c as i32])?,
+                    bias: store.take(&format!("{name}.bias"), &[c as i32])?,
+                    eps: 1e-5,
+                })
+            };
+        let conv = |store: &mut TensorStore,
+                    name: &str,
+                    cin: usize,
+                    cout: usize|
+         -> Result<Conv2d, WeightsError> {
+            Ok(Conv2d {
+                weight: store.take(&format!("{name}.weight"), &[cout as i32, 3, 3, cin as i32])?,
+                bias: Some(store.take(&format!("{name}.bias"), &[cout as i32])?),
+                stride: 1,
+                padding: 1,
+            })
+        };
+        let resnet = |store: &mut TensorStore,
+                      name: &str,
+                      cin: usize,
+                      cout: usize|
+         -> Result<ResnetBlock, WeightsError> {
+            Ok(ResnetBlock {
+                norm1: gn(store, &format!("{name}.norm1"), cin)?,
+                conv1: conv(store, &format!("{name}.conv1"), cin, cout)?,
+                norm2: gn(store, &format!("{name}.norm2"), cout)?,
+                conv2: conv(store, &format!("{name}.conv2"), cout, cout)?,
+                conv_shortcut: if cin != cout {
+                    Some(store.linear(&format!("{name}.conv_shortcut"), cout, cin)?)
+                } else {
+                    None
+                },
+            })
+        };
+        let chans = &config.block_out_channels;
+        let top = *chans.last().ok_or_else(|| WeightsError::Invalid {
+            path: store.path().to_owned(),
+            reason: "the VAE needs at least one block".into(),
+        })?;
+        let conv_in = conv(store, "conv_in", config.latent_channels, top)?;
+        let attention = VaeAttention {
+            group_norm: gn(store, "mid_blocks.1.group_norm", top)?,
+            query_proj: store.linear("mid_blocks.1.query_proj", top, top)?,
+            key_proj: store.linear("mid_blocks.1.key_proj", top, top)?,
+            value_proj: store.linear("mid_blocks.1.value_proj", top, top)?,
+            out_proj: store.linear("mid_blocks.1.out_proj", top, top)?,
+        };
+        let mid = (
+            resnet(store, "mid_blocks.0", top, top)?,
+            attention,
+            resnet(store, "mid_blocks.2", top, top)?,
+        );
+        let mut up_blocks = Vec::with_capacity(chans.len());
+        for (i, &cout) in chans.iter().enumerate() {
+            // up.i receives the output of up.(i+1) (or of the mid block for the last one).
+            let cin = chans.get(i + 1).copied().unwrap_or(top);
+            let mut resnets = Vec::with_capacity(config.layers_per_block);
+            for j in 0..config.layers_per_block {
+                resnets.push(resnet(
+                    store,
+                    &format!("up_blocks.{i}.resnets.{j}"),
+                    if j == 0 { cin } else { cout },
+                    cout,
+                )?);
+            }
+            let upsample = if i > 0 {
+                Some(conv(store, &format!("up_blocks.{i}.upsample"), cout, cout)?)
+            } else {
+                None
+            };
+            up_blocks.push(UpBlock { resnets, upsample });
+        }
+        let conv_norm_out = gn(store, "conv_norm_out", chans[0])?;
+        let conv_out = conv(store, "conv_out", chans[0], config.out_channels)?;
+        Ok(Self {
+            config: config.clone(),
+            conv_in,
+            mid,
+            up_blocks,
+            conv_norm_out,
+            conv_out,
+        })
+    }
+
+    /// Decodes an already unscaled latent (`z / 1.5305 + 0.0609`), NHWC → NHWC in about [-1, 1].
+    pub fn forward(&self, z: &Array) -> MlxResult<Array> {
+        let mut x = self.conv_in.forward(z)?;
+        x = self.mid.0.forward(&x)?;
+        x = self.mid.1.forward(&x)?;
+        x = self.mid.2.forward(&x)?;
+        for block in self.up_blocks.iter().rev() {
+            for r in &block.resnets {
+                x = r.forward(&x)?;
+            }
+            if let Some(up) = &block.upsample {
+                x = up.forward(&upsample_nearest(&x)?)?;
+            }
+            x.eval()?;
+        }
+        self.conv_out
+            .forward(&silu(&self.conv_norm_out.forward(&x)?)?)
+    }
+
+    /// Sampler latent → image in [0, 1]: unscale, decode, `clip(x/2 + 0.5, 0, 1)`.
+    pub fn decode_latent(&self, latent: &Array) -> MlxResult<Array> {
+        let z = latent
+            .divide(scalar(self.config.scaling_factor))?
+            .add(scalar(self.config.shift_factor))?;
+        let x = self.forward(&super::nn::cast(&z, self.conv_in.weight.dtype())?)?;
+        mlx_rs::ops::clip(
+            x.divide(scalar(2.0))?.add(scalar(0.5))?,
+            (scalar(0.0), scalar(1.0)),
+        )
+    }
+}
+
+/// `(x · 255)` truncated to u8, as DiffusionKit converts (`astype(uint8)`): HWC bytes per image.
+pub fn to_u8_images(x: &Array) -> MlxResult<Vec<(u32, u32, Vec<u8>)>> {
+    let s = x.shape().to_vec();
+    let (b, h, w) = (s[0], s[1] as u32, s[2] as u32);
+    let bytes = x
+        .multiply(scalar(255.0))?
+        .as_dtype(Dtype::Uint8)?
+        .reshape(&[b, -1])?;
+    bytes.eval()?;
+    let all: &[u8] = bytes
+        .try_as_slice::<u8>()
+        .map_err(|e| mlx_rs::error::Exception::custom(e.to_string()))?;
+    let per = all.len() / b.max(1) as usize;
+    Ok(all.chunks(per.max(1)).map(|c| (w, h, c.to_vec())).collect())
+}
+
+/// DiffusionKit's `vae_decoder_state_dict_adjustments` for keys under
+/// `first_stage_model.decoder.`: renames to its module names, moves conv weights from OIHW to
+/// OHWI and squeezes the 1×1 shortcut and attention weights.
+pub fn remap_vae_decoder(
+    raw: std::collections::HashMap<String, Array>,
+) -> MlxResult<std::collections::HashMap<String, Array>> {
+    let mut out = std::collections::HashMap::new();
+    for (key, v) in raw {
+        let Some(k) = key.strip_prefix(super::weights::VAE_DECODER_PREFIX) else {
+            continue;
+        };
+        let k = k
+            .replace("up", "up_blocks")
+            .replace("mid", "mid_blocks")
+            .replace("mid_blocks.block_1", "mid_blocks.0")
+            .replace("mid_blocks.block_2", "mid_blocks.2")
+            .replace("mid_blocks.attn_1", "mid_blocks.1")
+            .replace(".norm.", ".group_norm.")
+            .replace(".q", ".query_proj")
+            .replace(".k", ".key_proj")
+            .replace(".v", ".value_proj")
+            .replace(".proj_out", ".out_proj")
+            .replace(".block.", ".resnets.")
+            .replace(".nin_shortcut.", ".conv_shortcut.")
+            .replace(".up_blockssample.conv.", ".upsample.")
+            .replace("norm_out", "conv_norm_out");
+        let is_weight = k.ends_with("weight");
+        let v = if k.contains("conv_shortcut.weight") {
+            v.reshape(&[v.shape()[0], v.shape()[1]])?
+        } else if k.contains("proj.weight") {
+            v.reshape(&[v.shape()[0], v.shape()[1]])?
+        } else if is_weight && v.ndim() == 4 && (k.contains("upsample") || k.contains("conv")) {
+            v.transpose_axes(&[0, 2, 3, 1])?
+        } else {
+            v
+        };
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// Loads the VAE decoder from `sd3_medium.safetensors` (Stability's layout) in `dtype`.
+pub fn load_vae_decoder(
+    path: &std::path::Path,
+    config: &VaeDecoderConfig,
+    dtype: Dtype,
+) -> Result<VaeDecoder, WeightsError> {
+    let raw = super::weights::load_safetensors(path)?;
+    let tensors = remap_vae_decoder(raw).map_err(|source| WeightsError::Mlx {
+        key: "VAE decoder remap".into(),
+        source,
+    })?;
+    let mut store = TensorStore::new(path, tensors, dtype);
+    let model = VaeDecoder::from_store(config, &mut store)?;
+    store.finish()?;
+    Ok(model)
+}
