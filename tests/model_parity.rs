@@ -228,3 +228,86 @@ fn vae_decoder_matches_diffusionkit() {
         );
     }
 }
+
+#[test]
+fn whole_generation_matches_diffusionkit() {
+    use sd3lab::model::pipeline::{Flow, GenerateConfig, Pipeline};
+    use sd3lab::model::source::{ModelFiles, write_model_dir};
+
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    let config = sd3lab::model::Preset::Tiny.config(None);
+    write_model_dir(&model_dir, &config, 99).unwrap();
+    let cfg_file = dir.path().join("config.json");
+    std::fs::write(&cfg_file, serde_json::to_string(&config).unwrap()).unwrap();
+    let settings = GenerateConfig {
+        prompt: "a red fox in snow".into(),
+        negative_prompt: "blurry".into(),
+        seed: 1,
+        num_steps: 4,
+        cfg_weight: 7.5,
+        height: 96,
+        width: 128,
+    };
+    let settings_file = dir.path().join("settings.json");
+    std::fs::write(&settings_file, serde_json::to_string(&settings).unwrap()).unwrap();
+    common::run_oracle(
+        "dk_oracle.py",
+        &[
+            "generate".as_ref(),
+            model_dir.as_os_str(),
+            cfg_file.as_os_str(),
+            settings_file.as_os_str(),
+            dir.path().as_os_str(),
+        ],
+    );
+    let files = ModelFiles::in_dir(&model_dir, "test").unwrap();
+    let pipe = Pipeline::load(&files, Dtype::Float32).unwrap();
+    assert_eq!(
+        pipe.config, config,
+        "configuration inferred from the checkpoint"
+    );
+    let read = |n: &str| common::read_npy(&dir.path().join(n));
+    let (cond, pooled) = pipe
+        .encode_text(&settings.prompt, &settings.negative_prompt)
+        .unwrap();
+    let e_cond = relative_error(&cond, &read("gen_cond.npy"));
+    let e_pooled = relative_error(&pooled, &read("gen_pooled.npy"));
+    let generated = pipe
+        .generate(&settings, &mut |_| Flow::Continue)
+        .unwrap()
+        .unwrap();
+    let latent = generated
+        .latent
+        .divide(Array::from_f32(1.5305))
+        .unwrap()
+        .add(Array::from_f32(0.0609))
+        .unwrap();
+    let e_latent = relative_error(&latent, &read("gen_latent.npy"));
+    let want = read("gen_u8.npy");
+    let (w, h, ours) = generated.image;
+    assert_eq!(
+        (h as usize, w as usize, 3),
+        (want.shape[1], want.shape[2], want.shape[3])
+    );
+    let want: Vec<u8> = want.data.to_f32_vec().iter().map(|&v| v as u8).collect();
+    let diffs: Vec<i32> = ours
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as i32 - *b as i32).abs())
+        .collect();
+    let differing = diffs.iter().filter(|&&d| d > 0).count();
+    eprintln!(
+        "generation: conditioning {e_cond:.2e}, pooled {e_pooled:.2e}, final latent {e_latent:.2e}; {differing} of {} u8 values differ by one level",
+        diffs.len()
+    );
+    assert!(e_cond <= TOLERANCE && e_pooled <= TOLERANCE && e_latent <= TOLERANCE);
+    assert!(
+        diffs.iter().all(|&d| d <= 1),
+        "a pixel differs by more than one level"
+    );
+    assert!(
+        differing * 1000 <= diffs.len(),
+        "{differing} values differ: more than rounding-boundary cases"
+    );
+}

@@ -228,7 +228,6 @@ impl Preset {
                     vae: VaeDecoderConfig {
                         block_out_channels: vec![32, 32, 32, 32],
                         layers_per_block: 1,
-                        norm_groups: 8,
                         ..VaeDecoderConfig::sd3()
                     },
                 }

@@ -119,5 +119,69 @@ def vae(checkpoint, config_file, out):
 COMMANDS["vae"] = vae
 
 
+def _clip_and_tokenizer(model_dir, name, tok_name, pad_with_eos):
+    from diffusionkit.mlx.clip import CLIPTextModel
+    from diffusionkit.mlx.config import CLIPTextModelConfig
+    from diffusionkit.mlx.model_io import _load_safetensor_weights, map_clip_text_encoder_weights
+    from diffusionkit.mlx.tokenizer import Tokenizer
+
+    d = os.path.join(model_dir, name)
+    config = json.load(open(os.path.join(d, "config.json")))
+    with_projection = "WithProjection" in config["architectures"][0]
+    model = CLIPTextModel(CLIPTextModelConfig(
+        num_layers=config["num_hidden_layers"], model_dims=config["hidden_size"],
+        num_heads=config["num_attention_heads"], max_length=config["max_position_embeddings"],
+        vocab_size=config["vocab_size"], projection_dim=config["projection_dim"] if with_projection else None,
+        hidden_act=config.get("hidden_act", "quick_gelu")))
+    _load_safetensor_weights(map_clip_text_encoder_weights, model, os.path.join(d, "model.fp16.safetensors"), False)
+    td = os.path.join(model_dir, tok_name)
+    with open(os.path.join(td, "merges.txt"), encoding="utf-8") as f:
+        merges = [tuple(m.split()) for m in f.read().strip().split("\n")[1 : 49152 - 256 - 2 + 1]]
+    vocab = json.load(open(os.path.join(td, "vocab.json"), encoding="utf-8"))
+    return model, Tokenizer(dict(map(reversed, enumerate(merges))), vocab, pad_with_eos=pad_with_eos)
+
+
+def generate(model_dir, config_file, settings_file, out):
+    """A whole no-T5 generation with DiffusionKit's own pipeline code (encode_text →
+    denoise_latents → decode_latents_to_image), assembled from the model directory."""
+    from diffusionkit.mlx import DiffusionPipeline, SD3LatentFormat
+    from diffusionkit.mlx.sampler import ModelSamplingDiscreteFlow
+    from diffusionkit.mlx.vae import VAEDecoder
+    from diffusionkit.mlx.model_io import vae_decoder_state_dict_adjustments
+
+    cfg = json.load(open(config_file))
+    s = json.load(open(settings_file))
+    ckpt = os.path.join(model_dir, "sd3_medium.safetensors")
+    pipe = object.__new__(DiffusionPipeline)
+    pipe.activation_dtype = mx.float32
+    pipe.use_t5 = False
+    pipe.sampler = ModelSamplingDiscreteFlow(shift=3.0)
+    pipe.latent_format = SD3LatentFormat()
+    pipe.clip_l, pipe.tokenizer_l = _clip_and_tokenizer(model_dir, "clip_l", "tokenizer_l", True)
+    pipe.clip_g, pipe.tokenizer_g = _clip_and_tokenizer(model_dir, "clip_g", "tokenizer_g", False)
+    pipe.mmdit = load_mmdit(ckpt, cfg["mmdit"])
+    adaln = [(k, v.astype(mx.float32)) for k, v in mmdit_state_dict_adjustments(mx.load(ckpt), prefix="model.diffusion_model.").items() if "adaLN" in k]
+    pipe.load_mmdit = lambda only_modulation_dict=False: adaln
+    v = cfg["vae"]
+    pipe.decoder = VAEDecoder(in_channels=v["latent_channels"], out_channels=v["out_channels"],
+                              block_out_channels=v["block_out_channels"], layers_per_block=v["layers_per_block"],
+                              resnet_groups=v["norm_groups"])
+    w = vae_decoder_state_dict_adjustments(mx.load(ckpt), prefix="first_stage_model.decoder.")
+    pipe.decoder.load_weights(list({k: x.astype(mx.float32) for k, x in w.items()}.items()))
+
+    cond, pooled = pipe.encode_text(s["prompt"], s["cfg_weight"], s["negative_prompt"])
+    cond, pooled = cond.astype(mx.float32), pooled.astype(mx.float32)
+    latent, _ = pipe.denoise_latents(cond, pooled, num_steps=s["num_steps"], cfg_weight=s["cfg_weight"],
+                                     latent_size=(s["height"] // 8, s["width"] // 8), seed=s["seed"])
+    image = pipe.decode_latents_to_image(latent.astype(mx.float32))
+    np.save(os.path.join(out, "gen_cond.npy"), np.array(cond))
+    np.save(os.path.join(out, "gen_pooled.npy"), np.array(pooled))
+    np.save(os.path.join(out, "gen_latent.npy"), np.array(latent))
+    np.save(os.path.join(out, "gen_u8.npy"), np.array((image * 255).astype(mx.uint8)))
+
+
+COMMANDS["generate"] = generate
+
+
 if __name__ == "__main__":
     COMMANDS[sys.argv[1]](*sys.argv[2:])

@@ -1,0 +1,326 @@
+//! Prompt → image, as DiffusionKit's `DiffusionPipeline` runs SD3 without T5: tokenize for both
+//! CLIPs (CFG batch: prompt, then negative), encode, build the 154-token conditioning and the
+//! pooled vector, seed the noise, cache the modulation per timestep, sample with Euler + CFG,
+//! decode, convert to u8. Each denoising step can be observed (the calibration generator records
+//! exactly what the denoiser receives) and cancelled.
+
+use std::time::Instant;
+
+use mlx_rs::{Array, Dtype};
+
+use super::clip::{ClipTextModel, load_clip};
+use super::config::Sd3Config;
+use super::mmdit::{Mmdit, load_mmdit};
+use super::nn::MlxResult;
+use super::sampler;
+use super::source::{ModelFiles, infer_config};
+use super::tokenizer::{ClipTokenizer, Padding, TokenizerError};
+use super::vae::{VaeDecoder, load_vae_decoder, to_u8_images};
+use super::weights::WeightsError;
+
+/// Why a pipeline could not load or run.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("{0}")]
+    Config(String),
+    #[error("MLX error: {0}")]
+    Mlx(#[from] mlx_rs::error::Exception),
+}
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GenerateConfig {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub seed: u32,
+    pub num_steps: usize,
+    pub cfg_weight: f32,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            seed: 0,
+            num_steps: 50,
+            cfg_weight: 7.5,
+            height: 512,
+            width: 512,
+        }
+    }
+}
+
+impl GenerateConfig {
+    /// Checks sizes and counts; the latent is 1/8 of the image and must split into 2×2 patches.
+    pub fn validate(&self, max_latent: usize) -> Result<(), String> {
+        if self.num_steps == 0 {
+            return Err("num_steps must be at least 1".into());
+        }
+        for (name, v) in [("height", self.height), ("width", self.width)] {
+            if v == 0 || !v.is_multiple_of(16) {
+                return Err(format!("{name} {v} must be a positive multiple of 16"));
+            }
+            if v / 8 > max_latent {
+                return Err(format!(
+                    "{name} {v} is above this model's maximum of {} pixels",
+                    max_latent * 8
+                ));
+            }
+        }
+        if !self.cfg_weight.is_finite() {
+            return Err("cfg_weight must be a finite number".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the denoiser receives at one step (a calibration record holds exactly this).
+pub struct StepInputs<'a> {
+    pub step_index: usize,
+    pub num_steps: usize,
+    /// The latent before CFG duplication, `(1, h, w, 16)` float32.
+    pub x: &'a Array,
+    /// Model timestep `1000·sigma` (scalar, activation dtype).
+    pub timestep: &'a Array,
+    /// Scalar float32.
+    pub sigma: &'a Array,
+    /// `(2, 154, 4096)`: prompt, negative.
+    pub conditioning: &'a Array,
+    /// `(2, pooled_dim)`.
+    pub pooled: &'a Array,
+}
+
+/// Whether to go on after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Cancel,
+}
+
+/// Seconds spent in each stage.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StageTimes {
+    pub text_encoding: f64,
+    pub denoising: f64,
+    pub per_step: Vec<f64>,
+    pub decoding: f64,
+}
+
+/// A finished generation.
+pub struct Generated {
+    /// `(width, height, RGB bytes)`.
+    pub image: (u32, u32, Vec<u8>),
+    /// The final latent from the sampler, `(1, h, w, 16)` float32 (before unscaling).
+    pub latent: Array,
+    pub times: StageTimes,
+}
+
+/// A loaded SD3 pipeline. Owns MLX arrays: keep it on one thread (the MLX worker).
+pub struct Pipeline {
+    pub files: ModelFiles,
+    pub config: Sd3Config,
+    pub dtype: Dtype,
+    pub tokenizer_l: ClipTokenizer,
+    pub tokenizer_g: ClipTokenizer,
+    pub clip_l: ClipTextModel,
+    pub clip_g: ClipTextModel,
+    pub mmdit: Mmdit,
+    pub vae: VaeDecoder,
+    pub load_seconds: f64,
+}
+
+impl Pipeline {
+    /// Loads every part in `dtype`, strictly (any missing, unexpected or misshapen tensor is an
+    /// error naming it).
+    pub fn load(files: &ModelFiles, dtype: Dtype) -> Result<Self, PipelineError> {
+        let start = Instant::now();
+        let (mmdit_cfg, vae_cfg) = infer_config(&files.checkpoint)?;
+        let clip_l = load_clip(&files.clip_l, dtype)?;
+        let clip_g = load_clip(&files.clip_g, dtype)?;
+        let pooled = clip_l.config.pooled_dim() + clip_g.config.pooled_dim();
+        if pooled != mmdit_cfg.pooled_dim {
+            return Err(PipelineError::Config(format!(
+                "the CLIP encoders pool {pooled} features but the MMDiT expects {}",
+                mmdit_cfg.pooled_dim
+            )));
+        }
+        if clip_l.config.width + clip_g.config.width > mmdit_cfg.context_dim {
+            return Err(PipelineError::Config(
+                "the CLIP encoders are wider than the MMDiT's context".into(),
+            ));
+        }
+        let mmdit = load_mmdit(&files.checkpoint, &mmdit_cfg, dtype)?;
+        let vae = load_vae_decoder(&files.checkpoint, &vae_cfg, dtype)?;
+        let tokenizer_l = ClipTokenizer::load(&files.tokenizer_l, Padding::Eos)?;
+        let tokenizer_g = ClipTokenizer::load(&files.tokenizer_g, Padding::Zero)?;
+        let config = Sd3Config {
+            mmdit: mmdit_cfg,
+            clip_l: clip_l.config.clone(),
+            clip_g: clip_g.config.clone(),
+            vae: vae_cfg,
+        };
+        Ok(Self {
+            files: files.clone(),
+            config,
+            dtype,
+            tokenizer_l,
+            tokenizer_g,
+            clip_l,
+            clip_g,
+            mmdit,
+            vae,
+            load_seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn ids(tok: &ClipTokenizer, prompt: &str, negative: &str) -> Array {
+        let rows = tok.batch(prompt, Some(negative));
+        let flat: Vec<i32> = rows.iter().flatten().map(|&t| t as i32).collect();
+        Array::from_slice(&flat, &[rows.len() as i32, rows[0].len() as i32])
+    }
+
+    /// `(conditioning (2, 154, 4096), pooled (2, L+G))` for [prompt, negative].
+    pub fn encode_text(&self, prompt: &str, negative: &str) -> MlxResult<(Array, Array)> {
+        let l = self
+            .clip_l
+            .forward(&Self::ids(&self.tokenizer_l, prompt, negative))?;
+        let g = self
+            .clip_g
+            .forward(&Self::ids(&self.tokenizer_g, prompt, negative))?;
+        let cond = mlx_rs::ops::concatenate(&[&l.penultimate, &g.penultimate], -1)?;
+        let s = cond.shape().to_vec();
+        let pad = self.config.mmdit.context_dim as i32 - s[2];
+        let zeros = mlx_rs::ops::zeros::<f32>(&[s[0], s[1], pad])?;
+        let cond = mlx_rs::ops::concatenate(&[cond.clone(), zeros], -1)?;
+        // The 77 all-zero "T5" tokens of the no-T5 variant.
+        let t5 = mlx_rs::ops::zeros_like(&cond)?;
+        let cond = mlx_rs::ops::concatenate(&[cond, t5], 1)?;
+        let pooled = mlx_rs::ops::concatenate(&[&l.pooled, &g.pooled], -1)?;
+        Ok((cond.as_dtype(self.dtype)?, pooled.as_dtype(self.dtype)?))
+    }
+
+    /// Euler sampling with CFG. Returns the final latent, or `None` when `on_step` cancelled.
+    #[allow(clippy::too_many_arguments)]
+    pub fn denoise(
+        &self,
+        conditioning: &Array,
+        pooled: &Array,
+        seed: u32,
+        num_steps: usize,
+        cfg_weight: f32,
+        latent_hw: (usize, usize),
+        times: &mut Vec<f64>,
+        on_step: &mut dyn FnMut(&StepInputs) -> Flow,
+    ) -> MlxResult<Option<Array>> {
+        let c = self.config.mmdit.latent_channels;
+        let noise = sampler::initial_noise(seed, latent_hw.0, latent_hw.1, c)?;
+        let sigmas = sampler::sigmas(num_steps)?;
+        sigmas.eval()?;
+        let sig: Vec<Array> = sigmas
+            .split_equal(num_steps as i32 + 1, 0)?
+            .into_iter()
+            .map(|s| s.reshape(&[]))
+            .collect::<MlxResult<_>>()?;
+        let ts = sampler::timesteps(&sigmas, self.dtype)?;
+        let ts: Vec<Array> = ts
+            .split_equal(num_steps as i32 + 1, 0)?
+            .into_iter()
+            .map(|s| s.reshape(&[]))
+            .collect::<MlxResult<_>>()?;
+        let mut x = sampler::noise_scaling(&sig[0], &noise)?;
+        for i in 0..num_steps {
+            let start = Instant::now();
+            x.eval()?;
+            if on_step(&StepInputs {
+                step_index: i,
+                num_steps,
+                x: &x,
+                timestep: &ts[i],
+                sigma: &sig[i],
+                conditioning,
+                pooled,
+            }) == Flow::Cancel
+            {
+                return Ok(None);
+            }
+            let m = self.mmdit.modulation(pooled, &ts[i])?;
+            let x_batch = mlx_rs::ops::concatenate(&[&x, &x], 0)?.as_dtype(self.dtype)?;
+            let out = self.mmdit.forward(&x_batch, conditioning, &m)?;
+            let denoised = sampler::guided_denoised(&x_batch, &out, &sig[i], cfg_weight)?;
+            x = sampler::euler_step(&x, &denoised, &sig[i], &sig[i + 1])?;
+            x.eval()?;
+            times.push(start.elapsed().as_secs_f64());
+        }
+        Ok(Some(x))
+    }
+
+    /// Sampler latent → image in [0, 1], `(1, H, W, 3)`.
+    pub fn decode(&self, latent: &Array) -> MlxResult<Array> {
+        self.vae.decode_latent(&latent.as_dtype(self.dtype)?)
+    }
+
+    /// The whole pipeline. `None` when cancelled.
+    pub fn generate(
+        &self,
+        cfg: &GenerateConfig,
+        on_step: &mut dyn FnMut(&StepInputs) -> Flow,
+    ) -> Result<Option<Generated>, PipelineError> {
+        cfg.validate(self.config.mmdit.max_latent_resolution)
+            .map_err(PipelineError::Config)?;
+        let mut times = StageTimes::default();
+        let t0 = Instant::now();
+        let (cond, pooled) = self.encode_text(&cfg.prompt, &cfg.negative_prompt)?;
+        mlx_rs::transforms::eval([&cond, &pooled])?;
+        times.text_encoding = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let latent_hw = (cfg.height / 8, cfg.width / 8);
+        let Some(latent) = self.denoise(
+            &cond,
+            &pooled,
+            cfg.seed,
+            cfg.num_steps,
+            cfg.cfg_weight,
+            latent_hw,
+            &mut times.per_step,
+            on_step,
+        )?
+        else {
+            return Ok(None);
+        };
+        times.denoising = t1.elapsed().as_secs_f64();
+        let t2 = Instant::now();
+        let image = self.decode(&latent)?;
+        let mut images = to_u8_images(&image)?;
+        times.decoding = t2.elapsed().as_secs_f64();
+        Ok(Some(Generated {
+            image: images.remove(0),
+            latent,
+            times,
+        }))
+    }
+}
+
+/// Writes RGB bytes as a PNG, atomically.
+pub fn write_png(
+    path: &std::path::Path,
+    width: u32,
+    height: u32,
+    rgb: &[u8],
+) -> std::io::Result<()> {
+    let mut bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut bytes, width, height);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().map_err(std::io::Error::other)?;
+        w.write_image_data(rgb).map_err(std::io::Error::other)?;
+    }
+    crate::fsutil::write_atomic(path, &bytes)
+}

@@ -1,0 +1,311 @@
+//! Where a model comes from (`--model`): a directory in the published layout, `sd3-medium`
+//! from the Hugging Face cache, `tiny` (the built-in demo model, generated on first use into the
+//! user's cache), or `auto`. Also writes whole synthetic checkpoints (`sd3lab model synth`) and
+//! infers a checkpoint's configuration from its tensor shapes.
+//!
+//! The published layout, as the two Hugging Face repositories put their files side by side:
+//! `sd3_medium.safetensors` (MMDiT `model.diffusion_model.*` + VAE `first_stage_model.*`),
+//! `clip_l/{config.json, model.fp16.safetensors}`, `clip_g/…`,
+//! `tokenizer_l/{vocab.json, merges.txt}`, `tokenizer_g/…`.
+
+use std::path::{Path, PathBuf};
+
+use super::config::{MmditConfig, Preset, Sd3Config, VaeDecoderConfig};
+use super::weights::{MMDIT_PREFIX, VAE_DECODER_PREFIX, WeightsError};
+
+/// The checkpoint file inside a model directory.
+pub const CHECKPOINT_FILE: &str = "sd3_medium.safetensors";
+/// Hugging Face repositories of the real model.
+pub const HF_MMDIT_REPO: &str = "argmaxinc/mlx-stable-diffusion-3-medium";
+pub const HF_TEXT_REPO: &str = "argmaxinc/stable-diffusion";
+/// Version of the built-in tiny model's recipe (bump when it changes).
+pub const TINY_VERSION: &str = "tiny-v1";
+/// Seed of the built-in tiny model.
+pub const TINY_SEED: u64 = 20_240_612;
+
+/// Why a model could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{path}: not a model directory: missing {missing}")]
+    Incomplete { path: PathBuf, missing: String },
+    #[error(
+        "sd3-medium is not in the Hugging Face cache ({cache}); download it with \
+         `huggingface-cli download {HF_MMDIT_REPO}` and `huggingface-cli download {HF_TEXT_REPO} --include 'clip_*/*' 'tokenizer_*/*'` \
+         (a token may be needed: HF_TOKEN), or pass --model DIR"
+    )]
+    NotCached { cache: PathBuf },
+    #[error("unknown model '{0}': use tiny, sd3-medium, auto or a directory")]
+    Unknown(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+}
+
+/// A resolved model: the files of the published layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFiles {
+    /// What the user asked for (`tiny`, `sd3-medium`, a path).
+    pub name: String,
+    pub checkpoint: PathBuf,
+    pub clip_l: PathBuf,
+    pub clip_g: PathBuf,
+    pub tokenizer_l: PathBuf,
+    pub tokenizer_g: PathBuf,
+}
+
+impl ModelFiles {
+    /// The files of a directory in the published layout (checked to exist).
+    pub fn in_dir(dir: &Path, name: &str) -> Result<Self, SourceError> {
+        let files = Self {
+            name: name.to_owned(),
+            checkpoint: dir.join(CHECKPOINT_FILE),
+            clip_l: dir.join("clip_l"),
+            clip_g: dir.join("clip_g"),
+            tokenizer_l: dir.join("tokenizer_l"),
+            tokenizer_g: dir.join("tokenizer_g"),
+        };
+        files.check()?;
+        Ok(files)
+    }
+
+    fn check(&self) -> Result<(), SourceError> {
+        let needed = [
+            self.checkpoint.clone(),
+            self.clip_l.join("config.json"),
+            self.clip_l.join("model.fp16.safetensors"),
+            self.clip_g.join("config.json"),
+            self.clip_g.join("model.fp16.safetensors"),
+            self.tokenizer_l.join("vocab.json"),
+            self.tokenizer_l.join("merges.txt"),
+            self.tokenizer_g.join("vocab.json"),
+            self.tokenizer_g.join("merges.txt"),
+        ];
+        let missing: Vec<String> = needed
+            .iter()
+            .filter(|p| !p.is_file())
+            .map(|p| p.display().to_string())
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            let root = self
+                .checkpoint
+                .parent()
+                .unwrap_or(Path::new("."))
+                .to_owned();
+            Err(SourceError::Incomplete {
+                path: root,
+                missing: missing.join(", "),
+            })
+        }
+    }
+}
+
+/// The user's cache folder for SD3 Lab (`$XDG_CACHE_HOME/sd3lab` or `~/.cache/sd3lab`;
+/// `~/Library/Caches/sd3lab` on macOS).
+pub fn cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("SD3LAB_CACHE_DIR") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    if cfg!(target_os = "macos") {
+        return home.join("Library/Caches/sd3lab");
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache"))
+        .join("sd3lab")
+}
+
+/// The Hugging Face hub cache (`$HF_HUB_CACHE`, `$HF_HOME/hub`, or `~/.cache/huggingface/hub`).
+pub fn hf_hub_cache() -> PathBuf {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("HF_HOME") {
+        return PathBuf::from(p).join("hub");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    home.join(".cache/huggingface/hub")
+}
+
+/// The snapshot folder of `repo` in the hub cache (the revision `refs/main` points to).
+fn hf_snapshot(cache: &Path, repo: &str) -> Option<PathBuf> {
+    let dir = cache.join(format!("models--{}", repo.replace('/', "--")));
+    let rev = std::fs::read_to_string(dir.join("refs/main")).ok()?;
+    let snap = dir.join("snapshots").join(rev.trim());
+    snap.is_dir().then_some(snap)
+}
+
+/// sd3-medium's files from the Hugging Face cache, if both repositories are there.
+pub fn sd3_medium_from_cache() -> Result<ModelFiles, SourceError> {
+    let cache = hf_hub_cache();
+    let (Some(mmdit), Some(text)) = (
+        hf_snapshot(&cache, HF_MMDIT_REPO),
+        hf_snapshot(&cache, HF_TEXT_REPO),
+    ) else {
+        return Err(SourceError::NotCached { cache });
+    };
+    let files = ModelFiles {
+        name: "sd3-medium".into(),
+        checkpoint: mmdit.join(CHECKPOINT_FILE),
+        clip_l: text.join("clip_l"),
+        clip_g: text.join("clip_g"),
+        tokenizer_l: text.join("tokenizer_l"),
+        tokenizer_g: text.join("tokenizer_g"),
+    };
+    files
+        .check()
+        .map_err(|_| SourceError::NotCached { cache })?;
+    Ok(files)
+}
+
+/// The built-in tiny model, written into the cache on first use.
+pub fn tiny_model() -> Result<ModelFiles, SourceError> {
+    let dir = cache_dir().join("models").join(TINY_VERSION);
+    if let Ok(files) = ModelFiles::in_dir(&dir, "tiny") {
+        return Ok(files);
+    }
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|source| SourceError::Io {
+        path: parent.to_owned(),
+        source,
+    })?;
+    // Build beside the final folder, then rename: a crash never leaves half a model.
+    let tmp = tempfile::Builder::new()
+        .prefix(".tiny-")
+        .tempdir_in(parent)
+        .map_err(|source| SourceError::Io {
+            path: parent.to_owned(),
+            source,
+        })?;
+    write_model_dir(tmp.path(), &Preset::Tiny.config(None), TINY_SEED).map_err(|source| {
+        SourceError::Io {
+            path: tmp.path().to_owned(),
+            source,
+        }
+    })?;
+    let staged = tmp.keep();
+    if std::fs::rename(&staged, &dir).is_err() {
+        // Another process won the race; use its copy.
+        let _ = std::fs::remove_dir_all(&staged);
+    }
+    ModelFiles::in_dir(&dir, "tiny")
+}
+
+/// Resolves `--model`: `tiny`, `sd3-medium`, `auto` (sd3-medium if cached, else tiny with a
+/// warning through `warn`), or a directory.
+pub fn resolve(spec: &str, warn: &mut dyn FnMut(&str)) -> Result<ModelFiles, SourceError> {
+    match spec {
+        "tiny" => tiny_model(),
+        "sd3-medium" => sd3_medium_from_cache(),
+        "auto" => match sd3_medium_from_cache() {
+            Ok(f) => Ok(f),
+            Err(_) => {
+                warn(
+                    "sd3-medium is not in the Hugging Face cache: using the built-in tiny demo model (random weights; images are noise-like). Pass --model sd3-medium or --model DIR for the real model.",
+                );
+                tiny_model()
+            }
+        },
+        other => {
+            let path = Path::new(other);
+            if path.is_dir() {
+                ModelFiles::in_dir(path, other)
+            } else {
+                Err(SourceError::Unknown(other.to_owned()))
+            }
+        }
+    }
+}
+
+/// Writes a complete synthetic model directory in the published layout.
+pub fn write_model_dir(dir: &Path, config: &Sd3Config, seed: u64) -> std::io::Result<()> {
+    use super::synth::*;
+    std::fs::create_dir_all(dir)?;
+    let mut specs = mmdit_specs(&config.mmdit);
+    specs.extend(vae_decoder_specs(&config.vae));
+    write_safetensors(&dir.join(CHECKPOINT_FILE), &specs, seed)?;
+    write_clip(&dir.join("clip_l"), &config.clip_l, seed ^ 0x11)?;
+    write_clip(&dir.join("clip_g"), &config.clip_g, seed ^ 0x22)?;
+    let merges = synthetic_merges();
+    write_tokenizer(&dir.join("tokenizer_l"), &merges)?;
+    write_tokenizer(&dir.join("tokenizer_g"), &merges)?;
+    let readme = format!(
+        "Synthetic SD3 checkpoint written by sd3lab (seed {seed}): random weights in the published file layout.\n\
+         MMDiT depth {}, width {}; not a trained model.\n",
+        config.mmdit.depth, config.mmdit.hidden_size
+    );
+    crate::fsutil::write_atomic(&dir.join("README.txt"), readme.as_bytes())
+}
+
+/// Infers the MMDiT and VAE configuration from a checkpoint's tensor shapes (SD3 conventions:
+/// 64-wide attention heads, 32 normalisation groups, 3 output channels).
+pub fn infer_config(checkpoint: &Path) -> Result<(MmditConfig, VaeDecoderConfig), WeightsError> {
+    let raw = super::weights::load_safetensors(checkpoint)?;
+    let shape = |k: &str| -> Result<Vec<usize>, WeightsError> {
+        raw.get(k)
+            .map(|a| a.shape().iter().map(|&d| d as usize).collect())
+            .ok_or_else(|| WeightsError::Missing {
+                path: checkpoint.to_owned(),
+                key: k.to_owned(),
+            })
+    };
+    let m = |k: &str| format!("{MMDIT_PREFIX}{k}");
+    let x = shape(&m("x_embedder.proj.weight"))?;
+    let pos = shape(&m("pos_embed"))?;
+    let depth = raw
+        .keys()
+        .filter_map(|k| k.strip_prefix(&m("joint_blocks.")))
+        .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |d| d + 1);
+    let hidden = x[0];
+    let max = (pos[1] as f64).sqrt().round() as usize;
+    let mmdit = MmditConfig {
+        depth,
+        hidden_size: hidden,
+        num_heads: (hidden / 64).max(1),
+        mlp_ratio: shape(&m("joint_blocks.0.x_block.mlp.fc1.weight"))?[0] / hidden,
+        patch_size: x[2],
+        latent_channels: x[1],
+        max_latent_resolution: max,
+        pooled_dim: shape(&m("y_embedder.mlp.0.weight"))?[1],
+        context_dim: shape(&m("context_embedder.weight"))?[1],
+        frequency_dim: shape(&m("t_embedder.mlp.0.weight"))?[1],
+        layer_norm_eps: 1e-6,
+    };
+    let d = |k: &str| format!("{VAE_DECODER_PREFIX}{k}");
+    let mut block_out_channels = Vec::new();
+    while raw.contains_key(&d(&format!(
+        "up.{}.block.0.conv2.weight",
+        block_out_channels.len()
+    ))) {
+        block_out_channels.push(
+            shape(&d(&format!(
+                "up.{}.block.0.conv2.weight",
+                block_out_channels.len()
+            )))?[0],
+        );
+    }
+    let layers_per_block = (0..)
+        .take_while(|j| raw.contains_key(&d(&format!("up.0.block.{j}.conv1.weight"))))
+        .count();
+    let conv_in = shape(&d("conv_in.weight"))?;
+    let vae = VaeDecoderConfig {
+        latent_channels: conv_in[1],
+        out_channels: shape(&d("conv_out.weight"))?[0],
+        block_out_channels,
+        layers_per_block,
+        ..VaeDecoderConfig::sd3()
+    };
+    Ok((mmdit, vae))
+}
