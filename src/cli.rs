@@ -167,13 +167,221 @@ pub fn samples(args: &SamplesArgs) -> anyhow::Result<ExitCode> {
 pub enum ModelCommand {
     /// List the MMDiT's quantizable Linear layers (name, block, kind, shape, parameters).
     Layers(LayersArgs),
+    /// Write a deterministic random checkpoint in the published file layout.
+    Synth(SynthArgs),
+}
+
+#[derive(Args)]
+pub struct SynthArgs {
+    /// Output directory (created; existing files of the layout are replaced).
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long, value_enum, default_value = "tiny")]
+    preset: Preset,
+    /// Override the number of joint blocks.
+    #[arg(long)]
+    depth: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn synth(args: &SynthArgs) -> anyhow::Result<ExitCode> {
+    let config = args.preset.config(args.depth);
+    config.mmdit.validate().map_err(anyhow::Error::msg)?;
+    let start = std::time::Instant::now();
+    sd3lab::model::source::write_model_dir(&args.output, &config, args.seed)
+        .with_context(|| format!("writing the checkpoint into {}", args.output.display()))?;
+    let bytes = dir_size(&args.output);
+    println!(
+        "wrote a {:?} checkpoint (depth {}, width {}, seed {}) to {}: {:.1} MB in {:.1} s",
+        args.preset,
+        config.mmdit.depth,
+        config.mmdit.hidden_size,
+        args.seed,
+        args.output.display(),
+        bytes as f64 / 1e6,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum DtypeArg {
+    Float32,
+    Float16,
+    Bfloat16,
+}
+
+impl DtypeArg {
+    fn dtype(self) -> mlx_rs::Dtype {
+        match self {
+            Self::Float32 => mlx_rs::Dtype::Float32,
+            Self::Float16 => mlx_rs::Dtype::Float16,
+            Self::Bfloat16 => mlx_rs::Dtype::Bfloat16,
+        }
+    }
+
+    /// float32 on the CPU backend (MLX's CPU half-precision GEMM is ~15× slower), float16 on GPUs.
+    fn default_for_backend() -> Self {
+        if mlx_sys::MLX_BACKEND == "cpu" {
+            Self::Float32
+        } else {
+            Self::Float16
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// tiny, sd3-medium, auto, or a directory in the published layout.
+    #[arg(long, default_value = "auto")]
+    model: String,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    #[arg(long, default_value_t = 50)]
+    num_steps: usize,
+    #[arg(long, default_value_t = 7.5)]
+    cfg_weight: f32,
+    #[arg(long, default_value_t = 512)]
+    height: usize,
+    #[arg(long, default_value_t = 512)]
+    width: usize,
+    /// Weights and activations (default: float32 on CPU, float16 on GPU).
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+    /// Output PNG.
+    #[arg(long)]
+    output: PathBuf,
+    /// Also save the final latent (the VAE decoder's input, (1, h, w, 16) float32) as .npy.
+    #[arg(long)]
+    latent_out: Option<PathBuf>,
+    /// Print one JSON summary instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
+    use sd3lab::model::pipeline::{Flow, GenerateConfig, Pipeline, write_png};
+    let files = sd3lab::model::source::resolve(&args.model, &mut |w| eprintln!("warning: {w}"))?;
+    let dtype = args.dtype.unwrap_or_else(DtypeArg::default_for_backend);
+    let pipe = Pipeline::load(&files, dtype.dtype())
+        .with_context(|| format!("loading model '{}'", files.name))?;
+    let cfg = GenerateConfig {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        seed: args.seed,
+        num_steps: args.num_steps,
+        cfg_weight: args.cfg_weight,
+        height: args.height,
+        width: args.width,
+    };
+    let bar = indicatif::ProgressBar::new(cfg.num_steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] step {pos}/{len} {per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message("denoising");
+    if args.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let result = pipe.generate(&cfg, &mut |s| {
+        bar.set_position(s.step_index as u64);
+        Flow::Continue
+    });
+    bar.finish_and_clear();
+    let generated = result?.context("generation was cancelled")?;
+    let (w, h, rgb) = &generated.image;
+    write_png(&args.output, *w, *h, rgb)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    if let Some(path) = &args.latent_out {
+        let latent = generated
+            .latent
+            .divide(mlx_rs::Array::from_f32(pipe.config.vae.scaling_factor))?
+            .add(mlx_rs::Array::from_f32(pipe.config.vae.shift_factor))?;
+        let shape: Vec<usize> = latent.shape().iter().map(|&d| d as usize).collect();
+        let values = sd3lab::model::nn::to_vec_f32(&latent)?;
+        let array = sd3lab::calib::NpyArray::new(shape, sd3lab::calib::NpyData::Float32(values))?;
+        let mut bytes = Vec::new();
+        array.write_npy(&mut bytes)?;
+        sd3lab::fsutil::write_atomic(path, &bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let peak_mlx = mlx_rs::memory::peak_memory().unwrap_or(0);
+    let peak_rss = sd3lab::runtime::doctor::process_peak_rss().unwrap_or(0);
+    let t = &generated.times;
+    if args.json {
+        let doc = serde_json::json!({
+            "schema": "sd3lab.generate/1",
+            "model": files.name,
+            "dtype": format!("{:?}", dtype.dtype()),
+            "settings": cfg,
+            "output": args.output,
+            "latent_out": args.latent_out,
+            "seconds": {"load": pipe.load_seconds, "text_encoding": t.text_encoding, "denoising": t.denoising, "per_step": t.per_step, "decoding": t.decoding},
+            "peak_memory_bytes": {"mlx": peak_mlx, "process_rss": peak_rss},
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        let mean_step = if t.per_step.is_empty() {
+            0.0
+        } else {
+            t.per_step.iter().sum::<f64>() / t.per_step.len() as f64
+        };
+        println!(
+            "wrote {} ({w}×{h}) with model '{}' ({:?})",
+            args.output.display(),
+            files.name,
+            dtype.dtype()
+        );
+        println!(
+            "load {:.2} s | text encoding {:.2} s | denoising {:.2} s ({} steps, {:.3} s/step) | decoding {:.2} s",
+            pipe.load_seconds,
+            t.text_encoding,
+            t.denoising,
+            t.per_step.len(),
+            mean_step,
+            t.decoding
+        );
+        println!(
+            "peak memory: MLX {:.2} GB, process RSS {:.2} GB",
+            peak_mlx as f64 / 1e9,
+            peak_rss as f64 / 1e9
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args)]
 pub struct LayersArgs {
     /// Configuration preset (layers come from the configuration alone, no weights needed).
-    #[arg(long, value_enum, default_value = "sd3-medium")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "sd3-medium",
+        conflicts_with = "model"
+    )]
     preset: Preset,
+    /// Read the configuration from a model's checkpoint instead (tiny, sd3-medium, auto, DIR).
+    #[arg(long)]
+    model: Option<String>,
     /// Override the number of joint blocks.
     #[arg(long)]
     depth: Option<usize>,
@@ -185,20 +393,30 @@ pub struct LayersArgs {
 pub fn model(cmd: &ModelCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ModelCommand::Layers(args) => layers(args),
+        ModelCommand::Synth(args) => synth(args),
     }
 }
 
 fn layers(args: &LayersArgs) -> anyhow::Result<ExitCode> {
-    let config = args.preset.config(args.depth);
-    config.mmdit.validate().map_err(anyhow::Error::msg)?;
-    let layers = mmdit_linear_layers(&config.mmdit);
+    let mut mmdit = match &args.model {
+        Some(spec) => {
+            let files = sd3lab::model::source::resolve(spec, &mut |w| eprintln!("warning: {w}"))?;
+            sd3lab::model::source::infer_config(&files.checkpoint)?.0
+        }
+        None => args.preset.config(None).mmdit,
+    };
+    if let Some(depth) = args.depth {
+        mmdit.depth = depth;
+    }
+    mmdit.validate().map_err(anyhow::Error::msg)?;
+    let layers = mmdit_linear_layers(&mmdit);
     let total: usize = layers.iter().map(|l| l.params).sum();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         let doc = serde_json::json!({
             "schema": "sd3lab.layers/1",
-            "preset": args.preset,
-            "mmdit": config.mmdit,
+            "source": args.model.clone().unwrap_or_else(|| format!("preset:{:?}", args.preset)),
+            "mmdit": mmdit,
             "count": layers.len(),
             "linear_params": total,
             "layers": layers,

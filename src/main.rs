@@ -23,7 +23,9 @@ enum Command {
     Doctor(cli::DoctorArgs),
     /// List the samples of a calibration directory with a summary.
     Samples(cli::SamplesArgs),
-    /// Model tools: list the quantizable layers.
+    /// Generate one image from a prompt (SD3 without T5, as DiffusionKit runs it).
+    Generate(cli::GenerateArgs),
+    /// Model tools: list the quantizable layers, write synthetic checkpoints.
     #[command(subcommand)]
     Model(cli::ModelCommand),
 }
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         Some(Command::Doctor(args)) => cli::doctor(&args),
         Some(Command::Samples(args)) => cli::samples(&args),
         Some(Command::Model(cmd)) => cli::model(&cmd),
+        Some(Command::Generate(args)) => cli::generate(&args),
         None => cli::default_action(),
     };
     match result {

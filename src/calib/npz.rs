@@ -345,6 +345,7 @@ impl NpzWriter {
             .suffix(".npz.tmp")
             .tempfile_in(dir)
             .map_err(io)?;
+        crate::fsutil::make_readable(tmp.as_file()).map_err(io)?;
         let method = if compressed {
             zip::CompressionMethod::Deflated
         } else {

@@ -219,7 +219,7 @@ impl Preset {
                         depth: 2,
                         hidden_size: 128,
                         num_heads: 2,
-                        max_latent_resolution: 32,
+                        max_latent_resolution: 64,
                         pooled_dim: clip_l.pooled_dim() + clip_g.pooled_dim(),
                         ..MmditConfig::sd3_medium()
                     },

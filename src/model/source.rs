@@ -19,7 +19,7 @@ pub const CHECKPOINT_FILE: &str = "sd3_medium.safetensors";
 pub const HF_MMDIT_REPO: &str = "argmaxinc/mlx-stable-diffusion-3-medium";
 pub const HF_TEXT_REPO: &str = "argmaxinc/stable-diffusion";
 /// Version of the built-in tiny model's recipe (bump when it changes).
-pub const TINY_VERSION: &str = "tiny-v1";
+pub const TINY_VERSION: &str = "tiny-v2";
 /// Seed of the built-in tiny model.
 pub const TINY_SEED: u64 = 20_240_612;
 
@@ -194,6 +194,11 @@ pub fn tiny_model() -> Result<ModelFiles, SourceError> {
         }
     })?;
     let staged = tmp.keep();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755));
+    }
     if std::fs::rename(&staged, &dir).is_err() {
         // Another process won the race; use its copy.
         let _ = std::fs::remove_dir_all(&staged);

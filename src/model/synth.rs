@@ -106,6 +106,7 @@ pub fn write_safetensors(path: &Path, specs: &[TensorSpec], seed: u64) -> std::i
         .prefix(".sd3lab-")
         .suffix(".safetensors.tmp")
         .tempfile_in(dir)?;
+    crate::fsutil::make_readable(tmp.as_file())?;
     let mut w = BufWriter::with_capacity(1 << 20, tmp);
     w.write_all(&(text.len() as u64).to_le_bytes())?;
     w.write_all(text.as_bytes())?;
