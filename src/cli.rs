@@ -169,6 +169,64 @@ pub enum ModelCommand {
     Layers(LayersArgs),
     /// Write a deterministic random checkpoint in the published file layout.
     Synth(SynthArgs),
+    /// Load a model completely and report load time and memory (for benchmarks).
+    Load(LoadArgs),
+}
+
+#[derive(Args)]
+pub struct LoadArgs {
+    /// tiny, sd3-medium, auto, or a directory in the published layout.
+    #[arg(long, default_value = "auto")]
+    model: String,
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn load(args: &LoadArgs) -> anyhow::Result<ExitCode> {
+    let files = sd3lab::model::source::resolve(&args.model, &mut |w| eprintln!("warning: {w}"))?;
+    let dtype = args
+        .dtype
+        .unwrap_or_else(DtypeArg::default_for_backend)
+        .dtype();
+    let pipe = sd3lab::model::pipeline::Pipeline::load(&files, dtype)
+        .with_context(|| format!("loading model '{}'", files.name))?;
+    let [l, g, m, v] = pipe.weight_bytes();
+    let checkpoint_bytes: u64 = [
+        &files.checkpoint,
+        &files.clip_l.join("model.fp16.safetensors"),
+        &files.clip_g.join("model.fp16.safetensors"),
+    ]
+    .iter()
+    .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+    .sum();
+    let rss = sd3lab::runtime::doctor::process_peak_rss().unwrap_or(0);
+    let doc = serde_json::json!({
+        "schema": "sd3lab.load/1",
+        "model": files.name,
+        "config": pipe.config,
+        "dtype": format!("{dtype:?}"),
+        "load_seconds": pipe.load_seconds,
+        "checkpoint_bytes": checkpoint_bytes,
+        "weight_bytes": {"clip_l": l, "clip_g": g, "mmdit": m, "vae": v, "total": l + g + m + v},
+        "peak_rss_bytes": rss,
+        "mlx_active_bytes": mlx_rs::memory::active_memory().unwrap_or(0),
+        "mlx_peak_bytes": mlx_rs::memory::peak_memory().unwrap_or(0),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!(
+            "loaded '{}' ({dtype:?}) in {:.2} s: weights {:.2} GB (files {:.2} GB), peak RSS {:.2} GB",
+            files.name,
+            pipe.load_seconds,
+            (l + g + m + v) as f64 / 1e9,
+            checkpoint_bytes as f64 / 1e9,
+            rss as f64 / 1e9
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args)]
@@ -394,6 +452,7 @@ pub fn model(cmd: &ModelCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ModelCommand::Layers(args) => layers(args),
         ModelCommand::Synth(args) => synth(args),
+        ModelCommand::Load(args) => load(args),
     }
 }
 

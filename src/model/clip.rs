@@ -272,3 +272,29 @@ pub fn load_clip(dir: &std::path::Path, dtype: Dtype) -> Result<ClipTextModel, W
     store.finish()?;
     Ok(model)
 }
+
+impl ClipTextModel {
+    /// Every parameter array.
+    pub fn arrays(&self) -> Vec<&Array> {
+        let mut v = vec![&self.token_embedding, &self.position_embedding];
+        for l in &self.layers {
+            v.extend(l.layer_norm1.arrays());
+            v.extend(l.layer_norm2.arrays());
+            for p in [
+                &l.query_proj,
+                &l.key_proj,
+                &l.value_proj,
+                &l.out_proj,
+                &l.linear1,
+                &l.linear2,
+            ] {
+                v.extend(p.arrays());
+            }
+        }
+        v.extend(self.final_layer_norm.arrays());
+        if let Some(p) = &self.text_projection {
+            v.extend(p.arrays());
+        }
+        v
+    }
+}

@@ -371,3 +371,31 @@ pub fn load_mmdit(
     store.finish()?;
     Ok(model)
 }
+
+impl Mmdit {
+    /// Every parameter array.
+    pub fn arrays(&self) -> Vec<&Array> {
+        let mut v = self.x_embedder.arrays();
+        v.push(&self.pos_embed);
+        for l in self.y_embedder.iter().chain(&self.t_embedder).chain([
+            &self.context_embedder,
+            &self.final_linear,
+            &self.final_adaln,
+        ]) {
+            v.extend(l.arrays());
+        }
+        for b in &self.blocks {
+            for s in [&b.image, &b.text] {
+                for l in [&s.q_proj, &s.k_proj, &s.v_proj, &s.adaln] {
+                    v.extend(l.arrays());
+                }
+                if let Some(p) = &s.post {
+                    for l in [&p.o_proj, &p.fc1, &p.fc2] {
+                        v.extend(l.arrays());
+                    }
+                }
+            }
+        }
+        v
+    }
+}

@@ -113,3 +113,26 @@ pub fn to_vec_f32(x: &Array) -> MlxResult<Vec<f32>> {
         .map(|s| s.to_vec())
         .map_err(|e| mlx_rs::error::Exception::custom(format!("reading array values: {e}")))
 }
+
+impl Linear {
+    /// Weight and bias arrays.
+    pub fn arrays(&self) -> Vec<&Array> {
+        let mut v = vec![&self.weight];
+        v.extend(self.bias.as_ref());
+        v
+    }
+}
+
+impl Conv2d {
+    pub fn arrays(&self) -> Vec<&Array> {
+        let mut v = vec![&self.weight];
+        v.extend(self.bias.as_ref());
+        v
+    }
+}
+
+impl LayerNorm {
+    pub fn arrays(&self) -> Vec<&Array> {
+        self.weight.iter().chain(self.bias.iter()).collect()
+    }
+}

@@ -166,7 +166,7 @@ impl Pipeline {
             clip_g: clip_g.config.clone(),
             vae: vae_cfg,
         };
-        Ok(Self {
+        let pipeline = Self {
             files: files.clone(),
             config,
             dtype,
@@ -176,8 +176,33 @@ impl Pipeline {
             clip_g,
             mmdit,
             vae,
+            load_seconds: 0.0,
+        };
+        // Read every tensor now (MLX loads lazily), so that load time is load time and the
+        // first step is not slowed down by disk reads. One part at a time bounds the peak.
+        for part in [
+            pipeline.clip_l.arrays(),
+            pipeline.clip_g.arrays(),
+            pipeline.mmdit.arrays(),
+            pipeline.vae.arrays(),
+        ] {
+            mlx_rs::transforms::eval(part)?;
+        }
+        Ok(Self {
             load_seconds: start.elapsed().as_secs_f64(),
+            ..pipeline
         })
+    }
+
+    /// Bytes held by the parameters, per part: (clip_l, clip_g, mmdit, vae).
+    pub fn weight_bytes(&self) -> [usize; 4] {
+        let sum = |v: Vec<&Array>| v.iter().map(|a| a.nbytes()).sum();
+        [
+            sum(self.clip_l.arrays()),
+            sum(self.clip_g.arrays()),
+            sum(self.mmdit.arrays()),
+            sum(self.vae.arrays()),
+        ]
     }
 
     fn ids(tok: &ClipTokenizer, prompt: &str, negative: &str) -> Array {

@@ -311,3 +311,47 @@ pub fn load_vae_decoder(
     store.finish()?;
     Ok(model)
 }
+
+impl GroupNorm {
+    pub fn arrays(&self) -> Vec<&Array> {
+        vec![&self.weight, &self.bias]
+    }
+}
+
+impl ResnetBlock {
+    pub fn arrays(&self) -> Vec<&Array> {
+        let mut v = self.norm1.arrays();
+        v.extend(self.conv1.arrays());
+        v.extend(self.norm2.arrays());
+        v.extend(self.conv2.arrays());
+        if let Some(s) = &self.conv_shortcut {
+            v.extend(s.arrays());
+        }
+        v
+    }
+}
+
+impl VaeDecoder {
+    /// Every parameter array.
+    pub fn arrays(&self) -> Vec<&Array> {
+        let mut v = self.conv_in.arrays();
+        v.extend(self.mid.0.arrays());
+        let a = &self.mid.1;
+        v.extend(a.group_norm.arrays());
+        for l in [&a.query_proj, &a.key_proj, &a.value_proj, &a.out_proj] {
+            v.extend(l.arrays());
+        }
+        v.extend(self.mid.2.arrays());
+        for b in &self.up_blocks {
+            for r in &b.resnets {
+                v.extend(r.arrays());
+            }
+            if let Some(u) = &b.upsample {
+                v.extend(u.arrays());
+            }
+        }
+        v.extend(self.conv_norm_out.arrays());
+        v.extend(self.conv_out.arrays());
+        v
+    }
+}

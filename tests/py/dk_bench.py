@@ -1,0 +1,89 @@
+"""DiffusionKit side of scripts/bench-pipeline.sh: the same work as `sd3lab generate` /
+`sd3lab model load`, timed the same way, printed as one JSON line.
+
+usage: dk_bench.py generate MODEL_DIR CONFIG.json PROMPT SEED STEPS SIZE
+       dk_bench.py load MODEL_DIR CONFIG.json DTYPE
+"""
+import json
+import os
+import resource
+import sys
+import time
+
+import dk_oracle
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+
+def _peak_rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _assemble(model_dir, cfg, dtype):
+    from diffusionkit.mlx import DiffusionPipeline, SD3LatentFormat
+    from diffusionkit.mlx.sampler import ModelSamplingDiscreteFlow
+    from diffusionkit.mlx.vae import VAEDecoder
+    from diffusionkit.mlx.model_io import vae_decoder_state_dict_adjustments, mmdit_state_dict_adjustments
+    from diffusionkit.mlx.mmdit import MMDiT
+
+    ckpt = os.path.join(model_dir, "sd3_medium.safetensors")
+    pipe = object.__new__(DiffusionPipeline)
+    pipe.activation_dtype = dtype
+    pipe.use_t5 = False
+    pipe.sampler = ModelSamplingDiscreteFlow(shift=3.0)
+    pipe.latent_format = SD3LatentFormat()
+    pipe.clip_l, pipe.tokenizer_l = dk_oracle._clip_and_tokenizer(model_dir, "clip_l", "tokenizer_l", True)
+    pipe.clip_g, pipe.tokenizer_g = dk_oracle._clip_and_tokenizer(model_dir, "clip_g", "tokenizer_g", False)
+    pipe.mmdit = MMDiT(dk_oracle.mmdit_config(cfg["mmdit"]))
+    w = mmdit_state_dict_adjustments(mx.load(ckpt), prefix="model.diffusion_model.")
+    w = {k: v.astype(dtype) for k, v in w.items()}
+    pipe.mmdit.load_weights(list(w.items()))
+    adaln = [(k, v) for k, v in w.items() if "adaLN" in k]
+    pipe.load_mmdit = lambda only_modulation_dict=False: adaln
+    v = cfg["vae"]
+    pipe.decoder = VAEDecoder(in_channels=v["latent_channels"], out_channels=v["out_channels"],
+                              block_out_channels=v["block_out_channels"], layers_per_block=v["layers_per_block"],
+                              resnet_groups=v["norm_groups"])
+    w = vae_decoder_state_dict_adjustments(mx.load(ckpt), prefix="first_stage_model.decoder.")
+    pipe.decoder.load_weights(list({k: x.astype(dtype) for k, x in w.items()}.items()))
+    if dtype != mx.float32:
+        pipe.clip_l.set_dtype(dtype)
+        pipe.clip_g.set_dtype(dtype)
+    for part in (pipe.clip_l, pipe.clip_g, pipe.mmdit, pipe.decoder):
+        mx.eval([a for _, a in tree_flatten(part.parameters())])
+    return pipe
+
+
+def load(model_dir, config_file, dtype):
+    cfg = json.load(open(config_file))
+    t = time.time()
+    _assemble(model_dir, cfg, getattr(mx, dtype))
+    print(json.dumps({"load_seconds": time.time() - t, "peak_rss_bytes": _peak_rss(),
+                      "mlx_active_bytes": mx.get_active_memory(), "mlx_peak_bytes": mx.get_peak_memory()}))
+
+
+def generate(model_dir, config_file, prompt, seed, steps, size):
+    cfg = json.load(open(config_file))
+    t = time.time()
+    pipe = _assemble(model_dir, cfg, mx.float32)
+    load_s = time.time() - t
+    t = time.time()
+    cond, pooled = pipe.encode_text(prompt, 7.5, "")
+    mx.eval(cond, pooled)
+    text_s = time.time() - t
+    t = time.time()
+    latent, iter_time = pipe.denoise_latents(cond, pooled, num_steps=int(steps), cfg_weight=7.5,
+                                             latent_size=(int(size) // 8, int(size) // 8), seed=int(seed))
+    mx.eval(latent)
+    denoise_s = time.time() - t
+    t = time.time()
+    image = pipe.decode_latents_to_image(latent)
+    mx.eval(image)
+    decode_s = time.time() - t
+    print(json.dumps({"load_seconds": load_s, "text_encoding": text_s, "denoising": denoise_s,
+                      "per_step": iter_time, "decoding": decode_s, "peak_rss_bytes": _peak_rss(),
+                      "mlx_peak_bytes": mx.get_peak_memory()}))
+
+
+if __name__ == "__main__":
+    {"generate": generate, "load": load}[sys.argv[1]](*sys.argv[2:])
