@@ -10,6 +10,7 @@ use clap::Args;
 
 use sd3lab::calib::listing::Listing;
 use sd3lab::calib::{Bucket, CalibrationSet, OpenOptions, SampleFilter};
+use sd3lab::model::config::ModelDtype;
 use sd3lab::model::{Preset, StreamKind, mmdit_linear_layers};
 use sd3lab::runtime::{DoctorOptions, run_doctor};
 
@@ -179,7 +180,7 @@ pub struct LoadArgs {
     #[arg(long, default_value = "auto")]
     model: String,
     #[arg(long, value_enum)]
-    dtype: Option<DtypeArg>,
+    dtype: Option<ModelDtype>,
     #[arg(long)]
     json: bool,
 }
@@ -188,8 +189,8 @@ fn load(args: &LoadArgs) -> anyhow::Result<ExitCode> {
     let files = sd3lab::model::source::resolve(&args.model, &mut |w| eprintln!("warning: {w}"))?;
     let dtype = args
         .dtype
-        .unwrap_or_else(DtypeArg::default_for_backend)
-        .dtype();
+        .unwrap_or_else(ModelDtype::default_for_backend)
+        .mlx();
     let pipe = sd3lab::model::pipeline::Pipeline::load(&files, dtype)
         .with_context(|| format!("loading model '{}'", files.name))?;
     let [l, g, m, v] = pipe.weight_bytes();
@@ -275,32 +276,6 @@ fn dir_size(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum DtypeArg {
-    Float32,
-    Float16,
-    Bfloat16,
-}
-
-impl DtypeArg {
-    fn dtype(self) -> mlx_rs::Dtype {
-        match self {
-            Self::Float32 => mlx_rs::Dtype::Float32,
-            Self::Float16 => mlx_rs::Dtype::Float16,
-            Self::Bfloat16 => mlx_rs::Dtype::Bfloat16,
-        }
-    }
-
-    /// float32 on the CPU backend (MLX's CPU half-precision GEMM is ~15× slower), float16 on GPUs.
-    fn default_for_backend() -> Self {
-        if mlx_sys::MLX_BACKEND == "cpu" {
-            Self::Float32
-        } else {
-            Self::Float16
-        }
-    }
-}
-
 #[derive(Args)]
 pub struct GenerateArgs {
     /// tiny, sd3-medium, auto, or a directory in the published layout.
@@ -322,7 +297,7 @@ pub struct GenerateArgs {
     width: usize,
     /// Weights and activations (default: float32 on CPU, float16 on GPU).
     #[arg(long, value_enum)]
-    dtype: Option<DtypeArg>,
+    dtype: Option<ModelDtype>,
     /// Output PNG.
     #[arg(long)]
     output: PathBuf,
@@ -337,8 +312,8 @@ pub struct GenerateArgs {
 pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     use sd3lab::model::pipeline::{Flow, GenerateConfig, Pipeline, write_png};
     let files = sd3lab::model::source::resolve(&args.model, &mut |w| eprintln!("warning: {w}"))?;
-    let dtype = args.dtype.unwrap_or_else(DtypeArg::default_for_backend);
-    let pipe = Pipeline::load(&files, dtype.dtype())
+    let dtype = args.dtype.unwrap_or_else(ModelDtype::default_for_backend);
+    let pipe = Pipeline::load(&files, dtype.mlx())
         .with_context(|| format!("loading model '{}'", files.name))?;
     let cfg = GenerateConfig {
         prompt: args.prompt.clone(),
@@ -389,7 +364,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         let doc = serde_json::json!({
             "schema": "sd3lab.generate/1",
             "model": files.name,
-            "dtype": format!("{:?}", dtype.dtype()),
+            "dtype": format!("{:?}", dtype.mlx()),
             "settings": cfg,
             "output": args.output,
             "latent_out": args.latent_out,
@@ -407,7 +382,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
             "wrote {} ({w}×{h}) with model '{}' ({:?})",
             args.output.display(),
             files.name,
-            dtype.dtype()
+            dtype.mlx()
         );
         println!(
             "load {:.2} s | text encoding {:.2} s | denoising {:.2} s ({} steps, {:.3} s/step) | decoding {:.2} s",
@@ -511,4 +486,145 @@ fn layers(args: &LayersArgs) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct CalibrateArgs {
+    /// Images to generate (image i uses prompt i mod len(prompts) and seed --seed + i).
+    #[arg(long)]
+    num_images: usize,
+    #[arg(long, default_value_t = 50)]
+    num_steps: usize,
+    #[arg(long, default_value_t = 7.5)]
+    cfg_weight: f32,
+    #[arg(long, default_value = "calibration_data")]
+    calib_dir: PathBuf,
+    /// CSV with a `prompt` column (or one column); if the file does not exist the shipped
+    /// prompt set is used.
+    #[arg(long, default_value = "all_prompts.csv")]
+    prompt_csv: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// tiny, sd3-medium, auto, or a directory in the published layout.
+    #[arg(long, default_value = "auto")]
+    model: String,
+    #[arg(long, default_value_t = 512)]
+    height: usize,
+    #[arg(long, default_value_t = 512)]
+    width: usize,
+    #[arg(long, value_enum)]
+    dtype: Option<ModelDtype>,
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// Start over in a directory that holds another run.
+    #[arg(long)]
+    overwrite: bool,
+    /// Run even when the disk looks too small for the estimate.
+    #[arg(long)]
+    force: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn calibrate(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
+    use sd3lab::calibrate::{CalibrateConfig, CalibrateEvent, run_calibration};
+    let config = CalibrateConfig {
+        model: args.model.clone(),
+        num_images: args.num_images,
+        num_steps: args.num_steps,
+        cfg_weight: args.cfg_weight,
+        calib_dir: args.calib_dir.clone(),
+        prompt_csv: Some(args.prompt_csv.clone()),
+        seed: args.seed,
+        height: args.height,
+        width: args.width,
+        dtype: args.dtype.unwrap_or_else(ModelDtype::default_for_backend),
+        negative_prompt: args.negative_prompt.clone(),
+        overwrite: args.overwrite,
+        force: args.force,
+    };
+    let cancel = sd3lab::job::CancelToken::new();
+    let on_signal = cancel.clone();
+    // Ctrl-C: finish the current step, discard the unfinished image, keep the manifest consistent.
+    let _ = ctrlc::set_handler(move || on_signal.cancel());
+    let multi = indicatif::MultiProgress::new();
+    if args.json {
+        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let images = multi.add(indicatif::ProgressBar::new(args.num_images as u64));
+    images.set_style(
+        indicatif::ProgressStyle::with_template("images [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let steps = multi.add(indicatif::ProgressBar::new(args.num_steps as u64));
+    steps.set_style(
+        indicatif::ProgressStyle::with_template("steps  [{bar:30}] {pos}/{len} {per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let quiet = args.json;
+    let mut on_event = |e: CalibrateEvent| match e {
+        CalibrateEvent::Planned {
+            start_image,
+            estimate_bytes,
+            notes,
+            ..
+        } => {
+            multi.suspend(|| {
+                for n in notes {
+                    eprintln!("note: {n}");
+                }
+                if start_image > 0 {
+                    eprintln!("resuming at image {start_image}");
+                }
+                eprintln!("will write about {:.1} MB", estimate_bytes as f64 / 1e6);
+            });
+            images.set_position(start_image as u64);
+        }
+        CalibrateEvent::ModelLoaded { seconds } => {
+            multi.suspend(|| eprintln!("model loaded in {seconds:.1} s"));
+        }
+        CalibrateEvent::ImageStarted { .. } => steps.set_position(0),
+        CalibrateEvent::Step { step, .. } => steps.set_position(step as u64),
+        CalibrateEvent::ImageDone {
+            image,
+            seconds,
+            peak_memory_bytes,
+            ..
+        } => {
+            images.set_position(image as u64 + 1);
+            images.set_message(format!(
+                "{seconds:.2} s/img, peak {:.2} GB",
+                peak_memory_bytes as f64 / 1e9
+            ));
+        }
+    };
+    let result = run_calibration(&config, &cancel, &mut on_event);
+    steps.finish_and_clear();
+    images.finish_and_clear();
+    let summary = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else if !quiet {
+        println!(
+            "{}: {} of {} images complete ({} written now, {:.1} MB, estimate {:.1} MB) in {:.1} s{}",
+            summary.calib_dir.display(),
+            summary.n_completed,
+            summary.num_images,
+            summary.images_written,
+            summary.bytes_written as f64 / 1e6,
+            summary.estimate_bytes as f64 / 1e6,
+            summary.seconds,
+            if summary.cancelled {
+                " — cancelled; rerun the same command to resume"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(if summary.cancelled {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -4,7 +4,9 @@
 //! later, the desktop app are thin shells over these modules. See `ARCHITECTURE.md`.
 
 pub mod calib;
+pub mod calibrate;
 pub mod fsutil;
+pub mod job;
 pub mod model;
 pub mod rng;
 pub mod runtime;

@@ -25,6 +25,8 @@ enum Command {
     Samples(cli::SamplesArgs),
     /// Generate one image from a prompt (SD3 without T5, as DiffusionKit runs it).
     Generate(cli::GenerateArgs),
+    /// Generate calibration data: one .npz per (image, step), final images, manifest; resumable.
+    Calibrate(cli::CalibrateArgs),
     /// Model tools: list the quantizable layers, write synthetic checkpoints.
     #[command(subcommand)]
     Model(cli::ModelCommand),
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         Some(Command::Samples(args)) => cli::samples(&args),
         Some(Command::Model(cmd)) => cli::model(&cmd),
         Some(Command::Generate(args)) => cli::generate(&args),
+        Some(Command::Calibrate(args)) => cli::calibrate(&args),
         None => cli::default_action(),
     };
     match result {

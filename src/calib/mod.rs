@@ -11,6 +11,7 @@ pub mod listing;
 pub mod manifest;
 pub mod npy;
 pub mod npz;
+pub mod prompts;
 pub mod sample;
 mod set;
 

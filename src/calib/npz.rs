@@ -383,6 +383,21 @@ impl NpzWriter {
         })
     }
 
+    /// Adds a member from an already serialised `.npy` stream (to reuse bytes across files).
+    pub fn add_npy_bytes(&mut self, name: &str, npy: &[u8]) -> Result<(), NpzError> {
+        let options = self.options.large_file(npy.len() as u64 >= u32::MAX as u64);
+        self.zip
+            .start_file(format!("{name}.npy"), options)
+            .map_err(|source| NpzError::Zip {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.zip.write_all(npy).map_err(|source| NpzError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
     /// Completes the archive, syncs it to disk and moves it into place.
     pub fn finish(self) -> Result<(), NpzError> {
         let path = self.path;

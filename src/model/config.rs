@@ -239,3 +239,44 @@ impl Preset {
         config
     }
 }
+
+/// Weight and activation precision (`--dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelDtype {
+    Float32,
+    Float16,
+    Bfloat16,
+}
+
+impl ModelDtype {
+    pub fn mlx(self) -> mlx_rs::Dtype {
+        match self {
+            Self::Float32 => mlx_rs::Dtype::Float32,
+            Self::Float16 => mlx_rs::Dtype::Float16,
+            Self::Bfloat16 => mlx_rs::Dtype::Bfloat16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Float32 => "float32",
+            Self::Float16 => "float16",
+            Self::Bfloat16 => "bfloat16",
+        }
+    }
+
+    /// float32 on the CPU backend (MLX's CPU half-precision GEMM is ~15× slower), float16 on GPUs.
+    pub fn default_for_backend() -> Self {
+        if mlx_sys::MLX_BACKEND == "cpu" {
+            Self::Float32
+        } else {
+            Self::Float16
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        if self == Self::Float32 { 4 } else { 2 }
+    }
+}

@@ -281,9 +281,8 @@ pub fn remap_vae_decoder(
             .replace(".up_blockssample.conv.", ".upsample.")
             .replace("norm_out", "conv_norm_out");
         let is_weight = k.ends_with("weight");
-        let v = if k.contains("conv_shortcut.weight") {
-            v.reshape(&[v.shape()[0], v.shape()[1]])?
-        } else if k.contains("proj.weight") {
+        // 1×1 convolutions (shortcut, attention projections) become Linear weights.
+        let v = if k.contains("conv_shortcut.weight") || k.contains("proj.weight") {
             v.reshape(&[v.shape()[0], v.shape()[1]])?
         } else if is_weight && v.ndim() == 4 && (k.contains("upsample") || k.contains("conv")) {
             v.transpose_axes(&[0, 2, 3, 1])?

@@ -1,0 +1,410 @@
+//! The calibration generator: the seed layout read back by SD3 Lab and numpy, recorded inputs
+//! that are exactly what the denoiser received, resume after SIGKILL giving the same files as an
+//! uninterrupted run, cancellation, and refusals.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sd3lab::calib::{CalibrationSet, NpyData, OpenOptions, SampleKey};
+use sd3lab::calibrate::{
+    CalibrateConfig, CalibrateEvent, estimate_bytes_per_image, run_calibration,
+};
+use sd3lab::job::CancelToken;
+use sd3lab::model::config::ModelDtype;
+
+fn config(dir: &Path, images: usize, steps: usize, size: usize) -> CalibrateConfig {
+    CalibrateConfig {
+        model: "tiny".into(),
+        num_images: images,
+        num_steps: steps,
+        cfg_weight: 7.5,
+        calib_dir: dir.to_owned(),
+        prompt_csv: None,
+        seed: 10,
+        height: size,
+        width: size,
+        dtype: ModelDtype::Float32,
+        negative_prompt: String::new(),
+        overwrite: false,
+        force: false,
+    }
+}
+
+fn cli(cache: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sd3lab"));
+    c.args(args)
+        .env("SD3LAB_CACHE_DIR", cache)
+        .env("HF_HUB_CACHE", cache.join("no-hub"));
+    c
+}
+
+/// One sample's arrays: (key, shape, values).
+type SampleArrays = Vec<(SampleKey, Vec<usize>, Vec<f32>)>;
+
+/// Every sample's arrays, for value-for-value comparisons.
+fn contents(dir: &Path) -> Vec<(String, SampleArrays)> {
+    let set = CalibrationSet::open(
+        dir,
+        &OpenOptions {
+            strict: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    set.samples()
+        .iter()
+        .map(|s| {
+            let arrays = SampleKey::ALL
+                .iter()
+                .map(|&k| {
+                    let a = set.load(s, k).unwrap();
+                    (k, a.shape.clone(), a.data.to_f32_vec())
+                })
+                .collect();
+            (s.file.clone(), arrays)
+        })
+        .collect()
+}
+
+#[test]
+fn writes_the_seed_layout_that_sd3lab_and_numpy_read() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("calib");
+    let out = cli(
+        cache.path(),
+        &[
+            "calibrate",
+            "--model",
+            "tiny",
+            "--num-images",
+            "3",
+            "--num-steps",
+            "8",
+            "--height",
+            "128",
+            "--width",
+            "128",
+            "--seed",
+            "10",
+            "--calib-dir",
+            dir.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("all_prompts.csv does not exist"),
+        "says the shipped prompts are used: {stderr}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["n_completed"], 3);
+
+    let set = CalibrationSet::open(
+        &dir,
+        &OpenOptions {
+            strict: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (set.num_images(), set.num_steps(), set.samples().len()),
+        (3, 8, 24)
+    );
+    assert!(set.problems().is_empty());
+    for i in 0..3 {
+        assert!(set.image_png(i).is_some(), "image {i}");
+    }
+    // Step 0 receives the initial noise itself (sigma 1): numpy's randn for seed 10 + image.
+    let s0 = set
+        .samples()
+        .iter()
+        .find(|s| s.image == 2 && s.step == 0)
+        .unwrap();
+    let x = set.load(s0, SampleKey::X).unwrap();
+    let mut noise = sd3lab::rng::NumpyRandomState::new(12).randn(16 * 16 * 16);
+    // NCHW draw, NHWC storage.
+    let nhwc: Vec<f32> = (0..16 * 16 * 16)
+        .map(|k| {
+            let (h, w, c) = (k / (16 * 16), (k / 16) % 16, k % 16);
+            noise[c * 256 + h * 16 + w] as f32
+        })
+        .collect();
+    noise.clear();
+    assert!(
+        x.data == NpyData::Float32(nhwc),
+        "step 0 of image 2 must hold numpy's randn for seed 12, NCHW→NHWC"
+    );
+    let t = set
+        .load(s0, SampleKey::Timestep)
+        .unwrap()
+        .first_f64()
+        .unwrap();
+    assert_eq!((t, s0.sigma), (1000.0, 1.0));
+    let last = set
+        .samples()
+        .iter()
+        .find(|s| s.image == 0 && s.step == 7)
+        .unwrap();
+    assert!(
+        last.sigma > 0.0 && last.sigma < 0.1 && (last.timestep - last.sigma * 1000.0).abs() < 1e-3
+    );
+
+    let listing = cli(
+        cache.path(),
+        &["samples", "--calib-dir", dir.to_str().unwrap(), "--json"],
+    )
+    .output()
+    .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    assert_eq!(doc["total_samples"], 24);
+
+    let np: serde_json::Value =
+        serde_json::from_str(&common::run_oracle("calib_check.py", &[dir.as_os_str()])).unwrap();
+    assert_eq!(np["n_completed"], 3);
+    assert_eq!(np["files"].as_array().unwrap().len(), 24);
+    let f = &np["files"][9];
+    assert_eq!(
+        f["keys"],
+        serde_json::json!([
+            "conditioning",
+            "pooled_conditioning",
+            "sigma",
+            "step_index",
+            "timestep",
+            "x"
+        ])
+    );
+    assert_eq!(f["x"], serde_json::json!([[1, 16, 16, 16], "float32"]));
+    assert_eq!(
+        f["conditioning"],
+        serde_json::json!([[2, 154, 4096], "float32"])
+    );
+    assert_eq!(f["pooled"], serde_json::json!([[2, 80], "float32"]));
+    assert_eq!(f["step_index"], 1);
+    assert_eq!(
+        np["images"],
+        serde_json::json!(["000000.png", "000001.png", "000002.png"])
+    );
+    assert_eq!(np["generation"]["seeds"], serde_json::json!([10, 11, 12]));
+    assert_eq!(np["generation"]["prompts"].as_array().unwrap().len(), 3);
+
+    // The estimate is close to what was written.
+    let written: u64 = set.samples().iter().map(|s| s.file_size).sum::<u64>()
+        + (0..3)
+            .map(|i| std::fs::metadata(set.image_png(i).unwrap()).unwrap().len())
+            .sum::<u64>();
+    let mut cfg = config(&dir, 3, 8, 128);
+    cfg.num_images = 3;
+    let model = sd3lab::model::Preset::Tiny.config(None);
+    let estimate = 3 * estimate_bytes_per_image(&cfg, &model);
+    let ratio = estimate as f64 / written as f64;
+    assert!(
+        (0.95..1.10).contains(&ratio),
+        "estimate {estimate} vs written {written}"
+    );
+}
+
+#[test]
+fn sigkill_mid_run_then_resume_gives_the_uninterrupted_result() {
+    let cache = tempfile::tempdir().unwrap();
+    let args = |dir: &Path| -> Vec<String> {
+        [
+            "calibrate",
+            "--model",
+            "tiny",
+            "--num-images",
+            "3",
+            "--num-steps",
+            "8",
+            "--height",
+            "192",
+            "--width",
+            "192",
+            "--calib-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([dir.display().to_string()])
+        .collect()
+    };
+    // Warm the tiny model cache first so the runs only generate.
+    let reference = cache.path().join("reference");
+    let a: Vec<String> = args(&reference);
+    let st = cli(
+        cache.path(),
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .output()
+    .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+
+    let victim = cache.path().join("victim");
+    let a = args(&victim);
+    let mut child = cli(
+        cache.path(),
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    // Kill once image 1 has started (its first step file exists) and before it is finished.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if victim.join("samples/000001_002.npz").exists() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run never reached image 1");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(victim.join("manifest.json")).unwrap())
+            .unwrap();
+    assert!(
+        manifest["n_completed"].as_u64().unwrap() < 3,
+        "killed mid-run"
+    );
+
+    let rerun = cli(
+        cache.path(),
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .output()
+    .unwrap();
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert!(String::from_utf8_lossy(&rerun.stderr).contains("resuming at image"));
+
+    assert_eq!(contents(&victim), contents(&reference), "value for value");
+    let listing = |d: &Path| {
+        let mut v: Vec<String> = walk(d)
+            .into_iter()
+            .map(|p| p.strip_prefix(d).unwrap().display().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        listing(&victim),
+        listing(&reference),
+        "file for file (no leftovers)"
+    );
+    for i in 0..3 {
+        let png = format!("images/{i:06}.png");
+        assert_eq!(
+            std::fs::read(victim.join(&png)).unwrap(),
+            std::fs::read(reference.join(&png)).unwrap()
+        );
+    }
+    let m1: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(victim.join("manifest.json")).unwrap())
+            .unwrap();
+    let m2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reference.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(m1, m2);
+}
+
+fn walk(d: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn cancel_discards_the_current_image_and_resume_completes() {
+    let cache = tempfile::tempdir().unwrap();
+    // SAFETY (test): set before any thread of this test reads it; other tests use the CLI.
+    unsafe { std::env::set_var("SD3LAB_CACHE_DIR", cache.path()) };
+    let dir = cache.path().join("c");
+    let cfg = config(&dir, 3, 4, 64);
+    let cancel = CancelToken::new();
+    let c2 = cancel.clone();
+    let mut events = Vec::new();
+    let summary = run_calibration(&cfg, &cancel, &mut |e| {
+        if let CalibrateEvent::Step {
+            image: 1, step: 2, ..
+        } = e
+        {
+            c2.cancel();
+        }
+        events.push(format!("{e:?}"));
+    })
+    .unwrap();
+    assert!(summary.cancelled);
+    assert_eq!(summary.n_completed, 1);
+    let files: Vec<_> = walk(&dir.join("samples"));
+    assert_eq!(files.len(), 4, "only image 0's steps remain: {files:?}");
+    let summary = run_calibration(&cfg, &CancelToken::new(), &mut |_| {}).unwrap();
+    assert_eq!(
+        (
+            summary.n_completed,
+            summary.images_written,
+            summary.cancelled
+        ),
+        (3, 2, false)
+    );
+    assert!(events.iter().any(|e| e.starts_with("Planned")));
+
+    // Different settings are refused with what differs; --overwrite starts over.
+    let mut other = cfg.clone();
+    other.num_steps = 5;
+    other.cfg_weight = 4.0;
+    let err = run_calibration(&other, &CancelToken::new(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("num_steps: 4 → 5")
+            && err.contains("cfg_weight: 7.5 → 4")
+            && err.contains("--overwrite"),
+        "{err}"
+    );
+    other.overwrite = true;
+    other.num_images = 1;
+    let s = run_calibration(&other, &CancelToken::new(), &mut |_| {}).unwrap();
+    assert_eq!(s.n_completed, 1);
+    assert_eq!(walk(&dir.join("samples")).len(), 5);
+
+    // A directory of someone else's samples is not overwritten silently.
+    let foreign = cache.path().join("foreign");
+    std::fs::create_dir_all(foreign.join("samples")).unwrap();
+    std::fs::write(foreign.join("samples/x.npz"), b"x").unwrap();
+    let err = run_calibration(
+        &config(&foreign, 1, 2, 64),
+        &CancelToken::new(),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("no manifest.json"), "{err}");
+}
