@@ -112,6 +112,11 @@ pub struct CalibrateSummary {
     pub estimate_bytes: u64,
     pub bytes_written: u64,
     pub seconds: f64,
+    /// Seconds per finished image (text encoding, denoising with capture, decoding, PNG, manifest).
+    pub image_seconds: Vec<f64>,
+    /// Seconds spent denoising (MMDiT steps, without capture) and capturing (writing samples).
+    pub denoising_seconds: f64,
+    pub capture_seconds: f64,
     pub notes: Vec<String>,
 }
 
@@ -269,6 +274,16 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     }
     #[cfg(not(unix))]
     None
+}
+
+/// Refuses a run whose estimate exceeds the free space, unless forced.
+pub fn check_disk(dir: &Path, estimate: u64, free: Option<u64>, force: bool) -> Result<(), CalibrateError> {
+    match free {
+        Some(available) if estimate > available && !force => {
+            Err(CalibrateError::Disk { dir: dir.to_owned(), needed: estimate, available })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn differences(old: &GenerationSettings, new: &GenerationSettings) -> Vec<String> {
@@ -495,6 +510,9 @@ pub fn run_calibration(
         estimate_bytes: estimate,
         bytes_written: 0,
         seconds: 0.0,
+        image_seconds: Vec::new(),
+        denoising_seconds: 0.0,
+        capture_seconds: 0.0,
         notes,
     };
     if start >= cfg.num_images {
@@ -533,7 +551,9 @@ pub fn run_calibration(
         let mut failure: Option<CalibrateError> = None;
         // The conditioning is the same at every step of an image: serialise it once.
         let mut shared: Option<(Vec<u8>, Vec<u8>)> = None;
+        let mut capture = 0.0f64;
         let mut record = |s: &StepInputs| -> Result<(), CalibrateError> {
+            let t_capture = Instant::now();
             if shared.is_none() {
                 shared = Some((
                     npy_bytes(&to_npy(s.conditioning)?),
@@ -559,6 +579,7 @@ pub fn run_calibration(
             w.finish()?;
             bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             written.push(rel);
+            capture += t_capture.elapsed().as_secs_f64();
             Ok(())
         };
         let result = pipe.generate(&request, &mut |s| {
@@ -587,6 +608,9 @@ pub fn run_calibration(
             summary.cancelled = true;
             break;
         };
+        summary.capture_seconds += capture;
+        // The pipeline times each step including the capture callback.
+        summary.denoising_seconds += generated.times.per_step.iter().sum::<f64>() - capture;
         let (w, h, rgb) = &generated.image;
         let png = dir.join(image_file_name(image));
         write_png(&png, *w, *h, rgb).map_err(io_err(&png))?;
@@ -610,6 +634,7 @@ pub fn run_calibration(
         summary.n_completed = image + 1;
         summary.bytes_written += bytes;
         image_seconds.push(t_image.elapsed().as_secs_f64());
+        summary.image_seconds.push(t_image.elapsed().as_secs_f64());
         let mean = image_seconds.iter().sum::<f64>() / image_seconds.len() as f64;
         on_event(CalibrateEvent::ImageDone {
             image,
@@ -625,6 +650,17 @@ pub fn run_calibration(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_check_refuses_unless_forced() {
+        let dir = Path::new("/data/calib");
+        let err = check_disk(dir, 2_000, Some(1_000), false).unwrap_err().to_string();
+        assert!(err.contains("/data/calib") && err.contains("2000") && err.contains("1000") && err.contains("--force"), "{err}");
+        assert!(check_disk(dir, 2_000, Some(1_000), true).is_ok());
+        assert!(check_disk(dir, 999, Some(1_000), false).is_ok());
+        assert!(check_disk(dir, 999, None, false).is_ok());
+        assert!(free_bytes(Path::new("/definitely/not/here/sub")).is_some_and(|b| b > 0), "falls back to an existing parent");
+    }
 
     #[test]
     fn file_names_sort_image_major() {
