@@ -277,11 +277,18 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
 }
 
 /// Refuses a run whose estimate exceeds the free space, unless forced.
-pub fn check_disk(dir: &Path, estimate: u64, free: Option<u64>, force: bool) -> Result<(), CalibrateError> {
+pub fn check_disk(
+    dir: &Path,
+    estimate: u64,
+    free: Option<u64>,
+    force: bool,
+) -> Result<(), CalibrateError> {
     match free {
-        Some(available) if estimate > available && !force => {
-            Err(CalibrateError::Disk { dir: dir.to_owned(), needed: estimate, available })
-        }
+        Some(available) if estimate > available && !force => Err(CalibrateError::Disk {
+            dir: dir.to_owned(),
+            needed: estimate,
+            available,
+        }),
         _ => Ok(()),
     }
 }
@@ -654,12 +661,23 @@ mod tests {
     #[test]
     fn disk_check_refuses_unless_forced() {
         let dir = Path::new("/data/calib");
-        let err = check_disk(dir, 2_000, Some(1_000), false).unwrap_err().to_string();
-        assert!(err.contains("/data/calib") && err.contains("2000") && err.contains("1000") && err.contains("--force"), "{err}");
+        let err = check_disk(dir, 2_000, Some(1_000), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/data/calib")
+                && err.contains("2000")
+                && err.contains("1000")
+                && err.contains("--force"),
+            "{err}"
+        );
         assert!(check_disk(dir, 2_000, Some(1_000), true).is_ok());
         assert!(check_disk(dir, 999, Some(1_000), false).is_ok());
         assert!(check_disk(dir, 999, None, false).is_ok());
-        assert!(free_bytes(Path::new("/definitely/not/here/sub")).is_some_and(|b| b > 0), "falls back to an existing parent");
+        assert!(
+            free_bytes(Path::new("/definitely/not/here/sub")).is_some_and(|b| b > 0),
+            "falls back to an existing parent"
+        );
     }
 
     #[test]

@@ -344,10 +344,13 @@ fn walk(d: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn cancel_discards_the_current_image_and_resume_completes() {
     let cache = tempfile::tempdir().unwrap();
-    // SAFETY (test): set before any thread of this test reads it; other tests use the CLI.
-    unsafe { std::env::set_var("SD3LAB_CACHE_DIR", cache.path()) };
+    // A model directory of its own (no shared cache, no environment changes).
+    let model = cache.path().join("model");
+    sd3lab::model::source::write_model_dir(&model, &sd3lab::model::Preset::Tiny.config(None), 3)
+        .unwrap();
     let dir = cache.path().join("c");
-    let cfg = config(&dir, 3, 4, 64);
+    let mut cfg = config(&dir, 3, 4, 64);
+    cfg.model = model.display().to_string();
     let cancel = CancelToken::new();
     let c2 = cancel.clone();
     let mut events = Vec::new();

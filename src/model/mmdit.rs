@@ -361,7 +361,21 @@ pub fn load_mmdit(
     config: &MmditConfig,
     dtype: Dtype,
 ) -> Result<Mmdit, WeightsError> {
-    let raw = super::weights::load_safetensors(path)?;
+    mmdit_from_tensors(
+        path,
+        &super::weights::load_safetensors(path)?,
+        config,
+        dtype,
+    )
+}
+
+/// Builds the MMDiT from a checkpoint's already loaded (lazy) tensors.
+pub fn mmdit_from_tensors(
+    path: &std::path::Path,
+    raw: &std::collections::HashMap<String, Array>,
+    config: &MmditConfig,
+    dtype: Dtype,
+) -> Result<Mmdit, WeightsError> {
     let remapped = super::weights::remap_mmdit(raw).map_err(|source| WeightsError::Mlx {
         key: "attn.qkv split".into(),
         source,

@@ -10,12 +10,12 @@ use mlx_rs::{Array, Dtype};
 
 use super::clip::{ClipTextModel, load_clip};
 use super::config::Sd3Config;
-use super::mmdit::{Mmdit, load_mmdit};
+use super::mmdit::{Mmdit, mmdit_from_tensors};
 use super::nn::MlxResult;
 use super::sampler;
-use super::source::{ModelFiles, infer_config};
+use super::source::{ModelFiles, infer_config_from};
 use super::tokenizer::{ClipTokenizer, Padding, TokenizerError};
-use super::vae::{VaeDecoder, load_vae_decoder, to_u8_images};
+use super::vae::{VaeDecoder, to_u8_images, vae_decoder_from_tensors};
 use super::weights::WeightsError;
 
 /// Why a pipeline could not load or run.
@@ -141,7 +141,10 @@ impl Pipeline {
     /// error naming it).
     pub fn load(files: &ModelFiles, dtype: Dtype) -> Result<Self, PipelineError> {
         let start = Instant::now();
-        let (mmdit_cfg, vae_cfg) = infer_config(&files.checkpoint)?;
+        // One (lazy) read of the checkpoint serves the configuration, the MMDiT and the VAE.
+        let raw = super::weights::load_safetensors(&files.checkpoint)?;
+        super::weights::check_checkpoint_keys(&files.checkpoint, &raw)?;
+        let (mmdit_cfg, vae_cfg) = infer_config_from(&files.checkpoint, &raw)?;
         let clip_l = load_clip(&files.clip_l, dtype)?;
         let clip_g = load_clip(&files.clip_g, dtype)?;
         let pooled = clip_l.config.pooled_dim() + clip_g.config.pooled_dim();
@@ -156,8 +159,9 @@ impl Pipeline {
                 "the CLIP encoders are wider than the MMDiT's context".into(),
             ));
         }
-        let mmdit = load_mmdit(&files.checkpoint, &mmdit_cfg, dtype)?;
-        let vae = load_vae_decoder(&files.checkpoint, &vae_cfg, dtype)?;
+        let mmdit = mmdit_from_tensors(&files.checkpoint, &raw, &mmdit_cfg, dtype)?;
+        let vae = vae_decoder_from_tensors(&files.checkpoint, &raw, &vae_cfg, dtype)?;
+        drop(raw);
         let tokenizer_l = ClipTokenizer::load(&files.tokenizer_l, Padding::Eos)?;
         let tokenizer_g = ClipTokenizer::load(&files.tokenizer_g, Padding::Zero)?;
         let config = Sd3Config {

@@ -255,7 +255,14 @@ pub fn write_model_dir(dir: &Path, config: &Sd3Config, seed: u64) -> std::io::Re
 /// Infers the MMDiT and VAE configuration from a checkpoint's tensor shapes (SD3 conventions:
 /// 64-wide attention heads, 32 normalisation groups, 3 output channels).
 pub fn infer_config(checkpoint: &Path) -> Result<(MmditConfig, VaeDecoderConfig), WeightsError> {
-    let raw = super::weights::load_safetensors(checkpoint)?;
+    infer_config_from(checkpoint, &super::weights::load_safetensors(checkpoint)?)
+}
+
+/// [`infer_config`] on a checkpoint's already loaded (lazy) tensors.
+pub fn infer_config_from(
+    checkpoint: &Path,
+    raw: &std::collections::HashMap<String, mlx_rs::Array>,
+) -> Result<(MmditConfig, VaeDecoderConfig), WeightsError> {
     let shape = |k: &str| -> Result<Vec<usize>, WeightsError> {
         raw.get(k)
             .map(|a| a.shape().iter().map(|&d| d as usize).collect())

@@ -258,10 +258,11 @@ pub fn to_u8_images(x: &Array) -> MlxResult<Vec<(u32, u32, Vec<u8>)>> {
 /// `first_stage_model.decoder.`: renames to its module names, moves conv weights from OIHW to
 /// OHWI and squeezes the 1×1 shortcut and attention weights.
 pub fn remap_vae_decoder(
-    raw: std::collections::HashMap<String, Array>,
+    raw: &std::collections::HashMap<String, Array>,
 ) -> MlxResult<std::collections::HashMap<String, Array>> {
     let mut out = std::collections::HashMap::new();
     for (key, v) in raw {
+        let v = v.clone();
         let Some(k) = key.strip_prefix(super::weights::VAE_DECODER_PREFIX) else {
             continue;
         };
@@ -300,7 +301,21 @@ pub fn load_vae_decoder(
     config: &VaeDecoderConfig,
     dtype: Dtype,
 ) -> Result<VaeDecoder, WeightsError> {
-    let raw = super::weights::load_safetensors(path)?;
+    vae_decoder_from_tensors(
+        path,
+        &super::weights::load_safetensors(path)?,
+        config,
+        dtype,
+    )
+}
+
+/// Builds the VAE decoder from a checkpoint's already loaded (lazy) tensors.
+pub fn vae_decoder_from_tensors(
+    path: &std::path::Path,
+    raw: &std::collections::HashMap<String, Array>,
+    config: &VaeDecoderConfig,
+    dtype: Dtype,
+) -> Result<VaeDecoder, WeightsError> {
     let tensors = remap_vae_decoder(raw).map_err(|source| WeightsError::Mlx {
         key: "VAE decoder remap".into(),
         source,

@@ -163,10 +163,11 @@ pub const VAE_DECODER_PREFIX: &str = "first_stage_model.decoder.";
 /// k bias, to which softmax is invariant), takes `pos_embed[0]`, and moves the patch
 /// convolution's weight from OIHW to OHWI. Tensors outside the MMDiT are left out.
 pub fn remap_mmdit(
-    raw: HashMap<String, Array>,
+    raw: &HashMap<String, Array>,
 ) -> Result<HashMap<String, Array>, mlx_rs::error::Exception> {
     let mut out = HashMap::with_capacity(raw.len());
     for (key, value) in raw {
+        let value = value.clone();
         let Some(k) = key.strip_prefix(MMDIT_PREFIX) else {
             continue;
         };
@@ -207,4 +208,32 @@ pub fn remap_mmdit(
         out.insert(k, value);
     }
     Ok(out)
+}
+
+/// Prefix of the VAE encoder's tensors (published with the checkpoint; not used here).
+pub const VAE_ENCODER_PREFIX: &str = "first_stage_model.encoder.";
+
+/// Fails when `sd3_medium.safetensors` holds tensors of no known part (MMDiT, VAE decoder or
+/// encoder): a file of another model, or a corrupted one.
+pub fn check_checkpoint_keys(
+    path: &Path,
+    raw: &HashMap<String, Array>,
+) -> Result<(), WeightsError> {
+    let mut foreign: Vec<&String> = raw
+        .keys()
+        .filter(|k| {
+            ![MMDIT_PREFIX, VAE_DECODER_PREFIX, VAE_ENCODER_PREFIX]
+                .iter()
+                .any(|p| k.starts_with(p))
+        })
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    let shown: Vec<&str> = foreign.iter().take(8).map(|k| k.as_str()).collect();
+    Err(WeightsError::Unexpected {
+        path: path.to_owned(),
+        keys: shown.join(", "),
+    })
 }

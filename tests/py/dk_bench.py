@@ -57,9 +57,11 @@ def _assemble(model_dir, cfg, dtype):
 def load(model_dir, config_file, dtype):
     cfg = json.load(open(config_file))
     t = time.time()
-    _assemble(model_dir, cfg, getattr(mx, dtype))
-    print(json.dumps({"load_seconds": time.time() - t, "peak_rss_bytes": _peak_rss(),
+    pipe = _assemble(model_dir, cfg, getattr(mx, dtype))
+    seconds = time.time() - t
+    print(json.dumps({"load_seconds": seconds, "peak_rss_bytes": _peak_rss(),
                       "mlx_active_bytes": mx.get_active_memory(), "mlx_peak_bytes": mx.get_peak_memory()}))
+    del pipe
 
 
 def generate(model_dir, config_file, prompt, seed, steps, size):
