@@ -69,20 +69,24 @@ impl LayerNorm {
     }
 }
 
-/// `x · sigmoid(x)` (mlx.nn.silu).
+// MLX's Python activations are `mx.compile`d (one fused elementwise pass); these are too.
+
+/// `x · sigmoid(x)` (mlx.nn.silu, compiled).
 pub fn silu(x: &Array) -> MlxResult<Array> {
-    x.multiply(mlx_rs::ops::sigmoid(x)?)
+    mlx_rs::nn::silu(x)
 }
 
-/// Exact GELU, `x · (1 + erf(x / √2)) / 2` (mlx.nn.gelu).
+/// Exact GELU, `x · (1 + erf(x / √2)) / 2` (mlx.nn.gelu, compiled).
 pub fn gelu(x: &Array) -> MlxResult<Array> {
-    let inner = mlx_rs::ops::erf(x.divide(scalar(std::f64::consts::SQRT_2 as f32))?)?;
-    x.multiply(scalar(1.0).add(inner)?)?.divide(scalar(2.0))
+    mlx_rs::nn::gelu(x)
 }
 
-/// `x · sigmoid(1.702 · x)` (CLIP-L's quick_gelu).
+/// `x · sigmoid(1.702 · x)` (CLIP-L's quick_gelu, mlx.nn.gelu_fast_approx, compiled). mlx-rs's
+/// own `gelu_fast_approximate` uses 1.773, so it is not used here.
 pub fn quick_gelu(x: &Array) -> MlxResult<Array> {
-    x.multiply(mlx_rs::ops::sigmoid(x.multiply(scalar(1.702))?)?)
+    let f = |x: &Array| x.multiply(mlx_rs::ops::sigmoid(x.multiply(scalar(1.702))?)?);
+    let mut compiled = mlx_rs::transforms::compile::compile(f, true);
+    compiled(x)
 }
 
 /// A float32 scalar that takes the other operand's dtype, like a Python float in MLX.
