@@ -7,20 +7,27 @@ use std::path::{Component, Path, PathBuf};
 /// Replaces `path` with `bytes` atomically: readers see the old file or the new one, never a
 /// half-written one, and a failure (full disk, …) leaves the old file untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".sd3lab-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    make_readable(tmp.as_file())?;
+    let mut tmp = temp_file_beside(path)?;
     tmp.write_all(bytes)?;
     tmp.flush()?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// A hidden temporary file in `path`'s folder (so that renaming it onto `path` is atomic), with
+/// ordinary file permissions. It is deleted if dropped before `persist`.
+pub fn temp_file_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".sd3lab-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    make_readable(tmp.as_file())?;
+    Ok(tmp)
 }
 
 /// Gives a temporary file the permissions of an ordinary new file (`rw-r--r--` less the

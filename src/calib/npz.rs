@@ -336,16 +336,7 @@ impl NpzWriter {
             path: path.to_owned(),
             source,
         };
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = tempfile::Builder::new()
-            .prefix(".sd3lab-")
-            .suffix(".npz.tmp")
-            .tempfile_in(dir)
-            .map_err(io)?;
-        crate::fsutil::make_readable(tmp.as_file()).map_err(io)?;
+        let tmp = crate::fsutil::temp_file_beside(path).map_err(io)?;
         let method = if compressed {
             zip::CompressionMethod::Deflated
         } else {
@@ -368,19 +359,7 @@ impl NpzWriter {
             path: self.path.clone(),
             source,
         })?;
-        let options = self
-            .options
-            .large_file(bytes.len() as u64 >= u32::MAX as u64);
-        self.zip
-            .start_file(format!("{name}.npy"), options)
-            .map_err(|source| NpzError::Zip {
-                path: self.path.clone(),
-                source,
-            })?;
-        self.zip.write_all(&bytes).map_err(|source| NpzError::Io {
-            path: self.path.clone(),
-            source,
-        })
+        self.add_npy_bytes(name, &bytes)
     }
 
     /// Adds a member from an already serialised `.npy` stream (to reuse bytes across files).

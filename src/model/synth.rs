@@ -98,15 +98,7 @@ pub fn write_safetensors(path: &Path, specs: &[TensorSpec], seed: u64) -> std::i
     while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".sd3lab-")
-        .suffix(".safetensors.tmp")
-        .tempfile_in(dir)?;
-    crate::fsutil::make_readable(tmp.as_file())?;
+    let tmp = crate::fsutil::temp_file_beside(path)?;
     let mut w = BufWriter::with_capacity(1 << 20, tmp);
     w.write_all(&(text.len() as u64).to_le_bytes())?;
     w.write_all(text.as_bytes())?;

@@ -20,35 +20,7 @@ def _peak_rss():
 
 
 def _assemble(model_dir, cfg, dtype):
-    from diffusionkit.mlx import DiffusionPipeline, SD3LatentFormat
-    from diffusionkit.mlx.sampler import ModelSamplingDiscreteFlow
-    from diffusionkit.mlx.vae import VAEDecoder
-    from diffusionkit.mlx.model_io import vae_decoder_state_dict_adjustments, mmdit_state_dict_adjustments
-    from diffusionkit.mlx.mmdit import MMDiT
-
-    ckpt = os.path.join(model_dir, "sd3_medium.safetensors")
-    pipe = object.__new__(DiffusionPipeline)
-    pipe.activation_dtype = dtype
-    pipe.use_t5 = False
-    pipe.sampler = ModelSamplingDiscreteFlow(shift=3.0)
-    pipe.latent_format = SD3LatentFormat()
-    pipe.clip_l, pipe.tokenizer_l = dk_oracle._clip_and_tokenizer(model_dir, "clip_l", "tokenizer_l", True)
-    pipe.clip_g, pipe.tokenizer_g = dk_oracle._clip_and_tokenizer(model_dir, "clip_g", "tokenizer_g", False)
-    pipe.mmdit = MMDiT(dk_oracle.mmdit_config(cfg["mmdit"]))
-    w = mmdit_state_dict_adjustments(mx.load(ckpt), prefix="model.diffusion_model.")
-    w = {k: v.astype(dtype) for k, v in w.items()}
-    pipe.mmdit.load_weights(list(w.items()))
-    adaln = [(k, v) for k, v in w.items() if "adaLN" in k]
-    pipe.load_mmdit = lambda only_modulation_dict=False: adaln
-    v = cfg["vae"]
-    pipe.decoder = VAEDecoder(in_channels=v["latent_channels"], out_channels=v["out_channels"],
-                              block_out_channels=v["block_out_channels"], layers_per_block=v["layers_per_block"],
-                              resnet_groups=v["norm_groups"])
-    w = vae_decoder_state_dict_adjustments(mx.load(ckpt), prefix="first_stage_model.decoder.")
-    pipe.decoder.load_weights(list({k: x.astype(dtype) for k, x in w.items()}.items()))
-    if dtype != mx.float32:
-        pipe.clip_l.set_dtype(dtype)
-        pipe.clip_g.set_dtype(dtype)
+    pipe = dk_oracle.assemble_pipeline(model_dir, cfg, dtype)
     for part in (pipe.clip_l, pipe.clip_g, pipe.mmdit, pipe.decoder):
         mx.eval([a for _, a in tree_flatten(part.parameters())])
     return pipe

@@ -33,10 +33,10 @@ def mmdit_config(cfg):
     )
 
 
-def load_mmdit(checkpoint, cfg):
+def load_mmdit(checkpoint, cfg, dtype=mx.float32):
     model = MMDiT(mmdit_config(cfg))
     weights = mmdit_state_dict_adjustments(mx.load(checkpoint), prefix="model.diffusion_model.")
-    weights = {k: v.astype(mx.float32) for k, v in weights.items()}
+    weights = {k: v.astype(dtype) for k, v in weights.items()}
     model.load_weights(list(weights.items()))
     return model
 
@@ -67,24 +67,9 @@ def mmdit(checkpoint, config_file, out):
 def clip(model_dir, tokenizer_dir, pad, prompts_file, out):
     """CLIP hidden_states[-2] and pooled output for [prompt, negative] as DiffusionKit's
     encode_text batches them (pad: 'eos' for CLIP-L, 'zero' for CLIP-G)."""
-    from diffusionkit.mlx.clip import CLIPTextModel
-    from diffusionkit.mlx.config import CLIPTextModelConfig
-    from diffusionkit.mlx.model_io import _load_safetensor_weights, map_clip_text_encoder_weights
-    from diffusionkit.mlx.tokenizer import Tokenizer
     from diffusionkit.mlx import DiffusionPipeline
 
-    config = json.load(open(os.path.join(model_dir, "config.json")))
-    with_projection = "WithProjection" in config["architectures"][0]
-    model = CLIPTextModel(CLIPTextModelConfig(
-        num_layers=config["num_hidden_layers"], model_dims=config["hidden_size"],
-        num_heads=config["num_attention_heads"], max_length=config["max_position_embeddings"],
-        vocab_size=config["vocab_size"], projection_dim=config["projection_dim"] if with_projection else None,
-        hidden_act=config.get("hidden_act", "quick_gelu")))
-    _load_safetensor_weights(map_clip_text_encoder_weights, model, os.path.join(model_dir, "model.fp16.safetensors"), False)
-    with open(os.path.join(tokenizer_dir, "merges.txt"), encoding="utf-8") as f:
-        merges = [tuple(m.split()) for m in f.read().strip().split("\n")[1 : 49152 - 256 - 2 + 1]]
-    vocab = json.load(open(os.path.join(tokenizer_dir, "vocab.json"), encoding="utf-8"))
-    tok = Tokenizer(dict(map(reversed, enumerate(merges))), vocab, pad_with_eos=(pad == "eos"))
+    model, tok = _load_clip(model_dir, tokenizer_dir, pad == "eos")
     for i, (prompt, negative) in enumerate(json.load(open(prompts_file))):
         tokens = DiffusionPipeline._tokenize(None, tok, prompt, negative)
         o = model(tokens)
@@ -96,18 +81,24 @@ def clip(model_dir, tokenizer_dir, pad, prompts_file, out):
 COMMANDS = {"mmdit": mmdit, "clip": clip}
 
 
-def vae(checkpoint, config_file, out):
-    """DiffusionKit's VAE decoder on a deterministic sampler latent: float image and u8 image."""
+def load_vae_decoder(checkpoint, cfg, dtype=mx.float32):
+    """DiffusionKit's VAE decoder for a configuration, loaded with its own remapping."""
     from diffusionkit.mlx.vae import VAEDecoder
     from diffusionkit.mlx.model_io import vae_decoder_state_dict_adjustments
-    from diffusionkit.mlx import SD3LatentFormat
 
-    cfg = json.load(open(config_file))
     model = VAEDecoder(in_channels=cfg["latent_channels"], out_channels=cfg["out_channels"],
                        block_out_channels=cfg["block_out_channels"], layers_per_block=cfg["layers_per_block"],
                        resnet_groups=cfg["norm_groups"])
     weights = vae_decoder_state_dict_adjustments(mx.load(checkpoint), prefix="first_stage_model.decoder.")
-    model.load_weights(list({k: v.astype(mx.float32) for k, v in weights.items()}.items()))
+    model.load_weights(list({k: v.astype(dtype) for k, v in weights.items()}.items()))
+    return model
+
+
+def vae(checkpoint, config_file, out):
+    """DiffusionKit's VAE decoder on a deterministic sampler latent: float image and u8 image."""
+    from diffusionkit.mlx import SD3LatentFormat
+
+    model = load_vae_decoder(checkpoint, json.load(open(config_file)))
     latent = np.random.RandomState(5).standard_normal((1, 6, 8, 16)).astype(np.float32)
     z = SD3LatentFormat().process_out(mx.array(latent))
     x = mx.clip(model(z) / 2 + 0.5, 0, 1)
@@ -120,12 +111,16 @@ COMMANDS["vae"] = vae
 
 
 def _clip_and_tokenizer(model_dir, name, tok_name, pad_with_eos):
+    return _load_clip(os.path.join(model_dir, name), os.path.join(model_dir, tok_name), pad_with_eos)
+
+
+def _load_clip(d, td, pad_with_eos):
+    """A CLIP encoder and its tokenizer, loaded as DiffusionKit's model_io does."""
     from diffusionkit.mlx.clip import CLIPTextModel
     from diffusionkit.mlx.config import CLIPTextModelConfig
     from diffusionkit.mlx.model_io import _load_safetensor_weights, map_clip_text_encoder_weights
     from diffusionkit.mlx.tokenizer import Tokenizer
 
-    d = os.path.join(model_dir, name)
     config = json.load(open(os.path.join(d, "config.json")))
     with_projection = "WithProjection" in config["architectures"][0]
     model = CLIPTextModel(CLIPTextModelConfig(
@@ -134,41 +129,42 @@ def _clip_and_tokenizer(model_dir, name, tok_name, pad_with_eos):
         vocab_size=config["vocab_size"], projection_dim=config["projection_dim"] if with_projection else None,
         hidden_act=config.get("hidden_act", "quick_gelu")))
     _load_safetensor_weights(map_clip_text_encoder_weights, model, os.path.join(d, "model.fp16.safetensors"), False)
-    td = os.path.join(model_dir, tok_name)
     with open(os.path.join(td, "merges.txt"), encoding="utf-8") as f:
         merges = [tuple(m.split()) for m in f.read().strip().split("\n")[1 : 49152 - 256 - 2 + 1]]
     vocab = json.load(open(os.path.join(td, "vocab.json"), encoding="utf-8"))
     return model, Tokenizer(dict(map(reversed, enumerate(merges))), vocab, pad_with_eos=pad_with_eos)
 
 
-def generate(model_dir, config_file, settings_file, out):
-    """A whole no-T5 generation with DiffusionKit's own pipeline code (encode_text →
-    denoise_latents → decode_latents_to_image), assembled from the model directory."""
+def assemble_pipeline(model_dir, cfg, dtype=mx.float32):
+    """DiffusionKit's DiffusionPipeline for a model directory in the published layout, built
+    without __init__ (which would download from the hub) from its own loaders and remappings."""
     from diffusionkit.mlx import DiffusionPipeline, SD3LatentFormat
     from diffusionkit.mlx.sampler import ModelSamplingDiscreteFlow
-    from diffusionkit.mlx.vae import VAEDecoder
-    from diffusionkit.mlx.model_io import vae_decoder_state_dict_adjustments
 
-    cfg = json.load(open(config_file))
-    s = json.load(open(settings_file))
     ckpt = os.path.join(model_dir, "sd3_medium.safetensors")
     pipe = object.__new__(DiffusionPipeline)
-    pipe.activation_dtype = mx.float32
+    pipe.activation_dtype = dtype
     pipe.use_t5 = False
     pipe.sampler = ModelSamplingDiscreteFlow(shift=3.0)
     pipe.latent_format = SD3LatentFormat()
     pipe.clip_l, pipe.tokenizer_l = _clip_and_tokenizer(model_dir, "clip_l", "tokenizer_l", True)
     pipe.clip_g, pipe.tokenizer_g = _clip_and_tokenizer(model_dir, "clip_g", "tokenizer_g", False)
-    pipe.mmdit = load_mmdit(ckpt, cfg["mmdit"])
-    adaln = [(k, v.astype(mx.float32)) for k, v in mmdit_state_dict_adjustments(mx.load(ckpt), prefix="model.diffusion_model.").items() if "adaLN" in k]
+    pipe.mmdit = load_mmdit(ckpt, cfg["mmdit"], dtype)
+    # CFGDenoiser.clear_cache reloads the adaLN weights through pipe.load_mmdit.
+    adaln = [(k, v.astype(dtype)) for k, v in mmdit_state_dict_adjustments(mx.load(ckpt), prefix="model.diffusion_model.").items() if "adaLN" in k]
     pipe.load_mmdit = lambda only_modulation_dict=False: adaln
-    v = cfg["vae"]
-    pipe.decoder = VAEDecoder(in_channels=v["latent_channels"], out_channels=v["out_channels"],
-                              block_out_channels=v["block_out_channels"], layers_per_block=v["layers_per_block"],
-                              resnet_groups=v["norm_groups"])
-    w = vae_decoder_state_dict_adjustments(mx.load(ckpt), prefix="first_stage_model.decoder.")
-    pipe.decoder.load_weights(list({k: x.astype(mx.float32) for k, x in w.items()}.items()))
+    pipe.decoder = load_vae_decoder(ckpt, cfg["vae"], dtype)
+    if dtype != mx.float32:
+        pipe.clip_l.set_dtype(dtype)
+        pipe.clip_g.set_dtype(dtype)
+    return pipe
 
+
+def generate(model_dir, config_file, settings_file, out):
+    """A whole no-T5 generation with DiffusionKit's own pipeline code (encode_text →
+    denoise_latents → decode_latents_to_image), assembled from the model directory."""
+    s = json.load(open(settings_file))
+    pipe = assemble_pipeline(model_dir, json.load(open(config_file)))
     cond, pooled = pipe.encode_text(s["prompt"], s["cfg_weight"], s["negative_prompt"])
     cond, pooled = cond.astype(mx.float32), pooled.astype(mx.float32)
     latent, _ = pipe.denoise_latents(cond, pooled, num_steps=s["num_steps"], cfg_weight=s["cfg_weight"],
