@@ -304,6 +304,16 @@ pub struct GenerateArgs {
     /// Also save the final latent (the VAE decoder's input, (1, h, w, 16) float32) as .npy.
     #[arg(long)]
     latent_out: Option<PathBuf>,
+    /// Quantize the MMDiT's Linears: none, wN (N in 2,3,4,5,6,8) or a plan JSON file.
+    #[arg(long, default_value = "none")]
+    quant: String,
+    /// Group size for wN.
+    #[arg(long, default_value_t = 64)]
+    group_size: i32,
+    /// real: MLX-packed weights and quantized_matmul (the memory a user gets); simulated:
+    /// quantize→dequantize float weights (same numbers, fast on CPU).
+    #[arg(long, value_enum, default_value = "real")]
+    quant_mode: sd3lab::quant::QuantMode,
     /// Print one JSON summary instead of text.
     #[arg(long)]
     json: bool,
@@ -313,8 +323,23 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     use sd3lab::model::pipeline::{Flow, GenerateConfig, Pipeline, write_png};
     let files = sd3lab::model::source::resolve(&args.model, &mut |w| eprintln!("warning: {w}"))?;
     let dtype = args.dtype.unwrap_or_else(ModelDtype::default_for_backend);
-    let pipe = Pipeline::load(&files, dtype.mlx())
+    let quant = sd3lab::quant::QuantConfig::parse(&args.quant, args.group_size)?;
+    let mut pipe = Pipeline::load(&files, dtype.mlx())
         .with_context(|| format!("loading model '{}'", files.name))?;
+    let quant_report = sd3lab::quant::apply(&mut pipe.mmdit, &quant, args.quant_mode)?;
+    if quant != sd3lab::quant::QuantConfig::None && !args.json {
+        println!(
+            "quantized {} MMDiT Linears ({:?}); {} left float; MMDiT weights {:.1} MB → {:.1} MB",
+            quant_report.quantized.len(),
+            args.quant_mode,
+            quant_report.skipped.len(),
+            quant_report.bytes_before as f64 / 1e6,
+            quant_report.bytes_after as f64 / 1e6
+        );
+        for (name, why) in &quant_report.skipped {
+            println!("  left float: {name} ({why})");
+        }
+    }
     let cfg = GenerateConfig {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
@@ -370,6 +395,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
             "latent_out": args.latent_out,
             "seconds": {"load": pipe.load_seconds, "text_encoding": t.text_encoding, "denoising": t.denoising, "per_step": t.per_step, "decoding": t.decoding},
             "peak_memory_bytes": {"mlx": peak_mlx, "process_rss": peak_rss},
+            "quant": {"spec": args.quant, "mode": args.quant_mode, "quantized_layers": quant_report.quantized.len(), "skipped": quant_report.skipped, "mmdit_bytes_before": quant_report.bytes_before, "mmdit_bytes_after": quant_report.bytes_after},
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {

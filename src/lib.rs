@@ -8,5 +8,6 @@ pub mod calibrate;
 pub mod fsutil;
 pub mod job;
 pub mod model;
+pub mod quant;
 pub mod rng;
 pub mod runtime;

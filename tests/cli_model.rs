@@ -269,3 +269,60 @@ fn broken_model_folders_fail_with_the_file_and_the_problem() {
         stderr(&o)
     );
 }
+
+#[test]
+fn generate_with_real_w4_quantization_reports_the_weight_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.png");
+    let o = sd3lab(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            "tiny",
+            "--prompt",
+            "a red fox in snow",
+            "--num-steps",
+            "2",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--quant",
+            "w4",
+            "--output",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let q = &doc["quant"];
+    assert_eq!(q["mode"], "real");
+    assert_eq!(q["quantized_layers"], 31);
+    assert!(
+        q["mmdit_bytes_after"].as_u64().unwrap() * 2 < q["mmdit_bytes_before"].as_u64().unwrap(),
+        "{q}"
+    );
+    assert!(out.is_file());
+    let o = sd3lab(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            "tiny",
+            "--prompt",
+            "x",
+            "--quant",
+            "w7",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("7 bits is not supported"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -413,3 +413,45 @@ impl Mmdit {
         v
     }
 }
+
+impl Mmdit {
+    /// Every Linear with its DiffusionKit name, in the order of `registry::mmdit_linear_layers`.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut v: Vec<(String, &mut Linear)> = Vec::new();
+        let [y0, y2] = &mut self.y_embedder;
+        v.push(("y_embedder.mlp.layers.0".into(), y0));
+        v.push(("y_embedder.mlp.layers.2".into(), y2));
+        let [t0, t2] = &mut self.t_embedder;
+        v.push(("t_embedder.mlp.layers.0".into(), t0));
+        v.push(("t_embedder.mlp.layers.2".into(), t2));
+        v.push(("context_embedder".into(), &mut self.context_embedder));
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            for (stream, s) in [
+                ("image_transformer_block", &mut b.image),
+                ("text_transformer_block", &mut b.text),
+            ] {
+                let p = format!("multimodal_transformer_blocks.{i}.{stream}");
+                v.push((format!("{p}.attn.q_proj"), &mut s.q_proj));
+                v.push((format!("{p}.attn.k_proj"), &mut s.k_proj));
+                v.push((format!("{p}.attn.v_proj"), &mut s.v_proj));
+                if let Some(post) = &mut s.post {
+                    v.push((format!("{p}.attn.o_proj"), &mut post.o_proj));
+                    v.push((format!("{p}.mlp.fc1"), &mut post.fc1));
+                    v.push((format!("{p}.mlp.fc2"), &mut post.fc2));
+                }
+                v.push((format!("{p}.adaLN_modulation.layers.1"), &mut s.adaln));
+            }
+        }
+        v.push(("final_layer.linear".into(), &mut self.final_linear));
+        v.push((
+            "final_layer.adaLN_modulation.layers.1".into(),
+            &mut self.final_adaln,
+        ));
+        v
+    }
+
+    /// Bytes held by the parameters.
+    pub fn weight_bytes(&self) -> usize {
+        self.arrays().iter().map(|a| a.nbytes()).sum()
+    }
+}

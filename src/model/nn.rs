@@ -7,15 +7,52 @@ use mlx_rs::{Array, Dtype};
 /// Result of model computations.
 pub type MlxResult<T> = Result<T, Exception>;
 
-/// A float Linear layer: `y = x · Wᵀ + b`, weight `(out, in)`.
+/// A Linear layer: `y = x · Wᵀ + b`, weight `(out, in)`; optionally with MLX-quantized
+/// weights (then `weight` is an empty placeholder and `quantized` holds the packed weight).
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Array,
     pub bias: Option<Array>,
+    pub quantized: Option<QuantizedWeight>,
+}
+
+/// An affine-quantized weight as MLX packs it (`mx.quantize`).
+#[derive(Debug, Clone)]
+pub struct QuantizedWeight {
+    pub packed: Array,
+    pub scales: Array,
+    pub biases: Array,
+    pub bits: i32,
+    pub group_size: i32,
+    /// `(out, in)` of the float weight.
+    pub shape: (i32, i32),
 }
 
 impl Linear {
+    pub fn new(weight: Array, bias: Option<Array>) -> Self {
+        Self {
+            weight,
+            bias,
+            quantized: None,
+        }
+    }
+
     pub fn forward(&self, x: &Array) -> MlxResult<Array> {
+        if let Some(q) = &self.quantized {
+            let y = mlx_rs::ops::quantized_matmul(
+                x,
+                &q.packed,
+                &q.scales,
+                &q.biases,
+                true,
+                q.group_size,
+                q.bits,
+            )?;
+            return match &self.bias {
+                Some(b) => y.add(b),
+                None => Ok(y),
+            };
+        }
         let wt = self.weight.transpose()?;
         match &self.bias {
             // mlx.nn.Linear: addmm(bias, x, W.T) with a bias, x @ W.T without.
@@ -25,7 +62,15 @@ impl Linear {
     }
 
     pub fn out_features(&self) -> i32 {
-        self.weight.shape()[0]
+        self.quantized
+            .as_ref()
+            .map_or_else(|| self.weight.shape()[0], |q| q.shape.0)
+    }
+
+    pub fn in_features(&self) -> i32 {
+        self.quantized
+            .as_ref()
+            .map_or_else(|| self.weight.shape()[1], |q| q.shape.1)
     }
 }
 
@@ -119,9 +164,12 @@ pub fn to_vec_f32(x: &Array) -> MlxResult<Vec<f32>> {
 }
 
 impl Linear {
-    /// Weight and bias arrays.
+    /// Weight (packed, scales and biases when quantized) and bias arrays.
     pub fn arrays(&self) -> Vec<&Array> {
-        let mut v = vec![&self.weight];
+        let mut v = match &self.quantized {
+            Some(q) => vec![&q.packed, &q.scales, &q.biases],
+            None => vec![&self.weight],
+        };
         v.extend(self.bias.as_ref());
         v
     }

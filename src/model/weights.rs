@@ -114,10 +114,10 @@ impl TensorStore {
         out: usize,
         inp: usize,
     ) -> Result<super::nn::Linear, WeightsError> {
-        Ok(super::nn::Linear {
-            weight: self.take(&format!("{prefix}.weight"), &[out as i32, inp as i32])?,
-            bias: Some(self.take(&format!("{prefix}.bias"), &[out as i32])?),
-        })
+        Ok(super::nn::Linear::new(
+            self.take(&format!("{prefix}.weight"), &[out as i32, inp as i32])?,
+            Some(self.take(&format!("{prefix}.bias"), &[out as i32])?),
+        ))
     }
 
     /// A Linear `(out, in)` without a bias.
@@ -127,10 +127,10 @@ impl TensorStore {
         out: usize,
         inp: usize,
     ) -> Result<super::nn::Linear, WeightsError> {
-        Ok(super::nn::Linear {
-            weight: self.take(&format!("{prefix}.weight"), &[out as i32, inp as i32])?,
-            bias: None,
-        })
+        Ok(super::nn::Linear::new(
+            self.take(&format!("{prefix}.weight"), &[out as i32, inp as i32])?,
+            None,
+        ))
     }
 
     /// Fails if any tensor was not consumed.

@@ -1,0 +1,248 @@
+//! Quantization of the MMDiT's Linear layers: configurations (`none`, uniform `wN`, per-layer
+//! plans), applied either for real (MLX-packed weights and `quantized_matmul`: the memory and
+//! latency a user gets) or simulated (quantize → dequantize back to float: the same numbers
+//! through a float matmul, fast on the CPU backend). The adaLN Linears are quantized like the
+//! others; since the modulation is computed from them for every timestep, their quantization
+//! acts on the modulation.
+//!
+//! Still to come (issue 6): the sensitivity sweep, plan building and validation.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use mlx_rs::Array;
+use serde::{Deserialize, Serialize};
+
+use crate::model::mmdit::Mmdit;
+use crate::model::nn::{Linear, QuantizedWeight};
+
+/// Bit widths MLX's affine quantization supports.
+pub const SUPPORTED_BITS: [i32; 6] = [2, 3, 4, 5, 6, 8];
+/// Group sizes MLX's affine quantization supports.
+pub const SUPPORTED_GROUPS: [i32; 3] = [32, 64, 128];
+
+/// Bits and group size of one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerQuant {
+    pub bits: i32,
+    #[serde(default = "default_group")]
+    pub group_size: i32,
+}
+
+fn default_group() -> i32 {
+    64
+}
+
+impl LayerQuant {
+    pub fn validate(&self) -> Result<(), QuantError> {
+        if !SUPPORTED_BITS.contains(&self.bits) {
+            return Err(QuantError::Config(format!(
+                "{} bits is not supported (MLX: 2, 3, 4, 5, 6, 8)",
+                self.bits
+            )));
+        }
+        if !SUPPORTED_GROUPS.contains(&self.group_size) {
+            return Err(QuantError::Config(format!(
+                "group size {} is not supported (MLX: 32, 64, 128)",
+                self.group_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A mixed-precision plan (`plan.json`, schema `sd3lab.plan/1`): bits and group size per layer
+/// name; layers that are not listed stay float.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantPlan {
+    #[serde(default)]
+    pub schema: String,
+    pub layers: BTreeMap<String, LayerQuant>,
+    /// Per step bucket overrides (`early`/`mid`/`late` → layers). Not applied yet: a plan that
+    /// holds them is refused rather than silently half-applied.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub buckets: BTreeMap<String, BTreeMap<String, LayerQuant>>,
+    /// Anything else the plan carries (budget, predicted bytes and error…), kept as is.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What to quantize.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QuantConfig {
+    /// The float model.
+    None,
+    /// Every Linear at the same bits and group size.
+    Uniform(LayerQuant),
+    Plan(QuantPlan),
+}
+
+impl QuantConfig {
+    /// Parses `none`, `w4` (any supported N), or a path to a plan JSON file.
+    pub fn parse(spec: &str, group_size: i32) -> Result<Self, QuantError> {
+        if spec == "none" {
+            return Ok(Self::None);
+        }
+        if let Some(n) = spec.strip_prefix('w').and_then(|n| n.parse::<i32>().ok()) {
+            let q = LayerQuant {
+                bits: n,
+                group_size,
+            };
+            q.validate()?;
+            return Ok(Self::Uniform(q));
+        }
+        let path = Path::new(spec);
+        if !path.is_file() {
+            return Err(QuantError::Config(format!(
+                "'{spec}' is neither none, wN (N in 2,3,4,5,6,8) nor a plan file"
+            )));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| QuantError::Config(format!("{}: {e}", path.display())))?;
+        let plan: QuantPlan = serde_json::from_str(&text)
+            .map_err(|e| QuantError::Config(format!("{}: not a plan: {e}", path.display())))?;
+        for (name, q) in &plan.layers {
+            q.validate().map_err(|e| {
+                QuantError::Config(format!("{}: layer {name}: {e}", path.display()))
+            })?;
+        }
+        if !plan.buckets.is_empty() {
+            return Err(QuantError::Config(format!(
+                "{}: per-bucket bit widths are not supported yet",
+                path.display()
+            )));
+        }
+        Ok(Self::Plan(plan))
+    }
+
+    /// The setting for one layer, if it is to be quantized.
+    pub fn for_layer(&self, name: &str) -> Option<LayerQuant> {
+        match self {
+            Self::None => None,
+            Self::Uniform(q) => Some(*q),
+            Self::Plan(p) => p.layers.get(name).copied(),
+        }
+    }
+}
+
+/// Real or simulated quantization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantMode {
+    Real,
+    Simulated,
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QuantReport {
+    pub quantized: Vec<(String, LayerQuant)>,
+    /// Layers left float, with the reason.
+    pub skipped: Vec<(String, String)>,
+    pub bytes_before: usize,
+    pub bytes_after: usize,
+}
+
+/// Why quantization failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QuantError {
+    #[error("{0}")]
+    Config(String),
+    #[error("MLX error while quantizing {layer}: {source}")]
+    Mlx {
+        layer: String,
+        source: mlx_rs::error::Exception,
+    },
+}
+
+/// Quantizes one weight `(out, in)` with MLX's affine scheme.
+pub fn quantize_weight(
+    weight: &Array,
+    q: LayerQuant,
+) -> Result<QuantizedWeight, mlx_rs::error::Exception> {
+    let (packed, scales, biases) = mlx_rs::ops::quantize(weight, q.group_size, q.bits)?;
+    let shape = (weight.shape()[0], weight.shape()[1]);
+    Ok(QuantizedWeight {
+        packed,
+        scales,
+        biases,
+        bits: q.bits,
+        group_size: q.group_size,
+        shape,
+    })
+}
+
+/// `dequantize(quantize(W))` in W's dtype: the float weight the quantized layer computes with.
+pub fn fake_quantize(weight: &Array, q: LayerQuant) -> Result<Array, mlx_rs::error::Exception> {
+    let w = quantize_weight(weight, q)?;
+    mlx_rs::ops::dequantize(&w.packed, &w.scales, &w.biases, q.group_size, q.bits)?
+        .as_dtype(weight.dtype())
+}
+
+/// Quantizes `linear` in place.
+pub fn quantize_linear(
+    linear: &mut Linear,
+    q: LayerQuant,
+    mode: QuantMode,
+) -> Result<(), mlx_rs::error::Exception> {
+    match mode {
+        QuantMode::Simulated => {
+            linear.weight = fake_quantize(&linear.weight, q)?;
+            linear.weight.eval()?;
+        }
+        QuantMode::Real => {
+            let w = quantize_weight(&linear.weight, q)?;
+            mlx_rs::transforms::eval([&w.packed, &w.scales, &w.biases])?;
+            linear.weight = Array::from_slice::<f32>(&[], &[0]).as_dtype(linear.weight.dtype())?;
+            linear.quantized = Some(w);
+        }
+    }
+    Ok(())
+}
+
+/// Applies `config` to every MMDiT Linear. Layers whose input size is not a multiple of the
+/// group size stay float and are reported; a plan naming an unknown layer is an error.
+pub fn apply(
+    mmdit: &mut Mmdit,
+    config: &QuantConfig,
+    mode: QuantMode,
+) -> Result<QuantReport, QuantError> {
+    let mut report = QuantReport {
+        bytes_before: mmdit.weight_bytes(),
+        ..QuantReport::default()
+    };
+    if let QuantConfig::Plan(plan) = config {
+        let names: Vec<String> = mmdit.linears_mut().into_iter().map(|(n, _)| n).collect();
+        if let Some(unknown) = plan.layers.keys().find(|k| !names.contains(k)) {
+            return Err(QuantError::Config(format!(
+                "the plan names layer '{unknown}', which this model does not have"
+            )));
+        }
+    }
+    for (name, linear) in mmdit.linears_mut() {
+        let Some(q) = config.for_layer(&name) else {
+            continue;
+        };
+        if linear.quantized.is_some() {
+            return Err(QuantError::Config(format!("{name} is already quantized")));
+        }
+        let inp = linear.in_features();
+        if inp % q.group_size != 0 {
+            report.skipped.push((
+                name,
+                format!(
+                    "input size {inp} is not a multiple of the group size {}",
+                    q.group_size
+                ),
+            ));
+            continue;
+        }
+        quantize_linear(linear, q, mode).map_err(|source| QuantError::Mlx {
+            layer: name.clone(),
+            source,
+        })?;
+        report.quantized.push((name, q));
+    }
+    report.bytes_after = mmdit.weight_bytes();
+    Ok(report)
+}
