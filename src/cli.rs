@@ -654,3 +654,92 @@ pub fn calibrate(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+#[derive(Args)]
+pub struct SensitivityArgs {
+    /// tiny, sd3-medium, auto, or a directory in the published layout.
+    #[arg(long, default_value = "auto")]
+    model: String,
+    #[arg(long, default_value = "calibration_data")]
+    calib_dir: PathBuf,
+    /// Bit widths to try, comma-separated (2, 3, 4, 5, 6, 8).
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4,8")]
+    bits: Vec<i32>,
+    #[arg(long, default_value_t = 64)]
+    group_size: i32,
+    #[arg(long)]
+    max_images: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    step_stride: Option<u64>,
+    /// Only layers whose name matches this regular expression.
+    #[arg(long)]
+    layers: Option<String>,
+    /// Where the error is measured. Only `model` (the MMDiT's output) is implemented.
+    #[arg(long, default_value = "model")]
+    scope: String,
+    /// The naive oracle: a full forward per layer, bit width and sample.
+    #[arg(long)]
+    no_cache: bool,
+    #[arg(long, value_enum)]
+    dtype: Option<ModelDtype>,
+    #[arg(long)]
+    output_dir: PathBuf,
+}
+
+pub fn sensitivity(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
+    use sd3lab::quant::sensitivity::{SensitivityConfig, SensitivityEvent, run_sensitivity};
+    anyhow::ensure!(
+        args.scope == "model",
+        "--scope {}: only `model` is implemented so far",
+        args.scope
+    );
+    let config = SensitivityConfig {
+        model: args.model.clone(),
+        calib_dir: args.calib_dir.clone(),
+        bits: args.bits.clone(),
+        group_size: args.group_size,
+        max_images: args.max_images,
+        step_stride: args.step_stride.map(|k| k as usize),
+        layers: args.layers.clone(),
+        output_dir: args.output_dir.clone(),
+        use_cache: !args.no_cache,
+        dtype: args.dtype.unwrap_or_else(ModelDtype::default_for_backend),
+    };
+    let cancel = sd3lab::job::CancelToken::new();
+    let on_signal = cancel.clone();
+    let _ = ctrlc::set_handler(move || on_signal.cancel());
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("layers [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = run_sensitivity(&config, &cancel, &mut |e| match e {
+        SensitivityEvent::Planned {
+            layers,
+            already_done,
+            bits,
+            samples,
+        } => {
+            bar.set_length(layers as u64);
+            bar.set_position(already_done as u64);
+            bar.suspend(|| eprintln!("{layers} layers × {bits} bit widths on {samples} samples ({already_done} layers already done)"));
+        }
+        SensitivityEvent::LayerDone { name, seconds, .. } => {
+            bar.inc(1);
+            bar.set_message(format!("{name} ({seconds:.1} s)"));
+        }
+    });
+    bar.finish_and_clear();
+    let report = report?;
+    println!(
+        "{} layers measured; wrote {} and {}",
+        report.layers.len(),
+        args.output_dir.join("sensitivity.json").display(),
+        args.output_dir.join("sensitivity.csv").display()
+    );
+    Ok(if cancel.is_cancelled() {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -27,6 +27,8 @@ enum Command {
     Generate(cli::GenerateArgs),
     /// Generate calibration data: one .npz per (image, step), final images, manifest; resumable.
     Calibrate(cli::CalibrateArgs),
+    /// Per-layer, per-bit sensitivity of the MMDiT on calibration samples, by step bucket.
+    Sensitivity(cli::SensitivityArgs),
     /// Model tools: list the quantizable layers, write synthetic checkpoints.
     #[command(subcommand)]
     Model(cli::ModelCommand),
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Some(Command::Model(cmd)) => cli::model(&cmd),
         Some(Command::Generate(args)) => cli::generate(&args),
         Some(Command::Calibrate(args)) => cli::calibrate(&args),
+        Some(Command::Sensitivity(args)) => cli::sensitivity(&args),
         None => cli::default_action(),
     };
     match result {

@@ -330,16 +330,41 @@ impl Mmdit {
     /// The denoiser: latent `(B, h, w, 16)`, text `(B, T, 4096)`, modulation for this timestep.
     pub fn forward(&self, x: &Array, context: &Array, m: &Modulation) -> MlxResult<Array> {
         let (lh, lw) = (x.shape()[1], x.shape()[2]);
-        let mut txt = self.embed_text(context)?;
-        let mut img = self.embed_image(x)?;
-        for i in 0..self.blocks.len() {
+        self.forward_from(
+            0,
+            self.embed_image(x)?,
+            self.embed_text(context)?,
+            m,
+            (lh, lw),
+            None,
+        )
+    }
+
+    /// Runs joint blocks `start..` and the final layer from block `start`'s inputs. When
+    /// `record` is given, it receives every block's inputs `(image, text)` (for caching).
+    pub fn forward_from(
+        &self,
+        start: usize,
+        mut img: Array,
+        mut txt: Array,
+        m: &Modulation,
+        latent_hw: (i32, i32),
+        mut record: Option<&mut Vec<(Array, Array)>>,
+    ) -> MlxResult<Array> {
+        for i in start..self.blocks.len() {
+            if let Some(r) = record.as_deref_mut() {
+                r.push((img.clone(), txt.clone()));
+            }
             let (new_img, new_txt) = self.joint_block(i, &img, &txt, m)?;
             img = new_img;
             if let Some(t) = new_txt {
                 txt = t;
             }
         }
-        self.final_layer(&img, m, (lh, lw))
+        if let Some(r) = record {
+            r.push((img.clone(), txt.clone()));
+        }
+        self.final_layer(&img, m, latent_hw)
     }
 
     /// The dtype the weights were loaded in (the activation dtype).

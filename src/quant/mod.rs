@@ -5,7 +5,9 @@
 //! others; since the modulation is computed from them for every timestep, their quantization
 //! acts on the modulation.
 //!
-//! Still to come (issue 6): the sensitivity sweep, plan building and validation.
+//! `sensitivity`: the per-layer, per-bit sweep. Still to come (issue 6): plan building and validation.
+
+pub mod sensitivity;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,0 +1,208 @@
+//! The sensitivity sweep on the tiny model with generated calibration data: the cached path
+//! equals the naive oracle, fewer bits never help on average, reruns resume, bad inputs fail
+//! clearly.
+
+use std::path::Path;
+
+use sd3lab::calibrate::{CalibrateConfig, run_calibration};
+use sd3lab::job::CancelToken;
+use sd3lab::model::config::ModelDtype;
+use sd3lab::quant::sensitivity::{
+    SensitivityConfig, SensitivityEvent, SensitivityReport, run_sensitivity,
+};
+
+fn setup(root: &Path) -> (String, std::path::PathBuf) {
+    let model = root.join("model");
+    sd3lab::model::source::write_model_dir(&model, &sd3lab::model::Preset::Tiny.config(None), 5)
+        .unwrap();
+    let calib = root.join("calib");
+    let cfg = CalibrateConfig {
+        model: model.display().to_string(),
+        num_images: 2,
+        num_steps: 3,
+        cfg_weight: 5.0,
+        calib_dir: calib.clone(),
+        prompt_csv: None,
+        seed: 0,
+        height: 64,
+        width: 64,
+        dtype: ModelDtype::Float32,
+        negative_prompt: String::new(),
+        overwrite: false,
+        force: false,
+    };
+    run_calibration(&cfg, &CancelToken::new(), &mut |_| {}).unwrap();
+    (model.display().to_string(), calib)
+}
+
+fn config(model: &str, calib: &Path, out: &Path, use_cache: bool) -> SensitivityConfig {
+    SensitivityConfig {
+        model: model.to_owned(),
+        calib_dir: calib.to_owned(),
+        bits: vec![2, 4, 8],
+        group_size: 64,
+        max_images: None,
+        step_stride: None,
+        layers: Some(r"(^y_embedder|^t_embedder.mlp.layers.2|^context_embedder|blocks\.0\.image.*(q_proj|fc1|adaLN)|blocks\.1\.text.*v_proj|^final_layer)".into()),
+        output_dir: out.to_owned(),
+        use_cache,
+        dtype: ModelDtype::Float32,
+    }
+}
+
+fn all_rows(r: &SensitivityReport) -> Vec<(String, i32, String, f64, f64, f64)> {
+    r.layers
+        .iter()
+        .flat_map(|l| {
+            l.results.iter().map(move |x| {
+                (
+                    l.name.clone(),
+                    x.bits,
+                    x.bucket.clone(),
+                    x.mse,
+                    x.sqnr_db,
+                    x.cosine,
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn cached_equals_naive_and_bits_order_the_error() {
+    let root = tempfile::tempdir().unwrap();
+    let (model, calib) = setup(root.path());
+    let cached = run_sensitivity(
+        &config(&model, &calib, &root.path().join("cached"), true),
+        &CancelToken::new(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let naive = run_sensitivity(
+        &config(&model, &calib, &root.path().join("naive"), false),
+        &CancelToken::new(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        cached.layers.len(),
+        10,
+        "{:?}",
+        cached.layers.iter().map(|l| &l.name).collect::<Vec<_>>()
+    );
+    let (a, b) = (all_rows(&cached), all_rows(&naive));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((&x.0, x.1, &x.2), (&y.0, y.1, &y.2));
+        let rel = (x.3 - y.3).abs() / y.3.abs().max(1e-30);
+        assert!(
+            rel <= 1e-5,
+            "{} w{} {}: cached mse {} vs naive {}",
+            x.0,
+            x.1,
+            x.2,
+            x.3,
+            y.3
+        );
+    }
+    // The 80-wide pooled input cannot be grouped by 64: no results, reported as such.
+    let y0 = cached
+        .layers
+        .iter()
+        .find(|l| l.name == "y_embedder.mlp.layers.0")
+        .unwrap();
+    assert!(y0.results.is_empty());
+    // Buckets: 3 steps → one per bucket; every layer has early/mid/late/all per bit width.
+    let fc1 = cached
+        .layers
+        .iter()
+        .find(|l| l.name.ends_with("blocks.0.image_transformer_block.mlp.fc1"))
+        .unwrap();
+    assert_eq!(fc1.results.len(), 12);
+    assert!(
+        fc1.results
+            .iter()
+            .filter(|r| r.bucket == "all")
+            .all(|r| r.n_samples == 6)
+    );
+    // Fewer bits never give a smaller error on average over layers.
+    let mean = |bits: i32| {
+        let v: Vec<f64> = cached
+            .layers
+            .iter()
+            .flat_map(|l| l.results.iter())
+            .filter(|r| r.bits == bits && r.bucket == "all")
+            .map(|r| r.mse)
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    assert!(
+        mean(2) > mean(4) && mean(4) > mean(8),
+        "{} {} {}",
+        mean(2),
+        mean(4),
+        mean(8)
+    );
+    // The CSV holds the same rows.
+    let csv = std::fs::read_to_string(root.path().join("cached/sensitivity.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + a.len());
+    assert!(
+        csv.starts_with(
+            "name,block,kind,params,bits,group_size,bucket,mse,sqnr_db,cosine,n_samples"
+        )
+    );
+}
+
+#[test]
+fn reruns_resume_and_bad_inputs_fail_clearly() {
+    let root = tempfile::tempdir().unwrap();
+    let (model, calib) = setup(root.path());
+    let out = root.path().join("out");
+    let mut cfg = config(&model, &calib, &out, true);
+    cfg.layers = Some("^final_layer".into());
+    run_sensitivity(&cfg, &CancelToken::new(), &mut |_| {}).unwrap();
+    let mut planned = None;
+    run_sensitivity(&cfg, &CancelToken::new(), &mut |e| {
+        if let SensitivityEvent::Planned {
+            layers,
+            already_done,
+            ..
+        } = e
+        {
+            planned = Some((layers, already_done));
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        planned,
+        Some((2, 2)),
+        "the rerun skips both finished layers"
+    );
+
+    let err = |c: SensitivityConfig| {
+        run_sensitivity(&c, &CancelToken::new(), &mut |_| {})
+            .unwrap_err()
+            .to_string()
+    };
+    let mut bad = cfg.clone();
+    bad.layers = Some("(".into());
+    assert!(err(bad).contains("--layers"));
+    let mut bad = cfg.clone();
+    bad.layers = Some("^nothing$".into());
+    assert!(err(bad).contains("matches no layer"));
+    let mut bad = cfg.clone();
+    bad.bits = vec![7];
+    assert!(err(bad).contains("7 bits is not supported"));
+    let mut bad = cfg.clone();
+    bad.max_images = Some(0);
+    assert!(err(bad).contains("no calibration samples selected"));
+    // Calibration data from a model with another pooled width.
+    let other = root.path().join("other");
+    let mut c = sd3lab::model::Preset::Tiny.config(None);
+    c.clip_g.projection_dim = Some(64);
+    c.mmdit.pooled_dim = 96;
+    sd3lab::model::source::write_model_dir(&other, &c, 1).unwrap();
+    let mut bad = cfg.clone();
+    bad.model = other.display().to_string();
+    assert!(err(bad).contains("another model"));
+}
