@@ -743,3 +743,81 @@ pub fn sensitivity(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+#[derive(Args)]
+pub struct PlanArgs {
+    /// sensitivity.json from `sd3lab sensitivity`.
+    #[arg(long)]
+    sensitivity: PathBuf,
+    /// Parameter-weighted average bits per weight, scales and biases included (bits + 32/group).
+    #[arg(long)]
+    target_bits: f64,
+    /// Bit widths the plan may use (default: all measured).
+    #[arg(long, value_delimiter = ',')]
+    bits: Vec<i32>,
+    #[arg(long, value_enum, default_value = "sqnr")]
+    objective: sd3lab::quant::plan::Objective,
+    /// Plan file to write; pareto.csv is written beside it.
+    #[arg(long)]
+    output: PathBuf,
+    /// Different bits per step bucket (not implemented yet).
+    #[arg(long)]
+    per_bucket: bool,
+    /// Measure the plan's real error on held-out samples (not implemented yet).
+    #[arg(long)]
+    validate: bool,
+}
+
+pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(!args.per_bucket, "--per-bucket is not implemented yet");
+    anyhow::ensure!(!args.validate, "--validate is not implemented yet");
+    let text = std::fs::read_to_string(&args.sensitivity)
+        .with_context(|| format!("reading {}", args.sensitivity.display()))?;
+    let report: sd3lab::quant::sensitivity::SensitivityReport = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a sensitivity report", args.sensitivity.display()))?;
+    let built =
+        sd3lab::quant::plan::build_plan(&report, args.target_bits, &args.bits, args.objective)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.sensitivity.display()))?;
+    let json = serde_json::to_string_pretty(&built.plan)?;
+    sd3lab::fsutil::write_atomic(&args.output, json.as_bytes())
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    let mut csv = format!(
+        "average_bits,{}\n",
+        match args.objective {
+            sd3lab::quant::plan::Objective::Sqnr => "summed_sqnr_db",
+            sd3lab::quant::plan::Objective::Mse => "summed_mse",
+        }
+    );
+    for (b, e) in &built.pareto {
+        csv.push_str(&format!("{b},{e}\n"));
+    }
+    let pareto = args.output.with_file_name("pareto.csv");
+    sd3lab::fsutil::write_atomic(&pareto, csv.as_bytes())
+        .with_context(|| format!("writing {}", pareto.display()))?;
+    let mut histogram: std::collections::BTreeMap<i32, usize> = std::collections::BTreeMap::new();
+    for q in built.plan.layers.values() {
+        *histogram.entry(q.bits).or_default() += 1;
+    }
+    println!(
+        "wrote {} ({} layers: {}; {} left float) — average {:.3} bits for a target of {}, predicted {} {:.4}, {:.1} MB of quantized weights; Pareto front in {}",
+        args.output.display(),
+        built.plan.layers.len(),
+        histogram
+            .iter()
+            .map(|(b, n)| format!("{n}×w{b}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        built.left_float.len(),
+        built.average_bits,
+        args.target_bits,
+        if args.objective == sd3lab::quant::plan::Objective::Sqnr {
+            "summed SQNR (dB)"
+        } else {
+            "summed MSE"
+        },
+        built.predicted_error,
+        built.predicted_bytes as f64 / 1e6,
+        pareto.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -29,6 +29,8 @@ enum Command {
     Calibrate(cli::CalibrateArgs),
     /// Per-layer, per-bit sensitivity of the MMDiT on calibration samples, by step bucket.
     Sensitivity(cli::SensitivityArgs),
+    /// A mixed-precision plan from a sensitivity run, optimal under an average-bits budget.
+    Plan(cli::PlanArgs),
     /// Model tools: list the quantizable layers, write synthetic checkpoints.
     #[command(subcommand)]
     Model(cli::ModelCommand),
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Some(Command::Generate(args)) => cli::generate(&args),
         Some(Command::Calibrate(args)) => cli::calibrate(&args),
         Some(Command::Sensitivity(args)) => cli::sensitivity(&args),
+        Some(Command::Plan(args)) => cli::plan(&args),
         None => cli::default_action(),
     };
     match result {

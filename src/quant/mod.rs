@@ -7,6 +7,7 @@
 //!
 //! `sensitivity`: the per-layer, per-bit sweep. Still to come (issue 6): plan building and validation.
 
+pub mod plan;
 pub mod sensitivity;
 
 use std::collections::BTreeMap;

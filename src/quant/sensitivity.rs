@@ -45,6 +45,9 @@ pub struct SensitivityConfig {
     pub dtype: ModelDtype,
 }
 
+/// SQNR reported when a quantized layer does not move the output at all (JSON has no infinity).
+pub const MAX_SQNR_DB: f64 = 300.0;
+
 /// One row of results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BucketResult {
@@ -174,9 +177,9 @@ impl Acc {
     fn result(&self, bits: i32, group_size: i32, bucket: &str) -> BucketResult {
         let mse = self.err / self.elements.max(1) as f64;
         let sqnr_db = if self.err > 0.0 {
-            10.0 * (self.reference / self.err).log10()
+            (10.0 * (self.reference / self.err).log10()).min(MAX_SQNR_DB)
         } else {
-            f64::INFINITY
+            MAX_SQNR_DB
         };
         BucketResult {
             bits,

@@ -1,0 +1,332 @@
+//! Mixed-precision plans from a sensitivity run: one bit width per layer minimising the summed
+//! error (or maximising the summed SQNR) under a parameter-weighted average-bits budget that
+//! counts scales and biases (`bits + 32/group`).
+//!
+//! Solved exactly as a multiple-choice knapsack by dynamic programming over Pareto frontiers:
+//! layer by layer, every non-dominated (cost, error) pair is kept, with cost the exact integer
+//! Σ params·bits. The last frontier is the whole budget/error trade-off (`pareto.csv`); the plan
+//! for a target is its best point within budget, traced back to one choice per layer.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::sensitivity::SensitivityReport;
+use super::{LayerQuant, QuantPlan};
+
+/// One option for one layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Choice {
+    pub bits: i32,
+    /// Σ-able integer cost: parameters × bits.
+    pub cost: u64,
+    /// What is minimised (mse, or −SQNR).
+    pub error: f64,
+}
+
+/// One point of a frontier with its back-pointer.
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    cost: u64,
+    error: f64,
+    parent: usize,
+    choice: usize,
+}
+
+/// The exact solver's state: one frontier per layer.
+pub struct Frontiers {
+    levels: Vec<Vec<Node>>,
+}
+
+impl Frontiers {
+    /// Builds every frontier. Each layer needs at least one choice.
+    pub fn solve(layers: &[Vec<Choice>]) -> Self {
+        let mut levels: Vec<Vec<Node>> = Vec::with_capacity(layers.len());
+        let mut prev = vec![Node {
+            cost: 0,
+            error: 0.0,
+            parent: 0,
+            choice: 0,
+        }];
+        for choices in layers {
+            let mut cand: Vec<Node> = Vec::with_capacity(prev.len() * choices.len());
+            for (pi, p) in prev.iter().enumerate() {
+                for (ci, c) in choices.iter().enumerate() {
+                    cand.push(Node {
+                        cost: p.cost + c.cost,
+                        error: p.error + c.error,
+                        parent: pi,
+                        choice: ci,
+                    });
+                }
+            }
+            cand.sort_by(|a, b| a.cost.cmp(&b.cost).then(a.error.total_cmp(&b.error)));
+            let mut frontier: Vec<Node> = Vec::new();
+            for n in cand {
+                if frontier.last().is_none_or(|last| n.error < last.error) {
+                    frontier.push(n);
+                }
+            }
+            levels.push(frontier.clone());
+            prev = frontier;
+        }
+        Self { levels }
+    }
+
+    /// `(cost, error)` of every non-dominated complete assignment, cheapest first.
+    pub fn pareto(&self) -> Vec<(u64, f64)> {
+        self.levels
+            .last()
+            .map(|l| l.iter().map(|n| (n.cost, n.error)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The best assignment with cost ≤ `budget`: choice index per layer, cost, error.
+    pub fn best_within(&self, budget: u64) -> Option<(Vec<usize>, u64, f64)> {
+        let last = self.levels.last()?;
+        let (mut idx, best) = last
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, n)| n.cost <= budget)?;
+        let (cost, error) = (best.cost, best.error);
+        let mut picks = vec![0; self.levels.len()];
+        for level in (0..self.levels.len()).rev() {
+            let n = self.levels[level][idx];
+            picks[level] = n.choice;
+            idx = n.parent;
+        }
+        Some((picks, cost, error))
+    }
+}
+
+/// What to optimise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    Sqnr,
+    Mse,
+}
+
+/// A built plan and what it predicts.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuiltPlan {
+    pub plan: QuantPlan,
+    pub average_bits: f64,
+    pub predicted_error: f64,
+    pub predicted_bytes: u64,
+    /// `(average bits, summed objective)` of every Pareto point.
+    pub pareto: Vec<(f64, f64)>,
+    pub left_float: Vec<String>,
+}
+
+/// Builds the plan for `target_bits` from the `all` bucket of a sensitivity report.
+pub fn build_plan(
+    report: &SensitivityReport,
+    target_bits: f64,
+    bits: &[i32],
+    objective: Objective,
+) -> Result<BuiltPlan, String> {
+    let group = report.settings.group_size;
+    let overhead = 32.0 / group as f64;
+    let mut names = Vec::new();
+    let mut params = Vec::new();
+    let mut layers: Vec<Vec<Choice>> = Vec::new();
+    let mut left_float = Vec::new();
+    for l in &report.layers {
+        let choices: Vec<Choice> = l
+            .results
+            .iter()
+            .filter(|r| r.bucket == "all" && (bits.is_empty() || bits.contains(&r.bits)))
+            .map(|r| Choice {
+                bits: r.bits,
+                cost: l.params as u64 * r.bits as u64,
+                error: match objective {
+                    Objective::Mse => r.mse,
+                    Objective::Sqnr => -r.sqnr_db,
+                },
+            })
+            .collect();
+        if choices.is_empty() {
+            left_float.push(l.name.clone());
+            continue;
+        }
+        names.push(l.name.clone());
+        params.push(l.params as u64);
+        layers.push(choices);
+    }
+    if layers.is_empty() {
+        return Err("the sensitivity report has no results for the requested bit widths".into());
+    }
+    let total: u64 = params.iter().sum();
+    let budget_bits = target_bits - overhead;
+    if budget_bits <= 0.0 {
+        return Err(format!(
+            "--target-bits {target_bits} is below the {overhead} bits per weight that scales and biases take at group size {group}"
+        ));
+    }
+    let budget = (budget_bits * total as f64).floor() as u64;
+    let frontiers = Frontiers::solve(&layers);
+    let (picks, cost, error) = frontiers.best_within(budget).ok_or_else(|| {
+        let min: u64 = layers
+            .iter()
+            .map(|c| c.iter().map(|x| x.cost).min().unwrap_or(0))
+            .sum();
+        format!(
+            "--target-bits {target_bits} is below the smallest reachable average of {:.3} bits",
+            min as f64 / total as f64 + overhead
+        )
+    })?;
+    let mut plan_layers = BTreeMap::new();
+    for (i, name) in names.iter().enumerate() {
+        plan_layers.insert(
+            name.clone(),
+            LayerQuant {
+                bits: layers[i][picks[i]].bits,
+                group_size: group,
+            },
+        );
+    }
+    let average_bits = cost as f64 / total as f64 + overhead;
+    let predicted_error = if objective == Objective::Sqnr {
+        -error
+    } else {
+        error
+    };
+    let predicted_bytes = ((cost as f64 + overhead * total as f64) / 8.0).round() as u64;
+    let pareto = frontiers
+        .pareto()
+        .into_iter()
+        .map(|(c, e)| {
+            (
+                c as f64 / total as f64 + overhead,
+                if objective == Objective::Sqnr { -e } else { e },
+            )
+        })
+        .collect();
+    let mut extra = serde_json::Map::new();
+    extra.insert("target_bits".into(), target_bits.into());
+    extra.insert("average_bits".into(), average_bits.into());
+    extra.insert(
+        "objective".into(),
+        serde_json::to_value(objective).unwrap_or_default(),
+    );
+    extra.insert("predicted_error".into(), predicted_error.into());
+    extra.insert("predicted_quantized_bytes".into(), predicted_bytes.into());
+    extra.insert(
+        "left_float".into(),
+        serde_json::to_value(&left_float).unwrap_or_default(),
+    );
+    let plan = QuantPlan {
+        schema: "sd3lab.plan/1".into(),
+        layers: plan_layers,
+        buckets: BTreeMap::new(),
+        extra,
+    };
+    Ok(BuiltPlan {
+        plan,
+        average_bits,
+        predicted_error,
+        predicted_bytes,
+        pareto,
+        left_float,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic pseudo-random instance.
+    fn instance(seed: u64, n: usize) -> Vec<Vec<Choice>> {
+        let mut s = seed;
+        let mut next = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 33) as f64 / (1u64 << 31) as f64
+        };
+        (0..n)
+            .map(|_| {
+                let params = 10 + (next() * 90.0) as u64;
+                [2, 4, 8]
+                    .iter()
+                    .map(|&b| Choice {
+                        bits: b,
+                        cost: params * b as u64,
+                        error: next() * 10.0 / b as f64,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn brute(layers: &[Vec<Choice>], budget: u64) -> Option<f64> {
+        let n = layers.len();
+        let mut best: Option<f64> = None;
+        let mut idx = vec![0usize; n];
+        loop {
+            let cost: u64 = idx
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| layers[i][c].cost)
+                .sum();
+            let err: f64 = idx
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| layers[i][c].error)
+                .sum();
+            if cost <= budget && best.is_none_or(|b| err < b) {
+                best = Some(err);
+            }
+            let mut k = 0;
+            loop {
+                if k == n {
+                    return best;
+                }
+                idx[k] += 1;
+                if idx[k] < layers[k].len() {
+                    break;
+                }
+                idx[k] = 0;
+                k += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn dynamic_programming_matches_brute_force() {
+        for seed in 0..20 {
+            let layers = instance(seed, 7);
+            let f = Frontiers::solve(&layers);
+            let max: u64 = layers
+                .iter()
+                .map(|c| c.iter().map(|x| x.cost).max().unwrap())
+                .sum();
+            for budget in (0..=max).step_by((max / 23).max(1) as usize) {
+                let dp = f.best_within(budget);
+                let bf = brute(&layers, budget);
+                match (dp, bf) {
+                    (None, None) => {}
+                    (Some((picks, cost, err)), Some(b)) => {
+                        assert!(
+                            (err - b).abs() < 1e-9,
+                            "seed {seed} budget {budget}: {err} vs {b}"
+                        );
+                        assert!(cost <= budget);
+                        let recomputed: f64 = picks
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &c)| layers[i][c].error)
+                            .sum();
+                        assert!((recomputed - err).abs() < 1e-9);
+                    }
+                    other => panic!("seed {seed} budget {budget}: {other:?}"),
+                }
+            }
+            // The frontier is strictly better as the budget grows.
+            let p = f.pareto();
+            assert!(p.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 > w[1].1));
+        }
+    }
+}
