@@ -186,7 +186,7 @@ pub struct LoadArgs {
 }
 
 fn load(args: &LoadArgs) -> anyhow::Result<ExitCode> {
-    let files = sd3lab::model::source::resolve(&args.model, &mut |w| eprintln!("warning: {w}"))?;
+    let files = resolve_model(&args.model)?;
     let dtype = args
         .dtype
         .unwrap_or_else(ModelDtype::default_for_backend)
@@ -321,7 +321,7 @@ pub struct GenerateArgs {
 
 pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     use sd3lab::model::pipeline::{Flow, GenerateConfig, Pipeline, write_png};
-    let files = sd3lab::model::source::resolve(&args.model, &mut |w| eprintln!("warning: {w}"))?;
+    let files = resolve_model(&args.model)?;
     let dtype = args.dtype.unwrap_or_else(ModelDtype::default_for_backend);
     let quant = sd3lab::quant::QuantConfig::parse(&args.quant, args.group_size)?;
     let mut pipe = Pipeline::load(&files, dtype.mlx())
@@ -460,7 +460,7 @@ pub fn model(cmd: &ModelCommand) -> anyhow::Result<ExitCode> {
 fn layers(args: &LayersArgs) -> anyhow::Result<ExitCode> {
     let mut mmdit = match &args.model {
         Some(spec) => {
-            let files = sd3lab::model::source::resolve(spec, &mut |w| eprintln!("warning: {w}"))?;
+            let files = resolve_model(spec)?;
             sd3lab::model::source::infer_config(&files.checkpoint)?.0
         }
         None => args.preset.config(None).mmdit,
@@ -555,6 +555,9 @@ pub struct CalibrateArgs {
 
 pub fn calibrate(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
     use sd3lab::calibrate::{CalibrateConfig, CalibrateEvent, run_calibration};
+    if args.model == "sd3-medium" {
+        resolve_model(&args.model)?; // download with progress before the run
+    }
     let config = CalibrateConfig {
         model: args.model.clone(),
         num_images: args.num_images,
@@ -693,6 +696,9 @@ pub fn sensitivity(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
         "--scope {}: only `model` is implemented so far",
         args.scope
     );
+    if args.model == "sd3-medium" {
+        resolve_model(&args.model)?; // download with progress before the run
+    }
     let config = SensitivityConfig {
         model: args.model.clone(),
         calib_dir: args.calib_dir.clone(),
@@ -820,4 +826,31 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         pareto.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves `--model` for a command, showing a progress bar while sd3-medium downloads.
+fn resolve_model(spec: &str) -> anyhow::Result<sd3lab::model::source::ModelFiles> {
+    let bar = indicatif::ProgressBar::hidden();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut current = String::new();
+    let files = sd3lab::model::source::resolve_with_progress(
+        spec,
+        &mut |w| eprintln!("warning: {w}"),
+        &mut |file, done, total| {
+            if current != file {
+                current = file.to_owned();
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_message(file.to_owned());
+                bar.set_length(total.unwrap_or(0));
+            }
+            bar.set_position(done);
+        },
+    );
+    bar.finish_and_clear();
+    Ok(files?)
 }

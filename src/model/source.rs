@@ -34,6 +34,18 @@ pub enum SourceError {
          (a token may be needed: HF_TOKEN), or pass --model DIR"
     )]
     NotCached { cache: PathBuf },
+    #[error("downloading {url}: {reason}")]
+    Download { url: String, reason: String },
+    #[error(
+        "sd3-medium is not in the Hugging Face cache ({cache}) and {url} could not be reached ({reason}); \
+         download it where there is a network with `huggingface-cli download {HF_MMDIT_REPO}` and \
+         `huggingface-cli download {HF_TEXT_REPO} --include 'clip_*/*' 'tokenizer_*/*'`, or pass --model DIR"
+    )]
+    Unreachable {
+        cache: PathBuf,
+        url: String,
+        reason: String,
+    },
     #[error("unknown model '{0}': use tiny, sd3-medium, auto or a directory")]
     Unknown(String),
     #[error("{path}: {source}")]
@@ -206,12 +218,27 @@ pub fn tiny_model() -> Result<ModelFiles, SourceError> {
     ModelFiles::in_dir(&dir, "tiny")
 }
 
-/// Resolves `--model`: `tiny`, `sd3-medium`, `auto` (sd3-medium if cached, else tiny with a
-/// warning through `warn`), or a directory.
+/// Resolves `--model`: `tiny`, `sd3-medium` (downloaded when not cached), `auto` (sd3-medium if
+/// cached, else tiny with a warning through `warn`), or a directory.
 pub fn resolve(spec: &str, warn: &mut dyn FnMut(&str)) -> Result<ModelFiles, SourceError> {
+    resolve_with_progress(spec, warn, &mut |_, _, _| {})
+}
+
+/// [`resolve`] with download progress.
+pub fn resolve_with_progress(
+    spec: &str,
+    warn: &mut dyn FnMut(&str),
+    progress: DownloadProgress,
+) -> Result<ModelFiles, SourceError> {
     match spec {
         "tiny" => tiny_model(),
-        "sd3-medium" => sd3_medium_from_cache(),
+        "sd3-medium" => match sd3_medium_from_cache() {
+            Ok(f) => Ok(f),
+            Err(_) => {
+                warn("sd3-medium is not in the Hugging Face cache: downloading it (about 6 GB)");
+                download_sd3_medium(progress)
+            }
+        },
         "auto" => match sd3_medium_from_cache() {
             Ok(f) => Ok(f),
             Err(_) => {
@@ -320,4 +347,143 @@ pub fn infer_config_from(
         ..VaeDecoderConfig::sd3()
     };
     Ok((mmdit, vae))
+}
+
+/// Files of the two repositories, as `(repository, path in the repository)`.
+pub fn sd3_medium_files() -> Vec<(&'static str, &'static str)> {
+    let mut v = vec![(HF_MMDIT_REPO, CHECKPOINT_FILE)];
+    for f in [
+        "clip_l/config.json",
+        "clip_l/model.fp16.safetensors",
+        "clip_g/config.json",
+        "clip_g/model.fp16.safetensors",
+        "tokenizer_l/vocab.json",
+        "tokenizer_l/merges.txt",
+        "tokenizer_g/vocab.json",
+        "tokenizer_g/merges.txt",
+    ] {
+        v.push((HF_TEXT_REPO, f));
+    }
+    v
+}
+
+/// The Hugging Face token: `HF_TOKEN`, else the cached login (`$HF_HOME/token`).
+pub fn hf_token() -> Option<String> {
+    if let Some(t) = std::env::var("HF_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Some(t.trim().to_owned());
+    }
+    let home = std::env::var_os("HF_HOME").map(PathBuf::from).or_else(|| {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface"))
+    })?;
+    std::fs::read_to_string(home.join("token"))
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+/// Progress of a download: `(file, bytes so far, total bytes if known)`.
+pub type DownloadProgress<'a> = &'a mut dyn FnMut(&str, u64, Option<u64>);
+
+/// Downloads sd3-medium's files into the Hugging Face cache (`HF_ENDPOINT` respected), each
+/// through a temporary file renamed into place, then records the revision in `refs/main`.
+pub fn download_sd3_medium(progress: DownloadProgress) -> Result<ModelFiles, SourceError> {
+    use std::io::{Read, Write};
+    let cache = hf_hub_cache();
+    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+    let token = hf_token();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut revisions: std::collections::BTreeMap<&str, String> = std::collections::BTreeMap::new();
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| SourceError::Io { path, source }
+    };
+    for (repo, file) in sd3_medium_files() {
+        let url = format!(
+            "{}/{repo}/resolve/main/{file}",
+            endpoint.trim_end_matches('/')
+        );
+        let mut req = agent.get(&url);
+        if let Some(t) = &token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        let response = req.call().map_err(|e| SourceError::Unreachable {
+            cache: cache.clone(),
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        let status = response.status().as_u16();
+        if status == 401 || status == 403 {
+            return Err(SourceError::Download {
+                url,
+                reason: format!(
+                    "HTTP {status}: the repository needs a Hugging Face token with access (set HF_TOKEN or run `huggingface-cli login`, and accept the model's licence on its page)"
+                ),
+            });
+        }
+        if status != 200 {
+            return Err(SourceError::Download {
+                url,
+                reason: format!("HTTP {status}"),
+            });
+        }
+        let commit = response
+            .headers()
+            .get("x-repo-commit")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_else(|| "main".to_owned());
+        let total = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let repo_dir = cache.join(format!("models--{}", repo.replace('/', "--")));
+        let target = repo_dir.join("snapshots").join(&commit).join(file);
+        let parent = target.parent().unwrap_or(&repo_dir).to_owned();
+        std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+        let mut tmp = crate::fsutil::temp_file_beside(&target).map_err(io(&target))?;
+        let mut body = response.into_body().into_reader();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0u64;
+        loop {
+            let n = body.read(&mut buf).map_err(|e| SourceError::Download {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+            if n == 0 {
+                break;
+            }
+            tmp.write_all(&buf[..n]).map_err(io(&target))?;
+            done += n as u64;
+            progress(file, done, total);
+        }
+        if let Some(t) = total
+            && t != done
+        {
+            return Err(SourceError::Download {
+                url,
+                reason: format!("connection closed after {done} of {t} bytes"),
+            });
+        }
+        tmp.as_file().sync_all().map_err(io(&target))?;
+        tmp.persist(&target).map_err(|e| SourceError::Io {
+            path: target.clone(),
+            source: e.error,
+        })?;
+        revisions.insert(repo, commit);
+    }
+    for (repo, commit) in revisions {
+        let refs = cache
+            .join(format!("models--{}", repo.replace('/', "--")))
+            .join("refs");
+        std::fs::create_dir_all(&refs).map_err(io(&refs))?;
+        crate::fsutil::write_atomic(&refs.join("main"), commit.as_bytes()).map_err(io(&refs))?;
+    }
+    sd3_medium_from_cache()
 }

@@ -1,0 +1,133 @@
+//! `--model sd3-medium` downloads the published files into the Hugging Face cache layout when
+//! they are not there (here from a local server standing in for the hub via `HF_ENDPOINT`),
+//! sends the token, and says what to do when access is refused.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Serves `root/<repo>/resolve/main/<file>` from `files[repo]`; requires `token` if given.
+fn serve(
+    files: Vec<(String, PathBuf)>,
+    token: Option<String>,
+    seen_auth: Arc<Mutex<Vec<String>>>,
+) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            let mut auth = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if line.to_ascii_lowercase().starts_with("authorization:") {
+                    auth = line[14..].trim().to_owned();
+                }
+            }
+            seen_auth.lock().unwrap().push(auth.clone());
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let allowed = token.as_ref().is_none_or(|t| auth == format!("Bearer {t}"));
+            let found = files
+                .iter()
+                .find(|(url, _)| *url == path)
+                .map(|(_, p)| p.clone());
+            let (status, body) = match (allowed, found) {
+                (false, _) => ("401 Unauthorized", Vec::new()),
+                (true, Some(p)) => ("200 OK", std::fs::read(p).unwrap()),
+                (true, None) => ("404 Not Found", Vec::new()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nx-repo-commit: 0123456789abcdef\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+            let _ = stream.flush();
+            let mut rest = Vec::new();
+            let _ = reader.read_to_end(&mut rest);
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn published(model: &Path) -> Vec<(String, PathBuf)> {
+    sd3lab::model::source::sd3_medium_files()
+        .into_iter()
+        .map(|(repo, file)| (format!("/{repo}/resolve/main/{file}"), model.join(file)))
+        .collect()
+}
+
+#[test]
+fn downloads_into_the_hub_cache_then_generates() {
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("model");
+    sd3lab::model::source::write_model_dir(&model, &sd3lab::model::Preset::Tiny.config(None), 8)
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let endpoint = serve(published(&model), Some("secret".into()), seen.clone());
+    let hub = root.path().join("hub");
+    let run = |token: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sd3lab"))
+            .args([
+                "generate",
+                "--model",
+                "sd3-medium",
+                "--prompt",
+                "a fox",
+                "--num-steps",
+                "1",
+                "--height",
+                "64",
+                "--width",
+                "64",
+                "--output",
+            ])
+            .arg(root.path().join("out.png"))
+            .env("HF_ENDPOINT", &endpoint)
+            .env("HF_HUB_CACHE", &hub)
+            .env("HF_HOME", root.path().join("hf-home"))
+            .env("HF_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let refused = run("wrong");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("HTTP 401") && err.contains("HF_TOKEN"),
+        "{err}"
+    );
+
+    let ok = run("secret");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(root.path().join("out.png").is_file());
+    let snapshot = hub.join("models--argmaxinc--mlx-stable-diffusion-3-medium/snapshots/0123456789abcdef/sd3_medium.safetensors");
+    assert_eq!(
+        std::fs::read(&snapshot).unwrap(),
+        std::fs::read(model.join("sd3_medium.safetensors")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(hub.join("models--argmaxinc--stable-diffusion/refs/main")).unwrap(),
+        "0123456789abcdef"
+    );
+    assert!(seen.lock().unwrap().iter().any(|a| a == "Bearer secret"));
+
+    // Now cached: no request is made.
+    let before = seen.lock().unwrap().len();
+    let again = run("secret");
+    assert!(again.status.success());
+    assert_eq!(seen.lock().unwrap().len(), before);
+}
