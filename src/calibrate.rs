@@ -408,13 +408,8 @@ pub fn run_calibration(
     gen_probe
         .validate(mmdit_cfg.max_latent_resolution)
         .map_err(CalibrateError::Config)?;
-    let clip_cfg = |d: &Path| -> Result<crate::model::ClipConfig, CalibrateError> {
-        let p = d.join("config.json");
-        let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| CalibrateError::Config(format!("{}: {e}", p.display())))?;
-        crate::model::clip::clip_config_from_hf(&json)
-            .map_err(|e| CalibrateError::Config(format!("{}: {e}", p.display())))
+    let clip_cfg = |d: &Path| {
+        crate::model::clip::read_clip_config(d).map_err(crate::model::pipeline::PipelineError::from)
     };
     let model_config = Sd3Config {
         mmdit: mmdit_cfg,

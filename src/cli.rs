@@ -350,12 +350,9 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         width: args.width,
     };
     let bar = indicatif::ProgressBar::new(cfg.num_steps as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] step {pos}/{len} {per_sec} ETA {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    bar.set_style(bar_style(
+        "{msg} [{bar:30}] step {pos}/{len} {per_sec} ETA {eta}",
+    ));
     bar.set_message("denoising");
     if args.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -582,15 +579,9 @@ pub fn calibrate(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
         multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let images = multi.add(indicatif::ProgressBar::new(args.num_images as u64));
-    images.set_style(
-        indicatif::ProgressStyle::with_template("images [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    images.set_style(bar_style("images [{bar:30}] {pos}/{len} {msg} ETA {eta}"));
     let steps = multi.add(indicatif::ProgressBar::new(args.num_steps as u64));
-    steps.set_style(
-        indicatif::ProgressStyle::with_template("steps  [{bar:30}] {pos}/{len} {per_sec}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    steps.set_style(bar_style("steps  [{bar:30}] {pos}/{len} {per_sec}"));
     let quiet = args.json;
     let mut on_event = |e: CalibrateEvent| match e {
         CalibrateEvent::Planned {
@@ -715,10 +706,7 @@ pub fn sensitivity(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
     let on_signal = cancel.clone();
     let _ = ctrlc::set_handler(move || on_signal.cancel());
     let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("layers [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    bar.set_style(bar_style("layers [{bar:30}] {pos}/{len} {msg} ETA {eta}"));
     let report = run_sensitivity(&config, &cancel, &mut |e| match e {
         SensitivityEvent::Planned {
             layers,
@@ -831,12 +819,9 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
 /// Resolves `--model` for a command, showing a progress bar while sd3-medium downloads.
 fn resolve_model(spec: &str) -> anyhow::Result<sd3lab::model::source::ModelFiles> {
     let bar = indicatif::ProgressBar::hidden();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    bar.set_style(bar_style(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    ));
     let mut current = String::new();
     let files = sd3lab::model::source::resolve_with_progress(
         spec,
@@ -853,4 +838,10 @@ fn resolve_model(spec: &str) -> anyhow::Result<sd3lab::model::source::ModelFiles
     );
     bar.finish_and_clear();
     Ok(files?)
+}
+
+/// An indicatif style from `template` (the default style if the template were invalid).
+fn bar_style(template: &str) -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
 }

@@ -34,11 +34,7 @@ fn config(dir: &Path, images: usize, steps: usize, size: usize) -> CalibrateConf
 }
 
 fn cli(cache: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sd3lab"));
-    c.args(args)
-        .env("SD3LAB_CACHE_DIR", cache)
-        .env("HF_HUB_CACHE", cache.join("no-hub"));
-    c
+    common::sd3lab_command(cache, args)
 }
 
 /// One sample's arrays: (key, shape, values).

@@ -1,14 +1,13 @@
 //! The model commands end to end: `generate` on the built-in tiny model (the README's example),
 //! `model layers`, `model synth`, and clear errors for broken model folders.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn sd3lab(cache: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sd3lab"))
-        .args(args)
-        .env("SD3LAB_CACHE_DIR", cache)
-        .env("HF_HUB_CACHE", cache.join("no-hub"))
+    common::sd3lab_command(cache, args)
         .output()
         .expect("run sd3lab")
 }

@@ -1,14 +1,13 @@
 //! The quantization workflow end to end through the CLI: calibrate → sensitivity → plan →
 //! generate with the plan; the plan meets its budget exactly as recomputed from the report.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn sd3lab(cache: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sd3lab"))
-        .args(args)
-        .env("SD3LAB_CACHE_DIR", cache)
-        .env("HF_HUB_CACHE", cache.join("no-hub"))
+    common::sd3lab_command(cache, args)
         .output()
         .expect("run sd3lab")
 }

@@ -243,8 +243,8 @@ pub fn clip_config_to_hf(c: &ClipConfig) -> serde_json::Value {
     })
 }
 
-/// Loads `dir/config.json` + `dir/model.fp16.safetensors` (the published `clip_l/`, `clip_g/`).
-pub fn load_clip(dir: &std::path::Path, dtype: Dtype) -> Result<ClipTextModel, WeightsError> {
+/// Reads `dir/config.json` (a Hugging Face `CLIPTextConfig`) as DiffusionKit does.
+pub fn read_clip_config(dir: &std::path::Path) -> Result<ClipConfig, WeightsError> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| WeightsError::Read {
         path: cfg_path.clone(),
@@ -255,10 +255,15 @@ pub fn load_clip(dir: &std::path::Path, dtype: Dtype) -> Result<ClipTextModel, W
             path: cfg_path.clone(),
             reason: e.to_string(),
         })?;
-    let config = clip_config_from_hf(&json).map_err(|reason| WeightsError::Invalid {
+    clip_config_from_hf(&json).map_err(|reason| WeightsError::Invalid {
         path: cfg_path,
         reason,
-    })?;
+    })
+}
+
+/// Loads `dir/config.json` + `dir/model.fp16.safetensors` (the published `clip_l/`, `clip_g/`).
+pub fn load_clip(dir: &std::path::Path, dtype: Dtype) -> Result<ClipTextModel, WeightsError> {
+    let config = read_clip_config(dir)?;
     let path = dir.join("model.fp16.safetensors");
     let raw = super::weights::load_safetensors(&path)?;
     // Hugging Face files may carry the `position_ids` buffer; it is not a weight.

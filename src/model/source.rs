@@ -487,3 +487,13 @@ pub fn download_sd3_medium(progress: DownloadProgress) -> Result<ModelFiles, Sou
     }
     sd3_medium_from_cache()
 }
+
+/// The MMDiT alone from a checkpoint, its configuration inferred from the tensor shapes.
+pub fn load_mmdit_inferred(
+    checkpoint: &Path,
+    dtype: mlx_rs::Dtype,
+) -> Result<super::mmdit::Mmdit, WeightsError> {
+    let raw = super::weights::load_safetensors(checkpoint)?;
+    let (config, _) = infer_config_from(checkpoint, &raw)?;
+    super::mmdit::mmdit_from_tensors(checkpoint, &raw, &config, dtype)
+}

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::calib::{Bucket, CalibrationSet, OpenOptions, SampleFilter, SampleKey};
 use crate::job::CancelToken;
 use crate::model::config::ModelDtype;
-use crate::model::mmdit::{Mmdit, Modulation, mmdit_from_tensors};
+use crate::model::mmdit::{Mmdit, Modulation};
 use crate::model::registry::mmdit_linear_layers;
 
 use super::{LayerQuant, SUPPORTED_BITS, SUPPORTED_GROUPS, fake_quantize};
@@ -436,12 +436,9 @@ pub fn run_sensitivity(
         None => None,
     };
     let files = crate::model::source::resolve(&cfg.model, &mut |_| {}).map_err(boxed)?;
-    let raw = crate::model::weights::load_safetensors(&files.checkpoint).map_err(boxed)?;
-    let (mmdit_cfg, _) =
-        crate::model::source::infer_config_from(&files.checkpoint, &raw).map_err(boxed)?;
-    let mut mmdit =
-        mmdit_from_tensors(&files.checkpoint, &raw, &mmdit_cfg, cfg.dtype.mlx()).map_err(boxed)?;
-    drop(raw);
+    let mut mmdit = crate::model::source::load_mmdit_inferred(&files.checkpoint, cfg.dtype.mlx())
+        .map_err(boxed)?;
+    let mmdit_cfg = mmdit.config.clone();
     let registry: Vec<_> = mmdit_linear_layers(&mmdit_cfg)
         .into_iter()
         .filter(|l| regex.as_ref().is_none_or(|r| r.is_match(&l.name)))

@@ -42,3 +42,12 @@ pub fn read_npy(path: &Path) -> sd3lab::calib::NpyArray {
     sd3lab::calib::npy::read_npy(&mut f, u64::MAX)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// `sd3lab args…` with its own model cache and no Hugging Face cache (never the user's).
+pub fn sd3lab_command(cache: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sd3lab"));
+    c.args(args)
+        .env("SD3LAB_CACHE_DIR", cache)
+        .env("HF_HUB_CACHE", cache.join("no-hub"));
+    c
+}
