@@ -668,9 +668,13 @@ pub struct SensitivityArgs {
     /// Only layers whose name matches this regular expression.
     #[arg(long)]
     layers: Option<String>,
-    /// Where the error is measured. Only `model` (the MMDiT's output) is implemented.
-    #[arg(long, default_value = "model")]
-    scope: String,
+    /// Where the error is measured: the MMDiT's output (model), the output of the layer's own
+    /// block (block) or of the layer itself (layer); block and layer are fast proxies.
+    #[arg(long, value_enum, default_value = "model")]
+    scope: sd3lab::quant::sensitivity::Scope,
+    /// Calibration samples evaluated together in one forward.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    batch_size: u64,
     /// The naive oracle: a full forward per layer, bit width and sample.
     #[arg(long)]
     no_cache: bool,
@@ -682,11 +686,6 @@ pub struct SensitivityArgs {
 
 pub fn sensitivity(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
     use sd3lab::quant::sensitivity::{SensitivityConfig, SensitivityEvent, run_sensitivity};
-    anyhow::ensure!(
-        args.scope == "model",
-        "--scope {}: only `model` is implemented so far",
-        args.scope
-    );
     if args.model == "sd3-medium" {
         resolve_model(&args.model)?; // download with progress before the run
     }
@@ -701,6 +700,8 @@ pub fn sensitivity(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
         output_dir: args.output_dir.clone(),
         use_cache: !args.no_cache,
         dtype: args.dtype.unwrap_or_else(ModelDtype::default_for_backend),
+        scope: args.scope,
+        batch_size: args.batch_size as usize,
     };
     let cancel = sd3lab::job::CancelToken::new();
     let on_signal = cancel.clone();
@@ -708,6 +709,9 @@ pub fn sensitivity(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(bar_style("layers [{bar:30}] {pos}/{len} {msg} ETA {eta}"));
     let report = run_sensitivity(&config, &cancel, &mut |e| match e {
+        SensitivityEvent::Preparing { samples } => {
+            bar.suspend(|| eprintln!("loading {samples} calibration samples and their float outputs"));
+        }
         SensitivityEvent::Planned {
             layers,
             already_done,
@@ -844,4 +848,58 @@ fn resolve_model(spec: &str) -> anyhow::Result<sd3lab::model::source::ModelFiles
 fn bar_style(template: &str) -> indicatif::ProgressStyle {
     indicatif::ProgressStyle::with_template(template)
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+}
+
+#[derive(Args)]
+pub struct RankAgreementArgs {
+    /// The reference sensitivity.json (usually `--scope model`).
+    reference: PathBuf,
+    /// sensitivity.json files to compare with it (e.g. the block and layer scopes).
+    #[arg(required = true)]
+    proxies: Vec<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Spearman rank agreement of layer rankings between sensitivity runs, per bit width.
+pub fn rank_agreement(args: &RankAgreementArgs) -> anyhow::Result<ExitCode> {
+    use sd3lab::quant::sensitivity::{rank_agreement, read_report};
+    let reference = read_report(&args.reference)?;
+    let mut rows = Vec::new();
+    for p in &args.proxies {
+        let proxy = read_report(p)?;
+        for (bits, rho, layers) in rank_agreement(&reference, &proxy) {
+            rows.push(serde_json::json!({
+                "proxy": p.display().to_string(),
+                "scope": proxy.settings.metric_scope,
+                "bits": bits,
+                "spearman": if rho.is_finite() { serde_json::json!(rho) } else { serde_json::Value::Null },
+                "layers": layers,
+            }));
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "reference": args.reference.display().to_string(),
+                "reference_scope": reference.settings.metric_scope,
+                "agreement": rows,
+            }))?
+        );
+    } else {
+        println!("{:<40} {:<6} {:>4} {:>9} {:>7}", "proxy", "scope", "bits", "spearman", "layers");
+        for r in &rows {
+            println!(
+                "{:<40} {:<6} {:>4} {:>9} {:>7}",
+                r["proxy"].as_str().unwrap_or(""),
+                r["scope"].as_str().unwrap_or(""),
+                r["bits"],
+                r["spearman"].as_f64().map_or("n/a".into(), |v| format!("{v:.3}")),
+                r["layers"]
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -31,6 +31,8 @@ enum Command {
     Sensitivity(cli::SensitivityArgs),
     /// A mixed-precision plan from a sensitivity run, optimal under an average-bits budget.
     Plan(cli::PlanArgs),
+    /// Spearman rank agreement between sensitivity runs' layer rankings, per bit width.
+    RankAgreement(cli::RankAgreementArgs),
     /// Model tools: list the quantizable layers, write synthetic checkpoints.
     #[command(subcommand)]
     Model(cli::ModelCommand),
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Some(Command::Calibrate(args)) => cli::calibrate(&args),
         Some(Command::Sensitivity(args)) => cli::sensitivity(&args),
         Some(Command::Plan(args)) => cli::plan(&args),
+        Some(Command::RankAgreement(args)) => cli::rank_agreement(&args),
         None => cli::default_action(),
     };
     match result {

@@ -61,6 +61,31 @@ pub struct Modulation {
     pub final_layer: Array,
 }
 
+/// Records Linear inputs under `prefix.suffix` names (a no-op without a destination).
+pub struct LinearTap<'a> {
+    prefix: String,
+    inputs: Option<&'a mut Vec<(String, Array)>>,
+}
+
+impl<'a> LinearTap<'a> {
+    fn new(prefix: String, inputs: Option<&'a mut Vec<(String, Array)>>) -> Self {
+        Self { prefix, inputs }
+    }
+
+    fn rename(self, prefix: String) -> Self {
+        Self {
+            prefix,
+            inputs: self.inputs,
+        }
+    }
+
+    fn record(&mut self, suffix: &str, x: &Array) {
+        if let Some(v) = self.inputs.as_deref_mut() {
+            v.push((format!("{}.{suffix}", self.prefix), x.clone()));
+        }
+    }
+}
+
 impl Modulation {
     /// Evaluates every array (so later steps reuse computed values).
     pub fn eval(&self) -> MlxResult<()> {
@@ -170,17 +195,77 @@ impl Mmdit {
 
     /// `y_embedder(pooled)[:, None, None, :] + t_embedder(t)`: the adaLN input, `(B, 1, 1, H)`.
     pub fn conditioning_vector(&self, pooled: &Array, timestep: &Array) -> MlxResult<Array> {
+        self.conditioning_vector_tapped(pooled, timestep, None)
+    }
+
+    fn conditioning_vector_tapped(
+        &self,
+        pooled: &Array,
+        timestep: &Array,
+        inputs: Option<&mut Vec<(String, Array)>>,
+    ) -> MlxResult<Array> {
         let batch = pooled.shape()[0];
-        let y = self.y_embedder[1].forward(&silu(&self.y_embedder[0].forward(pooled)?)?)?;
-        let t = mlx_rs::ops::broadcast_to(timestep.reshape(&[1])?, &[batch])?;
+        let mut tap = LinearTap::new("y_embedder.mlp".into(), inputs);
+        tap.record("layers.0", pooled);
+        let y0 = silu(&self.y_embedder[0].forward(pooled)?)?;
+        tap.record("layers.2", &y0);
+        let y = self.y_embedder[1].forward(&y0)?;
+        // One timestep for the whole batch, or one per row (batched calibration samples).
+        let t = if timestep.size() == 1 {
+            mlx_rs::ops::broadcast_to(timestep.reshape(&[1])?, &[batch])?
+        } else {
+            timestep.reshape(&[batch])?
+        };
         let emb = self.timestep_embedding(&t)?.expand_dims_axes(&[1, 2])?;
-        let t = self.t_embedder[1].forward(&silu(&self.t_embedder[0].forward(&emb)?)?)?;
+        let mut tap = tap.rename("t_embedder.mlp".into());
+        tap.record("layers.0", &emb);
+        let t0 = silu(&self.t_embedder[0].forward(&emb)?)?;
+        tap.record("layers.2", &t0);
+        let t = self.t_embedder[1].forward(&t0)?;
         y.expand_dims_axes(&[1, 2])?.add(t)
     }
 
-    /// Every adaLN output for one timestep (a scalar array in the activation dtype).
+    /// The input of every adaLN Linear: `silu(conditioning_vector)`.
+    pub fn adaln_input(&self, pooled: &Array, timestep: &Array) -> MlxResult<Array> {
+        silu(&self.conditioning_vector(pooled, timestep)?)
+    }
+
+    /// Names of the adaLN Linears (blocks' image and text streams, then the final layer).
+    pub fn adaln_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = (0..self.blocks.len())
+            .flat_map(|i| {
+                ["image", "text"].map(|s| {
+                    format!(
+                        "multimodal_transformer_blocks.{i}.{s}_transformer_block.adaLN_modulation.layers.1"
+                    )
+                })
+            })
+            .collect();
+        names.push("final_layer.adaLN_modulation.layers.1".into());
+        names
+    }
+
+    /// Every adaLN output for one timestep (a scalar array in the activation dtype, or one
+    /// per batch row).
     pub fn modulation(&self, pooled: &Array, timestep: &Array) -> MlxResult<Modulation> {
-        let cond = silu(&self.conditioning_vector(pooled, timestep)?)?;
+        self.modulation_tapped(pooled, timestep, None)
+    }
+
+    /// [`Mmdit::modulation`], recording the inputs of the embedders' and adaLN Linears.
+    pub fn modulation_tapped(
+        &self,
+        pooled: &Array,
+        timestep: &Array,
+        mut inputs: Option<&mut Vec<(String, Array)>>,
+    ) -> MlxResult<Modulation> {
+        let cond = silu(&self.conditioning_vector_tapped(
+            pooled,
+            timestep,
+            inputs.as_deref_mut(),
+        )?)?;
+        if let Some(v) = inputs {
+            v.extend(self.adaln_names().into_iter().map(|n| (n, cond.clone())));
+        }
         let blocks = self
             .blocks
             .iter()
@@ -212,10 +297,14 @@ impl Mmdit {
         s: &StreamBlock,
         x: &Array,
         m: &Array,
+        tap: &mut LinearTap,
     ) -> MlxResult<([Array; 3], Vec<Array>)> {
         let n = if s.post.is_some() { 6 } else { 2 };
         let chunks = m.split_equal(n, -1)?;
         let h = self.modulate(x, &chunks[0], &chunks[1])?;
+        for name in ["attn.q_proj", "attn.k_proj", "attn.v_proj"] {
+            tap.record(name, &h);
+        }
         Ok((
             [
                 s.q_proj.forward(&h)?,
@@ -232,10 +321,15 @@ impl Mmdit {
         residual: &Array,
         attn: &Array,
         chunks: &[Array],
+        tap: &mut LinearTap,
     ) -> MlxResult<Array> {
+        tap.record("attn.o_proj", attn);
         let residual = residual.add(post.o_proj.forward(attn)?.multiply(&chunks[2])?)?;
         let h = self.modulate(&residual, &chunks[3], &chunks[4])?;
-        let mlp = post.fc2.forward(&gelu(&post.fc1.forward(&h)?)?)?;
+        tap.record("mlp.fc1", &h);
+        let hidden = gelu(&post.fc1.forward(&h)?)?;
+        tap.record("mlp.fc2", &hidden);
+        let mlp = post.fc2.forward(&hidden)?;
         residual.add(chunks[5].multiply(&mlp)?)
     }
 
@@ -247,10 +341,27 @@ impl Mmdit {
         txt: &Array,
         m: &Modulation,
     ) -> MlxResult<(Array, Option<Array>)> {
+        self.joint_block_tapped(index, img, txt, m, None)
+    }
+
+    /// [`Mmdit::joint_block`], recording the input of each of the block's Linears (by full
+    /// layer name) into `inputs` when given.
+    pub fn joint_block_tapped(
+        &self,
+        index: usize,
+        img: &Array,
+        txt: &Array,
+        m: &Modulation,
+        inputs: Option<&mut Vec<(String, Array)>>,
+    ) -> MlxResult<(Array, Option<Array>)> {
         let block = &self.blocks[index];
         let (mi, mt) = &m.blocks[index];
-        let (qkv_i, chunks_i) = self.pre_attention(&block.image, img, mi)?;
-        let (qkv_t, chunks_t) = self.pre_attention(&block.text, txt, mt)?;
+        let prefix = format!("multimodal_transformer_blocks.{index}");
+        let mut tap_i = LinearTap::new(format!("{prefix}.image_transformer_block"), inputs);
+        let (qkv_i, chunks_i) = self.pre_attention(&block.image, img, mi, &mut tap_i)?;
+        let mut tap_t = tap_i.rename(format!("{prefix}.text_transformer_block"));
+        let (qkv_t, chunks_t) = self.pre_attention(&block.text, txt, mt, &mut tap_t)?;
+        let mut tap_i = tap_t.rename(format!("{prefix}.image_transformer_block"));
         let batch = img.shape()[0];
         let (heads, dh, hidden) = (
             self.config.num_heads as i32,
@@ -277,9 +388,10 @@ impl Mmdit {
             .post
             .as_ref()
             .expect("image streams always have post-attention layers");
-        let img = self.post_attention(post_i, img, &attn_img, &chunks_i)?;
+        let img = self.post_attention(post_i, img, &attn_img, &chunks_i, &mut tap_i)?;
+        let mut tap_t = tap_i.rename(format!("{prefix}.text_transformer_block"));
         let txt = match &block.text.post {
-            Some(post_t) => Some(self.post_attention(post_t, txt, &attn_txt, &chunks_t)?),
+            Some(post_t) => Some(self.post_attention(post_t, txt, &attn_txt, &chunks_t, &mut tap_t)?),
             None => None,
         };
         Ok((img, txt))
@@ -306,15 +418,19 @@ impl Mmdit {
     }
 
     /// Final adaLN + Linear and unpatchify: `(B, h, w, C)`.
+    /// The input of `final_layer.linear`: the last block's image output, modulated.
+    pub fn final_linear_input(&self, img: &Array, m: &Modulation) -> MlxResult<Array> {
+        let chunks = m.final_layer.split_equal(2, -1)?;
+        self.modulate(img, &chunks[0], &chunks[1])
+    }
+
     pub fn final_layer(
         &self,
         img: &Array,
         m: &Modulation,
         latent_hw: (i32, i32),
     ) -> MlxResult<Array> {
-        let chunks = m.final_layer.split_equal(2, -1)?;
-        let h = self.modulate(img, &chunks[0], &chunks[1])?;
-        let out = self.final_linear.forward(&h)?;
+        let out = self.final_linear.forward(&self.final_linear_input(img, m)?)?;
         let (p, c) = (
             self.config.patch_size as i32,
             self.config.latent_channels as i32,

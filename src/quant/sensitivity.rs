@@ -1,33 +1,73 @@
 //! Per-layer, per-bit sensitivity of the MMDiT on calibration samples, by step bucket.
 //!
 //! For each selected layer and bit width, that layer alone is quantized (simulated: the same
-//! numbers as the real kernels, see `tests/quant.rs`) and the MMDiT's output for each
+//! numbers as the real kernels, see `tests/quant.rs`) and an output computed from each
 //! calibration record (the CFG batch of 2: x duplicated, `timestep`, `conditioning`,
-//! `pooled_conditioning`) is compared with the float model's output. Metrics over all elements
-//! of all samples of a group (`early`, `mid`, `late`, `all`): `mse`, `sqnr_db`
-//! (10·log10(Σy²/Σ(y−ŷ)²)) and `cosine` (mean over samples of the flattened outputs' cosine).
+//! `pooled_conditioning`) is compared with the float model's. Where it is measured is the
+//! [`Scope`]: the MMDiT's output (`model`), the output of the layer's own block (`block`: the
+//! joint block; the conditioning vector for the timestep/pooled embedders; the text embedding
+//! for `context_embedder`; the model output for `final_layer.*`), or the layer's own output on
+//! its float input (`layer`). Metrics over all elements of all samples of a group (`early`,
+//! `mid`, `late`, `all`): `mse`, `sqnr_db` (10·log10(Σy²/Σ(y−ŷ)²)) and `cosine` (mean over
+//! samples of the flattened outputs' cosine).
 //!
-//! Cached evaluation: the float model's block inputs are computed once per sample; a layer in
-//! block k re-runs blocks k.. only (embedders re-run every block, the final layer none), and each
-//! (layer, bits) is quantized once for all samples. `use_cache = false` is the naive oracle (a
-//! full forward per layer, bit width and sample); both give the same numbers.
-//! Memory bound of the cache: samples × (depth + 1) × (image + text tokens) × hidden × 2 (CFG)
-//! × 4 bytes (about 150 MB per sample for SD3 medium at 512 px).
+//! Evaluation streams through the model by stage (embedders, block 0 … block d−1, final
+//! layer): every sample holds only the float input of the current block; the layers of that
+//! stage are measured (a layer in block k re-runs blocks k.. only; each (layer, bits) is
+//! quantized once for all samples; samples of the same shape are batched), then the float
+//! block runs once to move every sample to the next stage. `use_cache = false` is the naive
+//! oracle (a full forward per layer, bit width and sample batch); both give the same numbers.
+//!
+//! Memory bound (float32): per sample, the current block's input and the float model output,
+//! about 2 × (image + text tokens) × hidden × 4 bytes + the output (≈ 15 MB for SD3 medium at
+//! 512 px), independent of depth; plus one batch's forward working set. `layer` scope also
+//! holds the current block's Linear inputs (≈ 7 × that per sample).
+//!
+//! Cost model of the cached path: with d blocks and layers spread evenly over them, a layer
+//! re-runs (d+1)/2 blocks on average instead of d, so it is at most 2d/(d+1) times faster
+//! than the naive path (1.6× at depth 4, 1.92× at 24). `block` scope runs one block per
+//! evaluation and `layer` one matrix product.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use mlx_rs::Array;
 use serde::{Deserialize, Serialize};
 
-use crate::calib::{Bucket, CalibrationSet, OpenOptions, SampleFilter, SampleKey};
+use crate::calib::{Bucket, CalibrationSet, OpenOptions, SampleFilter, SampleKey, SampleMeta};
 use crate::job::CancelToken;
 use crate::model::config::ModelDtype;
 use crate::model::mmdit::{Mmdit, Modulation};
-use crate::model::registry::mmdit_linear_layers;
+use crate::model::nn::{Linear, to_vec_f32};
+use crate::model::registry::{LinearLayer, mmdit_linear_layers};
 
 use super::{LayerQuant, SUPPORTED_BITS, SUPPORTED_GROUPS, fake_quantize};
+
+/// Where a quantized layer's effect is measured.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The MMDiT's output.
+    #[default]
+    Model,
+    /// The output of the layer's own block (a fast proxy).
+    Block,
+    /// The layer's own output on its float input (the fastest proxy).
+    Layer,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Model => "model",
+            Self::Block => "block",
+            Self::Layer => "layer",
+        }
+    }
+}
 
 /// Settings of a sensitivity run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +83,9 @@ pub struct SensitivityConfig {
     pub output_dir: PathBuf,
     pub use_cache: bool,
     pub dtype: ModelDtype,
+    pub scope: Scope,
+    /// Calibration samples evaluated together in one forward (same shapes only).
+    pub batch_size: usize,
 }
 
 /// SQNR reported when a quantized layer does not move the output at all (JSON has no infinity).
@@ -90,12 +133,15 @@ pub struct RunSettings {
     pub step_stride: Option<usize>,
     pub dtype: ModelDtype,
     pub samples: Vec<String>,
+    /// `model`, `block` or `layer` (see [`Scope`]).
     pub metric_scope: String,
 }
 
 /// Progress of a run.
 #[derive(Debug, Clone)]
 pub enum SensitivityEvent {
+    /// Samples are being loaded and their float outputs computed.
+    Preparing { samples: usize },
     Planned {
         layers: usize,
         already_done: usize,
@@ -129,23 +175,50 @@ pub enum SensitivityError {
     Source(#[from] Box<crate::model::source::SourceError>),
 }
 
-/// One calibration record ready for the MMDiT.
-struct Sample {
-    bucket: Bucket,
-    x: Array,
-    context: Array,
-    modulation: Modulation,
-    pooled: Array,
-    timestep: Array,
-    latent_hw: (i32, i32),
-    reference: Vec<f32>,
-    /// Float block inputs (image, text) for blocks 0..=depth.
-    cache: Vec<(Array, Array)>,
+fn boxed<E>(e: E) -> Box<E> {
+    Box::new(e)
+}
+
+/// Calibration records of the same shapes, stacked along the batch axis (2 rows per record:
+/// the CFG pair).
+pub(crate) struct SampleBatch {
+    pub(crate) buckets: Vec<Bucket>,
+    pub(crate) x: Array,
+    pub(crate) context: Array,
+    pub(crate) pooled: Array,
+    /// One timestep per row.
+    pub(crate) timestep: Array,
+    pub(crate) latent_hw: (i32, i32),
+    /// Float modulation.
+    pub(crate) modulation: Modulation,
+    /// Float model output, one vector per record.
+    pub(crate) reference: Vec<Vec<f32>>,
+    /// Float input of the current stage's block (image, text).
+    state: Option<(Array, Array)>,
+}
+
+impl SampleBatch {
+    fn len(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
+/// Splits outputs with 2·n leading rows into one flat vector per record.
+fn per_record(outputs: &[Array], n: usize) -> Result<Vec<Vec<f32>>, SensitivityError> {
+    let mut records = vec![Vec::new(); n];
+    for a in outputs {
+        let flat = to_vec_f32(a)?;
+        let chunk = flat.len() / n;
+        for (j, r) in records.iter_mut().enumerate() {
+            r.extend_from_slice(&flat[j * chunk..(j + 1) * chunk]);
+        }
+    }
+    Ok(records)
 }
 
 /// Accumulates the metrics of one group.
 #[derive(Default, Clone)]
-struct Acc {
+pub(crate) struct Acc {
     err: f64,
     reference: f64,
     elements: usize,
@@ -154,7 +227,7 @@ struct Acc {
 }
 
 impl Acc {
-    fn add(&mut self, y: &[f32], q: &[f32]) {
+    pub(crate) fn add(&mut self, y: &[f32], q: &[f32]) {
         let (mut e, mut r, mut yq, mut qq) = (0f64, 0f64, 0f64, 0f64);
         for (a, b) in y.iter().zip(q) {
             let (a, b) = (*a as f64, *b as f64);
@@ -174,7 +247,7 @@ impl Acc {
         self.samples += 1;
     }
 
-    fn result(&self, bits: i32, group_size: i32, bucket: &str) -> BucketResult {
+    pub(crate) fn result(&self, bits: i32, group_size: i32, bucket: &str) -> BucketResult {
         let mse = self.err / self.elements.max(1) as f64;
         let sqnr_db = if self.err > 0.0 {
             (10.0 * (self.reference / self.err).log10()).min(MAX_SQNR_DB)
@@ -193,15 +266,61 @@ impl Acc {
     }
 }
 
-fn boxed<E>(e: E) -> Box<E> {
-    Box::new(e)
+/// Per-bucket and overall accumulators.
+#[derive(Default)]
+pub(crate) struct Groups(BTreeMap<String, Acc>);
+
+impl Groups {
+    pub(crate) fn add(&mut self, bucket: Bucket, y: &[f32], q: &[f32]) {
+        self.0
+            .entry(bucket.name().to_owned())
+            .or_default()
+            .add(y, q);
+        self.0.entry("all".to_owned()).or_default().add(y, q);
+    }
+
+    pub(crate) fn results(&self, bits: i32, group_size: i32) -> Vec<BucketResult> {
+        ["early", "mid", "late", "all"]
+            .iter()
+            .filter_map(|b| self.0.get(*b).map(|acc| acc.result(bits, group_size, b)))
+            .collect()
+    }
 }
 
-/// Where a layer's effect starts: `None` = the whole model from the embeddings.
-fn start_block(name: &str) -> Option<usize> {
-    name.strip_prefix("multimodal_transformer_blocks.")
-        .and_then(|r| r.split('.').next())
-        .and_then(|b| b.parse().ok())
+/// The part of the model a layer sits in; evaluation streams through these in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    /// Timestep/pooled embedders and the context embedder (block-0 inputs).
+    Embed,
+    Block(usize),
+    /// `final_layer.*` (the last block's output).
+    Final,
+}
+
+fn stage_of(name: &str) -> Stage {
+    if let Some(rest) = name.strip_prefix("multimodal_transformer_blocks.")
+        && let Some(b) = rest.split('.').next().and_then(|b| b.parse().ok())
+    {
+        return Stage::Block(b);
+    }
+    if name.starts_with("final_layer") {
+        Stage::Final
+    } else {
+        Stage::Embed
+    }
+}
+
+/// Changes the model's modulation (embedder MLPs and adaLN).
+fn moves_modulation(name: &str) -> bool {
+    name.contains("adaLN") || name.starts_with("y_embedder") || name.starts_with("t_embedder")
+}
+
+fn find_linear(m: &mut Mmdit, name: &str) -> Result<Linear, SensitivityError> {
+    m.linears_mut()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, l)| l.clone())
+        .ok_or_else(|| SensitivityError::Config(format!("no layer {name}")))
 }
 
 /// Swaps a layer's float weight, returning the previous one.
@@ -214,86 +333,70 @@ fn swap_weight(m: &mut Mmdit, name: &str, w: Array) -> Result<Array, Sensitivity
     Ok(std::mem::replace(&mut l.weight, w))
 }
 
-fn layer_weight(m: &mut Mmdit, name: &str) -> Option<Array> {
-    m.linears_mut()
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, l)| l.weight.clone())
-}
-
-/// The MMDiT's output for a sample with the current weights.
-fn evaluate(
-    m: &Mmdit,
-    s: &Sample,
-    layer: &str,
-    use_cache: bool,
-) -> Result<Vec<f32>, SensitivityError> {
-    let out = if !use_cache {
-        let modulation = m.modulation(&s.pooled, &s.timestep)?;
-        m.forward(&s.x, &s.context, &modulation)?
-    } else if layer.starts_with("final_layer.linear") {
-        let (img, _) = &s.cache[m.blocks.len()];
-        m.final_layer(img, &s.modulation, s.latent_hw)?
-    } else if layer.contains("adaLN")
-        || layer.starts_with("y_embedder")
-        || layer.starts_with("t_embedder")
-    {
-        let modulation = m.modulation(&s.pooled, &s.timestep)?;
-        let from = if layer.starts_with("final_layer") {
-            m.blocks.len()
-        } else {
-            start_block(layer).unwrap_or(0)
-        };
-        if from == m.blocks.len() {
-            let (img, _) = &s.cache[from];
-            m.final_layer(img, &modulation, s.latent_hw)?
-        } else {
-            let (img, txt) = &s.cache[from];
-            m.forward_from(
-                from,
-                img.clone(),
-                txt.clone(),
-                &modulation,
-                s.latent_hw,
-                None,
-            )?
-        }
-    } else if layer == "context_embedder" {
-        let (img, _) = &s.cache[0];
-        m.forward_from(
-            0,
-            img.clone(),
-            m.embed_text(&s.context)?,
-            &s.modulation,
-            s.latent_hw,
-            None,
-        )?
-    } else {
-        let from = start_block(layer).unwrap_or(0);
-        let (img, txt) = &s.cache[from];
-        m.forward_from(
-            from,
-            img.clone(),
-            txt.clone(),
-            &s.modulation,
-            s.latent_hw,
-            None,
-        )?
-    };
-    Ok(crate::model::nn::to_vec_f32(&out)?)
-}
-
-/// Loads the selected records and computes the float references (and the block cache).
-fn load_samples(
+/// Loads records into batches of up to `batch_size` records of equal shapes and computes
+/// the float model outputs.
+pub(crate) fn load_batches(
     m: &Mmdit,
     set: &CalibrationSet,
-    filter: &SampleFilter,
-    use_cache: bool,
-) -> Result<(Vec<Sample>, Vec<String>), SensitivityError> {
+    metas: &[&SampleMeta],
+    batch_size: usize,
+    cancel: &CancelToken,
+) -> Result<Vec<SampleBatch>, SensitivityError> {
     let dtype = m.dtype();
-    let mut samples = Vec::new();
-    let mut names = Vec::new();
-    for meta in set.select(filter) {
+    struct Record {
+        bucket: Bucket,
+        x: Array,
+        context: Array,
+        pooled: Array,
+        timestep: f32,
+    }
+    let mut pending: Vec<Record> = Vec::new();
+    let mut batches = Vec::new();
+    let flush = |pending: &mut Vec<Record>| -> Result<Option<SampleBatch>, SensitivityError> {
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        let records = std::mem::take(pending);
+        let cat = |f: &dyn Fn(&Record) -> &Array| -> Result<Array, SensitivityError> {
+            let parts: Vec<&Array> = records.iter().map(f).collect();
+            Ok(mlx_rs::ops::concatenate(&parts, 0)?)
+        };
+        let x = cat(&|r| &r.x)?;
+        let context = cat(&|r| &r.context)?;
+        let pooled = cat(&|r| &r.pooled)?;
+        let per_row: Vec<f32> = records
+            .iter()
+            .flat_map(|r| {
+                let rows = r.context.shape()[0] as usize;
+                std::iter::repeat_n(r.timestep, rows)
+            })
+            .collect();
+        let timestep = Array::from_slice(&per_row, &[per_row.len() as i32]).as_dtype(dtype)?;
+        let xs = x.shape();
+        let latent_hw = (xs[1], xs[2]);
+        let modulation = m.modulation(&pooled, &timestep)?;
+        let img = m.embed_image(&x)?;
+        let txt = m.embed_text(&context)?;
+        mlx_rs::transforms::eval([&img, &txt])?;
+        modulation.eval()?;
+        let out = m.forward_from(0, img.clone(), txt.clone(), &modulation, latent_hw, None)?;
+        let reference = per_record(&[out], records.len())?;
+        Ok(Some(SampleBatch {
+            buckets: records.iter().map(|r| r.bucket).collect(),
+            x,
+            context,
+            pooled,
+            timestep,
+            latent_hw,
+            modulation,
+            reference,
+            state: Some((img, txt)),
+        }))
+    };
+    for meta in metas {
+        if cancel.is_cancelled() {
+            break;
+        }
         let load = |k: SampleKey| -> Result<Array, SensitivityError> {
             let a = set.load(meta, k).map_err(boxed)?;
             let shape: Vec<i32> = a.shape.iter().map(|&d| d as i32).collect();
@@ -320,53 +423,224 @@ fn load_samples(
                 cfg.pooled_dim
             )));
         }
-        let batch = context.shape()[0];
-        let x = if xs[0] == batch {
+        let rows = context.shape()[0];
+        let x = if xs[0] == rows {
             x
         } else {
-            mlx_rs::ops::concatenate(&vec![x; batch as usize], 0)?
+            mlx_rs::ops::concatenate(&vec![x; rows as usize], 0)?
         };
-        let timestep = Array::from_f32(meta.timestep as f32).as_dtype(dtype)?;
-        let modulation = m.modulation(&pooled, &timestep)?;
-        let latent_hw = (xs[1], xs[2]);
-        let mut cache = Vec::new();
-        let out = if use_cache {
-            m.forward_from(
-                0,
-                m.embed_image(&x)?,
-                m.embed_text(&context)?,
-                &modulation,
-                latent_hw,
-                Some(&mut cache),
-            )?
-        } else {
-            m.forward(&x, &context, &modulation)?
-        };
-        let reference = crate::model::nn::to_vec_f32(&out)?;
-        for (a, b) in &cache {
-            mlx_rs::transforms::eval([a, b])?;
-        }
-        modulation.eval()?;
-        names.push(meta.file.clone());
-        samples.push(Sample {
+        let record = Record {
             bucket: meta.bucket,
             x,
             context,
-            modulation,
             pooled,
-            timestep,
-            latent_hw,
-            reference,
-            cache,
+            timestep: meta.timestep as f32,
+        };
+        let fits = pending.first().is_none_or(|p| {
+            p.x.shape() == record.x.shape() && p.context.shape() == record.context.shape()
         });
+        if !fits || pending.len() >= batch_size.max(1) {
+            batches.extend(flush(&mut pending)?);
+        }
+        pending.push(record);
     }
-    if samples.is_empty() {
-        return Err(SensitivityError::Config(format!(
-            "no calibration samples selected in {}",
-            set.dir().display()
-        )));
+    batches.extend(flush(&mut pending)?);
+    Ok(batches)
+}
+
+/// What one stage holds for every batch while its layers are measured.
+#[derive(Default)]
+struct StageData {
+    /// Float inputs of the stage's Linears (layer scope), per batch.
+    inputs: Vec<HashMap<String, Array>>,
+    /// Float references per batch and record, by what is measured.
+    references: Vec<HashMap<String, Vec<Vec<f32>>>>,
+    /// The float block outputs, when preparing already computed them.
+    next: Vec<Option<(Array, Array)>>,
+}
+
+/// The key of the float reference a layer's measurement is compared with.
+fn reference_key(scope: Scope, name: &str, stage: Stage) -> String {
+    match (scope, stage) {
+        (Scope::Model, _) | (Scope::Block, Stage::Final) => "model".into(),
+        (Scope::Block, Stage::Block(k)) => format!("block.{k}"),
+        (Scope::Block, Stage::Embed) if name == "context_embedder" => "context".into(),
+        (Scope::Block, Stage::Embed) => "conditioning".into(),
+        (Scope::Layer, _) => name.to_owned(),
     }
-    Ok((samples, names))
+}
+
+/// The measured outputs for one batch with the model's current weights (`linear`: the layer
+/// being measured, with its current weight, for `layer` scope).
+fn measure(
+    m: &Mmdit,
+    b: &SampleBatch,
+    name: &str,
+    scope: Scope,
+    use_cache: bool,
+    inputs: Option<&HashMap<String, Array>>,
+    linear: &Linear,
+) -> Result<Vec<Array>, SensitivityError> {
+    let stage = stage_of(name);
+    if !use_cache {
+        let modulation = m.modulation(&b.pooled, &b.timestep)?;
+        return Ok(vec![m.forward(&b.x, &b.context, &modulation)?]);
+    }
+    if scope == Scope::Layer {
+        let input = inputs.and_then(|i| i.get(name)).ok_or_else(|| {
+            SensitivityError::Config(format!("internal: no recorded input for {name}"))
+        })?;
+        return Ok(vec![linear.forward(input)?]);
+    }
+    let (img, txt) = b
+        .state
+        .as_ref()
+        .ok_or_else(|| SensitivityError::Config("internal: no block state".into()))?;
+    let fresh;
+    let modulation = if moves_modulation(name) {
+        fresh = m.modulation(&b.pooled, &b.timestep)?;
+        &fresh
+    } else {
+        &b.modulation
+    };
+    Ok(match (scope, stage) {
+        (_, Stage::Final) => vec![m.final_layer(img, modulation, b.latent_hw)?],
+        (Scope::Block, Stage::Embed) if name == "context_embedder" => {
+            vec![m.embed_text(&b.context)?]
+        }
+        (Scope::Block, Stage::Embed) => vec![m.conditioning_vector(&b.pooled, &b.timestep)?],
+        (Scope::Block, Stage::Block(k)) => {
+            let (i, t) = m.joint_block(k, img, txt, modulation)?;
+            let mut v = vec![i];
+            v.extend(t);
+            v
+        }
+        (_, Stage::Embed) if name == "context_embedder" => vec![m.forward_from(
+            0,
+            img.clone(),
+            m.embed_text(&b.context)?,
+            modulation,
+            b.latent_hw,
+            None,
+        )?],
+        (_, Stage::Embed) => vec![m.forward_from(
+            0,
+            img.clone(),
+            txt.clone(),
+            modulation,
+            b.latent_hw,
+            None,
+        )?],
+        (_, Stage::Block(k)) => vec![m.forward_from(
+            k,
+            img.clone(),
+            txt.clone(),
+            modulation,
+            b.latent_hw,
+            None,
+        )?],
+    })
+}
+
+/// Prepares a stage: records Linear inputs (layer scope) and the block's float output
+/// (block scope).
+fn prepare_stage(
+    m: &Mmdit,
+    batches: &[SampleBatch],
+    stage: Stage,
+    scope: Scope,
+) -> Result<StageData, SensitivityError> {
+    let mut data = StageData::default();
+    for b in batches {
+        let mut inputs = HashMap::new();
+        let mut refs = HashMap::new();
+        refs.insert("model".to_owned(), b.reference.clone());
+        let mut next = None;
+        let Some((img, txt)) = &b.state else {
+            data.inputs.push(inputs);
+            data.references.push(refs);
+            data.next.push(None);
+            continue;
+        };
+        if scope == Scope::Layer {
+            let mut taps = Vec::new();
+            match stage {
+                Stage::Embed => {
+                    m.modulation_tapped(&b.pooled, &b.timestep, Some(&mut taps))?;
+                    taps.push(("context_embedder".into(), b.context.expand_dims(2)?));
+                }
+                Stage::Block(k) => {
+                    let (i, t) =
+                        m.joint_block_tapped(k, img, txt, &b.modulation, Some(&mut taps))?;
+                    let cond = m.adaln_input(&b.pooled, &b.timestep)?;
+                    let prefix = format!("multimodal_transformer_blocks.{k}.");
+                    for n in m.adaln_names().into_iter().filter(|n| n.starts_with(&prefix)) {
+                        taps.push((n, cond.clone()));
+                    }
+                    next = Some((i, t.unwrap_or_else(|| txt.clone())));
+                }
+                Stage::Final => {
+                    m.modulation_tapped(&b.pooled, &b.timestep, Some(&mut taps))?;
+                    taps.push((
+                        "final_layer.linear".into(),
+                        m.final_linear_input(img, &b.modulation)?,
+                    ));
+                }
+            }
+            mlx_rs::transforms::eval(taps.iter().map(|(_, a)| a))?;
+            inputs.extend(taps);
+        }
+        if scope == Scope::Block {
+            match stage {
+                Stage::Embed => {
+                    refs.insert(
+                        "context".into(),
+                        per_record(&[txt.clone()], b.len())?,
+                    );
+                    refs.insert(
+                        "conditioning".into(),
+                        per_record(&[m.conditioning_vector(&b.pooled, &b.timestep)?], b.len())?,
+                    );
+                }
+                Stage::Block(k) => {
+                    let (i, t) = m.joint_block(k, img, txt, &b.modulation)?;
+                    let mut v = vec![i.clone()];
+                    v.extend(t.clone());
+                    refs.insert(format!("block.{k}"), per_record(&v, b.len())?);
+                    next = Some((i, t.unwrap_or_else(|| txt.clone())));
+                }
+                Stage::Final => {}
+            }
+        }
+        if let Some((i, t)) = &next {
+            mlx_rs::transforms::eval([i, t])?;
+        }
+        data.inputs.push(inputs);
+        data.references.push(refs);
+        data.next.push(next);
+    }
+    Ok(data)
+}
+
+/// Moves every batch's state through float block `k` (reusing outputs already computed).
+fn advance(
+    m: &Mmdit,
+    batches: &mut [SampleBatch],
+    k: usize,
+    mut computed: Vec<Option<(Array, Array)>>,
+) -> Result<(), SensitivityError> {
+    computed.resize(batches.len(), None);
+    for (b, done) in batches.iter_mut().zip(computed) {
+        if let Some(next) = done {
+            b.state = Some(next);
+        } else if let Some((img, txt)) = b.state.take() {
+            let (i, t) = m.joint_block(k, &img, &txt, &b.modulation)?;
+            let t = t.unwrap_or(txt);
+            mlx_rs::transforms::eval([&i, &t])?;
+            b.state = Some((i, t));
+        }
+    }
+    Ok(())
 }
 
 /// Writes `sensitivity.json` and `sensitivity.csv` (atomically).
@@ -406,12 +680,21 @@ pub fn write_report(dir: &Path, report: &SensitivityReport) -> Result<(), Sensit
         .map_err(|source| SensitivityError::Io { path, source })
 }
 
-/// Runs (or resumes) a sensitivity sweep.
-pub fn run_sensitivity(
-    cfg: &SensitivityConfig,
-    cancel: &CancelToken,
-    on_event: &mut dyn FnMut(SensitivityEvent),
-) -> Result<SensitivityReport, SensitivityError> {
+/// Reads a `sensitivity.json`.
+pub fn read_report(path: &Path) -> Result<SensitivityReport, SensitivityError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SensitivityError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        SensitivityError::Config(format!(
+            "{}: not a sensitivity report: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn validate_config(cfg: &SensitivityConfig) -> Result<Option<regex::Regex>, SensitivityError> {
     if cfg.bits.is_empty() {
         return Err(SensitivityError::Config("no bit widths given".into()));
     }
@@ -428,18 +711,37 @@ pub fn run_sensitivity(
             cfg.group_size
         )));
     }
-    let regex = match &cfg.layers {
-        Some(r) => Some(
-            regex::Regex::new(r)
-                .map_err(|e| SensitivityError::Config(format!("--layers {r:?}: {e}")))?,
-        ),
-        None => None,
-    };
+    if !cfg.use_cache && cfg.scope != Scope::Model {
+        return Err(SensitivityError::Config(
+            "the naive path (--no-cache) is the oracle of --scope model only".into(),
+        ));
+    }
+    match &cfg.layers {
+        Some(r) => regex::Regex::new(r)
+            .map(Some)
+            .map_err(|e| SensitivityError::Config(format!("--layers {r:?}: {e}"))),
+        None => Ok(None),
+    }
+}
+
+/// Runs (or resumes) a sensitivity sweep.
+pub fn run_sensitivity(
+    cfg: &SensitivityConfig,
+    cancel: &CancelToken,
+    on_event: &mut dyn FnMut(SensitivityEvent),
+) -> Result<SensitivityReport, SensitivityError> {
+    let regex = validate_config(cfg)?;
     let files = crate::model::source::resolve(&cfg.model, &mut |_| {}).map_err(boxed)?;
     let mut mmdit = crate::model::source::load_mmdit_inferred(&files.checkpoint, cfg.dtype.mlx())
         .map_err(boxed)?;
     let mmdit_cfg = mmdit.config.clone();
-    let registry: Vec<_> = mmdit_linear_layers(&mmdit_cfg)
+    let all_layers = mmdit_linear_layers(&mmdit_cfg);
+    let order: HashMap<String, usize> = all_layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.name.clone(), i))
+        .collect();
+    let registry: Vec<LinearLayer> = all_layers
         .into_iter()
         .filter(|l| regex.as_ref().is_none_or(|r| r.is_match(&l.name)))
         .collect();
@@ -455,7 +757,13 @@ pub fn run_sensitivity(
         step_stride: cfg.step_stride,
         bucket: None,
     };
-    let (samples, sample_names) = load_samples(&mmdit, &set, &filter, cfg.use_cache)?;
+    let metas = set.select(&filter);
+    if metas.is_empty() {
+        return Err(SensitivityError::Config(format!(
+            "no calibration samples selected in {}",
+            set.dir().display()
+        )));
+    }
     let settings = RunSettings {
         model: files.name.clone(),
         model_config: mmdit_cfg.clone(),
@@ -465,8 +773,8 @@ pub fn run_sensitivity(
         max_images: cfg.max_images,
         step_stride: cfg.step_stride,
         dtype: cfg.dtype,
-        samples: sample_names,
-        metric_scope: "model".into(),
+        samples: metas.iter().map(|m| m.file.clone()).collect(),
+        metric_scope: cfg.scope.name().into(),
     };
     let json_path = cfg.output_dir.join("sensitivity.json");
     let mut report = match std::fs::read_to_string(&json_path)
@@ -481,75 +789,273 @@ pub fn run_sensitivity(
         },
     };
     let done: Vec<String> = report.layers.iter().map(|l| l.name.clone()).collect();
+    let todo: Vec<(usize, &LinearLayer)> = registry
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !done.contains(&l.name))
+        .collect();
+    on_event(SensitivityEvent::Preparing {
+        samples: metas.len(),
+    });
+    let mut batches = load_batches(&mmdit, &set, &metas, cfg.batch_size, cancel)?;
+    if !cfg.use_cache {
+        for b in &mut batches {
+            b.state = None;
+        }
+    }
     on_event(SensitivityEvent::Planned {
         layers: registry.len(),
-        already_done: done.len(),
+        already_done: registry.len() - todo.len(),
         bits: cfg.bits.len(),
-        samples: samples.len(),
+        samples: metas.len(),
     });
-    for (index, layer) in registry.iter().enumerate() {
-        if done.contains(&layer.name) {
-            continue;
-        }
-        if cancel.is_cancelled() {
+    let depth = mmdit_cfg.depth;
+    let stages: Vec<Stage> = std::iter::once(Stage::Embed)
+        .chain((0..depth).map(Stage::Block))
+        .chain(std::iter::once(Stage::Final))
+        .collect();
+    let last_needed = todo.iter().map(|(_, l)| stage_of(&l.name)).max();
+    for stage in stages {
+        if cancel.is_cancelled() || last_needed.is_none_or(|last| stage > last) {
             break;
         }
-        let t = Instant::now();
-        let mut results = Vec::new();
-        let skip = layer.in_features % cfg.group_size as usize != 0;
-        if !skip {
-            let original = layer_weight(&mut mmdit, &layer.name)
-                .ok_or_else(|| SensitivityError::Config(format!("no layer {}", layer.name)))?;
-            for &bits in &cfg.bits {
-                let q = fake_quantize(
-                    &original,
-                    LayerQuant {
-                        bits,
-                        group_size: cfg.group_size,
-                    },
-                )?;
-                q.eval()?;
-                swap_weight(&mut mmdit, &layer.name, q)?;
-                let mut groups: BTreeMap<String, Acc> = BTreeMap::new();
-                for s in &samples {
-                    let out = evaluate(&mmdit, s, &layer.name, cfg.use_cache);
-                    let out = match out {
-                        Ok(o) => o,
-                        Err(e) => {
-                            swap_weight(&mut mmdit, &layer.name, original.clone())?;
-                            return Err(e);
-                        }
-                    };
-                    groups
-                        .entry(s.bucket.name().to_owned())
-                        .or_default()
-                        .add(&s.reference, &out);
-                    groups
-                        .entry("all".to_owned())
-                        .or_default()
-                        .add(&s.reference, &out);
+        let here: Vec<&(usize, &LinearLayer)> = todo
+            .iter()
+            .filter(|(_, l)| stage_of(&l.name) == stage)
+            .collect();
+        let mut computed = Vec::new();
+        if !here.is_empty() {
+            let mut data = if cfg.use_cache {
+                prepare_stage(&mmdit, &batches, stage, cfg.scope)?
+            } else {
+                StageData::default()
+            };
+            computed = std::mem::take(&mut data.next);
+            for (index, layer) in here {
+                if cancel.is_cancelled() {
+                    break;
                 }
-                swap_weight(&mut mmdit, &layer.name, original.clone())?;
-                for bucket in ["early", "mid", "late", "all"] {
-                    if let Some(acc) = groups.get(bucket) {
-                        results.push(acc.result(bits, cfg.group_size, bucket));
+                let t = Instant::now();
+                let results = measure_layer(&mut mmdit, &batches, &data, layer, cfg, stage)?;
+                report.layers.push(LayerResult {
+                    name: layer.name.clone(),
+                    block: layer.block,
+                    kind: layer.kind.name().to_owned(),
+                    params: layer.params,
+                    results,
+                });
+                report
+                    .layers
+                    .sort_by_key(|l| order.get(&l.name).copied().unwrap_or(usize::MAX));
+                write_report(&cfg.output_dir, &report)?;
+                on_event(SensitivityEvent::LayerDone {
+                    index: *index,
+                    name: layer.name.clone(),
+                    seconds: t.elapsed().as_secs_f64(),
+                });
+            }
+        }
+        if let Stage::Block(k) = stage
+            && cfg.use_cache
+        {
+            advance(&mmdit, &mut batches, k, computed)?;
+        }
+    }
+    if todo.is_empty() {
+        write_report(&cfg.output_dir, &report)?;
+    }
+    Ok(report)
+}
+
+/// Measures one layer at every bit width.
+fn measure_layer(
+    mmdit: &mut Mmdit,
+    batches: &[SampleBatch],
+    data: &StageData,
+    layer: &LinearLayer,
+    cfg: &SensitivityConfig,
+    stage: Stage,
+) -> Result<Vec<BucketResult>, SensitivityError> {
+    let mut results = Vec::new();
+    if layer.in_features % cfg.group_size as usize != 0 {
+        return Ok(results); // left float: nothing to measure
+    }
+    let original = find_linear(mmdit, &layer.name)?;
+    let key = reference_key(cfg.scope, &layer.name, stage);
+    // Layer scope: the float outputs of the layer itself.
+    let mut layer_refs: Vec<Vec<Vec<f32>>> = Vec::new();
+    if cfg.scope == Scope::Layer && cfg.use_cache {
+        for (bi, b) in batches.iter().enumerate() {
+            let out = measure(
+                mmdit,
+                b,
+                &layer.name,
+                cfg.scope,
+                true,
+                data.inputs.get(bi),
+                &original,
+            )?;
+            layer_refs.push(per_record(&out, b.len())?);
+        }
+    }
+    for &bits in &cfg.bits {
+        let q = fake_quantize(
+            &original.weight,
+            LayerQuant {
+                bits,
+                group_size: cfg.group_size,
+            },
+        )?;
+        q.eval()?;
+        let quantized = Linear {
+            weight: q.clone(),
+            ..original.clone()
+        };
+        swap_weight(mmdit, &layer.name, q)?;
+        let mut groups = Groups::default();
+        let mut outcome = Ok(());
+        for (bi, b) in batches.iter().enumerate() {
+            let reference = if cfg.scope == Scope::Layer && cfg.use_cache {
+                layer_refs.get(bi)
+            } else if cfg.use_cache {
+                data.references.get(bi).and_then(|r| r.get(&key))
+            } else {
+                Some(&b.reference)
+            };
+            let Some(reference) = reference else {
+                outcome = Err(SensitivityError::Config(format!(
+                    "internal: no reference {key} for {}",
+                    layer.name
+                )));
+                break;
+            };
+            let out = measure(
+                mmdit,
+                b,
+                &layer.name,
+                cfg.scope,
+                cfg.use_cache,
+                data.inputs.get(bi),
+                &quantized,
+            )
+            .and_then(|o| per_record(&o, b.len()));
+            match out {
+                Ok(out) => {
+                    for (j, q) in out.iter().enumerate() {
+                        groups.add(b.buckets[j], &reference[j], q);
                     }
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
                 }
             }
         }
-        report.layers.push(LayerResult {
-            name: layer.name.clone(),
-            block: layer.block,
-            kind: layer.kind.name().to_owned(),
-            params: layer.params,
-            results,
-        });
-        write_report(&cfg.output_dir, &report)?;
-        on_event(SensitivityEvent::LayerDone {
-            index,
-            name: layer.name.clone(),
-            seconds: t.elapsed().as_secs_f64(),
-        });
+        swap_weight(mmdit, &layer.name, original.weight.clone())?;
+        outcome?;
+        results.extend(groups.results(bits, cfg.group_size));
     }
-    Ok(report)
+    Ok(results)
+}
+
+/// Spearman rank correlation between two sensitivity reports' layer rankings, per bit width
+/// (by SQNR of the `all` bucket over the layers both measured). `(bits, rho, layers)`.
+pub fn rank_agreement(
+    reference: &SensitivityReport,
+    proxy: &SensitivityReport,
+) -> Vec<(i32, f64, usize)> {
+    let sqnr = |r: &SensitivityReport, bits: i32| -> HashMap<String, f64> {
+        r.layers
+            .iter()
+            .filter_map(|l| {
+                l.results
+                    .iter()
+                    .find(|x| x.bits == bits && x.bucket == "all")
+                    .map(|x| (l.name.clone(), x.sqnr_db))
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    for &bits in &reference.settings.bits {
+        if !proxy.settings.bits.contains(&bits) {
+            continue;
+        }
+        let (a, b) = (sqnr(reference, bits), sqnr(proxy, bits));
+        let mut names: Vec<&String> = a.keys().filter(|n| b.contains_key(*n)).collect();
+        names.sort();
+        let xs: Vec<f64> = names.iter().map(|n| a[*n]).collect();
+        let ys: Vec<f64> = names.iter().map(|n| b[*n]).collect();
+        out.push((bits, spearman(&xs, &ys), names.len()));
+    }
+    out
+}
+
+/// Ranks with ties given their average rank (1-based).
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut r = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for k in i..=j {
+            r[idx[k]] = avg;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman's rho: the Pearson correlation of the ranks (NaN with fewer than 2 points or a
+/// constant side).
+pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len().min(y.len());
+    if n < 2 {
+        return f64::NAN;
+    }
+    let (rx, ry) = (ranks(&x[..n]), ranks(&y[..n]));
+    let mean = (n as f64 + 1.0) / 2.0;
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for i in 0..n {
+        let (a, b) = (rx[i] - mean, ry[i] - mean);
+        sxy += a * b;
+        sxx += a * a;
+        syy += b * b;
+    }
+    sxy / (sxx * syy).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spearman_of_monotone_and_reversed_and_tied_data() {
+        let x = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert!((spearman(&x, &[10.0, 20.0, 25.0, 80.0, 90.0]) - 1.0).abs() < 1e-12);
+        assert!((spearman(&x, &[5.0, 4.0, 3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        // scipy.stats.spearmanr([1,2,3,4,5], [1,3,2,2,5]) = 0.7378647873726218
+        let rho = spearman(&x, &[1.0, 3.0, 2.0, 2.0, 5.0]);
+        assert!((rho - 0.7378647873726218).abs() < 1e-12, "{rho}");
+        assert_eq!(ranks(&[3.0, 1.0, 3.0]), vec![2.5, 1.0, 2.5]);
+        assert!(spearman(&[1.0], &[2.0]).is_nan());
+    }
+
+    #[test]
+    fn stages_follow_the_model_order() {
+        assert_eq!(stage_of("y_embedder.mlp.layers.0"), Stage::Embed);
+        assert_eq!(stage_of("context_embedder"), Stage::Embed);
+        assert_eq!(
+            stage_of("multimodal_transformer_blocks.12.text_transformer_block.mlp.fc2"),
+            Stage::Block(12)
+        );
+        assert_eq!(stage_of("final_layer.linear"), Stage::Final);
+        assert!(Stage::Embed < Stage::Block(0) && Stage::Block(23) < Stage::Final);
+        assert!(moves_modulation("final_layer.adaLN_modulation.layers.1"));
+        assert!(!moves_modulation("final_layer.linear"));
+    }
 }
