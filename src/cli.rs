@@ -326,11 +326,16 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     let quant = sd3lab::quant::QuantConfig::parse(&args.quant, args.group_size)?;
     let mut pipe = Pipeline::load(&files, dtype.mlx())
         .with_context(|| format!("loading model '{}'", files.name))?;
-    let quant_report = sd3lab::quant::apply(&mut pipe.mmdit, &quant, args.quant_mode)?;
+    let quant_report = sd3lab::quant::apply_to_pipeline(&mut pipe, &quant, args.quant_mode)?;
     if quant != sd3lab::quant::QuantConfig::None && !args.json {
         println!(
-            "quantized {} MMDiT Linears ({:?}); {} left float; MMDiT weights {:.1} MB → {:.1} MB",
+            "quantized {} MMDiT Linears{} ({:?}); {} left float; MMDiT weights {:.1} MB → {:.1} MB",
             quant_report.quantized.len(),
+            if quant.is_per_bucket() {
+                " over the 3 step buckets"
+            } else {
+                ""
+            },
             args.quant_mode,
             quant_report.skipped.len(),
             quant_report.bytes_before as f64 / 1e6,
@@ -710,7 +715,9 @@ pub fn sensitivity(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
     bar.set_style(bar_style("layers [{bar:30}] {pos}/{len} {msg} ETA {eta}"));
     let report = run_sensitivity(&config, &cancel, &mut |e| match e {
         SensitivityEvent::Preparing { samples } => {
-            bar.suspend(|| eprintln!("loading {samples} calibration samples and their float outputs"));
+            bar.suspend(|| {
+                eprintln!("loading {samples} calibration samples and their float outputs")
+            });
         }
         SensitivityEvent::Planned {
             layers,
@@ -758,24 +765,36 @@ pub struct PlanArgs {
     /// Plan file to write; pareto.csv is written beside it.
     #[arg(long)]
     output: PathBuf,
-    /// Different bits per step bucket (not implemented yet).
+    /// One plan per step bucket (early/mid/late), each optimal for its bucket's results and
+    /// within the budget; `generate` switches between them.
     #[arg(long)]
     per_bucket: bool,
-    /// Measure the plan's real error on held-out samples (not implemented yet).
+    /// Measure the plan's real full-model error on calibration samples the sensitivity run did
+    /// not use, next to the additive prediction; stored in the plan under `validation`.
     #[arg(long)]
     validate: bool,
+    /// At most this many held-out samples for --validate.
+    #[arg(long)]
+    validate_samples: Option<usize>,
 }
 
 pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(!args.per_bucket, "--per-bucket is not implemented yet");
-    anyhow::ensure!(!args.validate, "--validate is not implemented yet");
-    let text = std::fs::read_to_string(&args.sensitivity)
-        .with_context(|| format!("reading {}", args.sensitivity.display()))?;
-    let report: sd3lab::quant::sensitivity::SensitivityReport = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a sensitivity report", args.sensitivity.display()))?;
-    let built =
-        sd3lab::quant::plan::build_plan(&report, args.target_bits, &args.bits, args.objective)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", args.sensitivity.display()))?;
+    use sd3lab::quant::plan::{build_plan, build_plan_per_bucket};
+    let report = sd3lab::quant::sensitivity::read_report(&args.sensitivity)?;
+    let build = if args.per_bucket {
+        build_plan_per_bucket
+    } else {
+        build_plan
+    };
+    let mut built = build(&report, args.target_bits, &args.bits, args.objective)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.sensitivity.display()))?;
+    if args.validate {
+        let validation = validate(&report, &built.plan, args.validate_samples)?;
+        built
+            .plan
+            .extra
+            .insert("validation".into(), serde_json::to_value(&validation)?);
+    }
     let json = serde_json::to_string_pretty(&built.plan)?;
     sd3lab::fsutil::write_atomic(&args.output, json.as_bytes())
         .with_context(|| format!("writing {}", args.output.display()))?;
@@ -818,6 +837,57 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         pareto.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the plan validation with a progress bar and prints measured vs predicted errors.
+fn validate(
+    report: &sd3lab::quant::sensitivity::SensitivityReport,
+    plan: &sd3lab::quant::QuantPlan,
+    max_samples: Option<usize>,
+) -> anyhow::Result<sd3lab::quant::validate::Validation> {
+    let cancel = sd3lab::job::CancelToken::new();
+    let on_signal = cancel.clone();
+    let _ = ctrlc::set_handler(move || on_signal.cancel());
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(bar_style(
+        "validating [{bar:30}] {pos}/{len} samples ETA {eta}",
+    ));
+    let validation = sd3lab::quant::validate::validate_plan(
+        report,
+        &sd3lab::quant::QuantConfig::Plan(plan.clone()),
+        max_samples,
+        4,
+        &cancel,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    );
+    bar.finish_and_clear();
+    let validation = validation?;
+    anyhow::ensure!(!cancel.is_cancelled(), "validation cancelled");
+    let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("n/a".to_owned(), f);
+    println!(
+        "validation on {} held-out samples (the plan applied to the whole model, vs the sum of per-layer errors):",
+        validation.samples.len()
+    );
+    println!(
+        "{:<6} {:>7} {:>12} {:>14} {:>10} {:>14} {:>9}",
+        "bucket", "samples", "mse", "predicted mse", "sqnr dB", "predicted dB", "cosine"
+    );
+    for r in &validation.rows {
+        println!(
+            "{:<6} {:>7} {:>12.4e} {:>14} {:>10.2} {:>14} {:>9.6}",
+            r.bucket,
+            r.n_samples,
+            r.mse,
+            opt(r.predicted_mse, &|v| format!("{v:.4e}")),
+            r.sqnr_db,
+            opt(r.predicted_sqnr_db, &|v| format!("{v:.2}")),
+            r.cosine
+        );
+    }
+    Ok(validation)
 }
 
 /// Resolves `--model` for a command, showing a progress bar while sd3-medium downloads.
@@ -889,14 +959,19 @@ pub fn rank_agreement(args: &RankAgreementArgs) -> anyhow::Result<ExitCode> {
             }))?
         );
     } else {
-        println!("{:<40} {:<6} {:>4} {:>9} {:>7}", "proxy", "scope", "bits", "spearman", "layers");
+        println!(
+            "{:<40} {:<6} {:>4} {:>9} {:>7}",
+            "proxy", "scope", "bits", "spearman", "layers"
+        );
         for r in &rows {
             println!(
                 "{:<40} {:<6} {:>4} {:>9} {:>7}",
                 r["proxy"].as_str().unwrap_or(""),
                 r["scope"].as_str().unwrap_or(""),
                 r["bits"],
-                r["spearman"].as_f64().map_or("n/a".into(), |v| format!("{v:.3}")),
+                r["spearman"]
+                    .as_f64()
+                    .map_or("n/a".into(), |v| format!("{v:.3}")),
                 r["layers"]
             );
         }

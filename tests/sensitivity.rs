@@ -8,8 +8,7 @@ use sd3lab::calibrate::{CalibrateConfig, run_calibration};
 use sd3lab::job::CancelToken;
 use sd3lab::model::config::ModelDtype;
 use sd3lab::quant::sensitivity::{
-    Scope, SensitivityConfig, SensitivityEvent, SensitivityReport, rank_agreement,
-    run_sensitivity,
+    Scope, SensitivityConfig, SensitivityEvent, SensitivityReport, rank_agreement, run_sensitivity,
 };
 
 mod common;
@@ -212,7 +211,12 @@ fn reruns_resume_and_bad_inputs_fail_clearly() {
     assert!(err(bad).contains("another model"));
 }
 
-fn find<'a>(r: &'a SensitivityReport, name: &str, bits: i32, bucket: &str) -> &'a sd3lab::quant::sensitivity::BucketResult {
+fn find<'a>(
+    r: &'a SensitivityReport,
+    name: &str,
+    bits: i32,
+    bucket: &str,
+) -> &'a sd3lab::quant::sensitivity::BucketResult {
     r.layers
         .iter()
         .find(|l| l.name == name)
@@ -240,27 +244,47 @@ fn proxy_scopes_measure_their_own_outputs_and_rank_like_the_model() {
     let m1 = run(Scope::Model, 1, "model-b1");
     for r in [&m, &b, &l] {
         assert_eq!(r.layers.len(), m.layers.len());
-        assert!(r.layers.iter().all(|x| x.results.is_empty() || x.results.len() == 12));
+        assert!(
+            r.layers
+                .iter()
+                .all(|x| x.results.is_empty() || x.results.len() == 12)
+        );
     }
     assert_eq!(b.settings.metric_scope, "block");
     assert_eq!(l.settings.metric_scope, "layer");
     // Batching samples changes nothing beyond float rounding (at 8 bits the error is ~1e-8 of
     // the signal, so float32 rounding of the outputs shows at ~1e-4 of it).
     for (x, y) in all_rows(&m).iter().zip(&all_rows(&m1)) {
-        assert!((x.3 - y.3).abs() <= 1e-3 * y.3.abs().max(1e-30), "{x:?} vs {y:?}");
+        assert!(
+            (x.3 - y.3).abs() <= 1e-3 * y.3.abs().max(1e-30),
+            "{x:?} vs {y:?}"
+        );
     }
     // The final layer's own block is the model output; the context embedder's block and its
     // own output are the same tensor, reached by different code paths.
     for bits in [2, 4, 8] {
-        for name in ["final_layer.linear", "final_layer.adaLN_modulation.layers.1"] {
+        for name in [
+            "final_layer.linear",
+            "final_layer.adaLN_modulation.layers.1",
+        ] {
             let (x, y) = (find(&m, name, bits, "all"), find(&b, name, bits, "all"));
-            assert!((x.mse - y.mse).abs() <= 1e-6 * y.mse, "{name}: {} vs {}", x.mse, y.mse);
+            assert!(
+                (x.mse - y.mse).abs() <= 1e-6 * y.mse,
+                "{name}: {} vs {}",
+                x.mse,
+                y.mse
+            );
         }
         let (x, y) = (
             find(&b, "context_embedder", bits, "all"),
             find(&l, "context_embedder", bits, "all"),
         );
-        assert!((x.mse - y.mse).abs() <= 1e-6 * y.mse, "{} vs {}", x.mse, y.mse);
+        assert!(
+            (x.mse - y.mse).abs() <= 1e-6 * y.mse,
+            "{} vs {}",
+            x.mse,
+            y.mse
+        );
     }
     // Fewer bits move every layer's own output more.
     for layer in &l.layers {
@@ -273,11 +297,21 @@ fn proxy_scopes_measure_their_own_outputs_and_rank_like_the_model() {
     // Rank agreement: a scope agrees perfectly with itself; the proxies correlate positively
     // with the model ranking at 2 bits on this model.
     let own = rank_agreement(&m, &m);
-    assert!(own.iter().all(|(_, rho, n)| (rho - 1.0).abs() < 1e-12 && *n > 10));
+    assert!(
+        own.iter()
+            .all(|(_, rho, n)| (rho - 1.0).abs() < 1e-12 && *n > 10)
+    );
     for proxy in [&b, &l] {
         let agreement = rank_agreement(&m, proxy);
-        assert_eq!(agreement.iter().map(|a| a.0).collect::<Vec<_>>(), vec![2, 4, 8]);
-        assert!(agreement.iter().all(|(_, rho, _)| (-1.0..=1.0).contains(rho)));
+        assert_eq!(
+            agreement.iter().map(|a| a.0).collect::<Vec<_>>(),
+            vec![2, 4, 8]
+        );
+        assert!(
+            agreement
+                .iter()
+                .all(|(_, rho, _)| (-1.0..=1.0).contains(rho))
+        );
         eprintln!("{}: {agreement:?}", proxy.settings.metric_scope);
     }
     // The CLI prints the same numbers.
@@ -286,7 +320,11 @@ fn proxy_scopes_measure_their_own_outputs_and_rank_like_the_model() {
         .arg(root.path().join("block/sensitivity.json"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = v["agreement"].as_array().unwrap();
     assert_eq!(rows.len(), 3);

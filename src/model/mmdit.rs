@@ -258,11 +258,8 @@ impl Mmdit {
         timestep: &Array,
         mut inputs: Option<&mut Vec<(String, Array)>>,
     ) -> MlxResult<Modulation> {
-        let cond = silu(&self.conditioning_vector_tapped(
-            pooled,
-            timestep,
-            inputs.as_deref_mut(),
-        )?)?;
+        let cond =
+            silu(&self.conditioning_vector_tapped(pooled, timestep, inputs.as_deref_mut())?)?;
         if let Some(v) = inputs {
             v.extend(self.adaln_names().into_iter().map(|n| (n, cond.clone())));
         }
@@ -391,7 +388,9 @@ impl Mmdit {
         let img = self.post_attention(post_i, img, &attn_img, &chunks_i, &mut tap_i)?;
         let mut tap_t = tap_i.rename(format!("{prefix}.text_transformer_block"));
         let txt = match &block.text.post {
-            Some(post_t) => Some(self.post_attention(post_t, txt, &attn_txt, &chunks_t, &mut tap_t)?),
+            Some(post_t) => {
+                Some(self.post_attention(post_t, txt, &attn_txt, &chunks_t, &mut tap_t)?)
+            }
             None => None,
         };
         Ok((img, txt))
@@ -430,7 +429,9 @@ impl Mmdit {
         m: &Modulation,
         latent_hw: (i32, i32),
     ) -> MlxResult<Array> {
-        let out = self.final_linear.forward(&self.final_linear_input(img, m)?)?;
+        let out = self
+            .final_linear
+            .forward(&self.final_linear_input(img, m)?)?;
         let (p, c) = (
             self.config.patch_size as i32,
             self.config.latent_channels as i32,

@@ -132,6 +132,9 @@ pub struct Pipeline {
     pub clip_l: ClipTextModel,
     pub clip_g: ClipTextModel,
     pub mmdit: Mmdit,
+    /// Per step bucket (early, mid, late) MMDiTs, when a plan quantizes buckets differently;
+    /// they share every array they have in common.
+    pub bucket_mmdits: Option<Vec<Mmdit>>,
     pub vae: VaeDecoder,
     pub load_seconds: f64,
 }
@@ -179,6 +182,7 @@ impl Pipeline {
             clip_l,
             clip_g,
             mmdit,
+            bucket_mmdits: None,
             vae,
             load_seconds: 0.0,
         };
@@ -279,15 +283,25 @@ impl Pipeline {
             {
                 return Ok(None);
             }
-            let m = self.mmdit.modulation(pooled, &ts[i])?;
+            let mmdit = self.mmdit_for_step(i, num_steps);
+            let m = mmdit.modulation(pooled, &ts[i])?;
             let x_batch = mlx_rs::ops::concatenate(&[&x, &x], 0)?.as_dtype(self.dtype)?;
-            let out = self.mmdit.forward(&x_batch, conditioning, &m)?;
+            let out = mmdit.forward(&x_batch, conditioning, &m)?;
             let denoised = sampler::guided_denoised(&x_batch, &out, &sig[i], cfg_weight)?;
             x = sampler::euler_step(&x, &denoised, &sig[i], &sig[i + 1])?;
             x.eval()?;
             times.push(start.elapsed().as_secs_f64());
         }
         Ok(Some(x))
+    }
+
+    /// The MMDiT that denoises step `step` of `num_steps` (per-bucket plans switch models).
+    pub fn mmdit_for_step(&self, step: usize, num_steps: usize) -> &Mmdit {
+        let bucket = crate::calib::Bucket::of(step, num_steps) as usize;
+        self.bucket_mmdits
+            .as_ref()
+            .and_then(|v| v.get(bucket))
+            .unwrap_or(&self.mmdit)
     }
 
     /// Sampler latent → image in [0, 1], `(1, H, W, 3)`.

@@ -5,10 +5,16 @@
 //! others; since the modulation is computed from them for every timestep, their quantization
 //! acts on the modulation.
 //!
-//! `sensitivity`: the per-layer, per-bit sweep. Still to come (issue 6): plan building and validation.
+//! A plan may give each step bucket (early/mid/late) its own layer map; the pipeline then holds
+//! one MMDiT per bucket (sharing every array they have in common) and switches at bucket
+//! boundaries.
+//!
+//! `sensitivity`: the per-layer, per-bit sweep. `plan`: exact mixed-precision plans and their
+//! validation.
 
 pub mod plan;
 pub mod sensitivity;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,6 +22,7 @@ use std::path::Path;
 use mlx_rs::Array;
 use serde::{Deserialize, Serialize};
 
+use crate::calib::Bucket;
 use crate::model::mmdit::Mmdit;
 use crate::model::nn::{Linear, QuantizedWeight};
 
@@ -61,8 +68,8 @@ pub struct QuantPlan {
     #[serde(default)]
     pub schema: String,
     pub layers: BTreeMap<String, LayerQuant>,
-    /// Per step bucket overrides (`early`/`mid`/`late` → layers). Not applied yet: a plan that
-    /// holds them is refused rather than silently half-applied.
+    /// Per step bucket layer maps (`early`/`mid`/`late` → layers): a bucket listed here uses its
+    /// own map instead of `layers` (layers absent from it stay float).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub buckets: BTreeMap<String, BTreeMap<String, LayerQuant>>,
     /// Anything else the plan carries (budget, predicted bytes and error…), kept as is.
@@ -109,13 +116,38 @@ impl QuantConfig {
                 QuantError::Config(format!("{}: layer {name}: {e}", path.display()))
             })?;
         }
-        if !plan.buckets.is_empty() {
-            return Err(QuantError::Config(format!(
-                "{}: per-bucket bit widths are not supported yet",
-                path.display()
-            )));
+        for (bucket, layers) in &plan.buckets {
+            bucket
+                .parse::<Bucket>()
+                .map_err(|e| QuantError::Config(format!("{}: buckets: {e}", path.display())))?;
+            for (name, q) in layers {
+                q.validate().map_err(|e| {
+                    QuantError::Config(format!(
+                        "{}: bucket {bucket}, layer {name}: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
         }
         Ok(Self::Plan(plan))
+    }
+
+    /// The configuration that applies during `bucket` (a per-bucket plan's map for it).
+    pub fn for_bucket(&self, bucket: Bucket) -> Self {
+        match self {
+            Self::Plan(p) if !p.buckets.is_empty() => Self::Plan(QuantPlan {
+                schema: p.schema.clone(),
+                layers: p.buckets.get(bucket.name()).unwrap_or(&p.layers).clone(),
+                buckets: BTreeMap::new(),
+                extra: serde_json::Map::new(),
+            }),
+            other => other.clone(),
+        }
+    }
+
+    /// Whether step buckets use different layer maps.
+    pub fn is_per_bucket(&self) -> bool {
+        matches!(self, Self::Plan(p) if !p.buckets.is_empty())
     }
 
     /// The setting for one layer, if it is to be quantized.
@@ -247,5 +279,59 @@ pub fn apply(
         report.quantized.push((name, q));
     }
     report.bytes_after = mmdit.weight_bytes();
+    Ok(report)
+}
+
+/// Applies `config` to a pipeline's MMDiT. A per-bucket plan builds one MMDiT per step bucket
+/// from the float one (arrays they share are held once) and the pipeline switches between
+/// them; `bytes_after` then counts every distinct weight once.
+pub fn apply_to_pipeline(
+    pipe: &mut crate::model::pipeline::Pipeline,
+    config: &QuantConfig,
+    mode: QuantMode,
+) -> Result<QuantReport, QuantError> {
+    if !config.is_per_bucket() {
+        pipe.bucket_mmdits = None;
+        return apply(&mut pipe.mmdit, config, mode);
+    }
+    let bytes_before = pipe.mmdit.weight_bytes();
+    let mut variants = Vec::new();
+    let mut report = QuantReport {
+        bytes_before,
+        ..QuantReport::default()
+    };
+    for bucket in Bucket::ALL {
+        let mut m = pipe.mmdit.clone();
+        let r = apply(&mut m, &config.for_bucket(bucket), mode)?;
+        for (name, q) in r.quantized {
+            let labelled = format!("{name} ({bucket})");
+            report.quantized.push((labelled, q));
+        }
+        for s in r.skipped {
+            if !report.skipped.contains(&s) {
+                report.skipped.push(s);
+            }
+        }
+        variants.push(m);
+    }
+    // Distinct weights: the non-Linear parameters once, then each (layer, setting) once.
+    let linear_bytes = |l: &Linear| l.arrays().iter().map(|a| a.nbytes()).sum::<usize>();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut bytes = 0usize;
+    let mut other = pipe.mmdit.weight_bytes();
+    for (_, l) in pipe.mmdit.linears_mut() {
+        other -= linear_bytes(l);
+    }
+    for m in &mut variants {
+        for (name, l) in m.linears_mut() {
+            let key = (name, l.quantized.as_ref().map(|q| (q.bits, q.group_size)));
+            if seen.insert(key) {
+                bytes += linear_bytes(l);
+            }
+        }
+    }
+    report.bytes_after = other + bytes;
+    pipe.mmdit = variants[0].clone();
+    pipe.bucket_mmdits = Some(variants);
     Ok(report)
 }

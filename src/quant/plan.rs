@@ -127,6 +127,92 @@ pub fn build_plan(
     bits: &[i32],
     objective: Objective,
 ) -> Result<BuiltPlan, String> {
+    build_plan_for(report, "all", target_bits, bits, objective)
+}
+
+/// Builds one plan per step bucket (each optimal for its bucket's results and within the
+/// budget, so every step, and the average over steps, is too), with the `all` plan as the
+/// default `layers` map. Bucket predictions are recorded under `buckets_predicted`.
+pub fn build_plan_per_bucket(
+    report: &SensitivityReport,
+    target_bits: f64,
+    bits: &[i32],
+    objective: Objective,
+) -> Result<BuiltPlan, String> {
+    let mut built = build_plan_for(report, "all", target_bits, bits, objective)?;
+    let mut predicted = serde_json::Map::new();
+    for bucket in ["early", "mid", "late"] {
+        let has_rows = report
+            .layers
+            .iter()
+            .any(|l| l.results.iter().any(|r| r.bucket == bucket));
+        if !has_rows {
+            continue;
+        }
+        let b = build_plan_for(report, bucket, target_bits, bits, objective)
+            .map_err(|e| format!("bucket {bucket}: {e}"))?;
+        let mut entry = serde_json::Map::new();
+        for key in [
+            "average_bits",
+            "predicted_error",
+            "predicted_mse_additive",
+            "predicted_sqnr_db_additive",
+        ] {
+            if let Some(v) = b.plan.extra.get(key) {
+                entry.insert(key.into(), v.clone());
+            }
+        }
+        predicted.insert(bucket.into(), entry.into());
+        built.plan.buckets.insert(bucket.into(), b.plan.layers);
+    }
+    if built.plan.buckets.is_empty() {
+        return Err("the sensitivity report has no per-bucket results".into());
+    }
+    built
+        .plan
+        .extra
+        .insert("buckets_predicted".into(), predicted.into());
+    Ok(built)
+}
+
+/// The model-output error a layer map predicts if per-layer errors add up (independent
+/// errors: MSEs add, and noise powers add, so SQNR = −10·log10 Σ 10^(−SQNRᵢ/10)); only for a
+/// `model`-scope report. `(mse, sqnr_db)`.
+pub fn additive_prediction(
+    report: &SensitivityReport,
+    layers: &BTreeMap<String, LayerQuant>,
+    bucket: &str,
+) -> Option<(f64, f64)> {
+    if report.settings.metric_scope != "model" {
+        return None;
+    }
+    let (mut mse, mut noise) = (0.0, 0.0);
+    for (name, q) in layers {
+        let row = report
+            .layers
+            .iter()
+            .find(|l| &l.name == name)?
+            .results
+            .iter()
+            .find(|r| r.bits == q.bits && r.group_size == q.group_size && r.bucket == bucket)?;
+        mse += row.mse;
+        noise += 10f64.powf(-row.sqnr_db / 10.0);
+    }
+    let sqnr = if noise > 0.0 {
+        -10.0 * noise.log10()
+    } else {
+        super::sensitivity::MAX_SQNR_DB
+    };
+    Some((mse, sqnr.min(super::sensitivity::MAX_SQNR_DB)))
+}
+
+fn build_plan_for(
+    report: &SensitivityReport,
+    bucket: &str,
+    target_bits: f64,
+    bits: &[i32],
+    objective: Objective,
+) -> Result<BuiltPlan, String> {
     let group = report.settings.group_size;
     let overhead = 32.0 / group as f64;
     let mut names = Vec::new();
@@ -137,7 +223,7 @@ pub fn build_plan(
         let choices: Vec<Choice> = l
             .results
             .iter()
-            .filter(|r| r.bucket == "all" && (bits.is_empty() || bits.contains(&r.bits)))
+            .filter(|r| r.bucket == bucket && (bits.is_empty() || bits.contains(&r.bits)))
             .map(|r| Choice {
                 bits: r.bits,
                 cost: l.params as u64 * r.bits as u64,
@@ -217,6 +303,10 @@ pub fn build_plan(
         "left_float".into(),
         serde_json::to_value(&left_float).unwrap_or_default(),
     );
+    if let Some((mse, sqnr)) = additive_prediction(report, &plan_layers, bucket) {
+        extra.insert("predicted_mse_additive".into(), mse.into());
+        extra.insert("predicted_sqnr_db_additive".into(), sqnr.into());
+    }
     let plan = QuantPlan {
         schema: "sd3lab.plan/1".into(),
         layers: plan_layers,

@@ -45,9 +45,7 @@ use crate::model::registry::{LinearLayer, mmdit_linear_layers};
 use super::{LayerQuant, SUPPORTED_BITS, SUPPORTED_GROUPS, fake_quantize};
 
 /// Where a quantized layer's effect is measured.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// The MMDiT's output.
@@ -204,7 +202,7 @@ impl SampleBatch {
 }
 
 /// Splits outputs with 2·n leading rows into one flat vector per record.
-fn per_record(outputs: &[Array], n: usize) -> Result<Vec<Vec<f32>>, SensitivityError> {
+pub(crate) fn per_record(outputs: &[Array], n: usize) -> Result<Vec<Vec<f32>>, SensitivityError> {
     let mut records = vec![Vec::new(); n];
     for a in outputs {
         let flat = to_vec_f32(a)?;
@@ -523,22 +521,12 @@ fn measure(
             b.latent_hw,
             None,
         )?],
-        (_, Stage::Embed) => vec![m.forward_from(
-            0,
-            img.clone(),
-            txt.clone(),
-            modulation,
-            b.latent_hw,
-            None,
-        )?],
-        (_, Stage::Block(k)) => vec![m.forward_from(
-            k,
-            img.clone(),
-            txt.clone(),
-            modulation,
-            b.latent_hw,
-            None,
-        )?],
+        (_, Stage::Embed) => {
+            vec![m.forward_from(0, img.clone(), txt.clone(), modulation, b.latent_hw, None)?]
+        }
+        (_, Stage::Block(k)) => {
+            vec![m.forward_from(k, img.clone(), txt.clone(), modulation, b.latent_hw, None)?]
+        }
     })
 }
 
@@ -574,7 +562,11 @@ fn prepare_stage(
                         m.joint_block_tapped(k, img, txt, &b.modulation, Some(&mut taps))?;
                     let cond = m.adaln_input(&b.pooled, &b.timestep)?;
                     let prefix = format!("multimodal_transformer_blocks.{k}.");
-                    for n in m.adaln_names().into_iter().filter(|n| n.starts_with(&prefix)) {
+                    for n in m
+                        .adaln_names()
+                        .into_iter()
+                        .filter(|n| n.starts_with(&prefix))
+                    {
                         taps.push((n, cond.clone()));
                     }
                     next = Some((i, t.unwrap_or_else(|| txt.clone())));
@@ -595,7 +587,7 @@ fn prepare_stage(
                 Stage::Embed => {
                     refs.insert(
                         "context".into(),
-                        per_record(&[txt.clone()], b.len())?,
+                        per_record(std::slice::from_ref(txt), b.len())?,
                     );
                     refs.insert(
                         "conditioning".into(),
@@ -687,10 +679,7 @@ pub fn read_report(path: &Path) -> Result<SensitivityReport, SensitivityError> {
         source,
     })?;
     serde_json::from_str(&text).map_err(|e| {
-        SensitivityError::Config(format!(
-            "{}: not a sensitivity report: {e}",
-            path.display()
-        ))
+        SensitivityError::Config(format!("{}: not a sensitivity report: {e}", path.display()))
     })
 }
 
@@ -877,7 +866,7 @@ fn measure_layer(
     stage: Stage,
 ) -> Result<Vec<BucketResult>, SensitivityError> {
     let mut results = Vec::new();
-    if layer.in_features % cfg.group_size as usize != 0 {
+    if !layer.in_features.is_multiple_of(cfg.group_size as usize) {
         return Ok(results); // left float: nothing to measure
     }
     let original = find_linear(mmdit, &layer.name)?;
