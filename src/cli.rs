@@ -53,14 +53,280 @@ pub fn doctor(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `sd3lab` without a subcommand. The desktop app is not built yet: run the self-check.
+/// `sd3lab` without a subcommand: the desktop app; where there is no display (or the window
+/// cannot open), the same workflow headless through the CLI on the tiny model.
 pub fn default_action() -> anyhow::Result<ExitCode> {
-    eprintln!("sd3lab: the desktop app is not part of this build yet; running `sd3lab doctor`.");
-    doctor(&DoctorArgs {
-        json: false,
-        seconds: 1.0,
-        gemm_size: 2048,
-    })
+    if sd3lab::app::display_available() {
+        match sd3lab::app::run_gui(sd3lab::app::GuiOptions::default()) {
+            Ok(()) => return Ok(ExitCode::SUCCESS),
+            Err(e) => eprintln!(
+                "sd3lab: the window could not open ({e}); running the headless demo instead."
+            ),
+        }
+    } else {
+        eprintln!(
+            "sd3lab: no display found (neither DISPLAY nor WAYLAND_DISPLAY is set), so the desktop app cannot open; running the same work headless on the built-in tiny model instead."
+        );
+    }
+    headless_demo()
+}
+
+/// The app's workflow through the library, on the tiny model, into `sd3lab-demo/`.
+fn headless_demo() -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("locating the sd3lab executable")?;
+    let out = PathBuf::from("sd3lab-demo");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let s = |p: &std::path::Path| p.display().to_string();
+    let calib = out.join("calibration_data");
+    let sens = out.join("sensitivity");
+    let steps: Vec<(&str, Vec<String>)> = vec![
+        (
+            "self-check",
+            vec!["doctor".into(), "--seconds".into(), "0.3".into()],
+        ),
+        (
+            "one image",
+            [
+                "generate",
+                "--model",
+                "tiny",
+                "--prompt",
+                "a red fox in snow",
+                "--seed",
+                "1",
+                "--num-steps",
+                "4",
+                "--output",
+            ]
+            .iter()
+            .map(|x| x.to_string())
+            .chain([s(&out.join("fox.png"))])
+            .collect(),
+        ),
+        (
+            "calibration data",
+            [
+                "calibrate",
+                "--model",
+                "tiny",
+                "--num-images",
+                "2",
+                "--num-steps",
+                "6",
+                "--height",
+                "128",
+                "--width",
+                "128",
+                "--calib-dir",
+            ]
+            .iter()
+            .map(|x| x.to_string())
+            .chain([s(&calib)])
+            .collect(),
+        ),
+        (
+            "browse",
+            vec![
+                "samples".into(),
+                "--calib-dir".into(),
+                s(&calib),
+                "--step-stride".into(),
+                "3".into(),
+            ],
+        ),
+        (
+            "sensitivity sweep",
+            [
+                "sensitivity",
+                "--model",
+                "tiny",
+                "--bits",
+                "2,4,8",
+                "--calib-dir",
+            ]
+            .iter()
+            .map(|x| x.to_string())
+            .chain([s(&calib), "--output-dir".into(), s(&sens)])
+            .collect(),
+        ),
+        (
+            "plan",
+            vec![
+                "plan".into(),
+                "--sensitivity".into(),
+                s(&sens.join("sensitivity.json")),
+                "--target-bits".into(),
+                "5".into(),
+                "--output".into(),
+                s(&out.join("plan.json")),
+            ],
+        ),
+        (
+            "report",
+            vec![
+                "report".into(),
+                "sensitivity".into(),
+                s(&sens),
+                "--plan-target-bits".into(),
+                "5".into(),
+                "--output".into(),
+                s(&out.join("report.html")),
+            ],
+        ),
+    ];
+    for (what, args) in steps {
+        eprintln!("\n== {what}: sd3lab {}", args.join(" "));
+        let status = std::process::Command::new(&exe)
+            .args(&args)
+            .status()
+            .with_context(|| format!("running sd3lab {}", args.join(" ")))?;
+        if !status.success() {
+            eprintln!("sd3lab: the demo step '{what}' failed");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    eprintln!(
+        "\nDone: see {} (image, calibration data, sensitivity.json, plan.json, report.html).",
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct GuiArgs {
+    /// Open this calibration folder in the Samples tab.
+    #[arg(long)]
+    calib_dir: Option<PathBuf>,
+    /// Model for every tab (tiny, sd3-medium, a folder).
+    #[arg(long)]
+    model: Option<String>,
+    /// Open this sensitivity.json in the Sensitivity tab.
+    #[arg(long)]
+    sensitivity: Option<PathBuf>,
+    /// The tab to show.
+    #[arg(long, value_enum)]
+    tab: Option<sd3lab::app::Tab>,
+    /// Render, save the window as this PNG and exit (used for the README's screenshots).
+    #[arg(long)]
+    screenshot: Option<PathBuf>,
+    /// Window size, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1280x800")]
+    size: String,
+    /// Log every frame's UI time to this CSV on exit and print the percentiles.
+    #[arg(long)]
+    frame_stats: Option<PathBuf>,
+    /// Start the tab's job at launch (a calibration run on the Generate tab).
+    #[arg(long)]
+    start_job: bool,
+    /// Quit when no job is running (after the one --start-job started).
+    #[arg(long)]
+    exit_when_idle: bool,
+    /// Neither load nor save the persisted state.
+    #[arg(long)]
+    no_persist: bool,
+}
+
+/// `sd3lab gui`.
+pub fn gui(args: &GuiArgs) -> anyhow::Result<ExitCode> {
+    let (w, h) = args
+        .size
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse::<f32>().ok()?, h.parse::<f32>().ok()?)))
+        .filter(|(w, h)| (200.0..=8192.0).contains(w) && (200.0..=8192.0).contains(h))
+        .ok_or_else(|| {
+            anyhow::anyhow!("--size {}: expected WIDTHxHEIGHT, e.g. 1280x800", args.size)
+        })?;
+    anyhow::ensure!(
+        sd3lab::app::display_available(),
+        "no display found (neither DISPLAY nor WAYLAND_DISPLAY is set); run it in a desktop session, or under `xvfb-run -a`"
+    );
+    let options = sd3lab::app::GuiOptions {
+        calib_dir: args.calib_dir.clone(),
+        model: args.model.clone(),
+        sensitivity: args.sensitivity.clone(),
+        tab: args.tab,
+        screenshot: args.screenshot.clone(),
+        size: [w, h],
+        frame_stats: args.frame_stats.clone(),
+        start_job: args.start_job,
+        exit_when_idle: args.exit_when_idle,
+        persist: !args.no_persist && args.screenshot.is_none(),
+    };
+    let screenshot = options.screenshot.clone();
+    sd3lab::app::run_gui(options).map_err(|e| anyhow::anyhow!("the window could not open: {e}"))?;
+    if let Some(p) = screenshot {
+        anyhow::ensure!(p.is_file(), "no screenshot was saved to {}", p.display());
+        println!("wrote {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Subcommand)]
+pub enum ReportCommand {
+    /// Plots and a report of a sensitivity run (HTML with the figures inline, or Markdown with
+    /// PNGs beside it), with the data as CSV/JSON beside it.
+    Sensitivity(ReportSensitivityArgs),
+}
+
+#[derive(Args)]
+pub struct ReportSensitivityArgs {
+    /// A sensitivity output directory or its sensitivity.json.
+    input: PathBuf,
+    /// report.html or report.md.
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long, value_enum, default_value = "sqnr")]
+    metric: sd3lab::report::Metric,
+    /// Bucket of the bits plot and the ranking (all, early, mid, late).
+    #[arg(long, default_value = "all")]
+    bucket: String,
+    /// Bit width of the heatmap and the ranking (default: the lowest measured).
+    #[arg(long)]
+    bits: Option<i32>,
+    /// How many layers the bits plot and the ranking show.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Add the optimal plan at this average and the Pareto front.
+    #[arg(long)]
+    plan_target_bits: Option<f64>,
+    /// Also write every figure as SVG and PNG into this folder.
+    #[arg(long)]
+    figures: Option<PathBuf>,
+}
+
+/// `sd3lab report …`.
+pub fn report(cmd: &ReportCommand) -> anyhow::Result<ExitCode> {
+    let ReportCommand::Sensitivity(args) = cmd;
+    let json = if args.input.is_dir() {
+        args.input.join("sensitivity.json")
+    } else {
+        args.input.clone()
+    };
+    anyhow::ensure!(
+        ["all", "early", "mid", "late"].contains(&args.bucket.as_str()),
+        "--bucket {}: expected all, early, mid or late",
+        args.bucket
+    );
+    let report = sd3lab::quant::sensitivity::read_report(&json)?;
+    let opts = sd3lab::report::SensitivityReportOptions {
+        metric: args.metric,
+        bucket: args.bucket.clone(),
+        bits: args.bits,
+        layers: Vec::new(),
+        top: args.top,
+        plan_target_bits: args.plan_target_bits,
+    };
+    let written = sd3lab::report::write_sensitivity_report(&report, &args.output, &opts)?;
+    for p in &written {
+        println!("wrote {}", p.display());
+    }
+    if let Some(dir) = &args.figures {
+        let figs = sd3lab::report::sensitivity_figures(&report, &opts)?;
+        for p in sd3lab::report::export_figures(&figs, dir, (900, 520))? {
+            println!("wrote {}", p.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args)]

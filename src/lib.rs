@@ -1,13 +1,15 @@
 //! SD3 Lab: post-training quantization research on Stable Diffusion 3 medium with MLX.
 //!
-//! Every job is a library function with a typed configuration; the `sd3lab` binary (CLI) and,
-//! later, the desktop app are thin shells over these modules. See `ARCHITECTURE.md`.
+//! Every job is a library function with a typed configuration; the `sd3lab` binary (CLI) and
+//! the desktop app (`app`) are thin shells over these modules. See `ARCHITECTURE.md`.
 
+pub mod app;
 pub mod calib;
 pub mod calibrate;
 pub mod fsutil;
 pub mod job;
 pub mod model;
 pub mod quant;
+pub mod report;
 pub mod rng;
 pub mod runtime;

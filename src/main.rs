@@ -33,6 +33,11 @@ enum Command {
     Plan(cli::PlanArgs),
     /// Spearman rank agreement between sensitivity runs' layer rankings, per bit width.
     RankAgreement(cli::RankAgreementArgs),
+    /// Open the desktop app (also what `sd3lab` alone does when a display is available).
+    Gui(cli::GuiArgs),
+    /// Export plots and reports (HTML/Markdown, PNG/SVG) from results files.
+    #[command(subcommand)]
+    Report(cli::ReportCommand),
     /// Model tools: list the quantizable layers, write synthetic checkpoints.
     #[command(subcommand)]
     Model(cli::ModelCommand),
@@ -51,6 +56,8 @@ fn main() -> ExitCode {
         Some(Command::Sensitivity(args)) => cli::sensitivity(&args),
         Some(Command::Plan(args)) => cli::plan(&args),
         Some(Command::RankAgreement(args)) => cli::rank_agreement(&args),
+        Some(Command::Gui(args)) => cli::gui(&args),
+        Some(Command::Report(cmd)) => cli::report(&cmd),
         None => cli::default_action(),
     };
     match result {

@@ -1,0 +1,556 @@
+//! The desktop app (eframe/egui): a tab bar (Generate · Samples · Sensitivity), a status bar,
+//! state persisted between runs, and one long-lived MLX worker thread ([`worker`]) that runs
+//! every MLX job. The UI thread only sends commands and drains events each frame within a
+//! time budget; it never waits on MLX. Also: the screenshot mode (render a tab, save a PNG,
+//! exit) and frame-time statistics.
+
+pub mod generate_tab;
+pub mod preview;
+pub mod samples_tab;
+pub mod sensitivity_tab;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use self::preview::TextureCache;
+use self::worker::{Event, Worker};
+
+/// The tabs, in the bar's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Tab {
+    #[default]
+    Generate,
+    Samples,
+    Sensitivity,
+}
+
+impl Tab {
+    pub const ALL: [Tab; 3] = [Tab::Generate, Tab::Samples, Tab::Sensitivity];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Generate => "Generate",
+            Self::Samples => "Samples",
+            Self::Sensitivity => "Sensitivity",
+        }
+    }
+}
+
+/// What survives a restart. Every field has a default, so older or newer files load.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Persisted {
+    pub tab: Tab,
+    pub generate: generate_tab::Options,
+    pub samples: samples_tab::Options,
+    pub sensitivity: sensitivity_tab::Options,
+}
+
+/// How the app was started (`sd3lab gui …`).
+#[derive(Debug, Clone)]
+pub struct GuiOptions {
+    pub calib_dir: Option<PathBuf>,
+    pub model: Option<String>,
+    pub sensitivity: Option<PathBuf>,
+    pub tab: Option<Tab>,
+    /// Render, save this PNG, exit.
+    pub screenshot: Option<PathBuf>,
+    pub size: [f32; 2],
+    /// Write every frame's UI time (ms) here on exit and print the percentiles.
+    pub frame_stats: Option<PathBuf>,
+    /// Start the tab's job (a calibration run on the Generate tab) at launch.
+    pub start_job: bool,
+    /// Quit once no job is running (with `start_job`: after it).
+    pub exit_when_idle: bool,
+    /// Load and save the persisted state.
+    pub persist: bool,
+}
+
+impl Default for GuiOptions {
+    fn default() -> Self {
+        Self {
+            calib_dir: None,
+            model: None,
+            sensitivity: None,
+            tab: None,
+            screenshot: None,
+            size: [1280.0, 800.0],
+            frame_stats: None,
+            start_job: false,
+            exit_when_idle: false,
+            persist: true,
+        }
+    }
+}
+
+/// What the tabs share: the worker and job ids, the texture cache.
+pub struct Shared {
+    pub worker: Worker,
+    next_id: u64,
+    pub textures: TextureCache,
+    /// Label and progress (0..1) of the running job, for the status bar.
+    pub running: Option<(String, f32)>,
+}
+
+impl Shared {
+    pub fn next_job_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+}
+
+/// Frame times of the UI thread.
+#[derive(Default)]
+pub struct FrameStats {
+    pub frames_ms: Vec<f64>,
+}
+
+impl FrameStats {
+    /// `(p50, p99, max)` in ms.
+    pub fn percentiles(&self) -> (f64, f64, f64) {
+        let mut v = self.frames_ms.clone();
+        if v.is_empty() {
+            return (0.0, 0.0, 0.0);
+        }
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        (at(0.5), at(0.99), v[v.len() - 1])
+    }
+}
+
+/// The app.
+pub struct SdApp {
+    pub persisted: Persisted,
+    pub shared: Shared,
+    pub generate: generate_tab::GenerateTab,
+    pub samples: samples_tab::SamplesTab,
+    pub sensitivity: sensitivity_tab::SensitivityTab,
+    backend: String,
+    device: String,
+    memory: (u64, u64),
+    options: GuiOptions,
+    frames: u64,
+    pub stats: FrameStats,
+    screenshot_state: Arc<Mutex<ScreenshotState>>,
+    started_job: bool,
+    /// The last error any job reported (also shown in its tab).
+    pub last_error: Option<String>,
+}
+
+#[derive(Default, PartialEq, Eq)]
+enum ScreenshotState {
+    #[default]
+    Waiting,
+    Requested,
+    Saved,
+}
+
+impl SdApp {
+    pub fn new(cc: &eframe::CreationContext<'_>, options: GuiOptions) -> Self {
+        let mut persisted: Persisted = if options.persist {
+            cc.storage
+                .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
+                .unwrap_or_default()
+        } else {
+            Persisted::default()
+        };
+        if let Some(tab) = options.tab {
+            persisted.tab = tab;
+        }
+        if let Some(m) = &options.model {
+            persisted.generate.model = m.clone();
+            persisted.samples.model = m.clone();
+            persisted.sensitivity.model = m.clone();
+        }
+        if let Some(d) = &options.calib_dir {
+            persisted.samples.calib_dir = d.display().to_string();
+            persisted.generate.calib_dir = d.display().to_string();
+            persisted.sensitivity.calib_dir = d.display().to_string();
+        }
+        let ctx = cc.egui_ctx.clone();
+        let worker = Worker::spawn(move || ctx.request_repaint());
+        let mut app = Self {
+            shared: Shared {
+                worker,
+                next_id: 0,
+                textures: TextureCache::new(256 << 20),
+                running: None,
+            },
+            generate: generate_tab::GenerateTab::default(),
+            samples: samples_tab::SamplesTab::default(),
+            sensitivity: sensitivity_tab::SensitivityTab::default(),
+            persisted,
+            backend: "MLX (starting)".into(),
+            device: String::new(),
+            memory: (0, 0),
+            frames: 0,
+            stats: FrameStats::default(),
+            screenshot_state: Arc::default(),
+            started_job: false,
+            last_error: None,
+            options,
+        };
+        if options_calib_given(&app.options) || !app.persisted.samples.calib_dir.is_empty() {
+            app.samples.open(&app.persisted.samples);
+        }
+        if let Some(f) = app.options.sensitivity.clone() {
+            app.persisted.sensitivity.report_path = f.display().to_string();
+        }
+        if !app.persisted.sensitivity.report_path.is_empty() {
+            app.sensitivity.open(&app.persisted.sensitivity.report_path);
+        }
+        app
+    }
+
+    /// Routes worker events for at most `budget`; true when some are left.
+    fn drain_events(&mut self, budget: Duration) -> bool {
+        let deadline = Instant::now() + budget;
+        while Instant::now() < deadline {
+            let Some(event) = self.shared.worker.try_recv() else {
+                return false;
+            };
+            match event {
+                Event::Ready { backend, device } => {
+                    self.backend = backend;
+                    self.device = device;
+                }
+                Event::Memory { active, peak } => self.memory = (active, peak),
+                other => {
+                    self.generate.handle(&other, &mut self.shared);
+                    self.sensitivity.handle(&other, &mut self.shared);
+                    self.samples.handle(&other, &mut self.shared);
+                    if let Event::Finished { result: Err(e), .. } = &other {
+                        self.last_error = Some(e.clone());
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// True while any tab waits for a job or a load.
+    pub fn busy(&self) -> bool {
+        self.generate.is_running()
+            || self.sensitivity.is_running()
+            || self.samples.is_loading()
+            || self.sensitivity.is_loading()
+    }
+
+    fn tab_bar(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.heading("SD3 Lab");
+            ui.separator();
+            for tab in Tab::ALL {
+                ui.selectable_value(&mut self.persisted.tab, tab, tab.label());
+            }
+        });
+    }
+
+    fn status_bar(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            let model = match self.persisted.tab {
+                Tab::Generate => &self.persisted.generate.model,
+                Tab::Samples => &self.persisted.samples.model,
+                Tab::Sensitivity => &self.persisted.sensitivity.model,
+            };
+            ui.label(format!("model: {model}"));
+            ui.separator();
+            ui.label(format!("{} on {}", self.backend, self.device));
+            ui.separator();
+            ui.label(format!(
+                "MLX memory {} (peak {})",
+                human_bytes(self.memory.0),
+                human_bytes(self.memory.1)
+            ));
+            ui.separator();
+            match &self.shared.running {
+                Some((label, progress)) => {
+                    ui.label(format!("running: {label}"));
+                    ui.add(egui::ProgressBar::new(*progress).desired_width(160.0));
+                }
+                None => {
+                    ui.label("idle");
+                }
+            }
+            if let Some(e) = &self.last_error {
+                ui.separator();
+                ui.colored_label(
+                    egui::Color32::from_rgb(200, 40, 40),
+                    format!("last error: {e}"),
+                );
+            }
+        });
+    }
+
+    fn automation(&mut self, ctx: &egui::Context) {
+        if self.options.start_job && !self.started_job && self.frames > 2 {
+            self.started_job = true;
+            match self.persisted.tab {
+                Tab::Generate => self
+                    .generate
+                    .start(&self.persisted.generate, &mut self.shared),
+                Tab::Sensitivity => self
+                    .sensitivity
+                    .start(&self.persisted.sensitivity, &mut self.shared),
+                Tab::Samples => {}
+            }
+        }
+        if self.options.exit_when_idle
+            && self.frames > 5
+            && (!self.options.start_job || self.started_job)
+            && !self.busy()
+        {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+        }
+        if let Some(path) = self.options.screenshot.clone() {
+            let state = &self.screenshot_state;
+            let ready = self.frames > 8 && !self.busy() && !self.samples.waiting_for_previews();
+            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+            if *s == ScreenshotState::Waiting && ready {
+                *s = ScreenshotState::Requested;
+                let shared = state.clone();
+                let ctx2 = ctx.clone();
+                ctx.request_screenshot(move |image| {
+                    if let Err(e) = save_rgba_png(&path, &image) {
+                        eprintln!("error: {}: {e}", path.display());
+                    }
+                    *shared.lock().unwrap_or_else(|p| p.into_inner()) = ScreenshotState::Saved;
+                    ctx2.request_repaint();
+                });
+            } else if *s == ScreenshotState::Saved {
+                ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            }
+            if *s != ScreenshotState::Saved {
+                ctx.request_repaint_after(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn options_calib_given(o: &GuiOptions) -> bool {
+    o.calib_dir.is_some()
+}
+
+impl eframe::App for SdApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let start = Instant::now();
+        let ctx = ui.ctx().clone();
+        let more = self.drain_events(Duration::from_millis(8));
+        self.generate.poll(&ctx, &mut self.shared);
+        self.samples
+            .poll(&ctx, &mut self.shared, &self.persisted.samples);
+        self.sensitivity.poll();
+        egui::Panel::top("tabs").show(ui, |ui| self.tab_bar(ui));
+        egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
+        egui::CentralPanel::default_margins().show(ui, |ui| match self.persisted.tab {
+            Tab::Generate => self
+                .generate
+                .ui(ui, &mut self.persisted.generate, &mut self.shared),
+            Tab::Samples => self
+                .samples
+                .ui(ui, &mut self.persisted.samples, &mut self.shared),
+            Tab::Sensitivity => {
+                self.sensitivity
+                    .ui(ui, &mut self.persisted.sensitivity, &mut self.shared)
+            }
+        });
+        self.automation(&ctx);
+        if more {
+            ctx.request_repaint();
+        } else if self.busy() {
+            ctx.request_repaint_after(Duration::from_millis(100));
+        }
+        self.frames += 1;
+        if self.options.frame_stats.is_some() {
+            self.stats
+                .frames_ms
+                .push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        if self.options.persist {
+            eframe::set_value(storage, eframe::APP_KEY, &self.persisted);
+        }
+    }
+
+    fn on_exit(&mut self) {
+        if let Some(path) = &self.options.frame_stats {
+            let (p50, p99, max) = self.stats.percentiles();
+            let mut text = String::from("frame,ms\n");
+            for (i, ms) in self.stats.frames_ms.iter().enumerate() {
+                text.push_str(&format!("{i},{ms:.3}\n"));
+            }
+            if let Err(e) = crate::fsutil::write_atomic(path, text.as_bytes()) {
+                eprintln!("error: {}: {e}", path.display());
+            }
+            println!(
+                "frames: {}, UI time per frame p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
+                self.stats.frames_ms.len()
+            );
+        }
+    }
+}
+
+/// Bytes as KB/MB/GB.
+pub fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.0} KB", b / 1e3)
+    }
+}
+
+fn save_rgba_png(path: &std::path::Path, image: &egui::ColorImage) -> std::io::Result<()> {
+    let [w, h] = image.size;
+    let mut rgba = Vec::with_capacity(w * h * 4);
+    for p in &image.pixels {
+        rgba.extend_from_slice(&p.to_array());
+    }
+    let mut bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut bytes, w as u32, h as u32);
+        enc.set_color(png::ColorType::Rgba);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut wr = enc.write_header().map_err(std::io::Error::other)?;
+        wr.write_image_data(&rgba).map_err(std::io::Error::other)?;
+    }
+    crate::fsutil::write_atomic(path, &bytes)
+}
+
+/// Whether a window can be opened (a display server on Linux; always on macOS/Windows).
+pub fn display_available() -> bool {
+    if cfg!(target_os = "linux") {
+        std::env::var_os("DISPLAY").is_some_and(|v| !v.is_empty())
+            || std::env::var_os("WAYLAND_DISPLAY").is_some_and(|v| !v.is_empty())
+    } else {
+        true
+    }
+}
+
+/// Opens the app window and runs until it closes.
+pub fn run_gui(options: GuiOptions) -> Result<(), String> {
+    let size = options.size;
+    let persist = options.persist && options.screenshot.is_none();
+    let native = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_inner_size(size)
+            .with_title("SD3 Lab"),
+        persist_window: persist,
+        ..Default::default()
+    };
+    let options = GuiOptions { persist, ..options };
+    eframe::run_native(
+        "SD3 Lab",
+        native,
+        Box::new(move |cc| Ok(Box::new(SdApp::new(cc, options)))),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// A labelled input: the label is tied to the widget for screen readers (and kittest).
+pub fn labelled(
+    ui: &mut egui::Ui,
+    label: &str,
+    add: impl FnOnce(&mut egui::Ui) -> egui::Response,
+) -> egui::Response {
+    ui.horizontal(|ui| {
+        let l = ui.label(label);
+        add(ui).labelled_by(l.id)
+    })
+    .inner
+}
+
+/// A file or folder dialog running off the UI thread (rfd's async dialog driven by a tiny
+/// executor on a helper thread), polled each frame.
+#[derive(Default)]
+pub struct Picker {
+    pending: Option<crossbeam_channel::Receiver<Option<PathBuf>>>,
+}
+
+/// What to ask for.
+#[derive(Debug, Clone)]
+pub enum PickKind {
+    Folder,
+    File {
+        filter: (&'static str, &'static [&'static str]),
+    },
+    Save {
+        name: String,
+        filter: (&'static str, &'static [&'static str]),
+    },
+}
+
+impl Picker {
+    pub fn open(&mut self, kind: PickKind) {
+        if self.pending.is_some() {
+            return;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.pending = Some(rx);
+        std::thread::spawn(move || {
+            let dialog = rfd::AsyncFileDialog::new();
+            let picked = match kind {
+                PickKind::Folder => block_on(dialog.pick_folder()),
+                PickKind::File { filter } => {
+                    block_on(dialog.add_filter(filter.0, filter.1).pick_file())
+                }
+                PickKind::Save { name, filter } => block_on(
+                    dialog
+                        .add_filter(filter.0, filter.1)
+                        .set_file_name(name)
+                        .save_file(),
+                ),
+            };
+            let _ = tx.send(picked.map(|h| h.path().to_path_buf()));
+        });
+    }
+
+    /// The chosen path, once (None while open or when dismissed).
+    pub fn poll(&mut self) -> Option<PathBuf> {
+        let rx = self.pending.as_ref()?;
+        match rx.try_recv() {
+            Ok(picked) => {
+                self.pending = None;
+                picked
+            }
+            Err(crossbeam_channel::TryRecvError::Empty) => None,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                self.pending = None;
+                None
+            }
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
+/// Runs a future to completion on the current (helper) thread.
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct ThreadWaker(std::thread::Thread);
+    impl Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}

@@ -1,0 +1,333 @@
+//! Tensor previews as pictures, computed from plain data (no MLX): a latent's channels as a
+//! grid, a conditioning heatmap (tokens × features), value histograms, the colour maps and a
+//! texture cache with a byte budget.
+
+use std::collections::HashMap;
+
+/// An RGB picture (row-major, 3 bytes per pixel).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Picture {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+}
+
+impl Picture {
+    fn new(width: usize, height: usize, fill: u8) -> Self {
+        Self {
+            width,
+            height,
+            rgb: vec![fill; width * height * 3],
+        }
+    }
+
+    fn set(&mut self, x: usize, y: usize, c: [u8; 3]) {
+        let i = (y * self.width + x) * 3;
+        self.rgb[i..i + 3].copy_from_slice(&c);
+    }
+
+    /// As an egui image.
+    pub fn to_color_image(&self) -> egui::ColorImage {
+        egui::ColorImage::from_rgb([self.width, self.height], &self.rgb)
+    }
+}
+
+pub use crate::report::colormap::{diverging, viridis};
+
+/// A latent's layout: `(channels, height, width)` and how to index it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatentLayout {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// Channels last (MLX/DiffusionKit NHWC) or first (NCHW).
+    pub channels_last: bool,
+}
+
+impl LatentLayout {
+    /// From a shape `(1, h, w, c)` (NHWC, c ≤ 64) or `(1, c, h, w)`.
+    pub fn from_shape(shape: &[usize]) -> Option<Self> {
+        let s: Vec<usize> = if shape.len() == 4 {
+            shape[1..].to_vec()
+        } else if shape.len() == 3 {
+            shape.to_vec()
+        } else {
+            return None;
+        };
+        if s[2] <= 64 && s[2] < s[0] {
+            Some(Self {
+                channels: s[2],
+                height: s[0],
+                width: s[1],
+                channels_last: true,
+            })
+        } else {
+            Some(Self {
+                channels: s[0],
+                height: s[1],
+                width: s[2],
+                channels_last: false,
+            })
+        }
+    }
+
+    fn at(&self, data: &[f32], c: usize, y: usize, x: usize) -> f32 {
+        let i = if self.channels_last {
+            (y * self.width + x) * self.channels + c
+        } else {
+            (c * self.height + y) * self.width + x
+        };
+        data.get(i).copied().unwrap_or(0.0)
+    }
+
+    /// The first batch row in NHWC order (what the VAE takes).
+    pub fn to_nhwc(&self, data: &[f32]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.channels * self.height * self.width);
+        for y in 0..self.height {
+            for x in 0..self.width {
+                for c in 0..self.channels {
+                    out.push(self.at(data, c, y, x));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Value range per channel, or one shared range.
+pub fn channel_ranges(data: &[f32], l: &LatentLayout, shared: bool) -> Vec<(f32, f32)> {
+    let mut ranges = vec![(f32::INFINITY, f32::NEG_INFINITY); l.channels];
+    for (c, r) in ranges.iter_mut().enumerate() {
+        for y in 0..l.height {
+            for x in 0..l.width {
+                let v = l.at(data, c, y, x);
+                if v.is_finite() {
+                    r.0 = r.0.min(v);
+                    r.1 = r.1.max(v);
+                }
+            }
+        }
+    }
+    if shared {
+        let lo = ranges.iter().map(|r| r.0).fold(f32::INFINITY, f32::min);
+        let hi = ranges.iter().map(|r| r.1).fold(f32::NEG_INFINITY, f32::max);
+        ranges.iter_mut().for_each(|r| *r = (lo, hi));
+    }
+    ranges
+}
+
+/// The channels as a grid of viridis images (`cols` per row, 1-pixel gaps), each scaled to
+/// its range from [`channel_ranges`].
+pub fn latent_grid(data: &[f32], l: &LatentLayout, ranges: &[(f32, f32)], cols: usize) -> Picture {
+    let cols = cols.clamp(1, l.channels.max(1));
+    let rows = l.channels.div_ceil(cols);
+    let (cw, ch) = (l.width + 1, l.height + 1);
+    let mut p = Picture::new(cols * cw - 1, rows * ch - 1, 255);
+    for c in 0..l.channels {
+        let (gx, gy) = ((c % cols) * cw, (c / cols) * ch);
+        let (lo, hi) = ranges.get(c).copied().unwrap_or((0.0, 1.0));
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        for y in 0..l.height {
+            for x in 0..l.width {
+                let v = l.at(data, c, y, x);
+                p.set(gx + x, gy + y, viridis((v - lo) / span));
+            }
+        }
+    }
+    p
+}
+
+/// A conditioning tensor `(batch, tokens, features)` as a heatmap of the first batch row:
+/// tokens down, features across (averaged into at most `max_cols` columns), signed values on
+/// the diverging map scaled by the largest magnitude. Returns the picture and that scale.
+pub fn conditioning_heatmap(data: &[f32], shape: &[usize], max_cols: usize) -> (Picture, f32) {
+    let (tokens, features) = match shape {
+        [_, t, f] => (*t, *f),
+        [t, f] => (*t, *f),
+        _ => (0, 0),
+    };
+    if tokens == 0 || features == 0 {
+        return (Picture::new(1, 1, 255), 0.0);
+    }
+    let cols = features.min(max_cols.max(1));
+    let per = features.div_ceil(cols);
+    let mut cells = vec![0f32; tokens * cols];
+    for t in 0..tokens {
+        for c in 0..cols {
+            let (a, b) = (c * per, ((c + 1) * per).min(features));
+            let row = &data[(t * features).min(data.len())..((t + 1) * features).min(data.len())];
+            let slice = &row[a.min(row.len())..b.min(row.len())];
+            let mean = slice.iter().sum::<f32>() / slice.len().max(1) as f32;
+            cells[t * cols + c] = mean;
+        }
+    }
+    let scale = cells
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(0f32, |m, v| m.max(v.abs()));
+    let mut p = Picture::new(cols, tokens, 255);
+    for t in 0..tokens {
+        for c in 0..cols {
+            let v = cells[t * cols + c];
+            p.set(c, t, diverging(if scale > 0.0 { v / scale } else { 0.0 }));
+        }
+    }
+    (p, scale)
+}
+
+/// `bins` equal-width bins over the finite values: `(bin centre, count)`, plus the range.
+pub fn histogram(data: &[f32], bins: usize) -> (Vec<(f64, u64)>, (f32, f32)) {
+    let finite = data.iter().copied().filter(|v| v.is_finite());
+    let (lo, hi) = finite
+        .clone()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    if lo > hi {
+        return (Vec::new(), (0.0, 0.0));
+    }
+    let bins = bins.max(1);
+    let width = if hi > lo {
+        (hi - lo) / bins as f32
+    } else {
+        1.0
+    };
+    let mut counts = vec![0u64; bins];
+    for v in finite {
+        let i = (((v - lo) / width) as usize).min(bins - 1);
+        counts[i] += 1;
+    }
+    let out = counts
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| ((lo + (i as f32 + 0.5) * width) as f64, n))
+        .collect();
+    (out, (lo, hi))
+}
+
+/// A colour bar picture (left to right) for a map.
+pub fn colour_bar(map: fn(f32) -> [u8; 3], width: usize, signed: bool) -> Picture {
+    let mut p = Picture::new(width.max(2), 1, 255);
+    for x in 0..p.width {
+        let t = x as f32 / (p.width - 1) as f32;
+        p.set(x, 0, map(if signed { 2.0 * t - 1.0 } else { t }));
+    }
+    p
+}
+
+/// GPU textures by key, evicting the least recently used beyond a byte budget.
+pub struct TextureCache {
+    budget: usize,
+    used: usize,
+    clock: u64,
+    entries: HashMap<String, (egui::TextureHandle, usize, u64)>,
+}
+
+impl TextureCache {
+    pub fn new(budget: usize) -> Self {
+        Self {
+            budget,
+            used: 0,
+            clock: 0,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// The texture for `key`, made by `make` when missing.
+    pub fn get_or_insert(
+        &mut self,
+        ctx: &egui::Context,
+        key: &str,
+        options: egui::TextureOptions,
+        make: impl FnOnce() -> egui::ColorImage,
+    ) -> egui::TextureHandle {
+        self.clock += 1;
+        if let Some(e) = self.entries.get_mut(key) {
+            e.2 = self.clock;
+            return e.0.clone();
+        }
+        let image = make();
+        let bytes = image.pixels.len() * 4;
+        let handle = ctx.load_texture(key, image, options);
+        self.used += bytes;
+        self.entries
+            .insert(key.to_owned(), (handle.clone(), bytes, self.clock));
+        self.evict(key);
+        handle
+    }
+
+    fn evict(&mut self, keep: &str) {
+        while self.used > self.budget && self.entries.len() > 1 {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .filter(|(k, _)| k.as_str() != keep)
+                .min_by_key(|(_, e)| e.2)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some((_, bytes, _)) = self.entries.remove(&oldest) {
+                self.used -= bytes;
+            }
+        }
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.used
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latent_layouts_and_grid() {
+        let l = LatentLayout::from_shape(&[1, 8, 6, 16]).unwrap();
+        assert!(l.channels_last && l.channels == 16 && l.height == 8 && l.width == 6);
+        let l2 = LatentLayout::from_shape(&[1, 16, 8, 6]).unwrap();
+        assert!(!l2.channels_last && l2.channels == 16 && l2.height == 8);
+        // Channel c holds the constant c in NHWC; the grid's cells follow it.
+        let data: Vec<f32> = (0..8 * 6 * 16).map(|i| (i % 16) as f32).collect();
+        let shared = channel_ranges(&data, &l, true);
+        assert!(shared.iter().all(|r| *r == (0.0, 15.0)));
+        let g = latent_grid(&data, &l, &shared, 4);
+        assert_eq!((g.width, g.height), (4 * 7 - 1, 4 * 9 - 1));
+        let px = |x: usize, y: usize| &g.rgb[(y * g.width + x) * 3..(y * g.width + x) * 3 + 3];
+        assert_eq!(px(0, 0), viridis(0.0));
+        assert_eq!(px(3 * 7, 3 * 9), viridis(1.0)); // channel 15, bottom right cell
+        assert_eq!(px(6, 0), [255, 255, 255]); // the gap
+        let nhwc = l2.to_nhwc(&(0..16 * 8 * 6).map(|i| i as f32).collect::<Vec<_>>());
+        assert_eq!(nhwc[1], (8 * 6) as f32); // (y0, x0, c1) of NCHW
+    }
+
+    #[test]
+    fn heatmap_shows_the_zero_half_and_histogram_counts() {
+        // 4 tokens × 8 features; tokens 2..4 are zero (the T5 half).
+        let mut data = vec![0f32; 4 * 8];
+        for (i, v) in data.iter_mut().take(16).enumerate() {
+            *v = if i % 2 == 0 { 1.0 } else { -0.5 };
+        }
+        let (p, scale) = conditioning_heatmap(&data, &[1, 4, 8], 8);
+        assert_eq!((p.width, p.height, scale), (8, 4, 1.0));
+        assert_eq!(&p.rgb[0..3], &diverging(1.0));
+        assert_eq!(&p.rgb[(3 * 8) * 3..(3 * 8) * 3 + 3], &diverging(0.0));
+        let (h, range) = histogram(&[0.0, 0.1, 0.9, 1.0, f32::NAN], 2);
+        assert_eq!(range, (0.0, 1.0));
+        assert_eq!(h.iter().map(|b| b.1).collect::<Vec<_>>(), vec![2, 2]);
+    }
+}

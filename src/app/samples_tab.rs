@@ -1,0 +1,474 @@
+//! The Samples tab: open a calibration folder (indexed on a helper thread: metadata only),
+//! a summary with counts per bucket and the problems found, browsing by bucket, image and step
+//! with the CLI's filters and the keyboard (↑/↓ sample, PgUp/PgDn image), and for a sample its
+//! metadata and previews: the latent's channels as a grid with a colour bar, the latent decoded
+//! through the VAE (on the MLX worker, cached), the conditioning as a heatmap, a histogram.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+use serde::{Deserialize, Serialize};
+
+use super::preview::{self, LatentLayout};
+use super::worker::{Command, Event, RgbImage};
+use super::{PickKind, Picker, Shared, human_bytes, labelled};
+use crate::calib::{Bucket, CalibrationSet, OpenOptions, SampleFilter, SampleKey, SampleMeta};
+
+/// Browsing options (persisted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Options {
+    pub calib_dir: String,
+    /// 0: all images.
+    pub max_images: usize,
+    pub step_stride: usize,
+    pub bucket: Option<Bucket>,
+    /// One colour scale for all channels instead of one per channel.
+    pub shared_scale: bool,
+    /// The model whose VAE decodes latents.
+    pub model: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            calib_dir: String::new(),
+            max_images: 0,
+            step_stride: 1,
+            bucket: None,
+            shared_scale: false,
+            model: "tiny".into(),
+        }
+    }
+}
+
+impl Options {
+    pub fn filter(&self) -> SampleFilter {
+        SampleFilter {
+            max_images: (self.max_images > 0).then_some(self.max_images),
+            step_stride: (self.step_stride > 1).then_some(self.step_stride),
+            bucket: self.bucket,
+        }
+    }
+}
+
+/// A sample's tensors, loaded on demand.
+#[derive(Debug, Clone)]
+pub struct SampleTensors {
+    pub file: String,
+    pub x: Vec<f32>,
+    pub x_shape: Vec<usize>,
+    pub conditioning: Vec<f32>,
+    pub conditioning_shape: Vec<usize>,
+}
+
+/// The tab's state.
+#[derive(Default)]
+pub struct SamplesTab {
+    opening: Option<Receiver<Result<CalibrationSet, String>>>,
+    pub set: Option<Arc<CalibrationSet>>,
+    pub error: Option<String>,
+    /// Index into the filtered list.
+    pub selected: Option<usize>,
+    tensors: Option<SampleTensors>,
+    loading: Option<(String, Receiver<Result<SampleTensors, String>>)>,
+    decoded: HashMap<String, Result<RgbImage, String>>,
+    decode_pending: Option<String>,
+    picker: Picker,
+}
+
+impl SamplesTab {
+    /// Indexes `o.calib_dir` on a helper thread.
+    pub fn open(&mut self, o: &Options) {
+        let dir = PathBuf::from(&o.calib_dir);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.opening = Some(rx);
+        self.error = None;
+        std::thread::spawn(move || {
+            let r = CalibrationSet::open(&dir, &OpenOptions::default()).map_err(|e| e.to_string());
+            let _ = tx.send(r);
+        });
+    }
+
+    pub fn is_loading(&self) -> bool {
+        self.opening.is_some()
+    }
+
+    /// True while the selected sample's previews are still coming.
+    pub fn waiting_for_previews(&self) -> bool {
+        self.loading.is_some() || self.decode_pending.is_some()
+    }
+
+    pub fn handle(&mut self, event: &Event, _shared: &mut Shared) {
+        if let Event::Decoded { key, result } = event
+            && self.decode_pending.as_deref() == Some(key.as_str())
+        {
+            self.decoded.insert(key.clone(), result.clone());
+            self.decode_pending = None;
+        }
+    }
+
+    /// Collects finished loads; starts loading the selected sample's tensors and decoding.
+    pub fn poll(&mut self, _ctx: &egui::Context, shared: &mut Shared, o: &Options) {
+        if let Some(rx) = &self.opening
+            && let Ok(r) = rx.try_recv()
+        {
+            self.opening = None;
+            match r {
+                Ok(set) => {
+                    self.set = Some(Arc::new(set));
+                    self.selected = Some(0);
+                    self.tensors = None;
+                }
+                Err(e) => {
+                    self.set = None;
+                    self.error = Some(e);
+                }
+            }
+        }
+        if let Some((_, rx)) = &self.loading
+            && let Ok(r) = rx.try_recv()
+        {
+            self.loading = None;
+            match r {
+                Ok(t) => {
+                    if !self.decoded.contains_key(&t.file) && self.decode_pending.is_none() {
+                        if let Some(l) = LatentLayout::from_shape(&t.x_shape) {
+                            shared.worker.send(Command::DecodeLatent {
+                                key: t.file.clone(),
+                                model: o.model.clone(),
+                                latent: l.to_nhwc(&t.x),
+                                shape: (l.height, l.width, l.channels),
+                            });
+                            self.decode_pending = Some(t.file.clone());
+                        }
+                    }
+                    self.tensors = Some(t);
+                }
+                Err(e) => self.error = Some(e),
+            }
+        }
+        // Load the selection's tensors when they are not the ones held.
+        let Some(set) = self.set.clone() else { return };
+        let metas = set.select(&o.filter());
+        let Some(meta) = self.selected.and_then(|i| metas.get(i)) else {
+            return;
+        };
+        let held = self.tensors.as_ref().is_some_and(|t| t.file == meta.file);
+        let coming = self.loading.as_ref().is_some_and(|(f, _)| f == &meta.file);
+        if !held && !coming {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let meta = (*meta).clone();
+            let set2 = set.clone();
+            self.loading = Some((meta.file.clone(), rx));
+            std::thread::spawn(move || {
+                let _ = tx.send(load_tensors(&set2, &meta));
+            });
+        }
+    }
+
+    pub fn ui(&mut self, ui: &mut egui::Ui, o: &mut Options, shared: &mut Shared) {
+        if let Some(p) = self.picker.poll() {
+            o.calib_dir = p.display().to_string();
+            self.open(o);
+        }
+        ui.horizontal(|ui| {
+            labelled(ui, "Calibration folder", |ui| {
+                ui.add(egui::TextEdit::singleline(&mut o.calib_dir).desired_width(260.0))
+            });
+            if ui.button("Open").clicked() {
+                self.open(o);
+            }
+            if ui.button("Choose...").clicked() {
+                self.picker.open(PickKind::Folder);
+            }
+            if self.opening.is_some() {
+                ui.spinner();
+            }
+        });
+        let before = o.filter();
+        ui.horizontal(|ui| {
+            labelled(ui, "Max images (0 = all)", |ui| {
+                ui.add(egui::DragValue::new(&mut o.max_images).range(0..=1_000_000))
+            });
+            labelled(ui, "Step stride", |ui| {
+                ui.add(egui::DragValue::new(&mut o.step_stride).range(1..=1000))
+            });
+            ui.label("Bucket");
+            ui.selectable_value(&mut o.bucket, None, "all");
+            for b in Bucket::ALL {
+                ui.selectable_value(&mut o.bucket, Some(b), b.name());
+            }
+            ui.checkbox(&mut o.shared_scale, "Shared colour scale");
+            labelled(ui, "VAE of model", |ui| {
+                ui.add(egui::TextEdit::singleline(&mut o.model).desired_width(90.0))
+            });
+        });
+        if o.filter() != before {
+            self.selected = Some(0);
+        }
+        if let Some(e) = &self.error {
+            ui.colored_label(egui::Color32::from_rgb(200, 40, 40), format!("error: {e}"));
+        }
+        let Some(set) = self.set.clone() else {
+            ui.label("Open a calibration folder to browse its samples.");
+            return;
+        };
+        let metas = set.select(&o.filter());
+        summary_ui(ui, &set, &metas);
+        ui.separator();
+        self.keyboard(ui, &metas);
+        egui::Panel::left("sample-list")
+            .default_size(300.0)
+            .show(ui, |ui| {
+                let row_h = ui.text_style_height(&egui::TextStyle::Body) + 4.0;
+                egui::ScrollArea::vertical().show_rows(ui, row_h, metas.len(), |ui, range| {
+                    for i in range {
+                        let m = metas[i];
+                        let text = format!(
+                            "img {:>4} step {:>3} [{}] t={:.0}",
+                            m.image,
+                            m.step,
+                            m.bucket.name(),
+                            m.timestep
+                        );
+                        if ui
+                            .selectable_label(self.selected == Some(i), text)
+                            .clicked()
+                        {
+                            self.selected = Some(i);
+                        }
+                    }
+                });
+            });
+        egui::CentralPanel::default_margins().show(ui, |ui| {
+            egui::ScrollArea::vertical().show(ui, |ui| {
+                if let Some(meta) = self.selected.and_then(|i| metas.get(i)) {
+                    self.sample_ui(ui, meta, o, shared);
+                }
+            });
+        });
+    }
+
+    fn keyboard(&mut self, ui: &egui::Ui, metas: &[&SampleMeta]) {
+        if metas.is_empty() || ui.ctx().memory(|m| m.focused().is_some()) {
+            return;
+        }
+        let (down, up, next_img, prev_img) = ui.input(|i| {
+            (
+                i.key_pressed(egui::Key::ArrowDown),
+                i.key_pressed(egui::Key::ArrowUp),
+                i.key_pressed(egui::Key::PageDown),
+                i.key_pressed(egui::Key::PageUp),
+            )
+        });
+        let cur = self.selected.unwrap_or(0).min(metas.len() - 1);
+        let new = if down {
+            (cur + 1).min(metas.len() - 1)
+        } else if up {
+            cur.saturating_sub(1)
+        } else if next_img {
+            let img = metas[cur].image;
+            metas.iter().position(|m| m.image > img).unwrap_or(cur)
+        } else if prev_img {
+            let img = metas[cur].image;
+            let prev = metas[..cur]
+                .iter()
+                .rev()
+                .find(|m| m.image < img)
+                .map(|m| m.image);
+            prev.and_then(|p| metas.iter().position(|m| m.image == p))
+                .unwrap_or(cur)
+        } else {
+            cur
+        };
+        self.selected = Some(new);
+    }
+
+    fn sample_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        meta: &SampleMeta,
+        o: &Options,
+        shared: &mut Shared,
+    ) {
+        ui.heading(format!("Sample: image {} step {}", meta.image, meta.step));
+        egui::Grid::new("sample-meta").striped(true).show(ui, |ui| {
+            let row = |ui: &mut egui::Ui, k: &str, v: String| {
+                ui.label(k);
+                ui.label(v);
+                ui.end_row();
+            };
+            row(ui, "file", meta.file.clone());
+            row(ui, "image", meta.image.to_string());
+            row(ui, "step", meta.step.to_string());
+            row(ui, "bucket", meta.bucket.name().to_owned());
+            row(ui, "timestep", format!("{:.4}", meta.timestep));
+            row(ui, "sigma", format!("{:.6}", meta.sigma));
+            row(ui, "size", human_bytes(meta.file_size));
+            for (k, t) in &meta.tensors {
+                row(ui, k.name(), format!("{:?} {:?}", t.shape, t.dtype));
+            }
+        });
+        ui.separator();
+        let ctx = ui.ctx().clone();
+        let Some(t) = self.tensors.as_ref().filter(|t| t.file == meta.file) else {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("loading tensors...");
+            });
+            return;
+        };
+        let Some(layout) = LatentLayout::from_shape(&t.x_shape) else {
+            ui.label(format!("x has an unexpected shape {:?}", t.x_shape));
+            return;
+        };
+        ui.horizontal_top(|ui| {
+            ui.vertical(|ui| {
+                ui.label(format!(
+                    "latent x: {} channels of {}x{} ({} scale)",
+                    layout.channels,
+                    layout.height,
+                    layout.width,
+                    if o.shared_scale {
+                        "shared"
+                    } else {
+                        "per-channel"
+                    }
+                ));
+                let ranges = preview::channel_ranges(&t.x, &layout, o.shared_scale);
+                let key = format!("grid:{}:{}", t.file, o.shared_scale);
+                let tex = shared.textures.get_or_insert(
+                    &ctx,
+                    &key,
+                    egui::TextureOptions::NEAREST,
+                    || preview::latent_grid(&t.x, &layout, &ranges, 4).to_color_image(),
+                );
+                let scale = (360.0 / tex.size_vec2().x).max(1.0);
+                ui.image((tex.id(), tex.size_vec2() * scale));
+                let bar = shared.textures.get_or_insert(
+                    &ctx,
+                    "bar:viridis",
+                    egui::TextureOptions::LINEAR,
+                    || preview::colour_bar(preview::viridis, 256, false).to_color_image(),
+                );
+                ui.image((bar.id(), egui::vec2(360.0, 12.0)));
+                if o.shared_scale {
+                    let (lo, hi) = ranges.first().copied().unwrap_or((0.0, 0.0));
+                    ui.label(format!("{lo:.3} ... {hi:.3}"));
+                } else {
+                    ui.label("each channel scaled from its min (left) to its max (right)");
+                }
+            });
+            ui.vertical(|ui| {
+                ui.label(format!("decoded through the VAE of '{}'", o.model));
+                match self.decoded.get(&t.file) {
+                    Some(Ok(img)) => {
+                        let key = format!("vae:{}:{}", o.model, t.file);
+                        let tex = shared.textures.get_or_insert(
+                            &ctx,
+                            &key,
+                            egui::TextureOptions::LINEAR,
+                            || egui::ColorImage::from_rgb([img.width, img.height], &img.pixels),
+                        );
+                        let s = 256.0 / tex.size_vec2().x.max(tex.size_vec2().y);
+                        ui.image((tex.id(), tex.size_vec2() * s));
+                    }
+                    Some(Err(e)) => {
+                        ui.colored_label(egui::Color32::from_rgb(200, 40, 40), e);
+                    }
+                    None => {
+                        ui.spinner();
+                    }
+                }
+            });
+        });
+        ui.separator();
+        let (heat, scale) = {
+            let key = format!("cond:{}", t.file);
+            let mut scale = 0.0;
+            let tex =
+                shared
+                    .textures
+                    .get_or_insert(&ctx, &key, egui::TextureOptions::NEAREST, || {
+                        let (p, s) = preview::conditioning_heatmap(
+                            &t.conditioning,
+                            &t.conditioning_shape,
+                            512,
+                        );
+                        scale = s;
+                        p.to_color_image()
+                    });
+            (tex, scale)
+        };
+        ui.label(format!(
+            "conditioning {:?}: tokens (down) x features (across, averaged to {} columns); tokens 77.. are the zero T5 half{}",
+            t.conditioning_shape,
+            heat.size()[0],
+            if scale > 0.0 { format!("; colour scale +-{scale:.3}") } else { String::new() }
+        ));
+        ui.image((heat.id(), egui::vec2(512.0, 231.0)));
+        ui.separator();
+        let (bins, (lo, hi)) = preview::histogram(&t.x, 64);
+        ui.label(format!(
+            "histogram of x ({} values, {lo:.3} ... {hi:.3})",
+            t.x.len()
+        ));
+        let width = ((hi - lo) / 64.0).max(1e-6) as f64;
+        let bars: Vec<egui_plot::Bar> = bins
+            .iter()
+            .map(|(c, n)| egui_plot::Bar::new(*c, *n as f64).width(width))
+            .collect();
+        egui_plot::Plot::new("x-histogram")
+            .height(160.0)
+            .allow_scroll(false)
+            .show(ui, |p| p.bar_chart(egui_plot::BarChart::new("x", bars)));
+    }
+}
+
+fn summary_ui(ui: &mut egui::Ui, set: &CalibrationSet, metas: &[&SampleMeta]) {
+    let s = CalibrationSet::summarize(metas);
+    let per_bucket: Vec<String> = s
+        .buckets
+        .iter()
+        .map(|(b, n)| format!("{} {n}", b.name()))
+        .collect();
+    ui.label(format!(
+        "{} images x {} steps; {} samples selected ({}); {}",
+        set.num_images(),
+        set.num_steps(),
+        s.samples,
+        per_bucket.join(", "),
+        human_bytes(s.bytes)
+    ));
+    let problems = set.problems();
+    if problems.is_empty() {
+        ui.label("no problems found");
+    } else {
+        egui::CollapsingHeader::new(format!("{} problems found", problems.len())).show(ui, |ui| {
+            for p in problems.iter().take(200) {
+                let file = p
+                    .file
+                    .as_ref()
+                    .map_or(String::new(), |f| format!("{}: ", f.display()));
+                ui.label(format!("{file}{}", p.message));
+            }
+        });
+    }
+}
+
+fn load_tensors(set: &CalibrationSet, meta: &SampleMeta) -> Result<SampleTensors, String> {
+    let x = set.load(meta, SampleKey::X).map_err(|e| e.to_string())?;
+    let c = set
+        .load(meta, SampleKey::Conditioning)
+        .map_err(|e| e.to_string())?;
+    Ok(SampleTensors {
+        file: meta.file.clone(),
+        x: x.data.to_f32_vec(),
+        x_shape: x.shape.clone(),
+        conditioning: c.data.to_f32_vec(),
+        conditioning_shape: c.shape.clone(),
+    })
+}

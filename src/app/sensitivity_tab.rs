@@ -1,0 +1,700 @@
+//! The Sensitivity tab: run a sweep with the options of `sd3lab sensitivity` (progress, cancel,
+//! resume) or open a `sensitivity.json`; plots of SQNR/MSE vs bits per layer (filter by block
+//! and kind), a layer × bucket heatmap at one bit width, a ranking of the most sensitive
+//! layers; a plan builder (target bits → the optimal plan and the Pareto front with the chosen
+//! point; save the plan); export of the plots (PNG/SVG) and of a report (HTML/Markdown).
+
+use std::path::{Path, PathBuf};
+
+use crossbeam_channel::Receiver;
+use serde::{Deserialize, Serialize};
+
+use super::worker::{Command, Event};
+use super::{PickKind, Picker, Shared, labelled};
+use crate::job::CancelToken;
+use crate::model::config::ModelDtype;
+use crate::quant::plan::{BuiltPlan, Objective, build_plan};
+use crate::quant::sensitivity::{
+    Scope, SensitivityConfig, SensitivityEvent, SensitivityReport, read_report,
+};
+use crate::report::{self, Metric, short_layer_name};
+
+/// Options (persisted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Options {
+    pub model: String,
+    pub calib_dir: String,
+    pub bits: Vec<i32>,
+    pub group_size: i32,
+    pub max_images: usize,
+    pub step_stride: usize,
+    pub layers: String,
+    pub scope: Scope,
+    pub output_dir: String,
+    /// The report shown.
+    pub report_path: String,
+    pub metric: Metric,
+    pub bucket: String,
+    /// Bit width of the heatmap and ranking (0: the lowest measured).
+    pub plot_bits: i32,
+    pub block: Option<usize>,
+    pub kind: Option<String>,
+    pub target_bits: f64,
+    pub objective: Objective,
+    pub plan_path: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            model: "tiny".into(),
+            calib_dir: "calibration_data".into(),
+            bits: vec![2, 4, 8],
+            group_size: 64,
+            max_images: 0,
+            step_stride: 1,
+            layers: String::new(),
+            scope: Scope::Model,
+            output_dir: "sensitivity".into(),
+            report_path: String::new(),
+            metric: Metric::Sqnr,
+            bucket: "all".into(),
+            plot_bits: 0,
+            block: None,
+            kind: None,
+            target_bits: 4.5,
+            objective: Objective::Sqnr,
+            plan_path: "plan.json".into(),
+        }
+    }
+}
+
+/// Sweep progress.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub layers: usize,
+    pub done: usize,
+    pub last: String,
+    pub seconds: f64,
+    pub preparing: bool,
+}
+
+/// The tab's state.
+#[derive(Default)]
+pub struct SensitivityTab {
+    pub report: Option<SensitivityReport>,
+    loading: Option<Receiver<Result<SensitivityReport, String>>>,
+    job: Option<(u64, CancelToken, PathBuf)>,
+    pub progress: Progress,
+    pub message: Option<Result<String, String>>,
+    plan: Option<((u64, Objective), Result<BuiltPlan, String>)>,
+    picker: Picker,
+    picking: Option<&'static str>,
+}
+
+impl SensitivityTab {
+    /// Reads a report on a helper thread.
+    pub fn open(&mut self, path: &str) {
+        let path = PathBuf::from(path);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.loading = Some(rx);
+        std::thread::spawn(move || {
+            let _ = tx.send(read_report(&path).map_err(|e| e.to_string()));
+        });
+    }
+
+    pub fn is_loading(&self) -> bool {
+        self.loading.is_some()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.job.is_some()
+    }
+
+    pub fn poll(&mut self) {
+        if let Some(rx) = &self.loading
+            && let Ok(r) = rx.try_recv()
+        {
+            self.loading = None;
+            match r {
+                Ok(report) => {
+                    self.report = Some(report);
+                    self.plan = None;
+                }
+                Err(e) => self.message = Some(Err(e)),
+            }
+        }
+    }
+
+    pub fn start(&mut self, o: &Options, shared: &mut Shared) {
+        if self.job.is_some() {
+            return;
+        }
+        let config = SensitivityConfig {
+            model: o.model.clone(),
+            calib_dir: PathBuf::from(&o.calib_dir),
+            bits: o.bits.clone(),
+            group_size: o.group_size,
+            max_images: (o.max_images > 0).then_some(o.max_images),
+            step_stride: (o.step_stride > 1).then_some(o.step_stride),
+            layers: (!o.layers.trim().is_empty()).then(|| o.layers.trim().to_owned()),
+            output_dir: PathBuf::from(&o.output_dir),
+            use_cache: true,
+            dtype: ModelDtype::default_for_backend(),
+            scope: o.scope,
+            batch_size: 4,
+        };
+        let id = shared.next_job_id();
+        let cancel = CancelToken::new();
+        let json = config.output_dir.join("sensitivity.json");
+        if shared.worker.send(Command::Sensitivity {
+            id,
+            config,
+            cancel: cancel.clone(),
+        }) {
+            self.job = Some((id, cancel, json));
+            self.progress = Progress {
+                preparing: true,
+                ..Progress::default()
+            };
+            self.message = None;
+            shared.running = Some(("sensitivity sweep".into(), 0.0));
+        }
+    }
+
+    pub fn handle(&mut self, event: &Event, shared: &mut Shared) {
+        let Some((id, _, json)) = &self.job else {
+            return;
+        };
+        let (id, json) = (*id, json.clone());
+        match event {
+            Event::Sensitivity { id: i, event } if *i == id => {
+                match event {
+                    SensitivityEvent::Preparing { .. } => self.progress.preparing = true,
+                    SensitivityEvent::Planned {
+                        layers,
+                        already_done,
+                        ..
+                    } => {
+                        self.progress.preparing = false;
+                        self.progress.layers = *layers;
+                        self.progress.done = *already_done;
+                    }
+                    SensitivityEvent::LayerDone { name, seconds, .. } => {
+                        self.progress.done += 1;
+                        self.progress.last = name.clone();
+                        self.progress.seconds = *seconds;
+                        // Show the results as they come.
+                        self.open(&json.display().to_string());
+                    }
+                }
+                let f = self.progress.done as f32 / self.progress.layers.max(1) as f32;
+                shared.running = Some(("sensitivity sweep".into(), f));
+            }
+            Event::Finished {
+                id: i,
+                cancelled,
+                result,
+            } if *i == id => {
+                self.job = None;
+                shared.running = None;
+                self.message = Some(match result {
+                    Ok(s) if *cancelled => Ok(format!("cancelled ({s}); Start resumes")),
+                    Ok(s) => Ok(s.clone()),
+                    Err(e) => Err(e.clone()),
+                });
+                if result.is_ok() {
+                    self.open(&json.display().to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn ui(&mut self, ui: &mut egui::Ui, o: &mut Options, shared: &mut Shared) {
+        if let Some(p) = self.picker.poll() {
+            let p = p.display().to_string();
+            match self.picking.take() {
+                Some("report") => {
+                    o.report_path = p.clone();
+                    self.open(&p);
+                }
+                Some("plan") => {
+                    o.plan_path = p;
+                    self.save_plan(o);
+                }
+                _ => {}
+            }
+        }
+        if let Some((_, _, json)) = &self.job
+            && o.report_path != json.display().to_string()
+        {
+            o.report_path = json.display().to_string();
+        }
+        egui::Panel::left("sensitivity-options")
+            .default_size(320.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| self.options_ui(ui, o, shared));
+            });
+        egui::CentralPanel::default_margins().show(ui, |ui| {
+            egui::ScrollArea::vertical().show(ui, |ui| self.results_ui(ui, o));
+        });
+    }
+
+    fn options_ui(&mut self, ui: &mut egui::Ui, o: &mut Options, shared: &mut Shared) {
+        ui.heading("Sensitivity");
+        ui.horizontal(|ui| {
+            labelled(ui, "Report", |ui| {
+                ui.add(egui::TextEdit::singleline(&mut o.report_path).desired_width(150.0))
+            });
+            if ui.button("Open").clicked() {
+                self.open(&o.report_path);
+            }
+            if ui.button("Browse...").clicked() {
+                self.picking = Some("report");
+                self.picker.open(PickKind::File {
+                    filter: ("sensitivity.json", &["json"]),
+                });
+            }
+        });
+        ui.separator();
+        egui::CollapsingHeader::new("Run a sweep")
+            .default_open(true)
+            .show(ui, |ui| {
+                let running = self.job.is_some();
+                ui.add_enabled_ui(!running, |ui| {
+                    labelled(ui, "Model", |ui| {
+                        ui.add(egui::TextEdit::singleline(&mut o.model).desired_width(150.0))
+                    });
+                    labelled(ui, "Calibration folder", |ui| {
+                        ui.add(egui::TextEdit::singleline(&mut o.calib_dir).desired_width(130.0))
+                    });
+                    ui.horizontal(|ui| {
+                        ui.label("Bits");
+                        for b in crate::quant::SUPPORTED_BITS {
+                            let mut on = o.bits.contains(&b);
+                            if ui.checkbox(&mut on, b.to_string()).changed() {
+                                if on {
+                                    o.bits.push(b);
+                                    o.bits.sort();
+                                } else {
+                                    o.bits.retain(|x| *x != b);
+                                }
+                            }
+                        }
+                    });
+                    ui.horizontal(|ui| {
+                        ui.label("Group size");
+                        for g in crate::quant::SUPPORTED_GROUPS {
+                            ui.selectable_value(&mut o.group_size, g, g.to_string());
+                        }
+                    });
+                    labelled(ui, "Max images (0 = all)", |ui| {
+                        ui.add(egui::DragValue::new(&mut o.max_images).range(0..=100_000))
+                    });
+                    labelled(ui, "Step stride", |ui| {
+                        ui.add(egui::DragValue::new(&mut o.step_stride).range(1..=1000))
+                    });
+                    labelled(ui, "Layers (regex)", |ui| {
+                        ui.add(egui::TextEdit::singleline(&mut o.layers).desired_width(140.0))
+                    });
+                    ui.horizontal(|ui| {
+                        ui.label("Scope");
+                        for s in [Scope::Model, Scope::Block, Scope::Layer] {
+                            ui.selectable_value(&mut o.scope, s, s.name());
+                        }
+                    });
+                    labelled(ui, "Output folder", |ui| {
+                        ui.add(egui::TextEdit::singleline(&mut o.output_dir).desired_width(140.0))
+                    });
+                });
+                ui.horizontal(|ui| {
+                    if ui
+                        .add_enabled(
+                            !running && !o.bits.is_empty(),
+                            egui::Button::new("Start / Resume sweep"),
+                        )
+                        .clicked()
+                    {
+                        self.start(o, shared);
+                    }
+                    if ui
+                        .add_enabled(running, egui::Button::new("Cancel sweep"))
+                        .clicked()
+                        && let Some((_, c, _)) = &self.job
+                    {
+                        c.cancel();
+                    }
+                });
+                if running {
+                    let p = &self.progress;
+                    if p.preparing {
+                        ui.label("loading samples and float outputs...");
+                    }
+                    ui.add(
+                        egui::ProgressBar::new(p.done as f32 / p.layers.max(1) as f32)
+                            .text(format!("{} / {} layers", p.done, p.layers)),
+                    );
+                    if !p.last.is_empty() {
+                        ui.label(format!(
+                            "{} ({:.1} s)",
+                            short_layer_name(&p.last),
+                            p.seconds
+                        ));
+                    }
+                }
+            });
+        match &self.message {
+            Some(Ok(m)) => {
+                ui.label(m);
+            }
+            Some(Err(e)) => {
+                ui.colored_label(egui::Color32::from_rgb(200, 40, 40), format!("error: {e}"));
+            }
+            None => {}
+        }
+    }
+
+    fn results_ui(&mut self, ui: &mut egui::Ui, o: &mut Options) {
+        let Some(report) = self.report.clone() else {
+            if self.loading.is_some() {
+                ui.spinner();
+            } else {
+                ui.label("Open a sensitivity.json or run a sweep.");
+            }
+            return;
+        };
+        let s = &report.settings;
+        ui.label(format!(
+            "{} layers | scope {} | bits {:?} | group {} | {} samples | model {}",
+            report.layers.len(),
+            s.metric_scope,
+            s.bits,
+            s.group_size,
+            s.samples.len(),
+            s.model
+        ));
+        let bits_list = s.bits.clone();
+        if !bits_list.contains(&o.plot_bits) {
+            o.plot_bits = bits_list.iter().min().copied().unwrap_or(0);
+        }
+        ui.horizontal(|ui| {
+            ui.label("Metric");
+            ui.selectable_value(&mut o.metric, Metric::Sqnr, "SQNR");
+            ui.selectable_value(&mut o.metric, Metric::Mse, "MSE");
+            ui.separator();
+            ui.label("Bucket");
+            for b in ["all", "early", "mid", "late"] {
+                ui.selectable_value(&mut o.bucket, b.to_owned(), b);
+            }
+            ui.separator();
+            ui.label("Bits (heatmap, ranking)");
+            for b in &bits_list {
+                ui.selectable_value(&mut o.plot_bits, *b, b.to_string());
+            }
+        });
+        let blocks: std::collections::BTreeSet<usize> =
+            report.layers.iter().filter_map(|l| l.block).collect();
+        let kinds: std::collections::BTreeSet<String> =
+            report.layers.iter().map(|l| l.kind.clone()).collect();
+        ui.horizontal(|ui| {
+            egui::ComboBox::from_label("Block")
+                .selected_text(o.block.map_or("all".into(), |b| b.to_string()))
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut o.block, None, "all");
+                    for b in &blocks {
+                        ui.selectable_value(&mut o.block, Some(*b), b.to_string());
+                    }
+                });
+            egui::ComboBox::from_label("Kind")
+                .selected_text(o.kind.clone().unwrap_or_else(|| "all".into()))
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut o.kind, None, "all");
+                    for k in &kinds {
+                        ui.selectable_value(&mut o.kind, Some(k.clone()), k);
+                    }
+                });
+        });
+        // Filtered layers, most sensitive first.
+        let ranked = report::ranking(&report, o.plot_bits, &o.bucket, o.metric);
+        let filtered: Vec<String> = ranked
+            .iter()
+            .filter(|(name, _)| {
+                report.layers.iter().any(|l| {
+                    &l.name == name
+                        && o.block.is_none_or(|b| l.block == Some(b))
+                        && o.kind.as_ref().is_none_or(|k| &l.kind == k)
+                })
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        let shown: Vec<String> = filtered.iter().take(10).cloned().collect();
+        ui.separator();
+        ui.label(format!(
+            "{} vs bits, the {} most sensitive of {} filtered layers",
+            o.metric.label(),
+            shown.len(),
+            filtered.len()
+        ));
+        let fig = report::bits_figure(&report, &shown, &o.bucket, o.metric);
+        lines_plot(ui, "bits-plot", &fig, 260.0);
+        ui.separator();
+        ui.label(format!(
+            "layer x bucket at {} bits ({})",
+            o.plot_bits,
+            o.metric.label()
+        ));
+        let heat = report::bucket_heatmap(
+            &report,
+            &filtered.iter().take(40).cloned().collect::<Vec<_>>(),
+            o.plot_bits,
+            o.metric,
+        );
+        heatmap(ui, &heat);
+        ui.separator();
+        ui.label(format!(
+            "most sensitive layers at {} bits ({})",
+            o.plot_bits, o.bucket
+        ));
+        egui::Grid::new("ranking").striped(true).show(ui, |ui| {
+            ui.label("#");
+            ui.label("layer");
+            ui.label(o.metric.label());
+            ui.end_row();
+            for (i, name) in filtered.iter().take(15).enumerate() {
+                let v = ranked
+                    .iter()
+                    .find(|r| &r.0 == name)
+                    .map_or(f64::NAN, |r| r.1);
+                ui.label((i + 1).to_string());
+                ui.label(name);
+                ui.label(format!("{v:.4}"));
+                ui.end_row();
+            }
+        });
+        ui.separator();
+        self.plan_ui(ui, o, &report);
+        ui.separator();
+        self.export_ui(ui, o, &report);
+    }
+
+    fn plan_ui(&mut self, ui: &mut egui::Ui, o: &mut Options, report: &SensitivityReport) {
+        ui.heading("Plan builder");
+        let overhead = 32.0 / report.settings.group_size.max(1) as f64;
+        let min_bits = report.settings.bits.iter().min().copied().unwrap_or(2) as f64 + overhead;
+        let max_bits = report.settings.bits.iter().max().copied().unwrap_or(8) as f64 + overhead;
+        ui.horizontal(|ui| {
+            ui.add(
+                egui::Slider::new(&mut o.target_bits, min_bits..=max_bits)
+                    .text("target average bits")
+                    .fixed_decimals(2),
+            );
+            ui.selectable_value(&mut o.objective, Objective::Sqnr, "max SQNR");
+            ui.selectable_value(&mut o.objective, Objective::Mse, "min MSE");
+        });
+        let key = ((o.target_bits * 1e6).round() as u64, o.objective);
+        if self.plan.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.plan = Some((key, build_plan(report, o.target_bits, &[], o.objective)));
+        }
+        let Some((_, built)) = &self.plan else { return };
+        match built {
+            Ok(b) => {
+                let mut hist = std::collections::BTreeMap::new();
+                for q in b.plan.layers.values() {
+                    *hist.entry(q.bits).or_insert(0) += 1;
+                }
+                ui.label(format!(
+                    "{} layers ({}), average {:.3} bits, predicted {} {:.3}, {:.1} MB of quantized weights",
+                    b.plan.layers.len(),
+                    hist.iter().map(|(b, n)| format!("{n} x w{b}")).collect::<Vec<_>>().join(", "),
+                    b.average_bits,
+                    if o.objective == Objective::Sqnr { "summed SQNR" } else { "summed MSE" },
+                    b.predicted_error,
+                    b.predicted_bytes as f64 / 1e6
+                ));
+                let fig = report::pareto_figure(b, o.objective);
+                lines_plot(ui, "pareto-plot", &fig, 220.0);
+            }
+            Err(e) => {
+                ui.colored_label(egui::Color32::from_rgb(200, 40, 40), e);
+            }
+        }
+        ui.horizontal(|ui| {
+            labelled(ui, "Plan file", |ui| {
+                ui.add(egui::TextEdit::singleline(&mut o.plan_path).desired_width(200.0))
+            });
+            if ui.button("Save plan").clicked() {
+                self.save_plan(o);
+            }
+            if ui.button("Save as...").clicked() {
+                self.picking = Some("plan");
+                self.picker.open(PickKind::Save {
+                    name: "plan.json".into(),
+                    filter: ("plan", &["json"]),
+                });
+            }
+        });
+    }
+
+    fn save_plan(&mut self, o: &Options) {
+        let Some((_, Ok(b))) = &self.plan else {
+            self.message = Some(Err("no plan to save".into()));
+            return;
+        };
+        let path = PathBuf::from(&o.plan_path);
+        let r = serde_json::to_string_pretty(&b.plan)
+            .map_err(|e| e.to_string())
+            .and_then(|j| {
+                crate::fsutil::write_atomic(&path, j.as_bytes())
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            });
+        self.message = Some(r.map(|_| format!("saved {}", path.display())));
+    }
+
+    fn export_ui(&mut self, ui: &mut egui::Ui, o: &Options, report: &SensitivityReport) {
+        ui.heading("Export");
+        let base = Path::new(&o.report_path)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let opts = report::SensitivityReportOptions {
+            metric: o.metric,
+            bucket: o.bucket.clone(),
+            bits: Some(o.plot_bits),
+            layers: Vec::new(),
+            top: 10,
+            plan_target_bits: Some(o.target_bits),
+        };
+        ui.horizontal(|ui| {
+            if ui.button("Export plots (PNG + SVG)").clicked() {
+                let dir = base.join("figures");
+                let r = report::sensitivity_figures(report, &opts)
+                    .and_then(|f| report::export_figures(&f, &dir, (900, 520)));
+                self.message = Some(
+                    r.map(|f| format!("wrote {} files in {}", f.len(), dir.display()))
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            for (label, name) in [
+                ("Report (HTML)", "report.html"),
+                ("Report (Markdown)", "report.md"),
+            ] {
+                if ui.button(label).clicked() {
+                    let out = base.join(name);
+                    let r = report::write_sensitivity_report(report, &out, &opts);
+                    self.message = Some(
+                        r.map(|f| format!("wrote {} (+{} files)", out.display(), f.len() - 1))
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+            }
+        });
+    }
+}
+
+/// Draws a line figure with egui_plot (the same data the exports draw with plotters).
+pub fn lines_plot(ui: &mut egui::Ui, id: &str, fig: &report::Figure, height: f32) {
+    let report::Figure::Lines {
+        series,
+        markers,
+        x_label,
+        y_label,
+        ..
+    } = fig
+    else {
+        return;
+    };
+    egui_plot::Plot::new(id)
+        .height(height)
+        .legend(egui_plot::Legend::default())
+        .x_axis_label(x_label.clone())
+        .y_axis_label(y_label.clone())
+        .allow_scroll(false)
+        .show(ui, |p| {
+            for (i, s) in series.iter().enumerate() {
+                let (r, g, b) = report::palette(i);
+                let pts: Vec<[f64; 2]> = s.points.iter().map(|&(x, y)| [x, y]).collect();
+                p.line(
+                    egui_plot::Line::new(s.name.clone(), pts.clone())
+                        .color(egui::Color32::from_rgb(r, g, b)),
+                );
+                if pts.len() < 40 {
+                    p.points(
+                        egui_plot::Points::new(s.name.clone(), pts)
+                            .radius(3.0)
+                            .color(egui::Color32::from_rgb(r, g, b)),
+                    );
+                }
+            }
+            for (label, (x, y)) in markers {
+                p.points(
+                    egui_plot::Points::new(label.clone(), vec![[*x, *y]])
+                        .radius(6.0)
+                        .color(egui::Color32::RED),
+                );
+            }
+        });
+}
+
+/// Draws a heatmap figure with the painter.
+fn heatmap(ui: &mut egui::Ui, fig: &report::Figure) {
+    let report::Figure::Heatmap {
+        rows, cols, values, ..
+    } = fig
+    else {
+        return;
+    };
+    let finite = values.iter().flatten().copied().filter(|v| v.is_finite());
+    let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    let (label_w, cell_w, cell_h) = (220.0, 70.0, 14.0);
+    let size = egui::vec2(
+        label_w + cell_w * cols.len() as f32,
+        cell_h * (rows.len() + 1) as f32,
+    );
+    let (rect, _) = ui.allocate_exact_size(size, egui::Sense::hover());
+    let painter = ui.painter_at(rect);
+    let font = egui::FontId::proportional(11.0);
+    let text_color = ui.visuals().text_color();
+    for (c, name) in cols.iter().enumerate() {
+        let pos = rect.min + egui::vec2(label_w + cell_w * (c as f32 + 0.5), cell_h * 0.5);
+        painter.text(
+            pos,
+            egui::Align2::CENTER_CENTER,
+            name,
+            font.clone(),
+            text_color,
+        );
+    }
+    for (r, name) in rows.iter().enumerate() {
+        let y = cell_h * (r as f32 + 1.0);
+        painter.text(
+            rect.min + egui::vec2(0.0, y + cell_h * 0.5),
+            egui::Align2::LEFT_CENTER,
+            name,
+            font.clone(),
+            text_color,
+        );
+        for (c, v) in values[r].iter().enumerate() {
+            if !v.is_finite() {
+                continue;
+            }
+            let t = if hi > lo {
+                ((v - lo) / (hi - lo)) as f32
+            } else {
+                0.5
+            };
+            let [cr, cg, cb] = report::colormap::viridis(t);
+            let cell = egui::Rect::from_min_size(
+                rect.min + egui::vec2(label_w + cell_w * c as f32, y),
+                egui::vec2(cell_w - 1.0, cell_h - 1.0),
+            );
+            painter.rect_filled(cell, 0.0, egui::Color32::from_rgb(cr, cg, cb));
+        }
+    }
+    if lo <= hi {
+        ui.label(format!("colour: {lo:.3} (dark) ... {hi:.3} (bright)"));
+    }
+}

@@ -1,0 +1,838 @@
+//! Plots and reports from plain data, so the app's plots and the exported files show the same
+//! numbers: a figure is described once ([`Figure`]: lines, heatmap or bars) and rendered to SVG
+//! or PNG with plotters and an embedded font (Ubuntu Light from egui's fonts: the same pixels on
+//! Linux and macOS, no system fonts). Reports are self-contained HTML (SVG inline) or Markdown
+//! (PNG files beside it), with the data as CSV and JSON beside them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use plotters::prelude::*;
+
+pub mod colormap;
+
+use crate::quant::plan::{BuiltPlan, Objective, build_plan};
+use crate::quant::sensitivity::{MAX_SQNR_DB, SensitivityReport};
+
+/// Why rendering or writing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("drawing {0}: {1}")]
+    Draw(String, String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Data(String),
+}
+
+/// One named line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A figure, independent of where it is drawn.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Figure {
+    Lines {
+        title: String,
+        x_label: String,
+        y_label: String,
+        series: Vec<Series>,
+        /// Highlighted points with a label.
+        markers: Vec<(String, (f64, f64))>,
+    },
+    Heatmap {
+        title: String,
+        rows: Vec<String>,
+        cols: Vec<String>,
+        /// `values[row][col]`; NaN cells are left blank.
+        values: Vec<Vec<f64>>,
+        value_label: String,
+    },
+    /// Horizontal bars, first label on top.
+    Bars {
+        title: String,
+        labels: Vec<String>,
+        values: Vec<f64>,
+        value_label: String,
+    },
+}
+
+impl Figure {
+    pub fn title(&self) -> &str {
+        match self {
+            Self::Lines { title, .. } | Self::Heatmap { title, .. } | Self::Bars { title, .. } => {
+                title
+            }
+        }
+    }
+}
+
+const FONT: &str = "sans-serif";
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The bytes are a valid TrueType font compiled into egui; failure would be a build bug.
+        let _ = plotters::style::register_font(
+            FONT,
+            FontStyle::Normal,
+            epaint_default_fonts::UBUNTU_LIGHT,
+        );
+    });
+}
+
+/// A colour per series index (Tableau 10).
+pub fn palette(i: usize) -> (u8, u8, u8) {
+    const C: [(u8, u8, u8); 10] = [
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (127, 127, 127),
+        (188, 189, 34),
+        (23, 190, 207),
+    ];
+    C[i % C.len()]
+}
+
+fn err<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> ReportError + '_ {
+    move |e| ReportError::Draw(what.to_owned(), format!("{e:?}"))
+}
+
+fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    if lo > hi {
+        (0.0, 1.0)
+    } else if lo == hi {
+        (lo - 1.0, hi + 1.0)
+    } else {
+        let pad = (hi - lo) * 0.05;
+        (lo - pad, hi + pad)
+    }
+}
+
+fn draw<DB: DrawingBackend>(
+    fig: &Figure,
+    root: DrawingArea<DB, plotters::coord::Shift>,
+) -> Result<(), ReportError>
+where
+    DB::ErrorType: 'static,
+{
+    let title = fig.title().to_owned();
+    root.fill(&WHITE).map_err(err(&title))?;
+    match fig {
+        Figure::Lines {
+            x_label,
+            y_label,
+            series,
+            markers,
+            ..
+        } => {
+            let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+            let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+            let (x0, x1) = span(xs.chain(markers.iter().map(|m| m.1.0)));
+            let (y0, y1) = span(ys.chain(markers.iter().map(|m| m.1.1)));
+            let mut chart = ChartBuilder::on(&root)
+                .caption(&title, (FONT, 20))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(64)
+                .build_cartesian_2d(x0..x1, y0..y1)
+                .map_err(err(&title))?;
+            chart
+                .configure_mesh()
+                .x_desc(x_label.as_str())
+                .y_desc(y_label.as_str())
+                .label_style((FONT, 13))
+                .draw()
+                .map_err(err(&title))?;
+            for (i, s) in series.iter().enumerate() {
+                let (r, g, b) = palette(i);
+                let color = RGBColor(r, g, b);
+                chart
+                    .draw_series(LineSeries::new(
+                        s.points.iter().copied(),
+                        color.stroke_width(2),
+                    ))
+                    .map_err(err(&title))?
+                    .label(s.name.clone())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                    });
+                if s.points.len() < 40 {
+                    chart
+                        .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                        .map_err(err(&title))?;
+                }
+            }
+            for (label, p) in markers {
+                chart
+                    .draw_series([Circle::new(*p, 6, RED.filled())])
+                    .map_err(err(&title))?
+                    .label(label.clone())
+                    .legend(|(x, y)| Circle::new((x + 9, y), 5, RED.filled()));
+            }
+            if !series.is_empty() {
+                chart
+                    .configure_series_labels()
+                    .label_font((FONT, 12))
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .position(SeriesLabelPosition::LowerRight)
+                    .draw()
+                    .map_err(err(&title))?;
+            }
+        }
+        Figure::Heatmap {
+            rows,
+            cols,
+            values,
+            value_label,
+            ..
+        } => {
+            let (lo, hi) = span(values.iter().flatten().copied());
+            let n_rows = rows.len().max(1);
+            let n_cols = cols.len().max(1);
+            let label_width = rows.iter().map(|r| r.len()).max().unwrap_or(4) as u32 * 7 + 10;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(format!("{title} ({value_label})"), (FONT, 20))
+                .margin(12)
+                .x_label_area_size(30)
+                .y_label_area_size(label_width.min(420))
+                .build_cartesian_2d(-0.5f64..n_cols as f64 - 0.5, -0.5f64..n_rows as f64 - 0.5)
+                .map_err(err(&title))?;
+            // Cell centres sit on integers; label only those.
+            let at = |v: f64, n: usize| -> Option<usize> {
+                let i = v.round();
+                ((v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n).then_some(i as usize)
+            };
+            let rows_c = rows.clone();
+            let cols_c = cols.clone();
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .x_labels(n_cols)
+                .y_labels(n_rows.min(60))
+                .x_label_formatter(&|x| {
+                    at(*x, n_cols)
+                        .map(|i| cols_c[i].clone())
+                        .unwrap_or_default()
+                })
+                .y_label_formatter(&|y| {
+                    at(*y, n_rows)
+                        .map(|i| rows_c[n_rows - 1 - i].clone())
+                        .unwrap_or_default()
+                })
+                .label_style((FONT, 11))
+                .draw()
+                .map_err(err(&title))?;
+            let cells = values.iter().enumerate().flat_map(|(r, row)| {
+                row.iter()
+                    .enumerate()
+                    .filter_map(move |(c, v)| v.is_finite().then_some((r, c, *v)))
+            });
+            chart
+                .draw_series(cells.map(|(r, c, v)| {
+                    let t = ((v - lo) / (hi - lo)) as f32;
+                    let [cr, cg, cb] = colormap::viridis(t);
+                    let y = (n_rows - 1 - r) as f64;
+                    Rectangle::new(
+                        [(c as f64 - 0.5, y - 0.5), (c as f64 + 0.5, y + 0.5)],
+                        RGBColor(cr, cg, cb).filled(),
+                    )
+                }))
+                .map_err(err(&title))?;
+        }
+        Figure::Bars {
+            labels,
+            values,
+            value_label,
+            ..
+        } => {
+            let n = labels.len().max(1);
+            let (lo, hi) = span(values.iter().copied().chain([0.0]));
+            let label_width = labels.iter().map(|r| r.len()).max().unwrap_or(4) as u32 * 7 + 10;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(&title, (FONT, 20))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(label_width.min(420))
+                .build_cartesian_2d(lo.min(0.0)..hi, -0.5f64..n as f64 - 0.5)
+                .map_err(err(&title))?;
+            let labels_c = labels.clone();
+            chart
+                .configure_mesh()
+                .disable_y_mesh()
+                .y_labels(n.min(60))
+                .x_desc(value_label.as_str())
+                .y_label_formatter(&|y| {
+                    let i = y.round();
+                    if (y - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+                        labels_c
+                            .get(n - 1 - i as usize)
+                            .cloned()
+                            .unwrap_or_default()
+                    } else {
+                        String::new()
+                    }
+                })
+                .label_style((FONT, 11))
+                .draw()
+                .map_err(err(&title))?;
+            let (r, g, b) = palette(0);
+            chart
+                .draw_series(values.iter().enumerate().map(|(i, &v)| {
+                    let y = (n - 1 - i) as f64;
+                    Rectangle::new([(0.0, y - 0.35), (v, y + 0.35)], RGBColor(r, g, b).filled())
+                }))
+                .map_err(err(&title))?;
+        }
+    }
+    root.present().map_err(err(&title))?;
+    Ok(())
+}
+
+/// The figure as an SVG document.
+pub fn render_svg(fig: &Figure, size: (u32, u32)) -> Result<String, ReportError> {
+    register_font();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        draw(fig, root)?;
+    }
+    Ok(svg)
+}
+
+/// The figure as PNG bytes.
+pub fn render_png(fig: &Figure, size: (u32, u32)) -> Result<Vec<u8>, ReportError> {
+    register_font();
+    let mut rgb = vec![255u8; (size.0 * size.1 * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+        draw(fig, root)?;
+    }
+    let mut bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut bytes, size.0, size.1);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc
+            .write_header()
+            .map_err(|e| ReportError::Draw(fig.title().into(), e.to_string()))?;
+        w.write_image_data(&rgb)
+            .map_err(|e| ReportError::Draw(fig.title().into(), e.to_string()))?;
+    }
+    Ok(bytes)
+}
+
+/// A layer name short enough for a plot axis: `3.image.attn.q_proj`, `3.text.adaLN`.
+pub fn short_layer_name(name: &str) -> String {
+    let s = name
+        .replace("multimodal_transformer_blocks.", "")
+        .replace("_transformer_block", "")
+        .replace("adaLN_modulation.layers.1", "adaLN")
+        .replace(".mlp.layers.", ".");
+    s
+}
+
+/// Which metric a sensitivity figure shows.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    Default,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    #[default]
+    Sqnr,
+    Mse,
+}
+
+impl Metric {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Sqnr => "SQNR (dB)",
+            Self::Mse => "MSE",
+        }
+    }
+
+    pub fn of(self, r: &crate::quant::sensitivity::BucketResult) -> f64 {
+        match self {
+            Self::Sqnr => r.sqnr_db,
+            Self::Mse => r.mse,
+        }
+    }
+
+    /// Orders "more sensitive first".
+    fn worse_first(self, a: f64, b: f64) -> std::cmp::Ordering {
+        match self {
+            Self::Sqnr => a.total_cmp(&b),
+            Self::Mse => b.total_cmp(&a),
+        }
+    }
+}
+
+/// Layers with results for `bits` in `bucket`, most sensitive first: `(name, value)`.
+pub fn ranking(
+    report: &SensitivityReport,
+    bits: i32,
+    bucket: &str,
+    metric: Metric,
+) -> Vec<(String, f64)> {
+    let mut v: Vec<(String, f64)> = report
+        .layers
+        .iter()
+        .filter_map(|l| {
+            l.results
+                .iter()
+                .find(|r| r.bits == bits && r.bucket == bucket)
+                .map(|r| (l.name.clone(), metric.of(r)))
+        })
+        .collect();
+    v.sort_by(|a, b| metric.worse_first(a.1, b.1));
+    v
+}
+
+/// Metric vs bits, one line per layer.
+pub fn bits_figure(
+    report: &SensitivityReport,
+    layers: &[String],
+    bucket: &str,
+    metric: Metric,
+) -> Figure {
+    let series = layers
+        .iter()
+        .filter_map(|name| report.layers.iter().find(|l| &l.name == name))
+        .map(|l| Series {
+            name: short_layer_name(&l.name),
+            points: l
+                .results
+                .iter()
+                .filter(|r| r.bucket == bucket)
+                .map(|r| (r.bits as f64, metric.of(r)))
+                .collect(),
+        })
+        .collect();
+    Figure::Lines {
+        title: format!("{} vs bits ({bucket})", metric.label()),
+        x_label: "bits".into(),
+        y_label: metric.label().into(),
+        series,
+        markers: Vec::new(),
+    }
+}
+
+/// Layers × buckets at one bit width.
+pub fn bucket_heatmap(
+    report: &SensitivityReport,
+    layers: &[String],
+    bits: i32,
+    metric: Metric,
+) -> Figure {
+    let buckets = ["early", "mid", "late", "all"];
+    let mut rows = Vec::new();
+    let mut values = Vec::new();
+    for name in layers {
+        let Some(l) = report.layers.iter().find(|l| &l.name == name) else {
+            continue;
+        };
+        rows.push(short_layer_name(name));
+        values.push(
+            buckets
+                .iter()
+                .map(|b| {
+                    l.results
+                        .iter()
+                        .find(|r| r.bits == bits && r.bucket == *b)
+                        // A capped SQNR means "did not move the output": blank, off the scale.
+                        .filter(|r| !(metric == Metric::Sqnr && r.sqnr_db >= MAX_SQNR_DB))
+                        .map_or(f64::NAN, |r| metric.of(r))
+                })
+                .collect(),
+        );
+    }
+    Figure::Heatmap {
+        title: format!("layer x bucket at {bits} bits (blank: no effect)"),
+        rows,
+        cols: buckets.iter().map(|b| b.to_string()).collect(),
+        values,
+        value_label: metric.label().into(),
+    }
+}
+
+/// The `n` most sensitive layers at `bits`.
+pub fn ranking_figure(
+    report: &SensitivityReport,
+    bits: i32,
+    bucket: &str,
+    metric: Metric,
+    n: usize,
+) -> Figure {
+    let top: Vec<(String, f64)> = ranking(report, bits, bucket, metric)
+        .into_iter()
+        .take(n)
+        .collect();
+    Figure::Bars {
+        title: format!("most sensitive layers at {bits} bits ({bucket})"),
+        labels: top.iter().map(|t| short_layer_name(&t.0)).collect(),
+        values: top.iter().map(|t| t.1).collect(),
+        value_label: metric.label().into(),
+    }
+}
+
+/// The Pareto front of plans with the chosen plan marked.
+pub fn pareto_figure(built: &BuiltPlan, objective: Objective) -> Figure {
+    let label = match objective {
+        Objective::Sqnr => "summed SQNR (dB)",
+        Objective::Mse => "summed MSE",
+    };
+    Figure::Lines {
+        title: "optimal plans: error vs average bits".into(),
+        x_label: "average bits per weight (scales included)".into(),
+        y_label: label.into(),
+        series: vec![Series {
+            name: "Pareto front".into(),
+            points: built.pareto.clone(),
+        }],
+        markers: vec![(
+            format!("plan at {:.3} bits", built.average_bits),
+            (built.average_bits, built.predicted_error),
+        )],
+    }
+}
+
+/// What a sensitivity report shows.
+#[derive(Debug, Clone)]
+pub struct SensitivityReportOptions {
+    pub metric: Metric,
+    pub bucket: String,
+    /// Bit width of the heatmap and the ranking (default: the lowest measured).
+    pub bits: Option<i32>,
+    /// Layers in the bits plot (default: the `top` most sensitive).
+    pub layers: Vec<String>,
+    pub top: usize,
+    /// Add a plan and its Pareto front at this target.
+    pub plan_target_bits: Option<f64>,
+}
+
+impl Default for SensitivityReportOptions {
+    fn default() -> Self {
+        Self {
+            metric: Metric::Sqnr,
+            bucket: "all".into(),
+            bits: None,
+            layers: Vec::new(),
+            top: 10,
+            plan_target_bits: None,
+        }
+    }
+}
+
+/// The figures of a sensitivity report, by file stem.
+pub fn sensitivity_figures(
+    report: &SensitivityReport,
+    opts: &SensitivityReportOptions,
+) -> Result<Vec<(String, Figure)>, ReportError> {
+    let bits = opts
+        .bits
+        .or_else(|| report.settings.bits.iter().min().copied())
+        .ok_or_else(|| ReportError::Data("the report has no bit widths".into()))?;
+    let ranked = ranking(report, bits, &opts.bucket, opts.metric);
+    let layers: Vec<String> = if opts.layers.is_empty() {
+        ranked.iter().take(opts.top).map(|r| r.0.clone()).collect()
+    } else {
+        opts.layers.clone()
+    };
+    let all_layers: Vec<String> = ranked.iter().map(|r| r.0.clone()).collect();
+    let mut figs = vec![
+        (
+            "bits".to_owned(),
+            bits_figure(report, &layers, &opts.bucket, opts.metric),
+        ),
+        (
+            "heatmap".to_owned(),
+            bucket_heatmap(report, &all_layers, bits, opts.metric),
+        ),
+        (
+            "ranking".to_owned(),
+            ranking_figure(report, bits, &opts.bucket, opts.metric, opts.top),
+        ),
+    ];
+    if let Some(target) = opts.plan_target_bits {
+        let built = build_plan(report, target, &[], Objective::Sqnr).map_err(ReportError::Data)?;
+        figs.push(("pareto".to_owned(), pareto_figure(&built, Objective::Sqnr)));
+    }
+    Ok(figs)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    crate::fsutil::write_atomic(path, bytes).map_err(|source| ReportError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes every figure as `<dir>/<stem>.svg` and `.png`; returns the paths.
+pub fn export_figures(
+    figs: &[(String, Figure)],
+    dir: &Path,
+    size: (u32, u32),
+) -> Result<Vec<PathBuf>, ReportError> {
+    let mut out = Vec::new();
+    for (stem, fig) in figs {
+        let svg = dir.join(format!("{stem}.svg"));
+        write(&svg, render_svg(fig, size)?.as_bytes())?;
+        let png = dir.join(format!("{stem}.png"));
+        write(&png, &render_png(fig, size)?)?;
+        out.extend([svg, png]);
+    }
+    Ok(out)
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Writes a sensitivity report: `output` ending in `.html` (self-contained, SVG inline) or
+/// `.md` (PNG figures in `<stem>_files/`), with `<stem>_data.csv` and `<stem>_data.json`
+/// beside it. Returns every file written.
+pub fn write_sensitivity_report(
+    report: &SensitivityReport,
+    output: &Path,
+    opts: &SensitivityReportOptions,
+) -> Result<Vec<PathBuf>, ReportError> {
+    let figs = sensitivity_figures(report, opts)?;
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "report".into());
+    let dir = output.parent().unwrap_or(Path::new("")).to_path_buf();
+    let mut written = Vec::new();
+    // Data beside the report.
+    let json_path = dir.join(format!("{stem}_data.json"));
+    let json =
+        serde_json::to_string_pretty(report).map_err(|e| ReportError::Data(e.to_string()))?;
+    write(&json_path, json.as_bytes())?;
+    let csv_path = dir.join(format!("{stem}_data.csv"));
+    let mut csv = String::from(
+        "name,block,kind,params,bits,group_size,bucket,mse,sqnr_db,cosine,n_samples\n",
+    );
+    for l in &report.layers {
+        for r in &l.results {
+            csv.push_str(&format!(
+                "{},{},{},{},{},{},{},{:e},{},{},{}\n",
+                l.name,
+                l.block.map_or(String::new(), |b| b.to_string()),
+                l.kind,
+                l.params,
+                r.bits,
+                r.group_size,
+                r.bucket,
+                r.mse,
+                r.sqnr_db,
+                r.cosine,
+                r.n_samples
+            ));
+        }
+    }
+    write(&csv_path, csv.as_bytes())?;
+    written.extend([json_path, csv_path]);
+    let s = &report.settings;
+    let bits = opts
+        .bits
+        .or_else(|| s.bits.iter().min().copied())
+        .unwrap_or(0);
+    let summary: Vec<(&str, String)> = vec![
+        ("model", s.model.clone()),
+        ("calibration directory", s.calib_dir.display().to_string()),
+        ("samples", s.samples.len().to_string()),
+        ("scope", s.metric_scope.clone()),
+        ("bit widths", format!("{:?}", s.bits)),
+        ("group size", s.group_size.to_string()),
+        ("layers measured", report.layers.len().to_string()),
+    ];
+    let top: Vec<(String, f64)> = ranking(report, bits, &opts.bucket, opts.metric)
+        .into_iter()
+        .take(opts.top)
+        .collect();
+    let is_html = output
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("htm"));
+    let body = if is_html {
+        let mut h = String::from(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>SD3 Lab sensitivity report</title>\n<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}figure{margin:1em 0}</style></head><body>\n<h1>SD3 Lab sensitivity report</h1>\n<table>\n",
+        );
+        for (k, v) in &summary {
+            h.push_str(&format!(
+                "<tr><th>{}</th><td>{}</td></tr>\n",
+                k,
+                html_escape(v)
+            ));
+        }
+        h.push_str("</table>\n");
+        for (_, fig) in &figs {
+            h.push_str(&format!(
+                "<figure><figcaption>{}</figcaption>\n{}\n</figure>\n",
+                html_escape(fig.title()),
+                render_svg(fig, (900, 520))?
+            ));
+        }
+        h.push_str(&format!(
+            "<h2>Most sensitive layers at {bits} bits ({})</h2>\n<table><tr><th>layer</th><th>{}</th></tr>\n",
+            html_escape(&opts.bucket),
+            opts.metric.label()
+        ));
+        for (name, v) in &top {
+            h.push_str(&format!(
+                "<tr><td>{}</td><td>{v:.4}</td></tr>\n",
+                html_escape(name)
+            ));
+        }
+        h.push_str(&format!(
+            "</table>\n<p>Data: <a href=\"{stem}_data.csv\">{stem}_data.csv</a>, <a href=\"{stem}_data.json\">{stem}_data.json</a></p>\n</body></html>\n"
+        ));
+        h
+    } else {
+        let files = dir.join(format!("{stem}_files"));
+        let mut m = String::from("# SD3 Lab sensitivity report\n\n| | |\n|---|---|\n");
+        for (k, v) in &summary {
+            m.push_str(&format!("| {k} | {v} |\n"));
+        }
+        m.push('\n');
+        for (fstem, fig) in &figs {
+            let png = files.join(format!("{fstem}.png"));
+            write(&png, &render_png(fig, (900, 520))?)?;
+            written.push(png);
+            m.push_str(&format!("![{}]({stem}_files/{fstem}.png)\n\n", fig.title()));
+        }
+        m.push_str(&format!(
+            "## Most sensitive layers at {bits} bits ({})\n\n| layer | {} |\n|---|---|\n",
+            opts.bucket,
+            opts.metric.label()
+        ));
+        for (name, v) in &top {
+            m.push_str(&format!("| `{name}` | {v:.4} |\n"));
+        }
+        m.push_str(&format!(
+            "\nData: [{stem}_data.csv]({stem}_data.csv), [{stem}_data.json]({stem}_data.json)\n"
+        ));
+        m
+    };
+    write(output, body.as_bytes())?;
+    written.push(output.to_owned());
+    Ok(written)
+}
+
+/// Per-bucket counts as a bar figure (the Samples tab's report).
+pub fn bucket_counts_figure(counts: &BTreeMap<String, usize>) -> Figure {
+    Figure::Bars {
+        title: "samples per step bucket".into(),
+        labels: counts.keys().cloned().collect(),
+        values: counts.values().map(|&v| v as f64).collect(),
+        value_label: "samples".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines() -> Figure {
+        Figure::Lines {
+            title: "SQNR vs bits".into(),
+            x_label: "bits".into(),
+            y_label: "dB".into(),
+            series: vec![
+                Series {
+                    name: "0.image.mlp.fc1".into(),
+                    points: vec![(2.0, 5.0), (4.0, 17.0), (8.0, 40.0)],
+                },
+                Series {
+                    name: "1.text.attn.q_proj".into(),
+                    points: vec![(2.0, 9.0), (4.0, 21.0), (8.0, 45.0)],
+                },
+            ],
+            markers: vec![("plan".into(), (4.0, 19.0))],
+        }
+    }
+
+    #[test]
+    fn svg_holds_titles_series_and_is_deterministic() {
+        let svg = render_svg(&lines(), (640, 400)).unwrap();
+        for text in [
+            "SQNR vs bits",
+            "0.image.mlp.fc1",
+            "1.text.attn.q_proj",
+            "plan",
+            "bits",
+        ] {
+            assert!(svg.contains(text), "{text} missing");
+        }
+        assert!(svg.contains("<polyline") || svg.contains("<path"));
+        assert_eq!(svg, render_svg(&lines(), (640, 400)).unwrap());
+    }
+
+    #[test]
+    fn png_draws_the_series_colours() {
+        let png = render_png(&lines(), (640, 400)).unwrap();
+        let decoder = png::Decoder::new(std::io::Cursor::new(&png));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (640, 400));
+        let count = |c: (u8, u8, u8)| buf.chunks(3).filter(|p| (p[0], p[1], p[2]) == c).count();
+        assert!(count(palette(0)) > 50 && count(palette(1)) > 50);
+        // Text was rasterised with the embedded font: dark pixels beyond the axes' lines.
+        assert!(
+            buf.chunks(3)
+                .filter(|p| p[0] < 80 && p[1] < 80 && p[2] < 80)
+                .count()
+                > 500
+        );
+    }
+
+    #[test]
+    fn short_names() {
+        assert_eq!(
+            short_layer_name("multimodal_transformer_blocks.3.image_transformer_block.attn.q_proj"),
+            "3.image.attn.q_proj"
+        );
+        assert_eq!(
+            short_layer_name(
+                "multimodal_transformer_blocks.12.text_transformer_block.adaLN_modulation.layers.1"
+            ),
+            "12.text.adaLN"
+        );
+        assert_eq!(short_layer_name("t_embedder.mlp.layers.0"), "t_embedder.0");
+    }
+}
