@@ -31,7 +31,8 @@ fi
 # ---------------------------------------------------------------- 1. system packages
 if [ "$os" = Linux ] && [ "$want_apt" = 1 ] && command -v apt-get >/dev/null; then
   pkgs=(cmake libclang-dev libopenblas0-pthread python3-venv xvfb xauth
-        libxkbcommon-x11-0 libegl1 libgl1-mesa-dri)
+        libxkbcommon-x11-0 libegl1 libegl-mesa0 libgl1-mesa-dri libwayland-client0
+        libx11-xcb1 libxcursor1 libxi6 libxrandr2)
   missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

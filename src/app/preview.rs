@@ -54,7 +54,9 @@ impl LatentLayout {
         } else {
             return None;
         };
-        if s[2] <= 64 && s[2] < s[0] {
+        // SD3 latents have 16 channels; NHWC (what MLX and DiffusionKit write) wins ties.
+        let channels_last = s[2] == 16 || (s[0] != 16 && s[2] <= 64 && s[2] < s[0]);
+        if channels_last {
             Some(Self {
                 channels: s[2],
                 height: s[0],
@@ -122,7 +124,7 @@ pub fn latent_grid(data: &[f32], l: &LatentLayout, ranges: &[(f32, f32)], cols: 
     let cols = cols.clamp(1, l.channels.max(1));
     let rows = l.channels.div_ceil(cols);
     let (cw, ch) = (l.width + 1, l.height + 1);
-    let mut p = Picture::new(cols * cw - 1, rows * ch - 1, 255);
+    let mut p = Picture::new(cols * cw - 1, rows * ch - 1, 40);
     for c in 0..l.channels {
         let (gx, gy) = ((c % cols) * cw, (c / cols) * ch);
         let (lo, hi) = ranges.get(c).copied().unwrap_or((0.0, 1.0));
@@ -297,6 +299,8 @@ mod tests {
 
     #[test]
     fn latent_layouts_and_grid() {
+        let small = LatentLayout::from_shape(&[1, 8, 8, 16]).unwrap();
+        assert!(small.channels_last && small.channels == 16);
         let l = LatentLayout::from_shape(&[1, 8, 6, 16]).unwrap();
         assert!(l.channels_last && l.channels == 16 && l.height == 8 && l.width == 6);
         let l2 = LatentLayout::from_shape(&[1, 16, 8, 6]).unwrap();
@@ -310,7 +314,7 @@ mod tests {
         let px = |x: usize, y: usize| &g.rgb[(y * g.width + x) * 3..(y * g.width + x) * 3 + 3];
         assert_eq!(px(0, 0), viridis(0.0));
         assert_eq!(px(3 * 7, 3 * 9), viridis(1.0)); // channel 15, bottom right cell
-        assert_eq!(px(6, 0), [255, 255, 255]); // the gap
+        assert_eq!(px(6, 0), [40, 40, 40]); // the gap
         let nhwc = l2.to_nhwc(&(0..16 * 8 * 6).map(|i| i as f32).collect::<Vec<_>>());
         assert_eq!(nhwc[1], (8 * 6) as f32); // (y0, x0, c1) of NCHW
     }

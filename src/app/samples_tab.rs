@@ -76,6 +76,8 @@ pub struct SamplesTab {
     loading: Option<(String, Receiver<Result<SampleTensors, String>>)>,
     decoded: HashMap<String, Result<RgbImage, String>>,
     decode_pending: Option<String>,
+    /// The selected sample's file, as of the last frame.
+    wanted: Option<String>,
     picker: Picker,
 }
 
@@ -98,7 +100,10 @@ impl SamplesTab {
 
     /// True while the selected sample's previews are still coming.
     pub fn waiting_for_previews(&self) -> bool {
-        self.loading.is_some() || self.decode_pending.is_some()
+        let held = self.tensors.as_ref().map(|t| &t.file);
+        self.loading.is_some()
+            || self.decode_pending.is_some()
+            || (self.wanted.is_some() && self.wanted.as_ref() != held)
     }
 
     pub fn handle(&mut self, event: &Event, _shared: &mut Shared) {
@@ -134,16 +139,17 @@ impl SamplesTab {
             self.loading = None;
             match r {
                 Ok(t) => {
-                    if !self.decoded.contains_key(&t.file) && self.decode_pending.is_none() {
-                        if let Some(l) = LatentLayout::from_shape(&t.x_shape) {
-                            shared.worker.send(Command::DecodeLatent {
-                                key: t.file.clone(),
-                                model: o.model.clone(),
-                                latent: l.to_nhwc(&t.x),
-                                shape: (l.height, l.width, l.channels),
-                            });
-                            self.decode_pending = Some(t.file.clone());
-                        }
+                    if !self.decoded.contains_key(&t.file)
+                        && self.decode_pending.is_none()
+                        && let Some(l) = LatentLayout::from_shape(&t.x_shape)
+                    {
+                        shared.worker.send(Command::DecodeLatent {
+                            key: t.file.clone(),
+                            model: o.model.clone(),
+                            latent: l.to_nhwc(&t.x),
+                            shape: (l.height, l.width, l.channels),
+                        });
+                        self.decode_pending = Some(t.file.clone());
                     }
                     self.tensors = Some(t);
                 }
@@ -228,7 +234,7 @@ impl SamplesTab {
                     for i in range {
                         let m = metas[i];
                         let text = format!(
-                            "img {:>4} step {:>3} [{}] t={:.0}",
+                            "img {:>4} step {:>3} {:<5} t={:.0}",
                             m.image,
                             m.step,
                             m.bucket.name(),
@@ -250,6 +256,10 @@ impl SamplesTab {
                 }
             });
         });
+        self.wanted = self
+            .selected
+            .and_then(|i| metas.get(i))
+            .map(|m| m.file.clone());
     }
 
     fn keyboard(&mut self, ui: &egui::Ui, metas: &[&SampleMeta]) {
@@ -295,37 +305,60 @@ impl SamplesTab {
         shared: &mut Shared,
     ) {
         ui.heading(format!("Sample: image {} step {}", meta.image, meta.step));
-        egui::Grid::new("sample-meta").striped(true).show(ui, |ui| {
-            let row = |ui: &mut egui::Ui, k: &str, v: String| {
-                ui.label(k);
-                ui.label(v);
-                ui.end_row();
-            };
-            row(ui, "file", meta.file.clone());
-            row(ui, "image", meta.image.to_string());
-            row(ui, "step", meta.step.to_string());
-            row(ui, "bucket", meta.bucket.name().to_owned());
-            row(ui, "timestep", format!("{:.4}", meta.timestep));
-            row(ui, "sigma", format!("{:.6}", meta.sigma));
-            row(ui, "size", human_bytes(meta.file_size));
-            for (k, t) in &meta.tensors {
-                row(ui, k.name(), format!("{:?} {:?}", t.shape, t.dtype));
+        let ctx = ui.ctx().clone();
+        let tensors = self.tensors.clone().filter(|t| t.file == meta.file);
+        let layout = tensors
+            .as_ref()
+            .and_then(|t| LatentLayout::from_shape(&t.x_shape));
+        ui.horizontal_top(|ui| {
+            ui.vertical(|ui| {
+                egui::Grid::new("sample-meta").striped(true).show(ui, |ui| {
+                    let row = |ui: &mut egui::Ui, k: &str, v: String| {
+                        ui.label(k);
+                        ui.label(v);
+                        ui.end_row();
+                    };
+                    row(ui, "file", meta.file.clone());
+                    row(ui, "image", meta.image.to_string());
+                    row(ui, "step", meta.step.to_string());
+                    row(ui, "bucket", meta.bucket.name().to_owned());
+                    row(ui, "timestep", format!("{:.4}", meta.timestep));
+                    row(ui, "sigma", format!("{:.6}", meta.sigma));
+                    row(ui, "size", human_bytes(meta.file_size));
+                    for (k, t) in &meta.tensors {
+                        row(ui, k.name(), format!("{:?} {:?}", t.shape, t.dtype));
+                    }
+                });
+            });
+            if let (Some(t), Some(layout)) = (&tensors, layout) {
+                self.latent_previews(ui, &ctx, t, layout, o, shared);
             }
         });
         ui.separator();
-        let ctx = ui.ctx().clone();
-        let Some(t) = self.tensors.as_ref().filter(|t| t.file == meta.file) else {
+        let Some(t) = tensors else {
             ui.horizontal(|ui| {
                 ui.spinner();
                 ui.label("loading tensors...");
             });
             return;
         };
-        let Some(layout) = LatentLayout::from_shape(&t.x_shape) else {
+        if layout.is_none() {
             ui.label(format!("x has an unexpected shape {:?}", t.x_shape));
             return;
-        };
-        ui.horizontal_top(|ui| {
+        }
+        self.tensor_plots(ui, &ctx, &t, shared);
+    }
+
+    fn latent_previews(
+        &mut self,
+        ui: &mut egui::Ui,
+        ctx: &egui::Context,
+        t: &SampleTensors,
+        layout: LatentLayout,
+        o: &Options,
+        shared: &mut Shared,
+    ) {
+        {
             ui.vertical(|ui| {
                 ui.label(format!(
                     "latent x: {} channels of {}x{} ({} scale)",
@@ -340,21 +373,21 @@ impl SamplesTab {
                 ));
                 let ranges = preview::channel_ranges(&t.x, &layout, o.shared_scale);
                 let key = format!("grid:{}:{}", t.file, o.shared_scale);
-                let tex = shared.textures.get_or_insert(
-                    &ctx,
-                    &key,
-                    egui::TextureOptions::NEAREST,
-                    || preview::latent_grid(&t.x, &layout, &ranges, 4).to_color_image(),
-                );
-                let scale = (360.0 / tex.size_vec2().x).max(1.0);
+                let tex =
+                    shared
+                        .textures
+                        .get_or_insert(ctx, &key, egui::TextureOptions::NEAREST, || {
+                            preview::latent_grid(&t.x, &layout, &ranges, 4).to_color_image()
+                        });
+                let scale = (300.0 / tex.size_vec2().x).max(1.0);
                 ui.image((tex.id(), tex.size_vec2() * scale));
                 let bar = shared.textures.get_or_insert(
-                    &ctx,
+                    ctx,
                     "bar:viridis",
                     egui::TextureOptions::LINEAR,
                     || preview::colour_bar(preview::viridis, 256, false).to_color_image(),
                 );
-                ui.image((bar.id(), egui::vec2(360.0, 12.0)));
+                ui.image((bar.id(), egui::vec2(300.0, 12.0)));
                 if o.shared_scale {
                     let (lo, hi) = ranges.first().copied().unwrap_or((0.0, 0.0));
                     ui.label(format!("{lo:.3} ... {hi:.3}"));
@@ -368,7 +401,7 @@ impl SamplesTab {
                     Some(Ok(img)) => {
                         let key = format!("vae:{}:{}", o.model, t.file);
                         let tex = shared.textures.get_or_insert(
-                            &ctx,
+                            ctx,
                             &key,
                             egui::TextureOptions::LINEAR,
                             || egui::ColorImage::from_rgb([img.width, img.height], &img.pixels),
@@ -384,15 +417,23 @@ impl SamplesTab {
                     }
                 }
             });
-        });
-        ui.separator();
+        }
+    }
+
+    fn tensor_plots(
+        &mut self,
+        ui: &mut egui::Ui,
+        ctx: &egui::Context,
+        t: &SampleTensors,
+        shared: &mut Shared,
+    ) {
         let (heat, scale) = {
             let key = format!("cond:{}", t.file);
             let mut scale = 0.0;
             let tex =
                 shared
                     .textures
-                    .get_or_insert(&ctx, &key, egui::TextureOptions::NEAREST, || {
+                    .get_or_insert(ctx, &key, egui::TextureOptions::NEAREST, || {
                         let (p, s) = preview::conditioning_heatmap(
                             &t.conditioning,
                             &t.conditioning_shape,

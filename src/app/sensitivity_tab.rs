@@ -43,6 +43,16 @@ pub struct Options {
     pub target_bits: f64,
     pub objective: Objective,
     pub plan_path: String,
+    pub view: View,
+}
+
+/// What the results area shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum View {
+    #[default]
+    Plots,
+    Heatmap,
+    Plan,
 }
 
 impl Default for Options {
@@ -66,6 +76,7 @@ impl Default for Options {
             target_bits: 4.5,
             objective: Objective::Sqnr,
             plan_path: "plan.json".into(),
+            view: View::Plots,
         }
     }
 }
@@ -430,53 +441,67 @@ impl SensitivityTab {
             .map(|(n, _)| n.clone())
             .collect();
         let shown: Vec<String> = filtered.iter().take(10).cloned().collect();
-        ui.separator();
-        ui.label(format!(
-            "{} vs bits, the {} most sensitive of {} filtered layers",
-            o.metric.label(),
-            shown.len(),
-            filtered.len()
-        ));
-        let fig = report::bits_figure(&report, &shown, &o.bucket, o.metric);
-        lines_plot(ui, "bits-plot", &fig, 260.0);
-        ui.separator();
-        ui.label(format!(
-            "layer x bucket at {} bits ({})",
-            o.plot_bits,
-            o.metric.label()
-        ));
-        let heat = report::bucket_heatmap(
-            &report,
-            &filtered.iter().take(40).cloned().collect::<Vec<_>>(),
-            o.plot_bits,
-            o.metric,
-        );
-        heatmap(ui, &heat);
-        ui.separator();
-        ui.label(format!(
-            "most sensitive layers at {} bits ({})",
-            o.plot_bits, o.bucket
-        ));
-        egui::Grid::new("ranking").striped(true).show(ui, |ui| {
-            ui.label("#");
-            ui.label("layer");
-            ui.label(o.metric.label());
-            ui.end_row();
-            for (i, name) in filtered.iter().take(15).enumerate() {
-                let v = ranked
-                    .iter()
-                    .find(|r| &r.0 == name)
-                    .map_or(f64::NAN, |r| r.1);
-                ui.label((i + 1).to_string());
-                ui.label(name);
-                ui.label(format!("{v:.4}"));
-                ui.end_row();
+        ui.horizontal(|ui| {
+            ui.label("View");
+            for (v, label) in [
+                (View::Plots, "Plots and ranking"),
+                (View::Heatmap, "Layer x bucket heatmap"),
+                (View::Plan, "Plan builder"),
+            ] {
+                ui.selectable_value(&mut o.view, v, label);
             }
         });
-        ui.separator();
-        self.plan_ui(ui, o, &report);
-        ui.separator();
         self.export_ui(ui, o, &report);
+        ui.separator();
+        match o.view {
+            View::Plots => {
+                ui.label(format!(
+                    "{} vs bits, the {} most sensitive of {} filtered layers",
+                    o.metric.label(),
+                    shown.len(),
+                    filtered.len()
+                ));
+                let fig = report::bits_figure(&report, &shown, &o.bucket, o.metric);
+                lines_plot(ui, "bits-plot", &fig, 300.0);
+                ui.separator();
+                ui.label(format!(
+                    "most sensitive layers at {} bits ({})",
+                    o.plot_bits, o.bucket
+                ));
+                egui::Grid::new("ranking").striped(true).show(ui, |ui| {
+                    ui.label("#");
+                    ui.label("layer");
+                    ui.label(o.metric.label());
+                    ui.end_row();
+                    for (i, name) in filtered.iter().take(15).enumerate() {
+                        let v = ranked
+                            .iter()
+                            .find(|r| &r.0 == name)
+                            .map_or(f64::NAN, |r| r.1);
+                        ui.label((i + 1).to_string());
+                        ui.label(name);
+                        ui.label(format!("{v:.4}"));
+                        ui.end_row();
+                    }
+                });
+            }
+            View::Heatmap => {
+                ui.label(format!(
+                    "layer x bucket at {} bits ({}), the {} most sensitive filtered layers; blank: no effect",
+                    o.plot_bits,
+                    o.metric.label(),
+                    filtered.len().min(40)
+                ));
+                let heat = report::bucket_heatmap(
+                    &report,
+                    &filtered.iter().take(40).cloned().collect::<Vec<_>>(),
+                    o.plot_bits,
+                    o.metric,
+                );
+                heatmap(ui, &heat);
+            }
+            View::Plan => self.plan_ui(ui, o, &report),
+        }
     }
 
     fn plan_ui(&mut self, ui: &mut egui::Ui, o: &mut Options, report: &SensitivityReport) {
@@ -553,7 +578,6 @@ impl SensitivityTab {
     }
 
     fn export_ui(&mut self, ui: &mut egui::Ui, o: &Options, report: &SensitivityReport) {
-        ui.heading("Export");
         let base = Path::new(&o.report_path)
             .parent()
             .map(Path::to_path_buf)
@@ -567,6 +591,7 @@ impl SensitivityTab {
             plan_target_bits: Some(o.target_bits),
         };
         ui.horizontal(|ui| {
+            ui.label("Export");
             if ui.button("Export plots (PNG + SVG)").clicked() {
                 let dir = base.join("figures");
                 let r = report::sensitivity_figures(report, &opts)

@@ -341,12 +341,10 @@ pub fn render_png(fig: &Figure, size: (u32, u32)) -> Result<Vec<u8>, ReportError
 
 /// A layer name short enough for a plot axis: `3.image.attn.q_proj`, `3.text.adaLN`.
 pub fn short_layer_name(name: &str) -> String {
-    let s = name
-        .replace("multimodal_transformer_blocks.", "")
+    name.replace("multimodal_transformer_blocks.", "")
         .replace("_transformer_block", "")
         .replace("adaLN_modulation.layers.1", "adaLN")
-        .replace(".mlp.layers.", ".");
-    s
+        .replace(".mlp.layers.", ".")
 }
 
 /// Which metric a sensitivity figure shows.

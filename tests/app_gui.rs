@@ -1,0 +1,311 @@
+//! The desktop app driven headless with egui_kittest: tab switching, a calibration folder's
+//! counts per bucket and a sample's metadata, a calibration run started and cancelled from the
+//! Generate tab, the sensitivity plots, plan builder and exports from a fixture, and snapshots
+//! of each tab rendered by wgpu on the software renderer.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use sd3lab::app::{GuiOptions, SdApp, Tab};
+use sd3lab::calibrate::{CalibrateConfig, run_calibration};
+use sd3lab::job::CancelToken;
+use sd3lab::model::config::ModelDtype;
+
+fn harness(options: GuiOptions) -> Harness<'static, SdApp> {
+    Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_eframe(move |cc| SdApp::new(cc, options))
+}
+
+fn options(tab: Tab) -> GuiOptions {
+    GuiOptions {
+        tab: Some(tab),
+        persist: false,
+        ..GuiOptions::default()
+    }
+}
+
+/// Steps the app until `done` holds (the worker and helper threads run meanwhile).
+fn wait_until(h: &mut Harness<'static, SdApp>, what: &str, mut done: impl FnMut(&SdApp) -> bool) {
+    let start = Instant::now();
+    h.step(); // let the UI see the latest changes first
+    while !done(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "timed out waiting for {what}"
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.step();
+    h.step();
+}
+
+fn calibration(dir: &Path, images: usize, steps: usize) {
+    let cfg = CalibrateConfig {
+        model: "tiny".into(),
+        num_images: images,
+        num_steps: steps,
+        cfg_weight: 5.0,
+        calib_dir: dir.to_owned(),
+        prompt_csv: None,
+        seed: 0,
+        height: 64,
+        width: 64,
+        dtype: ModelDtype::Float32,
+        negative_prompt: String::new(),
+        overwrite: false,
+        force: false,
+    };
+    run_calibration(&cfg, &CancelToken::new(), &mut |_| {}).unwrap();
+}
+
+/// The tiny model lives in the user's cache; the tests share one under target/.
+fn use_test_cache() {
+    // SAFETY: set once, before any thread of this test reads the environment.
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("app-cache");
+    unsafe {
+        std::env::set_var("SD3LAB_CACHE_DIR", &cache);
+        std::env::set_var("HF_HUB_CACHE", cache.join("no-hub"));
+    }
+}
+
+/// The status bar shows memory figures and the disk estimate free space, which vary by machine.
+fn mask_varying(h: &mut Harness<'static, SdApp>) {
+    h.mask(egui::Rect::from_min_max(
+        egui::pos2(0.0, 770.0),
+        egui::pos2(1280.0, 800.0),
+    ));
+    let mut rects: Vec<egui::Rect> = h
+        .query_all_by_label_contains("Disk: about")
+        .map(|n| n.rect())
+        .collect();
+    // Text fields holding temporary paths.
+    for label in ["Report", "Plan file", "Calibration folder", "Output folder"] {
+        rects.extend(h.query_all_by_label(label).map(|n| n.rect()));
+    }
+    for r in rects {
+        h.mask(r);
+    }
+}
+
+#[test]
+fn switching_tabs_shows_each_tab() {
+    use_test_cache();
+    let mut h = harness(options(Tab::Generate));
+    h.run_steps(3);
+    assert!(h.query_by_label("Calibration data").is_some());
+    h.get_by_label("Samples").click();
+    h.run_steps(2);
+    assert_eq!(h.state().persisted.tab, Tab::Samples);
+    assert!(
+        h.query_by_label("Open a calibration folder to browse its samples.")
+            .is_some()
+    );
+    h.get_by_label("Sensitivity").click();
+    h.run_steps(2);
+    assert_eq!(h.state().persisted.tab, Tab::Sensitivity);
+    assert!(
+        h.query_by_label("Open a sensitivity.json or run a sweep.")
+            .is_some()
+    );
+    h.get_by_label("Generate").click();
+    h.run_steps(2);
+    assert_eq!(h.state().persisted.tab, Tab::Generate);
+    wait_until(&mut h, "the worker", |a| !a.busy());
+    mask_varying(&mut h);
+    h.snapshot("generate_tab");
+}
+
+#[test]
+fn samples_tab_counts_buckets_and_shows_a_sample() {
+    use_test_cache();
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("calib");
+    calibration(&dir, 2, 3);
+    let mut h = harness(GuiOptions {
+        calib_dir: Some(dir.clone()),
+        ..options(Tab::Samples)
+    });
+    wait_until(&mut h, "the folder and the first previews", |a| {
+        a.samples.set.is_some() && !a.busy() && !a.samples.waiting_for_previews()
+    });
+    // 2 images × 3 steps: one step per bucket each.
+    assert!(
+        h.query_by_label_contains(
+            "2 images x 3 steps; 6 samples selected (early 2, mid 2, late 2)"
+        )
+        .is_some()
+    );
+    assert!(h.query_by_label("no problems found").is_some());
+    // Select image 1, step 2 and read its metadata.
+    h.get_by_label_contains("img    1 step   2 late").click();
+    wait_until(&mut h, "the sample's previews", |a| {
+        a.samples.selected == Some(5) && !a.samples.waiting_for_previews()
+    });
+    assert!(h.query_by_label("samples/000001_002.npz").is_some());
+    assert_eq!(
+        h.get_all_by_label("late").count(),
+        2,
+        "the bucket filter and the sample's bucket"
+    );
+    assert!(h.query_by_label("[2, 154, 4096] Float32").is_some());
+    assert!(
+        h.query_by_label_contains("latent x: 16 channels of 8x8")
+            .is_some()
+    );
+    // Keyboard: up goes to the previous sample.
+    h.key_press(egui::Key::ArrowUp);
+    h.run_steps(2);
+    assert_eq!(h.state().samples.selected, Some(4));
+    wait_until(&mut h, "previews", |a| !a.samples.waiting_for_previews());
+    // The bucket filter narrows the list.
+    h.state_mut().persisted.samples.bucket = Some(sd3lab::calib::Bucket::Mid);
+    h.run_steps(2);
+    assert!(
+        h.query_by_label_contains("2 samples selected (early 0, mid 2, late 0)")
+            .is_some()
+    );
+    h.state_mut().persisted.samples.bucket = None;
+    h.state_mut().samples.selected = Some(0);
+    wait_until(&mut h, "previews", |a| !a.samples.waiting_for_previews());
+    mask_varying(&mut h);
+    h.snapshot("samples_tab");
+}
+
+#[test]
+fn generate_tab_writes_a_calibration_run_and_cancels_one() {
+    use_test_cache();
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("run");
+    let mut h = harness(options(Tab::Generate));
+    {
+        let g = &mut h.state_mut().persisted.generate;
+        g.calib_dir = dir.display().to_string();
+        g.num_images = 2;
+        g.num_steps = 3;
+        g.height = 64;
+        g.width = 64;
+    }
+    h.run_steps(2);
+    h.get_by_label("Start").click();
+    h.run_steps(2);
+    assert!(h.state().generate.is_running());
+    wait_until(&mut h, "the calibration run", |a| !a.generate.is_running());
+    let msg = format!("{:?}", h.state().generate.message);
+    assert!(msg.contains("done: 2 of 2 images"), "{msg}");
+    assert_eq!(
+        std::fs::read_dir(dir.join("samples")).unwrap().count(),
+        6,
+        "one npz per (image, step)"
+    );
+    assert!(dir.join("images/000001.png").is_file() && dir.join("manifest.json").is_file());
+    assert_eq!(h.state().generate.gallery.len(), 2);
+    assert!(h.query_by_label_contains("gallery: 2 images").is_some());
+
+    // A longer run, cancelled after its first new image; Start resumes it later.
+    h.state_mut().persisted.generate.num_images = 40;
+    h.run_steps(2);
+    h.get_by_label("Start / Resume").click();
+    wait_until(&mut h, "a new image", |a| {
+        a.generate.progress.images_done >= 3
+    });
+    h.get_by_label("Cancel").click();
+    wait_until(&mut h, "the cancellation", |a| !a.generate.is_running());
+    let msg = format!("{:?}", h.state().generate.message);
+    assert!(msg.contains("cancelled"), "{msg}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let done = manifest["n_completed"].as_u64().unwrap();
+    assert!((3..40).contains(&done), "n_completed {done}");
+}
+
+fn fixture(root: &Path) -> PathBuf {
+    let p = root.join("sens/sensitivity.json");
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sensitivity-tiny.json"),
+        &p,
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
+    use_test_cache();
+    let root = tempfile::tempdir().unwrap();
+    let json = fixture(root.path());
+    let mut h = harness(GuiOptions {
+        sensitivity: Some(json.clone()),
+        ..options(Tab::Sensitivity)
+    });
+    wait_until(&mut h, "the report", |a| {
+        a.sensitivity.report.is_some() && !a.busy()
+    });
+    assert!(
+        h.query_by_label_contains("32 layers | scope model | bits [2, 4, 8]")
+            .is_some()
+    );
+    assert!(
+        h.query_by_label("SQNR (dB) vs bits, the 10 most sensitive of 31 filtered layers")
+            .is_some()
+    );
+    // The ranking's first row is the most sensitive layer at 2 bits.
+    assert!(h.query_by_label("y_embedder.mlp.layers.2").is_some());
+    // Filter by kind.
+    h.state_mut().persisted.sensitivity.kind = Some("adaln".into());
+    h.run_steps(2);
+    assert!(
+        h.query_by_label("SQNR (dB) vs bits, the 5 most sensitive of 5 filtered layers")
+            .is_some()
+    );
+    h.state_mut().persisted.sensitivity.kind = None;
+    // The heatmap view.
+    h.get_by_label("Layer x bucket heatmap").click();
+    h.run_steps(2);
+    assert!(
+        h.query_by_label_contains("layer x bucket at 2 bits (SQNR (dB)), the 31 most sensitive")
+            .is_some()
+    );
+    // The plan builder: save the plan; then export a report.
+    h.get_by_label("Plan builder").click();
+    h.run_steps(2);
+    assert!(
+        h.query_by_label_contains("average 4.").is_some(),
+        "plan summary"
+    );
+    let plan = root.path().join("plan.json");
+    h.state_mut().persisted.sensitivity.plan_path = plan.display().to_string();
+    h.run_steps(2);
+    h.get_by_label("Save plan").click();
+    h.run_steps(2);
+    let text = std::fs::read_to_string(&plan)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", h.state().sensitivity.message));
+    let p: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(p["average_bits"].as_f64().unwrap() <= 4.5 + 1e-9);
+    assert!(!p["layers"].as_object().unwrap().is_empty());
+    h.get_by_label("Report (HTML)").click();
+    h.run_steps(2);
+    let html = std::fs::read_to_string(root.path().join("sens/report.html")).unwrap();
+    for needle in [
+        "<svg",
+        "SQNR (dB) vs bits",
+        "layer x bucket",
+        "y_embedder",
+        "Pareto front",
+    ] {
+        assert!(html.contains(needle), "{needle} missing from the report");
+    }
+    h.get_by_label("Export plots (PNG + SVG)").click();
+    h.run_steps(2);
+    let svg = std::fs::read_to_string(root.path().join("sens/figures/ranking.svg")).unwrap();
+    assert!(svg.contains("most sensitive layers at 2 bits") && svg.contains("y_embedder.2"));
+    assert!(root.path().join("sens/figures/pareto.png").is_file());
+    h.state_mut().sensitivity.message = None;
+    h.run_steps(2);
+    mask_varying(&mut h);
+    h.snapshot("sensitivity_tab");
+}
