@@ -1027,9 +1027,10 @@ mod tests {
         let x = [1.0, 2.0, 3.0, 4.0, 5.0];
         assert!((spearman(&x, &[10.0, 20.0, 25.0, 80.0, 90.0]) - 1.0).abs() < 1e-12);
         assert!((spearman(&x, &[5.0, 4.0, 3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
-        // scipy.stats.spearmanr([1,2,3,4,5], [1,3,2,2,5]) = 0.7378647873726218
+        // Ties: ranks of [1,3,2,2,5] are [1,4,2.5,2.5,5]; centred, Σxy = 6.5, Σx² = 10,
+        // Σy² = 9.5, so rho = 6.5/√95 (scipy.stats.spearmanr's definition).
         let rho = spearman(&x, &[1.0, 3.0, 2.0, 2.0, 5.0]);
-        assert!((rho - 0.7378647873726218).abs() < 1e-12, "{rho}");
+        assert!((rho - 6.5 / 95f64.sqrt()).abs() < 1e-12, "{rho}");
         assert_eq!(ranks(&[3.0, 1.0, 3.0]), vec![2.5, 1.0, 2.5]);
         assert!(spearman(&[1.0], &[2.0]).is_nan());
     }
