@@ -249,6 +249,7 @@ impl GenerateTab {
         if self.scanned.as_ref() != Some(&dir) && self.job.is_none() {
             self.gallery = scan_gallery(&dir);
             self.scanned = Some(dir.clone());
+            self.selected = self.gallery.last().map(|g| g.image);
         }
         for g in &mut self.gallery {
             if g.path.as_os_str().is_empty() {

@@ -107,13 +107,22 @@ impl Shared {
 /// Frame times of the UI thread.
 #[derive(Default)]
 pub struct FrameStats {
+    /// Time in `App::ui` (building the UI, draining events), ms.
     pub frames_ms: Vec<f64>,
+    /// eframe's CPU time for the whole frame (UI, tessellation, painting), ms, as reported
+    /// one frame later.
+    pub full_frames_ms: Vec<f64>,
 }
 
 impl FrameStats {
-    /// `(p50, p99, max)` in ms.
+    /// `(p50, p99, max)` in ms of `frames_ms`.
     pub fn percentiles(&self) -> (f64, f64, f64) {
-        let mut v = self.frames_ms.clone();
+        Self::percentiles_of(&self.frames_ms)
+    }
+
+    /// `(p50, p99, max)` of any series.
+    pub fn percentiles_of(v: &[f64]) -> (f64, f64, f64) {
+        let mut v = v.to_vec();
         if v.is_empty() {
             return (0.0, 0.0, 0.0);
         }
@@ -337,8 +346,13 @@ fn options_calib_given(o: &GuiOptions) -> bool {
 }
 
 impl eframe::App for SdApp {
-    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+    fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
         let start = Instant::now();
+        if self.options.frame_stats.is_some()
+            && let Some(cpu) = frame.info().cpu_usage
+        {
+            self.stats.full_frames_ms.push(cpu as f64 * 1e3);
+        }
         let ctx = ui.ctx().clone();
         let more = self.drain_events(Duration::from_millis(8));
         self.generate.poll(&ctx, &mut self.shared);
@@ -382,15 +396,21 @@ impl eframe::App for SdApp {
     fn on_exit(&mut self) {
         if let Some(path) = &self.options.frame_stats {
             let (p50, p99, max) = self.stats.percentiles();
-            let mut text = String::from("frame,ms\n");
+            let (f50, f99, fmax) = FrameStats::percentiles_of(&self.stats.full_frames_ms);
+            let mut text = String::from("frame,ui_ms,full_frame_ms\n");
             for (i, ms) in self.stats.frames_ms.iter().enumerate() {
-                text.push_str(&format!("{i},{ms:.3}\n"));
+                let full = self
+                    .stats
+                    .full_frames_ms
+                    .get(i)
+                    .map_or(String::new(), |f| format!("{f:.3}"));
+                text.push_str(&format!("{i},{ms:.3},{full}\n"));
             }
             if let Err(e) = crate::fsutil::write_atomic(path, text.as_bytes()) {
                 eprintln!("error: {}: {e}", path.display());
             }
             println!(
-                "frames: {}, UI time per frame p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
+                "frames: {}; UI time per frame p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; whole frame (eframe CPU time: UI + tessellation + painting) p50 {f50:.2} ms, p99 {f99:.2} ms, max {fmax:.2} ms",
                 self.stats.frames_ms.len()
             );
         }
@@ -436,14 +456,40 @@ pub fn display_available() -> bool {
     }
 }
 
+/// The window icon (`assets/icon.png`, also the macOS bundle's).
+fn app_icon() -> Option<egui::IconData> {
+    let bytes: &[u8] = include_bytes!("../../assets/icon.png");
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().ok()?;
+    let mut buf = vec![0; reader.output_buffer_size()?];
+    let info = reader.next_frame(&mut buf).ok()?;
+    let rgba: Vec<u8> = match info.color_type {
+        png::ColorType::Rgba => buf[..info.buffer_size()].to_vec(),
+        png::ColorType::Rgb => buf[..info.buffer_size()]
+            .chunks(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect(),
+        _ => return None,
+    };
+    Some(egui::IconData {
+        rgba,
+        width: info.width,
+        height: info.height,
+    })
+}
+
 /// Opens the app window and runs until it closes.
 pub fn run_gui(options: GuiOptions) -> Result<(), String> {
     let size = options.size;
     let persist = options.persist && options.screenshot.is_none();
+    let mut viewport = egui::ViewportBuilder::default()
+        .with_inner_size(size)
+        .with_title("SD3 Lab");
+    if let Some(icon) = app_icon() {
+        viewport = viewport.with_icon(icon);
+    }
     let native = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default()
-            .with_inner_size(size)
-            .with_title("SD3 Lab"),
+        viewport,
         persist_window: persist,
         ..Default::default()
     };
