@@ -266,6 +266,35 @@ pub enum ReportCommand {
     /// Plots and a report of a sensitivity run (HTML with the figures inline, or Markdown with
     /// PNGs beside it), with the data as CSV/JSON beside it.
     Sensitivity(ReportSensitivityArgs),
+    /// A calibration folder's samples: summary, per-bucket counts, timestep schedule, tensors,
+    /// problems; the selected samples as CSV/JSON beside it (the Samples tab's report).
+    Samples(ReportSamplesArgs),
+    /// A calibration run: its settings and images with prompts (the Generate tab's report).
+    Calibration(ReportCalibrationArgs),
+}
+
+#[derive(Args)]
+pub struct ReportSamplesArgs {
+    /// Calibration folder.
+    calib_dir: PathBuf,
+    /// report.html or report.md.
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long)]
+    max_images: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    step_stride: Option<u64>,
+    #[arg(long)]
+    bucket: Option<Bucket>,
+}
+
+#[derive(Args)]
+pub struct ReportCalibrationArgs {
+    /// Calibration folder (with its manifest.json).
+    calib_dir: PathBuf,
+    /// report.html or report.md.
+    #[arg(long)]
+    output: PathBuf,
 }
 
 #[derive(Args)]
@@ -296,7 +325,28 @@ pub struct ReportSensitivityArgs {
 
 /// `sd3lab report …`.
 pub fn report(cmd: &ReportCommand) -> anyhow::Result<ExitCode> {
-    let ReportCommand::Sensitivity(args) = cmd;
+    let written = match cmd {
+        ReportCommand::Sensitivity(args) => return report_sensitivity(args),
+        ReportCommand::Samples(args) => {
+            let set = CalibrationSet::open(&args.calib_dir, &OpenOptions::default())?;
+            let filter = SampleFilter {
+                max_images: args.max_images,
+                step_stride: args.step_stride.map(|k| k as usize),
+                bucket: args.bucket,
+            };
+            sd3lab::report::write_samples_report(&set, &filter, &args.output)?
+        }
+        ReportCommand::Calibration(args) => {
+            sd3lab::report::write_calibration_report(&args.calib_dir, &args.output)?
+        }
+    };
+    for p in &written {
+        println!("wrote {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_sensitivity(args: &ReportSensitivityArgs) -> anyhow::Result<ExitCode> {
     let json = if args.input.is_dir() {
         args.input.join("sensitivity.json")
     } else {
@@ -979,6 +1029,8 @@ pub fn sensitivity(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
     let _ = ctrlc::set_handler(move || on_signal.cancel());
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(bar_style("layers [{bar:30}] {pos}/{len} {msg} ETA {eta}"));
+    let started = std::time::Instant::now();
+    let mut sweep_started = None;
     let report = run_sensitivity(&config, &cancel, &mut |e| match e {
         SensitivityEvent::Preparing { samples } => {
             bar.suspend(|| {
@@ -991,6 +1043,7 @@ pub fn sensitivity(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
             bits,
             samples,
         } => {
+            sweep_started = Some(std::time::Instant::now());
             bar.set_length(layers as u64);
             bar.set_position(already_done as u64);
             bar.suspend(|| eprintln!("{layers} layers × {bits} bit widths on {samples} samples ({already_done} layers already done)"));
@@ -1002,9 +1055,12 @@ pub fn sensitivity(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
     });
     bar.finish_and_clear();
     let report = report?;
+    let total = started.elapsed().as_secs_f64();
+    let sweep = sweep_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
     println!(
-        "{} layers measured; wrote {} and {}",
+        "{} layers measured in {sweep:.1} s (after {:.1} s loading the model, the samples and their float outputs); wrote {} and {}",
         report.layers.len(),
+        total - sweep,
         args.output_dir.join("sensitivity.json").display(),
         args.output_dir.join("sensitivity.csv").display()
     );

@@ -169,6 +169,25 @@ fn samples_tab_counts_buckets_and_shows_a_sample() {
             .is_some()
     );
     h.state_mut().persisted.samples.bucket = None;
+    // The tab's report, beside the calibration folder.
+    h.get_by_label("Report (HTML)").click();
+    h.run_steps(2);
+    let html = std::fs::read_to_string(root.path().join("reports/samples.html")).unwrap();
+    for needle in [
+        "samples per step bucket",
+        "timestep by step",
+        "conditioning",
+        "6 of 6",
+        "<svg",
+    ] {
+        assert!(
+            html.contains(needle),
+            "{needle} missing from the samples report"
+        );
+    }
+    let csv = std::fs::read_to_string(root.path().join("reports/samples_data.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 7);
+    h.state_mut().samples.report_message = None;
     h.state_mut().samples.selected = Some(0);
     wait_until(&mut h, "previews", |a| !a.samples.waiting_for_previews());
     mask_varying(&mut h);
@@ -204,6 +223,44 @@ fn generate_tab_writes_a_calibration_run_and_cancels_one() {
     assert!(dir.join("images/000001.png").is_file() && dir.join("manifest.json").is_file());
     assert_eq!(h.state().generate.gallery.len(), 2);
     assert!(h.query_by_label_contains("gallery: 2 images").is_some());
+    // The run's report: settings and both images embedded with their prompts.
+    h.get_by_label("Report (HTML)").click();
+    h.run_steps(2);
+    let html = std::fs::read_to_string(root.path().join("reports/calibration.html")).unwrap();
+    assert_eq!(html.matches("data:image/png;base64,").count(), 2);
+    assert!(html.contains("images completed") && html.contains("#1 "));
+    assert!(root.path().join("reports/calibration_data.csv").is_file());
+
+    // A sensitivity sweep on that run, started from the Sensitivity tab.
+    h.get_by_label("Sensitivity").click();
+    {
+        let s = &mut h.state_mut().persisted.sensitivity;
+        s.calib_dir = dir.display().to_string();
+        s.output_dir = root.path().join("sens").display().to_string();
+        s.layers = "^final_layer|blocks\\.1\\.image.*fc1".into();
+    }
+    h.run_steps(2);
+    h.get_by_label("Start / Resume sweep").click();
+    h.run_steps(2);
+    assert!(h.state().sensitivity.is_running());
+    wait_until(&mut h, "the sweep", |a| {
+        !a.sensitivity.is_running() && !a.busy()
+    });
+    let msg = format!("{:?}", h.state().sensitivity.message);
+    assert!(msg.contains("3 layers measured"), "{msg}");
+    let report = h
+        .state()
+        .sensitivity
+        .report
+        .as_ref()
+        .expect("the sweep's report is shown");
+    assert_eq!(report.layers.len(), 3);
+    assert!(
+        h.query_by_label_contains("3 layers | scope model | bits [2, 4, 8]")
+            .is_some()
+    );
+    h.get_by_label("Generate").click();
+    h.run_steps(2);
 
     // A longer run, cancelled after its first new image; Start resumes it later.
     h.state_mut().persisted.generate.num_images = 40;
@@ -250,16 +307,29 @@ fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
             .is_some()
     );
     assert!(
-        h.query_by_label("SQNR (dB) vs bits, the 10 most sensitive of 31 filtered layers")
+        h.query_by_label("SQNR (dB) vs bits, the 10 most sensitive of 31 filtered layers (tick layers below to pick others)")
             .is_some()
     );
     // The ranking's first row is the most sensitive layer at 2 bits.
     assert!(h.query_by_label("y_embedder.mlp.layers.2").is_some());
+    // Pick two layers for the plot by ticking them in the ranking.
+    h.state_mut().persisted.sensitivity.pinned = vec![
+        "y_embedder.mlp.layers.2".into(),
+        "final_layer.linear".into(),
+    ];
+    h.run_steps(2);
+    assert!(
+        h.query_by_label("SQNR (dB) vs bits, 2 picked layers")
+            .is_some()
+    );
+    h.get_by_label("Clear picks").click();
+    h.run_steps(2);
+    assert!(h.state().persisted.sensitivity.pinned.is_empty());
     // Filter by kind.
     h.state_mut().persisted.sensitivity.kind = Some("adaln".into());
     h.run_steps(2);
     assert!(
-        h.query_by_label("SQNR (dB) vs bits, the 5 most sensitive of 5 filtered layers")
+        h.query_by_label("SQNR (dB) vs bits, the 5 most sensitive of 5 filtered layers (tick layers below to pick others)")
             .is_some()
     );
     h.state_mut().persisted.sensitivity.kind = None;

@@ -370,6 +370,22 @@ impl GenerateTab {
                 self.cancel();
             }
         });
+        ui.horizontal(|ui| {
+            ui.label("Export");
+            for (label, name) in [
+                ("Report (HTML)", "calibration.html"),
+                ("Report (Markdown)", "calibration.md"),
+            ] {
+                if ui.button(label).clicked() {
+                    let out = super::reports_dir(Path::new(&o.calib_dir)).join(name);
+                    self.message = Some(
+                        crate::report::write_calibration_report(Path::new(&o.calib_dir), &out)
+                            .map(|f| format!("wrote {} (+{} files)", out.display(), f.len() - 1))
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+            }
+        });
         match &self.message {
             Some(Ok(m)) => {
                 ui.label(m);

@@ -19,6 +19,16 @@ use serde::{Deserialize, Serialize};
 use self::preview::TextureCache;
 use self::worker::{Event, Worker};
 
+/// Where the Generate and Samples tabs write their reports: `reports/` beside the calibration
+/// folder.
+pub fn reports_dir(calib_dir: &std::path::Path) -> PathBuf {
+    let parent = calib_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    parent.join("reports")
+}
+
 /// The tabs, in the bar's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -78,6 +78,7 @@ pub struct SamplesTab {
     decode_pending: Option<String>,
     /// The selected sample's file, as of the last frame.
     wanted: Option<String>,
+    pub report_message: Option<Result<String, String>>,
     picker: Picker,
 }
 
@@ -224,6 +225,31 @@ impl SamplesTab {
         };
         let metas = set.select(&o.filter());
         summary_ui(ui, &set, &metas);
+        ui.horizontal(|ui| {
+            ui.label("Export");
+            for (label, name) in [
+                ("Report (HTML)", "samples.html"),
+                ("Report (Markdown)", "samples.md"),
+            ] {
+                if ui.button(label).clicked() {
+                    let out = super::reports_dir(set.dir()).join(name);
+                    self.report_message = Some(
+                        crate::report::write_samples_report(&set, &o.filter(), &out)
+                            .map(|f| format!("wrote {} (+{} files)", out.display(), f.len() - 1))
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+            }
+            match &self.report_message {
+                Some(Ok(m)) => {
+                    ui.label(m);
+                }
+                Some(Err(e)) => {
+                    ui.colored_label(egui::Color32::from_rgb(200, 40, 40), e);
+                }
+                None => {}
+            }
+        });
         ui.separator();
         self.keyboard(ui, &metas);
         egui::Panel::left("sample-list")

@@ -44,6 +44,8 @@ pub struct Options {
     pub objective: Objective,
     pub plan_path: String,
     pub view: View,
+    /// Layers picked for the bits plot (empty: the most sensitive of the filter).
+    pub pinned: Vec<String>,
 }
 
 /// What the results area shows.
@@ -77,6 +79,7 @@ impl Default for Options {
             objective: Objective::Sqnr,
             plan_path: "plan.json".into(),
             view: View::Plots,
+            pinned: Vec::new(),
         }
     }
 }
@@ -440,7 +443,13 @@ impl SensitivityTab {
             })
             .map(|(n, _)| n.clone())
             .collect();
-        let shown: Vec<String> = filtered.iter().take(10).cloned().collect();
+        o.pinned
+            .retain(|p| report.layers.iter().any(|l| &l.name == p));
+        let shown: Vec<String> = if o.pinned.is_empty() {
+            filtered.iter().take(10).cloned().collect()
+        } else {
+            o.pinned.clone()
+        };
         ui.horizontal(|ui| {
             ui.label("View");
             for (v, label) in [
@@ -455,12 +464,25 @@ impl SensitivityTab {
         ui.separator();
         match o.view {
             View::Plots => {
-                ui.label(format!(
-                    "{} vs bits, the {} most sensitive of {} filtered layers",
-                    o.metric.label(),
-                    shown.len(),
-                    filtered.len()
-                ));
+                if o.pinned.is_empty() {
+                    ui.label(format!(
+                        "{} vs bits, the {} most sensitive of {} filtered layers (tick layers below to pick others)",
+                        o.metric.label(),
+                        shown.len(),
+                        filtered.len()
+                    ));
+                } else {
+                    ui.horizontal(|ui| {
+                        ui.label(format!(
+                            "{} vs bits, {} picked layers",
+                            o.metric.label(),
+                            shown.len()
+                        ));
+                        if ui.button("Clear picks").clicked() {
+                            o.pinned.clear();
+                        }
+                    });
+                }
                 let fig = report::bits_figure(&report, &shown, &o.bucket, o.metric);
                 lines_plot(ui, "bits-plot", &fig, 300.0);
                 ui.separator();
@@ -472,6 +494,7 @@ impl SensitivityTab {
                     ui.label("#");
                     ui.label("layer");
                     ui.label(o.metric.label());
+                    ui.label("plot");
                     ui.end_row();
                     for (i, name) in filtered.iter().take(15).enumerate() {
                         let v = ranked
@@ -479,8 +502,21 @@ impl SensitivityTab {
                             .find(|r| &r.0 == name)
                             .map_or(f64::NAN, |r| r.1);
                         ui.label((i + 1).to_string());
-                        ui.label(name);
+                        let label = ui.label(name);
                         ui.label(format!("{v:.4}"));
+                        let mut on = o.pinned.contains(name);
+                        if ui
+                            .checkbox(&mut on, "")
+                            .labelled_by(label.id)
+                            .on_hover_text("plot this layer")
+                            .changed()
+                        {
+                            if on {
+                                o.pinned.push(name.clone());
+                            } else {
+                                o.pinned.retain(|p| p != name);
+                            }
+                        }
                         ui.end_row();
                     }
                 });

@@ -834,3 +834,374 @@ mod tests {
         assert_eq!(short_layer_name("t_embedder.mlp.layers.0"), "t_embedder.0");
     }
 }
+
+/// Standard base64 (for images embedded in HTML reports).
+pub fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+/// A report being assembled as HTML or Markdown.
+struct Doc {
+    html: bool,
+    body: String,
+    /// Where Markdown's PNGs go (`<stem>_files/`), and the files written.
+    files_dir: PathBuf,
+    files_rel: String,
+    written: Vec<PathBuf>,
+}
+
+impl Doc {
+    fn new(output: &Path, title: &str) -> Self {
+        let html = output
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("htm"));
+        let stem = output
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "report".into());
+        let dir = output.parent().unwrap_or(Path::new("")).to_path_buf();
+        let body = if html {
+            format!(
+                "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{0}</title>\n<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}figure{{margin:1em 0;display:inline-block}}</style></head><body>\n<h1>{0}</h1>\n",
+                html_escape(title)
+            )
+        } else {
+            format!("# {title}\n\n")
+        };
+        Self {
+            html,
+            body,
+            files_dir: dir.join(format!("{stem}_files")),
+            files_rel: format!("{stem}_files"),
+            written: Vec::new(),
+        }
+    }
+
+    fn heading(&mut self, text: &str) {
+        if self.html {
+            self.body
+                .push_str(&format!("<h2>{}</h2>\n", html_escape(text)));
+        } else {
+            self.body.push_str(&format!("## {text}\n\n"));
+        }
+    }
+
+    fn table(&mut self, header: &[&str], rows: &[Vec<String>]) {
+        if self.html {
+            self.body.push_str("<table><tr>");
+            for h in header {
+                self.body.push_str(&format!("<th>{}</th>", html_escape(h)));
+            }
+            self.body.push_str("</tr>\n");
+            for r in rows {
+                self.body.push_str("<tr>");
+                for c in r {
+                    self.body.push_str(&format!("<td>{}</td>", html_escape(c)));
+                }
+                self.body.push_str("</tr>\n");
+            }
+            self.body.push_str("</table>\n");
+        } else {
+            self.body.push_str(&format!("| {} |\n", header.join(" | ")));
+            self.body
+                .push_str(&format!("|{}\n", "---|".repeat(header.len())));
+            for r in rows {
+                self.body.push_str(&format!(
+                    "| {} |\n",
+                    r.iter()
+                        .map(|c| c.replace('|', "\\|"))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                ));
+            }
+            self.body.push('\n');
+        }
+    }
+
+    fn figure(&mut self, stem: &str, fig: &Figure) -> Result<(), ReportError> {
+        if self.html {
+            self.body.push_str(&format!(
+                "<figure><figcaption>{}</figcaption>\n{}\n</figure>\n",
+                html_escape(fig.title()),
+                render_svg(fig, (900, 420))?
+            ));
+        } else {
+            let png = self.files_dir.join(format!("{stem}.png"));
+            write(&png, &render_png(fig, (900, 420))?)?;
+            self.written.push(png);
+            self.body.push_str(&format!(
+                "![{}]({}/{stem}.png)\n\n",
+                fig.title(),
+                self.files_rel
+            ));
+        }
+        Ok(())
+    }
+
+    /// An image file: embedded (HTML) or copied beside (Markdown).
+    fn image(&mut self, path: &Path, caption: &str) -> Result<(), ReportError> {
+        let bytes = std::fs::read(path).map_err(|source| ReportError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if self.html {
+            self.body.push_str(&format!(
+                "<figure><img width=\"192\" src=\"data:image/png;base64,{}\"><figcaption>{}</figcaption></figure>\n",
+                base64(&bytes),
+                html_escape(caption)
+            ));
+        } else {
+            let dest = self.files_dir.join(&name);
+            write(&dest, &bytes)?;
+            self.written.push(dest);
+            self.body.push_str(&format!(
+                "![{}]({}/{name}) {}\n\n",
+                caption.replace(']', ")"),
+                self.files_rel,
+                caption
+            ));
+        }
+        Ok(())
+    }
+
+    fn text(&mut self, text: &str) {
+        if self.html {
+            self.body
+                .push_str(&format!("<p>{}</p>\n", html_escape(text)));
+        } else {
+            self.body.push_str(&format!("{text}\n\n"));
+        }
+    }
+
+    fn finish(mut self, output: &Path) -> Result<Vec<PathBuf>, ReportError> {
+        if self.html {
+            self.body.push_str("</body></html>\n");
+        }
+        write(output, self.body.as_bytes())?;
+        self.written.push(output.to_owned());
+        Ok(self.written)
+    }
+}
+
+/// Writes `<stem>_data.csv` and `<stem>_data.json` beside `output`.
+fn write_data(
+    output: &Path,
+    csv: &str,
+    json: &serde_json::Value,
+) -> Result<Vec<PathBuf>, ReportError> {
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "report".into());
+    let dir = output.parent().unwrap_or(Path::new(""));
+    let c = dir.join(format!("{stem}_data.csv"));
+    write(&c, csv.as_bytes())?;
+    let j = dir.join(format!("{stem}_data.json"));
+    let text = serde_json::to_string_pretty(json).map_err(|e| ReportError::Data(e.to_string()))?;
+    write(&j, text.as_bytes())?;
+    Ok(vec![c, j])
+}
+
+/// The Samples tab's report: a calibration folder's summary, per-bucket counts, the timestep
+/// schedule, the problems found; the selected samples as CSV/JSON beside it.
+pub fn write_samples_report(
+    set: &crate::calib::CalibrationSet,
+    filter: &crate::calib::SampleFilter,
+    output: &Path,
+) -> Result<Vec<PathBuf>, ReportError> {
+    let selected = set.select(filter);
+    let listing = crate::calib::listing::Listing::new(set, filter, &selected);
+    let mut doc = Doc::new(output, "SD3 Lab calibration samples");
+    let s = &listing.summary;
+    doc.table(
+        &["", ""],
+        &[
+            vec!["folder".into(), set.dir().display().to_string()],
+            vec![
+                "images x steps".into(),
+                format!("{} x {}", set.num_images(), set.num_steps()),
+            ],
+            vec![
+                "samples selected".into(),
+                format!("{} of {}", s.samples, set.samples().len()),
+            ],
+            vec!["bytes".into(), s.bytes.to_string()],
+            vec!["problems".into(), set.problems().len().to_string()],
+        ],
+    );
+    let counts: BTreeMap<String, usize> = s
+        .buckets
+        .iter()
+        .map(|(b, n)| (b.name().to_owned(), *n))
+        .collect();
+    doc.figure("buckets", &bucket_counts_figure(&counts))?;
+    let first = selected.first().map(|m| m.image);
+    let schedule = Figure::Lines {
+        title: "timestep by step".into(),
+        x_label: "step".into(),
+        y_label: "timestep".into(),
+        series: vec![Series {
+            name: format!("image {}", first.unwrap_or(0)),
+            points: selected
+                .iter()
+                .filter(|m| Some(m.image) == first)
+                .map(|m| (m.step as f64, m.timestep))
+                .collect(),
+        }],
+        markers: Vec::new(),
+    };
+    doc.figure("schedule", &schedule)?;
+    doc.heading("Tensors");
+    let rows: Vec<Vec<String>> = set
+        .reference_tensors()
+        .iter()
+        .map(|(k, t)| {
+            vec![
+                k.name().to_owned(),
+                format!("{:?}", t.shape),
+                format!("{:?}", t.dtype),
+            ]
+        })
+        .collect();
+    doc.table(&["array", "shape", "dtype"], &rows);
+    if !set.problems().is_empty() {
+        doc.heading("Problems");
+        let rows: Vec<Vec<String>> = set
+            .problems()
+            .iter()
+            .map(|p| {
+                vec![
+                    p.file
+                        .as_ref()
+                        .map_or(String::new(), |f| f.display().to_string()),
+                    p.message.clone(),
+                ]
+            })
+            .collect();
+        doc.table(&["file", "problem"], &rows);
+    }
+    let mut csv = String::from("file,image,step,bucket,timestep,sigma,bytes\n");
+    for m in &selected {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{}\n",
+            m.file,
+            m.image,
+            m.step,
+            m.bucket.name(),
+            m.timestep,
+            m.sigma,
+            m.file_size
+        ));
+    }
+    let json = serde_json::to_value(&listing).map_err(|e| ReportError::Data(e.to_string()))?;
+    let mut written = write_data(output, &csv, &json)?;
+    doc.text("The selected samples are in the _data.csv and _data.json files beside this report (the JSON is `sd3lab samples --json`'s schema).");
+    written.extend(doc.finish(output)?);
+    Ok(written)
+}
+
+/// The Generate tab's report: a calibration run's settings (from its manifest) and its images
+/// with their prompts; the image list as CSV/JSON beside it.
+pub fn write_calibration_report(dir: &Path, output: &Path) -> Result<Vec<PathBuf>, ReportError> {
+    let manifest_path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest_path).map_err(|source| ReportError::Io {
+        path: manifest_path.clone(),
+        source,
+    })?;
+    let manifest: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ReportError::Data(format!("{}: {e}", manifest_path.display())))?;
+    let g = &manifest["generation"];
+    let mut doc = Doc::new(output, "SD3 Lab calibration run");
+    let field = |k: &str| -> String {
+        match &g[k] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => String::new(),
+            v => v.to_string(),
+        }
+    };
+    doc.table(
+        &["", ""],
+        &[
+            vec!["folder".into(), dir.display().to_string()],
+            vec![
+                "model".into(),
+                g["model"]["name"].as_str().unwrap_or_default().to_owned(),
+            ],
+            vec![
+                "images completed".into(),
+                manifest["n_completed"].to_string(),
+            ],
+            vec!["steps".into(), field("num_steps")],
+            vec!["CFG weight".into(), field("cfg_weight")],
+            vec![
+                "size".into(),
+                format!("{} x {}", field("width"), field("height")),
+            ],
+            vec!["dtype".into(), field("dtype")],
+            vec!["seed".into(), field("seed")],
+            vec!["prompts".into(), field("prompt_source")],
+            vec![
+                "tool".into(),
+                format!("{} {}", field("tool"), field("tool_version")),
+            ],
+        ],
+    );
+    doc.heading("Images");
+    let prompts: Vec<String> = g["prompts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| p.as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let seeds: Vec<u64> = g["seeds"]
+        .as_array()
+        .map(|a| a.iter().map(|s| s.as_u64().unwrap_or(0)).collect())
+        .unwrap_or_default();
+    let mut csv = String::from("image,file,seed,prompt\n");
+    let mut rows = Vec::new();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let rel = crate::calibrate::image_file_name(i);
+        let path = dir.join(&rel);
+        if path.is_file() {
+            doc.image(&path, &format!("#{i} {prompt}"))?;
+        }
+        let seed = seeds.get(i).copied().unwrap_or(0);
+        csv.push_str(&format!(
+            "{i},{rel},{seed},\"{}\"\n",
+            prompt.replace('"', "\"\"")
+        ));
+        rows.push(serde_json::json!({"image": i, "file": rel, "seed": seed, "prompt": prompt}));
+    }
+    let mut written = write_data(
+        output,
+        &csv,
+        &serde_json::json!({"manifest": manifest, "images": rows}),
+    )?;
+    written.extend(doc.finish(output)?);
+    Ok(written)
+}
