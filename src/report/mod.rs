@@ -761,80 +761,6 @@ pub fn bucket_counts_figure(counts: &BTreeMap<String, usize>) -> Figure {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lines() -> Figure {
-        Figure::Lines {
-            title: "SQNR vs bits".into(),
-            x_label: "bits".into(),
-            y_label: "dB".into(),
-            series: vec![
-                Series {
-                    name: "0.image.mlp.fc1".into(),
-                    points: vec![(2.0, 5.0), (4.0, 17.0), (8.0, 40.0)],
-                },
-                Series {
-                    name: "1.text.attn.q_proj".into(),
-                    points: vec![(2.0, 9.0), (4.0, 21.0), (8.0, 45.0)],
-                },
-            ],
-            markers: vec![("plan".into(), (4.0, 19.0))],
-        }
-    }
-
-    #[test]
-    fn svg_holds_titles_series_and_is_deterministic() {
-        let svg = render_svg(&lines(), (640, 400)).unwrap();
-        for text in [
-            "SQNR vs bits",
-            "0.image.mlp.fc1",
-            "1.text.attn.q_proj",
-            "plan",
-            "bits",
-        ] {
-            assert!(svg.contains(text), "{text} missing");
-        }
-        assert!(svg.contains("<polyline") || svg.contains("<path"));
-        assert_eq!(svg, render_svg(&lines(), (640, 400)).unwrap());
-    }
-
-    #[test]
-    fn png_draws_the_series_colours() {
-        let png = render_png(&lines(), (640, 400)).unwrap();
-        let decoder = png::Decoder::new(std::io::Cursor::new(&png));
-        let mut reader = decoder.read_info().unwrap();
-        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-        let info = reader.next_frame(&mut buf).unwrap();
-        assert_eq!((info.width, info.height), (640, 400));
-        let count = |c: (u8, u8, u8)| buf.chunks(3).filter(|p| (p[0], p[1], p[2]) == c).count();
-        assert!(count(palette(0)) > 50 && count(palette(1)) > 50);
-        // Text was rasterised with the embedded font: dark pixels beyond the axes' lines.
-        assert!(
-            buf.chunks(3)
-                .filter(|p| p[0] < 80 && p[1] < 80 && p[2] < 80)
-                .count()
-                > 500
-        );
-    }
-
-    #[test]
-    fn short_names() {
-        assert_eq!(
-            short_layer_name("multimodal_transformer_blocks.3.image_transformer_block.attn.q_proj"),
-            "3.image.attn.q_proj"
-        );
-        assert_eq!(
-            short_layer_name(
-                "multimodal_transformer_blocks.12.text_transformer_block.adaLN_modulation.layers.1"
-            ),
-            "12.text.adaLN"
-        );
-        assert_eq!(short_layer_name("t_embedder.mlp.layers.0"), "t_embedder.0");
-    }
-}
-
 /// Standard base64 (for images embedded in HTML reports).
 pub fn base64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -1204,4 +1130,93 @@ pub fn write_calibration_report(dir: &Path, output: &Path) -> Result<Vec<PathBuf
     )?;
     written.extend(doc.finish(output)?);
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines() -> Figure {
+        Figure::Lines {
+            title: "SQNR vs bits".into(),
+            x_label: "bits".into(),
+            y_label: "dB".into(),
+            series: vec![
+                Series {
+                    name: "0.image.mlp.fc1".into(),
+                    points: vec![(2.0, 5.0), (4.0, 17.0), (8.0, 40.0)],
+                },
+                Series {
+                    name: "1.text.attn.q_proj".into(),
+                    points: vec![(2.0, 9.0), (4.0, 21.0), (8.0, 45.0)],
+                },
+            ],
+            markers: vec![("plan".into(), (4.0, 19.0))],
+        }
+    }
+
+    #[test]
+    fn svg_holds_titles_series_and_is_deterministic() {
+        let svg = render_svg(&lines(), (640, 400)).unwrap();
+        for text in [
+            "SQNR vs bits",
+            "0.image.mlp.fc1",
+            "1.text.attn.q_proj",
+            "plan",
+            "bits",
+        ] {
+            assert!(svg.contains(text), "{text} missing");
+        }
+        assert!(svg.contains("<polyline") || svg.contains("<path"));
+        assert_eq!(svg, render_svg(&lines(), (640, 400)).unwrap());
+    }
+
+    #[test]
+    fn png_draws_the_series_colours() {
+        let png = render_png(&lines(), (640, 400)).unwrap();
+        let decoder = png::Decoder::new(std::io::Cursor::new(&png));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (640, 400));
+        let count = |c: (u8, u8, u8)| buf.chunks(3).filter(|p| (p[0], p[1], p[2]) == c).count();
+        assert!(count(palette(0)) > 50 && count(palette(1)) > 50);
+        // Text was rasterised with the embedded font: dark pixels beyond the axes' lines.
+        assert!(
+            buf.chunks(3)
+                .filter(|p| p[0] < 80 && p[1] < 80 && p[2] < 80)
+                .count()
+                > 500
+        );
+    }
+
+    #[test]
+    fn short_names() {
+        assert_eq!(
+            short_layer_name("multimodal_transformer_blocks.3.image_transformer_block.attn.q_proj"),
+            "3.image.attn.q_proj"
+        );
+        assert_eq!(
+            short_layer_name(
+                "multimodal_transformer_blocks.12.text_transformer_block.adaLN_modulation.layers.1"
+            ),
+            "12.text.adaLN"
+        );
+        assert_eq!(short_layer_name("t_embedder.mlp.layers.0"), "t_embedder.0");
+    }
+
+    #[test]
+    fn base64_matches_the_rfc_vectors() {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), expected);
+        }
+    }
 }
