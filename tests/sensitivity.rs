@@ -45,7 +45,7 @@ fn config(model: &str, calib: &Path, out: &Path, use_cache: bool) -> Sensitivity
         group_size: 64,
         max_images: None,
         step_stride: None,
-        layers: Some(r"(^y_embedder|^t_embedder.mlp.layers.2|^context_embedder|blocks\.0\.image.*(q_proj|fc1|adaLN)|blocks\.1\.text.*v_proj|^final_layer)".into()),
+        layers: Some(r"(^y_embedder|^t_embedder.mlp.layers.2|^context_embedder|blocks\.0\.image.*(q_proj|fc1|adaLN)|blocks\.1\.text.*v_proj|blocks\.0\.text.*fc2|blocks\.1\.image.*o_proj|^final_layer)".into()),
         output_dir: out.to_owned(),
         use_cache,
         dtype: ModelDtype::Float32,
@@ -90,7 +90,7 @@ fn cached_equals_naive_and_bits_order_the_error() {
     .unwrap();
     assert_eq!(
         cached.layers.len(),
-        10,
+        12,
         "{:?}",
         cached.layers.iter().map(|l| &l.name).collect::<Vec<_>>()
     );

@@ -61,6 +61,26 @@ pub struct Modulation {
     pub final_layer: Array,
 }
 
+/// What a joint block's post-attention parts start from, per stream (image, text).
+#[derive(Debug, Clone)]
+pub struct BlockParts {
+    pub index: usize,
+    /// The block's inputs (the residual stream).
+    pub residual: [Array; 2],
+    /// Joint attention's output, split back into the streams.
+    pub attention: [Array; 2],
+    /// The streams' modulation chunks.
+    pub chunks: [Vec<Array>; 2],
+}
+
+impl BlockParts {
+    pub fn eval(&self) -> MlxResult<()> {
+        let mut all: Vec<&Array> = self.residual.iter().chain(&self.attention).collect();
+        all.extend(self.chunks.iter().flatten());
+        mlx_rs::transforms::eval(all)
+    }
+}
+
 /// Records Linear inputs under `prefix.suffix` names (a no-op without a destination).
 pub struct LinearTap<'a> {
     prefix: String,
@@ -351,6 +371,20 @@ impl Mmdit {
         m: &Modulation,
         inputs: Option<&mut Vec<(String, Array)>>,
     ) -> MlxResult<(Array, Option<Array>)> {
+        self.joint_block_parts(index, img, txt, m, inputs)
+            .map(|(out, _)| out)
+    }
+
+    /// [`Mmdit::joint_block_tapped`], also returning what the post-attention parts start from
+    /// (to re-run one stream's post-attention alone, see [`Mmdit::stream_post_attention`]).
+    pub fn joint_block_parts(
+        &self,
+        index: usize,
+        img: &Array,
+        txt: &Array,
+        m: &Modulation,
+        inputs: Option<&mut Vec<(String, Array)>>,
+    ) -> MlxResult<((Array, Option<Array>), BlockParts)> {
         let block = &self.blocks[index];
         let (mi, mt) = &m.blocks[index];
         let prefix = format!("multimodal_transformer_blocks.{index}");
@@ -385,15 +419,49 @@ impl Mmdit {
             .post
             .as_ref()
             .expect("image streams always have post-attention layers");
-        let img = self.post_attention(post_i, img, &attn_img, &chunks_i, &mut tap_i)?;
+        let img_out = self.post_attention(post_i, img, &attn_img, &chunks_i, &mut tap_i)?;
         let mut tap_t = tap_i.rename(format!("{prefix}.text_transformer_block"));
-        let txt = match &block.text.post {
+        let txt_out = match &block.text.post {
             Some(post_t) => {
                 Some(self.post_attention(post_t, txt, &attn_txt, &chunks_t, &mut tap_t)?)
             }
             None => None,
         };
-        Ok((img, txt))
+        let parts = BlockParts {
+            index,
+            residual: [img.clone(), txt.clone()],
+            attention: [attn_img, attn_txt],
+            chunks: [chunks_i, chunks_t],
+        };
+        Ok(((img_out, txt_out), parts))
+    }
+
+    /// One stream's post-attention part of block `parts.index` (output projection, MLP and
+    /// residuals) with the current weights, from the state `parts` saved: the same numbers as
+    /// that stream's output of the whole block when only post-attention weights changed.
+    pub fn stream_post_attention(
+        &self,
+        parts: &BlockParts,
+        image: bool,
+    ) -> MlxResult<Option<Array>> {
+        let block = &self.blocks[parts.index];
+        let (stream, i) = if image {
+            (&block.image, 0)
+        } else {
+            (&block.text, 1)
+        };
+        let Some(post) = &stream.post else {
+            return Ok(None);
+        };
+        let mut tap = LinearTap::new(String::new(), None);
+        self.post_attention(
+            post,
+            &parts.residual[i],
+            &parts.attention[i],
+            &parts.chunks[i],
+            &mut tap,
+        )
+        .map(Some)
     }
 
     /// Patch embedding plus the centre-cropped position table: `(B, tokens, 1, H)`.
