@@ -1137,6 +1137,35 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     for q in built.plan.layers.values() {
         *histogram.entry(q.bits).or_default() += 1;
     }
+    if !built.plan.buckets.is_empty() {
+        println!(
+            "per-bucket maps for {} (each within the budget; `layers` holds the all-steps plan):",
+            built
+                .plan
+                .buckets
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for (bucket, layers) in &built.plan.buckets {
+            let mut h: std::collections::BTreeMap<i32, usize> = std::collections::BTreeMap::new();
+            for q in layers.values() {
+                *h.entry(q.bits).or_default() += 1;
+            }
+            let differ = layers
+                .iter()
+                .filter(|(n, q)| built.plan.layers.get(*n) != Some(q))
+                .count();
+            println!(
+                "  {bucket}: {} ({differ} layers differ from the all-steps plan)",
+                h.iter()
+                    .map(|(b, n)| format!("{n}×w{b}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     println!(
         "wrote {} ({} layers: {}; {} left float) — average {:.3} bits for a target of {}, predicted {} {:.4}, {:.1} MB of quantized weights; Pareto front in {}",
         args.output.display(),
