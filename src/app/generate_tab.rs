@@ -219,11 +219,7 @@ impl GenerateTab {
             } if *i == id => {
                 self.job = None;
                 shared.running = None;
-                self.message = Some(match result {
-                    Ok(s) if *cancelled => Ok(format!("cancelled: {s}; Start resumes the run")),
-                    Ok(s) => Ok(format!("done: {s}")),
-                    Err(e) => Err(e.clone()),
-                });
+                self.message = Some(super::job_outcome(*cancelled, result));
             }
             _ => {}
         }
@@ -386,15 +382,7 @@ impl GenerateTab {
                 }
             }
         });
-        match &self.message {
-            Some(Ok(m)) => {
-                ui.label(m);
-            }
-            Some(Err(e)) => {
-                ui.colored_label(egui::Color32::from_rgb(200, 40, 40), format!("error: {e}"));
-            }
-            None => {}
-        }
+        super::message_ui(ui, &self.message);
     }
 
     fn results_ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {

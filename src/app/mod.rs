@@ -512,6 +512,28 @@ pub fn run_gui(options: GuiOptions) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
+/// The message for a finished job.
+pub fn job_outcome(cancelled: bool, result: &Result<String, String>) -> Result<String, String> {
+    match result {
+        Ok(s) if cancelled => Ok(format!("cancelled: {s}; Start resumes the run")),
+        Ok(s) => Ok(format!("done: {s}")),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+/// A job's or an action's outcome: the message, or the error in red.
+pub fn message_ui(ui: &mut egui::Ui, message: &Option<Result<String, String>>) {
+    match message {
+        Some(Ok(m)) => {
+            ui.label(m);
+        }
+        Some(Err(e)) => {
+            ui.colored_label(egui::Color32::from_rgb(200, 40, 40), format!("error: {e}"));
+        }
+        None => {}
+    }
+}
+
 /// A labelled input: the label is tied to the widget for screen readers (and kittest).
 pub fn labelled(
     ui: &mut egui::Ui,

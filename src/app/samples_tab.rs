@@ -240,15 +240,7 @@ impl SamplesTab {
                     );
                 }
             }
-            match &self.report_message {
-                Some(Ok(m)) => {
-                    ui.label(m);
-                }
-                Some(Err(e)) => {
-                    ui.colored_label(egui::Color32::from_rgb(200, 40, 40), e);
-                }
-                None => {}
-            }
+            super::message_ui(ui, &self.report_message);
         });
         ui.separator();
         self.keyboard(ui, &metas);

@@ -213,11 +213,7 @@ impl SensitivityTab {
             } if *i == id => {
                 self.job = None;
                 shared.running = None;
-                self.message = Some(match result {
-                    Ok(s) if *cancelled => Ok(format!("cancelled ({s}); Start resumes")),
-                    Ok(s) => Ok(s.clone()),
-                    Err(e) => Err(e.clone()),
-                });
+                self.message = Some(super::job_outcome(*cancelled, result));
                 if result.is_ok() {
                     self.open(&json.display().to_string());
                 }
@@ -359,15 +355,7 @@ impl SensitivityTab {
                     }
                 }
             });
-        match &self.message {
-            Some(Ok(m)) => {
-                ui.label(m);
-            }
-            Some(Err(e)) => {
-                ui.colored_label(egui::Color32::from_rgb(200, 40, 40), format!("error: {e}"));
-            }
-            None => {}
-        }
+        super::message_ui(ui, &self.message);
     }
 
     fn results_ui(&mut self, ui: &mut egui::Ui, o: &mut Options) {

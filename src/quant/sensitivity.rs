@@ -680,17 +680,8 @@ fn advance(
     Ok(())
 }
 
-/// Writes `sensitivity.json` and `sensitivity.csv` (atomically).
-pub fn write_report(dir: &Path, report: &SensitivityReport) -> Result<(), SensitivityError> {
-    std::fs::create_dir_all(dir).map_err(|source| SensitivityError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let json = serde_json::to_string_pretty(report)
-        .map_err(|e| SensitivityError::Config(e.to_string()))?;
-    let path = dir.join("sensitivity.json");
-    crate::fsutil::write_atomic(&path, json.as_bytes())
-        .map_err(|source| SensitivityError::Io { path, source })?;
+/// The rows of `sensitivity.csv`.
+pub fn report_csv(report: &SensitivityReport) -> String {
     let mut csv = String::from(
         "name,block,kind,params,bits,group_size,bucket,mse,sqnr_db,cosine,n_samples\n",
     );
@@ -712,6 +703,21 @@ pub fn write_report(dir: &Path, report: &SensitivityReport) -> Result<(), Sensit
             ));
         }
     }
+    csv
+}
+
+/// Writes `sensitivity.json` and `sensitivity.csv` (atomically).
+pub fn write_report(dir: &Path, report: &SensitivityReport) -> Result<(), SensitivityError> {
+    std::fs::create_dir_all(dir).map_err(|source| SensitivityError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let json = serde_json::to_string_pretty(report)
+        .map_err(|e| SensitivityError::Config(e.to_string()))?;
+    let path = dir.join("sensitivity.json");
+    crate::fsutil::write_atomic(&path, json.as_bytes())
+        .map_err(|source| SensitivityError::Io { path, source })?;
+    let csv = report_csv(report);
     let path = dir.join("sensitivity.csv");
     crate::fsutil::write_atomic(&path, csv.as_bytes())
         .map_err(|source| SensitivityError::Io { path, source })

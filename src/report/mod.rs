@@ -642,27 +642,7 @@ pub fn write_sensitivity_report(
         serde_json::to_string_pretty(report).map_err(|e| ReportError::Data(e.to_string()))?;
     write(&json_path, json.as_bytes())?;
     let csv_path = dir.join(format!("{stem}_data.csv"));
-    let mut csv = String::from(
-        "name,block,kind,params,bits,group_size,bucket,mse,sqnr_db,cosine,n_samples\n",
-    );
-    for l in &report.layers {
-        for r in &l.results {
-            csv.push_str(&format!(
-                "{},{},{},{},{},{},{},{:e},{},{},{}\n",
-                l.name,
-                l.block.map_or(String::new(), |b| b.to_string()),
-                l.kind,
-                l.params,
-                r.bits,
-                r.group_size,
-                r.bucket,
-                r.mse,
-                r.sqnr_db,
-                r.cosine,
-                r.n_samples
-            ));
-        }
-    }
+    let csv = crate::quant::sensitivity::report_csv(report);
     write(&csv_path, csv.as_bytes())?;
     written.extend([json_path, csv_path]);
     let s = &report.settings;
