@@ -419,6 +419,9 @@ impl eframe::App for SdApp {
             if let Err(e) = crate::fsutil::write_atomic(path, text.as_bytes()) {
                 eprintln!("error: {}: {e}", path.display());
             }
+            if let Some(t) = self.samples.index_seconds {
+                println!("samples folder indexed in {t:.2} s");
+            }
             println!(
                 "frames: {}; UI time per frame p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; whole frame (eframe CPU time: UI + tessellation + painting) p50 {f50:.2} ms, p99 {f99:.2} ms, max {fmax:.2} ms",
                 self.stats.frames_ms.len()

@@ -320,6 +320,28 @@ mod tests {
     }
 
     #[test]
+    fn texture_cache_stays_within_its_byte_budget() {
+        let ctx = egui::Context::default();
+        // 16×16 RGBA = 1024 bytes per texture; room for three.
+        let mut cache = TextureCache::new(3 * 1024);
+        let image = || egui::ColorImage::filled([16, 16], egui::Color32::RED);
+        for i in 0..5 {
+            cache.get_or_insert(&ctx, &format!("t{i}"), egui::TextureOptions::NEAREST, image);
+            assert!(
+                cache.bytes() <= 3 * 1024,
+                "{} bytes after {i}",
+                cache.bytes()
+            );
+        }
+        assert_eq!(cache.len(), 3);
+        // The least recently used went first; touching t2 keeps it over t3.
+        assert!(!cache.contains("t0") && !cache.contains("t1") && cache.contains("t4"));
+        cache.get_or_insert(&ctx, "t2", egui::TextureOptions::NEAREST, image);
+        cache.get_or_insert(&ctx, "t5", egui::TextureOptions::NEAREST, image);
+        assert!(cache.contains("t2") && !cache.contains("t3"));
+    }
+
+    #[test]
     fn heatmap_shows_the_zero_half_and_histogram_counts() {
         // 4 tokens × 8 features; tokens 2..4 are zero (the T5 half).
         let mut data = vec![0f32; 4 * 8];

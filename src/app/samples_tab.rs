@@ -67,7 +67,9 @@ pub struct SampleTensors {
 /// The tab's state.
 #[derive(Default)]
 pub struct SamplesTab {
-    opening: Option<Receiver<Result<CalibrationSet, String>>>,
+    opening: Option<Receiver<(Result<CalibrationSet, String>, f64)>>,
+    /// How long indexing the folder took on its helper thread (seconds).
+    pub index_seconds: Option<f64>,
     pub set: Option<Arc<CalibrationSet>>,
     pub error: Option<String>,
     /// Index into the filtered list.
@@ -90,8 +92,9 @@ impl SamplesTab {
         self.opening = Some(rx);
         self.error = None;
         std::thread::spawn(move || {
+            let start = std::time::Instant::now();
             let r = CalibrationSet::open(&dir, &OpenOptions::default()).map_err(|e| e.to_string());
-            let _ = tx.send(r);
+            let _ = tx.send((r, start.elapsed().as_secs_f64()));
         });
     }
 
@@ -119,9 +122,10 @@ impl SamplesTab {
     /// Collects finished loads; starts loading the selected sample's tensors and decoding.
     pub fn poll(&mut self, _ctx: &egui::Context, shared: &mut Shared, o: &Options) {
         if let Some(rx) = &self.opening
-            && let Ok(r) = rx.try_recv()
+            && let Ok((r, seconds)) = rx.try_recv()
         {
             self.opening = None;
+            self.index_seconds = Some(seconds);
             match r {
                 Ok(set) => {
                     self.set = Some(Arc::new(set));
@@ -225,6 +229,9 @@ impl SamplesTab {
         };
         let metas = set.select(&o.filter());
         summary_ui(ui, &set, &metas);
+        if let Some(t) = self.index_seconds {
+            ui.label(format!("indexed {} files in {t:.2} s", set.samples().len()));
+        }
         ui.horizontal(|ui| {
             ui.label("Export");
             for (label, name) in [
