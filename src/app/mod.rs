@@ -635,3 +635,45 @@ fn block_on<F: std::future::Future>(fut: F) -> F::Output {
         std::thread::park();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persisted_state_tolerates_missing_and_unknown_fields() {
+        let p: Persisted = serde_json::from_str(
+            r#"{"tab": "samples", "from_a_newer_version": 1,
+                "samples": {"calib_dir": "runs/a", "future_field": true},
+                "sensitivity": {"bits": [4, 8]}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.tab, Tab::Samples);
+        assert_eq!(p.samples.calib_dir, "runs/a");
+        assert_eq!(
+            p.samples.step_stride, 1,
+            "missing fields take their defaults"
+        );
+        assert_eq!(p.sensitivity.bits, vec![4, 8]);
+        assert_eq!(p.generate, generate_tab::Options::default());
+        let empty: Persisted = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty.tab, Tab::Generate);
+    }
+
+    #[test]
+    fn percentiles_and_reports_folder() {
+        let s = FrameStats {
+            frames_ms: (1..=100).map(f64::from).collect(),
+            full_frames_ms: Vec::new(),
+        };
+        assert_eq!(s.percentiles(), (51.0, 99.0, 100.0));
+        assert_eq!(
+            reports_dir(std::path::Path::new("work/calibration_data")),
+            PathBuf::from("work/reports")
+        );
+        assert_eq!(
+            reports_dir(std::path::Path::new("calibration_data")),
+            PathBuf::from("./reports")
+        );
+    }
+}
