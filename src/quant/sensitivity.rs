@@ -16,7 +16,8 @@
 //! stage are measured (a layer in block k re-runs blocks k.. only; each (layer, bits) is
 //! quantized once for all samples; samples of the same shape are batched), then the float
 //! block runs once to move every sample to the next stage. `use_cache = false` is the naive
-//! oracle (a full forward per layer, bit width and sample batch); both give the same numbers.
+//! oracle (a full forward per layer, bit width and sample, one sample at a time); both give
+//! the same numbers (exactly with `batch_size = 1`; to float rounding otherwise).
 //!
 //! Memory bound (float32): per sample, the current block's input and the float model output,
 //! about 2 × (image + text tokens) × hidden × 4 bytes + the output (≈ 15 MB for SD3 medium at
@@ -837,7 +838,9 @@ pub fn run_sensitivity(
     on_event(SensitivityEvent::Preparing {
         samples: metas.len(),
     });
-    let mut batches = load_batches(&mmdit, &set, &metas, cfg.batch_size, cancel)?;
+    // The naive oracle runs one record at a time (a full forward per layer, bits and sample).
+    let batch_size = if cfg.use_cache { cfg.batch_size } else { 1 };
+    let mut batches = load_batches(&mmdit, &set, &metas, batch_size, cancel)?;
     if !cfg.use_cache {
         for b in &mut batches {
             b.state = None;
