@@ -99,6 +99,14 @@ pub struct GenerateTab {
     picking: Option<&'static str>,
     pending_pick: Option<PathBuf>,
     scanned: Option<PathBuf>,
+    /// PNGs being decoded on helper threads.
+    decoding: std::collections::HashSet<PathBuf>,
+    decoded: Option<(
+        crossbeam_channel::Sender<(PathBuf, Option<egui::ColorImage>)>,
+        crossbeam_channel::Receiver<(PathBuf, Option<egui::ColorImage>)>,
+    )>,
+    /// The disk estimate and whether the folder holds a run to resume, for these options.
+    status: Option<(Options, String, bool)>,
 }
 
 impl GenerateTab {
@@ -219,6 +227,7 @@ impl GenerateTab {
             } if *i == id => {
                 self.job = None;
                 shared.running = None;
+                self.status = None;
                 self.message = Some(super::job_outcome(*cancelled, result));
             }
             _ => {}
@@ -226,10 +235,60 @@ impl GenerateTab {
     }
 
     /// Fills in image paths and picks up dialog results.
-    pub fn poll(&mut self, _ctx: &egui::Context, _shared: &mut Shared) {
+    pub fn poll(&mut self, ctx: &egui::Context, shared: &mut Shared) {
         if let Some(p) = self.picker.poll() {
             self.pending_pick = Some(p);
         }
+        if let Some((_, rx)) = &self.decoded {
+            while let Ok((path, image)) = rx.try_recv() {
+                self.decoding.remove(&path);
+                let image = image
+                    .unwrap_or_else(|| egui::ColorImage::filled([1, 1], egui::Color32::GRAY));
+                let _ = shared.textures.get_or_insert(
+                    ctx,
+                    &png_key(&path),
+                    egui::TextureOptions::LINEAR,
+                    || image,
+                );
+            }
+        }
+    }
+
+    /// A PNG from disk as a texture once a helper thread has decoded it (None until then).
+    fn png_texture(
+        &mut self,
+        ctx: &egui::Context,
+        shared: &mut Shared,
+        path: &Path,
+    ) -> Option<egui::TextureHandle> {
+        let key = png_key(path);
+        if shared.textures.contains(&key) {
+            return Some(shared.textures.get_or_insert(
+                ctx,
+                &key,
+                egui::TextureOptions::LINEAR,
+                || egui::ColorImage::filled([1, 1], egui::Color32::GRAY),
+            ));
+        }
+        if self.decoding.insert(path.to_owned()) {
+            let (tx, _) = self
+                .decoded
+                .get_or_insert_with(crossbeam_channel::unbounded);
+            let tx = tx.clone();
+            let path = path.to_owned();
+            let ctx = ctx.clone();
+            std::thread::spawn(move || {
+                let image = read_png(&path);
+                let _ = tx.send((path, image));
+                ctx.request_repaint();
+            });
+        }
+        None
+    }
+
+    /// True while gallery images are still being decoded.
+    pub fn is_loading(&self) -> bool {
+        !self.decoding.is_empty()
     }
 
     pub fn ui(&mut self, ui: &mut egui::Ui, o: &mut Options, shared: &mut Shared) {
@@ -347,11 +406,19 @@ impl GenerateTab {
             ui.checkbox(&mut o.overwrite, "Overwrite a different run in this folder");
         });
         ui.separator();
-        let estimate = disk_estimate(o);
+        // Disk figures and the manifest are read when the options change, not every frame.
+        if self.status.as_ref().is_none_or(|(k, _, _)| k != o) {
+            let resumable = manifest_images(Path::new(&o.calib_dir)).is_some_and(|n| n > 0);
+            self.status = Some((o.clone(), disk_estimate(o), resumable));
+        }
+        let (estimate, resumable) = self
+            .status
+            .as_ref()
+            .map(|(_, e, r)| (e.clone(), *r))
+            .unwrap_or_default();
         ui.label(estimate);
         ui.horizontal(|ui| {
-            let resumable =
-                !running && manifest_images(Path::new(&o.calib_dir)).is_some_and(|n| n > 0);
+            let resumable = !running && resumable;
             let start_label = if resumable { "Start / Resume" } else { "Start" };
             if ui
                 .add_enabled(!running, egui::Button::new(start_label))
@@ -413,9 +480,10 @@ impl GenerateTab {
         if let Some(sel) = self
             .selected
             .and_then(|s| self.gallery.iter().find(|g| g.image == s))
+            .cloned()
         {
             ui.label(format!("image {}: {}", sel.image, sel.prompt));
-            if let Some(tex) = png_texture(&ctx, shared, &sel.path) {
+            if let Some(tex) = self.png_texture(&ctx, shared, &sel.path) {
                 let size = fit(
                     tex.size_vec2(),
                     egui::vec2(ui.available_width().min(512.0), 320.0),
@@ -430,7 +498,7 @@ impl GenerateTab {
                 let items = self.gallery.clone();
                 for g in items.iter().rev().take(60) {
                     ui.vertical(|ui| {
-                        if let Some(tex) = png_texture(&ctx, shared, &g.path) {
+                        if let Some(tex) = self.png_texture(&ctx, shared, &g.path) {
                             let r = ui.add(
                                 egui::Image::new((
                                     tex.id(),
@@ -466,25 +534,8 @@ fn fit(size: egui::Vec2, max: egui::Vec2) -> egui::Vec2 {
     size * s
 }
 
-/// A PNG from disk as a texture (cached; None when unreadable).
-fn png_texture(
-    ctx: &egui::Context,
-    shared: &mut Shared,
-    path: &Path,
-) -> Option<egui::TextureHandle> {
-    let key = format!("png:{}", path.display());
-    let image = if shared.textures.contains(&key) {
-        None
-    } else {
-        Some(read_png(path)?)
-    };
-    Some(
-        shared
-            .textures
-            .get_or_insert(ctx, &key, egui::TextureOptions::LINEAR, || {
-                image.unwrap_or_else(|| egui::ColorImage::filled([1, 1], egui::Color32::GRAY))
-            }),
-    )
+fn png_key(path: &Path) -> String {
+    format!("png:{}", path.display())
 }
 
 /// Reads an 8-bit RGB or RGBA PNG.

@@ -255,6 +255,7 @@ impl SdApp {
     /// True while any tab waits for a job or a load.
     pub fn busy(&self) -> bool {
         self.generate.is_running()
+            || self.generate.is_loading()
             || self.sensitivity.is_running()
             || self.samples.is_loading()
             || self.sensitivity.is_loading()

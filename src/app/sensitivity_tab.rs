@@ -359,7 +359,8 @@ impl SensitivityTab {
     }
 
     fn results_ui(&mut self, ui: &mut egui::Ui, o: &mut Options) {
-        let Some(report) = self.report.clone() else {
+        // Borrowed out and put back: no copy of the report per frame.
+        let Some(report) = self.report.take() else {
             if self.loading.is_some() {
                 ui.spinner();
             } else {
@@ -367,6 +368,13 @@ impl SensitivityTab {
             }
             return;
         };
+        self.report_ui(ui, o, &report);
+        if self.report.is_none() {
+            self.report = Some(report);
+        }
+    }
+
+    fn report_ui(&mut self, ui: &mut egui::Ui, o: &mut Options, report: &SensitivityReport) {
         let s = &report.settings;
         ui.label(format!(
             "{} layers | scope {} | bits {:?} | group {} | {} samples | model {}",
