@@ -13,6 +13,11 @@ use crate::job::CancelToken;
 use crate::model::Preset;
 use crate::model::config::ModelDtype;
 
+/// A decoded PNG (None when unreadable), from a helper thread.
+type Decoded = (PathBuf, Option<egui::ColorImage>);
+type DecodedTx = crossbeam_channel::Sender<Decoded>;
+type DecodedRx = crossbeam_channel::Receiver<Decoded>;
+
 /// Where the prompts come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum PromptSource {
@@ -101,10 +106,7 @@ pub struct GenerateTab {
     scanned: Option<PathBuf>,
     /// PNGs being decoded on helper threads.
     decoding: std::collections::HashSet<PathBuf>,
-    decoded: Option<(
-        crossbeam_channel::Sender<(PathBuf, Option<egui::ColorImage>)>,
-        crossbeam_channel::Receiver<(PathBuf, Option<egui::ColorImage>)>,
-    )>,
+    decoded: Option<(DecodedTx, DecodedRx)>,
     /// The disk estimate and whether the folder holds a run to resume, for these options.
     status: Option<(Options, String, bool)>,
 }
@@ -242,8 +244,8 @@ impl GenerateTab {
         if let Some((_, rx)) = &self.decoded {
             while let Ok((path, image)) = rx.try_recv() {
                 self.decoding.remove(&path);
-                let image = image
-                    .unwrap_or_else(|| egui::ColorImage::filled([1, 1], egui::Color32::GRAY));
+                let image =
+                    image.unwrap_or_else(|| egui::ColorImage::filled([1, 1], egui::Color32::GRAY));
                 let _ = shared.textures.get_or_insert(
                     ctx,
                     &png_key(&path),

@@ -326,7 +326,8 @@ mod tests {
         let mut cache = TextureCache::new(3 * 1024);
         let image = || egui::ColorImage::filled([16, 16], egui::Color32::RED);
         for i in 0..5 {
-            cache.get_or_insert(&ctx, &format!("t{i}"), egui::TextureOptions::NEAREST, image);
+            let _ =
+                cache.get_or_insert(&ctx, &format!("t{i}"), egui::TextureOptions::NEAREST, image);
             assert!(
                 cache.bytes() <= 3 * 1024,
                 "{} bytes after {i}",
@@ -336,8 +337,8 @@ mod tests {
         assert_eq!(cache.len(), 3);
         // The least recently used went first; touching t2 keeps it over t3.
         assert!(!cache.contains("t0") && !cache.contains("t1") && cache.contains("t4"));
-        cache.get_or_insert(&ctx, "t2", egui::TextureOptions::NEAREST, image);
-        cache.get_or_insert(&ctx, "t5", egui::TextureOptions::NEAREST, image);
+        let _ = cache.get_or_insert(&ctx, "t2", egui::TextureOptions::NEAREST, image);
+        let _ = cache.get_or_insert(&ctx, "t5", egui::TextureOptions::NEAREST, image);
         assert!(cache.contains("t2") && !cache.contains("t3"));
     }
 

@@ -427,7 +427,7 @@ impl SensitivityTab {
                 });
         });
         // Filtered layers, most sensitive first.
-        let ranked = report::ranking(&report, o.plot_bits, &o.bucket, o.metric);
+        let ranked = report::ranking(report, o.plot_bits, &o.bucket, o.metric);
         let filtered: Vec<String> = ranked
             .iter()
             .filter(|(name, _)| {
@@ -456,7 +456,7 @@ impl SensitivityTab {
                 ui.selectable_value(&mut o.view, v, label);
             }
         });
-        self.export_ui(ui, o, &report);
+        self.export_ui(ui, o, report);
         ui.separator();
         match o.view {
             View::Plots => {
@@ -479,7 +479,7 @@ impl SensitivityTab {
                         }
                     });
                 }
-                let fig = report::bits_figure(&report, &shown, &o.bucket, o.metric);
+                let fig = report::bits_figure(report, &shown, &o.bucket, o.metric);
                 lines_plot(ui, "bits-plot", &fig, 300.0);
                 ui.separator();
                 ui.label(format!(
@@ -525,14 +525,14 @@ impl SensitivityTab {
                     filtered.len().min(40)
                 ));
                 let heat = report::bucket_heatmap(
-                    &report,
+                    report,
                     &filtered.iter().take(40).cloned().collect::<Vec<_>>(),
                     o.plot_bits,
                     o.metric,
                 );
                 heatmap(ui, &heat);
             }
-            View::Plan => self.plan_ui(ui, o, &report),
+            View::Plan => self.plan_ui(ui, o, report),
         }
     }
 
