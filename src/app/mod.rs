@@ -405,6 +405,9 @@ impl eframe::App for SdApp {
     }
 
     fn on_exit(&mut self) {
+        // Running jobs stop at their next step or layer, so the worker can be joined.
+        self.generate.cancel();
+        self.sensitivity.cancel();
         if let Some(path) = &self.options.frame_stats {
             let (p50, p99, max) = self.stats.percentiles();
             let (f50, f99, fmax) = FrameStats::percentiles_of(&self.stats.full_frames_ms);

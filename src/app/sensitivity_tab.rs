@@ -126,6 +126,12 @@ impl SensitivityTab {
         self.job.is_some()
     }
 
+    pub fn cancel(&mut self) {
+        if let Some((_, c, _)) = &self.job {
+            c.cancel();
+        }
+    }
+
     pub fn poll(&mut self) {
         if let Some(rx) = &self.loading
             && let Ok(r) = rx.try_recv()
@@ -332,9 +338,8 @@ impl SensitivityTab {
                     if ui
                         .add_enabled(running, egui::Button::new("Cancel sweep"))
                         .clicked()
-                        && let Some((_, c, _)) = &self.job
                     {
-                        c.cancel();
+                        self.cancel();
                     }
                 });
                 if running {
