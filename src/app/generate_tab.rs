@@ -542,8 +542,12 @@ fn png_key(path: &Path) -> String {
 
 /// Reads an 8-bit RGB or RGBA PNG.
 pub fn read_png(path: &Path) -> Option<egui::ColorImage> {
-    let file = std::fs::File::open(path).ok()?;
-    let decoder = png::Decoder::new(std::io::BufReader::new(file));
+    decode_png(&std::fs::read(path).ok()?)
+}
+
+/// Decodes an 8-bit RGB or RGBA PNG.
+pub fn decode_png(bytes: &[u8]) -> Option<egui::ColorImage> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     let mut reader = decoder.read_info().ok()?;
     let mut buf = vec![0; reader.output_buffer_size()?];
     let info = reader.next_frame(&mut buf).ok()?;

@@ -475,23 +475,11 @@ pub fn display_available() -> bool {
 
 /// The window icon (`assets/icon.png`, also the macOS bundle's).
 fn app_icon() -> Option<egui::IconData> {
-    let bytes: &[u8] = include_bytes!("../../assets/icon.png");
-    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-    let mut reader = decoder.read_info().ok()?;
-    let mut buf = vec![0; reader.output_buffer_size()?];
-    let info = reader.next_frame(&mut buf).ok()?;
-    let rgba: Vec<u8> = match info.color_type {
-        png::ColorType::Rgba => buf[..info.buffer_size()].to_vec(),
-        png::ColorType::Rgb => buf[..info.buffer_size()]
-            .chunks(3)
-            .flat_map(|p| [p[0], p[1], p[2], 255])
-            .collect(),
-        _ => return None,
-    };
+    let image = generate_tab::decode_png(include_bytes!("../../assets/icon.png"))?;
     Some(egui::IconData {
-        rgba,
-        width: info.width,
-        height: info.height,
+        rgba: image.pixels.iter().flat_map(|p| p.to_array()).collect(),
+        width: image.size[0] as u32,
+        height: image.size[1] as u32,
     })
 }
 

@@ -630,104 +630,48 @@ pub fn write_sensitivity_report(
     opts: &SensitivityReportOptions,
 ) -> Result<Vec<PathBuf>, ReportError> {
     let figs = sensitivity_figures(report, opts)?;
-    let stem = output
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "report".into());
-    let dir = output.parent().unwrap_or(Path::new("")).to_path_buf();
-    let mut written = Vec::new();
-    // Data beside the report.
-    let json_path = dir.join(format!("{stem}_data.json"));
-    let json =
-        serde_json::to_string_pretty(report).map_err(|e| ReportError::Data(e.to_string()))?;
-    write(&json_path, json.as_bytes())?;
-    let csv_path = dir.join(format!("{stem}_data.csv"));
-    let csv = crate::quant::sensitivity::report_csv(report);
-    write(&csv_path, csv.as_bytes())?;
-    written.extend([json_path, csv_path]);
+    let json = serde_json::to_value(report).map_err(|e| ReportError::Data(e.to_string()))?;
+    let mut written = write_data(
+        output,
+        &crate::quant::sensitivity::report_csv(report),
+        &json,
+    )?;
     let s = &report.settings;
     let bits = opts
         .bits
         .or_else(|| s.bits.iter().min().copied())
         .unwrap_or(0);
-    let summary: Vec<(&str, String)> = vec![
-        ("model", s.model.clone()),
-        ("calibration directory", s.calib_dir.display().to_string()),
-        ("samples", s.samples.len().to_string()),
-        ("scope", s.metric_scope.clone()),
-        ("bit widths", format!("{:?}", s.bits)),
-        ("group size", s.group_size.to_string()),
-        ("layers measured", report.layers.len().to_string()),
-    ];
-    let top: Vec<(String, f64)> = ranking(report, bits, &opts.bucket, opts.metric)
+    let mut doc = Doc::new(output, "SD3 Lab sensitivity report");
+    doc.table(
+        &["", ""],
+        &[
+            vec!["model".into(), s.model.clone()],
+            vec![
+                "calibration directory".into(),
+                s.calib_dir.display().to_string(),
+            ],
+            vec!["samples".into(), s.samples.len().to_string()],
+            vec!["scope".into(), s.metric_scope.clone()],
+            vec!["bit widths".into(), format!("{:?}", s.bits)],
+            vec!["group size".into(), s.group_size.to_string()],
+            vec!["layers measured".into(), report.layers.len().to_string()],
+        ],
+    );
+    for (stem, fig) in &figs {
+        doc.figure(stem, fig)?;
+    }
+    doc.heading(&format!(
+        "Most sensitive layers at {bits} bits ({})",
+        opts.bucket
+    ));
+    let top: Vec<Vec<String>> = ranking(report, bits, &opts.bucket, opts.metric)
         .into_iter()
         .take(opts.top)
+        .map(|(name, v)| vec![name, format!("{v:.4}")])
         .collect();
-    let is_html = output
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("htm"));
-    let body = if is_html {
-        let mut h = String::from(
-            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>SD3 Lab sensitivity report</title>\n<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}figure{margin:1em 0}</style></head><body>\n<h1>SD3 Lab sensitivity report</h1>\n<table>\n",
-        );
-        for (k, v) in &summary {
-            h.push_str(&format!(
-                "<tr><th>{}</th><td>{}</td></tr>\n",
-                k,
-                html_escape(v)
-            ));
-        }
-        h.push_str("</table>\n");
-        for (_, fig) in &figs {
-            h.push_str(&format!(
-                "<figure><figcaption>{}</figcaption>\n{}\n</figure>\n",
-                html_escape(fig.title()),
-                render_svg(fig, (900, 520))?
-            ));
-        }
-        h.push_str(&format!(
-            "<h2>Most sensitive layers at {bits} bits ({})</h2>\n<table><tr><th>layer</th><th>{}</th></tr>\n",
-            html_escape(&opts.bucket),
-            opts.metric.label()
-        ));
-        for (name, v) in &top {
-            h.push_str(&format!(
-                "<tr><td>{}</td><td>{v:.4}</td></tr>\n",
-                html_escape(name)
-            ));
-        }
-        h.push_str(&format!(
-            "</table>\n<p>Data: <a href=\"{stem}_data.csv\">{stem}_data.csv</a>, <a href=\"{stem}_data.json\">{stem}_data.json</a></p>\n</body></html>\n"
-        ));
-        h
-    } else {
-        let files = dir.join(format!("{stem}_files"));
-        let mut m = String::from("# SD3 Lab sensitivity report\n\n| | |\n|---|---|\n");
-        for (k, v) in &summary {
-            m.push_str(&format!("| {k} | {v} |\n"));
-        }
-        m.push('\n');
-        for (fstem, fig) in &figs {
-            let png = files.join(format!("{fstem}.png"));
-            write(&png, &render_png(fig, (900, 520))?)?;
-            written.push(png);
-            m.push_str(&format!("![{}]({stem}_files/{fstem}.png)\n\n", fig.title()));
-        }
-        m.push_str(&format!(
-            "## Most sensitive layers at {bits} bits ({})\n\n| layer | {} |\n|---|---|\n",
-            opts.bucket,
-            opts.metric.label()
-        ));
-        for (name, v) in &top {
-            m.push_str(&format!("| `{name}` | {v:.4} |\n"));
-        }
-        m.push_str(&format!(
-            "\nData: [{stem}_data.csv]({stem}_data.csv), [{stem}_data.json]({stem}_data.json)\n"
-        ));
-        m
-    };
-    write(output, body.as_bytes())?;
-    written.push(output.to_owned());
+    doc.table(&["layer", opts.metric.label()], &top);
+    doc.text("The data are in the _data.csv and _data.json files beside this report.");
+    written.extend(doc.finish(output)?);
     Ok(written)
 }
 
