@@ -408,7 +408,7 @@ impl Mmdit {
         let k = joint(&qkv_i[1], &qkv_t[1])?;
         let v = joint(&qkv_i[2], &qkv_t[2])?;
         let scale = (1.0 / (dh as f64).sqrt()) as f32;
-        let out = mlx_rs::fast::scaled_dot_product_attention(&q, &k, &v, scale, None, None)?
+        let out = super::nn::attention(&q, &k, &v, scale)?
             .transpose_axes(&[0, 2, 1, 3])?
             .reshape(&[batch, -1, 1, hidden])?;
         let (s_img, s_txt) = (img.shape()[1], txt.shape()[1]);

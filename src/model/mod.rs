@@ -3,6 +3,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod cpu_kernels;
 pub mod mmdit;
 pub mod nn;
 pub mod pipeline;

@@ -116,14 +116,36 @@ impl LayerNorm {
 
 // MLX's Python activations are `mx.compile`d (one fused elementwise pass); these are too.
 
-/// `x · sigmoid(x)` (mlx.nn.silu, compiled).
+/// `x · sigmoid(x)` (mlx.nn.silu, compiled); on the CPU in float32, the same formula
+/// vectorised ([`super::cpu_kernels`]).
 pub fn silu(x: &Array) -> MlxResult<Array> {
-    mlx_rs::nn::silu(x)
+    super::cpu_kernels::silu(x)
 }
 
-/// Exact GELU, `x · (1 + erf(x / √2)) / 2` (mlx.nn.gelu, compiled).
+/// Exact GELU, `x · (1 + erf(x / √2)) / 2` (mlx.nn.gelu, compiled); on the CPU in float32,
+/// the same formula vectorised ([`super::cpu_kernels`]).
 pub fn gelu(x: &Array) -> MlxResult<Array> {
-    mlx_rs::nn::gelu(x)
+    super::cpu_kernels::gelu(x)
+}
+
+/// Exact GELU with MLX operations, in `x`'s dtype (mlx-rs's `nn::gelu` promotes float16 to
+/// float32 through its float32 constants; Python's weakly typed scalars do not).
+pub(super) fn gelu_mlx(x: &Array) -> MlxResult<Array> {
+    let c = |v: f32| Array::from_f32(v).as_dtype(x.dtype());
+    let erf = mlx_rs::ops::erf(x.divide(c(super::cpu_kernels::SQRT_2_AS_MLX_COMPILES_IT)?)?)?;
+    x.multiply(c(1.0)?.add(&erf)?)?.divide(c(2.0)?)
+}
+
+/// `mx.fast.scaled_dot_product_attention(q, k, v, scale)` without a mask. On the CPU in
+/// float32 this runs MLX's own fallback (`softmax((q·scale) kᵀ) v`) with the softmax done by
+/// [`super::cpu_kernels`]; elsewhere MLX's fused kernel.
+pub fn attention(q: &Array, k: &Array, v: &Array, scale: f32) -> MlxResult<Array> {
+    if !super::cpu_kernels::applies(q) {
+        return mlx_rs::fast::scaled_dot_product_attention(q, k, v, scale, None, None);
+    }
+    let scores = q.multiply(scalar(scale))?.matmul(&k.swap_axes(-1, -2)?)?;
+    let weights = super::cpu_kernels::softmax_last_axis_owned(scores, true)?;
+    weights.matmul(v)
 }
 
 /// `x · sigmoid(1.702 · x)` (CLIP-L's quick_gelu, mlx.nn.gelu_fast_approx, compiled). mlx-rs's

@@ -80,7 +80,7 @@ impl VaeAttention {
         let scores = q
             .multiply(scalar(scale))?
             .matmul(k.transpose_axes(&[0, 2, 1])?)?;
-        let attn = mlx_rs::ops::softmax_axis(&scores, -1, None)?;
+        let attn = super::cpu_kernels::softmax_last_axis_owned(scores, false)?;
         let y = attn.matmul(&v)?.reshape(&[b, h, w, c])?;
         x.add(self.out_proj.forward(&y)?)
     }
