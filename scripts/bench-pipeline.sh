@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SD3 pipeline benchmark, sd3lab vs DiffusionKit (0.5.2, same MLX 0.32.2 CPU build, same
 # Debian OpenBLAS kernels: DiffusionKit's process gets it through LD_PRELOAD), side by side,
-# alternating, on the same synthetic checkpoint:
+# alternating, on the same synthetic checkpoint, each as its one-shot command runs (text encoders
+# released after encoding, the MMDiT after denoising: DiffusionKit's default low_memory_mode):
 #   1. medium-shaped (SD3-medium widths, depth 4), 512×512, float32, 2 steps of CFG:
 #      load, text encoding, seconds per denoising step, decode, peak memory;
 #   2. the full-size sd3-medium synthetic checkpoint (4.3 GB + CLIPs), float16: load time and memory.

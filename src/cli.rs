@@ -678,7 +678,9 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let result = pipe.generate(&cfg, &mut |s| {
+    let (load_seconds, vae_cfg) = (pipe.load_seconds, pipe.config.vae.clone());
+    // One image: each model is released once done with, as DiffusionKit's low-memory mode does.
+    let result = pipe.generate_releasing(&cfg, &mut |s| {
         bar.set_position(s.step_index as u64);
         Flow::Continue
     });
@@ -690,8 +692,8 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.latent_out {
         let latent = generated
             .latent
-            .divide(mlx_rs::Array::from_f32(pipe.config.vae.scaling_factor))?
-            .add(mlx_rs::Array::from_f32(pipe.config.vae.shift_factor))?;
+            .divide(mlx_rs::Array::from_f32(vae_cfg.scaling_factor))?
+            .add(mlx_rs::Array::from_f32(vae_cfg.shift_factor))?;
         let shape: Vec<usize> = latent.shape().iter().map(|&d| d as usize).collect();
         let values = sd3lab::model::nn::to_vec_f32(&latent)?;
         let array = sd3lab::calib::NpyArray::new(shape, sd3lab::calib::NpyData::Float32(values))?;
@@ -711,7 +713,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
             "settings": cfg,
             "output": args.output,
             "latent_out": args.latent_out,
-            "seconds": {"load": pipe.load_seconds, "text_encoding": t.text_encoding, "denoising": t.denoising, "per_step": t.per_step, "decoding": t.decoding},
+            "seconds": {"load": load_seconds, "text_encoding": t.text_encoding, "denoising": t.denoising, "per_step": t.per_step, "decoding": t.decoding},
             "peak_memory_bytes": {"mlx": peak_mlx, "process_rss": peak_rss},
             "quant": {"spec": args.quant, "mode": args.quant_mode, "quantized_layers": quant_report.quantized.len(), "skipped": quant_report.skipped, "mmdit_bytes_before": quant_report.bytes_before, "mmdit_bytes_after": quant_report.bytes_after},
         });
@@ -730,7 +732,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         );
         println!(
             "load {:.2} s | text encoding {:.2} s | denoising {:.2} s ({} steps, {:.3} s/step) | decoding {:.2} s",
-            pipe.load_seconds,
+            load_seconds,
             t.text_encoding,
             t.denoising,
             t.per_step.len(),

@@ -310,4 +310,15 @@ fn whole_generation_matches_diffusionkit() {
         differing * 1000 <= diffs.len(),
         "{differing} values differ: more than rounding-boundary cases"
     );
+
+    // The one-shot path (`sd3lab generate`), which releases the text encoders and the MMDiT
+    // as soon as it is done with them, computes the very same image and latent.
+    let released = Pipeline::load(&files, Dtype::Float32)
+        .unwrap()
+        .generate_releasing(&settings, &mut |_| Flow::Continue)
+        .unwrap()
+        .unwrap();
+    assert_eq!(released.image.2, ours, "releasing models changed the image");
+    let same = released.latent.eq_values(&generated.latent).unwrap();
+    assert!(same, "releasing models changed the latent");
 }

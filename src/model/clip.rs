@@ -43,6 +43,14 @@ pub struct ClipTextModel {
 }
 
 impl ClipTextModel {
+    /// Drops the weights (all but the final norm's); the model is unusable afterwards.
+    pub fn release(&mut self) {
+        self.layers = Vec::new();
+        self.text_projection = None;
+        self.token_embedding = super::nn::released();
+        self.position_embedding = super::nn::released();
+    }
+
     /// Builds the model from tensors named as DiffusionKit maps them (see [`remap_clip_key`]).
     pub fn from_store(config: &ClipConfig, store: &mut TensorStore) -> Result<Self, WeightsError> {
         let w = config.width;

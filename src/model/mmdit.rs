@@ -116,6 +116,13 @@ impl Modulation {
 }
 
 impl Mmdit {
+    /// Drops the joint blocks and the position table (nearly all the weights); the model is
+    /// unusable afterwards.
+    pub fn release(&mut self) {
+        self.blocks = Vec::new();
+        self.pos_embed = super::nn::released();
+    }
+
     /// Builds the model from remapped tensors (see `weights::remap_mmdit`), strictly.
     pub fn from_store(config: &MmditConfig, store: &mut TensorStore) -> Result<Self, WeightsError> {
         config.validate().map_err(|reason| WeightsError::Invalid {

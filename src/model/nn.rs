@@ -156,6 +156,11 @@ pub fn quick_gelu(x: &Array) -> MlxResult<Array> {
     compiled(x)
 }
 
+/// An empty array standing in for released weights.
+pub fn released() -> Array {
+    Array::from_slice::<f32>(&[], &[0])
+}
+
 /// A float32 scalar that takes the other operand's dtype, like a Python float in MLX.
 pub fn scalar(v: f32) -> Array {
     Array::from_f32(v)

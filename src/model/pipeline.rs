@@ -239,6 +239,57 @@ impl Pipeline {
         Ok((cond.as_dtype(self.dtype)?, pooled.as_dtype(self.dtype)?))
     }
 
+    /// One image, releasing each model once it is no longer needed, as DiffusionKit's
+    /// `generate_image` does in its default `low_memory_mode`: the text encoders after the
+    /// prompt is encoded, the MMDiT(s) after denoising (and MLX's buffer cache with them, so the
+    /// memory really goes back). The decoder's peak then no longer stacks on every weight.
+    /// Consumes the pipeline: for one-shot use (`sd3lab generate`).
+    pub fn generate_releasing(
+        mut self,
+        cfg: &GenerateConfig,
+        on_step: &mut dyn FnMut(&StepInputs) -> Flow,
+    ) -> Result<Option<Generated>, PipelineError> {
+        cfg.validate(self.config.mmdit.max_latent_resolution)
+            .map_err(PipelineError::Config)?;
+        let mut times = StageTimes::default();
+        let t0 = Instant::now();
+        let (cond, pooled) = self.encode_text(&cfg.prompt, &cfg.negative_prompt)?;
+        mlx_rs::transforms::eval([&cond, &pooled])?;
+        self.clip_l.release();
+        self.clip_g.release();
+        mlx_rs::memory::clear_cache()?;
+        times.text_encoding = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let latent_hw = (cfg.height / 8, cfg.width / 8);
+        let Some(latent) = self.denoise(
+            &cond,
+            &pooled,
+            cfg.seed,
+            cfg.num_steps,
+            cfg.cfg_weight,
+            latent_hw,
+            &mut times.per_step,
+            on_step,
+        )?
+        else {
+            return Ok(None);
+        };
+        times.denoising = t1.elapsed().as_secs_f64();
+        let t2 = Instant::now();
+        self.mmdit.release();
+        self.bucket_mmdits = None;
+        drop((cond, pooled));
+        mlx_rs::memory::clear_cache()?;
+        let image = self.decode(&latent)?;
+        let mut images = to_u8_images(&image)?;
+        times.decoding = t2.elapsed().as_secs_f64();
+        Ok(Some(Generated {
+            image: images.remove(0),
+            latent,
+            times,
+        }))
+    }
+
     /// Euler sampling with CFG. Returns the final latent, or `None` when `on_step` cancelled.
     #[allow(clippy::too_many_arguments)]
     pub fn denoise(

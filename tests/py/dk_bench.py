@@ -4,6 +4,7 @@
 usage: dk_bench.py generate MODEL_DIR CONFIG.json PROMPT SEED STEPS SIZE
        dk_bench.py load MODEL_DIR CONFIG.json DTYPE
 """
+import gc
 import json
 import os
 import resource
@@ -44,11 +45,17 @@ def generate(model_dir, config_file, prompt, seed, steps, size):
     t = time.time()
     cond, pooled = pipe.encode_text(prompt, 7.5, "")
     mx.eval(cond, pooled)
+    # DiffusionKit's generate_image in its default low_memory_mode releases the text encoders
+    # here and the MMDiT after denoising (sd3lab generate does the same).
+    del pipe.clip_l, pipe.clip_g
+    gc.collect()
     text_s = time.time() - t
     t = time.time()
     latent, iter_time = pipe.denoise_latents(cond, pooled, num_steps=int(steps), cfg_weight=7.5,
                                              latent_size=(int(size) // 8, int(size) // 8), seed=int(seed))
     mx.eval(latent)
+    del pipe.mmdit
+    gc.collect()
     denoise_s = time.time() - t
     t = time.time()
     image = pipe.decode_latents_to_image(latent)
