@@ -22,10 +22,15 @@ use super::nn::MlxResult;
 /// Below this many elements the work is done on the calling thread.
 const PARALLEL_MIN: usize = 1 << 16;
 
-/// Whether these kernels apply to `x`: the default device is the CPU, `x` is float32, and
-/// they are not switched off with `SD3LAB_CPU_KERNELS=0` (for comparisons with plain MLX).
+/// Whether these kernels apply to `x`: an x86-64 machine whose default MLX device is the CPU,
+/// `x` is float32, and they are not switched off with `SD3LAB_CPU_KERNELS=0` (for comparisons with plain MLX).
 pub fn applies(x: &Array) -> bool {
-    x.dtype() == Dtype::Float32 && enabled() && default_device_is_cpu()
+    // On ARM, MLX's CPU code is NEON-vectorised already (and sums in vector lanes, an order
+    // these kernels do not reproduce), so they are for x86 only.
+    cfg!(target_arch = "x86_64")
+        && x.dtype() == Dtype::Float32
+        && enabled()
+        && default_device_is_cpu()
 }
 
 fn enabled() -> bool {
@@ -351,7 +356,7 @@ mod tests {
     #[test]
     fn kernels_apply_to_float32_on_the_cpu_only() {
         let x = Array::from_slice(&[1.0f32, 2.0], &[2]);
-        assert!(applies(&x));
+        assert_eq!(applies(&x), cfg!(target_arch = "x86_64"));
         let h = x.as_dtype(Dtype::Float16).unwrap();
         assert!(!applies(&h));
     }
