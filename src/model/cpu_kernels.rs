@@ -56,11 +56,11 @@ fn default_device_is_cpu() -> bool {
 /// otherwise MLX's `softmax` (`precise` as there; float32 results are the same either way).
 /// Returns the array holding the result.
 ///
-/// # Safety of the in-place write
-/// The caller passes ownership of `x`: it must be an intermediate result that no other `Array`
-/// shares (MLX arrays are reference counted; writing into a shared buffer would change the other
-/// handle's values too).
-pub fn softmax_last_axis_owned(x: Array, precise: bool) -> MlxResult<Array> {
+/// # Safety
+/// `x` must be an intermediate result that no other `Array` handle shares: MLX arrays are
+/// reference counted (a Rust `clone` is another handle on the same buffer), and writing into a
+/// shared buffer would change the other handle's values too.
+pub unsafe fn softmax_last_axis_owned(x: Array, precise: bool) -> MlxResult<Array> {
     if !applies(&x) {
         return mlx_rs::ops::softmax_axis(&x, -1, precise);
     }
@@ -101,12 +101,8 @@ fn map_elementwise(
         Ok(s) => s,
         Err(_) => return fallback(x),
     };
-    let mut out: Vec<f32> = Vec::with_capacity(input.len());
-    // SAFETY: every element is written by `kernel` before the vector is read.
-    #[allow(clippy::uninit_vec)]
-    unsafe {
-        out.set_len(input.len())
-    };
+    // Zeroed through calloc: large blocks come as fresh zero pages, so this costs no pass.
+    let mut out = vec![0.0f32; input.len()];
     parallel_chunks(input, &mut out, kernel);
     Ok(array_from_vec(out, x.shape()))
 }
@@ -367,7 +363,8 @@ mod tests {
             let data = values(rows * cols, spread);
             let x = Array::from_slice(&data, &[rows as i32, cols as i32]);
             let expected = mlx_rs::ops::softmax_axis(&x, -1, true).unwrap();
-            let ours = softmax_last_axis_owned(x.deep_clone(), true).unwrap();
+            // SAFETY: a deep copy nothing else refers to.
+            let ours = unsafe { softmax_last_axis_owned(x.deep_clone(), true) }.unwrap();
             assert_same(&ours, &expected, &format!("softmax {rows}x{cols}"));
             let sums: Vec<f32> = ours
                 .as_slice::<f32>()
@@ -403,7 +400,8 @@ mod tests {
         );
         let h = x.as_dtype(Dtype::Float16).unwrap();
         assert_eq!(gelu(&h).unwrap().dtype(), Dtype::Float16);
-        let s = softmax_last_axis_owned(h, true).unwrap();
+        // SAFETY: `h` is a fresh cast nothing else refers to.
+        let s = unsafe { softmax_last_axis_owned(h, true) }.unwrap();
         assert_eq!(s.dtype(), Dtype::Float16);
     }
 

@@ -80,7 +80,8 @@ impl VaeAttention {
         let scores = q
             .multiply(scalar(scale))?
             .matmul(k.transpose_axes(&[0, 2, 1])?)?;
-        let attn = super::cpu_kernels::softmax_last_axis_owned(scores, false)?;
+        // SAFETY: `scores` was just created here and is shared with nothing.
+        let attn = unsafe { super::cpu_kernels::softmax_last_axis_owned(scores, false)? };
         let y = attn.matmul(&v)?.reshape(&[b, h, w, c])?;
         x.add(self.out_proj.forward(&y)?)
     }
