@@ -239,57 +239,6 @@ impl Pipeline {
         Ok((cond.as_dtype(self.dtype)?, pooled.as_dtype(self.dtype)?))
     }
 
-    /// One image, releasing each model once it is no longer needed, as DiffusionKit's
-    /// `generate_image` does in its default `low_memory_mode`: the text encoders after the
-    /// prompt is encoded, the MMDiT(s) after denoising (and MLX's buffer cache with them, so the
-    /// memory really goes back). The decoder's peak then no longer stacks on every weight.
-    /// Consumes the pipeline: for one-shot use (`sd3lab generate`).
-    pub fn generate_releasing(
-        mut self,
-        cfg: &GenerateConfig,
-        on_step: &mut dyn FnMut(&StepInputs) -> Flow,
-    ) -> Result<Option<Generated>, PipelineError> {
-        cfg.validate(self.config.mmdit.max_latent_resolution)
-            .map_err(PipelineError::Config)?;
-        let mut times = StageTimes::default();
-        let t0 = Instant::now();
-        let (cond, pooled) = self.encode_text(&cfg.prompt, &cfg.negative_prompt)?;
-        mlx_rs::transforms::eval([&cond, &pooled])?;
-        self.clip_l.release();
-        self.clip_g.release();
-        mlx_rs::memory::clear_cache()?;
-        times.text_encoding = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        let latent_hw = (cfg.height / 8, cfg.width / 8);
-        let Some(latent) = self.denoise(
-            &cond,
-            &pooled,
-            cfg.seed,
-            cfg.num_steps,
-            cfg.cfg_weight,
-            latent_hw,
-            &mut times.per_step,
-            on_step,
-        )?
-        else {
-            return Ok(None);
-        };
-        times.denoising = t1.elapsed().as_secs_f64();
-        let t2 = Instant::now();
-        self.mmdit.release();
-        self.bucket_mmdits = None;
-        drop((cond, pooled));
-        mlx_rs::memory::clear_cache()?;
-        let image = self.decode(&latent)?;
-        let mut images = to_u8_images(&image)?;
-        times.decoding = t2.elapsed().as_secs_f64();
-        Ok(Some(Generated {
-            image: images.remove(0),
-            latent,
-            times,
-        }))
-    }
-
     /// Euler sampling with CFG. Returns the final latent, or `None` when `on_step` cancelled.
     #[allow(clippy::too_many_arguments)]
     pub fn denoise(
@@ -366,39 +315,99 @@ impl Pipeline {
         cfg: &GenerateConfig,
         on_step: &mut dyn FnMut(&StepInputs) -> Flow,
     ) -> Result<Option<Generated>, PipelineError> {
-        cfg.validate(self.config.mmdit.max_latent_resolution)
-            .map_err(PipelineError::Config)?;
-        let mut times = StageTimes::default();
-        let t0 = Instant::now();
-        let (cond, pooled) = self.encode_text(&cfg.prompt, &cfg.negative_prompt)?;
-        mlx_rs::transforms::eval([&cond, &pooled])?;
-        times.text_encoding = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        let latent_hw = (cfg.height / 8, cfg.width / 8);
-        let Some(latent) = self.denoise(
-            &cond,
-            &pooled,
-            cfg.seed,
-            cfg.num_steps,
-            cfg.cfg_weight,
-            latent_hw,
-            &mut times.per_step,
-            on_step,
-        )?
-        else {
-            return Ok(None);
-        };
-        times.denoising = t1.elapsed().as_secs_f64();
-        let t2 = Instant::now();
-        let image = self.decode(&latent)?;
-        let mut images = to_u8_images(&image)?;
-        times.decoding = t2.elapsed().as_secs_f64();
-        Ok(Some(Generated {
-            image: images.remove(0),
-            latent,
-            times,
-        }))
+        run_generation(Held::Shared(self), cfg, on_step)
     }
+
+    /// One image, releasing each model once it is no longer needed, as DiffusionKit's
+    /// `generate_image` does in its default `low_memory_mode`: the text encoders after the
+    /// prompt is encoded, the MMDiT(s) after denoising (and MLX's buffer cache with them, so the
+    /// memory really goes back). The decoder's peak then no longer stacks on every weight.
+    /// Consumes the pipeline: for one-shot use (`sd3lab generate`).
+    pub fn generate_releasing(
+        self,
+        cfg: &GenerateConfig,
+        on_step: &mut dyn FnMut(&StepInputs) -> Flow,
+    ) -> Result<Option<Generated>, PipelineError> {
+        run_generation(Held::Owned(Box::new(self)), cfg, on_step)
+    }
+}
+
+/// A pipeline borrowed (kept whole) or owned (its models released as generation goes on).
+enum Held<'a> {
+    Shared(&'a Pipeline),
+    Owned(Box<Pipeline>),
+}
+
+impl Held<'_> {
+    fn pipe(&self) -> &Pipeline {
+        match self {
+            Held::Shared(p) => p,
+            Held::Owned(p) => p,
+        }
+    }
+
+    /// Drops the text encoders (owned pipelines only) and returns MLX's cached buffers.
+    fn release_text_encoders(&mut self) -> MlxResult<()> {
+        if let Held::Owned(p) = self {
+            p.clip_l.release();
+            p.clip_g.release();
+            mlx_rs::memory::clear_cache()?;
+        }
+        Ok(())
+    }
+
+    /// Drops the MMDiT(s) (owned pipelines only) and returns MLX's cached buffers.
+    fn release_mmdit(&mut self) -> MlxResult<()> {
+        if let Held::Owned(p) = self {
+            p.mmdit.release();
+            p.bucket_mmdits = None;
+            mlx_rs::memory::clear_cache()?;
+        }
+        Ok(())
+    }
+}
+
+/// Prompt → image: text encoding, denoising, decoding, each timed.
+fn run_generation(
+    mut held: Held<'_>,
+    cfg: &GenerateConfig,
+    on_step: &mut dyn FnMut(&StepInputs) -> Flow,
+) -> Result<Option<Generated>, PipelineError> {
+    cfg.validate(held.pipe().config.mmdit.max_latent_resolution)
+        .map_err(PipelineError::Config)?;
+    let mut times = StageTimes::default();
+    let t0 = Instant::now();
+    let (cond, pooled) = held.pipe().encode_text(&cfg.prompt, &cfg.negative_prompt)?;
+    mlx_rs::transforms::eval([&cond, &pooled])?;
+    held.release_text_encoders()?;
+    times.text_encoding = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let latent_hw = (cfg.height / 8, cfg.width / 8);
+    let Some(latent) = held.pipe().denoise(
+        &cond,
+        &pooled,
+        cfg.seed,
+        cfg.num_steps,
+        cfg.cfg_weight,
+        latent_hw,
+        &mut times.per_step,
+        on_step,
+    )?
+    else {
+        return Ok(None);
+    };
+    times.denoising = t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    drop((cond, pooled));
+    held.release_mmdit()?;
+    let image = held.pipe().decode(&latent)?;
+    let mut images = to_u8_images(&image)?;
+    times.decoding = t2.elapsed().as_secs_f64();
+    Ok(Some(Generated {
+        image: images.remove(0),
+        latent,
+        times,
+    }))
 }
 
 /// Writes RGB bytes as a PNG, atomically.
