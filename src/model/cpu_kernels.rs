@@ -277,33 +277,30 @@ fn softmax_rows_generic(data: &mut [f32], cols: usize) {
 }
 
 fn gelu_slice(input: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { gelu_slice_avx2(input, out) };
-    }
-    map_generic(input, out, gelu_one)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_slice_avx2(input: &[f32], out: &mut [f32]) {
-    map_generic(input, out, gelu_one)
+    map_dispatch(input, out, gelu_one)
 }
 
 fn silu_slice(input: &[f32], out: &mut [f32]) {
+    map_dispatch(input, out, silu_one)
+}
+
+/// `out[i] = f(input[i])`, compiled for AVX2 + FMA when the CPU has them. Generic, so that
+/// each kernel's `f` (a distinct function type) is inlined and vectorised.
+#[inline(always)]
+fn map_dispatch<F: Fn(f32) -> f32>(input: &[f32], out: &mut [f32], f: F) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { silu_slice_avx2(input, out) };
+        return unsafe { map_avx2(input, out, f) };
     }
-    map_generic(input, out, silu_one)
+    map_generic(input, out, f)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn silu_slice_avx2(input: &[f32], out: &mut [f32]) {
-    map_generic(input, out, silu_one)
+#[inline]
+unsafe fn map_avx2<F: Fn(f32) -> f32>(input: &[f32], out: &mut [f32], f: F) {
+    map_generic(input, out, f)
 }
 
 #[inline(always)]
