@@ -280,12 +280,32 @@ pub struct ReportSamplesArgs {
     /// report.html or report.md.
     #[arg(long)]
     output: PathBuf,
+    #[command(flatten)]
+    filter: SampleFilterArgs,
+}
+
+/// Which samples of a calibration folder (`samples`, `report samples`).
+#[derive(Args)]
+pub struct SampleFilterArgs {
+    /// Only the first N images.
     #[arg(long)]
     max_images: Option<usize>,
+    /// Every k-th step of each image, starting at step 0.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     step_stride: Option<u64>,
+    /// Only samples of this step bucket (early, mid, late).
     #[arg(long)]
     bucket: Option<Bucket>,
+}
+
+impl SampleFilterArgs {
+    fn filter(&self) -> SampleFilter {
+        SampleFilter {
+            max_images: self.max_images,
+            step_stride: self.step_stride.map(|k| k as usize),
+            bucket: self.bucket,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -329,12 +349,7 @@ pub fn report(cmd: &ReportCommand) -> anyhow::Result<ExitCode> {
         ReportCommand::Sensitivity(args) => return report_sensitivity(args),
         ReportCommand::Samples(args) => {
             let set = CalibrationSet::open(&args.calib_dir, &OpenOptions::default())?;
-            let filter = SampleFilter {
-                max_images: args.max_images,
-                step_stride: args.step_stride.map(|k| k as usize),
-                bucket: args.bucket,
-            };
-            sd3lab::report::write_samples_report(&set, &filter, &args.output)?
+            sd3lab::report::write_samples_report(&set, &args.filter.filter(), &args.output)?
         }
         ReportCommand::Calibration(args) => {
             sd3lab::report::write_calibration_report(&args.calib_dir, &args.output)?
@@ -384,15 +399,8 @@ pub struct SamplesArgs {
     /// Calibration directory.
     #[arg(long, default_value = "calibration_data")]
     calib_dir: PathBuf,
-    /// Only the first N images.
-    #[arg(long)]
-    max_images: Option<usize>,
-    /// Every k-th step of each image, starting at step 0.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    step_stride: Option<u64>,
-    /// Only samples of this step bucket (early, mid, late).
-    #[arg(long)]
-    bucket: Option<Bucket>,
+    #[command(flatten)]
+    filter: SampleFilterArgs,
     /// Print one JSON document (schema `sd3lab.samples/1`, see the README).
     #[arg(long)]
     json: bool,
@@ -407,11 +415,7 @@ pub fn samples(args: &SamplesArgs) -> anyhow::Result<ExitCode> {
         ..OpenOptions::default()
     };
     let set = CalibrationSet::open(&args.calib_dir, &options)?;
-    let filter = SampleFilter {
-        max_images: args.max_images,
-        step_stride: args.step_stride.map(|k| k as usize),
-        bucket: args.bucket,
-    };
+    let filter = args.filter.filter();
     let selected = set.select(&filter);
     let listing = Listing::new(&set, &filter, &selected);
     if args.json {
@@ -1102,6 +1106,19 @@ pub struct PlanArgs {
     validate_samples: Option<usize>,
 }
 
+/// How many layers get each bit width, e.g. `12×w4, 3×w8`.
+fn bits_summary<'a>(layers: impl Iterator<Item = &'a sd3lab::quant::LayerQuant>) -> String {
+    let mut histogram = std::collections::BTreeMap::<i32, usize>::new();
+    for q in layers {
+        *histogram.entry(q.bits).or_default() += 1;
+    }
+    histogram
+        .iter()
+        .map(|(b, n)| format!("{n}×w{b}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     use sd3lab::quant::plan::{build_plan, build_plan_per_bucket};
     let report = sd3lab::quant::sensitivity::read_report(&args.sensitivity)?;
@@ -1135,10 +1152,6 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let pareto = args.output.with_file_name("pareto.csv");
     sd3lab::fsutil::write_atomic(&pareto, csv.as_bytes())
         .with_context(|| format!("writing {}", pareto.display()))?;
-    let mut histogram: std::collections::BTreeMap<i32, usize> = std::collections::BTreeMap::new();
-    for q in built.plan.layers.values() {
-        *histogram.entry(q.bits).or_default() += 1;
-    }
     if !built.plan.buckets.is_empty() {
         println!(
             "per-bucket maps for {} (each within the budget; `layers` holds the all-steps plan):",
@@ -1151,20 +1164,13 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
                 .join(", ")
         );
         for (bucket, layers) in &built.plan.buckets {
-            let mut h: std::collections::BTreeMap<i32, usize> = std::collections::BTreeMap::new();
-            for q in layers.values() {
-                *h.entry(q.bits).or_default() += 1;
-            }
             let differ = layers
                 .iter()
                 .filter(|(n, q)| built.plan.layers.get(*n) != Some(q))
                 .count();
             println!(
                 "  {bucket}: {} ({differ} layers differ from the all-steps plan)",
-                h.iter()
-                    .map(|(b, n)| format!("{n}×w{b}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                bits_summary(layers.values())
             );
         }
     }
@@ -1172,11 +1178,7 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<ExitCode> {
         "wrote {} ({} layers: {}; {} left float) — average {:.3} bits for a target of {}, predicted {} {:.4}, {:.1} MB of quantized weights; Pareto front in {}",
         args.output.display(),
         built.plan.layers.len(),
-        histogram
-            .iter()
-            .map(|(b, n)| format!("{n}×w{b}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        bits_summary(built.plan.layers.values()),
         built.left_float.len(),
         built.average_bits,
         args.target_bits,
