@@ -23,32 +23,23 @@ use super::nn::MlxResult;
 const PARALLEL_MIN: usize = 1 << 16;
 
 /// Whether these kernels apply to `x`: an x86-64 machine whose default MLX device is the CPU,
-/// `x` is float32, and they are not switched off with `SD3LAB_CPU_KERNELS=0` (for comparisons with plain MLX).
+/// `x` is float32, and they are not switched off with `SD3LAB_CPU_KERNELS=0` (for comparisons
+/// with plain MLX).
 pub fn applies(x: &Array) -> bool {
-    // On ARM, MLX's CPU code is NEON-vectorised already (and sums in vector lanes, an order
-    // these kernels do not reproduce), so they are for x86 only.
-    cfg!(target_arch = "x86_64")
-        && x.dtype() == Dtype::Float32
-        && enabled()
-        && default_device_is_cpu()
-}
-
-fn enabled() -> bool {
     use std::sync::OnceLock;
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SD3LAB_CPU_KERNELS").map_or(true, |v| v != "0"))
-}
-
-fn default_device_is_cpu() -> bool {
-    use std::sync::OnceLock;
-    static CPU: OnceLock<bool> = OnceLock::new();
-    // The default device is set once at start-up (runtime::init) and never changed after.
-    *CPU.get_or_init(|| {
-        matches!(
-            mlx_rs::Device::try_default().and_then(|d| d.get_type()),
-            Ok(mlx_rs::DeviceType::Cpu)
-        )
-    })
+    static ACTIVE: OnceLock<bool> = OnceLock::new();
+    // The default device is set once at start-up and never changed after. On ARM, MLX's CPU
+    // code is NEON-vectorised already (and sums in vector lanes, an order these kernels do not
+    // reproduce), so they are for x86 only.
+    let active = *ACTIVE.get_or_init(|| {
+        cfg!(target_arch = "x86_64")
+            && std::env::var("SD3LAB_CPU_KERNELS").map_or(true, |v| v != "0")
+            && matches!(
+                mlx_rs::Device::try_default().and_then(|d| d.get_type()),
+                Ok(mlx_rs::DeviceType::Cpu)
+            )
+    });
+    active && x.dtype() == Dtype::Float32
 }
 
 /// Softmax over the last axis, computed in place in `x`'s buffer when `x` is a fresh
@@ -130,51 +121,44 @@ fn array_from_vec(data: Vec<f32>, shape: &[i32]) -> Array {
     }
 }
 
-fn threads_for(len: usize) -> usize {
+/// How many pieces to split `len` elements into: one per core, or one below `PARALLEL_MIN`.
+fn pieces_for(len: usize) -> usize {
     if len < PARALLEL_MIN {
         return 1;
     }
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Runs `kernel` over whole rows of `data`, split between the cores.
-fn parallel_rows(data: &mut [f32], cols: usize, kernel: fn(&mut [f32], usize)) {
-    let threads = threads_for(data.len());
-    let rows = data.len() / cols;
-    if threads <= 1 || rows < 2 {
-        kernel(data, cols);
-        return;
-    }
-    let per = rows.div_ceil(threads) * cols;
+/// Runs `work` on every piece, the first on the calling thread and the others on their own.
+fn run_pieces<T: Send>(pieces: impl Iterator<Item = T>, work: impl Fn(T) + Sync) {
     std::thread::scope(|s| {
-        let mut chunks = data.chunks_mut(per);
-        let first = chunks.next();
-        for chunk in chunks {
-            s.spawn(move || kernel(chunk, cols));
+        let mut pieces = pieces;
+        let first = pieces.next();
+        for piece in pieces {
+            let work = &work;
+            s.spawn(move || work(piece));
         }
-        if let Some(chunk) = first {
-            kernel(chunk, cols);
+        if let Some(piece) = first {
+            work(piece);
         }
     });
 }
 
+/// Runs `kernel` over whole rows of `data`, split between the cores.
+fn parallel_rows(data: &mut [f32], cols: usize, kernel: fn(&mut [f32], usize)) {
+    let rows_per = (data.len() / cols).div_ceil(pieces_for(data.len())).max(1);
+    run_pieces(data.chunks_mut(rows_per * cols), |rows| kernel(rows, cols));
+}
+
 /// Runs `kernel` over matching chunks of `input` and `out`, split between the cores.
 fn parallel_chunks(input: &[f32], out: &mut [f32], kernel: fn(&[f32], &mut [f32])) {
-    let threads = threads_for(input.len());
-    if threads <= 1 {
-        kernel(input, out);
-        return;
-    }
-    let per = input.len().div_ceil(threads).next_multiple_of(64);
-    std::thread::scope(|s| {
-        let mut pairs = input.chunks(per).zip(out.chunks_mut(per));
-        let first = pairs.next();
-        for (i, o) in pairs {
-            s.spawn(move || kernel(i, o));
-        }
-        if let Some((i, o)) = first {
-            kernel(i, o);
-        }
+    let per = input
+        .len()
+        .div_ceil(pieces_for(input.len()))
+        .next_multiple_of(64)
+        .max(1);
+    run_pieces(input.chunks(per).zip(out.chunks_mut(per)), |(i, o)| {
+        kernel(i, o)
     });
 }
 
@@ -241,70 +225,63 @@ fn silu_one(x: f32) -> f32 {
     x * if x < 0.0 { y } else { 1.0 - y }
 }
 
+/// Runs `f` compiled for AVX2 + FMA when the CPU has them (the formulas are inlined into it
+/// and vectorised), else as plain code.
+#[inline(always)]
+fn with_simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        #[target_feature(enable = "avx2,fma")]
+        #[inline]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { avx2(f) };
+    }
+    f()
+}
+
 /// Softmax of each `cols`-long row of `data`, in place: maximum, `exp(x − max)` with a
 /// sequential sum (MLX's order), then a multiply by the reciprocal of the sum.
 fn softmax_rows(data: &mut [f32], cols: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { softmax_rows_avx2(data, cols) };
-    }
-    softmax_rows_generic(data, cols)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_rows_avx2(data: &mut [f32], cols: usize) {
-    softmax_rows_generic(data, cols)
-}
-
-#[inline(always)]
-fn softmax_rows_generic(data: &mut [f32], cols: usize) {
-    for row in data.chunks_exact_mut(cols) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        for v in row.iter_mut() {
-            *v = exp_mlx(*v - max);
-        }
-        let mut sum = 0.0f32;
-        for &v in row.iter() {
-            sum += v;
-        }
-        let inv = 1.0 / sum;
-        for v in row.iter_mut() {
-            *v *= inv;
-        }
-    }
+    with_simd(
+        #[inline(always)]
+        || {
+            for row in data.chunks_exact_mut(cols) {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                for v in row.iter_mut() {
+                    *v = exp_mlx(*v - max);
+                }
+                let mut sum = 0.0f32;
+                for &v in row.iter() {
+                    sum += v;
+                }
+                let inv = 1.0 / sum;
+                for v in row.iter_mut() {
+                    *v *= inv;
+                }
+            }
+        },
+    )
 }
 
 fn gelu_slice(input: &[f32], out: &mut [f32]) {
-    map_dispatch(input, out, gelu_one)
+    with_simd(
+        #[inline(always)]
+        || map(input, out, gelu_one),
+    )
 }
 
 fn silu_slice(input: &[f32], out: &mut [f32]) {
-    map_dispatch(input, out, silu_one)
-}
-
-/// `out[i] = f(input[i])`, compiled for AVX2 + FMA when the CPU has them. Generic, so that
-/// each kernel's `f` (a distinct function type) is inlined and vectorised.
-#[inline(always)]
-fn map_dispatch<F: Fn(f32) -> f32>(input: &[f32], out: &mut [f32], f: F) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { map_avx2(input, out, f) };
-    }
-    map_generic(input, out, f)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn map_avx2<F: Fn(f32) -> f32>(input: &[f32], out: &mut [f32], f: F) {
-    map_generic(input, out, f)
+    with_simd(
+        #[inline(always)]
+        || map(input, out, silu_one),
+    )
 }
 
 #[inline(always)]
-fn map_generic(input: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
+fn map(input: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
     for (o, &x) in out.iter_mut().zip(input) {
         *o = f(x);
     }
