@@ -280,7 +280,7 @@ impl GenerateTab {
             let path = path.to_owned();
             let ctx = ctx.clone();
             std::thread::spawn(move || {
-                let image = read_png(&path);
+                let image = super::preview::read_png(&path);
                 let _ = tx.send((path, image));
                 ctx.request_repaint();
             });
@@ -436,19 +436,11 @@ impl GenerateTab {
             }
         });
         ui.horizontal(|ui| {
-            ui.label("Export");
-            for (label, name) in [
-                ("Report (HTML)", "calibration.html"),
-                ("Report (Markdown)", "calibration.md"),
-            ] {
-                if ui.button(label).clicked() {
-                    let out = super::reports_dir(Path::new(&o.calib_dir)).join(name);
-                    self.message = Some(
-                        crate::report::write_calibration_report(Path::new(&o.calib_dir), &out)
-                            .map(|f| format!("wrote {} (+{} files)", out.display(), f.len() - 1))
-                            .map_err(|e| e.to_string()),
-                    );
-                }
+            let dir = Path::new(&o.calib_dir);
+            if let Some(m) = super::report_buttons(ui, dir, "calibration", |out| {
+                crate::report::write_calibration_report(dir, out)
+            }) {
+                self.message = Some(m);
             }
         });
         super::message_ui(ui, &self.message);
@@ -538,28 +530,6 @@ fn fit(size: egui::Vec2, max: egui::Vec2) -> egui::Vec2 {
 
 fn png_key(path: &Path) -> String {
     format!("png:{}", path.display())
-}
-
-/// Reads an 8-bit RGB or RGBA PNG.
-pub fn read_png(path: &Path) -> Option<egui::ColorImage> {
-    decode_png(&std::fs::read(path).ok()?)
-}
-
-/// Decodes an 8-bit RGB or RGBA PNG.
-pub fn decode_png(bytes: &[u8]) -> Option<egui::ColorImage> {
-    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-    let mut reader = decoder.read_info().ok()?;
-    let mut buf = vec![0; reader.output_buffer_size()?];
-    let info = reader.next_frame(&mut buf).ok()?;
-    let (w, h) = (info.width as usize, info.height as usize);
-    match info.color_type {
-        png::ColorType::Rgb => Some(egui::ColorImage::from_rgb([w, h], &buf[..w * h * 3])),
-        png::ColorType::Rgba => Some(egui::ColorImage::from_rgba_unmultiplied(
-            [w, h],
-            &buf[..w * h * 4],
-        )),
-        _ => None,
-    }
 }
 
 /// Images already in a calibration folder, with prompts from its manifest.

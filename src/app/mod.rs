@@ -475,7 +475,7 @@ pub fn display_available() -> bool {
 
 /// The window icon (`assets/icon.png`, also the macOS bundle's).
 fn app_icon() -> Option<egui::IconData> {
-    let image = generate_tab::decode_png(include_bytes!("../../assets/icon.png"))?;
+    let image = preview::decode_png(include_bytes!("../../assets/icon.png"))?;
     Some(egui::IconData {
         rgba: image.pixels.iter().flat_map(|p| p.to_array()).collect(),
         width: image.size[0] as u32,
@@ -514,6 +514,35 @@ pub fn job_outcome(cancelled: bool, result: &Result<String, String>) -> Result<S
         Ok(s) => Ok(format!("done: {s}")),
         Err(e) => Err(e.clone()),
     }
+}
+
+/// The "Export: Report (HTML) / Report (Markdown)" buttons of a tab: a click writes
+/// `reports/<stem>.html|.md` beside `calib_dir` with `write` and returns the outcome.
+pub fn report_buttons<E: std::fmt::Display>(
+    ui: &mut egui::Ui,
+    calib_dir: &std::path::Path,
+    stem: &str,
+    write: impl Fn(&std::path::Path) -> Result<Vec<PathBuf>, E>,
+) -> Option<Result<String, String>> {
+    ui.label("Export");
+    let mut outcome = None;
+    for (label, ext) in [("Report (HTML)", "html"), ("Report (Markdown)", "md")] {
+        if ui.button(label).clicked() {
+            let out = reports_dir(calib_dir).join(format!("{stem}.{ext}"));
+            outcome = Some(
+                write(&out)
+                    .map(|f| {
+                        format!(
+                            "wrote {} (+{} files)",
+                            out.display(),
+                            f.len().saturating_sub(1)
+                        )
+                    })
+                    .map_err(|e| e.to_string()),
+            );
+        }
+    }
+    outcome
 }
 
 /// A job's or an action's outcome: the message, or the error in red.

@@ -1,6 +1,6 @@
 //! Tensor previews as pictures, computed from plain data (no MLX): a latent's channels as a
 //! grid, a conditioning heatmap (tokens × features), value histograms, the colour maps and a
-//! texture cache with a byte budget.
+//! texture cache with a byte budget; PNG files decoded for display.
 
 use std::collections::HashMap;
 
@@ -290,6 +290,28 @@ impl TextureCache {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// Reads an 8-bit RGB or RGBA PNG.
+pub fn read_png(path: &std::path::Path) -> Option<egui::ColorImage> {
+    decode_png(&std::fs::read(path).ok()?)
+}
+
+/// Decodes an 8-bit RGB or RGBA PNG.
+pub fn decode_png(bytes: &[u8]) -> Option<egui::ColorImage> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().ok()?;
+    let mut buf = vec![0; reader.output_buffer_size()?];
+    let info = reader.next_frame(&mut buf).ok()?;
+    let (w, h) = (info.width as usize, info.height as usize);
+    match info.color_type {
+        png::ColorType::Rgb => Some(egui::ColorImage::from_rgb([w, h], &buf[..w * h * 3])),
+        png::ColorType::Rgba => Some(egui::ColorImage::from_rgba_unmultiplied(
+            [w, h],
+            &buf[..w * h * 4],
+        )),
+        _ => None,
     }
 }
 

@@ -233,19 +233,10 @@ impl SamplesTab {
             ui.label(format!("indexed {} files in {t:.2} s", set.samples().len()));
         }
         ui.horizontal(|ui| {
-            ui.label("Export");
-            for (label, name) in [
-                ("Report (HTML)", "samples.html"),
-                ("Report (Markdown)", "samples.md"),
-            ] {
-                if ui.button(label).clicked() {
-                    let out = super::reports_dir(set.dir()).join(name);
-                    self.report_message = Some(
-                        crate::report::write_samples_report(&set, &o.filter(), &out)
-                            .map(|f| format!("wrote {} (+{} files)", out.display(), f.len() - 1))
-                            .map_err(|e| e.to_string()),
-                    );
-                }
+            if let Some(m) = super::report_buttons(ui, set.dir(), "samples", |out| {
+                crate::report::write_samples_report(&set, &o.filter(), out)
+            }) {
+                self.report_message = Some(m);
             }
             super::message_ui(ui, &self.report_message);
         });

@@ -28,11 +28,12 @@
 //! k's attention output and modulation are kept from the float pass, so only that stream's
 //! post-attention part of block k is re-run, the other stream's output is the float one.
 //!
-//! Cost model of the cached path: with d blocks and layers spread evenly over them, a layer
-//! re-runs about (d+1)/2 blocks on average instead of d, so it is at most about 2d/(d+1)
-//! times faster than the naive path (1.6× at depth 4, 1.92× at 24; a little more with the
-//! post-attention shortcut). `block` scope runs one block (or one stream's post-attention
-//! part) per evaluation and `layer` one matrix product.
+//! Cost model of the cached path, in blocks of work per layer and bit width: a layer in block
+//! k re-runs the part p of block k it changes (≈ 1 for q/k/v and adaLN, ≈ 0.3 for an image
+//! output projection or MLP layer, ≈ 0.2 for a text one) and blocks k+1..d−1; naive runs all
+//! d. With layers spread evenly that is about 2d / (d − 1 + 2p̄) times faster, before the one
+//! float pass: below 2× whenever p̄ > ½ (README, *Sensitivity*). `block` scope runs one block
+//! (or one stream's post-attention part) per evaluation and `layer` one matrix product.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
