@@ -365,25 +365,14 @@ impl Mmdit {
         txt: &Array,
         m: &Modulation,
     ) -> MlxResult<(Array, Option<Array>)> {
-        self.joint_block_tapped(index, img, txt, m, None)
-    }
-
-    /// [`Mmdit::joint_block`], recording the input of each of the block's Linears (by full
-    /// layer name) into `inputs` when given.
-    pub fn joint_block_tapped(
-        &self,
-        index: usize,
-        img: &Array,
-        txt: &Array,
-        m: &Modulation,
-        inputs: Option<&mut Vec<(String, Array)>>,
-    ) -> MlxResult<(Array, Option<Array>)> {
-        self.joint_block_parts(index, img, txt, m, inputs)
+        self.joint_block_parts(index, img, txt, m, None)
             .map(|(out, _)| out)
     }
 
-    /// [`Mmdit::joint_block_tapped`], also returning what the post-attention parts start from
-    /// (to re-run one stream's post-attention alone, see [`Mmdit::stream_post_attention`]).
+    /// [`Mmdit::joint_block`], recording the input of each of the block's Linears (by full
+    /// layer name) into `inputs` when given, and also returning what the post-attention parts
+    /// start from (to re-run one stream's post-attention alone, see
+    /// [`Mmdit::stream_post_attention`]).
     pub fn joint_block_parts(
         &self,
         index: usize,

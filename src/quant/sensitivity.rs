@@ -610,8 +610,8 @@ fn prepare_stage(
                     taps.push(("context_embedder".into(), b.context.expand_dims(2)?));
                 }
                 Stage::Block(k) => {
-                    let (i, t) =
-                        m.joint_block_tapped(k, img, txt, &b.modulation, Some(&mut taps))?;
+                    let ((i, t), _) =
+                        m.joint_block_parts(k, img, txt, &b.modulation, Some(&mut taps))?;
                     let cond = m.adaln_input(&b.pooled, &b.timestep)?;
                     let prefix = format!("multimodal_transformer_blocks.{k}.");
                     for n in m
