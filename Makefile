@@ -11,7 +11,7 @@ setup:
 build: setup
 	$(CARGO) build --release --locked
 
-# Starts the program. Until the desktop app lands, `sd3lab` runs its self-check (doctor).
+# Starts the desktop app; where there is no display, a headless tiny-model demo through the CLI.
 run: build
 	target/release/sd3lab
 
@@ -31,6 +31,7 @@ bench-blas: build
 fmt:
 	$(CARGO) fmt --all
 
-lint:
+# Formatting and clippy with warnings as errors (CI runs this after `make test`).
+lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # SD3 pipeline benchmark, sd3lab vs DiffusionKit (0.5.2, same MLX 0.32.2 CPU build, same
-# Debian OpenBLAS kernels: DiffusionKit's process gets it through LD_PRELOAD), side by side,
+# Debian OpenBLAS library *and the same kernels*: DiffusionKit's process gets the library through
+# LD_PRELOAD and the core type sd3lab runs with through OPENBLAS_CORETYPE, since sd3lab switches
+# itself to faster kernels where OpenBLAS misdetects the CPU; both are printed), side by side,
 # alternating, on the same synthetic checkpoint, each as its one-shot command runs (text encoders
 # released after encoding, the MMDiT after denoising: DiffusionKit's default low_memory_mode):
 #   1. medium-shaped (SD3-medium widths, depth 4), 512×512, float32, 2 steps of CFG:
@@ -18,10 +20,16 @@ medium=target/bench-model/medium-d4
 full=target/bench-model/sd3-medium
 [ -f "$medium/sd3_medium.safetensors" ] || "$bin" model synth --preset medium-shaped --depth 4 --seed 0 --output "$medium"
 prompt="a lighthouse on a cliff at dusk"
+# The kernels sd3lab ends up with (after its own CPU check) are the ones DiffusionKit gets too.
+core=$("$bin" doctor --json --seconds 0.1 --gemm-size 128 | python3 -c 'import json,sys; print(json.load(sys.stdin)["blas"].get("openblas_core") or "")')
+dk_env=(LD_PRELOAD="$openblas")
+[ -n "$core" ] && dk_env+=(OPENBLAS_CORETYPE="$core")
+dk_core=$(env "${dk_env[@]}" "$py" -c 'import ctypes; l=ctypes.CDLL("libopenblas.so.0"); l.openblas_get_corename.restype=ctypes.c_char_p; print(l.openblas_get_corename().decode())' 2>/dev/null || echo unknown)
+echo "OpenBLAS kernels: sd3lab ${core:-unknown}, DiffusionKit $dk_core"
 "$bin" model load --model "$medium" --dtype float32 --json | python3 -c 'import json,sys; json.dump(json.load(sys.stdin)["config"], open("target/bench-model/medium.json","w"))'
 for r in $(seq 1 "$rounds"); do
   "$bin" generate --model "$medium" --prompt "$prompt" --seed 0 --num-steps 2 --dtype float32 --output target/bench-model/ours.png --json > "target/bench-model/ours-$r.json"
-  (cd tests/py && env LD_PRELOAD="$openblas" "../../$py" dk_bench.py generate "../../$medium" ../../target/bench-model/medium.json "$prompt" 0 2 512) > "target/bench-model/dk-$r.json"
+  (cd tests/py && env "${dk_env[@]}" "../../$py" dk_bench.py generate "../../$medium" ../../target/bench-model/medium.json "$prompt" 0 2 512) > "target/bench-model/dk-$r.json"
 done
 python3 - "$rounds" <<'PY'
 import json, sys
@@ -44,5 +52,5 @@ echo "| run | load s | peak RSS GB | MLX active GB |"
 echo "|---|---|---|---|"
 for r in $(seq 1 "$rounds"); do
   "$bin" model load --model "$full" --dtype float16 --json | python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"| sd3lab #$r | {d['load_seconds']:.2f} | {d['peak_rss_bytes']/1e9:.2f} | {d['mlx_active_bytes']/1e9:.2f} |\")"
-  (cd tests/py && env LD_PRELOAD="$openblas" "../../$py" dk_bench.py load "../../$full" ../../target/bench-model/full.json float16) | python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"| DiffusionKit #$r | {d['load_seconds']:.2f} | {d['peak_rss_bytes']/1e9:.2f} | {d['mlx_active_bytes']/1e9:.2f} |\")"
+  (cd tests/py && env "${dk_env[@]}" "../../$py" dk_bench.py load "../../$full" ../../target/bench-model/full.json float16) | python3 -c "import json,sys; d=json.load(sys.stdin); print(f\"| DiffusionKit #$r | {d['load_seconds']:.2f} | {d['peak_rss_bytes']/1e9:.2f} | {d['mlx_active_bytes']/1e9:.2f} |\")"
 done

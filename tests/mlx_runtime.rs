@@ -222,26 +222,48 @@ fn forced_generic_kernels_are_respected() {
     assert_eq!(report["blas"]["choice"]["kind"], "from_environment");
 }
 
+/// The OpenBLAS core types this CPU can run that sd3lab may force: SkylakeX (AVX-512) and
+/// Haswell (AVX2 + FMA), the two `best_core_for_cpu` chooses between.
+fn forcible_cores() -> Vec<&'static str> {
+    match sd3lab::runtime::blas::best_core_for_cpu() {
+        Some("SkylakeX") => vec!["SkylakeX", "Haswell"],
+        Some(core) => vec![core],
+        None => Vec::new(),
+    }
+}
+
 #[test]
 fn a_core_forced_by_sd3lab_is_verified_and_reported() {
-    if !(cfg!(target_os = "linux") && mlx_sys::OPENBLAS_LINKED)
-        || sd3lab::runtime::blas::best_core_for_cpu() != Some("SkylakeX")
-    {
+    if !(cfg!(target_os = "linux") && mlx_sys::OPENBLAS_LINKED) {
         return;
     }
-    // The state a parent process leaves when it restarts itself with SkylakeX kernels.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sd3lab"))
-        .args(["doctor", "--json", "--seconds", "0.1", "--gemm-size", "128"])
-        .env("OPENBLAS_CORETYPE", "SkylakeX")
-        .env(sd3lab::runtime::blas::CHOICE_VAR, "forced:SkylakeX")
-        .output()
-        .expect("run sd3lab");
-    assert!(out.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["blas"]["openblas_core"], "SkylakeX");
-    assert_eq!(
-        report["blas"]["choice"]["kind"], "forced_verified",
-        "{report:#}"
-    );
-    assert!(report["blas"]["sgemm_check_error"].as_f64().unwrap() < 1e-4);
+    let cores = forcible_cores();
+    // Every x86-64 machine this project builds on (development, CI) has at least AVX2.
+    if cfg!(target_arch = "x86_64") {
+        assert!(
+            !cores.is_empty(),
+            "this x86-64 CPU has neither AVX-512 nor AVX2+FMA"
+        );
+    }
+    for core in cores {
+        // The state a parent process leaves when it restarts itself with `core` kernels.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sd3lab"))
+            .args(["doctor", "--json", "--seconds", "0.1", "--gemm-size", "128"])
+            .env("OPENBLAS_CORETYPE", core)
+            .env(sd3lab::runtime::blas::CHOICE_VAR, format!("forced:{core}"))
+            .output()
+            .expect("run sd3lab");
+        assert!(
+            out.status.success(),
+            "{core}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["blas"]["openblas_core"], core, "{report:#}");
+        assert_eq!(
+            report["blas"]["choice"]["kind"], "forced_verified",
+            "{core}: {report:#}"
+        );
+        assert!(report["blas"]["sgemm_check_error"].as_f64().unwrap() < 1e-4);
+    }
 }

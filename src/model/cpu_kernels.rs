@@ -59,15 +59,45 @@ pub unsafe fn softmax_last_axis_owned(x: Array, precise: bool) -> MlxResult<Arra
         Some(&c) if c > 0 => c as usize,
         _ => return mlx_rs::ops::softmax_axis(&x, -1, precise),
     };
-    let (ptr, len) = match x.try_as_slice::<f32>() {
-        Ok(s) => (s.as_ptr() as *mut f32, s.len()),
-        Err(_) => return mlx_rs::ops::softmax_axis(&x, -1, precise),
-    };
-    // SAFETY: `x` is evaluated, row-contiguous float32, `len` elements long, and uniquely ours
-    // (see above); no Rust reference into it is alive while this slice is.
-    let data = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
-    parallel_rows(data, cols, softmax_rows);
+    let mut x = x;
+    // SAFETY: the caller guarantees that no other handle shares `x`'s buffer.
+    match unsafe { owned_f32_data_mut(&mut x) } {
+        Some(data) => parallel_rows(data, cols, softmax_rows),
+        None => return mlx_rs::ops::softmax_axis(&x, -1, precise),
+    }
     Ok(x)
+}
+
+/// The evaluated float32 data of `x` as a mutable slice, or `None` when `x` is not a
+/// row-contiguous float32 array with data (a view, a broadcast, another dtype, empty).
+///
+/// The pointer comes from MLX's own data accessor (`array::data<float>()`, which mlx-c returns
+/// as `const float*` only by convention: the buffer is ordinary heap memory), never from a
+/// shared Rust slice, so writing through it does not violate Rust's aliasing rules; the slice
+/// borrows `x` mutably for its whole life, so no Rust reference to the data can coexist.
+///
+/// # Safety
+/// No other `Array` handle may share `x`'s buffer (a Rust `clone`, or an MLX array the buffer
+/// was donated from), since writes through the slice would change its values too.
+unsafe fn owned_f32_data_mut(x: &mut Array) -> Option<&mut [f32]> {
+    if x.dtype() != Dtype::Float32 || x.eval().is_err() {
+        return None;
+    }
+    let mut row_contiguous = false;
+    // SAFETY: `x` is a valid, evaluated array and `row_contiguous` a valid out-pointer.
+    let status = unsafe { mlx_sys::_mlx_array_is_row_contiguous(&mut row_contiguous, x.as_ptr()) };
+    if status != 0 || !row_contiguous {
+        return None;
+    }
+    let len = x.size();
+    // SAFETY: `x` is evaluated float32, so MLX returns the start of its buffer (or null).
+    let ptr = unsafe { mlx_sys::mlx_array_data_float32(x.as_ptr()) } as *mut f32;
+    if ptr.is_null() || len == 0 {
+        return None;
+    }
+    // SAFETY: `ptr` points at `len` initialised, row-contiguous floats owned by `x`'s buffer,
+    // which outlives the returned slice (it borrows `x` mutably); exclusivity is the caller's.
+    Some(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
 }
 
 /// Exact GELU, `x · (1 + erf(x / √2)) / 2`, as `mlx.nn.gelu` computes it; a new array.
