@@ -95,19 +95,11 @@ mod tests {
     fn the_estimate_grows_with_steps_and_size_and_stores_bfloat16_as_float32() {
         let model = crate::model::Preset::Tiny.config(None);
         let cfg = |steps: usize, size: usize, dtype: ModelDtype| CalibrateConfig {
-            model: "tiny".into(),
-            num_images: 1,
             num_steps: steps,
-            cfg_weight: 7.5,
-            calib_dir: PathBuf::from("c"),
-            prompt_csv: None,
-            seed: 0,
             height: size,
             width: size,
             dtype,
-            negative_prompt: String::new(),
-            overwrite: false,
-            force: false,
+            ..crate::calibrate::test_config("tiny", Path::new("c"))
         };
         let base = estimate_bytes_per_image(&cfg(4, 64, ModelDtype::Float32), &model);
         let png = 64 * 64 * 3;

@@ -291,6 +291,26 @@ pub fn run_calibration(
     Ok(summary)
 }
 
+/// A small float32 run (3 images × 4 steps, 64×64) of `model` into `dir`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_config(model: &str, dir: &Path) -> CalibrateConfig {
+    CalibrateConfig {
+        model: model.to_owned(),
+        num_images: 3,
+        num_steps: 4,
+        cfg_weight: 7.5,
+        calib_dir: dir.to_owned(),
+        prompt_csv: None,
+        seed: 0,
+        height: 64,
+        width: 64,
+        dtype: ModelDtype::Float32,
+        negative_prompt: String::new(),
+        overwrite: false,
+        force: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,23 +117,11 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::model::config::ModelDtype;
 
     fn config(model: &Path, dir: &Path) -> CalibrateConfig {
         CalibrateConfig {
-            model: model.display().to_string(),
-            num_images: 3,
-            num_steps: 4,
-            cfg_weight: 7.5,
-            calib_dir: dir.to_owned(),
-            prompt_csv: None,
             seed: u32::MAX,
-            height: 64,
-            width: 64,
-            dtype: ModelDtype::Float32,
-            negative_prompt: String::new(),
-            overwrite: false,
-            force: false,
+            ..crate::calibrate::test_config(&model.display().to_string(), dir)
         }
     }
 
