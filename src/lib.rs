@@ -7,6 +7,7 @@ pub mod app;
 pub mod calib;
 pub mod calibrate;
 pub mod fsutil;
+pub mod image;
 pub mod job;
 pub mod model;
 pub mod quant;

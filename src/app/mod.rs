@@ -452,15 +452,13 @@ fn save_rgba_png(path: &std::path::Path, image: &egui::ColorImage) -> std::io::R
     for p in &image.pixels {
         rgba.extend_from_slice(&p.to_array());
     }
-    let mut bytes = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut bytes, w as u32, h as u32);
-        enc.set_color(png::ColorType::Rgba);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut wr = enc.write_header().map_err(std::io::Error::other)?;
-        wr.write_image_data(&rgba).map_err(std::io::Error::other)?;
-    }
-    crate::fsutil::write_atomic(path, &bytes)
+    crate::image::write_png(
+        path,
+        w as u32,
+        h as u32,
+        crate::image::PixelFormat::Rgba,
+        &rgba,
+    )
 }
 
 /// Whether a window can be opened (a display server on Linux; always on macOS/Windows).

@@ -583,6 +583,19 @@ impl NpyArray {
         self.data.get_f64(0)
     }
 
+    /// The array as `.npy` bytes, in memory (what [`write_npy`](Self::write_npy) streams).
+    pub fn to_npy_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(128 + self.data.len() * self.dtype().on_disk().size());
+        // Writing into a Vec cannot fail: a Vec's `Write` never returns an error.
+        let _ = self.write_npy(&mut bytes);
+        bytes
+    }
+
+    /// Writes the array as a `.npy` file, atomically (see [`crate::fsutil::write_atomic`]).
+    pub fn write_npy_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        crate::fsutil::write_atomic(path, &self.to_npy_bytes())
+    }
+
     /// Serialises as a `.npy` stream (format 1.0, or 2.0 if the header needs it).
     pub fn write_npy<W: Write>(&self, w: &mut W) -> std::io::Result<()> {
         let shape = match self.shape.len() {
@@ -681,6 +694,24 @@ mod tests {
         let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize + 10;
         assert_eq!(header_len % 64, 0, "data must start 64-byte aligned");
         read_npy(&mut bytes.as_slice(), u64::MAX).unwrap()
+    }
+
+    #[test]
+    fn npy_file_holds_the_streamed_bytes_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latent.npy");
+        let a = NpyArray::new(
+            vec![1, 2, 3],
+            NpyData::Float32(vec![0.5, -1.0, 2.0, 3.0, 4.0, 5.0]),
+        )
+        .unwrap();
+        a.write_npy_file(&path).unwrap();
+        let mut streamed = Vec::new();
+        a.write_npy(&mut streamed).unwrap();
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(on_disk, streamed);
+        assert_eq!(a.to_npy_bytes(), streamed);
+        assert_eq!(read_npy(&mut on_disk.as_slice(), u64::MAX).unwrap(), a);
     }
 
     #[test]

@@ -354,12 +354,7 @@ impl NpzWriter {
 
     /// Adds `array` as member `<name>.npy`.
     pub fn add(&mut self, name: &str, array: &NpyArray) -> Result<(), NpzError> {
-        let mut bytes = Vec::new();
-        array.write_npy(&mut bytes).map_err(|source| NpzError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        self.add_npy_bytes(name, &bytes)
+        self.add_npy_bytes(name, &array.to_npy_bytes())
     }
 
     /// Adds a member from an already serialised `.npy` stream (to reuse bytes across files).

@@ -9,6 +9,11 @@ use super::config::ClipConfig;
 use super::nn::{LayerNorm, Linear, MlxResult, gelu, quick_gelu};
 use super::weights::{TensorStore, WeightsError};
 
+/// The files of a CLIP encoder folder (`clip_l/`, `clip_g/`), named as Hugging Face publishes
+/// them: the configuration and the float16 weights.
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.fp16.safetensors";
+
 /// One pre-LN transformer layer.
 #[derive(Debug, Clone)]
 pub struct ClipLayer {
@@ -253,7 +258,7 @@ pub fn clip_config_to_hf(c: &ClipConfig) -> serde_json::Value {
 
 /// Reads `dir/config.json` (a Hugging Face `CLIPTextConfig`) as DiffusionKit does.
 pub fn read_clip_config(dir: &std::path::Path) -> Result<ClipConfig, WeightsError> {
-    let cfg_path = dir.join("config.json");
+    let cfg_path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| WeightsError::Read {
         path: cfg_path.clone(),
         reason: e.to_string(),
@@ -272,7 +277,7 @@ pub fn read_clip_config(dir: &std::path::Path) -> Result<ClipConfig, WeightsErro
 /// Loads `dir/config.json` + `dir/model.fp16.safetensors` (the published `clip_l/`, `clip_g/`).
 pub fn load_clip(dir: &std::path::Path, dtype: Dtype) -> Result<ClipTextModel, WeightsError> {
     let config = read_clip_config(dir)?;
-    let path = dir.join("model.fp16.safetensors");
+    let path = dir.join(WEIGHTS_FILE);
     let raw = super::weights::load_safetensors(&path)?;
     // Hugging Face files may carry the `position_ids` buffer; it is not a weight.
     let tensors = raw

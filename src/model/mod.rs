@@ -11,6 +11,7 @@ pub mod registry;
 pub mod sampler;
 pub mod source;
 pub mod synth;
+pub mod tensor_io;
 pub mod tokenizer;
 pub mod vae;
 pub mod weights;

@@ -122,6 +122,19 @@ pub struct Generated {
     pub times: StageTimes,
 }
 
+impl Generated {
+    /// Writes the final latent as the VAE decoder receives it (unscaled, `(1, h, w, 16)`
+    /// float32) as a `.npy` file, atomically (`sd3lab generate --latent-out`).
+    pub fn write_decoder_latent(
+        &self,
+        path: &std::path::Path,
+        vae: &super::config::VaeDecoderConfig,
+    ) -> Result<(), super::tensor_io::TensorIoError> {
+        let z = super::vae::unscale_latent(&self.latent, vae)?.as_dtype(Dtype::Float32)?;
+        super::tensor_io::write_npy(path, &z)
+    }
+}
+
 /// A loaded SD3 pipeline. Owns MLX arrays: keep it on one thread (the MLX worker).
 pub struct Pipeline {
     pub files: ModelFiles,
@@ -408,22 +421,4 @@ fn run_generation(
         latent,
         times,
     }))
-}
-
-/// Writes RGB bytes as a PNG, atomically.
-pub fn write_png(
-    path: &std::path::Path,
-    width: u32,
-    height: u32,
-    rgb: &[u8],
-) -> std::io::Result<()> {
-    let mut bytes = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut bytes, width, height);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut w = enc.write_header().map_err(std::io::Error::other)?;
-        w.write_image_data(rgb).map_err(std::io::Error::other)?;
-    }
-    crate::fsutil::write_atomic(path, &bytes)
 }

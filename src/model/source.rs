@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::clip::{CONFIG_FILE as CLIP_CONFIG_FILE, WEIGHTS_FILE as CLIP_WEIGHTS_FILE};
 use super::config::{MmditConfig, Preset, Sd3Config, VaeDecoderConfig};
 use super::weights::{MMDIT_PREFIX, VAE_DECODER_PREFIX, WeightsError};
 
@@ -84,13 +85,31 @@ impl ModelFiles {
         Ok(files)
     }
 
+    /// The weight files: the checkpoint (MMDiT + VAE), then CLIP-L's and CLIP-G's.
+    pub fn weight_files(&self) -> [PathBuf; 3] {
+        [
+            self.checkpoint.clone(),
+            self.clip_l.join(CLIP_WEIGHTS_FILE),
+            self.clip_g.join(CLIP_WEIGHTS_FILE),
+        ]
+    }
+
+    /// Bytes of the weight files on disk (a file that cannot be read counts as 0: the figure
+    /// is reported next to load times, never used to decide anything).
+    pub fn weight_file_bytes(&self) -> u64 {
+        self.weight_files()
+            .iter()
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
     fn check(&self) -> Result<(), SourceError> {
         let needed = [
             self.checkpoint.clone(),
-            self.clip_l.join("config.json"),
-            self.clip_l.join("model.fp16.safetensors"),
-            self.clip_g.join("config.json"),
-            self.clip_g.join("model.fp16.safetensors"),
+            self.clip_l.join(CLIP_CONFIG_FILE),
+            self.clip_l.join(CLIP_WEIGHTS_FILE),
+            self.clip_g.join(CLIP_CONFIG_FILE),
+            self.clip_g.join(CLIP_WEIGHTS_FILE),
             self.tokenizer_l.join("vocab.json"),
             self.tokenizer_l.join("merges.txt"),
             self.tokenizer_g.join("vocab.json"),
@@ -496,4 +515,35 @@ pub fn load_mmdit_inferred(
     let raw = super::weights::load_safetensors(checkpoint)?;
     let (config, _) = infer_config_from(checkpoint, &raw)?;
     super::mmdit::mmdit_from_tensors(checkpoint, &raw, &config, dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_file_bytes_counts_the_checkpoint_and_both_clip_weight_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let files = ModelFiles {
+            name: "test".into(),
+            checkpoint: d.join(CHECKPOINT_FILE),
+            clip_l: d.join("clip_l"),
+            clip_g: d.join("clip_g"),
+            tokenizer_l: d.join("tokenizer_l"),
+            tokenizer_g: d.join("tokenizer_g"),
+        };
+        for (path, len) in [
+            (files.checkpoint.clone(), 10),
+            (files.clip_l.join(CLIP_WEIGHTS_FILE), 20),
+            (files.clip_l.join(CLIP_CONFIG_FILE), 300),
+            (files.clip_g.join(CLIP_WEIGHTS_FILE), 40),
+        ] {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, vec![0u8; len]).unwrap();
+        }
+        assert_eq!(files.weight_file_bytes(), 70, "configs are not weights");
+        std::fs::remove_file(files.clip_g.join(CLIP_WEIGHTS_FILE)).unwrap();
+        assert_eq!(files.weight_file_bytes(), 30, "a missing file counts as 0");
+    }
 }

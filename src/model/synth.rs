@@ -293,8 +293,8 @@ pub fn write_tokenizer(dir: &Path, merges: &[(String, String)]) -> std::io::Resu
 pub fn write_clip(dir: &Path, cfg: &super::config::ClipConfig, seed: u64) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let json = serde_json::to_string_pretty(&super::clip::clip_config_to_hf(cfg))?;
-    crate::fsutil::write_atomic(&dir.join("config.json"), json.as_bytes())?;
-    write_safetensors(&dir.join("model.fp16.safetensors"), &clip_specs(cfg), seed)
+    crate::fsutil::write_atomic(&dir.join(super::clip::CONFIG_FILE), json.as_bytes())?;
+    write_safetensors(&dir.join(super::clip::WEIGHTS_FILE), &clip_specs(cfg), seed)
 }
 
 /// The VAE decoder's tensors in Stability's layout (`first_stage_model.decoder.*`).

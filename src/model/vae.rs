@@ -228,15 +228,20 @@ impl VaeDecoder {
 
     /// Sampler latent → image in [0, 1]: unscale, decode, `clip(x/2 + 0.5, 0, 1)`.
     pub fn decode_latent(&self, latent: &Array) -> MlxResult<Array> {
-        let z = latent
-            .divide(scalar(self.config.scaling_factor))?
-            .add(scalar(self.config.shift_factor))?;
+        let z = unscale_latent(latent, &self.config)?;
         let x = self.forward(&super::nn::cast(&z, self.conv_in.weight.dtype())?)?;
         mlx_rs::ops::clip(
             x.divide(scalar(2.0))?.add(scalar(0.5))?,
             (scalar(0.0), scalar(1.0)),
         )
     }
+}
+
+/// The sampler's latent as the decoder receives it: `latent / scaling_factor + shift_factor`.
+pub fn unscale_latent(latent: &Array, config: &VaeDecoderConfig) -> MlxResult<Array> {
+    latent
+        .divide(scalar(config.scaling_factor))?
+        .add(scalar(config.shift_factor))
 }
 
 /// `(x · 255)` truncated to u8, as DiffusionKit converts (`astype(uint8)`): HWC bytes per image.

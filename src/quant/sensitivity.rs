@@ -409,8 +409,8 @@ pub(crate) fn load_batches(
         }
         let load = |k: SampleKey| -> Result<Array, SensitivityError> {
             let a = set.load(meta, k).map_err(boxed)?;
-            let shape: Vec<i32> = a.shape.iter().map(|&d| d as i32).collect();
-            Ok(Array::from_slice(&a.data.to_f32_vec(), &shape).as_dtype(dtype)?)
+            crate::model::tensor_io::from_npy(&a, dtype)
+                .map_err(|e| SensitivityError::Config(e.to_string()))
         };
         let x = load(SampleKey::X)?;
         let context = load(SampleKey::Conditioning)?;

@@ -325,18 +325,8 @@ pub fn render_png(fig: &Figure, size: (u32, u32)) -> Result<Vec<u8>, ReportError
         let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
         draw(fig, root)?;
     }
-    let mut bytes = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut bytes, size.0, size.1);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut w = enc
-            .write_header()
-            .map_err(|e| ReportError::Draw(fig.title().into(), e.to_string()))?;
-        w.write_image_data(&rgb)
-            .map_err(|e| ReportError::Draw(fig.title().into(), e.to_string()))?;
-    }
-    Ok(bytes)
+    crate::image::encode_png(size.0, size.1, crate::image::PixelFormat::Rgb, &rgb)
+        .map_err(|e| ReportError::Draw(fig.title().into(), e.to_string()))
 }
 
 /// A layer name short enough for a plot axis: `3.image.attn.q_proj`, `3.text.adaLN`.

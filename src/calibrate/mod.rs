@@ -1,0 +1,329 @@
+//! The calibration data generator: runs the SD3 pipeline over a prompt list and records, for
+//! every (image, step), exactly what the denoiser receives, in the seed's layout
+//! (`samples/NNNNNN_SSS.npz`, `images/NNNNNN.png`, `manifest.json`).
+//!
+//! Image `i` uses prompt `i mod len(prompts)` and seed `seed + i`, so every image can be
+//! regenerated alone. The manifest is replaced atomically after each finished image and holds
+//! the generation settings; a rerun continues at `n_completed`, refuses different settings
+//! (unless told to start over), and replaces whatever an interrupted image left behind.
+//!
+//! A run is four steps, each usable alone: [`CalibrateConfig::validate`] (settings, prompts and
+//! model resolved, nothing written), [`ResumePlan::from_existing`] (where the folder's previous
+//! run ended, or why it cannot be continued), the disk check ([`check_disk`] over
+//! [`free_bytes`]), then [`capture_image`] per image and [`ResumePlan::finish_image`] after it.
+
+mod capture;
+mod disk;
+mod resume;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::CancelToken;
+use crate::model::config::{ModelDtype, Sd3Config};
+use crate::model::pipeline::Pipeline;
+
+pub use capture::{CaptureOutcome, CapturedImage, SampleWriter, capture_image};
+pub use disk::{check_disk, estimate_bytes_per_image, free_bytes};
+pub use resume::ResumePlan;
+pub use validate::ValidatedCalibration;
+
+/// Settings of a calibration run (`sd3lab calibrate`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrateConfig {
+    pub model: String,
+    pub num_images: usize,
+    pub num_steps: usize,
+    pub cfg_weight: f32,
+    pub calib_dir: PathBuf,
+    /// `None`: the shipped prompt set.
+    pub prompt_csv: Option<PathBuf>,
+    pub seed: u32,
+    pub height: usize,
+    pub width: usize,
+    pub dtype: ModelDtype,
+    pub negative_prompt: String,
+    /// Start over in a non-empty directory.
+    pub overwrite: bool,
+    /// Run even if the disk looks too small.
+    pub force: bool,
+}
+
+/// What the manifest records about how the samples were generated (key `generation`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationSettings {
+    pub tool: String,
+    pub tool_version: String,
+    pub model: ModelIdentity,
+    pub num_steps: usize,
+    pub cfg_weight: f32,
+    pub height: usize,
+    pub width: usize,
+    pub dtype: ModelDtype,
+    pub negative_prompt: String,
+    pub seed: u32,
+    pub prompt_source: String,
+    /// Prompt and seed of each image written so far.
+    pub prompts: Vec<String>,
+    pub seeds: Vec<u32>,
+}
+
+/// Enough to tell whether two runs used the same model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelIdentity {
+    pub name: String,
+    pub config: Sd3Config,
+    pub checkpoint_bytes: u64,
+}
+
+/// Progress of a run, in order.
+#[derive(Debug, Clone)]
+pub enum CalibrateEvent {
+    /// Prompts, resume point and disk estimate are known; the model loads next.
+    Planned {
+        start_image: usize,
+        num_images: usize,
+        num_steps: usize,
+        estimate_bytes: u64,
+        notes: Vec<String>,
+    },
+    ModelLoaded {
+        seconds: f64,
+    },
+    ImageStarted {
+        image: usize,
+        prompt: String,
+    },
+    Step {
+        image: usize,
+        step: usize,
+        num_steps: usize,
+    },
+    ImageDone {
+        image: usize,
+        seconds: f64,
+        eta_seconds: f64,
+        peak_memory_bytes: u64,
+    },
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibrateSummary {
+    pub calib_dir: PathBuf,
+    pub images_written: usize,
+    pub n_completed: usize,
+    pub num_images: usize,
+    pub cancelled: bool,
+    pub estimate_bytes: u64,
+    pub bytes_written: u64,
+    pub seconds: f64,
+    /// Seconds per finished image (text encoding, denoising with capture, decoding, PNG, manifest).
+    pub image_seconds: Vec<f64>,
+    /// Seconds spent denoising (MMDiT steps, without capture) and capturing (writing samples).
+    pub denoising_seconds: f64,
+    pub capture_seconds: f64,
+    pub notes: Vec<String>,
+}
+
+/// Why a run could not start or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrateError {
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "{dir} already holds a calibration run with different settings ({differences}); use --overwrite to start over"
+    )]
+    SettingsDiffer { dir: PathBuf, differences: String },
+    #[error(
+        "{dir} holds sample files but no manifest.json from a run; use --overwrite to start over"
+    )]
+    ForeignData { dir: PathBuf },
+    #[error(
+        "{dir}: the run needs about {needed} bytes but only {available} are free (use --force to try anyway)"
+    )]
+    Disk {
+        dir: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Prompts(Box<crate::calib::prompts::PromptError>),
+    #[error(transparent)]
+    Source(Box<crate::model::source::SourceError>),
+    #[error(transparent)]
+    Pipeline(Box<crate::model::pipeline::PipelineError>),
+    #[error(transparent)]
+    Calib(Box<crate::calib::CalibError>),
+    #[error(transparent)]
+    Npz(Box<crate::calib::npz::NpzError>),
+    #[error(transparent)]
+    Npy(Box<crate::calib::npy::NpyError>),
+    #[error(transparent)]
+    TensorIo(Box<crate::model::tensor_io::TensorIoError>),
+    #[error("MLX error: {0}")]
+    Mlx(#[from] mlx_rs::error::Exception),
+}
+
+/// Boxes the large error types of the layers below (errors are rare; the happy path stays small).
+macro_rules! boxed_from {
+    ($($variant:ident: $ty:ty),*) => {
+        $(impl From<$ty> for CalibrateError {
+            fn from(e: $ty) -> Self {
+                Self::$variant(Box::new(e))
+            }
+        })*
+    };
+}
+boxed_from!(
+    Prompts: crate::calib::prompts::PromptError,
+    Source: crate::model::source::SourceError,
+    Pipeline: crate::model::pipeline::PipelineError,
+    Calib: crate::calib::CalibError,
+    Npz: crate::calib::npz::NpzError,
+    Npy: crate::calib::npy::NpyError,
+    TensorIo: crate::model::tensor_io::TensorIoError
+);
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CalibrateError + '_ {
+    move |source| CalibrateError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// File name of step `step` of image `image`: zero-padded so lexical order is image-major.
+pub fn sample_file_name(image: usize, step: usize, num_steps: usize) -> String {
+    let width = num_steps.saturating_sub(1).to_string().len().max(3);
+    format!("samples/{image:06}_{step:0width$}.npz")
+}
+
+/// File name of the final image of `image`.
+pub fn image_file_name(image: usize) -> String {
+    format!("images/{image:06}.png")
+}
+
+/// Runs (or resumes) a calibration run. `on_event` sees progress; `cancel` stops it after the
+/// current step, discarding the unfinished image.
+pub fn run_calibration(
+    cfg: &CalibrateConfig,
+    cancel: &CancelToken,
+    on_event: &mut dyn FnMut(CalibrateEvent),
+) -> Result<CalibrateSummary, CalibrateError> {
+    let started = Instant::now();
+    let run = cfg.validate()?;
+    let dir = &cfg.calib_dir;
+    let mut plan = ResumePlan::from_existing(dir, &run.settings, cfg.overwrite)?;
+    plan.prepare(dir)?;
+    let start = plan.start;
+    let remaining = cfg.num_images.saturating_sub(start) as u64;
+    let estimate = estimate_bytes_per_image(cfg, &run.model_config) * remaining;
+    check_disk(dir, estimate, free_bytes(dir), cfg.force)?;
+    on_event(CalibrateEvent::Planned {
+        start_image: start,
+        num_images: cfg.num_images,
+        num_steps: cfg.num_steps,
+        estimate_bytes: estimate,
+        notes: run.notes.clone(),
+    });
+    let mut summary = CalibrateSummary {
+        calib_dir: dir.clone(),
+        images_written: 0,
+        n_completed: start,
+        num_images: cfg.num_images,
+        cancelled: false,
+        estimate_bytes: estimate,
+        bytes_written: 0,
+        seconds: 0.0,
+        image_seconds: Vec::new(),
+        denoising_seconds: 0.0,
+        capture_seconds: 0.0,
+        notes: run.notes.clone(),
+    };
+    if start >= cfg.num_images {
+        summary.seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+
+    let t = Instant::now();
+    let pipe = Pipeline::load(&run.files, cfg.dtype.mlx())?;
+    on_event(CalibrateEvent::ModelLoaded {
+        seconds: t.elapsed().as_secs_f64(),
+    });
+    for image in start..cfg.num_images {
+        if cancel.is_cancelled() {
+            summary.cancelled = true;
+            break;
+        }
+        let t_image = Instant::now();
+        let captured = match capture_image(&pipe, &run, image, cancel, on_event)? {
+            CaptureOutcome::Done(c) => c,
+            CaptureOutcome::Cancelled => {
+                summary.cancelled = true;
+                break;
+            }
+        };
+        plan.finish_image(dir, &run.settings, image, captured.sample_files)?;
+        let seconds = t_image.elapsed().as_secs_f64();
+        summary.images_written += 1;
+        summary.n_completed = image + 1;
+        summary.bytes_written += captured.bytes;
+        summary.capture_seconds += captured.capture_seconds;
+        summary.denoising_seconds += captured.denoising_seconds;
+        summary.image_seconds.push(seconds);
+        let mean = summary.image_seconds.iter().sum::<f64>() / summary.image_seconds.len() as f64;
+        on_event(CalibrateEvent::ImageDone {
+            image,
+            seconds,
+            eta_seconds: mean * (cfg.num_images - image - 1) as f64,
+            peak_memory_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
+        });
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// A small float32 run (3 images × 4 steps, 64×64) of `model` into `dir`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_config(model: &str, dir: &Path) -> CalibrateConfig {
+    CalibrateConfig {
+        model: model.to_owned(),
+        num_images: 3,
+        num_steps: 4,
+        cfg_weight: 7.5,
+        calib_dir: dir.to_owned(),
+        prompt_csv: None,
+        seed: 0,
+        height: 64,
+        width: 64,
+        dtype: ModelDtype::Float32,
+        negative_prompt: String::new(),
+        overwrite: false,
+        force: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_sort_image_major() {
+        assert_eq!(sample_file_name(3, 7, 50), "samples/000003_007.npz");
+        assert_eq!(sample_file_name(0, 1234, 2000), "samples/000000_1234.npz");
+        let mut names: Vec<String> = (0..3)
+            .flat_map(|i| (0..12).map(move |s| sample_file_name(i, s, 12)))
+            .collect();
+        let expected = names.clone();
+        names.sort();
+        assert_eq!(names, expected);
+    }
+}

@@ -1,0 +1,182 @@
+//! A run's settings checked and resolved before anything is written: the prompts, the model
+//! (files and configuration), the image size against that model, and what the manifest records.
+
+use std::path::Path;
+
+use super::{CalibrateConfig, CalibrateError, GenerationSettings, ModelIdentity};
+use crate::calib::prompts::{builtin_prompts, read_prompts};
+use crate::model::config::Sd3Config;
+use crate::model::pipeline::{GenerateConfig, PipelineError};
+use crate::model::source::{ModelFiles, infer_config, resolve};
+
+/// Where the shipped prompts come from, as the manifest records it.
+const BUILTIN_PROMPT_SOURCE: &str = "assets/prompts.csv (built in)";
+
+/// A [`CalibrateConfig`] that passed every check, with what the checks resolved.
+#[derive(Debug, Clone)]
+pub struct ValidatedCalibration {
+    pub config: CalibrateConfig,
+    pub files: ModelFiles,
+    pub model_config: Sd3Config,
+    /// What the manifest records, with the prompt and seed of every image of the run.
+    pub settings: GenerationSettings,
+    /// What the user should know (shipped prompts used, prompts reused, model warnings).
+    pub notes: Vec<String>,
+}
+
+impl CalibrateConfig {
+    /// Checks the settings, reads the prompts, resolves the model (the built-in tiny model is
+    /// written to the user's cache on first use, sd3-medium downloaded when not cached) and
+    /// checks the image size and step count against it. Writes nothing into the calibration
+    /// folder.
+    pub fn validate(&self) -> Result<ValidatedCalibration, CalibrateError> {
+        if self.num_images == 0 {
+            return Err(CalibrateError::Config(
+                "--num-images must be at least 1".into(),
+            ));
+        }
+        let mut notes = Vec::new();
+        let (prompts, prompt_source) = match &self.prompt_csv {
+            Some(p) if p.is_file() => (read_prompts(p)?, p.display().to_string()),
+            Some(p) => {
+                notes.push(format!(
+                    "{} does not exist: using the {} prompts shipped in assets/prompts.csv",
+                    p.display(),
+                    builtin_prompts().len()
+                ));
+                (builtin_prompts(), BUILTIN_PROMPT_SOURCE.to_owned())
+            }
+            None => (builtin_prompts(), BUILTIN_PROMPT_SOURCE.to_owned()),
+        };
+        if self.num_images > prompts.len() {
+            notes.push(format!(
+                "{} images from {} prompts: prompts are reused in order",
+                self.num_images,
+                prompts.len()
+            ));
+        }
+        let files = resolve(&self.model, &mut |w| notes.push(w.to_owned()))?;
+        let (mmdit_cfg, vae_cfg) = infer_config(&files.checkpoint).map_err(PipelineError::from)?;
+        let probe = GenerateConfig {
+            num_steps: self.num_steps,
+            cfg_weight: self.cfg_weight,
+            height: self.height,
+            width: self.width,
+            ..GenerateConfig::default()
+        };
+        probe
+            .validate(mmdit_cfg.max_latent_resolution)
+            .map_err(CalibrateError::Config)?;
+        let clip_cfg =
+            |d: &Path| crate::model::clip::read_clip_config(d).map_err(PipelineError::from);
+        let model_config = Sd3Config {
+            mmdit: mmdit_cfg,
+            clip_l: clip_cfg(&files.clip_l)?,
+            clip_g: clip_cfg(&files.clip_g)?,
+            vae: vae_cfg,
+        };
+        let identity = ModelIdentity {
+            name: files.name.clone(),
+            config: model_config.clone(),
+            // Only compared between runs: an unreadable size is the same 0 each time.
+            checkpoint_bytes: std::fs::metadata(&files.checkpoint)
+                .map(|m| m.len())
+                .unwrap_or(0),
+        };
+        let settings = GenerationSettings {
+            tool: "sd3lab".into(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            model: identity,
+            num_steps: self.num_steps,
+            cfg_weight: self.cfg_weight,
+            height: self.height,
+            width: self.width,
+            dtype: self.dtype,
+            negative_prompt: self.negative_prompt.clone(),
+            seed: self.seed,
+            prompt_source,
+            prompts: (0..self.num_images)
+                .map(|i| prompts[i % prompts.len()].clone())
+                .collect(),
+            seeds: (0..self.num_images)
+                .map(|i| self.seed.wrapping_add(i as u32))
+                .collect(),
+        };
+        Ok(ValidatedCalibration {
+            config: self.clone(),
+            files,
+            model_config,
+            settings,
+            notes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn config(model: &Path, dir: &Path) -> CalibrateConfig {
+        CalibrateConfig {
+            seed: u32::MAX,
+            ..crate::calibrate::test_config(&model.display().to_string(), dir)
+        }
+    }
+
+    /// A tiny model directory of the test's own (no shared cache).
+    fn model_dir(root: &Path) -> PathBuf {
+        let dir = root.join("model");
+        crate::model::source::write_model_dir(&dir, &crate::model::Preset::Tiny.config(None), 1)
+            .unwrap();
+        dir
+    }
+
+    #[test]
+    fn resolves_prompts_seeds_and_model_without_touching_the_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let model = model_dir(root.path());
+        let calib = root.path().join("calib");
+        let mut cfg = config(&model, &calib);
+        let csv = root.path().join("prompts.csv");
+        std::fs::write(&csv, "prompt\na fox\na cat\n").unwrap();
+        cfg.prompt_csv = Some(csv.clone());
+        let run = cfg.validate().unwrap();
+        assert_eq!(run.settings.prompts, ["a fox", "a cat", "a fox"]);
+        assert_eq!(run.settings.seeds, [u32::MAX, 0, 1], "seeds wrap around");
+        assert_eq!(run.settings.prompt_source, csv.display().to_string());
+        assert!(
+            run.notes.iter().any(|n| n.contains("prompts are reused")),
+            "{:?}",
+            run.notes
+        );
+        assert!(run.files.checkpoint.starts_with(&model));
+        assert_eq!(run.settings.model.config, run.model_config);
+        assert!(!calib.exists(), "validation writes nothing");
+
+        cfg.prompt_csv = Some(root.path().join("missing.csv"));
+        let run = cfg.validate().unwrap();
+        assert_eq!(run.settings.prompt_source, BUILTIN_PROMPT_SOURCE);
+        assert!(run.notes[0].contains("missing.csv does not exist"));
+    }
+
+    #[test]
+    fn refuses_bad_settings_with_the_setting_named() {
+        let root = tempfile::tempdir().unwrap();
+        let model = model_dir(root.path());
+        let calib = root.path().join("calib");
+        let err = |f: &dyn Fn(&mut CalibrateConfig)| {
+            let mut cfg = config(&model, &calib);
+            f(&mut cfg);
+            cfg.validate().unwrap_err().to_string()
+        };
+        assert!(err(&|c| c.num_images = 0).contains("--num-images must be at least 1"));
+        assert!(err(&|c| c.num_steps = 0).contains("num_steps must be at least 1"));
+        assert!(err(&|c| c.height = 100).contains("height 100 must be a positive multiple of 16"));
+        assert!(err(&|c| c.width = 1 << 20).contains("above this model's maximum"));
+        assert!(err(&|c| c.cfg_weight = f32::NAN).contains("cfg_weight must be a finite number"));
+        let missing = err(&|c| c.model = root.path().join("nothing").display().to_string());
+        assert!(missing.contains("nothing"), "{missing}");
+    }
+}

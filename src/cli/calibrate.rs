@@ -1,0 +1,152 @@
+//! `sd3lab calibrate`: the calibration data generator with progress bars.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use sd3lab::calibrate::{CalibrateConfig, CalibrateEvent, run_calibration};
+use sd3lab::model::config::ModelDtype;
+
+use super::{bar_style, cancel_on_ctrl_c, resolve_model};
+
+#[derive(Args)]
+pub struct CalibrateArgs {
+    /// Images to generate (image i uses prompt i mod len(prompts) and seed --seed + i).
+    #[arg(long)]
+    num_images: usize,
+    #[arg(long, default_value_t = 50)]
+    num_steps: usize,
+    #[arg(long, default_value_t = 7.5)]
+    cfg_weight: f32,
+    #[arg(long, default_value = "calibration_data")]
+    calib_dir: PathBuf,
+    /// CSV with a `prompt` column (or one column); if the file does not exist the shipped
+    /// prompt set is used.
+    #[arg(long, default_value = "all_prompts.csv")]
+    prompt_csv: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// tiny, sd3-medium, auto, or a directory in the published layout.
+    #[arg(long, default_value = "auto")]
+    model: String,
+    #[arg(long, default_value_t = 512)]
+    height: usize,
+    #[arg(long, default_value_t = 512)]
+    width: usize,
+    #[arg(long, value_enum)]
+    dtype: Option<ModelDtype>,
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// Start over in a directory that holds another run.
+    #[arg(long)]
+    overwrite: bool,
+    /// Run even when the disk looks too small for the estimate.
+    #[arg(long)]
+    force: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl CalibrateArgs {
+    fn to_config(&self) -> CalibrateConfig {
+        CalibrateConfig {
+            model: self.model.clone(),
+            num_images: self.num_images,
+            num_steps: self.num_steps,
+            cfg_weight: self.cfg_weight,
+            calib_dir: self.calib_dir.clone(),
+            prompt_csv: Some(self.prompt_csv.clone()),
+            seed: self.seed,
+            height: self.height,
+            width: self.width,
+            dtype: self.dtype.unwrap_or_else(ModelDtype::default_for_backend),
+            negative_prompt: self.negative_prompt.clone(),
+            overwrite: self.overwrite,
+            force: self.force,
+        }
+    }
+}
+
+/// `sd3lab calibrate`: exit 130 when cancelled (Ctrl-C), after keeping the finished images.
+pub fn run(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
+    if args.model == "sd3-medium" {
+        resolve_model(&args.model)?; // download with progress before the run
+    }
+    let config = args.to_config();
+    // Ctrl-C: finish the current step, discard the unfinished image, keep the manifest consistent.
+    let cancel = cancel_on_ctrl_c();
+    let multi = indicatif::MultiProgress::new();
+    if args.json {
+        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let images = multi.add(indicatif::ProgressBar::new(args.num_images as u64));
+    images.set_style(bar_style("images [{bar:30}] {pos}/{len} {msg} ETA {eta}"));
+    let steps = multi.add(indicatif::ProgressBar::new(args.num_steps as u64));
+    steps.set_style(bar_style("steps  [{bar:30}] {pos}/{len} {per_sec}"));
+    let mut on_event = |e: CalibrateEvent| match e {
+        CalibrateEvent::Planned {
+            start_image,
+            estimate_bytes,
+            notes,
+            ..
+        } => {
+            multi.suspend(|| {
+                for n in notes {
+                    eprintln!("note: {n}");
+                }
+                if start_image > 0 {
+                    eprintln!("resuming at image {start_image}");
+                }
+                eprintln!("will write about {:.1} MB", estimate_bytes as f64 / 1e6);
+            });
+            images.set_position(start_image as u64);
+        }
+        CalibrateEvent::ModelLoaded { seconds } => {
+            multi.suspend(|| eprintln!("model loaded in {seconds:.1} s"));
+        }
+        CalibrateEvent::ImageStarted { .. } => steps.set_position(0),
+        CalibrateEvent::Step { step, .. } => steps.set_position(step as u64),
+        CalibrateEvent::ImageDone {
+            image,
+            seconds,
+            peak_memory_bytes,
+            ..
+        } => {
+            images.set_position(image as u64 + 1);
+            images.set_message(format!(
+                "{seconds:.2} s/img, peak {:.2} GB",
+                peak_memory_bytes as f64 / 1e9
+            ));
+        }
+    };
+    let result = run_calibration(&config, &cancel, &mut on_event);
+    steps.finish_and_clear();
+    images.finish_and_clear();
+    let summary = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "{}: {} of {} images complete ({} written now, {:.1} MB, estimate {:.1} MB) in {:.1} s{}",
+            summary.calib_dir.display(),
+            summary.n_completed,
+            summary.num_images,
+            summary.images_written,
+            summary.bytes_written as f64 / 1e6,
+            summary.estimate_bytes as f64 / 1e6,
+            summary.seconds,
+            if summary.cancelled {
+                " — cancelled; rerun the same command to resume"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(if summary.cancelled {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,176 @@
+//! `sd3lab plan`: a mixed-precision plan from a sensitivity run, optionally validated.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{bar_style, cancel_on_ctrl_c};
+
+#[derive(Args)]
+pub struct PlanArgs {
+    /// sensitivity.json from `sd3lab sensitivity`.
+    #[arg(long)]
+    sensitivity: PathBuf,
+    /// Parameter-weighted average bits per weight, scales and biases included (bits + 32/group).
+    #[arg(long)]
+    target_bits: f64,
+    /// Bit widths the plan may use (default: all measured).
+    #[arg(long, value_delimiter = ',')]
+    bits: Vec<i32>,
+    #[arg(long, value_enum, default_value = "sqnr")]
+    objective: sd3lab::quant::plan::Objective,
+    /// Plan file to write; pareto.csv is written beside it.
+    #[arg(long)]
+    output: PathBuf,
+    /// One plan per step bucket (early/mid/late), each optimal for its bucket's results and
+    /// within the budget; `generate` switches between them.
+    #[arg(long)]
+    per_bucket: bool,
+    /// Measure the plan's real full-model error on calibration samples the sensitivity run did
+    /// not use, next to the additive prediction; stored in the plan under `validation`.
+    #[arg(long)]
+    validate: bool,
+    /// At most this many held-out samples for --validate.
+    #[arg(long)]
+    validate_samples: Option<usize>,
+}
+
+/// How many layers get each bit width, e.g. `12×w4, 3×w8`.
+fn bits_summary<'a>(layers: impl Iterator<Item = &'a sd3lab::quant::LayerQuant>) -> String {
+    let mut histogram = std::collections::BTreeMap::<i32, usize>::new();
+    for q in layers {
+        *histogram.entry(q.bits).or_default() += 1;
+    }
+    histogram
+        .iter()
+        .map(|(b, n)| format!("{n}×w{b}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `sd3lab plan`: writes the plan and pareto.csv beside it.
+pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
+    use sd3lab::quant::plan::{build_plan, build_plan_per_bucket};
+    let report = sd3lab::quant::sensitivity::read_report(&args.sensitivity)?;
+    let build = if args.per_bucket {
+        build_plan_per_bucket
+    } else {
+        build_plan
+    };
+    let mut built = build(&report, args.target_bits, &args.bits, args.objective)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.sensitivity.display()))?;
+    if args.validate {
+        let validation = validate(&report, &built.plan, args.validate_samples)?;
+        built
+            .plan
+            .extra
+            .insert("validation".into(), serde_json::to_value(&validation)?);
+    }
+    let json = serde_json::to_string_pretty(&built.plan)?;
+    sd3lab::fsutil::write_atomic(&args.output, json.as_bytes())
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    let mut csv = format!(
+        "average_bits,{}\n",
+        match args.objective {
+            sd3lab::quant::plan::Objective::Sqnr => "summed_sqnr_db",
+            sd3lab::quant::plan::Objective::Mse => "summed_mse",
+        }
+    );
+    for (b, e) in &built.pareto {
+        csv.push_str(&format!("{b},{e}\n"));
+    }
+    let pareto = args.output.with_file_name("pareto.csv");
+    sd3lab::fsutil::write_atomic(&pareto, csv.as_bytes())
+        .with_context(|| format!("writing {}", pareto.display()))?;
+    if !built.plan.buckets.is_empty() {
+        println!(
+            "per-bucket maps for {} (each within the budget; `layers` holds the all-steps plan):",
+            built
+                .plan
+                .buckets
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for (bucket, layers) in &built.plan.buckets {
+            let differ = layers
+                .iter()
+                .filter(|(n, q)| built.plan.layers.get(*n) != Some(q))
+                .count();
+            println!(
+                "  {bucket}: {} ({differ} layers differ from the all-steps plan)",
+                bits_summary(layers.values())
+            );
+        }
+    }
+    println!(
+        "wrote {} ({} layers: {}; {} left float) — average {:.3} bits for a target of {}, predicted {} {:.4}, {:.1} MB of quantized weights; Pareto front in {}",
+        args.output.display(),
+        built.plan.layers.len(),
+        bits_summary(built.plan.layers.values()),
+        built.left_float.len(),
+        built.average_bits,
+        args.target_bits,
+        if args.objective == sd3lab::quant::plan::Objective::Sqnr {
+            "summed SQNR (dB)"
+        } else {
+            "summed MSE"
+        },
+        built.predicted_error,
+        built.predicted_bytes as f64 / 1e6,
+        pareto.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the plan validation with a progress bar and prints measured vs predicted errors.
+fn validate(
+    report: &sd3lab::quant::sensitivity::SensitivityReport,
+    plan: &sd3lab::quant::QuantPlan,
+    max_samples: Option<usize>,
+) -> anyhow::Result<sd3lab::quant::validate::Validation> {
+    let cancel = cancel_on_ctrl_c();
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(bar_style(
+        "validating [{bar:30}] {pos}/{len} samples ETA {eta}",
+    ));
+    let validation = sd3lab::quant::validate::validate_plan(
+        report,
+        &sd3lab::quant::QuantConfig::Plan(plan.clone()),
+        max_samples,
+        4,
+        &cancel,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    );
+    bar.finish_and_clear();
+    let validation = validation?;
+    anyhow::ensure!(!cancel.is_cancelled(), "validation cancelled");
+    let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("n/a".to_owned(), f);
+    println!(
+        "validation on {} held-out samples (the plan applied to the whole model, vs the sum of per-layer errors):",
+        validation.samples.len()
+    );
+    println!(
+        "{:<6} {:>7} {:>12} {:>14} {:>10} {:>14} {:>9}",
+        "bucket", "samples", "mse", "predicted mse", "sqnr dB", "predicted dB", "cosine"
+    );
+    for r in &validation.rows {
+        println!(
+            "{:<6} {:>7} {:>12.4e} {:>14} {:>10.2} {:>14} {:>9.6}",
+            r.bucket,
+            r.n_samples,
+            r.mse,
+            opt(r.predicted_mse, &|v| format!("{v:.4e}")),
+            r.sqnr_db,
+            opt(r.predicted_sqnr_db, &|v| format!("{v:.2}")),
+            r.cosine
+        );
+    }
+    Ok(validation)
+}

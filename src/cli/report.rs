@@ -1,0 +1,129 @@
+//! `sd3lab report …`: plots and reports (HTML/Markdown, PNG/SVG) from results files.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use sd3lab::calib::{CalibrationSet, OpenOptions};
+
+use super::samples::SampleFilterArgs;
+
+#[derive(clap::Subcommand)]
+pub enum ReportCommand {
+    /// Plots and a report of a sensitivity run (HTML with the figures inline, or Markdown with
+    /// PNGs beside it), with the data as CSV/JSON beside it.
+    Sensitivity(ReportSensitivityArgs),
+    /// A calibration folder's samples: summary, per-bucket counts, timestep schedule, tensors,
+    /// problems; the selected samples as CSV/JSON beside it (the Samples tab's report).
+    Samples(ReportSamplesArgs),
+    /// A calibration run: its settings and images with prompts (the Generate tab's report).
+    Calibration(ReportCalibrationArgs),
+}
+
+#[derive(Args)]
+pub struct ReportSamplesArgs {
+    /// Calibration folder.
+    calib_dir: PathBuf,
+    /// report.html or report.md.
+    #[arg(long)]
+    output: PathBuf,
+    #[command(flatten)]
+    filter: SampleFilterArgs,
+}
+
+#[derive(Args)]
+pub struct ReportCalibrationArgs {
+    /// Calibration folder (with its manifest.json).
+    calib_dir: PathBuf,
+    /// report.html or report.md.
+    #[arg(long)]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ReportSensitivityArgs {
+    /// A sensitivity output directory or its sensitivity.json.
+    input: PathBuf,
+    /// report.html or report.md.
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long, value_enum, default_value = "sqnr")]
+    metric: sd3lab::report::Metric,
+    /// Bucket of the bits plot and the ranking (all, early, mid, late).
+    #[arg(long, default_value = "all")]
+    bucket: String,
+    /// Bit width of the heatmap and the ranking (default: the lowest measured).
+    #[arg(long)]
+    bits: Option<i32>,
+    /// How many layers the bits plot and the ranking show.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Add the optimal plan at this average and the Pareto front.
+    #[arg(long)]
+    plan_target_bits: Option<f64>,
+    /// Also write every figure as SVG and PNG into this folder.
+    #[arg(long)]
+    figures: Option<PathBuf>,
+}
+
+impl ReportSensitivityArgs {
+    fn to_config(&self) -> anyhow::Result<sd3lab::report::SensitivityReportOptions> {
+        anyhow::ensure!(
+            ["all", "early", "mid", "late"].contains(&self.bucket.as_str()),
+            "--bucket {}: expected all, early, mid or late",
+            self.bucket
+        );
+        Ok(sd3lab::report::SensitivityReportOptions {
+            metric: self.metric,
+            bucket: self.bucket.clone(),
+            bits: self.bits,
+            layers: Vec::new(),
+            top: self.top,
+            plan_target_bits: self.plan_target_bits,
+        })
+    }
+
+    /// The sensitivity.json to read: the input itself, or the one in the input folder.
+    fn json_path(&self) -> PathBuf {
+        if self.input.is_dir() {
+            self.input.join("sensitivity.json")
+        } else {
+            self.input.clone()
+        }
+    }
+}
+
+/// `sd3lab report …`.
+pub fn run(cmd: &ReportCommand) -> anyhow::Result<ExitCode> {
+    let written = match cmd {
+        ReportCommand::Sensitivity(args) => return sensitivity(args),
+        ReportCommand::Samples(args) => {
+            let set = CalibrationSet::open(&args.calib_dir, &OpenOptions::default())?;
+            sd3lab::report::write_samples_report(&set, &args.filter.to_filter(), &args.output)?
+        }
+        ReportCommand::Calibration(args) => {
+            sd3lab::report::write_calibration_report(&args.calib_dir, &args.output)?
+        }
+    };
+    for p in &written {
+        println!("wrote {}", p.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sensitivity(args: &ReportSensitivityArgs) -> anyhow::Result<ExitCode> {
+    let opts = args.to_config()?;
+    let report = sd3lab::quant::sensitivity::read_report(&args.json_path())?;
+    let written = sd3lab::report::write_sensitivity_report(&report, &args.output, &opts)?;
+    for p in &written {
+        println!("wrote {}", p.display());
+    }
+    if let Some(dir) = &args.figures {
+        let figs = sd3lab::report::sensitivity_figures(&report, &opts)?;
+        for p in sd3lab::report::export_figures(&figs, dir, (900, 520))? {
+            println!("wrote {}", p.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

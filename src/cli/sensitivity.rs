@@ -1,0 +1,116 @@
+//! `sd3lab sensitivity`: the per-layer, per-bit sweep with a progress bar.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use sd3lab::model::config::ModelDtype;
+use sd3lab::quant::sensitivity::{SensitivityConfig, SensitivityEvent, run_sensitivity};
+
+use super::{bar_style, cancel_on_ctrl_c, resolve_model};
+
+#[derive(Args)]
+pub struct SensitivityArgs {
+    /// tiny, sd3-medium, auto, or a directory in the published layout.
+    #[arg(long, default_value = "auto")]
+    model: String,
+    #[arg(long, default_value = "calibration_data")]
+    calib_dir: PathBuf,
+    /// Bit widths to try, comma-separated (2, 3, 4, 5, 6, 8).
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4,8")]
+    bits: Vec<i32>,
+    #[arg(long, default_value_t = 64)]
+    group_size: i32,
+    #[arg(long)]
+    max_images: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    step_stride: Option<u64>,
+    /// Only layers whose name matches this regular expression.
+    #[arg(long)]
+    layers: Option<String>,
+    /// Where the error is measured: the MMDiT's output (model), the output of the layer's own
+    /// block (block) or of the layer itself (layer); block and layer are fast proxies.
+    #[arg(long, value_enum, default_value = "model")]
+    scope: sd3lab::quant::sensitivity::Scope,
+    /// Calibration samples evaluated together in one forward.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    batch_size: u64,
+    /// The naive oracle: a full forward per layer, bit width and sample.
+    #[arg(long)]
+    no_cache: bool,
+    #[arg(long, value_enum)]
+    dtype: Option<ModelDtype>,
+    #[arg(long)]
+    output_dir: PathBuf,
+}
+
+impl SensitivityArgs {
+    fn to_config(&self) -> SensitivityConfig {
+        SensitivityConfig {
+            model: self.model.clone(),
+            calib_dir: self.calib_dir.clone(),
+            bits: self.bits.clone(),
+            group_size: self.group_size,
+            max_images: self.max_images,
+            step_stride: self.step_stride.map(|k| k as usize),
+            layers: self.layers.clone(),
+            output_dir: self.output_dir.clone(),
+            use_cache: !self.no_cache,
+            dtype: self.dtype.unwrap_or_else(ModelDtype::default_for_backend),
+            scope: self.scope,
+            batch_size: self.batch_size as usize,
+        }
+    }
+}
+
+/// `sd3lab sensitivity`: exit 130 when cancelled (the layers measured so far are kept).
+pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
+    if args.model == "sd3-medium" {
+        resolve_model(&args.model)?; // download with progress before the run
+    }
+    let config = args.to_config();
+    let cancel = cancel_on_ctrl_c();
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(bar_style("layers [{bar:30}] {pos}/{len} {msg} ETA {eta}"));
+    let started = std::time::Instant::now();
+    let mut sweep_started = None;
+    let report = run_sensitivity(&config, &cancel, &mut |e| match e {
+        SensitivityEvent::Preparing { samples } => {
+            bar.suspend(|| {
+                eprintln!("loading {samples} calibration samples and their float outputs")
+            });
+        }
+        SensitivityEvent::Planned {
+            layers,
+            already_done,
+            bits,
+            samples,
+        } => {
+            sweep_started = Some(std::time::Instant::now());
+            bar.set_length(layers as u64);
+            bar.set_position(already_done as u64);
+            bar.suspend(|| eprintln!("{layers} layers × {bits} bit widths on {samples} samples ({already_done} layers already done)"));
+        }
+        SensitivityEvent::LayerDone { name, seconds, .. } => {
+            bar.inc(1);
+            bar.set_message(format!("{name} ({seconds:.1} s)"));
+        }
+    });
+    bar.finish_and_clear();
+    let report = report?;
+    let total = started.elapsed().as_secs_f64();
+    let sweep = sweep_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    println!(
+        "{} layers measured in {sweep:.1} s (after {:.1} s loading the model, the samples and their float outputs); wrote {} and {}",
+        report.layers.len(),
+        total - sweep,
+        args.output_dir.join("sensitivity.json").display(),
+        args.output_dir.join("sensitivity.csv").display()
+    );
+    Ok(if cancel.is_cancelled() {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
