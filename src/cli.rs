@@ -328,7 +328,7 @@ pub struct ReportSensitivityArgs {
     metric: sd3lab::report::Metric,
     /// Bucket of the bits plot and the ranking (all, early, mid, late).
     #[arg(long, default_value = "all")]
-    bucket: String,
+    bucket: Bucket,
     /// Bit width of the heatmap and the ranking (default: the lowest measured).
     #[arg(long)]
     bits: Option<i32>,
@@ -367,15 +367,10 @@ fn report_sensitivity(args: &ReportSensitivityArgs) -> anyhow::Result<ExitCode> 
     } else {
         args.input.clone()
     };
-    anyhow::ensure!(
-        ["all", "early", "mid", "late"].contains(&args.bucket.as_str()),
-        "--bucket {}: expected all, early, mid or late",
-        args.bucket
-    );
     let report = sd3lab::quant::sensitivity::read_report(&json)?;
     let opts = sd3lab::report::SensitivityReportOptions {
         metric: args.metric,
-        bucket: args.bucket.clone(),
+        bucket: args.bucket,
         bits: args.bits,
         layers: Vec::new(),
         top: args.top,
@@ -1108,11 +1103,7 @@ pub struct PlanArgs {
 
 /// How many layers get each bit width, e.g. `12×w4, 3×w8`.
 fn bits_summary<'a>(layers: impl Iterator<Item = &'a sd3lab::quant::LayerQuant>) -> String {
-    let mut histogram = std::collections::BTreeMap::<i32, usize>::new();
-    for q in layers {
-        *histogram.entry(q.bits).or_default() += 1;
-    }
-    histogram
+    sd3lab::quant::bits_histogram(layers)
         .iter()
         .map(|(b, n)| format!("{n}×w{b}"))
         .collect::<Vec<_>>()
