@@ -402,7 +402,7 @@ impl SensitivityTab {
             ui.selectable_value(&mut o.metric, Metric::Mse, "MSE");
             ui.separator();
             ui.label("Bucket");
-            for b in Bucket::GROUPS {
+            for b in std::iter::once(Bucket::All).chain(Bucket::STEPS) {
                 ui.selectable_value(&mut o.bucket, b, b.name());
             }
             ui.separator();
