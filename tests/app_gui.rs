@@ -328,7 +328,7 @@ fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
     h.run_steps(2);
     assert!(h.state().persisted.sensitivity.pinned.is_empty());
     // Filter by kind.
-    h.state_mut().persisted.sensitivity.kind = Some("adaln".into());
+    h.state_mut().persisted.sensitivity.kind = Some(sd3lab::model::LayerKind::Adaln);
     h.run_steps(2);
     assert!(
         h.query_by_label("SQNR (dB) vs bits, the 5 most sensitive of 5 filtered layers (tick layers below to pick others)")

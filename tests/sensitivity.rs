@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use sd3lab::calib::Bucket;
 use sd3lab::calibrate::{CalibrateConfig, run_calibration};
 use sd3lab::job::CancelToken;
 use sd3lab::model::config::ModelDtype;
@@ -54,20 +55,13 @@ fn config(model: &str, calib: &Path, out: &Path, use_cache: bool) -> Sensitivity
     }
 }
 
-fn all_rows(r: &SensitivityReport) -> Vec<(String, i32, String, f64, f64, f64)> {
+fn all_rows(r: &SensitivityReport) -> Vec<(String, i32, Bucket, f64, f64, f64)> {
     r.layers
         .iter()
         .flat_map(|l| {
-            l.results.iter().map(move |x| {
-                (
-                    l.name.clone(),
-                    x.bits,
-                    x.bucket.clone(),
-                    x.mse,
-                    x.sqnr_db,
-                    x.cosine,
-                )
-            })
+            l.results
+                .iter()
+                .map(move |x| (l.name.clone(), x.bits, x.bucket, x.mse, x.sqnr_db, x.cosine))
         })
         .collect()
 }
@@ -124,7 +118,7 @@ fn cached_equals_naive_and_bits_order_the_error() {
     assert!(
         fc1.results
             .iter()
-            .filter(|r| r.bucket == "all")
+            .filter(|r| r.bucket == Bucket::All)
             .all(|r| r.n_samples == 6)
     );
     // Fewer bits never give a smaller error on average over layers.
@@ -133,7 +127,7 @@ fn cached_equals_naive_and_bits_order_the_error() {
             .layers
             .iter()
             .flat_map(|l| l.results.iter())
-            .filter(|r| r.bits == bits && r.bucket == "all")
+            .filter(|r| r.bits == bits && r.bucket == Bucket::All)
             .map(|r| r.mse)
             .collect();
         v.iter().sum::<f64>() / v.len() as f64
@@ -213,7 +207,7 @@ fn find<'a>(
     r: &'a SensitivityReport,
     name: &str,
     bits: i32,
-    bucket: &str,
+    bucket: Bucket,
 ) -> &'a sd3lab::quant::sensitivity::BucketResult {
     r.layers
         .iter()
@@ -248,8 +242,8 @@ fn proxy_scopes_measure_their_own_outputs_and_rank_like_the_model() {
                 .all(|x| x.results.is_empty() || x.results.len() == 12)
         );
     }
-    assert_eq!(b.settings.metric_scope, "block");
-    assert_eq!(l.settings.metric_scope, "layer");
+    assert_eq!(b.settings.metric_scope, Scope::Block);
+    assert_eq!(l.settings.metric_scope, Scope::Layer);
     // Batching samples changes nothing beyond float rounding (at 8 bits the error is ~1e-8 of
     // the signal, so float32 rounding of the outputs shows at ~1e-4 of it).
     for (x, y) in all_rows(&m).iter().zip(&all_rows(&m1)) {
@@ -265,7 +259,10 @@ fn proxy_scopes_measure_their_own_outputs_and_rank_like_the_model() {
             "final_layer.linear",
             "final_layer.adaLN_modulation.layers.1",
         ] {
-            let (x, y) = (find(&m, name, bits, "all"), find(&b, name, bits, "all"));
+            let (x, y) = (
+                find(&m, name, bits, Bucket::All),
+                find(&b, name, bits, Bucket::All),
+            );
             assert!(
                 (x.mse - y.mse).abs() <= 1e-6 * y.mse,
                 "{name}: {} vs {}",
@@ -274,8 +271,8 @@ fn proxy_scopes_measure_their_own_outputs_and_rank_like_the_model() {
             );
         }
         let (x, y) = (
-            find(&b, "context_embedder", bits, "all"),
-            find(&l, "context_embedder", bits, "all"),
+            find(&b, "context_embedder", bits, Bucket::All),
+            find(&l, "context_embedder", bits, Bucket::All),
         );
         assert!(
             (x.mse - y.mse).abs() <= 1e-6 * y.mse,
@@ -289,7 +286,7 @@ fn proxy_scopes_measure_their_own_outputs_and_rank_like_the_model() {
         if layer.results.is_empty() {
             continue;
         }
-        let e = |bits| find(&l, &layer.name, bits, "all").mse;
+        let e = |bits| find(&l, &layer.name, bits, Bucket::All).mse;
         assert!(e(2) > e(4) && e(4) > e(8) && e(8) > 0.0, "{}", layer.name);
     }
     // Rank agreement: a scope agrees perfectly with itself; the proxies correlate positively
@@ -305,12 +302,14 @@ fn proxy_scopes_measure_their_own_outputs_and_rank_like_the_model() {
             agreement.iter().map(|a| a.0).collect::<Vec<_>>(),
             vec![2, 4, 8]
         );
+        // Measured here: block ≈ 0.80, layer ≈ 0.60 at 2 bits (31 layers).
+        let (_, rho2, n2) = agreement[0];
         assert!(
-            agreement
-                .iter()
-                .all(|(_, rho, _)| (-1.0..=1.0).contains(rho))
+            rho2 > 0.5 && n2 > 10,
+            "{}: rho {rho2} over {n2} layers at 2 bits",
+            proxy.settings.metric_scope.name()
         );
-        eprintln!("{}: {agreement:?}", proxy.settings.metric_scope);
+        eprintln!("{}: {agreement:?}", proxy.settings.metric_scope.name());
     }
     // The CLI prints the same numbers.
     let out = common::sd3lab_command(root.path(), &["rank-agreement", "--json"])
@@ -337,4 +336,122 @@ fn proxy_scopes_measure_their_own_outputs_and_rank_like_the_model() {
     c.scope = Scope::Layer;
     let err = run_sensitivity(&c, &CancelToken::new(), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("--no-cache"), "{err}");
+}
+
+/// The sweep's metrics against numpy: the float and quantized MMDiT outputs of every
+/// calibration record, computed here through the public model API (not the sweep's cached
+/// path), dumped as .npy; numpy computes mse, SQNR and cosine per bucket, which must match
+/// what the sweep reports for the layer (a post-attention layer, so the cached path re-runs
+/// only its stream's post-attention part).
+#[test]
+fn sweep_metrics_match_numpy_on_dumped_outputs() {
+    use mlx_rs::Array;
+    use sd3lab::calib::{CalibrationSet, NpyArray, NpyData, OpenOptions, SampleFilter, SampleKey};
+    use sd3lab::quant::{LayerQuant, QuantConfig, QuantMode, QuantPlan};
+
+    let root = tempfile::tempdir().unwrap();
+    let (model, calib) = setup(root.path());
+    let layer = "multimodal_transformer_blocks.0.image_transformer_block.mlp.fc1";
+    let mut cfg = config(&model, &calib, &root.path().join("out"), true);
+    cfg.layers = Some(format!("^{}$", layer.replace('.', r"\.")));
+    cfg.bits = vec![4];
+    cfg.batch_size = 1;
+    let report = run_sensitivity(&cfg, &CancelToken::new(), &mut |_| {}).unwrap();
+    assert_eq!(report.layers.len(), 1);
+
+    let files = sd3lab::model::source::resolve(&model, &mut |_| {}).unwrap();
+    let float =
+        sd3lab::model::source::load_mmdit_inferred(&files.checkpoint, mlx_rs::Dtype::Float32)
+            .unwrap();
+    let mut quantized = float.clone();
+    let plan = QuantPlan {
+        schema: "sd3lab.plan/1".into(),
+        layers: [(
+            layer.to_owned(),
+            LayerQuant {
+                bits: 4,
+                group_size: 64,
+            },
+        )]
+        .into(),
+        buckets: Default::default(),
+        extra: Default::default(),
+    };
+    let applied = sd3lab::quant::apply(
+        &mut quantized,
+        &QuantConfig::Plan(plan),
+        QuantMode::Simulated,
+    )
+    .unwrap();
+    assert_eq!(applied.quantized.len(), 1);
+    let set = CalibrationSet::open(&calib, &OpenOptions::default()).unwrap();
+    let (mut ys, mut qs, mut buckets) = (Vec::new(), Vec::new(), Vec::new());
+    let mut width = 0;
+    for meta in set.select(&SampleFilter::default()) {
+        let load = |k| {
+            let a = set.load(meta, k).unwrap();
+            let shape: Vec<i32> = a.shape.iter().map(|&d| d as i32).collect();
+            Array::from_slice(&a.data.to_f32_vec(), &shape)
+        };
+        let (x, context, pooled) = (
+            load(SampleKey::X),
+            load(SampleKey::Conditioning),
+            load(SampleKey::PooledConditioning),
+        );
+        // The CFG pair: one latent for both rows, one timestep per row.
+        let rows = context.shape()[0];
+        let x = if x.shape()[0] == rows {
+            x
+        } else {
+            mlx_rs::ops::concatenate(&vec![x; rows as usize], 0).unwrap()
+        };
+        let t = Array::from_slice(&vec![meta.timestep as f32; rows as usize], &[rows]);
+        for (m, out) in [(&float, &mut ys), (&quantized, &mut qs)] {
+            let modulation = m.modulation(&pooled, &t).unwrap();
+            let y = m.forward(&x, &context, &modulation).unwrap();
+            let v = sd3lab::model::nn::to_vec_f32(&y).unwrap();
+            width = v.len();
+            out.extend(v);
+        }
+        buckets.push(meta.bucket as i32);
+    }
+    let n = buckets.len();
+    let dir = root.path().join("dump");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, a: NpyArray| {
+        let mut f = std::fs::File::create(dir.join(name)).unwrap();
+        a.write_npy(&mut f).unwrap();
+    };
+    write(
+        "float.npy",
+        NpyArray::new(vec![n, width], NpyData::Float32(ys)).unwrap(),
+    );
+    write(
+        "quant.npy",
+        NpyArray::new(vec![n, width], NpyData::Float32(qs)).unwrap(),
+    );
+    write(
+        "bucket.npy",
+        NpyArray::new(vec![n], NpyData::Int32(buckets)).unwrap(),
+    );
+    let out = common::run_oracle("metrics_oracle.py", &[dir.as_os_str()]);
+    let numpy: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = &report.layers[0].results;
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for r in rows {
+        let o = &numpy[r.bucket.name()];
+        assert_eq!(o["n_samples"], r.n_samples, "{}", r.bucket);
+        for (what, ours, theirs) in [
+            ("mse", r.mse, o["mse"].as_f64().unwrap()),
+            ("sqnr_db", r.sqnr_db, o["sqnr_db"].as_f64().unwrap()),
+            ("cosine", r.cosine, o["cosine"].as_f64().unwrap()),
+        ] {
+            assert!(
+                (ours - theirs).abs() <= 1e-9 * theirs.abs().max(1e-30),
+                "{} {what}: sweep {ours} vs numpy {theirs}",
+                r.bucket
+            );
+        }
+        assert!(r.mse > 0.0 && r.sqnr_db < 300.0, "{r:?}");
+    }
 }

@@ -209,7 +209,7 @@ impl SamplesTab {
             });
             ui.label("Bucket");
             ui.selectable_value(&mut o.bucket, None, "all");
-            for b in Bucket::ALL {
+            for b in Bucket::STEPS {
                 ui.selectable_value(&mut o.bucket, Some(b), b.name());
             }
             ui.checkbox(&mut o.shared_scale, "Shared colour scale");

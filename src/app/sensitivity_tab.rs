@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::worker::{Command, Event};
 use super::{PickKind, Picker, Shared, labelled};
+use crate::calib::Bucket;
 use crate::job::CancelToken;
 use crate::model::config::ModelDtype;
+use crate::model::registry::LayerKind;
 use crate::quant::plan::{BuiltPlan, Objective, build_plan};
 use crate::quant::sensitivity::{
     Scope, SensitivityConfig, SensitivityEvent, SensitivityReport, read_report,
@@ -35,11 +37,11 @@ pub struct Options {
     /// The report shown.
     pub report_path: String,
     pub metric: Metric,
-    pub bucket: String,
+    pub bucket: Bucket,
     /// Bit width of the heatmap and ranking (0: the lowest measured).
     pub plot_bits: i32,
     pub block: Option<usize>,
-    pub kind: Option<String>,
+    pub kind: Option<LayerKind>,
     pub target_bits: f64,
     pub objective: Objective,
     pub plan_path: String,
@@ -71,7 +73,7 @@ impl Default for Options {
             output_dir: "sensitivity".into(),
             report_path: String::new(),
             metric: Metric::Sqnr,
-            bucket: "all".into(),
+            bucket: Bucket::All,
             plot_bits: 0,
             block: None,
             kind: None,
@@ -384,7 +386,7 @@ impl SensitivityTab {
         ui.label(format!(
             "{} layers | scope {} | bits {:?} | group {} | {} samples | model {}",
             report.layers.len(),
-            s.metric_scope,
+            s.metric_scope.name(),
             s.bits,
             s.group_size,
             s.samples.len(),
@@ -392,7 +394,7 @@ impl SensitivityTab {
         ));
         let bits_list = s.bits.clone();
         if !bits_list.contains(&o.plot_bits) {
-            o.plot_bits = bits_list.iter().min().copied().unwrap_or(0);
+            o.plot_bits = report.lowest_bits().unwrap_or(0);
         }
         ui.horizontal(|ui| {
             ui.label("Metric");
@@ -400,8 +402,8 @@ impl SensitivityTab {
             ui.selectable_value(&mut o.metric, Metric::Mse, "MSE");
             ui.separator();
             ui.label("Bucket");
-            for b in ["all", "early", "mid", "late"] {
-                ui.selectable_value(&mut o.bucket, b.to_owned(), b);
+            for b in std::iter::once(Bucket::All).chain(Bucket::STEPS) {
+                ui.selectable_value(&mut o.bucket, b, b.name());
             }
             ui.separator();
             ui.label("Bits (heatmap, ranking)");
@@ -411,8 +413,8 @@ impl SensitivityTab {
         });
         let blocks: std::collections::BTreeSet<usize> =
             report.layers.iter().filter_map(|l| l.block).collect();
-        let kinds: std::collections::BTreeSet<String> =
-            report.layers.iter().map(|l| l.kind.clone()).collect();
+        let kinds: std::collections::BTreeSet<LayerKind> =
+            report.layers.iter().map(|l| l.kind).collect();
         ui.horizontal(|ui| {
             egui::ComboBox::from_label("Block")
                 .selected_text(o.block.map_or("all".into(), |b| b.to_string()))
@@ -423,23 +425,23 @@ impl SensitivityTab {
                     }
                 });
             egui::ComboBox::from_label("Kind")
-                .selected_text(o.kind.clone().unwrap_or_else(|| "all".into()))
+                .selected_text(o.kind.map_or("all", LayerKind::name))
                 .show_ui(ui, |ui| {
                     ui.selectable_value(&mut o.kind, None, "all");
                     for k in &kinds {
-                        ui.selectable_value(&mut o.kind, Some(k.clone()), k);
+                        ui.selectable_value(&mut o.kind, Some(*k), k.name());
                     }
                 });
         });
         // Filtered layers, most sensitive first.
-        let ranked = report::ranking(report, o.plot_bits, &o.bucket, o.metric);
+        let ranked = report::ranking(report, o.plot_bits, o.bucket, o.metric);
         let filtered: Vec<String> = ranked
             .iter()
             .filter(|(name, _)| {
                 report.layers.iter().any(|l| {
                     &l.name == name
                         && o.block.is_none_or(|b| l.block == Some(b))
-                        && o.kind.as_ref().is_none_or(|k| &l.kind == k)
+                        && o.kind.is_none_or(|k| l.kind == k)
                 })
             })
             .map(|(n, _)| n.clone())
@@ -484,7 +486,7 @@ impl SensitivityTab {
                         }
                     });
                 }
-                let fig = report::bits_figure(report, &shown, &o.bucket, o.metric);
+                let fig = report::bits_figure(report, &shown, o.bucket, o.metric);
                 lines_plot(ui, "bits-plot", &fig, 300.0);
                 ui.separator();
                 ui.label(format!(
@@ -543,8 +545,8 @@ impl SensitivityTab {
 
     fn plan_ui(&mut self, ui: &mut egui::Ui, o: &mut Options, report: &SensitivityReport) {
         ui.heading("Plan builder");
-        let overhead = 32.0 / report.settings.group_size.max(1) as f64;
-        let min_bits = report.settings.bits.iter().min().copied().unwrap_or(2) as f64 + overhead;
+        let overhead = crate::quant::scale_overhead_bits(report.settings.group_size);
+        let min_bits = report.lowest_bits().unwrap_or(2) as f64 + overhead;
         let max_bits = report.settings.bits.iter().max().copied().unwrap_or(8) as f64 + overhead;
         ui.horizontal(|ui| {
             ui.add(
@@ -562,10 +564,7 @@ impl SensitivityTab {
         let Some((_, built)) = &self.plan else { return };
         match built {
             Ok(b) => {
-                let mut hist = std::collections::BTreeMap::new();
-                for q in b.plan.layers.values() {
-                    *hist.entry(q.bits).or_insert(0) += 1;
-                }
+                let hist = crate::quant::bits_histogram(b.plan.layers.values());
                 ui.label(format!(
                     "{} layers ({}), average {:.3} bits, predicted {} {:.3}, {:.1} MB of quantized weights",
                     b.plan.layers.len(),
@@ -621,7 +620,7 @@ impl SensitivityTab {
             .unwrap_or_default();
         let opts = report::SensitivityReportOptions {
             metric: o.metric,
-            bucket: o.bucket.clone(),
+            bucket: o.bucket,
             bits: Some(o.plot_bits),
             layers: Vec::new(),
             top: 10,

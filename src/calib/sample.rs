@@ -71,10 +71,12 @@ impl std::fmt::Display for SampleKey {
     }
 }
 
-/// Step bucket of a sample: the first, middle or last third of the denoising steps.
+/// Step bucket: the first, middle or last third of the denoising steps, or all of them.
 ///
 /// Rule (used everywhere): `bucket = floor(3 · step_index / num_steps)`, 0 = early, 1 = mid,
-/// 2 = late. For 50 steps: early 0–16, mid 17–33, late 34–49.
+/// 2 = late. For 50 steps: early 0–16, mid 17–33, late 34–49. A sample's own bucket is never
+/// `All`; `All` is the group of every step (results over all samples, a filter that keeps
+/// everything). Written as `early`, `mid`, `late`, `all` in every file.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
 )]
@@ -83,10 +85,14 @@ pub enum Bucket {
     Early,
     Mid,
     Late,
+    All,
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 3] = [Self::Early, Self::Mid, Self::Late];
+    /// The three step buckets a sample can be in.
+    pub const STEPS: [Bucket; 3] = [Self::Early, Self::Mid, Self::Late];
+    /// Every results group, in report order (the steps, then `all`).
+    pub const GROUPS: [Bucket; 4] = [Self::Early, Self::Mid, Self::Late, Self::All];
 
     /// The bucket of `step_index` among `num_steps` steps (`step_index < num_steps`).
     pub fn of(step_index: usize, num_steps: usize) -> Bucket {
@@ -97,28 +103,35 @@ impl Bucket {
         }
     }
 
+    /// Whether a sample in step bucket `step` belongs to this group.
+    pub fn contains(self, step: Bucket) -> bool {
+        self == Self::All || self == step
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Early => "early",
             Self::Mid => "mid",
             Self::Late => "late",
+            Self::All => "all",
         }
     }
 }
 
 impl std::fmt::Display for Bucket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        // `pad`, so that width and alignment apply (table columns).
+        f.pad(self.name())
     }
 }
 
 impl std::str::FromStr for Bucket {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
+        Self::GROUPS
             .into_iter()
             .find(|b| b.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown bucket '{s}' (expected early, mid or late)"))
+            .ok_or_else(|| format!("unknown bucket '{s}' (expected early, mid, late or all)"))
     }
 }
 
@@ -314,6 +327,9 @@ mod tests {
         assert_eq!(Bucket::of(0, 1), Bucket::Early);
         assert_eq!("MID".parse::<Bucket>(), Ok(Bucket::Mid));
         assert!("middle".parse::<Bucket>().is_err());
+        assert_eq!("all".parse::<Bucket>(), Ok(Bucket::All));
+        assert!(Bucket::All.contains(Bucket::Late) && !Bucket::Mid.contains(Bucket::Late));
+        assert_eq!(serde_json::to_string(&Bucket::All).unwrap(), "\"all\"");
     }
 
     #[test]

@@ -84,7 +84,7 @@ impl SampleFilter {
             && self
                 .step_stride
                 .is_none_or(|k| s.step.is_multiple_of(k.max(1)))
-            && self.bucket.is_none_or(|b| s.bucket == b)
+            && self.bucket.is_none_or(|b| b.contains(s.bucket))
     }
 }
 
@@ -280,7 +280,7 @@ impl CalibrationSet {
 
     /// Counts over `samples`.
     pub fn summarize(samples: &[&SampleMeta]) -> Summary {
-        let mut buckets: BTreeMap<Bucket, usize> = Bucket::ALL.iter().map(|b| (*b, 0)).collect();
+        let mut buckets: BTreeMap<Bucket, usize> = Bucket::STEPS.iter().map(|b| (*b, 0)).collect();
         for s in samples {
             *buckets.entry(s.bucket).or_default() += 1;
         }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use sd3lab::model::config::ModelDtype;
-use sd3lab::model::{Preset, StreamKind, mmdit_linear_layers};
+use sd3lab::model::{Preset, mmdit_linear_layers};
 
 use super::resolve_model;
 
@@ -198,8 +198,7 @@ fn layers(args: &LayersArgs) -> anyhow::Result<ExitCode> {
         for l in &layers {
             let block = l.block.map_or("-".to_owned(), |b| b.to_string());
             let stream = match l.stream {
-                Some(StreamKind::Image) => "image",
-                Some(StreamKind::Text) => "text",
+                Some(stream) => stream.name(),
                 None => "-",
             };
             writeln!(

@@ -39,11 +39,7 @@ pub struct PlanArgs {
 
 /// How many layers get each bit width, e.g. `12×w4, 3×w8`.
 fn bits_summary<'a>(layers: impl Iterator<Item = &'a sd3lab::quant::LayerQuant>) -> String {
-    let mut histogram = std::collections::BTreeMap::<i32, usize>::new();
-    for q in layers {
-        *histogram.entry(q.bits).or_default() += 1;
-    }
-    histogram
+    sd3lab::quant::bits_histogram(layers)
         .iter()
         .map(|(b, n)| format!("{n}×w{b}"))
         .collect::<Vec<_>>()

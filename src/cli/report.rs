@@ -52,7 +52,7 @@ pub struct ReportSensitivityArgs {
     metric: sd3lab::report::Metric,
     /// Bucket of the bits plot and the ranking (all, early, mid, late).
     #[arg(long, default_value = "all")]
-    bucket: String,
+    bucket: sd3lab::calib::Bucket,
     /// Bit width of the heatmap and the ranking (default: the lowest measured).
     #[arg(long)]
     bits: Option<i32>,
@@ -69,14 +69,9 @@ pub struct ReportSensitivityArgs {
 
 impl ReportSensitivityArgs {
     fn to_config(&self) -> anyhow::Result<sd3lab::report::SensitivityReportOptions> {
-        anyhow::ensure!(
-            ["all", "early", "mid", "late"].contains(&self.bucket.as_str()),
-            "--bucket {}: expected all, early, mid or late",
-            self.bucket
-        );
         Ok(sd3lab::report::SensitivityReportOptions {
             metric: self.metric,
-            bucket: self.bucket.clone(),
+            bucket: self.bucket,
             bits: self.bits,
             layers: Vec::new(),
             top: self.top,

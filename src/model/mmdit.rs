@@ -4,10 +4,13 @@
 //! tokens first), adaLN modulation from `y_embedder(pooled) + t_embedder(t)`, a final adaLN +
 //! Linear, and unpatchify. Activations are rank 4, `(batch, tokens, 1, hidden)`, as in DiffusionKit.
 
+use std::collections::HashMap;
+
 use mlx_rs::{Array, Dtype};
 
 use super::config::MmditConfig;
-use super::nn::{Conv2d, Linear, MlxResult, cast, gelu, narrow, scalar, silu};
+use super::nn::{Conv2d, Linear, MlxResult, gelu, narrow, scalar, silu};
+use super::registry::{LayerId, LayerKind, Stream, mmdit_linear_layers};
 use super::weights::{TensorStore, WeightsError};
 
 /// One stream (image or text) of a joint block.
@@ -17,14 +20,14 @@ pub struct StreamBlock {
     pub k_proj: Linear,
     pub v_proj: Linear,
     /// `None` for the last block's text stream (only its keys and values are used).
-    pub post: Option<PostAttention>,
+    pub post: Option<PostAttentionLayers>,
     /// adaLN modulation: SiLU → Linear(hidden, n · hidden).
     pub adaln: Linear,
 }
 
 /// The output projection and MLP of a stream.
 #[derive(Debug, Clone)]
-pub struct PostAttention {
+pub struct PostAttentionLayers {
     pub o_proj: Linear,
     pub fc1: Linear,
     pub fc2: Linear,
@@ -35,6 +38,15 @@ pub struct PostAttention {
 pub struct JointBlock {
     pub image: StreamBlock,
     pub text: StreamBlock,
+}
+
+impl JointBlock {
+    pub fn stream(&self, stream: Stream) -> &StreamBlock {
+        match stream {
+            Stream::Image => &self.image,
+            Stream::Text => &self.text,
+        }
+    }
 }
 
 /// The whole denoiser.
@@ -52,6 +64,28 @@ pub struct Mmdit {
     pub final_adaln: Linear,
 }
 
+/// The conditioning path for one batch: `y_embedder(pooled) + t_embedder(t)` and the
+/// intermediate values its Linears read.
+#[derive(Debug, Clone)]
+pub struct Conditioning {
+    /// The timestep's sinusoidal features, `(B, 1, 1, 256)` (input of `t_embedder`'s first
+    /// Linear; `y_embedder`'s first reads the pooled text itself).
+    pub timestep_features: Array,
+    /// `silu(y_embedder.layers.0(pooled))`, input of `y_embedder`'s second Linear.
+    pub pooled_hidden: Array,
+    /// `silu(t_embedder.layers.0(features))`, input of `t_embedder`'s second Linear.
+    pub timestep_hidden: Array,
+    /// `y_embedder(pooled)[:, None, None, :] + t_embedder(t)`: `(B, 1, 1, H)`.
+    pub vector: Array,
+}
+
+impl Conditioning {
+    /// `silu(vector)`: the input of every adaLN Linear.
+    pub fn adaln_input(&self) -> MlxResult<Array> {
+        silu(&self.vector)
+    }
+}
+
 /// adaLN outputs for one timestep and pooled text batch, per block and stream, as
 /// DiffusionKit's `cache_modulation_params` computes them.
 #[derive(Debug, Clone)]
@@ -61,51 +95,6 @@ pub struct Modulation {
     pub final_layer: Array,
 }
 
-/// What a joint block's post-attention parts start from, per stream (image, text).
-#[derive(Debug, Clone)]
-pub struct BlockParts {
-    pub index: usize,
-    /// The block's inputs (the residual stream).
-    pub residual: [Array; 2],
-    /// Joint attention's output, split back into the streams.
-    pub attention: [Array; 2],
-    /// The streams' modulation chunks.
-    pub chunks: [Vec<Array>; 2],
-}
-
-impl BlockParts {
-    pub fn eval(&self) -> MlxResult<()> {
-        let mut all: Vec<&Array> = self.residual.iter().chain(&self.attention).collect();
-        all.extend(self.chunks.iter().flatten());
-        mlx_rs::transforms::eval(all)
-    }
-}
-
-/// Records Linear inputs under `prefix.suffix` names (a no-op without a destination).
-pub struct LinearTap<'a> {
-    prefix: String,
-    inputs: Option<&'a mut Vec<(String, Array)>>,
-}
-
-impl<'a> LinearTap<'a> {
-    fn new(prefix: String, inputs: Option<&'a mut Vec<(String, Array)>>) -> Self {
-        Self { prefix, inputs }
-    }
-
-    fn rename(self, prefix: String) -> Self {
-        Self {
-            prefix,
-            inputs: self.inputs,
-        }
-    }
-
-    fn record(&mut self, suffix: &str, x: &Array) {
-        if let Some(v) = self.inputs.as_deref_mut() {
-            v.push((format!("{}.{suffix}", self.prefix), x.clone()));
-        }
-    }
-}
-
 impl Modulation {
     /// Evaluates every array (so later steps reuse computed values).
     pub fn eval(&self) -> MlxResult<()> {
@@ -113,6 +102,40 @@ impl Modulation {
         all.push(&self.final_layer);
         mlx_rs::transforms::eval(all)
     }
+
+    /// One stream's adaLN output for `block`.
+    pub fn stream(&self, block: usize, stream: Stream) -> &Array {
+        let (image, text) = &self.blocks[block];
+        match stream {
+            Stream::Image => image,
+            Stream::Text => text,
+        }
+    }
+}
+
+/// One stream's part of a joint block before joint attention.
+#[derive(Debug, Clone)]
+pub struct PreAttention {
+    /// The modulated stream: the input of q, k and v.
+    pub modulated: Array,
+    pub q: Array,
+    pub k: Array,
+    pub v: Array,
+    /// The stream's modulation chunks: shift, scale (and, with a post-attention part, gate,
+    /// shift, scale, gate for the output projection and MLP).
+    pub chunks: Vec<Array>,
+}
+
+/// One stream's part of a joint block after joint attention (output projection, MLP,
+/// residuals).
+#[derive(Debug, Clone)]
+pub struct PostAttention {
+    /// The modulated stream entering the MLP (input of `fc1`).
+    pub mlp_input: Array,
+    /// `gelu(fc1(mlp_input))` (input of `fc2`).
+    pub mlp_hidden: Array,
+    /// The stream's block output.
+    pub output: Array,
 }
 
 impl Mmdit {
@@ -123,7 +146,8 @@ impl Mmdit {
         self.pos_embed = super::nn::released();
     }
 
-    /// Builds the model from remapped tensors (see `weights::remap_mmdit`), strictly.
+    /// Builds the model from remapped tensors (see `weights::remap_mmdit`), strictly. Linear
+    /// names and shapes come from the registry.
     pub fn from_store(config: &MmditConfig, store: &mut TensorStore) -> Result<Self, WeightsError> {
         config.validate().map_err(|reason| WeightsError::Invalid {
             path: store.path().to_owned(),
@@ -139,51 +163,62 @@ impl Mmdit {
         };
         let max = config.max_latent_resolution as i32;
         let pos_embed = store.take("x_pos_embedder.pos_embed.weight", &[max * max, h as i32])?;
+        let shapes: HashMap<LayerId, _> = mmdit_linear_layers(config)
+            .into_iter()
+            .map(|l| (l.id, l))
+            .collect();
+        let mut linear = |id: LayerId| -> Result<Linear, WeightsError> {
+            let l = shapes.get(&id).ok_or_else(|| WeightsError::Invalid {
+                path: store.path().to_owned(),
+                reason: format!("internal: no registry entry for {}", id.name()),
+            })?;
+            if l.bias {
+                store.linear(&l.name, l.out_features, l.in_features)
+            } else {
+                store.linear_no_bias(&l.name, l.out_features, l.in_features)
+            }
+        };
         let y_embedder = [
-            store.linear("y_embedder.mlp.layers.0", h, config.pooled_dim)?,
-            store.linear("y_embedder.mlp.layers.2", h, h)?,
+            linear(LayerId::PooledEmbedder(0))?,
+            linear(LayerId::PooledEmbedder(1))?,
         ];
         let t_embedder = [
-            store.linear("t_embedder.mlp.layers.0", h, config.frequency_dim)?,
-            store.linear("t_embedder.mlp.layers.2", h, h)?,
+            linear(LayerId::TimestepEmbedder(0))?,
+            linear(LayerId::TimestepEmbedder(1))?,
         ];
-        let context_embedder = store.linear("context_embedder", h, config.context_dim)?;
+        let context_embedder = linear(LayerId::ContextEmbedder)?;
         let mut blocks = Vec::with_capacity(config.depth);
-        for i in 0..config.depth {
-            let last = i + 1 == config.depth;
-            let mut stream = |name: &str, skip_post: bool| -> Result<StreamBlock, WeightsError> {
-                let pre = format!("multimodal_transformer_blocks.{i}.{name}");
-                let post = if skip_post {
+        for block in 0..config.depth {
+            let mut stream = |stream: Stream| -> Result<StreamBlock, WeightsError> {
+                let id = |kind| LayerId::Block {
+                    block,
+                    stream,
+                    kind,
+                };
+                // The last block's text stream only feeds keys and values to the image stream.
+                let post = if block + 1 == config.depth && stream == Stream::Text {
                     None
                 } else {
-                    Some(PostAttention {
-                        o_proj: store.linear(&format!("{pre}.attn.o_proj"), h, h)?,
-                        fc1: store.linear(&format!("{pre}.mlp.fc1"), config.mlp_hidden(), h)?,
-                        fc2: store.linear(&format!("{pre}.mlp.fc2"), h, config.mlp_hidden())?,
+                    Some(PostAttentionLayers {
+                        o_proj: linear(id(LayerKind::AttnO))?,
+                        fc1: linear(id(LayerKind::MlpFc1))?,
+                        fc2: linear(id(LayerKind::MlpFc2))?,
                     })
                 };
                 Ok(StreamBlock {
-                    q_proj: store.linear(&format!("{pre}.attn.q_proj"), h, h)?,
-                    k_proj: store.linear_no_bias(&format!("{pre}.attn.k_proj"), h, h)?,
-                    v_proj: store.linear(&format!("{pre}.attn.v_proj"), h, h)?,
-                    adaln: store.linear(
-                        &format!("{pre}.adaLN_modulation.layers.1"),
-                        if skip_post { 2 } else { 6 } * h,
-                        h,
-                    )?,
+                    q_proj: linear(id(LayerKind::AttnQ))?,
+                    k_proj: linear(id(LayerKind::AttnK))?,
+                    v_proj: linear(id(LayerKind::AttnV))?,
+                    adaln: linear(id(LayerKind::Adaln))?,
                     post,
                 })
             };
-            let image = stream("image_transformer_block", false)?;
-            let text = stream("text_transformer_block", last)?;
+            let image = stream(Stream::Image)?;
+            let text = stream(Stream::Text)?;
             blocks.push(JointBlock { image, text });
         }
-        let final_linear = store.linear(
-            "final_layer.linear",
-            config.patch_size * config.patch_size * config.latent_channels,
-            h,
-        )?;
-        let final_adaln = store.linear("final_layer.adaLN_modulation.layers.1", 2 * h, h)?;
+        let final_linear = linear(LayerId::FinalLinear)?;
+        let final_adaln = linear(LayerId::FinalAdaln)?;
         Ok(Self {
             config: config.clone(),
             x_embedder,
@@ -220,76 +255,45 @@ impl Mmdit {
         mlx_rs::ops::concatenate(&[args.cos()?, args.sin()?], -1)
     }
 
-    /// `y_embedder(pooled)[:, None, None, :] + t_embedder(t)`: the adaLN input, `(B, 1, 1, H)`.
-    pub fn conditioning_vector(&self, pooled: &Array, timestep: &Array) -> MlxResult<Array> {
-        self.conditioning_vector_tapped(pooled, timestep, None)
-    }
-
-    fn conditioning_vector_tapped(
-        &self,
-        pooled: &Array,
-        timestep: &Array,
-        inputs: Option<&mut Vec<(String, Array)>>,
-    ) -> MlxResult<Array> {
+    /// The conditioning path: `y_embedder(pooled) + t_embedder(t)` with its intermediates.
+    /// `timestep` is one value for the whole batch or one per row.
+    pub fn conditioning(&self, pooled: &Array, timestep: &Array) -> MlxResult<Conditioning> {
         let batch = pooled.shape()[0];
-        let mut tap = LinearTap::new("y_embedder.mlp".into(), inputs);
-        tap.record("layers.0", pooled);
-        let y0 = silu(&self.y_embedder[0].forward(pooled)?)?;
-        tap.record("layers.2", &y0);
-        let y = self.y_embedder[1].forward(&y0)?;
+        let pooled_hidden = silu(&self.y_embedder[0].forward(pooled)?)?;
+        let y = self.y_embedder[1].forward(&pooled_hidden)?;
         // One timestep for the whole batch, or one per row (batched calibration samples).
         let t = if timestep.size() == 1 {
             mlx_rs::ops::broadcast_to(timestep.reshape(&[1])?, &[batch])?
         } else {
             timestep.reshape(&[batch])?
         };
-        let emb = self.timestep_embedding(&t)?.expand_dims_axes(&[1, 2])?;
-        let mut tap = tap.rename("t_embedder.mlp".into());
-        tap.record("layers.0", &emb);
-        let t0 = silu(&self.t_embedder[0].forward(&emb)?)?;
-        tap.record("layers.2", &t0);
-        let t = self.t_embedder[1].forward(&t0)?;
-        y.expand_dims_axes(&[1, 2])?.add(t)
+        let timestep_features = self.timestep_embedding(&t)?.expand_dims_axes(&[1, 2])?;
+        let timestep_hidden = silu(&self.t_embedder[0].forward(&timestep_features)?)?;
+        let t = self.t_embedder[1].forward(&timestep_hidden)?;
+        let vector = y.expand_dims_axes(&[1, 2])?.add(t)?;
+        Ok(Conditioning {
+            timestep_features,
+            pooled_hidden,
+            timestep_hidden,
+            vector,
+        })
     }
 
-    /// The input of every adaLN Linear: `silu(conditioning_vector)`.
-    pub fn adaln_input(&self, pooled: &Array, timestep: &Array) -> MlxResult<Array> {
-        silu(&self.conditioning_vector(pooled, timestep)?)
-    }
-
-    /// Names of the adaLN Linears (blocks' image and text streams, then the final layer).
-    pub fn adaln_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = (0..self.blocks.len())
-            .flat_map(|i| {
-                ["image", "text"].map(|s| {
-                    format!(
-                        "multimodal_transformer_blocks.{i}.{s}_transformer_block.adaLN_modulation.layers.1"
-                    )
-                })
-            })
-            .collect();
-        names.push("final_layer.adaLN_modulation.layers.1".into());
-        names
+    /// `y_embedder(pooled)[:, None, None, :] + t_embedder(t)`: the adaLN input before its
+    /// SiLU, `(B, 1, 1, H)`.
+    pub fn conditioning_vector(&self, pooled: &Array, timestep: &Array) -> MlxResult<Array> {
+        Ok(self.conditioning(pooled, timestep)?.vector)
     }
 
     /// Every adaLN output for one timestep (a scalar array in the activation dtype, or one
     /// per batch row).
     pub fn modulation(&self, pooled: &Array, timestep: &Array) -> MlxResult<Modulation> {
-        self.modulation_tapped(pooled, timestep, None)
+        self.modulation_from(&self.conditioning(pooled, timestep)?)
     }
 
-    /// [`Mmdit::modulation`], recording the inputs of the embedders' and adaLN Linears.
-    pub fn modulation_tapped(
-        &self,
-        pooled: &Array,
-        timestep: &Array,
-        mut inputs: Option<&mut Vec<(String, Array)>>,
-    ) -> MlxResult<Modulation> {
-        let cond =
-            silu(&self.conditioning_vector_tapped(pooled, timestep, inputs.as_deref_mut())?)?;
-        if let Some(v) = inputs {
-            v.extend(self.adaln_names().into_iter().map(|n| (n, cond.clone())));
-        }
+    /// Every adaLN output from a computed conditioning path.
+    pub fn modulation_from(&self, conditioning: &Conditioning) -> MlxResult<Modulation> {
+        let cond = conditioning.adaln_input()?;
         let blocks = self
             .blocks
             .iter()
@@ -315,81 +319,35 @@ impl Mmdit {
         }
     }
 
-    /// Runs one stream up to q, k, v; returns them and the modulation chunks.
-    fn pre_attention(
+    /// One stream of joint block `block` up to q, k and v, from the stream's input `x`.
+    pub fn pre_attention(
         &self,
-        s: &StreamBlock,
+        block: usize,
+        stream: Stream,
         x: &Array,
-        m: &Array,
-        tap: &mut LinearTap,
-    ) -> MlxResult<([Array; 3], Vec<Array>)> {
+        m: &Modulation,
+    ) -> MlxResult<PreAttention> {
+        let s = self.blocks[block].stream(stream);
         let n = if s.post.is_some() { 6 } else { 2 };
-        let chunks = m.split_equal(n, -1)?;
-        let h = self.modulate(x, &chunks[0], &chunks[1])?;
-        for name in ["attn.q_proj", "attn.k_proj", "attn.v_proj"] {
-            tap.record(name, &h);
-        }
-        Ok((
-            [
-                s.q_proj.forward(&h)?,
-                s.k_proj.forward(&h)?,
-                s.v_proj.forward(&h)?,
-            ],
+        let chunks = m.stream(block, stream).split_equal(n, -1)?;
+        let modulated = self.modulate(x, &chunks[0], &chunks[1])?;
+        Ok(PreAttention {
+            q: s.q_proj.forward(&modulated)?,
+            k: s.k_proj.forward(&modulated)?,
+            v: s.v_proj.forward(&modulated)?,
+            modulated,
             chunks,
-        ))
+        })
     }
 
-    fn post_attention(
+    /// Joint attention over both streams' tokens (image first); the output split back into
+    /// the streams, `[image, text]`, each `(B, tokens, 1, H)`.
+    pub fn joint_attention(
         &self,
-        post: &PostAttention,
-        residual: &Array,
-        attn: &Array,
-        chunks: &[Array],
-        tap: &mut LinearTap,
-    ) -> MlxResult<Array> {
-        tap.record("attn.o_proj", attn);
-        let residual = residual.add(post.o_proj.forward(attn)?.multiply(&chunks[2])?)?;
-        let h = self.modulate(&residual, &chunks[3], &chunks[4])?;
-        tap.record("mlp.fc1", &h);
-        let hidden = gelu(&post.fc1.forward(&h)?)?;
-        tap.record("mlp.fc2", &hidden);
-        let mlp = post.fc2.forward(&hidden)?;
-        residual.add(chunks[5].multiply(&mlp)?)
-    }
-
-    /// One joint block. `text` is `None` after the last block.
-    pub fn joint_block(
-        &self,
-        index: usize,
-        img: &Array,
-        txt: &Array,
-        m: &Modulation,
-    ) -> MlxResult<(Array, Option<Array>)> {
-        self.joint_block_parts(index, img, txt, m, None)
-            .map(|(out, _)| out)
-    }
-
-    /// [`Mmdit::joint_block`], recording the input of each of the block's Linears (by full
-    /// layer name) into `inputs` when given, and also returning what the post-attention parts
-    /// start from (to re-run one stream's post-attention alone, see
-    /// [`Mmdit::stream_post_attention`]).
-    pub fn joint_block_parts(
-        &self,
-        index: usize,
-        img: &Array,
-        txt: &Array,
-        m: &Modulation,
-        inputs: Option<&mut Vec<(String, Array)>>,
-    ) -> MlxResult<((Array, Option<Array>), BlockParts)> {
-        let block = &self.blocks[index];
-        let (mi, mt) = &m.blocks[index];
-        let prefix = format!("multimodal_transformer_blocks.{index}");
-        let mut tap_i = LinearTap::new(format!("{prefix}.image_transformer_block"), inputs);
-        let (qkv_i, chunks_i) = self.pre_attention(&block.image, img, mi, &mut tap_i)?;
-        let mut tap_t = tap_i.rename(format!("{prefix}.text_transformer_block"));
-        let (qkv_t, chunks_t) = self.pre_attention(&block.text, txt, mt, &mut tap_t)?;
-        let mut tap_i = tap_t.rename(format!("{prefix}.image_transformer_block"));
-        let batch = img.shape()[0];
+        image: &PreAttention,
+        text: &PreAttention,
+    ) -> MlxResult<[Array; 2]> {
+        let batch = image.q.shape()[0];
         let (heads, dh, hidden) = (
             self.config.num_heads as i32,
             self.config.head_dim() as i32,
@@ -400,64 +358,65 @@ impl Mmdit {
                 .reshape(&[batch, -1, heads, dh])?
                 .transpose_axes(&[0, 2, 1, 3])
         };
-        let q = joint(&qkv_i[0], &qkv_t[0])?;
-        let k = joint(&qkv_i[1], &qkv_t[1])?;
-        let v = joint(&qkv_i[2], &qkv_t[2])?;
+        let q = joint(&image.q, &text.q)?;
+        let k = joint(&image.k, &text.k)?;
+        let v = joint(&image.v, &text.v)?;
         let scale = (1.0 / (dh as f64).sqrt()) as f32;
         let out = super::nn::attention(&q, &k, &v, scale)?
             .transpose_axes(&[0, 2, 1, 3])?
             .reshape(&[batch, -1, 1, hidden])?;
-        let (s_img, s_txt) = (img.shape()[1], txt.shape()[1]);
-        let attn_img = narrow(&out, 1, 0, s_img)?;
-        let attn_txt = narrow(&out, 1, s_img, s_txt)?;
-        let post_i = block
-            .image
-            .post
-            .as_ref()
-            .expect("image streams always have post-attention layers");
-        let img_out = self.post_attention(post_i, img, &attn_img, &chunks_i, &mut tap_i)?;
-        let mut tap_t = tap_i.rename(format!("{prefix}.text_transformer_block"));
-        let txt_out = match &block.text.post {
-            Some(post_t) => {
-                Some(self.post_attention(post_t, txt, &attn_txt, &chunks_t, &mut tap_t)?)
-            }
-            None => None,
-        };
-        let parts = BlockParts {
-            index,
-            residual: [img.clone(), txt.clone()],
-            attention: [attn_img, attn_txt],
-            chunks: [chunks_i, chunks_t],
-        };
-        Ok(((img_out, txt_out), parts))
+        let (s_img, s_txt) = (image.q.shape()[1], text.q.shape()[1]);
+        Ok([narrow(&out, 1, 0, s_img)?, narrow(&out, 1, s_img, s_txt)?])
     }
 
-    /// One stream's post-attention part of block `parts.index` (output projection, MLP and
-    /// residuals) with the current weights, from the state `parts` saved: the same numbers as
-    /// that stream's output of the whole block when only post-attention weights changed.
-    pub fn stream_post_attention(
+    /// One stream's part of joint block `block` after attention: the output projection, the
+    /// MLP and their gated residuals, from the stream's block input (`residual`), its share of
+    /// the attention output and its modulation chunks. `None` for a stream without one (the
+    /// last block's text stream).
+    pub fn post_attention(
         &self,
-        parts: &BlockParts,
-        image: bool,
-    ) -> MlxResult<Option<Array>> {
-        let block = &self.blocks[parts.index];
-        let (stream, i) = if image {
-            (&block.image, 0)
-        } else {
-            (&block.text, 1)
-        };
-        let Some(post) = &stream.post else {
+        block: usize,
+        stream: Stream,
+        residual: &Array,
+        attention: &Array,
+        chunks: &[Array],
+    ) -> MlxResult<Option<PostAttention>> {
+        let Some(post) = &self.blocks[block].stream(stream).post else {
             return Ok(None);
         };
-        let mut tap = LinearTap::new(String::new(), None);
-        self.post_attention(
-            post,
-            &parts.residual[i],
-            &parts.attention[i],
-            &parts.chunks[i],
-            &mut tap,
-        )
-        .map(Some)
+        let residual = residual.add(post.o_proj.forward(attention)?.multiply(&chunks[2])?)?;
+        let mlp_input = self.modulate(&residual, &chunks[3], &chunks[4])?;
+        let mlp_hidden = gelu(&post.fc1.forward(&mlp_input)?)?;
+        let mlp = post.fc2.forward(&mlp_hidden)?;
+        Ok(Some(PostAttention {
+            output: residual.add(chunks[5].multiply(&mlp)?)?,
+            mlp_input,
+            mlp_hidden,
+        }))
+    }
+
+    /// One joint block: both streams' pre-attention parts, joint attention, both streams'
+    /// post-attention parts. The text output is `None` after the last block.
+    pub fn joint_block(
+        &self,
+        index: usize,
+        img: &Array,
+        txt: &Array,
+        m: &Modulation,
+    ) -> MlxResult<(Array, Option<Array>)> {
+        let pre_i = self.pre_attention(index, Stream::Image, img, m)?;
+        let pre_t = self.pre_attention(index, Stream::Text, txt, m)?;
+        let [attn_i, attn_t] = self.joint_attention(&pre_i, &pre_t)?;
+        let img_out = self
+            .post_attention(index, Stream::Image, img, &attn_i, &pre_i.chunks)?
+            .map(|p| p.output)
+            .ok_or_else(|| {
+                mlx_rs::error::Exception::custom("image streams always have post-attention layers")
+            })?;
+        let txt_out = self
+            .post_attention(index, Stream::Text, txt, &attn_t, &pre_t.chunks)?
+            .map(|p| p.output);
+        Ok((img_out, txt_out))
     }
 
     /// Patch embedding plus the centre-cropped position table: `(B, tokens, 1, H)`.
@@ -475,27 +434,31 @@ impl Mmdit {
         emb.reshape(&[batch, -1, 1, hidden])
     }
 
-    /// Projects the token-level text conditioning `(B, T, 4096)` to `(B, T, 1, H)`.
-    pub fn embed_text(&self, context: &Array) -> MlxResult<Array> {
-        self.context_embedder.forward(&context.expand_dims(2)?)
+    /// The token-level text conditioning `(B, T, 4096)` as the context embedder reads it:
+    /// `(B, T, 1, 4096)`.
+    pub fn text_tokens(context: &Array) -> MlxResult<Array> {
+        context.expand_dims(2)
     }
 
-    /// Final adaLN + Linear and unpatchify: `(B, h, w, C)`.
-    /// The input of `final_layer.linear`: the last block's image output, modulated.
-    pub fn final_linear_input(&self, img: &Array, m: &Modulation) -> MlxResult<Array> {
+    /// Projects the token-level text conditioning `(B, T, 4096)` to `(B, T, 1, H)`.
+    pub fn embed_text(&self, context: &Array) -> MlxResult<Array> {
+        self.context_embedder.forward(&Self::text_tokens(context)?)
+    }
+
+    /// The final adaLN: the last block's image output, modulated (the final Linear's input).
+    pub fn final_norm(&self, img: &Array, m: &Modulation) -> MlxResult<Array> {
         let chunks = m.final_layer.split_equal(2, -1)?;
         self.modulate(img, &chunks[0], &chunks[1])
     }
 
+    /// Final adaLN + Linear and unpatchify: `(B, h, w, C)`.
     pub fn final_layer(
         &self,
         img: &Array,
         m: &Modulation,
         latent_hw: (i32, i32),
     ) -> MlxResult<Array> {
-        let out = self
-            .final_linear
-            .forward(&self.final_linear_input(img, m)?)?;
+        let out = self.final_linear.forward(&self.final_norm(img, m)?)?;
         let (p, c) = (
             self.config.patch_size as i32,
             self.config.latent_channels as i32,
@@ -517,12 +480,10 @@ impl Mmdit {
             self.embed_text(context)?,
             m,
             (lh, lw),
-            None,
         )
     }
 
-    /// Runs joint blocks `start..` and the final layer from block `start`'s inputs. When
-    /// `record` is given, it receives every block's inputs `(image, text)` (for caching).
+    /// Runs joint blocks `start..` and the final layer from block `start`'s inputs.
     pub fn forward_from(
         &self,
         start: usize,
@@ -530,20 +491,13 @@ impl Mmdit {
         mut txt: Array,
         m: &Modulation,
         latent_hw: (i32, i32),
-        mut record: Option<&mut Vec<(Array, Array)>>,
     ) -> MlxResult<Array> {
         for i in start..self.blocks.len() {
-            if let Some(r) = record.as_deref_mut() {
-                r.push((img.clone(), txt.clone()));
-            }
             let (new_img, new_txt) = self.joint_block(i, &img, &txt, m)?;
             img = new_img;
             if let Some(t) = new_txt {
                 txt = t;
             }
-        }
-        if let Some(r) = record {
-            r.push((img.clone(), txt.clone()));
         }
         self.final_layer(&img, m, latent_hw)
     }
@@ -551,11 +505,6 @@ impl Mmdit {
     /// The dtype the weights were loaded in (the activation dtype).
     pub fn dtype(&self) -> Dtype {
         self.context_embedder.weight.dtype()
-    }
-
-    /// Casts to the activation dtype where needed.
-    pub fn to_activation(&self, x: &Array) -> MlxResult<Array> {
-        cast(x, self.dtype())
     }
 }
 
@@ -620,40 +569,85 @@ impl Mmdit {
     }
 }
 
+/// A stream's Linears with their kinds, in the registry's order.
+fn stream_linears_mut(s: &mut StreamBlock) -> Vec<(LayerKind, &mut Linear)> {
+    let mut v = vec![
+        (LayerKind::AttnQ, &mut s.q_proj),
+        (LayerKind::AttnK, &mut s.k_proj),
+        (LayerKind::AttnV, &mut s.v_proj),
+    ];
+    if let Some(post) = &mut s.post {
+        v.push((LayerKind::AttnO, &mut post.o_proj));
+        v.push((LayerKind::MlpFc1, &mut post.fc1));
+        v.push((LayerKind::MlpFc2, &mut post.fc2));
+    }
+    v.push((LayerKind::Adaln, &mut s.adaln));
+    v
+}
+
 impl Mmdit {
-    /// Every Linear with its DiffusionKit name, in the order of `registry::mmdit_linear_layers`.
-    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        let mut v: Vec<(String, &mut Linear)> = Vec::new();
+    /// Every Linear with its identity, in the order of `registry::mmdit_layer_ids`.
+    pub fn linears_by_id_mut(&mut self) -> Vec<(LayerId, &mut Linear)> {
         let [y0, y2] = &mut self.y_embedder;
-        v.push(("y_embedder.mlp.layers.0".into(), y0));
-        v.push(("y_embedder.mlp.layers.2".into(), y2));
         let [t0, t2] = &mut self.t_embedder;
-        v.push(("t_embedder.mlp.layers.0".into(), t0));
-        v.push(("t_embedder.mlp.layers.2".into(), t2));
-        v.push(("context_embedder".into(), &mut self.context_embedder));
-        for (i, b) in self.blocks.iter_mut().enumerate() {
-            for (stream, s) in [
-                ("image_transformer_block", &mut b.image),
-                ("text_transformer_block", &mut b.text),
-            ] {
-                let p = format!("multimodal_transformer_blocks.{i}.{stream}");
-                v.push((format!("{p}.attn.q_proj"), &mut s.q_proj));
-                v.push((format!("{p}.attn.k_proj"), &mut s.k_proj));
-                v.push((format!("{p}.attn.v_proj"), &mut s.v_proj));
-                if let Some(post) = &mut s.post {
-                    v.push((format!("{p}.attn.o_proj"), &mut post.o_proj));
-                    v.push((format!("{p}.mlp.fc1"), &mut post.fc1));
-                    v.push((format!("{p}.mlp.fc2"), &mut post.fc2));
-                }
-                v.push((format!("{p}.adaLN_modulation.layers.1"), &mut s.adaln));
+        let mut v: Vec<(LayerId, &mut Linear)> = vec![
+            (LayerId::PooledEmbedder(0), y0),
+            (LayerId::PooledEmbedder(1), y2),
+            (LayerId::TimestepEmbedder(0), t0),
+            (LayerId::TimestepEmbedder(1), t2),
+            (LayerId::ContextEmbedder, &mut self.context_embedder),
+        ];
+        for (block, b) in self.blocks.iter_mut().enumerate() {
+            for (stream, s) in [(Stream::Image, &mut b.image), (Stream::Text, &mut b.text)] {
+                v.extend(stream_linears_mut(s).into_iter().map(|(kind, l)| {
+                    (
+                        LayerId::Block {
+                            block,
+                            stream,
+                            kind,
+                        },
+                        l,
+                    )
+                }));
             }
         }
-        v.push(("final_layer.linear".into(), &mut self.final_linear));
-        v.push((
-            "final_layer.adaLN_modulation.layers.1".into(),
-            &mut self.final_adaln,
-        ));
+        v.push((LayerId::FinalLinear, &mut self.final_linear));
+        v.push((LayerId::FinalAdaln, &mut self.final_adaln));
         v
+    }
+
+    /// Every Linear with its DiffusionKit name, in the order of `registry::mmdit_linear_layers`.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        self.linears_by_id_mut()
+            .into_iter()
+            .map(|(id, l)| (id.name(), l))
+            .collect()
+    }
+
+    /// The Linear `id`, if this model has it.
+    pub fn linear_mut(&mut self, id: LayerId) -> Option<&mut Linear> {
+        match id {
+            LayerId::PooledEmbedder(i) => self.y_embedder.get_mut(i),
+            LayerId::TimestepEmbedder(i) => self.t_embedder.get_mut(i),
+            LayerId::ContextEmbedder => Some(&mut self.context_embedder),
+            LayerId::FinalLinear => Some(&mut self.final_linear),
+            LayerId::FinalAdaln => Some(&mut self.final_adaln),
+            LayerId::Block {
+                block,
+                stream,
+                kind,
+            } => {
+                let b = self.blocks.get_mut(block)?;
+                let s = match stream {
+                    Stream::Image => &mut b.image,
+                    Stream::Text => &mut b.text,
+                };
+                stream_linears_mut(s)
+                    .into_iter()
+                    .find(|(k, _)| *k == kind)
+                    .map(|(_, l)| l)
+            }
+        }
     }
 
     /// Bytes held by the parameters.

@@ -17,4 +17,4 @@ pub mod vae;
 pub mod weights;
 
 pub use config::{ClipConfig, MmditConfig, Preset, Sd3Config, VaeDecoderConfig};
-pub use registry::{LayerKind, LinearLayer, StreamKind, mmdit_linear_layers};
+pub use registry::{LayerId, LayerKind, LinearLayer, Stream, mmdit_layer_ids, mmdit_linear_layers};

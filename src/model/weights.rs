@@ -94,19 +94,6 @@ impl TensorStore {
         }
     }
 
-    /// Takes `key` if present (for optional tensors), checking its shape.
-    pub fn take_optional(
-        &mut self,
-        key: &str,
-        shape: &[i32],
-    ) -> Result<Option<Array>, WeightsError> {
-        if self.tensors.contains_key(key) {
-            self.take(key, shape).map(Some)
-        } else {
-            Ok(None)
-        }
-    }
-
     /// A Linear `(out, in)` with a bias.
     pub fn linear(
         &mut self,

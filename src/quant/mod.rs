@@ -43,7 +43,24 @@ fn default_group() -> i32 {
     64
 }
 
+/// Bits per weight that a group's float16 scale and bias add: `32 / group_size`.
+pub fn scale_overhead_bits(group_size: i32) -> f64 {
+    32.0 / group_size.max(1) as f64
+}
+
+/// How many layers get each bit width, by bit width.
+pub fn bits_histogram<'a>(
+    layers: impl IntoIterator<Item = &'a LayerQuant>,
+) -> BTreeMap<i32, usize> {
+    let mut histogram = BTreeMap::new();
+    for q in layers {
+        *histogram.entry(q.bits).or_default() += 1;
+    }
+    histogram
+}
+
 impl LayerQuant {
+    /// Checks that MLX supports these bits and this group size (the one such check).
     pub fn validate(&self) -> Result<(), QuantError> {
         if !SUPPORTED_BITS.contains(&self.bits) {
             return Err(QuantError::Config(format!(
@@ -75,6 +92,17 @@ pub struct QuantPlan {
     /// Anything else the plan carries (budget, predicted bytes and error…), kept as is.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl QuantPlan {
+    /// The layer map used during `bucket`: its own map when the plan has one, else `layers`
+    /// (always `layers` for [`Bucket::All`]).
+    pub fn layers_for(&self, bucket: Bucket) -> &BTreeMap<String, LayerQuant> {
+        match bucket {
+            Bucket::All => &self.layers,
+            b => self.buckets.get(b.name()).unwrap_or(&self.layers),
+        }
+    }
 }
 
 /// What to quantize.
@@ -117,9 +145,14 @@ impl QuantConfig {
             })?;
         }
         for (bucket, layers) in &plan.buckets {
-            bucket
-                .parse::<Bucket>()
-                .map_err(|e| QuantError::Config(format!("{}: buckets: {e}", path.display())))?;
+            match bucket.parse::<Bucket>() {
+                Ok(Bucket::All) => Err(format!(
+                    "unknown bucket '{bucket}' (expected early, mid or late)"
+                )),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }
+            .map_err(|e| QuantError::Config(format!("{}: buckets: {e}", path.display())))?;
             for (name, q) in layers {
                 q.validate().map_err(|e| {
                     QuantError::Config(format!(
@@ -137,7 +170,7 @@ impl QuantConfig {
         match self {
             Self::Plan(p) if !p.buckets.is_empty() => Self::Plan(QuantPlan {
                 schema: p.schema.clone(),
-                layers: p.buckets.get(bucket.name()).unwrap_or(&p.layers).clone(),
+                layers: p.layers_for(bucket).clone(),
                 buckets: BTreeMap::new(),
                 extra: serde_json::Map::new(),
             }),
@@ -300,7 +333,7 @@ pub fn apply_to_pipeline(
         bytes_before,
         ..QuantReport::default()
     };
-    for bucket in Bucket::ALL {
+    for bucket in Bucket::STEPS {
         let mut m = pipe.mmdit.clone();
         let r = apply(&mut m, &config.for_bucket(bucket), mode)?;
         for (name, q) in r.quantized {

@@ -11,8 +11,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::sensitivity::SensitivityReport;
-use super::{LayerQuant, QuantPlan};
+use crate::calib::Bucket;
+
+use super::sensitivity::{Scope, SensitivityReport};
+use super::{LayerQuant, QuantPlan, scale_overhead_bits};
 
 /// One option for one layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -127,7 +129,7 @@ pub fn build_plan(
     bits: &[i32],
     objective: Objective,
 ) -> Result<BuiltPlan, String> {
-    build_plan_for(report, "all", target_bits, bits, objective)
+    build_plan_for(report, Bucket::All, target_bits, bits, objective)
 }
 
 /// Builds one plan per step bucket (each optimal for its bucket's results and within the
@@ -139,9 +141,9 @@ pub fn build_plan_per_bucket(
     bits: &[i32],
     objective: Objective,
 ) -> Result<BuiltPlan, String> {
-    let mut built = build_plan_for(report, "all", target_bits, bits, objective)?;
+    let mut built = build_plan_for(report, Bucket::All, target_bits, bits, objective)?;
     let mut predicted = serde_json::Map::new();
-    for bucket in ["early", "mid", "late"] {
+    for bucket in Bucket::STEPS {
         let has_rows = report
             .layers
             .iter()
@@ -162,8 +164,11 @@ pub fn build_plan_per_bucket(
                 entry.insert(key.into(), v.clone());
             }
         }
-        predicted.insert(bucket.into(), entry.into());
-        built.plan.buckets.insert(bucket.into(), b.plan.layers);
+        predicted.insert(bucket.name().into(), entry.into());
+        built
+            .plan
+            .buckets
+            .insert(bucket.name().into(), b.plan.layers);
     }
     if built.plan.buckets.is_empty() {
         return Err("the sensitivity report has no per-bucket results".into());
@@ -181,9 +186,9 @@ pub fn build_plan_per_bucket(
 pub fn additive_prediction(
     report: &SensitivityReport,
     layers: &BTreeMap<String, LayerQuant>,
-    bucket: &str,
+    bucket: Bucket,
 ) -> Option<(f64, f64)> {
-    if report.settings.metric_scope != "model" {
+    if report.settings.metric_scope != Scope::Model {
         return None;
     }
     let (mut mse, mut noise) = (0.0, 0.0);
@@ -208,13 +213,13 @@ pub fn additive_prediction(
 
 fn build_plan_for(
     report: &SensitivityReport,
-    bucket: &str,
+    bucket: Bucket,
     target_bits: f64,
     bits: &[i32],
     objective: Objective,
 ) -> Result<BuiltPlan, String> {
     let group = report.settings.group_size;
-    let overhead = 32.0 / group as f64;
+    let overhead = scale_overhead_bits(group);
     let mut names = Vec::new();
     let mut params = Vec::new();
     let mut layers: Vec<Vec<Choice>> = Vec::new();

@@ -45,11 +45,11 @@ use serde::{Deserialize, Serialize};
 use crate::calib::{Bucket, CalibrationSet, OpenOptions, SampleFilter, SampleKey, SampleMeta};
 use crate::job::CancelToken;
 use crate::model::config::ModelDtype;
-use crate::model::mmdit::{Mmdit, Modulation};
+use crate::model::mmdit::{Mmdit, Modulation, PostAttention, PreAttention};
 use crate::model::nn::{Linear, to_vec_f32};
-use crate::model::registry::{LinearLayer, mmdit_linear_layers};
+use crate::model::registry::{LayerId, LayerKind, LinearLayer, Stream, mmdit_linear_layers};
 
-use super::{LayerQuant, SUPPORTED_BITS, SUPPORTED_GROUPS, fake_quantize};
+use super::{LayerQuant, fake_quantize};
 
 /// Where a quantized layer's effect is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
@@ -101,7 +101,7 @@ pub const MAX_SQNR_DB: f64 = 300.0;
 pub struct BucketResult {
     pub bits: i32,
     pub group_size: i32,
-    pub bucket: String,
+    pub bucket: Bucket,
     pub mse: f64,
     pub sqnr_db: f64,
     pub cosine: f64,
@@ -113,7 +113,7 @@ pub struct BucketResult {
 pub struct LayerResult {
     pub name: String,
     pub block: Option<usize>,
-    pub kind: String,
+    pub kind: LayerKind,
     pub params: usize,
     pub results: Vec<BucketResult>,
 }
@@ -124,6 +124,13 @@ pub struct SensitivityReport {
     pub schema: String,
     pub settings: RunSettings,
     pub layers: Vec<LayerResult>,
+}
+
+impl SensitivityReport {
+    /// The lowest bit width the run measured: the default bit width of figures and rankings.
+    pub fn lowest_bits(&self) -> Option<i32> {
+        self.settings.bits.iter().min().copied()
+    }
 }
 
 /// What the results depend on (a rerun with other settings starts over).
@@ -138,8 +145,7 @@ pub struct RunSettings {
     pub step_stride: Option<usize>,
     pub dtype: ModelDtype,
     pub samples: Vec<String>,
-    /// `model`, `block` or `layer` (see [`Scope`]).
-    pub metric_scope: String,
+    pub metric_scope: Scope,
 }
 
 /// Progress of a run.
@@ -252,7 +258,7 @@ impl Acc {
         self.samples += 1;
     }
 
-    pub(crate) fn result(&self, bits: i32, group_size: i32, bucket: &str) -> BucketResult {
+    pub(crate) fn result(&self, bits: i32, group_size: i32, bucket: Bucket) -> BucketResult {
         let mse = self.err / self.elements.max(1) as f64;
         let sqnr_db = if self.err > 0.0 {
             (10.0 * (self.reference / self.err).log10()).min(MAX_SQNR_DB)
@@ -262,7 +268,7 @@ impl Acc {
         BucketResult {
             bits,
             group_size,
-            bucket: bucket.to_owned(),
+            bucket,
             mse,
             sqnr_db,
             cosine: self.cosine / self.samples.max(1) as f64,
@@ -273,21 +279,19 @@ impl Acc {
 
 /// Per-bucket and overall accumulators.
 #[derive(Default)]
-pub(crate) struct Groups(BTreeMap<String, Acc>);
+pub(crate) struct Groups(BTreeMap<Bucket, Acc>);
 
 impl Groups {
+    /// Adds one record of step bucket `bucket` to its bucket and to `all`.
     pub(crate) fn add(&mut self, bucket: Bucket, y: &[f32], q: &[f32]) {
-        self.0
-            .entry(bucket.name().to_owned())
-            .or_default()
-            .add(y, q);
-        self.0.entry("all".to_owned()).or_default().add(y, q);
+        self.0.entry(bucket).or_default().add(y, q);
+        self.0.entry(Bucket::All).or_default().add(y, q);
     }
 
     pub(crate) fn results(&self, bits: i32, group_size: i32) -> Vec<BucketResult> {
-        ["early", "mid", "late", "all"]
-            .iter()
-            .filter_map(|b| self.0.get(*b).map(|acc| acc.result(bits, group_size, b)))
+        Bucket::GROUPS
+            .into_iter()
+            .filter_map(|b| self.0.get(&b).map(|acc| acc.result(bits, group_size, b)))
             .collect()
     }
 }
@@ -302,44 +306,25 @@ enum Stage {
     Final,
 }
 
-fn stage_of(name: &str) -> Stage {
-    if let Some(rest) = name.strip_prefix("multimodal_transformer_blocks.")
-        && let Some(b) = rest.split('.').next().and_then(|b| b.parse().ok())
-    {
-        return Stage::Block(b);
+impl Stage {
+    fn of(id: LayerId) -> Self {
+        match id {
+            LayerId::PooledEmbedder(_)
+            | LayerId::TimestepEmbedder(_)
+            | LayerId::ContextEmbedder => Self::Embed,
+            LayerId::Block { block, .. } => Self::Block(block),
+            LayerId::FinalLinear | LayerId::FinalAdaln => Self::Final,
+        }
     }
-    if name.starts_with("final_layer") {
-        Stage::Final
-    } else {
-        Stage::Embed
-    }
 }
 
-/// An output projection or MLP layer: after joint attention, so it changes one stream only.
-fn is_post_attention(name: &str) -> bool {
-    name.ends_with(".attn.o_proj") || name.ends_with(".mlp.fc1") || name.ends_with(".mlp.fc2")
-}
-
-/// Changes the model's modulation (embedder MLPs and adaLN).
-fn moves_modulation(name: &str) -> bool {
-    name.contains("adaLN") || name.starts_with("y_embedder") || name.starts_with("t_embedder")
-}
-
-fn find_linear(m: &mut Mmdit, name: &str) -> Result<Linear, SensitivityError> {
-    m.linears_mut()
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, l)| l.clone())
-        .ok_or_else(|| SensitivityError::Config(format!("no layer {name}")))
+fn no_layer(id: LayerId) -> SensitivityError {
+    SensitivityError::Config(format!("no layer {}", id.name()))
 }
 
 /// Swaps a layer's float weight, returning the previous one.
-fn swap_weight(m: &mut Mmdit, name: &str, w: Array) -> Result<Array, SensitivityError> {
-    let mut layers = m.linears_mut();
-    let (_, l) = layers
-        .iter_mut()
-        .find(|(n, _)| n == name)
-        .ok_or_else(|| SensitivityError::Config(format!("no layer {name}")))?;
+fn swap_weight(m: &mut Mmdit, id: LayerId, w: Array) -> Result<Array, SensitivityError> {
+    let l = m.linear_mut(id).ok_or_else(|| no_layer(id))?;
     Ok(std::mem::replace(&mut l.weight, w))
 }
 
@@ -389,7 +374,7 @@ pub(crate) fn load_batches(
         let txt = m.embed_text(&context)?;
         mlx_rs::transforms::eval([&img, &txt])?;
         modulation.eval()?;
-        let out = m.forward_from(0, img.clone(), txt.clone(), &modulation, latent_hw, None)?;
+        let out = m.forward_from(0, img.clone(), txt.clone(), &modulation, latent_hw)?;
         let reference = per_record(&[out], records.len())?;
         Ok(Some(SampleBatch {
             buckets: records.iter().map(|r| r.bucket).collect(),
@@ -461,24 +446,107 @@ pub(crate) fn load_batches(
 /// What one stage holds for every batch while its layers are measured.
 #[derive(Default)]
 struct StageData {
-    /// Float inputs of the stage's Linears (layer scope), per batch.
-    inputs: Vec<HashMap<String, Array>>,
+    /// Float inputs of the stage's measured Linears (layer scope), per batch.
+    inputs: Vec<HashMap<LayerId, Array>>,
     /// Float references per batch and record, by what is measured.
-    references: Vec<HashMap<String, Vec<Vec<f32>>>>,
+    references: Vec<HashMap<Measured, Vec<Vec<f32>>>>,
     /// The float block outputs, when preparing already computed them.
     next: Vec<Option<(Array, Array)>>,
-    /// The block's post-attention starting state (model and block scopes).
-    parts: Vec<Option<crate::model::mmdit::BlockParts>>,
+    /// What the block's post-attention parts start from (model and block scopes).
+    parts: Vec<Option<AttentionState>>,
 }
 
-/// The key of the float reference a layer's measurement is compared with.
-fn reference_key(scope: Scope, name: &str, stage: Stage) -> String {
-    match (scope, stage) {
-        (Scope::Model, _) | (Scope::Block, Stage::Final) => "model".into(),
-        (Scope::Block, Stage::Block(k)) => format!("block.{k}"),
-        (Scope::Block, Stage::Embed) if name == "context_embedder" => "context".into(),
-        (Scope::Block, Stage::Embed) => "conditioning".into(),
-        (Scope::Layer, _) => name.to_owned(),
+/// The float state a joint block's post-attention parts start from besides the block input:
+/// joint attention's output and the modulation chunks, per stream (image, text).
+struct AttentionState {
+    attention: [Array; 2],
+    chunks: [Vec<Array>; 2],
+}
+
+/// One float pass through joint block k, part by part.
+struct BlockPass {
+    pre: [PreAttention; 2],
+    attention: [Array; 2],
+    post: [Option<PostAttention>; 2],
+}
+
+impl BlockPass {
+    fn run(
+        m: &Mmdit,
+        k: usize,
+        img: &Array,
+        txt: &Array,
+        mo: &Modulation,
+    ) -> Result<Self, SensitivityError> {
+        let pre = [
+            m.pre_attention(k, Stream::Image, img, mo)?,
+            m.pre_attention(k, Stream::Text, txt, mo)?,
+        ];
+        let attention = m.joint_attention(&pre[0], &pre[1])?;
+        let post = [
+            m.post_attention(k, Stream::Image, img, &attention[0], &pre[0].chunks)?,
+            m.post_attention(k, Stream::Text, txt, &attention[1], &pre[1].chunks)?,
+        ];
+        Ok(Self {
+            pre,
+            attention,
+            post,
+        })
+    }
+
+    /// The block's outputs (the text stream passes through after the last block).
+    fn outputs(&self, txt: &Array) -> Result<(Array, Option<Array>, Array), SensitivityError> {
+        let img = self.post[0]
+            .as_ref()
+            .map(|p| p.output.clone())
+            .ok_or_else(|| {
+                SensitivityError::Config("internal: an image stream without post-attention".into())
+            })?;
+        let t = self.post[1].as_ref().map(|p| p.output.clone());
+        let next_txt = t.clone().unwrap_or_else(|| txt.clone());
+        Ok((img, t, next_txt))
+    }
+
+    /// The float input of one of the block's Linears.
+    fn input(&self, stream: Stream, kind: LayerKind, adaln_input: &Array) -> Option<Array> {
+        let s = stream.index();
+        match kind {
+            LayerKind::AttnQ | LayerKind::AttnK | LayerKind::AttnV => {
+                Some(self.pre[s].modulated.clone())
+            }
+            LayerKind::AttnO => Some(self.attention[s].clone()),
+            LayerKind::MlpFc1 => self.post[s].as_ref().map(|p| p.mlp_input.clone()),
+            LayerKind::MlpFc2 => self.post[s].as_ref().map(|p| p.mlp_hidden.clone()),
+            LayerKind::Adaln => Some(adaln_input.clone()),
+            LayerKind::Embedder | LayerKind::Final => None,
+        }
+    }
+}
+
+/// What a layer's measurement is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Measured {
+    /// The MMDiT's output.
+    Model,
+    /// Joint block k's outputs.
+    Block(usize),
+    /// The text embedding (block scope of `context_embedder`).
+    Context,
+    /// The conditioning vector (block scope of the timestep/pooled embedders).
+    Conditioning,
+    /// The layer's own output.
+    Layer(LayerId),
+}
+
+impl Measured {
+    fn of(scope: Scope, id: LayerId) -> Self {
+        match (scope, Stage::of(id)) {
+            (Scope::Model, _) | (Scope::Block, Stage::Final) => Self::Model,
+            (Scope::Block, Stage::Block(k)) => Self::Block(k),
+            (Scope::Block, Stage::Embed) if id == LayerId::ContextEmbedder => Self::Context,
+            (Scope::Block, Stage::Embed) => Self::Conditioning,
+            (Scope::Layer, _) => Self::Layer(id),
+        }
     }
 }
 
@@ -487,62 +555,69 @@ fn reference_key(scope: Scope, name: &str, stage: Stage) -> String {
 fn measure(
     m: &Mmdit,
     b: &SampleBatch,
-    name: &str,
+    id: LayerId,
     scope: Scope,
     use_cache: bool,
     stage_data: Option<(&StageData, usize)>,
     linear: &Linear,
 ) -> Result<Vec<Array>, SensitivityError> {
-    let stage = stage_of(name);
+    let stage = Stage::of(id);
     if !use_cache {
         let modulation = m.modulation(&b.pooled, &b.timestep)?;
         return Ok(vec![m.forward(&b.x, &b.context, &modulation)?]);
     }
-    let inputs = stage_data.and_then(|(d, i)| d.inputs.get(i));
+    let state = b.state.as_ref();
     // A post-attention layer of block k: re-run only its stream's post-attention part from the
     // saved state; the other stream's output is the float one.
-    if let (Stage::Block(k), Some((data, bi))) = (stage, stage_data)
-        && is_post_attention(name)
+    if let (Stage::Block(k), Some((data, bi)), Some(stream), Some((img, txt))) =
+        (stage, stage_data, id.stream(), state)
+        && id.kind().is_post_attention()
         && let (Some(Some(parts)), Some(Some((fi, ft)))) = (data.parts.get(bi), data.next.get(bi))
     {
-        let image = name.contains(".image_transformer_block.");
-        let changed = m.stream_post_attention(parts, image)?.ok_or_else(|| {
-            SensitivityError::Config(format!("internal: {name} has no post-attention part"))
-        })?;
-        let (img, txt) = if image {
-            (changed, ft.clone())
-        } else {
-            (fi.clone(), changed)
+        let s = stream.index();
+        let residual = [img, txt][s];
+        let changed = m
+            .post_attention(k, stream, residual, &parts.attention[s], &parts.chunks[s])?
+            .ok_or_else(|| {
+                SensitivityError::Config(format!(
+                    "internal: {} has no post-attention part",
+                    id.name()
+                ))
+            })?
+            .output;
+        let (img, txt) = match stream {
+            Stream::Image => (changed, ft.clone()),
+            Stream::Text => (fi.clone(), changed),
         };
         let last = k + 1 == m.blocks.len();
         return Ok(match scope {
             Scope::Block if last => vec![img],
             Scope::Block => vec![img, txt],
-            _ => vec![m.forward_from(k + 1, img, txt, &b.modulation, b.latent_hw, None)?],
+            _ => vec![m.forward_from(k + 1, img, txt, &b.modulation, b.latent_hw)?],
         });
     }
     if scope == Scope::Layer {
-        let input = inputs.and_then(|i| i.get(name)).ok_or_else(|| {
-            SensitivityError::Config(format!("internal: no recorded input for {name}"))
-        })?;
+        let input = stage_data
+            .and_then(|(d, i)| d.inputs.get(i))
+            .and_then(|i| i.get(&id))
+            .ok_or_else(|| {
+                SensitivityError::Config(format!("internal: no recorded input for {}", id.name()))
+            })?;
         return Ok(vec![linear.forward(input)?]);
     }
-    let (img, txt) = b
-        .state
-        .as_ref()
-        .ok_or_else(|| SensitivityError::Config("internal: no block state".into()))?;
+    let (img, txt) =
+        state.ok_or_else(|| SensitivityError::Config("internal: no block state".into()))?;
     let fresh;
-    let modulation = if moves_modulation(name) {
+    let modulation = if id.moves_modulation() {
         fresh = m.modulation(&b.pooled, &b.timestep)?;
         &fresh
     } else {
         &b.modulation
     };
+    let context = id == LayerId::ContextEmbedder;
     Ok(match (scope, stage) {
         (_, Stage::Final) => vec![m.final_layer(img, modulation, b.latent_hw)?],
-        (Scope::Block, Stage::Embed) if name == "context_embedder" => {
-            vec![m.embed_text(&b.context)?]
-        }
+        (Scope::Block, Stage::Embed) if context => vec![m.embed_text(&b.context)?],
         (Scope::Block, Stage::Embed) => vec![m.conditioning_vector(&b.pooled, &b.timestep)?],
         (Scope::Block, Stage::Block(k)) => {
             let (i, t) = m.joint_block(k, img, txt, modulation)?;
@@ -550,36 +625,56 @@ fn measure(
             v.extend(t);
             v
         }
-        (_, Stage::Embed) if name == "context_embedder" => vec![m.forward_from(
+        (_, Stage::Embed) if context => vec![m.forward_from(
             0,
             img.clone(),
             m.embed_text(&b.context)?,
             modulation,
             b.latent_hw,
-            None,
         )?],
         (_, Stage::Embed) => {
-            vec![m.forward_from(0, img.clone(), txt.clone(), modulation, b.latent_hw, None)?]
+            vec![m.forward_from(0, img.clone(), txt.clone(), modulation, b.latent_hw)?]
         }
         (_, Stage::Block(k)) => {
-            vec![m.forward_from(k, img.clone(), txt.clone(), modulation, b.latent_hw, None)?]
+            vec![m.forward_from(k, img.clone(), txt.clone(), modulation, b.latent_hw)?]
         }
     })
 }
 
-/// Prepares a stage: records Linear inputs (layer scope) and the block's float output
-/// (block scope).
+/// The float input of a Linear outside the joint blocks (layer scope).
+fn outer_input(
+    m: &Mmdit,
+    b: &SampleBatch,
+    img: &Array,
+    id: LayerId,
+    cond: &crate::model::mmdit::Conditioning,
+) -> Result<Option<Array>, SensitivityError> {
+    Ok(match id {
+        LayerId::PooledEmbedder(0) => Some(b.pooled.clone()),
+        LayerId::PooledEmbedder(_) => Some(cond.pooled_hidden.clone()),
+        LayerId::TimestepEmbedder(0) => Some(cond.timestep_features.clone()),
+        LayerId::TimestepEmbedder(_) => Some(cond.timestep_hidden.clone()),
+        LayerId::ContextEmbedder => Some(Mmdit::text_tokens(&b.context)?),
+        LayerId::FinalLinear => Some(m.final_norm(img, &b.modulation)?),
+        LayerId::FinalAdaln => Some(cond.adaln_input()?),
+        LayerId::Block { .. } => None,
+    })
+}
+
+/// Prepares a stage: records the float inputs of the stage's `layers` (layer scope) and the
+/// block's float output and post-attention starting state (block and model scopes).
 fn prepare_stage(
     m: &Mmdit,
     batches: &[SampleBatch],
     stage: Stage,
     scope: Scope,
+    layers: &[LayerId],
 ) -> Result<StageData, SensitivityError> {
     let mut data = StageData::default();
     for b in batches {
         let mut inputs = HashMap::new();
         let mut refs = HashMap::new();
-        refs.insert("model".to_owned(), b.reference.clone());
+        refs.insert(Measured::Model, b.reference.clone());
         let mut next = None;
         let mut parts = None;
         let Some((img, txt)) = &b.state else {
@@ -589,66 +684,55 @@ fn prepare_stage(
             data.parts.push(None);
             continue;
         };
-        if scope != Scope::Layer
-            && let Stage::Block(k) = stage
-        {
-            let ((i, t), p) = m.joint_block_parts(k, img, txt, &b.modulation, None)?;
-            p.eval()?;
+        let pass = match stage {
+            Stage::Block(k) => Some(BlockPass::run(m, k, img, txt, &b.modulation)?),
+            _ => None,
+        };
+        if let (Some(pass), Stage::Block(k)) = (&pass, stage) {
+            let (i, t, next_txt) = pass.outputs(txt)?;
+            if scope != Scope::Layer {
+                let state = AttentionState {
+                    attention: pass.attention.clone(),
+                    chunks: [pass.pre[0].chunks.clone(), pass.pre[1].chunks.clone()],
+                };
+                let mut all: Vec<&Array> = state.attention.iter().collect();
+                all.extend(state.chunks.iter().flatten());
+                mlx_rs::transforms::eval(all)?;
+                parts = Some(state);
+            }
             if scope == Scope::Block {
                 let mut v = vec![i.clone()];
-                v.extend(t.clone());
-                refs.insert(format!("block.{k}"), per_record(&v, b.len())?);
+                v.extend(t);
+                refs.insert(Measured::Block(k), per_record(&v, b.len())?);
             }
-            next = Some((i, t.unwrap_or_else(|| txt.clone())));
-            parts = Some(p);
+            next = Some((i, next_txt));
         }
         if scope == Scope::Layer {
-            let mut taps = Vec::new();
-            match stage {
-                Stage::Embed => {
-                    m.modulation_tapped(&b.pooled, &b.timestep, Some(&mut taps))?;
-                    taps.push(("context_embedder".into(), b.context.expand_dims(2)?));
-                }
-                Stage::Block(k) => {
-                    let ((i, t), _) =
-                        m.joint_block_parts(k, img, txt, &b.modulation, Some(&mut taps))?;
-                    let cond = m.adaln_input(&b.pooled, &b.timestep)?;
-                    let prefix = format!("multimodal_transformer_blocks.{k}.");
-                    for n in m
-                        .adaln_names()
-                        .into_iter()
-                        .filter(|n| n.starts_with(&prefix))
-                    {
-                        taps.push((n, cond.clone()));
+            let cond = m.conditioning(&b.pooled, &b.timestep)?;
+            let adaln_input = cond.adaln_input()?;
+            for &id in layers {
+                let input = match (&pass, id) {
+                    (Some(pass), LayerId::Block { stream, kind, .. }) => {
+                        pass.input(stream, kind, &adaln_input)
                     }
-                    next = Some((i, t.unwrap_or_else(|| txt.clone())));
-                }
-                Stage::Final => {
-                    m.modulation_tapped(&b.pooled, &b.timestep, Some(&mut taps))?;
-                    taps.push((
-                        "final_layer.linear".into(),
-                        m.final_linear_input(img, &b.modulation)?,
-                    ));
-                }
+                    _ => outer_input(m, b, img, id, &cond)?,
+                };
+                let input = input.ok_or_else(|| {
+                    SensitivityError::Config(format!("internal: no input for {}", id.name()))
+                })?;
+                inputs.insert(id, input);
             }
-            mlx_rs::transforms::eval(taps.iter().map(|(_, a)| a))?;
-            inputs.extend(taps);
+            mlx_rs::transforms::eval(inputs.values())?;
         }
-        if scope == Scope::Block {
-            match stage {
-                Stage::Embed => {
-                    refs.insert(
-                        "context".into(),
-                        per_record(std::slice::from_ref(txt), b.len())?,
-                    );
-                    refs.insert(
-                        "conditioning".into(),
-                        per_record(&[m.conditioning_vector(&b.pooled, &b.timestep)?], b.len())?,
-                    );
-                }
-                Stage::Block(_) => {} // done above with the block's parts
-                Stage::Final => {}
-            }
+        if scope == Scope::Block && stage == Stage::Embed {
+            refs.insert(
+                Measured::Context,
+                per_record(std::slice::from_ref(txt), b.len())?,
+            );
+            refs.insert(
+                Measured::Conditioning,
+                per_record(&[m.conditioning_vector(&b.pooled, &b.timestep)?], b.len())?,
+            );
         }
         if let Some((i, t)) = &next {
             mlx_rs::transforms::eval([i, t])?;
@@ -693,7 +777,7 @@ pub fn report_csv(report: &SensitivityReport) -> String {
                 "{},{},{},{},{},{},{},{:e},{},{},{}\n",
                 l.name,
                 l.block.map_or(String::new(), |b| b.to_string()),
-                l.kind,
+                l.kind.name(),
                 l.params,
                 r.bits,
                 r.group_size,
@@ -740,18 +824,13 @@ fn validate_config(cfg: &SensitivityConfig) -> Result<Option<regex::Regex>, Sens
     if cfg.bits.is_empty() {
         return Err(SensitivityError::Config("no bit widths given".into()));
     }
-    for b in &cfg.bits {
-        if !SUPPORTED_BITS.contains(b) {
-            return Err(SensitivityError::Config(format!(
-                "{b} bits is not supported (MLX: 2, 3, 4, 5, 6, 8)"
-            )));
+    for &bits in &cfg.bits {
+        LayerQuant {
+            bits,
+            group_size: cfg.group_size,
         }
-    }
-    if !SUPPORTED_GROUPS.contains(&cfg.group_size) {
-        return Err(SensitivityError::Config(format!(
-            "group size {} is not supported (MLX: 32, 64, 128)",
-            cfg.group_size
-        )));
+        .validate()
+        .map_err(|e| SensitivityError::Config(e.to_string()))?;
     }
     if !cfg.use_cache && cfg.scope != Scope::Model {
         return Err(SensitivityError::Config(
@@ -816,7 +895,7 @@ pub fn run_sensitivity(
         step_stride: cfg.step_stride,
         dtype: cfg.dtype,
         samples: metas.iter().map(|m| m.file.clone()).collect(),
-        metric_scope: cfg.scope.name().into(),
+        metric_scope: cfg.scope,
     };
     let json_path = cfg.output_dir.join("sensitivity.json");
     let mut report = match std::fs::read_to_string(&json_path)
@@ -858,19 +937,20 @@ pub fn run_sensitivity(
         .chain((0..depth).map(Stage::Block))
         .chain(std::iter::once(Stage::Final))
         .collect();
-    let last_needed = todo.iter().map(|(_, l)| stage_of(&l.name)).max();
+    let last_needed = todo.iter().map(|(_, l)| Stage::of(l.id)).max();
     for stage in stages {
         if cancel.is_cancelled() || last_needed.is_none_or(|last| stage > last) {
             break;
         }
         let here: Vec<&(usize, &LinearLayer)> = todo
             .iter()
-            .filter(|(_, l)| stage_of(&l.name) == stage)
+            .filter(|(_, l)| Stage::of(l.id) == stage)
             .collect();
         let mut computed = Vec::new();
         if !here.is_empty() {
             let data = if cfg.use_cache {
-                prepare_stage(&mmdit, &batches, stage, cfg.scope)?
+                let ids: Vec<LayerId> = here.iter().map(|(_, l)| l.id).collect();
+                prepare_stage(&mmdit, &batches, stage, cfg.scope, &ids)?
             } else {
                 StageData::default()
             };
@@ -879,11 +959,11 @@ pub fn run_sensitivity(
                     break;
                 }
                 let t = Instant::now();
-                let results = measure_layer(&mut mmdit, &batches, &data, layer, cfg, stage)?;
+                let results = measure_layer(&mut mmdit, &batches, &data, layer, cfg)?;
                 report.layers.push(LayerResult {
                     name: layer.name.clone(),
                     block: layer.block,
-                    kind: layer.kind.name().to_owned(),
+                    kind: layer.kind,
                     params: layer.params,
                     results,
                 });
@@ -918,27 +998,19 @@ fn measure_layer(
     data: &StageData,
     layer: &LinearLayer,
     cfg: &SensitivityConfig,
-    stage: Stage,
 ) -> Result<Vec<BucketResult>, SensitivityError> {
     let mut results = Vec::new();
     if !layer.in_features.is_multiple_of(cfg.group_size as usize) {
         return Ok(results); // left float: nothing to measure
     }
-    let original = find_linear(mmdit, &layer.name)?;
-    let key = reference_key(cfg.scope, &layer.name, stage);
+    let id = layer.id;
+    let original = mmdit.linear_mut(id).ok_or_else(|| no_layer(id))?.clone();
+    let key = Measured::of(cfg.scope, id);
     // Layer scope: the float outputs of the layer itself.
     let mut layer_refs: Vec<Vec<Vec<f32>>> = Vec::new();
     if cfg.scope == Scope::Layer && cfg.use_cache {
         for (bi, b) in batches.iter().enumerate() {
-            let out = measure(
-                mmdit,
-                b,
-                &layer.name,
-                cfg.scope,
-                true,
-                Some((data, bi)),
-                &original,
-            )?;
+            let out = measure(mmdit, b, id, cfg.scope, true, Some((data, bi)), &original)?;
             layer_refs.push(per_record(&out, b.len())?);
         }
     }
@@ -955,7 +1027,7 @@ fn measure_layer(
             weight: q.clone(),
             ..original.clone()
         };
-        swap_weight(mmdit, &layer.name, q)?;
+        swap_weight(mmdit, id, q)?;
         let mut groups = Groups::default();
         let mut outcome = Ok(());
         for (bi, b) in batches.iter().enumerate() {
@@ -968,7 +1040,7 @@ fn measure_layer(
             };
             let Some(reference) = reference else {
                 outcome = Err(SensitivityError::Config(format!(
-                    "internal: no reference {key} for {}",
+                    "internal: no reference {key:?} for {}",
                     layer.name
                 )));
                 break;
@@ -976,7 +1048,7 @@ fn measure_layer(
             let out = measure(
                 mmdit,
                 b,
-                &layer.name,
+                id,
                 cfg.scope,
                 cfg.use_cache,
                 Some((data, bi)),
@@ -995,7 +1067,7 @@ fn measure_layer(
                 }
             }
         }
-        swap_weight(mmdit, &layer.name, original.weight.clone())?;
+        swap_weight(mmdit, id, original.weight.clone())?;
         outcome?;
         results.extend(groups.results(bits, cfg.group_size));
     }
@@ -1014,7 +1086,7 @@ pub fn rank_agreement(
             .filter_map(|l| {
                 l.results
                     .iter()
-                    .find(|x| x.bits == bits && x.bucket == "all")
+                    .find(|x| x.bits == bits && x.bucket == Bucket::All)
                     .map(|x| (l.name.clone(), x.sqnr_db))
             })
             .collect()
@@ -1092,15 +1164,67 @@ mod tests {
 
     #[test]
     fn stages_follow_the_model_order() {
-        assert_eq!(stage_of("y_embedder.mlp.layers.0"), Stage::Embed);
-        assert_eq!(stage_of("context_embedder"), Stage::Embed);
+        let depth = 3;
+        let stages: Vec<Stage> = crate::model::registry::mmdit_layer_ids(depth)
+            .into_iter()
+            .map(Stage::of)
+            .collect();
+        assert!(stages.windows(2).all(|w| w[0] <= w[1]), "{stages:?}");
+        assert_eq!(Stage::of(LayerId::ContextEmbedder), Stage::Embed);
         assert_eq!(
-            stage_of("multimodal_transformer_blocks.12.text_transformer_block.mlp.fc2"),
-            Stage::Block(12)
+            Stage::of(LayerId::Block {
+                block: 2,
+                stream: Stream::Text,
+                kind: LayerKind::MlpFc2
+            }),
+            Stage::Block(2)
         );
-        assert_eq!(stage_of("final_layer.linear"), Stage::Final);
+        assert_eq!(Stage::of(LayerId::FinalAdaln), Stage::Final);
         assert!(Stage::Embed < Stage::Block(0) && Stage::Block(23) < Stage::Final);
-        assert!(moves_modulation("final_layer.adaLN_modulation.layers.1"));
-        assert!(!moves_modulation("final_layer.linear"));
+    }
+
+    #[test]
+    fn groups_report_each_bucket_and_all_in_order() {
+        let mut g = Groups::default();
+        g.add(Bucket::Late, &[1.0, 2.0], &[1.0, 1.0]);
+        g.add(Bucket::Early, &[1.0, 0.0], &[1.0, 0.0]);
+        let rows = g.results(4, 64);
+        let buckets: Vec<Bucket> = rows.iter().map(|r| r.bucket).collect();
+        assert_eq!(buckets, [Bucket::Early, Bucket::Late, Bucket::All]);
+        // late: error 1 over 2 elements; all: error 1 over 4 elements, reference energy 6.
+        assert_eq!(rows[1].mse, 0.5);
+        assert_eq!(rows[2].mse, 0.25);
+        assert!((rows[2].sqnr_db - 10.0 * 6f64.log10()).abs() < 1e-12);
+        assert_eq!((rows[0].sqnr_db, rows[0].cosine), (MAX_SQNR_DB, 1.0));
+        assert_eq!(rows[2].n_samples, 2);
+    }
+
+    #[test]
+    fn typed_fields_keep_the_file_format() {
+        let text = include_str!("../../tests/fixtures/sensitivity-tiny.json");
+        let report: SensitivityReport = serde_json::from_str(text).unwrap();
+        let original: serde_json::Value = serde_json::from_str(text).unwrap();
+        // (The model configuration's float32 epsilon does not round-trip through f64 text.)
+        assert_eq!(
+            serde_json::to_value(&report.layers).unwrap(),
+            original["layers"]
+        );
+        assert_eq!(
+            serde_json::to_value(report.settings.metric_scope).unwrap(),
+            original["settings"]["metric_scope"]
+        );
+        assert_eq!(report.settings.metric_scope, Scope::Model);
+        let fc1 = report
+            .layers
+            .iter()
+            .find(|l| l.kind == LayerKind::MlpFc1)
+            .unwrap();
+        assert_eq!(fc1.results.last().unwrap().bucket, Bucket::All);
+        let csv = report_csv(&report);
+        let row = csv.lines().find(|l| l.starts_with(&fc1.name)).unwrap();
+        assert!(
+            row.contains(",mlp_fc1,") && row.contains(",early,"),
+            "{row}"
+        );
     }
 }

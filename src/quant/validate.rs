@@ -17,7 +17,7 @@ use super::{QuantConfig, QuantMode};
 /// Measured and predicted error of one bucket (or `all`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValidationRow {
-    pub bucket: String,
+    pub bucket: Bucket,
     pub n_samples: usize,
     pub mse: f64,
     pub sqnr_db: f64,
@@ -71,7 +71,7 @@ pub fn validate_plan(
     let total = held_out.len();
     let mut done = 0;
     let mut groups = Groups::default();
-    for bucket in Bucket::ALL {
+    for bucket in Bucket::STEPS {
         let metas: Vec<&SampleMeta> = held_out
             .iter()
             .copied()
@@ -108,26 +108,23 @@ pub fn validate_plan(
     let mut weighted = (0.0, 0usize);
     for r in &measured {
         let layers = match plan {
-            QuantConfig::Plan(p) if r.bucket != "all" => {
-                p.buckets.get(&r.bucket).unwrap_or(&p.layers).clone()
-            }
-            QuantConfig::Plan(p) => p.layers.clone(),
+            QuantConfig::Plan(p) => p.layers_for(r.bucket).clone(),
             _ => BTreeMap::new(),
         };
-        let prediction = if r.bucket == "all" && plan.is_per_bucket() {
+        let prediction = if r.bucket == Bucket::All && plan.is_per_bucket() {
             // Σ over buckets of their predicted MSE, weighted by the samples measured.
             (weighted.1 > 0).then(|| (weighted.0 / weighted.1 as f64, f64::NAN))
         } else {
-            additive_prediction(report, &layers, &r.bucket)
+            additive_prediction(report, &layers, r.bucket)
         };
-        if r.bucket != "all"
+        if r.bucket != Bucket::All
             && let Some((mse, _)) = prediction
         {
             weighted.0 += mse * r.n_samples as f64;
             weighted.1 += r.n_samples;
         }
         rows.push(ValidationRow {
-            bucket: r.bucket.clone(),
+            bucket: r.bucket,
             n_samples: r.n_samples,
             mse: r.mse,
             sqnr_db: r.sqnr_db,

@@ -12,6 +12,7 @@ use plotters::prelude::*;
 
 pub mod colormap;
 
+use crate::calib::Bucket;
 use crate::quant::plan::{BuiltPlan, Objective, build_plan};
 use crate::quant::sensitivity::{MAX_SQNR_DB, SensitivityReport};
 
@@ -384,7 +385,7 @@ impl Metric {
 pub fn ranking(
     report: &SensitivityReport,
     bits: i32,
-    bucket: &str,
+    bucket: Bucket,
     metric: Metric,
 ) -> Vec<(String, f64)> {
     let mut v: Vec<(String, f64)> = report
@@ -405,7 +406,7 @@ pub fn ranking(
 pub fn bits_figure(
     report: &SensitivityReport,
     layers: &[String],
-    bucket: &str,
+    bucket: Bucket,
     metric: Metric,
 ) -> Figure {
     let series = layers
@@ -437,7 +438,7 @@ pub fn bucket_heatmap(
     bits: i32,
     metric: Metric,
 ) -> Figure {
-    let buckets = ["early", "mid", "late", "all"];
+    let buckets = Bucket::GROUPS;
     let mut rows = Vec::new();
     let mut values = Vec::new();
     for name in layers {
@@ -472,7 +473,7 @@ pub fn bucket_heatmap(
 pub fn ranking_figure(
     report: &SensitivityReport,
     bits: i32,
-    bucket: &str,
+    bucket: Bucket,
     metric: Metric,
     n: usize,
 ) -> Figure {
@@ -513,7 +514,7 @@ pub fn pareto_figure(built: &BuiltPlan, objective: Objective) -> Figure {
 #[derive(Debug, Clone)]
 pub struct SensitivityReportOptions {
     pub metric: Metric,
-    pub bucket: String,
+    pub bucket: Bucket,
     /// Bit width of the heatmap and the ranking (default: the lowest measured).
     pub bits: Option<i32>,
     /// Layers in the bits plot (default: the `top` most sensitive).
@@ -527,7 +528,7 @@ impl Default for SensitivityReportOptions {
     fn default() -> Self {
         Self {
             metric: Metric::Sqnr,
-            bucket: "all".into(),
+            bucket: Bucket::All,
             bits: None,
             layers: Vec::new(),
             top: 10,
@@ -543,9 +544,9 @@ pub fn sensitivity_figures(
 ) -> Result<Vec<(String, Figure)>, ReportError> {
     let bits = opts
         .bits
-        .or_else(|| report.settings.bits.iter().min().copied())
+        .or_else(|| report.lowest_bits())
         .ok_or_else(|| ReportError::Data("the report has no bit widths".into()))?;
-    let ranked = ranking(report, bits, &opts.bucket, opts.metric);
+    let ranked = ranking(report, bits, opts.bucket, opts.metric);
     let layers: Vec<String> = if opts.layers.is_empty() {
         ranked.iter().take(opts.top).map(|r| r.0.clone()).collect()
     } else {
@@ -555,7 +556,7 @@ pub fn sensitivity_figures(
     let mut figs = vec![
         (
             "bits".to_owned(),
-            bits_figure(report, &layers, &opts.bucket, opts.metric),
+            bits_figure(report, &layers, opts.bucket, opts.metric),
         ),
         (
             "heatmap".to_owned(),
@@ -563,7 +564,7 @@ pub fn sensitivity_figures(
         ),
         (
             "ranking".to_owned(),
-            ranking_figure(report, bits, &opts.bucket, opts.metric, opts.top),
+            ranking_figure(report, bits, opts.bucket, opts.metric, opts.top),
         ),
     ];
     if let Some(target) = opts.plan_target_bits {
@@ -627,10 +628,7 @@ pub fn write_sensitivity_report(
         &json,
     )?;
     let s = &report.settings;
-    let bits = opts
-        .bits
-        .or_else(|| s.bits.iter().min().copied())
-        .unwrap_or(0);
+    let bits = opts.bits.or_else(|| report.lowest_bits()).unwrap_or(0);
     let mut doc = Doc::new(output, "SD3 Lab sensitivity report");
     doc.table(
         &["", ""],
@@ -641,7 +639,7 @@ pub fn write_sensitivity_report(
                 s.calib_dir.display().to_string(),
             ],
             vec!["samples".into(), s.samples.len().to_string()],
-            vec!["scope".into(), s.metric_scope.clone()],
+            vec!["scope".into(), s.metric_scope.name().into()],
             vec!["bit widths".into(), format!("{:?}", s.bits)],
             vec!["group size".into(), s.group_size.to_string()],
             vec!["layers measured".into(), report.layers.len().to_string()],
@@ -654,7 +652,7 @@ pub fn write_sensitivity_report(
         "Most sensitive layers at {bits} bits ({})",
         opts.bucket
     ));
-    let top: Vec<Vec<String>> = ranking(report, bits, &opts.bucket, opts.metric)
+    let top: Vec<Vec<String>> = ranking(report, bits, opts.bucket, opts.metric)
         .into_iter()
         .take(opts.top)
         .map(|(name, v)| vec![name, format!("{v:.4}")])
