@@ -380,6 +380,7 @@ fn report_sensitivity(args: &ReportSensitivityArgs) -> anyhow::Result<ExitCode> 
         layers: Vec::new(),
         top: args.top,
         plan_target_bits: args.plan_target_bits,
+        ..Default::default()
     };
     let written = sd3lab::report::write_sensitivity_report(&report, &args.output, &opts)?;
     for p in &written {
