@@ -62,9 +62,12 @@ pub struct Options {
     pub width: usize,
     pub calib_dir: String,
     pub negative_prompt: String,
-    /// Delete a different run (or foreign files) in the folder and start over.
+    /// Delete a different run (or foreign files) in the folder and start over. Not persisted:
+    /// a restart never deletes data on its own.
+    #[serde(skip)]
     pub overwrite: bool,
-    /// Start even when the disk estimate exceeds the free space.
+    /// Start even when the disk estimate exceeds the free space (not persisted either).
+    #[serde(skip)]
     pub force: bool,
 }
 
@@ -688,8 +691,10 @@ pub fn disk_estimate(o: &Options) -> String {
 pub fn error_message(e: &CalibrateError) -> String {
     match e {
         CalibrateError::SettingsDiffer { dir, differences } => format!(
-            "{} already holds a calibration run with different settings ({differences}); tick \"{START_OVER_LABEL}\" to replace it, or choose another output folder",
-            dir.display()
+            "{} already holds a calibration run with different settings ({}); tick \"{START_OVER_LABEL}\" to replace it, or choose another output folder",
+            dir.display(),
+            // The app's font has no arrow glyph.
+            differences.replace('→', "->")
         ),
         CalibrateError::ForeignData { dir } => format!(
             "{} holds sample files but no manifest.json from a run; tick \"{START_OVER_LABEL}\" to replace them, or choose another output folder",

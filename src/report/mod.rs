@@ -139,23 +139,25 @@ fn integer_label(x: f64) -> String {
     }
 }
 
-/// A value on a colour bar: three significant digits, scientific notation for very small or
-/// large magnitudes (MSEs).
-fn bar_label(v: f64) -> String {
-    let a = v.abs();
-    if a != 0.0 && !(1e-2..1e4).contains(&a) {
-        format!("{v:.2e}")
-    } else if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
+/// A tick label on a colour bar spanning `lo..hi`: as many decimals as the tick spacing
+/// needs (35, 0.15), scientific notation for very small or large magnitudes (MSEs).
+fn bar_label(v: f64, lo: f64, hi: f64) -> String {
+    let magnitude = lo.abs().max(hi.abs());
+    if magnitude != 0.0 && !(1e-3..1e5).contains(&magnitude) {
+        return format!("{v:.1e}");
     }
+    // About six ticks: one decimal per power of ten below the spacing.
+    let spacing = (hi - lo) / 6.0;
+    let decimals = if spacing > 0.0 {
+        (-spacing.log10().floor()).clamp(0.0, 6.0) as usize
+    } else {
+        2
+    };
+    format!("{v:.decimals$}")
 }
 
 /// Width in pixels of a heatmap's colour bar with its tick labels and unit.
-const COLOUR_BAR_WIDTH: u32 = 130;
+const COLOUR_BAR_WIDTH: u32 = 110;
 
 /// The viridis scale from `lo` (bottom) to `hi` (top), labelled with values and `label`
 /// (the unit), so a heatmap's colours can be read back from the file alone.
@@ -172,7 +174,7 @@ where
         .margin(12)
         .margin_left(0)
         .x_label_area_size(30)
-        .right_y_label_area_size(COLOUR_BAR_WIDTH - 50)
+        .right_y_label_area_size(62)
         .build_cartesian_2d(0f64..1f64, lo..hi)
         .map_err(|e| format!("{e:?}"))?;
     chart
@@ -180,7 +182,7 @@ where
         .disable_mesh()
         .disable_x_axis()
         .y_labels(6)
-        .y_label_formatter(&|v| bar_label(*v))
+        .y_label_formatter(&|v| bar_label(*v, lo, hi))
         .y_desc(label)
         .label_style((FONT, 11))
         .axis_desc_style((FONT, 13))
@@ -294,10 +296,9 @@ where
             let n_rows = rows.len().max(1);
             let n_cols = cols.len().max(1);
             let label_width = rows.iter().map(|r| r.len()).max().unwrap_or(4) as u32 * 7 + 10;
-            // The title spans the cells and the colour bar, which sits on the right.
-            let area = root
-                .titled(&format!("{title} ({value_label})"), (FONT, 20))
-                .map_err(err(&title))?;
+            // The title spans the cells and the colour bar, which sits on the right and
+            // carries the unit.
+            let area = root.titled(&title, (FONT, 20)).map_err(err(&title))?;
             let width = area.dim_in_pixel().0;
             let (cells_area, bar_area) =
                 area.split_horizontally(width.saturating_sub(COLOUR_BAR_WIDTH));
