@@ -726,3 +726,33 @@ pub fn single_prompt_csv(prompt: &str) -> std::io::Result<PathBuf> {
     crate::fsutil::write_atomic(&path, &bytes)?;
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_the_tab_controls_not_cli_flags() {
+        let differ = error_message(&CalibrateError::SettingsDiffer {
+            dir: "runs/a".into(),
+            differences: "seed: 0 → 7".into(),
+        });
+        assert!(differ.contains(START_OVER_LABEL) && differ.contains("seed: 0 -> 7"));
+        let foreign = error_message(&CalibrateError::ForeignData {
+            dir: "runs/a".into(),
+        });
+        assert!(foreign.contains(START_OVER_LABEL));
+        let disk = error_message(&CalibrateError::Disk {
+            dir: "runs/a".into(),
+            needed: 5_000_000_000,
+            available: 1_000_000_000,
+        });
+        assert!(
+            disk.contains(FORCE_LABEL) && disk.contains("5.00 GB"),
+            "{disk}"
+        );
+        for m in [differ, foreign, disk] {
+            assert!(!m.contains("--"), "{m}");
+        }
+    }
+}

@@ -1290,6 +1290,39 @@ mod tests {
     }
 
     #[test]
+    fn heatmap_has_a_colour_bar_and_bits_axes_whole_ticks() {
+        let texts = |svg: &str| -> Vec<String> {
+            svg.split("</text>")
+                .filter_map(|p| p.rsplit_once('>').map(|(_, t)| t.trim().to_owned()))
+                .collect()
+        };
+        let heat = Figure::Heatmap {
+            title: "layer x bucket".into(),
+            rows: vec!["a".into(), "b".into()],
+            cols: vec!["early".into(), "late".into()],
+            values: vec![vec![10.0, 20.0], vec![30.0, f64::NAN]],
+            value_label: "SQNR (dB)".into(),
+        };
+        let t = texts(&render_svg(&heat, (640, 400)).unwrap());
+        assert!(
+            t.contains(&"SQNR (dB)".to_owned()),
+            "the colour bar's unit: {t:?}"
+        );
+        assert!(
+            t.contains(&"20".to_owned()),
+            "the colour bar's ticks: {t:?}"
+        );
+        let t = texts(&render_svg(&lines(), (640, 400)).unwrap());
+        for tick in ["2", "3", "4", "8"] {
+            assert!(t.contains(&tick.to_owned()), "{tick} missing: {t:?}");
+        }
+        assert!(!t.iter().any(|s| s == "2.0" || s == "2.5"), "{t:?}");
+        assert_eq!(bar_label(0.15, 0.0, 0.2), "0.15");
+        assert_eq!(bar_label(35.0, 8.0, 40.0), "35");
+        assert_eq!(bar_label(2e-5, 0.0, 4e-5), "2.0e-5");
+    }
+
+    #[test]
     fn short_names() {
         assert_eq!(
             short_layer_name("multimodal_transformer_blocks.3.image_transformer_block.attn.q_proj"),
