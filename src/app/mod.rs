@@ -1,8 +1,9 @@
 //! The desktop app (eframe/egui): a tab bar (Generate · Samples · Sensitivity), a status bar,
 //! state persisted between runs, and one long-lived MLX worker thread ([`worker`]) that runs
 //! every MLX job. The UI thread only sends commands and drains events each frame within a
-//! time budget; it never waits on MLX. Also: the screenshot mode (render a tab, save a PNG,
-//! exit) and frame-time statistics.
+//! time budget; it never waits on MLX, nor on disk: reading, scanning, free-space queries and
+//! every export run on helper threads ([`Task`]) and are polled. Also: the screenshot mode
+//! (render a tab, save a PNG, exit) and frame-time statistics.
 
 pub mod generate_tab;
 pub mod preview;
