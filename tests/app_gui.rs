@@ -4,6 +4,7 @@
 //! of each tab rendered by wgpu on the software renderer.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
@@ -45,7 +46,7 @@ fn wait_until(h: &mut Harness<'static, SdApp>, what: &str, mut done: impl FnMut(
 
 fn calibration(dir: &Path, images: usize, steps: usize) {
     let cfg = CalibrateConfig {
-        model: "tiny".into(),
+        model: tiny_model(),
         num_images: images,
         num_steps: steps,
         cfg_weight: 5.0,
@@ -62,14 +63,33 @@ fn calibration(dir: &Path, images: usize, steps: usize) {
     run_calibration(&cfg, &CancelToken::new(), &mut |_| {}).unwrap();
 }
 
-/// The tiny model lives in the user's cache; the tests share one under target/.
-fn use_test_cache() {
-    // SAFETY: set once, before any thread of this test reads the environment.
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("app-cache");
-    unsafe {
-        std::env::set_var("SD3LAB_CACHE_DIR", &cache);
-        std::env::set_var("HF_HUB_CACHE", cache.join("no-hub"));
-    }
+/// The built-in tiny model's files (same configuration and seed as `--model tiny`), in a
+/// folder under target/ that the tests pass as the model: never the user's cache, and no
+/// environment changes while other test threads run.
+fn tiny_model() -> String {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        use sd3lab::model::source::{ModelFiles, TINY_SEED, TINY_VERSION, write_model_dir};
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let dir = root.join(format!("app-gui-{TINY_VERSION}"));
+        if ModelFiles::in_dir(&dir, "tiny").is_err() {
+            // Built beside it and renamed, so an interrupted run never leaves half a model.
+            let tmp = tempfile::tempdir_in(root).unwrap();
+            write_model_dir(
+                tmp.path(),
+                &sd3lab::model::Preset::Tiny.config(None),
+                TINY_SEED,
+            )
+            .unwrap();
+            let staged = tmp.keep();
+            if std::fs::rename(&staged, &dir).is_err() {
+                let _ = std::fs::remove_dir_all(&staged);
+            }
+        }
+        dir
+    })
+    .display()
+    .to_string()
 }
 
 /// The status bar shows memory figures, the disk estimate free space and the indexing time,
@@ -82,10 +102,18 @@ fn mask_varying(h: &mut Harness<'static, SdApp>) {
     let mut rects: Vec<egui::Rect> = h
         .query_all_by_label_contains("Disk: about")
         .chain(h.query_all_by_label_contains("files in "))
+        // Names the model folder under target/.
+        .chain(h.query_all_by_label_contains("decoded through the VAE of"))
         .map(|n| n.rect())
         .collect();
     // Text fields holding temporary paths.
-    for label in ["Report", "Plan file", "Calibration folder", "Output folder"] {
+    for label in [
+        "Report",
+        "Plan file",
+        "Calibration folder",
+        "Output folder",
+        "VAE of model",
+    ] {
         rects.extend(h.query_all_by_label(label).map(|n| n.rect()));
     }
     for r in rects {
@@ -95,7 +123,6 @@ fn mask_varying(h: &mut Harness<'static, SdApp>) {
 
 #[test]
 fn switching_tabs_shows_each_tab() {
-    use_test_cache();
     let mut h = harness(options(Tab::Generate));
     h.run_steps(3);
     assert!(h.query_by_label("Calibration data").is_some());
@@ -123,12 +150,12 @@ fn switching_tabs_shows_each_tab() {
 
 #[test]
 fn samples_tab_counts_buckets_and_shows_a_sample() {
-    use_test_cache();
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("calib");
     calibration(&dir, 2, 3);
     let mut h = harness(GuiOptions {
         calib_dir: Some(dir.clone()),
+        model: Some(tiny_model()),
         ..options(Tab::Samples)
     });
     wait_until(&mut h, "the folder and the first previews", |a| {
@@ -171,9 +198,9 @@ fn samples_tab_counts_buckets_and_shows_a_sample() {
             .is_some()
     );
     h.state_mut().persisted.samples.bucket = None;
-    // The tab's report, beside the calibration folder.
+    // The tab's report, beside the calibration folder, written on a helper thread.
     h.get_by_label("Report (HTML)").click();
-    h.run_steps(2);
+    wait_until(&mut h, "the report", |a| !a.busy());
     let html = std::fs::read_to_string(root.path().join("reports/samples.html")).unwrap();
     for needle in [
         "samples per step bucket",
@@ -198,10 +225,12 @@ fn samples_tab_counts_buckets_and_shows_a_sample() {
 
 #[test]
 fn generate_tab_writes_a_calibration_run_and_cancels_one() {
-    use_test_cache();
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("run");
-    let mut h = harness(options(Tab::Generate));
+    let mut h = harness(GuiOptions {
+        model: Some(tiny_model()),
+        ..options(Tab::Generate)
+    });
     {
         let g = &mut h.state_mut().persisted.generate;
         g.calib_dir = dir.display().to_string();
@@ -227,11 +256,38 @@ fn generate_tab_writes_a_calibration_run_and_cancels_one() {
     assert!(h.query_by_label_contains("gallery: 2 images").is_some());
     // The run's report: settings and both images embedded with their prompts.
     h.get_by_label("Report (HTML)").click();
-    h.run_steps(2);
+    wait_until(&mut h, "the report", |a| !a.busy());
     let html = std::fs::read_to_string(root.path().join("reports/calibration.html")).unwrap();
     assert_eq!(html.matches("data:image/png;base64,").count(), 2);
     assert!(html.contains("images completed") && html.contains("#1 "));
     assert!(root.path().join("reports/calibration_data.csv").is_file());
+
+    // Other settings in the same folder are refused, pointing at the tab's control (not at a
+    // CLI flag); ticking it starts over.
+    h.state_mut().persisted.generate.seed = 7;
+    wait_until(&mut h, "the disk status", |a| !a.busy());
+    h.get_by_label("Start / Resume").click();
+    wait_until(&mut h, "the refusal", |a| !a.generate.is_running());
+    let msg = format!("{:?}", h.state().generate.message);
+    assert!(
+        msg.contains("different settings")
+            && msg.contains("Start over (delete existing data)")
+            && !msg.contains("--"),
+        "{msg}"
+    );
+    h.get_by_label("Start over (delete existing data)").click();
+    h.run_steps(2);
+    assert!(h.state().persisted.generate.overwrite);
+    h.get_by_label("Start / Resume").click();
+    h.run_steps(2);
+    wait_until(&mut h, "the new run", |a| !a.generate.is_running());
+    let msg = format!("{:?}", h.state().generate.message);
+    assert!(msg.contains("done: 2 of 2 images"), "{msg}");
+    let manifest = sd3lab::calib::Manifest::read(&dir).unwrap().unwrap();
+    assert_eq!(manifest.extra["generation"]["seed"], 7);
+    h.get_by_label("Start over (delete existing data)").click();
+    h.run_steps(2);
+    assert!(!h.state().persisted.generate.overwrite);
 
     // A sensitivity sweep on that run, started from the Sensitivity tab.
     h.get_by_label("Sensitivity").click();
@@ -281,6 +337,38 @@ fn generate_tab_writes_a_calibration_run_and_cancels_one() {
     assert!((3..40).contains(&done), "n_completed {done}");
 }
 
+/// The texts of an SVG figure (titles, tick labels, legends), trimmed.
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("</text>")
+        .filter_map(|part| part.rsplit_once('>').map(|(_, t)| t.trim().to_owned()))
+        .collect()
+}
+
+/// The fixture's layers with a 2-bit result over all steps, lowest SQNR (most sensitive) first,
+/// read from the JSON directly.
+fn by_sqnr_at_2_bits(json: &Path) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let mut layers: Vec<(f64, String)> = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| {
+            let r = l["results"]
+                .as_array()?
+                .iter()
+                .find(|r| r["bits"] == 2 && r["bucket"] == "all")?;
+            Some((r["sqnr_db"].as_f64()?, l["name"].as_str()?.to_owned()))
+        })
+        .collect();
+    layers.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(
+        layers.len() > 15,
+        "the fixture ranks more layers than the table shows"
+    );
+    layers.into_iter().map(|l| l.1).collect()
+}
+
 fn fixture(root: &Path) -> PathBuf {
     let p = root.join("sens/sensitivity.json");
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -294,7 +382,6 @@ fn fixture(root: &Path) -> PathBuf {
 
 #[test]
 fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
-    use_test_cache();
     let root = tempfile::tempdir().unwrap();
     let json = fixture(root.path());
     let mut h = harness(GuiOptions {
@@ -312,8 +399,28 @@ fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
         h.query_by_label("SQNR (dB) vs bits, the 10 most sensitive of 31 filtered layers (tick layers below to pick others)")
             .is_some()
     );
-    // The ranking's first row is the most sensitive layer at 2 bits.
-    assert!(h.query_by_label("y_embedder.mlp.layers.2").is_some());
+    // The ranking's rows, top to bottom, are the layers by SQNR at 2 bits (all steps), lowest
+    // first, as the fixture's data says.
+    let expected = by_sqnr_at_2_bits(&json);
+    let heading = h
+        .get_by_label("most sensitive layers at 2 bits (all)")
+        .rect()
+        .bottom();
+    let mut rows: Vec<(f32, String)> = expected
+        .iter()
+        .filter_map(|name| {
+            let tops: Vec<f32> = h
+                .query_all_by_label(name)
+                .map(|n| n.rect().top())
+                .filter(|&top| top > heading)
+                .collect();
+            tops.first().map(|&top| (top, name.clone()))
+        })
+        .collect();
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let shown: Vec<String> = rows.into_iter().map(|r| r.1).collect();
+    assert_eq!(shown, expected[..15], "the ranking's rows");
+    assert_eq!(shown[0], "y_embedder.mlp.layers.2");
     // Pick two layers for the plot by ticking them in the ranking.
     h.state_mut().persisted.sensitivity.pinned = vec![
         "y_embedder.mlp.layers.2".into(),
@@ -349,18 +456,30 @@ fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
         h.query_by_label_contains("average 4.").is_some(),
         "plan summary"
     );
-    let plan = root.path().join("plan.json");
-    h.state_mut().persisted.sensitivity.plan_path = plan.display().to_string();
-    h.run_steps(2);
+    // The default plan file is plan.json beside the report, with pareto.csv beside it, as
+    // `sd3lab plan` writes them.
+    assert_eq!(h.state().persisted.sensitivity.plan_path, "plan.json");
     h.get_by_label("Save plan").click();
-    h.run_steps(2);
+    wait_until(&mut h, "the plan files", |a| !a.busy());
+    let plan = root.path().join("sens/plan.json");
     let text = std::fs::read_to_string(&plan)
         .unwrap_or_else(|e| panic!("{e}: {:?}", h.state().sensitivity.message));
     let p: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert!(p["average_bits"].as_f64().unwrap() <= 4.5 + 1e-9);
     assert!(!p["layers"].as_object().unwrap().is_empty());
+    let pareto = std::fs::read_to_string(root.path().join("sens/pareto.csv")).unwrap();
+    assert!(
+        pareto.starts_with("average_bits,summed_sqnr_db\n"),
+        "{pareto}"
+    );
+    assert!(pareto.lines().count() > 10);
+    let msg = format!("{:?}", h.state().sensitivity.message);
+    assert!(
+        msg.contains("saved ") && msg.contains("pareto.csv"),
+        "{msg}"
+    );
     h.get_by_label("Report (HTML)").click();
-    h.run_steps(2);
+    wait_until(&mut h, "the report", |a| !a.busy());
     let html = std::fs::read_to_string(root.path().join("sens/report.html")).unwrap();
     for needle in [
         "<svg",
@@ -372,10 +491,62 @@ fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
         assert!(html.contains(needle), "{needle} missing from the report");
     }
     h.get_by_label("Export plots (PNG + SVG)").click();
-    h.run_steps(2);
-    let svg = std::fs::read_to_string(root.path().join("sens/figures/ranking.svg")).unwrap();
+    wait_until(&mut h, "the figures", |a| !a.busy());
+    let figure =
+        |name: &str| std::fs::read_to_string(root.path().join("sens/figures").join(name)).unwrap();
+    let svg = figure("ranking.svg");
     assert!(svg.contains("most sensitive layers at 2 bits") && svg.contains("y_embedder.2"));
     assert!(root.path().join("sens/figures/pareto.png").is_file());
+    // The heatmap can be read alone: a colour bar labelled with the unit.
+    assert!(svg_texts(&figure("heatmap.svg")).contains(&"SQNR (dB)".to_owned()));
+    // The bits axis counts bits: whole-number ticks.
+    let ticks = svg_texts(&figure("bits.svg"));
+    assert!(
+        ["2", "4", "8"]
+            .iter()
+            .all(|t| ticks.contains(&t.to_string()))
+            && !ticks.iter().any(|t| t == "4.0"),
+        "bits ticks: {ticks:?}"
+    );
+
+    // The exports show what the tab shows: its metric, kind filter and picked layers.
+    {
+        let s = &mut h.state_mut().persisted.sensitivity;
+        s.metric = sd3lab::report::Metric::Mse;
+        s.kind = Some(sd3lab::model::registry::LayerKind::Adaln);
+        s.objective = sd3lab::quant::plan::Objective::Mse;
+        s.pinned = vec!["final_layer.linear".into(), "context_embedder".into()];
+        s.view = sd3lab::app::sensitivity_tab::View::Plots;
+    }
+    h.run_steps(2);
+    h.get_by_label("Export plots (PNG + SVG)").click();
+    wait_until(&mut h, "the figures", |a| !a.busy());
+    let bits = figure("bits.svg");
+    assert!(bits.contains("MSE vs bits"), "the tab's metric");
+    assert!(
+        bits.contains("final_layer.linear")
+            && bits.contains("context_embedder")
+            && !bits.contains("y_embedder"),
+        "the picked layers"
+    );
+    let ranking = figure("ranking.svg");
+    assert!(
+        ranking.contains("adaLN") && !ranking.contains("attn"),
+        "the kind filter"
+    );
+    assert!(svg_texts(&figure("heatmap.svg")).contains(&"MSE".to_owned()));
+    assert!(
+        figure("pareto.svg").contains("summed MSE"),
+        "the plan's objective"
+    );
+    {
+        let s = &mut h.state_mut().persisted.sensitivity;
+        s.metric = sd3lab::report::Metric::Sqnr;
+        s.kind = None;
+        s.objective = sd3lab::quant::plan::Objective::Sqnr;
+        s.pinned.clear();
+        s.view = sd3lab::app::sensitivity_tab::View::Plan;
+    }
     h.state_mut().sensitivity.message = None;
     h.run_steps(2);
     mask_varying(&mut h);

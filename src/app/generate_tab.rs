@@ -7,8 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::worker::{Command, Event};
-use super::{PickKind, Picker, Shared, human_bytes, labelled};
-use crate::calibrate::{CalibrateConfig, CalibrateEvent, estimate_bytes_per_image, free_bytes};
+use super::{PickKind, Picker, Shared, Task, human_bytes, labelled};
+use crate::calib::Manifest;
+use crate::calibrate::{
+    CalibrateConfig, CalibrateError, CalibrateEvent, GenerationSettings, estimate_bytes_per_image,
+    free_bytes,
+};
 use crate::job::CancelToken;
 use crate::model::Preset;
 use crate::model::config::ModelDtype;
@@ -17,6 +21,19 @@ use crate::model::config::ModelDtype;
 type Decoded = (PathBuf, Option<egui::ColorImage>);
 type DecodedTx = crossbeam_channel::Sender<Decoded>;
 type DecodedRx = crossbeam_channel::Receiver<Decoded>;
+
+/// The control that lets a run replace a different run (or foreign files) in its folder.
+pub const START_OVER_LABEL: &str = "Start over (delete existing data)";
+/// The control that lets a run start although the disk looks too small.
+pub const FORCE_LABEL: &str = "Start even if the disk looks too small";
+
+/// What a file dialog of the tab is choosing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    Model,
+    PromptCsv,
+    OutputFolder,
+}
 
 /// Where the prompts come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -45,7 +62,13 @@ pub struct Options {
     pub width: usize,
     pub calib_dir: String,
     pub negative_prompt: String,
+    /// Delete a different run (or foreign files) in the folder and start over. Not persisted:
+    /// a restart never deletes data on its own.
+    #[serde(skip)]
     pub overwrite: bool,
+    /// Start even when the disk estimate exceeds the free space (not persisted either).
+    #[serde(skip)]
+    pub force: bool,
 }
 
 impl Default for Options {
@@ -64,8 +87,17 @@ impl Default for Options {
             calib_dir: "calibration_data".into(),
             negative_prompt: String::new(),
             overwrite: false,
+            force: false,
         }
     }
+}
+
+/// The disk estimate and whether the folder holds a run to resume, for a set of options.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DiskStatus {
+    /// "Disk: about X for N images x M steps (Y free)".
+    pub estimate: String,
+    pub resumable: bool,
 }
 
 /// A finished image of the run.
@@ -100,15 +132,20 @@ pub struct GenerateTab {
     /// The image shown large.
     pub selected: Option<usize>,
     pub message: Option<Result<String, String>>,
-    picker: Picker,
-    picking: Option<&'static str>,
-    pending_pick: Option<PathBuf>,
+    picker: Picker<Pick>,
+    /// The folder whose gallery is shown (or being scanned).
     scanned: Option<PathBuf>,
+    /// The gallery's folder scan, on a helper thread.
+    gallery_task: Task<(PathBuf, Vec<GalleryItem>)>,
     /// PNGs being decoded on helper threads.
     decoding: std::collections::HashSet<PathBuf>,
     decoded: Option<(DecodedTx, DecodedRx)>,
-    /// The disk estimate and whether the folder holds a run to resume, for these options.
-    status: Option<(Options, String, bool)>,
+    /// The disk status for these options, and its computation (free space, manifest) on a
+    /// helper thread.
+    status: Option<(Options, DiskStatus)>,
+    status_task: Task<(Options, DiskStatus)>,
+    /// The run's report being written on a helper thread.
+    report_task: Task<Result<String, String>>,
 }
 
 impl GenerateTab {
@@ -117,20 +154,15 @@ impl GenerateTab {
     }
 
     /// Starts (or resumes: the calibration job continues a run with the same settings).
-    pub fn start(&mut self, o: &Options, shared: &mut Shared) {
+    pub fn start(&mut self, ctx: &egui::Context, o: &Options, shared: &mut Shared) {
         if self.job.is_some() {
             return;
         }
-        let prompt_csv = match o.prompt_source {
-            PromptSource::Csv if o.prompt_csv.trim().is_empty() => None,
-            PromptSource::Csv => Some(PathBuf::from(o.prompt_csv.trim())),
-            PromptSource::Single => match single_prompt_csv(&o.prompt) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    self.message = Some(Err(format!("writing the prompt file: {e}")));
-                    return;
-                }
-            },
+        // A single prompt becomes a one-line CSV, which the worker writes (not this thread).
+        let (prompt_csv, single_prompt) = match o.prompt_source {
+            PromptSource::Csv if o.prompt_csv.trim().is_empty() => (None, None),
+            PromptSource::Csv => (Some(PathBuf::from(o.prompt_csv.trim())), None),
+            PromptSource::Single => (None, Some(o.prompt.clone())),
         };
         let config = CalibrateConfig {
             model: o.model.clone(),
@@ -145,19 +177,20 @@ impl GenerateTab {
             dtype: ModelDtype::default_for_backend(),
             negative_prompt: o.negative_prompt.clone(),
             overwrite: o.overwrite,
-            force: false,
+            force: o.force,
         };
         let id = shared.next_job_id();
         let cancel = CancelToken::new();
         if shared.worker.send(Command::Calibrate {
             id,
             config,
+            single_prompt,
             cancel: cancel.clone(),
         }) {
             self.job = Some((id, cancel));
             self.progress = Progress::default();
             self.message = None;
-            self.gallery = scan_gallery(Path::new(&o.calib_dir));
+            self.scan(ctx, PathBuf::from(&o.calib_dir));
             shared.running = Some(("calibration".into(), 0.0));
         } else {
             self.message = Some(Err("the MLX worker has stopped".into()));
@@ -236,10 +269,36 @@ impl GenerateTab {
         }
     }
 
-    /// Fills in image paths and picks up dialog results.
+    /// Lists the images already in `dir` (with prompts from its manifest) on a helper thread.
+    fn scan(&mut self, ctx: &egui::Context, dir: PathBuf) {
+        self.scanned = Some(dir.clone());
+        self.gallery_task
+            .spawn(ctx, move || (dir.clone(), scan_gallery(&dir)));
+    }
+
+    /// Picks up finished scans, decodes and reports.
     pub fn poll(&mut self, ctx: &egui::Context, shared: &mut Shared) {
-        if let Some(p) = self.picker.poll() {
-            self.pending_pick = Some(p);
+        if let Some((dir, items)) = self.gallery_task.poll()
+            && self.scanned.as_ref() == Some(&dir)
+        {
+            // Images the running job reported meanwhile stay (with their current prompts).
+            let mut gallery = std::mem::take(&mut self.gallery);
+            for item in items {
+                if !gallery.iter().any(|g| g.image == item.image) {
+                    gallery.push(item);
+                }
+            }
+            gallery.sort_by_key(|g| g.image);
+            self.gallery = gallery;
+            if self.selected.is_none() || self.job.is_none() {
+                self.selected = self.gallery.last().map(|g| g.image);
+            }
+        }
+        if let Some(status) = self.status_task.poll() {
+            self.status = Some(status);
+        }
+        if let Some(m) = self.report_task.poll() {
+            self.message = Some(m);
         }
         if let Some((_, rx)) = &self.decoded {
             while let Ok((path, image)) = rx.try_recv() {
@@ -288,25 +347,29 @@ impl GenerateTab {
         None
     }
 
-    /// True while gallery images are still being decoded.
+    /// True while gallery images are being decoded or the folder scanned, the disk status
+    /// computed or the report written.
     pub fn is_loading(&self) -> bool {
         !self.decoding.is_empty()
+            || self.gallery_task.is_running()
+            || self.status_task.is_running()
+            || self.report_task.is_running()
     }
 
     pub fn ui(&mut self, ui: &mut egui::Ui, o: &mut Options, shared: &mut Shared) {
-        if let Some(p) = self.pending_pick.take() {
-            match self.picking.take() {
-                Some("model") => o.model = p.display().to_string(),
-                Some("csv") => o.prompt_csv = p.display().to_string(),
-                Some("dir") => o.calib_dir = p.display().to_string(),
-                _ => {}
+        if let Some((pick, p)) = self.picker.poll() {
+            let p = p.display().to_string();
+            match pick {
+                Pick::Model => o.model = p,
+                Pick::PromptCsv => o.prompt_csv = p,
+                Pick::OutputFolder => o.calib_dir = p,
             }
         }
         let dir = PathBuf::from(&o.calib_dir);
         if self.scanned.as_ref() != Some(&dir) && self.job.is_none() {
-            self.gallery = scan_gallery(&dir);
-            self.scanned = Some(dir.clone());
-            self.selected = self.gallery.last().map(|g| g.image);
+            self.gallery.clear();
+            self.selected = None;
+            self.scan(ui.ctx(), dir.clone());
         }
         for g in &mut self.gallery {
             if g.path.as_os_str().is_empty() {
@@ -335,8 +398,7 @@ impl GenerateTab {
                     ui.add(egui::TextEdit::singleline(&mut o.model).desired_width(150.0))
                 });
                 if ui.button("Folder...").clicked() {
-                    self.picking = Some("model");
-                    self.picker.open(PickKind::Folder);
+                    self.picker.open(Pick::Model, PickKind::Folder);
                 }
             });
             ui.horizontal(|ui| {
@@ -352,10 +414,12 @@ impl GenerateTab {
                             )
                         });
                         if ui.button("Browse...").clicked() {
-                            self.picking = Some("csv");
-                            self.picker.open(PickKind::File {
-                                filter: ("CSV", &["csv"]),
-                            });
+                            self.picker.open(
+                                Pick::PromptCsv,
+                                PickKind::File {
+                                    filter: ("CSV", &["csv"]),
+                                },
+                            );
                         }
                     });
                 }
@@ -401,24 +465,32 @@ impl GenerateTab {
                     ui.add(egui::TextEdit::singleline(&mut o.calib_dir).desired_width(140.0))
                 });
                 if ui.button("Choose...").clicked() {
-                    self.picking = Some("dir");
-                    self.picker.open(PickKind::Folder);
+                    self.picker.open(Pick::OutputFolder, PickKind::Folder);
                 }
             });
-            ui.checkbox(&mut o.overwrite, "Overwrite a different run in this folder");
+            ui.checkbox(&mut o.overwrite, START_OVER_LABEL)
+                .on_hover_text(
+                    "A folder holding a run with other settings (or other files) is refused; \
+                 this deletes its samples and images and starts a new run.",
+                );
+            ui.checkbox(&mut o.force, FORCE_LABEL)
+                .on_hover_text("Skips the free-space check before the run.");
         });
         ui.separator();
-        // Disk figures and the manifest are read when the options change, not every frame.
-        if self.status.as_ref().is_none_or(|(k, _, _)| k != o) {
-            let resumable = manifest_images(Path::new(&o.calib_dir)).is_some_and(|n| n > 0);
-            self.status = Some((o.clone(), disk_estimate(o), resumable));
+        // Free space and the manifest are read on a helper thread when the options change,
+        // not every frame and never on this one.
+        if self.status.as_ref().is_none_or(|(k, _)| k != o) && !self.status_task.is_running() {
+            let options = o.clone();
+            self.status_task.spawn(ui.ctx(), move || {
+                let status = disk_status(&options);
+                (options, status)
+            });
         }
-        let (estimate, resumable) = self
-            .status
-            .as_ref()
-            .map(|(_, e, r)| (e.clone(), *r))
-            .unwrap_or_default();
-        ui.label(estimate);
+        match &self.status {
+            Some((_, s)) => ui.label(&s.estimate),
+            None => ui.label("Disk: estimating..."),
+        };
+        let resumable = self.status.as_ref().is_some_and(|(_, s)| s.resumable);
         ui.horizontal(|ui| {
             let resumable = !running && resumable;
             let start_label = if resumable { "Start / Resume" } else { "Start" };
@@ -426,7 +498,7 @@ impl GenerateTab {
                 .add_enabled(!running, egui::Button::new(start_label))
                 .clicked()
             {
-                self.start(o, shared);
+                self.start(ui.ctx(), o, shared);
             }
             if ui
                 .add_enabled(running, egui::Button::new("Cancel"))
@@ -436,11 +508,13 @@ impl GenerateTab {
             }
         });
         ui.horizontal(|ui| {
-            let dir = Path::new(&o.calib_dir);
-            if let Some(m) = super::report_buttons(ui, dir, "calibration", |out| {
-                crate::report::write_calibration_report(dir, out)
-            }) {
-                self.message = Some(m);
+            let dir = PathBuf::from(&o.calib_dir);
+            let busy = self.report_task.is_running();
+            if let Some(out) = super::report_buttons(ui, &dir, "calibration", busy) {
+                self.message = None;
+                self.report_task.spawn(ui.ctx(), move || {
+                    super::report_outcome(&out, crate::report::write_calibration_report(&dir, &out))
+                });
             }
         });
         super::message_ui(ui, &self.message);
@@ -532,19 +606,25 @@ fn png_key(path: &Path) -> String {
     format!("png:{}", path.display())
 }
 
-/// Images already in a calibration folder, with prompts from its manifest.
-pub fn scan_gallery(dir: &Path) -> Vec<GalleryItem> {
-    let prompts: Vec<String> = std::fs::read_to_string(dir.join("manifest.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| {
-            v["generation"]["prompts"].as_array().map(|a| {
-                a.iter()
-                    .map(|p| p.as_str().unwrap_or_default().to_owned())
-                    .collect()
-            })
-        })
+/// What the tab needs from a calibration folder's manifest: images completed and the prompt of
+/// each (the run's `generation` settings). None without a readable manifest.
+fn read_manifest(dir: &Path) -> Option<(u64, Vec<String>)> {
+    // A missing or unreadable manifest means "no run to resume, no prompts": the calibration
+    // job itself reports what is wrong with the folder when it starts.
+    let manifest = Manifest::read(dir).ok().flatten()?;
+    let prompts = manifest
+        .extra
+        .get("generation")
+        .and_then(|g| serde_json::from_value::<GenerationSettings>(g.clone()).ok())
+        .map(|g| g.prompts)
         .unwrap_or_default();
+    Some((manifest.n_completed.unwrap_or(0), prompts))
+}
+
+/// Images already in a calibration folder, with prompts from its manifest (reads the disk:
+/// call it on a helper thread).
+pub fn scan_gallery(dir: &Path) -> Vec<GalleryItem> {
+    let prompts = read_manifest(dir).map(|(_, p)| p).unwrap_or_default();
     let mut items: Vec<GalleryItem> = std::fs::read_dir(dir.join("images"))
         .into_iter()
         .flatten()
@@ -563,13 +643,16 @@ pub fn scan_gallery(dir: &Path) -> Vec<GalleryItem> {
     items
 }
 
-fn manifest_images(dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(dir.join("manifest.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["n_completed"].as_u64()
+/// The disk estimate with the free space, and whether the folder holds a run to resume (reads
+/// the disk: call it on a helper thread).
+pub fn disk_status(o: &Options) -> DiskStatus {
+    DiskStatus {
+        estimate: disk_estimate(o),
+        resumable: read_manifest(Path::new(&o.calib_dir)).is_some_and(|(n, _)| n > 0),
+    }
 }
 
-/// "about X on disk, Y free" for the options.
+/// "about X on disk, Y free" for the options (queries the free space).
 pub fn disk_estimate(o: &Options) -> String {
     let preset = if o.model == "tiny" {
         Preset::Tiny
@@ -603,8 +686,36 @@ pub fn disk_estimate(o: &Options) -> String {
     )
 }
 
-/// Writes a one-prompt CSV for the calibration job.
-fn single_prompt_csv(prompt: &str) -> std::io::Result<PathBuf> {
+/// The message for a calibration job's error. The refusals name the tab's controls that
+/// override them, not the CLI's flags.
+pub fn error_message(e: &CalibrateError) -> String {
+    match e {
+        CalibrateError::SettingsDiffer { dir, differences } => format!(
+            "{} already holds a calibration run with different settings ({}); tick \"{START_OVER_LABEL}\" to replace it, or choose another output folder",
+            dir.display(),
+            // The app's font has no arrow glyph.
+            differences.replace('→', "->")
+        ),
+        CalibrateError::ForeignData { dir } => format!(
+            "{} holds sample files but no manifest.json from a run; tick \"{START_OVER_LABEL}\" to replace them, or choose another output folder",
+            dir.display()
+        ),
+        CalibrateError::Disk {
+            dir,
+            needed,
+            available,
+        } => format!(
+            "{}: the run needs about {} but only {} are free; tick \"{FORCE_LABEL}\" to try anyway",
+            dir.display(),
+            human_bytes(*needed),
+            human_bytes(*available)
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Writes a one-prompt CSV for the calibration job (on the worker: it touches the disk).
+pub fn single_prompt_csv(prompt: &str) -> std::io::Result<PathBuf> {
     let path = std::env::temp_dir().join(format!("sd3lab-prompt-{}.csv", std::process::id()));
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(["prompt"]).map_err(std::io::Error::other)?;
@@ -614,4 +725,34 @@ fn single_prompt_csv(prompt: &str) -> std::io::Result<PathBuf> {
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     crate::fsutil::write_atomic(&path, &bytes)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_the_tab_controls_not_cli_flags() {
+        let differ = error_message(&CalibrateError::SettingsDiffer {
+            dir: "runs/a".into(),
+            differences: "seed: 0 → 7".into(),
+        });
+        assert!(differ.contains(START_OVER_LABEL) && differ.contains("seed: 0 -> 7"));
+        let foreign = error_message(&CalibrateError::ForeignData {
+            dir: "runs/a".into(),
+        });
+        assert!(foreign.contains(START_OVER_LABEL));
+        let disk = error_message(&CalibrateError::Disk {
+            dir: "runs/a".into(),
+            needed: 5_000_000_000,
+            available: 1_000_000_000,
+        });
+        assert!(
+            disk.contains(FORCE_LABEL) && disk.contains("5.00 GB"),
+            "{disk}"
+        );
+        for m in [differ, foreign, disk] {
+            assert!(!m.contains("--"), "{m}");
+        }
+    }
 }

@@ -1,8 +1,9 @@
 //! The desktop app (eframe/egui): a tab bar (Generate · Samples · Sensitivity), a status bar,
 //! state persisted between runs, and one long-lived MLX worker thread ([`worker`]) that runs
 //! every MLX job. The UI thread only sends commands and drains events each frame within a
-//! time budget; it never waits on MLX. Also: the screenshot mode (render a tab, save a PNG,
-//! exit) and frame-time statistics.
+//! time budget; it never waits on MLX, nor on disk: reading, scanning, free-space queries and
+//! every export run on helper threads ([`Task`]) and are polled. Also: the screenshot mode
+//! (render a tab, save a PNG, exit) and frame-time statistics.
 
 pub mod generate_tab;
 pub mod preview;
@@ -311,9 +312,10 @@ impl SdApp {
         if self.options.start_job && !self.started_job && self.frames > 2 {
             self.started_job = true;
             match self.persisted.tab {
-                Tab::Generate => self
-                    .generate
-                    .start(&self.persisted.generate, &mut self.shared),
+                Tab::Generate => {
+                    self.generate
+                        .start(ctx, &self.persisted.generate, &mut self.shared)
+                }
                 Tab::Sensitivity => self
                     .sensitivity
                     .start(&self.persisted.sensitivity, &mut self.shared),
@@ -514,33 +516,89 @@ pub fn job_outcome(cancelled: bool, result: &Result<String, String>) -> Result<S
     }
 }
 
-/// The "Export: Report (HTML) / Report (Markdown)" buttons of a tab: a click writes
-/// `reports/<stem>.html|.md` beside `calib_dir` with `write` and returns the outcome.
-pub fn report_buttons<E: std::fmt::Display>(
+/// The "Export: Report (HTML) / Report (Markdown)" buttons of a tab (disabled while `busy`):
+/// the report file a click asks for, `reports/<stem>.html|.md` beside `calib_dir`. The tab
+/// writes it on a helper thread ([`Task`]).
+pub fn report_buttons(
     ui: &mut egui::Ui,
     calib_dir: &std::path::Path,
     stem: &str,
-    write: impl Fn(&std::path::Path) -> Result<Vec<PathBuf>, E>,
-) -> Option<Result<String, String>> {
+    busy: bool,
+) -> Option<PathBuf> {
     ui.label("Export");
-    let mut outcome = None;
+    let mut wanted = None;
     for (label, ext) in [("Report (HTML)", "html"), ("Report (Markdown)", "md")] {
-        if ui.button(label).clicked() {
-            let out = reports_dir(calib_dir).join(format!("{stem}.{ext}"));
-            outcome = Some(
-                write(&out)
-                    .map(|f| {
-                        format!(
-                            "wrote {} (+{} files)",
-                            out.display(),
-                            f.len().saturating_sub(1)
-                        )
-                    })
-                    .map_err(|e| e.to_string()),
-            );
+        if ui.add_enabled(!busy, egui::Button::new(label)).clicked() {
+            wanted = Some(reports_dir(calib_dir).join(format!("{stem}.{ext}")));
         }
     }
-    outcome
+    if busy {
+        ui.spinner();
+    }
+    wanted
+}
+
+/// The message for a written report: "wrote FILE (+N files)", or the error.
+pub fn report_outcome<E: std::fmt::Display>(
+    output: &std::path::Path,
+    written: Result<Vec<PathBuf>, E>,
+) -> Result<String, String> {
+    written
+        .map(|f| {
+            format!(
+                "wrote {} (+{} files)",
+                output.display(),
+                f.len().saturating_sub(1)
+            )
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// Disk work (reading, writing, scanning) on a helper thread, so a frame never waits on it;
+/// polled each frame. One at a time: a second `spawn` while one runs replaces the first's
+/// result (it still finishes, unobserved).
+pub struct Task<T> {
+    pending: Option<crossbeam_channel::Receiver<T>>,
+}
+
+impl<T> Default for Task<T> {
+    fn default() -> Self {
+        Self { pending: None }
+    }
+}
+
+impl<T: Send + 'static> Task<T> {
+    /// Runs `work` on a new thread; the UI is woken when it is done.
+    pub fn spawn(&mut self, ctx: &egui::Context, work: impl FnOnce() -> T + Send + 'static) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.pending = Some(rx);
+        let ctx = ctx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(work());
+            ctx.request_repaint();
+        });
+    }
+
+    /// The result, once (None while running or when idle).
+    pub fn poll(&mut self) -> Option<T> {
+        let rx = self.pending.as_ref()?;
+        match rx.try_recv() {
+            Ok(v) => {
+                self.pending = None;
+                Some(v)
+            }
+            Err(crossbeam_channel::TryRecvError::Empty) => None,
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                // The thread panicked: nothing will come.
+                self.pending = None;
+                None
+            }
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.pending.is_some()
+    }
 }
 
 /// A job's or an action's outcome: the message, or the error in red.
@@ -570,10 +628,15 @@ pub fn labelled(
 }
 
 /// A file or folder dialog running off the UI thread (rfd's async dialog driven by a tiny
-/// executor on a helper thread), polled each frame.
-#[derive(Default)]
-pub struct Picker {
-    pending: Option<crossbeam_channel::Receiver<Option<PathBuf>>>,
+/// executor on a helper thread), polled each frame. `P` says what the chosen path is for.
+pub struct Picker<P> {
+    pending: Option<(P, crossbeam_channel::Receiver<Option<PathBuf>>)>,
+}
+
+impl<P> Default for Picker<P> {
+    fn default() -> Self {
+        Self { pending: None }
+    }
 }
 
 /// What to ask for.
@@ -589,13 +652,14 @@ pub enum PickKind {
     },
 }
 
-impl Picker {
-    pub fn open(&mut self, kind: PickKind) {
+impl<P: Copy> Picker<P> {
+    /// Opens a dialog for `purpose` (ignored while one is open).
+    pub fn open(&mut self, purpose: P, kind: PickKind) {
         if self.pending.is_some() {
             return;
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.pending = Some(rx);
+        self.pending = Some((purpose, rx));
         std::thread::spawn(move || {
             let dialog = rfd::AsyncFileDialog::new();
             let picked = match kind {
@@ -614,13 +678,14 @@ impl Picker {
         });
     }
 
-    /// The chosen path, once (None while open or when dismissed).
-    pub fn poll(&mut self) -> Option<PathBuf> {
-        let rx = self.pending.as_ref()?;
+    /// The chosen path with its purpose, once (None while open or when dismissed).
+    pub fn poll(&mut self) -> Option<(P, PathBuf)> {
+        let (purpose, rx) = self.pending.as_ref()?;
+        let purpose = *purpose;
         match rx.try_recv() {
             Ok(picked) => {
                 self.pending = None;
-                picked
+                picked.map(|p| (purpose, p))
             }
             Err(crossbeam_channel::TryRecvError::Empty) => None,
             Err(crossbeam_channel::TryRecvError::Disconnected) => {
@@ -628,10 +693,6 @@ impl Picker {
                 None
             }
         }
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.pending.is_some()
     }
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::preview::{self, LatentLayout};
 use super::worker::{Command, Event, RgbImage};
-use super::{PickKind, Picker, Shared, human_bytes, labelled};
+use super::{PickKind, Picker, Shared, Task, human_bytes, labelled};
 use crate::calib::{Bucket, CalibrationSet, OpenOptions, SampleFilter, SampleKey, SampleMeta};
 
 /// Browsing options (persisted).
@@ -81,7 +81,9 @@ pub struct SamplesTab {
     /// The selected sample's file, as of the last frame.
     wanted: Option<String>,
     pub report_message: Option<Result<String, String>>,
-    picker: Picker,
+    /// The folder's report being written on a helper thread.
+    report_task: Task<Result<String, String>>,
+    picker: Picker<()>,
 }
 
 impl SamplesTab {
@@ -98,8 +100,9 @@ impl SamplesTab {
         });
     }
 
+    /// True while the folder is being indexed or its report written.
     pub fn is_loading(&self) -> bool {
-        self.opening.is_some()
+        self.opening.is_some() || self.report_task.is_running()
     }
 
     /// True while the selected sample's previews are still coming.
@@ -181,9 +184,12 @@ impl SamplesTab {
     }
 
     pub fn ui(&mut self, ui: &mut egui::Ui, o: &mut Options, shared: &mut Shared) {
-        if let Some(p) = self.picker.poll() {
+        if let Some(((), p)) = self.picker.poll() {
             o.calib_dir = p.display().to_string();
             self.open(o);
+        }
+        if let Some(m) = self.report_task.poll() {
+            self.report_message = Some(m);
         }
         ui.horizontal(|ui| {
             labelled(ui, "Calibration folder", |ui| {
@@ -193,7 +199,7 @@ impl SamplesTab {
                 self.open(o);
             }
             if ui.button("Choose...").clicked() {
-                self.picker.open(PickKind::Folder);
+                self.picker.open((), PickKind::Folder);
             }
             if self.opening.is_some() {
                 ui.spinner();
@@ -233,10 +239,16 @@ impl SamplesTab {
             ui.label(format!("indexed {} files in {t:.2} s", set.samples().len()));
         }
         ui.horizontal(|ui| {
-            if let Some(m) = super::report_buttons(ui, set.dir(), "samples", |out| {
-                crate::report::write_samples_report(&set, &o.filter(), out)
-            }) {
-                self.report_message = Some(m);
+            let busy = self.report_task.is_running();
+            if let Some(out) = super::report_buttons(ui, set.dir(), "samples", busy) {
+                let (set, filter) = (set.clone(), o.filter());
+                self.report_message = None;
+                self.report_task.spawn(ui.ctx(), move || {
+                    super::report_outcome(
+                        &out,
+                        crate::report::write_samples_report(&set, &filter, &out),
+                    )
+                });
             }
             super::message_ui(ui, &self.report_message);
         });

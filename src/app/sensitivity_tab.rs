@@ -10,12 +10,12 @@ use crossbeam_channel::Receiver;
 use serde::{Deserialize, Serialize};
 
 use super::worker::{Command, Event};
-use super::{PickKind, Picker, Shared, labelled};
+use super::{PickKind, Picker, Shared, Task, labelled};
 use crate::calib::Bucket;
 use crate::job::CancelToken;
 use crate::model::config::ModelDtype;
 use crate::model::registry::LayerKind;
-use crate::quant::plan::{BuiltPlan, Objective, build_plan};
+use crate::quant::plan::{BuiltPlan, Objective, build_plan, write_plan_files};
 use crate::quant::sensitivity::{
     Scope, SensitivityConfig, SensitivityEvent, SensitivityReport, read_report,
 };
@@ -44,6 +44,7 @@ pub struct Options {
     pub kind: Option<LayerKind>,
     pub target_bits: f64,
     pub objective: Objective,
+    /// Where Save plan writes; a relative path is taken from the open report's folder.
     pub plan_path: String,
     pub view: View,
     /// Layers picked for the bits plot (empty: the most sensitive of the filter).
@@ -86,6 +87,18 @@ impl Default for Options {
     }
 }
 
+/// What a file dialog of the tab is choosing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    Report,
+    Plan,
+}
+
+/// Rows of the heatmap view (and of its export): the most sensitive filtered layers.
+const HEATMAP_ROWS: usize = 40;
+/// Rows of the ranking table (and of the exported ranking).
+const RANKING_ROWS: usize = 15;
+
 /// Sweep progress.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
@@ -105,8 +118,9 @@ pub struct SensitivityTab {
     pub progress: Progress,
     pub message: Option<Result<String, String>>,
     plan: Option<((u64, Objective), Result<BuiltPlan, String>)>,
-    picker: Picker,
-    picking: Option<&'static str>,
+    picker: Picker<Pick>,
+    /// Saving the plan, exporting figures or a report, on a helper thread: the outcome.
+    writing: Task<Result<String, String>>,
 }
 
 impl SensitivityTab {
@@ -120,8 +134,9 @@ impl SensitivityTab {
         });
     }
 
+    /// True while a report is being read or a file written.
     pub fn is_loading(&self) -> bool {
-        self.loading.is_some()
+        self.loading.is_some() || self.writing.is_running()
     }
 
     pub fn is_running(&self) -> bool {
@@ -135,6 +150,9 @@ impl SensitivityTab {
     }
 
     pub fn poll(&mut self) {
+        if let Some(m) = self.writing.poll() {
+            self.message = Some(m);
+        }
         if let Some(rx) = &self.loading
             && let Ok(r) = rx.try_recv()
         {
@@ -231,18 +249,17 @@ impl SensitivityTab {
     }
 
     pub fn ui(&mut self, ui: &mut egui::Ui, o: &mut Options, shared: &mut Shared) {
-        if let Some(p) = self.picker.poll() {
+        if let Some((pick, p)) = self.picker.poll() {
             let p = p.display().to_string();
-            match self.picking.take() {
-                Some("report") => {
+            match pick {
+                Pick::Report => {
                     o.report_path = p.clone();
                     self.open(&p);
                 }
-                Some("plan") => {
+                Pick::Plan => {
                     o.plan_path = p;
-                    self.save_plan(o);
+                    self.save_plan(ui.ctx(), o);
                 }
-                _ => {}
             }
         }
         if let Some((_, _, json)) = &self.job
@@ -270,10 +287,12 @@ impl SensitivityTab {
                 self.open(&o.report_path);
             }
             if ui.button("Browse...").clicked() {
-                self.picking = Some("report");
-                self.picker.open(PickKind::File {
-                    filter: ("sensitivity.json", &["json"]),
-                });
+                self.picker.open(
+                    Pick::Report,
+                    PickKind::File {
+                        filter: ("sensitivity.json", &["json"]),
+                    },
+                );
             }
         });
         ui.separator();
@@ -433,19 +452,13 @@ impl SensitivityTab {
                     }
                 });
         });
-        // Filtered layers, most sensitive first.
-        let ranked = report::ranking(report, o.plot_bits, o.bucket, o.metric);
-        let filtered: Vec<String> = ranked
-            .iter()
-            .filter(|(name, _)| {
-                report.layers.iter().any(|l| {
-                    &l.name == name
-                        && o.block.is_none_or(|b| l.block == Some(b))
-                        && o.kind.is_none_or(|k| l.kind == k)
-                })
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
+        // Filtered layers, most sensitive first (as the exports rank them).
+        let filter = report::LayerFilter {
+            block: o.block,
+            kind: o.kind,
+        };
+        let ranked = report::filtered_ranking(report, o.plot_bits, o.bucket, o.metric, &filter);
+        let filtered: Vec<String> = ranked.iter().map(|(n, _)| n.clone()).collect();
         o.pinned
             .retain(|p| report.layers.iter().any(|l| &l.name == p));
         let shown: Vec<String> = if o.pinned.is_empty() {
@@ -463,7 +476,19 @@ impl SensitivityTab {
                 ui.selectable_value(&mut o.view, v, label);
             }
         });
-        self.export_ui(ui, o, report);
+        let export = report::SensitivityReportOptions {
+            metric: o.metric,
+            bucket: o.bucket,
+            bits: Some(o.plot_bits),
+            // The bits plot's layers as shown: the picks, or the filter's most sensitive.
+            layers: shown.clone(),
+            top: RANKING_ROWS,
+            plan_target_bits: Some(o.target_bits),
+            plan_objective: o.objective,
+            filter,
+            heatmap_rows: Some(HEATMAP_ROWS),
+        };
+        self.export_ui(ui, o, report, export);
         ui.separator();
         match o.view {
             View::Plots => {
@@ -499,11 +524,7 @@ impl SensitivityTab {
                     ui.label(o.metric.label());
                     ui.label("plot");
                     ui.end_row();
-                    for (i, name) in filtered.iter().take(15).enumerate() {
-                        let v = ranked
-                            .iter()
-                            .find(|r| &r.0 == name)
-                            .map_or(f64::NAN, |r| r.1);
+                    for (i, (name, v)) in ranked.iter().take(RANKING_ROWS).enumerate() {
                         ui.label((i + 1).to_string());
                         let label = ui.label(name);
                         ui.label(format!("{v:.4}"));
@@ -529,11 +550,15 @@ impl SensitivityTab {
                     "layer x bucket at {} bits ({}), the {} most sensitive filtered layers; blank: no effect",
                     o.plot_bits,
                     o.metric.label(),
-                    filtered.len().min(40)
+                    filtered.len().min(HEATMAP_ROWS)
                 ));
                 let heat = report::bucket_heatmap(
                     report,
-                    &filtered.iter().take(40).cloned().collect::<Vec<_>>(),
+                    &filtered
+                        .iter()
+                        .take(HEATMAP_ROWS)
+                        .cloned()
+                        .collect::<Vec<_>>(),
                     o.plot_bits,
                     o.metric,
                 );
@@ -584,74 +609,107 @@ impl SensitivityTab {
         ui.horizontal(|ui| {
             labelled(ui, "Plan file", |ui| {
                 ui.add(egui::TextEdit::singleline(&mut o.plan_path).desired_width(200.0))
+                    .on_hover_text("relative to the report's folder; pareto.csv goes beside it")
             });
-            if ui.button("Save plan").clicked() {
-                self.save_plan(o);
+            let busy = self.writing.is_running();
+            if ui
+                .add_enabled(!busy, egui::Button::new("Save plan"))
+                .clicked()
+            {
+                self.save_plan(ui.ctx(), o);
             }
-            if ui.button("Save as...").clicked() {
-                self.picking = Some("plan");
-                self.picker.open(PickKind::Save {
-                    name: "plan.json".into(),
-                    filter: ("plan", &["json"]),
-                });
+            if ui
+                .add_enabled(!busy, egui::Button::new("Save as..."))
+                .clicked()
+            {
+                self.picker.open(
+                    Pick::Plan,
+                    PickKind::Save {
+                        name: "plan.json".into(),
+                        filter: ("plan", &["json"]),
+                    },
+                );
             }
         });
     }
 
-    fn save_plan(&mut self, o: &Options) {
+    /// Writes the plan and its Pareto front (`pareto.csv` beside it), the files `sd3lab plan`
+    /// writes, on a helper thread.
+    fn save_plan(&mut self, ctx: &egui::Context, o: &Options) {
         let Some((_, Ok(b))) = &self.plan else {
             self.message = Some(Err("no plan to save".into()));
             return;
         };
-        let path = PathBuf::from(&o.plan_path);
-        let r = serde_json::to_string_pretty(&b.plan)
-            .map_err(|e| e.to_string())
-            .and_then(|j| {
-                crate::fsutil::write_atomic(&path, j.as_bytes())
-                    .map_err(|e| format!("{}: {e}", path.display()))
-            });
-        self.message = Some(r.map(|_| format!("saved {}", path.display())));
+        let (built, objective, path) = (b.clone(), o.objective, plan_file(o));
+        self.message = None;
+        self.writing.spawn(ctx, move || {
+            write_plan_files(&path, &built, objective)
+                .map(|csv| format!("saved {} and {}", path.display(), csv.display()))
+                .map_err(|e| e.to_string())
+        });
     }
 
-    fn export_ui(&mut self, ui: &mut egui::Ui, o: &Options, report: &SensitivityReport) {
-        let base = Path::new(&o.report_path)
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let opts = report::SensitivityReportOptions {
-            metric: o.metric,
-            bucket: o.bucket,
-            bits: Some(o.plot_bits),
-            layers: Vec::new(),
-            top: 10,
-            plan_target_bits: Some(o.target_bits),
-        };
+    /// The export buttons: what the tab shows (`opts`: its metric, bucket, bit width,
+    /// filters and picked layers), written beside the report on a helper thread.
+    fn export_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        o: &Options,
+        report: &SensitivityReport,
+        opts: report::SensitivityReportOptions,
+    ) {
+        let base = report_dir(o);
+        let busy = self.writing.is_running();
         ui.horizontal(|ui| {
             ui.label("Export");
-            if ui.button("Export plots (PNG + SVG)").clicked() {
+            if ui
+                .add_enabled(!busy, egui::Button::new("Export plots (PNG + SVG)"))
+                .clicked()
+            {
                 let dir = base.join("figures");
-                let r = report::sensitivity_figures(report, &opts)
-                    .and_then(|f| report::export_figures(&f, &dir, (900, 520)));
-                self.message = Some(
-                    r.map(|f| format!("wrote {} files in {}", f.len(), dir.display()))
-                        .map_err(|e| e.to_string()),
-                );
+                let (report, opts) = (report.clone(), opts.clone());
+                self.message = None;
+                self.writing.spawn(ui.ctx(), move || {
+                    report::sensitivity_figures(&report, &opts)
+                        .and_then(|f| report::export_figures(&f, &dir, (900, 520)))
+                        .map(|f| format!("wrote {} files in {}", f.len(), dir.display()))
+                        .map_err(|e| e.to_string())
+                });
             }
             for (label, name) in [
                 ("Report (HTML)", "report.html"),
                 ("Report (Markdown)", "report.md"),
             ] {
-                if ui.button(label).clicked() {
+                if ui.add_enabled(!busy, egui::Button::new(label)).clicked() {
                     let out = base.join(name);
-                    let r = report::write_sensitivity_report(report, &out, &opts);
-                    self.message = Some(
-                        r.map(|f| format!("wrote {} (+{} files)", out.display(), f.len() - 1))
-                            .map_err(|e| e.to_string()),
-                    );
+                    let (report, opts) = (report.clone(), opts.clone());
+                    self.message = None;
+                    self.writing.spawn(ui.ctx(), move || {
+                        super::report_outcome(
+                            &out,
+                            report::write_sensitivity_report(&report, &out, &opts),
+                        )
+                    });
                 }
+            }
+            if busy {
+                ui.spinner();
             }
         });
     }
+}
+
+/// The folder of the open report, where exports and a relative plan file go.
+fn report_dir(o: &Options) -> PathBuf {
+    Path::new(&o.report_path)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Where Save plan writes: the plan file field, taken from the report's folder when relative.
+pub fn plan_file(o: &Options) -> PathBuf {
+    report_dir(o).join(&o.plan_path)
 }
 
 /// Draws a line figure with egui_plot (the same data the exports draw with plotters).

@@ -25,6 +25,9 @@ pub enum Command {
     Calibrate {
         id: u64,
         config: CalibrateConfig,
+        /// One prompt for every image: written as the run's prompt CSV first (here, off the
+        /// UI thread), replacing `config.prompt_csv`.
+        single_prompt: Option<String>,
         cancel: CancelToken,
     },
     Sensitivity {
@@ -144,7 +147,25 @@ fn worker_loop(commands: Receiver<Command>, events: Sender<Event>, wake: impl Fn
     while let Ok(command) = commands.recv() {
         match command {
             Command::Shutdown => break,
-            Command::Calibrate { id, config, cancel } => {
+            Command::Calibrate {
+                id,
+                mut config,
+                single_prompt,
+                cancel,
+            } => {
+                if let Some(prompt) = single_prompt {
+                    match super::generate_tab::single_prompt_csv(&prompt) {
+                        Ok(csv) => config.prompt_csv = Some(csv),
+                        Err(e) => {
+                            send(Event::Finished {
+                                id,
+                                cancelled: false,
+                                result: Err(format!("writing the prompt file: {e}")),
+                            });
+                            continue;
+                        }
+                    }
+                }
                 let result = run_calibration(&config, &cancel, &mut |event| {
                     let image_done = matches!(event, CalibrateEvent::ImageDone { .. });
                     send(Event::Calibrate { id, event });
@@ -163,7 +184,8 @@ fn worker_loop(commands: Receiver<Command>, events: Sender<Event>, wake: impl Fn
                             s.seconds
                         )),
                     ),
-                    Err(e) => (false, Err(e.to_string())),
+                    // Refusals name the Generate tab's controls, not the CLI's flags.
+                    Err(e) => (false, Err(super::generate_tab::error_message(&e))),
                 };
                 send(Event::Finished {
                     id,

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
 
 use super::{bar_style, cancel_on_ctrl_c};
@@ -64,22 +63,7 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
             .extra
             .insert("validation".into(), serde_json::to_value(&validation)?);
     }
-    let json = serde_json::to_string_pretty(&built.plan)?;
-    sd3lab::fsutil::write_atomic(&args.output, json.as_bytes())
-        .with_context(|| format!("writing {}", args.output.display()))?;
-    let mut csv = format!(
-        "average_bits,{}\n",
-        match args.objective {
-            sd3lab::quant::plan::Objective::Sqnr => "summed_sqnr_db",
-            sd3lab::quant::plan::Objective::Mse => "summed_mse",
-        }
-    );
-    for (b, e) in &built.pareto {
-        csv.push_str(&format!("{b},{e}\n"));
-    }
-    let pareto = args.output.with_file_name("pareto.csv");
-    sd3lab::fsutil::write_atomic(&pareto, csv.as_bytes())
-        .with_context(|| format!("writing {}", pareto.display()))?;
+    let pareto = sd3lab::quant::plan::write_plan_files(&args.output, &built, args.objective)?;
     if !built.plan.buckets.is_empty() {
         println!(
             "per-bucket maps for {} (each within the budget; `layers` holds the all-steps plan):",

@@ -76,6 +76,7 @@ impl ReportSensitivityArgs {
             layers: Vec::new(),
             top: self.top,
             plan_target_bits: self.plan_target_bits,
+            ..Default::default()
         })
     }
 

@@ -328,6 +328,47 @@ fn build_plan_for(
     })
 }
 
+/// Why [`write_plan_files`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanFilesError {
+    #[error("serialising the plan: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("writing {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Writes a built plan's files, as `sd3lab plan` and the app's Save plan both do: `plan_file`
+/// (the `sd3lab.plan/1` JSON that `--quant` reads) and `pareto.csv` beside it (`average_bits`
+/// and the summed objective of every Pareto point), each atomically. Returns the CSV's path.
+pub fn write_plan_files(
+    plan_file: &std::path::Path,
+    built: &BuiltPlan,
+    objective: Objective,
+) -> Result<std::path::PathBuf, PlanFilesError> {
+    let json = serde_json::to_string_pretty(&built.plan)?;
+    let io = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| PlanFilesError::Io { path, source }
+    };
+    crate::fsutil::write_atomic(plan_file, json.as_bytes()).map_err(io(plan_file))?;
+    let mut csv = format!(
+        "average_bits,{}\n",
+        match objective {
+            Objective::Sqnr => "summed_sqnr_db",
+            Objective::Mse => "summed_mse",
+        }
+    );
+    for (b, e) in &built.pareto {
+        csv.push_str(&format!("{b},{e}\n"));
+    }
+    let pareto = plan_file.with_file_name("pareto.csv");
+    crate::fsutil::write_atomic(&pareto, csv.as_bytes()).map_err(io(&pareto))?;
+    Ok(pareto)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,5 +464,41 @@ mod tests {
             let p = f.pareto();
             assert!(p.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 > w[1].1));
         }
+    }
+}
+
+#[cfg(test)]
+mod plan_files_tests {
+    use super::*;
+
+    #[test]
+    fn plan_files_are_the_plan_and_its_pareto_front() {
+        let built = BuiltPlan {
+            plan: QuantPlan {
+                schema: "sd3lab.plan/1".into(),
+                layers: BTreeMap::new(),
+                buckets: BTreeMap::new(),
+                extra: serde_json::Map::from_iter([("average_bits".into(), 4.5.into())]),
+            },
+            average_bits: 4.5,
+            predicted_error: -30.0,
+            predicted_bytes: 0,
+            pareto: vec![(2.5, -10.0), (4.5, -30.25)],
+            left_float: Vec::new(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let plan_file = dir.path().join("my-plan.json");
+        let csv = write_plan_files(&plan_file, &built, Objective::Mse).unwrap();
+        assert_eq!(csv, dir.path().join("pareto.csv"));
+        assert_eq!(
+            std::fs::read_to_string(&csv).unwrap(),
+            "average_bits,summed_mse\n2.5,-10\n4.5,-30.25\n"
+        );
+        let back: QuantPlan =
+            serde_json::from_str(&std::fs::read_to_string(&plan_file).unwrap()).unwrap();
+        assert_eq!(back, built.plan);
+        let missing = dir.path().join("no/such/folder/plan.json");
+        let e = write_plan_files(&missing, &built, Objective::Sqnr).unwrap_err();
+        assert!(e.to_string().contains("no/such/folder"), "{e}");
     }
 }

@@ -47,6 +47,9 @@ pub enum Figure {
         series: Vec<Series>,
         /// Highlighted points with a label.
         markers: Vec<(String, (f64, f64))>,
+        /// The x axis counts whole units (bits, steps): ticks only at integers, labelled
+        /// without decimals.
+        integer_x: bool,
     },
     Heatmap {
         title: String,
@@ -54,6 +57,7 @@ pub enum Figure {
         cols: Vec<String>,
         /// `values[row][col]`; NaN cells are left blank.
         values: Vec<Vec<f64>>,
+        /// What the colours mean, with its unit (the colour bar's label).
         value_label: String,
     },
     /// Horizontal bars, first label on top.
@@ -126,6 +130,83 @@ fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
     }
 }
 
+/// `x` as a whole number, or nothing between whole numbers (axes that count bits or steps).
+fn integer_label(x: f64) -> String {
+    let i = x.round();
+    if (x - i).abs() < 1e-6 {
+        format!("{i:.0}")
+    } else {
+        String::new()
+    }
+}
+
+/// A tick label on a colour bar spanning `lo..hi`: as many decimals as the tick spacing
+/// needs (35, 0.15), scientific notation for very small or large magnitudes (MSEs).
+fn bar_label(v: f64, lo: f64, hi: f64) -> String {
+    let magnitude = lo.abs().max(hi.abs());
+    if magnitude != 0.0 && !(1e-3..1e5).contains(&magnitude) {
+        return format!("{v:.1e}");
+    }
+    // About six ticks: one decimal per power of ten below the spacing.
+    let spacing = (hi - lo) / 6.0;
+    let decimals = if spacing > 0.0 {
+        (-spacing.log10().floor()).clamp(0.0, 6.0) as usize
+    } else {
+        2
+    };
+    format!("{v:.decimals$}")
+}
+
+/// Width in pixels of a heatmap's colour bar with its tick labels and unit.
+const COLOUR_BAR_WIDTH: u32 = 110;
+
+/// The viridis scale from `lo` (bottom) to `hi` (top), labelled with values and `label`
+/// (the unit), so a heatmap's colours can be read back from the file alone.
+fn colour_bar<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    lo: f64,
+    hi: f64,
+    label: &str,
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .margin_left(0)
+        .x_label_area_size(30)
+        .right_y_label_area_size(62)
+        .build_cartesian_2d(0f64..1f64, lo..hi)
+        .map_err(|e| format!("{e:?}"))?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .disable_x_axis()
+        .y_labels(6)
+        .y_label_formatter(&|v| bar_label(*v, lo, hi))
+        .y_desc(label)
+        .label_style((FONT, 11))
+        .axis_desc_style((FONT, 13))
+        .draw()
+        .map_err(|e| format!("{e:?}"))?;
+    const STEPS: usize = 128;
+    let step = (hi - lo) / STEPS as f64;
+    chart
+        .draw_series((0..STEPS).map(|i| {
+            let y = lo + step * i as f64;
+            let [r, g, b] = colormap::viridis((i as f32 + 0.5) / STEPS as f32);
+            Rectangle::new([(0.0, y), (1.0, y + step)], RGBColor(r, g, b).filled())
+        }))
+        .map_err(|e| format!("{e:?}"))?;
+    chart
+        .draw_series([Rectangle::new(
+            [(0.0, lo), (1.0, hi)],
+            BLACK.stroke_width(1),
+        )])
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(())
+}
+
 fn draw<DB: DrawingBackend>(
     fig: &Figure,
     root: DrawingArea<DB, plotters::coord::Shift>,
@@ -141,6 +222,7 @@ where
             y_label,
             series,
             markers,
+            integer_x,
             ..
         } => {
             let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
@@ -154,13 +236,19 @@ where
                 .y_label_area_size(64)
                 .build_cartesian_2d(x0..x1, y0..y1)
                 .map_err(err(&title))?;
-            chart
-                .configure_mesh()
-                .x_desc(x_label.as_str())
+            let whole = |x: &f64| integer_label(*x);
+            let mut mesh = chart.configure_mesh();
+            mesh.x_desc(x_label.as_str())
                 .y_desc(y_label.as_str())
-                .label_style((FONT, 13))
-                .draw()
-                .map_err(err(&title))?;
+                .label_style((FONT, 13));
+            if *integer_x {
+                // As many ticks as there are integers in range: plotters then steps by 1 (or
+                // a coarser whole step on a long axis), and the formatter drops any fraction.
+                let integers = (x1.floor() - x0.ceil()).max(0.0) as usize + 1;
+                mesh.x_labels(integers.clamp(2, 12))
+                    .x_label_formatter(&whole);
+            }
+            mesh.draw().map_err(err(&title))?;
             for (i, s) in series.iter().enumerate() {
                 let (r, g, b) = palette(i);
                 let color = RGBColor(r, g, b);
@@ -209,8 +297,14 @@ where
             let n_rows = rows.len().max(1);
             let n_cols = cols.len().max(1);
             let label_width = rows.iter().map(|r| r.len()).max().unwrap_or(4) as u32 * 7 + 10;
-            let mut chart = ChartBuilder::on(&root)
-                .caption(format!("{title} ({value_label})"), (FONT, 20))
+            // The title spans the cells and the colour bar, which sits on the right and
+            // carries the unit.
+            let area = root.titled(&title, (FONT, 20)).map_err(err(&title))?;
+            let width = area.dim_in_pixel().0;
+            let (cells_area, bar_area) =
+                area.split_horizontally(width.saturating_sub(COLOUR_BAR_WIDTH));
+            colour_bar(&bar_area, lo, hi, value_label).map_err(err(&title))?;
+            let mut chart = ChartBuilder::on(&cells_area)
                 .margin(12)
                 .x_label_area_size(30)
                 .y_label_area_size(label_width.min(420))
@@ -402,6 +496,50 @@ pub fn ranking(
     v
 }
 
+/// Which layers a sensitivity view covers (the app's block and kind filters); empty: all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerFilter {
+    pub block: Option<usize>,
+    pub kind: Option<crate::model::registry::LayerKind>,
+}
+
+impl LayerFilter {
+    pub fn keeps(&self, layer: &crate::quant::sensitivity::LayerResult) -> bool {
+        self.block.is_none_or(|b| layer.block == Some(b))
+            && self.kind.is_none_or(|k| layer.kind == k)
+    }
+
+    /// "block 1, kind mlp"; empty when it keeps every layer.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(b) = self.block {
+            parts.push(format!("block {b}"));
+        }
+        if let Some(k) = self.kind {
+            parts.push(format!("kind {}", k.name()));
+        }
+        parts.join(", ")
+    }
+}
+
+/// [`ranking`] of the layers `filter` keeps, most sensitive first.
+pub fn filtered_ranking(
+    report: &SensitivityReport,
+    bits: i32,
+    bucket: Bucket,
+    metric: Metric,
+    filter: &LayerFilter,
+) -> Vec<(String, f64)> {
+    let mut ranked = ranking(report, bits, bucket, metric);
+    ranked.retain(|(name, _)| {
+        report
+            .layers
+            .iter()
+            .any(|l| &l.name == name && filter.keeps(l))
+    });
+    ranked
+}
+
 /// Metric vs bits, one line per layer.
 pub fn bits_figure(
     report: &SensitivityReport,
@@ -428,6 +566,7 @@ pub fn bits_figure(
         y_label: metric.label().into(),
         series,
         markers: Vec::new(),
+        integer_x: true,
     }
 }
 
@@ -469,15 +608,16 @@ pub fn bucket_heatmap(
     }
 }
 
-/// The `n` most sensitive layers at `bits`.
+/// The `n` most sensitive layers at `bits` among those `filter` keeps.
 pub fn ranking_figure(
     report: &SensitivityReport,
     bits: i32,
     bucket: Bucket,
     metric: Metric,
     n: usize,
+    filter: &LayerFilter,
 ) -> Figure {
-    let top: Vec<(String, f64)> = ranking(report, bits, bucket, metric)
+    let top: Vec<(String, f64)> = filtered_ranking(report, bits, bucket, metric, filter)
         .into_iter()
         .take(n)
         .collect();
@@ -507,6 +647,8 @@ pub fn pareto_figure(built: &BuiltPlan, objective: Objective) -> Figure {
             format!("plan at {:.3} bits", built.average_bits),
             (built.average_bits, built.predicted_error),
         )],
+        // Average bits are fractional (e.g. 4.5 with the scales).
+        integer_x: false,
     }
 }
 
@@ -522,6 +664,12 @@ pub struct SensitivityReportOptions {
     pub top: usize,
     /// Add a plan and its Pareto front at this target.
     pub plan_target_bits: Option<f64>,
+    /// What that plan optimises.
+    pub plan_objective: Objective,
+    /// Only these layers in the ranking, the heatmap and the default bits plot.
+    pub filter: LayerFilter,
+    /// At most this many (the most sensitive) layers in the heatmap; None: all.
+    pub heatmap_rows: Option<usize>,
 }
 
 impl Default for SensitivityReportOptions {
@@ -533,6 +681,9 @@ impl Default for SensitivityReportOptions {
             layers: Vec::new(),
             top: 10,
             plan_target_bits: None,
+            plan_objective: Objective::Sqnr,
+            filter: LayerFilter::default(),
+            heatmap_rows: None,
         }
     }
 }
@@ -546,13 +697,17 @@ pub fn sensitivity_figures(
         .bits
         .or_else(|| report.lowest_bits())
         .ok_or_else(|| ReportError::Data("the report has no bit widths".into()))?;
-    let ranked = ranking(report, bits, opts.bucket, opts.metric);
+    let ranked = filtered_ranking(report, bits, opts.bucket, opts.metric, &opts.filter);
     let layers: Vec<String> = if opts.layers.is_empty() {
         ranked.iter().take(opts.top).map(|r| r.0.clone()).collect()
     } else {
         opts.layers.clone()
     };
-    let all_layers: Vec<String> = ranked.iter().map(|r| r.0.clone()).collect();
+    let heatmap_layers: Vec<String> = ranked
+        .iter()
+        .take(opts.heatmap_rows.unwrap_or(usize::MAX))
+        .map(|r| r.0.clone())
+        .collect();
     let mut figs = vec![
         (
             "bits".to_owned(),
@@ -560,16 +715,27 @@ pub fn sensitivity_figures(
         ),
         (
             "heatmap".to_owned(),
-            bucket_heatmap(report, &all_layers, bits, opts.metric),
+            bucket_heatmap(report, &heatmap_layers, bits, opts.metric),
         ),
         (
             "ranking".to_owned(),
-            ranking_figure(report, bits, opts.bucket, opts.metric, opts.top),
+            ranking_figure(
+                report,
+                bits,
+                opts.bucket,
+                opts.metric,
+                opts.top,
+                &opts.filter,
+            ),
         ),
     ];
     if let Some(target) = opts.plan_target_bits {
-        let built = build_plan(report, target, &[], Objective::Sqnr).map_err(ReportError::Data)?;
-        figs.push(("pareto".to_owned(), pareto_figure(&built, Objective::Sqnr)));
+        let built =
+            build_plan(report, target, &[], opts.plan_objective).map_err(ReportError::Data)?;
+        figs.push((
+            "pareto".to_owned(),
+            pareto_figure(&built, opts.plan_objective),
+        ));
     }
     Ok(figs)
 }
@@ -645,6 +811,12 @@ pub fn write_sensitivity_report(
             vec!["layers measured".into(), report.layers.len().to_string()],
         ],
     );
+    let filter = opts.filter.describe();
+    if !filter.is_empty() {
+        doc.text(&format!(
+            "The ranking, the heatmap and the bits plot show only the layers of {filter}."
+        ));
+    }
     for (stem, fig) in &figs {
         doc.figure(stem, fig)?;
     }
@@ -652,11 +824,12 @@ pub fn write_sensitivity_report(
         "Most sensitive layers at {bits} bits ({})",
         opts.bucket
     ));
-    let top: Vec<Vec<String>> = ranking(report, bits, opts.bucket, opts.metric)
-        .into_iter()
-        .take(opts.top)
-        .map(|(name, v)| vec![name, format!("{v:.4}")])
-        .collect();
+    let top: Vec<Vec<String>> =
+        filtered_ranking(report, bits, opts.bucket, opts.metric, &opts.filter)
+            .into_iter()
+            .take(opts.top)
+            .map(|(name, v)| vec![name, format!("{v:.4}")])
+            .collect();
     doc.table(&["layer", opts.metric.label()], &top);
     doc.text("The data are in the _data.csv and _data.json files beside this report.");
     written.extend(doc.finish(output)?);
@@ -910,6 +1083,7 @@ pub fn write_samples_report(
                 .collect(),
         }],
         markers: Vec::new(),
+        integer_x: true,
     };
     doc.figure("schedule", &schedule)?;
     doc.heading("Tensors");
@@ -1064,6 +1238,7 @@ mod tests {
                 },
             ],
             markers: vec![("plan".into(), (4.0, 19.0))],
+            integer_x: true,
         }
     }
 
@@ -1100,6 +1275,39 @@ mod tests {
                 .count()
                 > 500
         );
+    }
+
+    #[test]
+    fn heatmap_has_a_colour_bar_and_bits_axes_whole_ticks() {
+        let texts = |svg: &str| -> Vec<String> {
+            svg.split("</text>")
+                .filter_map(|p| p.rsplit_once('>').map(|(_, t)| t.trim().to_owned()))
+                .collect()
+        };
+        let heat = Figure::Heatmap {
+            title: "layer x bucket".into(),
+            rows: vec!["a".into(), "b".into()],
+            cols: vec!["early".into(), "late".into()],
+            values: vec![vec![10.0, 20.0], vec![30.0, f64::NAN]],
+            value_label: "SQNR (dB)".into(),
+        };
+        let t = texts(&render_svg(&heat, (640, 400)).unwrap());
+        assert!(
+            t.contains(&"SQNR (dB)".to_owned()),
+            "the colour bar's unit: {t:?}"
+        );
+        assert!(
+            t.contains(&"20".to_owned()),
+            "the colour bar's ticks: {t:?}"
+        );
+        let t = texts(&render_svg(&lines(), (640, 400)).unwrap());
+        for tick in ["2", "3", "4", "8"] {
+            assert!(t.contains(&tick.to_owned()), "{tick} missing: {t:?}");
+        }
+        assert!(!t.iter().any(|s| s == "2.0" || s == "2.5"), "{t:?}");
+        assert_eq!(bar_label(0.15, 0.0, 0.2), "0.15");
+        assert_eq!(bar_label(35.0, 8.0, 40.0), "35");
+        assert_eq!(bar_label(2e-5, 0.0, 4e-5), "2.0e-5");
     }
 
     #[test]
