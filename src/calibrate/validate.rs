@@ -168,6 +168,14 @@ mod tests {
             cfg.validate().unwrap_err().to_string()
         };
         assert!(err(&|c| c.num_images = 0).contains("the number of images must be at least 1"));
+        let no_images = CalibrateConfig {
+            num_images: 0,
+            ..config(&model, &calib)
+        };
+        assert!(matches!(
+            no_images.validate(),
+            Err(CalibrateError::NoImages)
+        ));
         assert!(err(&|c| c.num_steps = 0).contains("num_steps must be at least 1"));
         assert!(err(&|c| c.height = 100).contains("height 100 must be a positive multiple of 16"));
         assert!(err(&|c| c.width = 1 << 20).contains("above this model's maximum"));

@@ -410,3 +410,52 @@ pub fn apply_to_pipeline(
     pipe.bucket_mmdits = Some(variants);
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_refusals_are_typed_and_name_the_plan_entry() {
+        assert!(matches!(
+            QuantConfig::parse("w7", 64),
+            Err(QuantError::UnsupportedBits { bits: 7 })
+        ));
+        assert!(matches!(
+            QuantConfig::parse("w4", 48),
+            Err(QuantError::UnsupportedGroupSize { group_size: 48 })
+        ));
+        assert!(matches!(
+            QuantConfig::parse("no-such-plan.json", 64),
+            Err(QuantError::UnknownSpec(s)) if s == "no-such-plan.json"
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let plan = dir.path().join("plan.json");
+        let write = |text: &str| std::fs::write(&plan, text).unwrap();
+        let spec = plan.display().to_string();
+        write(r#"{"layers": {}, "buckets": {"all": {}}}"#);
+        assert!(matches!(
+            QuantConfig::parse(&spec, 64),
+            Err(QuantError::UnknownPlanBucket { bucket, .. }) if bucket == "all"
+        ));
+        write(r#"{"layers": {}, "buckets": {"late": {"x": {"bits": 7, "group_size": 64}}}}"#);
+        let err = QuantConfig::parse(&spec, 64).unwrap_err();
+        assert!(
+            matches!(&err, QuantError::PlanLayer { bucket: Some(b), layer, source, .. }
+                if b == "late" && layer == "x"
+                    && matches!(**source, QuantError::UnsupportedBits { bits: 7 })),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().ends_with(
+                "plan.json: bucket late, layer x: 7 bits is not supported (MLX: 2, 3, 4, 5, 6, 8)"
+            ),
+            "{err}"
+        );
+        write("not json");
+        assert!(matches!(
+            QuantConfig::parse(&spec, 64),
+            Err(QuantError::NotAPlan { .. })
+        ));
+    }
+}
