@@ -63,37 +63,98 @@ impl DataRoot {
     }
 
     /// `root/relative`, or why it may not be used.
-    pub fn resolve(&self, relative: &str) -> Result<PathBuf, String> {
+    pub fn resolve(&self, relative: &str) -> Result<PathBuf, PathError> {
         let rel = Path::new(relative);
         if relative.is_empty() {
-            return Err("empty path".into());
+            return Err(PathError::Empty);
         }
         if rel.is_absolute()
             || rel
                 .components()
                 .any(|c| matches!(c, Component::Prefix(_) | Component::RootDir))
         {
-            return Err(format!(
-                "'{relative}' is absolute; paths must be relative to the data folder"
-            ));
+            return Err(PathError::Absolute(relative.to_owned()));
         }
         if rel.components().any(|c| c == Component::ParentDir) {
-            return Err(format!(
-                "'{relative}' contains '..' and could leave the data folder"
-            ));
+            return Err(PathError::ParentDir(relative.to_owned()));
         }
         let joined = self.root.join(rel);
-        self.check_real(&joined).map_err(|to| {
-            format!("'{relative}' leaves the data folder through a symbolic link (to {to})")
+        self.check_real(&joined).map_err(|e| match e {
+            // Named as the user wrote it.
+            PathError::LeavesThroughLink { target, .. } => PathError::LeavesThroughLink {
+                path: rel.to_owned(),
+                target,
+            },
+            other => other,
         })?;
         Ok(joined)
     }
 
     /// Fails with the real target when `path` (inside the folder) resolves outside it.
-    pub fn check_real(&self, path: &Path) -> Result<(), String> {
+    pub fn check_real(&self, path: &Path) -> Result<(), PathError> {
         match (path.canonicalize(), &self.real_root) {
-            (Ok(real), Some(root)) if !real.starts_with(root) => Err(real.display().to_string()),
+            (Ok(real), Some(root)) if !real.starts_with(root) => {
+                Err(PathError::LeavesThroughLink {
+                    path: path.to_owned(),
+                    target: real,
+                })
+            }
             _ => Ok(()),
+        }
+    }
+}
+
+/// Why a path may not be used inside a [`DataRoot`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("empty path")]
+    Empty,
+    #[error("'{0}' is absolute; paths must be relative to the data folder")]
+    Absolute(String),
+    #[error("'{0}' contains '..' and could leave the data folder")]
+    ParentDir(String),
+    #[error("'{path}' leaves the data folder through a symbolic link (to {target})")]
+    LeavesThroughLink { path: PathBuf, target: PathBuf },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_root_refuses_paths_that_leave_it_by_kind() {
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = DataRoot::new(dir.path());
+        assert_eq!(root.resolve("a/b.npz"), Ok(dir.path().join("a/b.npz")));
+        assert_eq!(root.resolve(""), Err(PathError::Empty));
+        assert_eq!(
+            root.resolve("/etc/passwd"),
+            Err(PathError::Absolute("/etc/passwd".into()))
+        );
+        assert_eq!(
+            root.resolve("a/../../x"),
+            Err(PathError::ParentDir("a/../../x".into()))
+        );
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+            let target = outside.path().canonicalize().unwrap().join("x");
+            std::fs::write(&target, b"x").unwrap();
+            assert_eq!(
+                root.resolve("link/x"),
+                Err(PathError::LeavesThroughLink {
+                    path: "link/x".into(),
+                    target: target.clone(),
+                })
+            );
+            assert_eq!(
+                root.check_real(&dir.path().join("link/x")),
+                Err(PathError::LeavesThroughLink {
+                    path: dir.path().join("link/x"),
+                    target,
+                })
+            );
         }
     }
 }

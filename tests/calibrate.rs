@@ -165,6 +165,35 @@ fn writes_the_seed_layout_that_sd3lab_and_numpy_read() {
     let doc: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
     assert_eq!(doc["total_samples"], 24);
 
+    // Refusals write nothing; the CLI names the flag that overrides them (the library's message
+    // names none).
+    let refused = |extra: &[&str]| {
+        let mut a = vec![
+            "calibrate",
+            "--model",
+            "tiny",
+            "--num-steps",
+            "5",
+            "--height",
+            "128",
+            "--width",
+            "128",
+            "--calib-dir",
+            dir.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        let o = cli(cache.path(), &a).output().unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = refused(&["--num-images", "3"]);
+    assert!(
+        err.contains("num_steps: 8 → 5") && err.contains("; pass --overwrite to start over"),
+        "{err}"
+    );
+    let err = refused(&["--num-images", "0"]);
+    assert!(err.contains("--num-images must be at least 1"), "{err}");
+
     let np: serde_json::Value =
         serde_json::from_str(&common::run_oracle("calib_check.py", &[dir.as_os_str()])).unwrap();
     assert_eq!(np["n_completed"], 3);
@@ -375,7 +404,9 @@ fn cancel_discards_the_current_image_and_resume_completes() {
     );
     assert!(events.iter().any(|e| e.starts_with("Planned")));
 
-    // Different settings are refused with what differs; --overwrite starts over.
+    // Different settings are refused with what differs (the library names no CLI flag; the
+    // CLI's hint is checked in `writes_the_seed_layout_that_sd3lab_and_numpy_read`);
+    // `overwrite` starts over.
     let mut other = cfg.clone();
     other.num_steps = 5;
     other.cfg_weight = 4.0;
@@ -385,7 +416,7 @@ fn cancel_discards_the_current_image_and_resume_completes() {
     assert!(
         err.contains("num_steps: 4 → 5")
             && err.contains("cfg_weight: 7.5 → 4")
-            && err.contains("--overwrite"),
+            && !err.contains("--"),
         "{err}"
     );
     other.overwrite = true;

@@ -154,7 +154,8 @@ fn calibrate_sensitivity_plan_generate() {
     );
     assert!(!o.status.success());
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("below the smallest reachable average"),
+        String::from_utf8_lossy(&o.stderr).contains("below the smallest reachable average")
+            && String::from_utf8_lossy(&o.stderr).contains("; pass a --target-bits of at least"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );

@@ -584,7 +584,8 @@ impl SensitivityTab {
         });
         let key = ((o.target_bits * 1e6).round() as u64, o.objective);
         if self.plan.as_ref().is_none_or(|(k, _)| *k != key) {
-            self.plan = Some((key, build_plan(report, o.target_bits, &[], o.objective)));
+            let built = build_plan(report, o.target_bits, &[], o.objective);
+            self.plan = Some((key, built.map_err(|e| e.to_string())));
         }
         let Some((_, built)) = &self.plan else { return };
         match built {

@@ -125,13 +125,18 @@ impl std::fmt::Display for Bucket {
     }
 }
 
+/// A bucket name that is none of early, mid, late or all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown bucket '{0}' (expected early, mid, late or all)")]
+pub struct UnknownBucket(pub String);
+
 impl std::str::FromStr for Bucket {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownBucket;
+    fn from_str(s: &str) -> Result<Self, UnknownBucket> {
         Self::GROUPS
             .into_iter()
             .find(|b| b.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown bucket '{s}' (expected early, mid, late or all)"))
+            .ok_or_else(|| UnknownBucket(s.to_owned()))
     }
 }
 

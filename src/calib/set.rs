@@ -10,7 +10,7 @@ use super::manifest::Manifest;
 use super::npy::NpyArray;
 use super::npz::{DEFAULT_MAX_ARRAY_BYTES, NpzReader};
 use super::sample::{Bucket, SampleFileInfo, SampleKey, TensorInfo, read_sample_info};
-use crate::fsutil::DataRoot;
+use crate::fsutil::{DataRoot, PathError};
 
 /// How to open a directory.
 #[derive(Debug, Clone)]
@@ -316,6 +316,18 @@ impl CalibrationSet {
     }
 }
 
+/// A problem's message for a file or folder skipped because it leaves the data folder (the
+/// problem names the file already).
+fn skipped_link(e: &PathError) -> String {
+    match e {
+        PathError::LeavesThroughLink { target, .. } => format!(
+            "leaves the data folder through a symbolic link (to {}); skipped",
+            target.display()
+        ),
+        other => format!("{other}; skipped"),
+    }
+}
+
 /// The sample files of `dir`: the manifest's `sample_files`, else `samples/*.npz`, else `*.npz`.
 fn resolve_files(
     dir: &Path,
@@ -352,12 +364,10 @@ fn resolve_files(
                 });
             }
         };
-        if let Err(to) = root.check_real(sub) {
+        if let Err(e) = root.check_real(sub) {
             problems.push(Problem {
                 file: Some(sub.to_owned()),
-                message: format!(
-                    "leaves the data folder through a symbolic link (to {to}); skipped"
-                ),
+                message: skipped_link(&e),
             });
             return Ok(Vec::new());
         }
@@ -382,11 +392,9 @@ fn resolve_files(
                 Ok(())
             };
             match checked {
-                Err(to) => problems.push(Problem {
+                Err(e) => problems.push(Problem {
+                    message: skipped_link(&e),
                     file: Some(path),
-                    message: format!(
-                        "leaves the data folder through a symbolic link (to {to}); skipped"
-                    ),
                 }),
                 Ok(()) => out.push((prefix.join(&name).to_string_lossy().into_owned(), path)),
             }

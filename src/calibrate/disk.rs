@@ -79,7 +79,7 @@ mod tests {
             err.contains("/data/calib")
                 && err.contains("2000")
                 && err.contains("1000")
-                && err.contains("--force"),
+                && !err.contains("--"),
             "{err}"
         );
         assert!(check_disk(dir, 2_000, Some(1_000), true).is_ok());

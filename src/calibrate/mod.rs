@@ -129,27 +129,26 @@ pub struct CalibrateSummary {
     pub notes: Vec<String>,
 }
 
-/// Why a run could not start or finish.
+/// Why a run could not start or finish. The refusals say what is wrong, not how to override
+/// it: the CLI and the app each add that in their own terms (a flag, a checkbox).
 #[derive(Debug, thiserror::Error)]
 pub enum CalibrateError {
-    #[error("{0}")]
-    Config(String),
-    #[error(
-        "{dir} already holds a calibration run with different settings ({differences}); use --overwrite to start over"
-    )]
+    #[error("the number of images must be at least 1")]
+    NoImages,
+    #[error(transparent)]
+    Settings(#[from] crate::model::pipeline::GenerateConfigError),
+    #[error("{dir} already holds a calibration run with different settings ({differences})")]
     SettingsDiffer { dir: PathBuf, differences: String },
-    #[error(
-        "{dir} holds sample files but no manifest.json from a run; use --overwrite to start over"
-    )]
+    #[error("{dir} holds sample files but no manifest.json from a run")]
     ForeignData { dir: PathBuf },
-    #[error(
-        "{dir}: the run needs about {needed} bytes but only {available} are free (use --force to try anyway)"
-    )]
+    #[error("{dir}: the run needs about {needed} bytes but only {available} are free")]
     Disk {
         dir: PathBuf,
         needed: u64,
         available: u64,
     },
+    #[error("recording the generation settings in the manifest: {0}")]
+    Record(#[from] serde_json::Error),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

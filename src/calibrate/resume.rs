@@ -107,10 +107,9 @@ impl ResumePlan {
         let mut recorded = settings.clone();
         recorded.prompts.truncate(image + 1);
         recorded.seeds.truncate(image + 1);
-        self.manifest.extra.insert(
-            GENERATION_KEY.into(),
-            serde_json::to_value(&recorded).map_err(|e| CalibrateError::Config(e.to_string()))?,
-        );
+        self.manifest
+            .extra
+            .insert(GENERATION_KEY.into(), serde_json::to_value(&recorded)?);
         self.manifest.write(dir)?;
         Ok(())
     }
@@ -309,7 +308,7 @@ mod tests {
         assert!(
             err.contains("num_steps: 3 → 4")
                 && err.contains("prompt of image 0")
-                && err.contains("--overwrite"),
+                && !err.contains("--"),
             "{err}"
         );
         // More images with the same settings: the same run, extended.

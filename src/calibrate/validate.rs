@@ -31,9 +31,7 @@ impl CalibrateConfig {
     /// folder.
     pub fn validate(&self) -> Result<ValidatedCalibration, CalibrateError> {
         if self.num_images == 0 {
-            return Err(CalibrateError::Config(
-                "--num-images must be at least 1".into(),
-            ));
+            return Err(CalibrateError::NoImages);
         }
         let mut notes = Vec::new();
         let (prompts, prompt_source) = match &self.prompt_csv {
@@ -64,9 +62,7 @@ impl CalibrateConfig {
             width: self.width,
             ..GenerateConfig::default()
         };
-        probe
-            .validate(mmdit_cfg.max_latent_resolution)
-            .map_err(CalibrateError::Config)?;
+        probe.validate(mmdit_cfg.max_latent_resolution)?;
         let clip_cfg =
             |d: &Path| crate::model::clip::read_clip_config(d).map_err(PipelineError::from);
         let model_config = Sd3Config {
@@ -171,7 +167,15 @@ mod tests {
             f(&mut cfg);
             cfg.validate().unwrap_err().to_string()
         };
-        assert!(err(&|c| c.num_images = 0).contains("--num-images must be at least 1"));
+        assert!(err(&|c| c.num_images = 0).contains("the number of images must be at least 1"));
+        let no_images = CalibrateConfig {
+            num_images: 0,
+            ..config(&model, &calib)
+        };
+        assert!(matches!(
+            no_images.validate(),
+            Err(CalibrateError::NoImages)
+        ));
         assert!(err(&|c| c.num_steps = 0).contains("num_steps must be at least 1"));
         assert!(err(&|c| c.height = 100).contains("height 100 must be a positive multiple of 16"));
         assert!(err(&|c| c.width = 1 << 20).contains("above this model's maximum"));

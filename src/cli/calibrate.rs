@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use sd3lab::calibrate::{CalibrateConfig, CalibrateEvent, run_calibration};
+use sd3lab::calibrate::{CalibrateConfig, CalibrateError, CalibrateEvent, run_calibration};
 use sd3lab::model::config::ModelDtype;
 
 use super::{bar_style, cancel_on_ctrl_c, resolve_model};
@@ -69,6 +69,19 @@ impl CalibrateArgs {
     }
 }
 
+/// The library's refusal in this command's terms: which flag overrides it.
+fn with_flag_hint(e: CalibrateError) -> anyhow::Error {
+    let hint = match &e {
+        CalibrateError::NoImages => return anyhow::anyhow!("--num-images must be at least 1"),
+        CalibrateError::SettingsDiffer { .. } | CalibrateError::ForeignData { .. } => {
+            "pass --overwrite to start over"
+        }
+        CalibrateError::Disk { .. } => "pass --force to try anyway",
+        _ => return e.into(),
+    };
+    anyhow::anyhow!("{e}; {hint}")
+}
+
 /// `sd3lab calibrate`: exit 130 when cancelled (Ctrl-C), after keeping the finished images.
 pub fn run(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
     if args.model == "sd3-medium" {
@@ -124,7 +137,7 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
     let result = run_calibration(&config, &cancel, &mut on_event);
     steps.finish_and_clear();
     images.finish_and_clear();
-    let summary = result?;
+    let summary = result.map_err(with_flag_hint)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

@@ -88,7 +88,7 @@ pub struct SynthArgs {
 impl SynthArgs {
     fn to_config(&self) -> anyhow::Result<sd3lab::model::Sd3Config> {
         let config = self.preset.config(self.depth);
-        config.mmdit.validate().map_err(anyhow::Error::msg)?;
+        config.mmdit.validate()?;
         Ok(config)
     }
 }
@@ -168,7 +168,7 @@ impl LayersArgs {
         if let Some(depth) = self.depth {
             mmdit.depth = depth;
         }
-        mmdit.validate().map_err(anyhow::Error::msg)?;
+        mmdit.validate()?;
         Ok(mmdit)
     }
 }

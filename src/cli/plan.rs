@@ -54,8 +54,15 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     } else {
         build_plan
     };
-    let mut built = build(&report, args.target_bits, &args.bits, args.objective)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.sensitivity.display()))?;
+    let mut built = build(&report, args.target_bits, &args.bits, args.objective).map_err(|e| {
+        // The library states the problem; the flag that fixes it is this command's to name.
+        // Rounded up, so that the suggested target is reachable.
+        let hint = e.lowest_target().map_or(String::new(), |lowest| {
+            let lowest = (lowest * 1000.0).ceil() / 1000.0;
+            format!("; pass a --target-bits of at least {lowest}")
+        });
+        anyhow::anyhow!("{}: {e}{hint}", args.sensitivity.display())
+    })?;
     if args.validate {
         let validation = validate(&report, &built.plan, args.validate_samples)?;
         built

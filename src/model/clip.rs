@@ -192,14 +192,21 @@ pub fn remap_clip_key(key: &str) -> String {
         .replace("mlp.fc2", "linear2")
 }
 
+/// Why a `config.json` does not describe a CLIP text encoder.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClipConfigError {
+    #[error("missing integer '{key}'")]
+    MissingInteger { key: &'static str },
+}
+
 /// Reads a Hugging Face `CLIPTextConfig` (`config.json`) as DiffusionKit does: the MLP is
 /// 4 × width, the projection exists for `*WithProjection` architectures.
-pub fn clip_config_from_hf(json: &serde_json::Value) -> Result<ClipConfig, String> {
-    let int = |k: &str| {
-        json.get(k)
+pub fn clip_config_from_hf(json: &serde_json::Value) -> Result<ClipConfig, ClipConfigError> {
+    let int = |key: &'static str| {
+        json.get(key)
             .and_then(|v| v.as_u64())
             .map(|v| v as usize)
-            .ok_or(format!("missing integer '{k}'"))
+            .ok_or(ClipConfigError::MissingInteger { key })
     };
     let with_projection = json
         .get("architectures")
@@ -268,9 +275,9 @@ pub fn read_clip_config(dir: &std::path::Path) -> Result<ClipConfig, WeightsErro
             path: cfg_path.clone(),
             reason: e.to_string(),
         })?;
-    clip_config_from_hf(&json).map_err(|reason| WeightsError::Invalid {
+    clip_config_from_hf(&json).map_err(|source| WeightsError::ClipConfig {
         path: cfg_path,
-        reason,
+        source,
     })
 }
 
@@ -314,5 +321,24 @@ impl ClipTextModel {
             v.extend(p.arrays());
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf_config_round_trips_and_a_missing_field_is_named() {
+        let g = ClipConfig::clip_g();
+        assert_eq!(clip_config_from_hf(&clip_config_to_hf(&g)), Ok(g.clone()));
+        let mut json = clip_config_to_hf(&g);
+        json.as_object_mut().unwrap().remove("num_attention_heads");
+        assert_eq!(
+            clip_config_from_hf(&json),
+            Err(ClipConfigError::MissingInteger {
+                key: "num_attention_heads"
+            })
+        );
     }
 }

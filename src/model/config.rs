@@ -62,21 +62,47 @@ impl MmditConfig {
     }
 
     /// Checks the relations the architecture needs.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.depth == 0 || self.hidden_size == 0 || self.num_heads == 0 {
-            return Err("depth, hidden_size and num_heads must be positive".into());
+            return Err(ConfigError::ZeroSize {
+                depth: self.depth,
+                hidden_size: self.hidden_size,
+                num_heads: self.num_heads,
+            });
         }
         if !self.hidden_size.is_multiple_of(self.num_heads) {
-            return Err(format!(
-                "hidden_size {} is not a multiple of num_heads {}",
-                self.hidden_size, self.num_heads
-            ));
+            return Err(ConfigError::HeadsDoNotDivide {
+                hidden_size: self.hidden_size,
+                num_heads: self.num_heads,
+            });
         }
         if !self.frequency_dim.is_multiple_of(2) {
-            return Err("frequency_dim must be even".into());
+            return Err(ConfigError::OddFrequencyDim {
+                frequency_dim: self.frequency_dim,
+            });
         }
         Ok(())
     }
+}
+
+/// Why an MMDiT configuration cannot describe a working model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "depth, hidden_size and num_heads must be positive (they are {depth}, {hidden_size} and {num_heads})"
+    )]
+    ZeroSize {
+        depth: usize,
+        hidden_size: usize,
+        num_heads: usize,
+    },
+    #[error("hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")]
+    HeadsDoNotDivide {
+        hidden_size: usize,
+        num_heads: usize,
+    },
+    #[error("frequency_dim {frequency_dim} must be even")]
+    OddFrequencyDim { frequency_dim: usize },
 }
 
 /// A CLIP text encoder.
@@ -278,5 +304,44 @@ impl ModelDtype {
     /// Bytes per element.
     pub fn size(self) -> usize {
         if self == Self::Float32 { 4 } else { 2 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_names_the_broken_relation_with_its_numbers() {
+        assert_eq!(MmditConfig::sd3_medium().validate(), Ok(()));
+        let bad = |f: fn(&mut MmditConfig)| {
+            let mut c = MmditConfig::sd3_medium();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert_eq!(
+            bad(|c| c.num_heads = 0),
+            ConfigError::ZeroSize {
+                depth: 24,
+                hidden_size: 1536,
+                num_heads: 0
+            }
+        );
+        let err = bad(|c| c.num_heads = 7);
+        assert_eq!(
+            err,
+            ConfigError::HeadsDoNotDivide {
+                hidden_size: 1536,
+                num_heads: 7
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "hidden_size 1536 is not a multiple of num_heads 7"
+        );
+        assert_eq!(
+            bad(|c| c.frequency_dim = 255),
+            ConfigError::OddFrequencyDim { frequency_dim: 255 }
+        );
     }
 }

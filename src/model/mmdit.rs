@@ -4,13 +4,11 @@
 //! tokens first), adaLN modulation from `y_embedder(pooled) + t_embedder(t)`, a final adaLN +
 //! Linear, and unpatchify. Activations are rank 4, `(batch, tokens, 1, hidden)`, as in DiffusionKit.
 
-use std::collections::HashMap;
-
 use mlx_rs::{Array, Dtype};
 
 use super::config::MmditConfig;
 use super::nn::{Conv2d, Linear, MlxResult, gelu, narrow, scalar, silu};
-use super::registry::{LayerId, LayerKind, Stream, mmdit_linear_layers};
+use super::registry::{LayerId, LayerKind, Stream, mmdit_linear_layer};
 use super::weights::{TensorStore, WeightsError};
 
 /// One stream (image or text) of a joint block.
@@ -149,9 +147,9 @@ impl Mmdit {
     /// Builds the model from remapped tensors (see `weights::remap_mmdit`), strictly. Linear
     /// names and shapes come from the registry.
     pub fn from_store(config: &MmditConfig, store: &mut TensorStore) -> Result<Self, WeightsError> {
-        config.validate().map_err(|reason| WeightsError::Invalid {
+        config.validate().map_err(|source| WeightsError::Config {
             path: store.path().to_owned(),
-            reason,
+            source,
         })?;
         let h = config.hidden_size;
         let (c, p) = (config.latent_channels as i32, config.patch_size as i32);
@@ -163,15 +161,9 @@ impl Mmdit {
         };
         let max = config.max_latent_resolution as i32;
         let pos_embed = store.take("x_pos_embedder.pos_embed.weight", &[max * max, h as i32])?;
-        let shapes: HashMap<LayerId, _> = mmdit_linear_layers(config)
-            .into_iter()
-            .map(|l| (l.id, l))
-            .collect();
+        // Every identity has a shape (the registry computes it), so no lookup can fail.
         let mut linear = |id: LayerId| -> Result<Linear, WeightsError> {
-            let l = shapes.get(&id).ok_or_else(|| WeightsError::Invalid {
-                path: store.path().to_owned(),
-                reason: format!("internal: no registry entry for {}", id.name()),
-            })?;
+            let l = mmdit_linear_layer(config, id);
             if l.bias {
                 store.linear(&l.name, l.out_features, l.in_features)
             } else {

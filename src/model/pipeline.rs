@@ -25,8 +25,24 @@ pub enum PipelineError {
     Weights(#[from] WeightsError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] GenerateConfigError),
+    #[error(
+        "{checkpoint}: the CLIP encoders pool {pooled} features but the MMDiT expects {expected}"
+    )]
+    PooledWidth {
+        checkpoint: std::path::PathBuf,
+        pooled: usize,
+        expected: usize,
+    },
+    #[error(
+        "{checkpoint}: the CLIP encoders are {width} features wide together, wider than the MMDiT's context of {context}"
+    )]
+    ContextWidth {
+        checkpoint: std::path::PathBuf,
+        width: usize,
+        context: usize,
+    },
     #[error("MLX error: {0}")]
     Mlx(#[from] mlx_rs::error::Exception),
 }
@@ -57,25 +73,64 @@ impl Default for GenerateConfig {
     }
 }
 
+/// Which side of the image a size error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageSide {
+    Height,
+    Width,
+}
+
+impl std::fmt::Display for ImageSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Height => "height",
+            Self::Width => "width",
+        })
+    }
+}
+
+/// Why a [`GenerateConfig`] cannot run on a model (named by the configuration's field names).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GenerateConfigError {
+    #[error("num_steps must be at least 1")]
+    NoSteps,
+    #[error("{side} {value} must be a positive multiple of 16")]
+    SizeNotMultiple { side: ImageSide, value: usize },
+    #[error("{side} {value} is above this model's maximum of {max_pixels} pixels")]
+    SizeTooLarge {
+        side: ImageSide,
+        value: usize,
+        max_pixels: usize,
+    },
+    #[error("cfg_weight must be a finite number (it is {value})")]
+    CfgWeight { value: f32 },
+}
+
 impl GenerateConfig {
     /// Checks sizes and counts; the latent is 1/8 of the image and must split into 2×2 patches.
-    pub fn validate(&self, max_latent: usize) -> Result<(), String> {
+    pub fn validate(&self, max_latent: usize) -> Result<(), GenerateConfigError> {
         if self.num_steps == 0 {
-            return Err("num_steps must be at least 1".into());
+            return Err(GenerateConfigError::NoSteps);
         }
-        for (name, v) in [("height", self.height), ("width", self.width)] {
-            if v == 0 || !v.is_multiple_of(16) {
-                return Err(format!("{name} {v} must be a positive multiple of 16"));
+        for (side, value) in [
+            (ImageSide::Height, self.height),
+            (ImageSide::Width, self.width),
+        ] {
+            if value == 0 || !value.is_multiple_of(16) {
+                return Err(GenerateConfigError::SizeNotMultiple { side, value });
             }
-            if v / 8 > max_latent {
-                return Err(format!(
-                    "{name} {v} is above this model's maximum of {} pixels",
-                    max_latent * 8
-                ));
+            if value / 8 > max_latent {
+                return Err(GenerateConfigError::SizeTooLarge {
+                    side,
+                    value,
+                    max_pixels: max_latent * 8,
+                });
             }
         }
         if !self.cfg_weight.is_finite() {
-            return Err("cfg_weight must be a finite number".into());
+            return Err(GenerateConfigError::CfgWeight {
+                value: self.cfg_weight,
+            });
         }
         Ok(())
     }
@@ -165,15 +220,19 @@ impl Pipeline {
         let clip_g = load_clip(&files.clip_g, dtype)?;
         let pooled = clip_l.config.pooled_dim() + clip_g.config.pooled_dim();
         if pooled != mmdit_cfg.pooled_dim {
-            return Err(PipelineError::Config(format!(
-                "the CLIP encoders pool {pooled} features but the MMDiT expects {}",
-                mmdit_cfg.pooled_dim
-            )));
+            return Err(PipelineError::PooledWidth {
+                checkpoint: files.checkpoint.clone(),
+                pooled,
+                expected: mmdit_cfg.pooled_dim,
+            });
         }
-        if clip_l.config.width + clip_g.config.width > mmdit_cfg.context_dim {
-            return Err(PipelineError::Config(
-                "the CLIP encoders are wider than the MMDiT's context".into(),
-            ));
+        let width = clip_l.config.width + clip_g.config.width;
+        if width > mmdit_cfg.context_dim {
+            return Err(PipelineError::ContextWidth {
+                checkpoint: files.checkpoint.clone(),
+                width,
+                context: mmdit_cfg.context_dim,
+            });
         }
         let mmdit = mmdit_from_tensors(&files.checkpoint, &raw, &mmdit_cfg, dtype)?;
         let vae = vae_decoder_from_tensors(&files.checkpoint, &raw, &vae_cfg, dtype)?;
@@ -386,8 +445,7 @@ fn run_generation(
     cfg: &GenerateConfig,
     on_step: &mut dyn FnMut(&StepInputs) -> Flow,
 ) -> Result<Option<Generated>, PipelineError> {
-    cfg.validate(held.pipe().config.mmdit.max_latent_resolution)
-        .map_err(PipelineError::Config)?;
+    cfg.validate(held.pipe().config.mmdit.max_latent_resolution)?;
     let mut times = StageTimes::default();
     let t0 = Instant::now();
     let (cond, pooled) = held.pipe().encode_text(&cfg.prompt, &cfg.negative_prompt)?;
@@ -421,4 +479,44 @@ fn run_generation(
         latent,
         times,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_returns_the_typed_problem() {
+        let cfg = |f: fn(&mut GenerateConfig)| {
+            let mut c = GenerateConfig::default();
+            f(&mut c);
+            c.validate(64)
+        };
+        assert_eq!(cfg(|_| {}), Ok(()));
+        assert_eq!(cfg(|c| c.num_steps = 0), Err(GenerateConfigError::NoSteps));
+        let err = cfg(|c| c.height = 17).unwrap_err();
+        assert_eq!(
+            err,
+            GenerateConfigError::SizeNotMultiple {
+                side: ImageSide::Height,
+                value: 17
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "height 17 must be a positive multiple of 16"
+        );
+        assert_eq!(
+            cfg(|c| c.width = 528),
+            Err(GenerateConfigError::SizeTooLarge {
+                side: ImageSide::Width,
+                value: 528,
+                max_pixels: 512
+            })
+        );
+        assert!(matches!(
+            cfg(|c| c.cfg_weight = f32::INFINITY),
+            Err(GenerateConfigError::CfgWeight { .. })
+        ));
+    }
 }

@@ -262,37 +262,41 @@ pub fn mmdit_layer_ids(depth: usize) -> Vec<LayerId> {
 
 /// Every Linear of the MMDiT, in forward order.
 pub fn mmdit_linear_layers(cfg: &MmditConfig) -> Vec<LinearLayer> {
-    let h = cfg.hidden_size;
-    let patch = cfg.patch_size * cfg.patch_size * cfg.latent_channels;
     mmdit_layer_ids(cfg.depth)
         .into_iter()
-        .map(|id| {
-            // (out, in) and bias, as the checkpoint holds them.
-            let (shape, bias) = match id {
-                LayerId::PooledEmbedder(0) => ((h, cfg.pooled_dim), true),
-                LayerId::TimestepEmbedder(0) => ((h, cfg.frequency_dim), true),
-                LayerId::PooledEmbedder(_) | LayerId::TimestepEmbedder(_) => ((h, h), true),
-                LayerId::ContextEmbedder => ((h, cfg.context_dim), true),
-                LayerId::FinalLinear => ((patch, h), true),
-                LayerId::FinalAdaln => ((2 * h, h), true),
-                LayerId::Block {
-                    block,
-                    stream,
-                    kind,
-                } => match kind {
-                    LayerKind::AttnK => ((h, h), false),
-                    LayerKind::MlpFc1 => ((cfg.mlp_hidden(), h), true),
-                    LayerKind::MlpFc2 => ((h, cfg.mlp_hidden()), true),
-                    LayerKind::Adaln => {
-                        let last_text = block + 1 == cfg.depth && stream == Stream::Text;
-                        ((if last_text { 2 } else { 6 } * h, h), true)
-                    }
-                    _ => ((h, h), true),
-                },
-            };
-            LinearLayer::new(id, shape, bias)
-        })
+        .map(|id| mmdit_linear_layer(cfg, id))
         .collect()
+}
+
+/// The Linear `id` names, with its shape under `cfg` (an id outside `mmdit_layer_ids(depth)`,
+/// such as a block past the last, still gets the shape such a layer would have).
+pub fn mmdit_linear_layer(cfg: &MmditConfig, id: LayerId) -> LinearLayer {
+    let h = cfg.hidden_size;
+    let patch = cfg.patch_size * cfg.patch_size * cfg.latent_channels;
+    // (out, in) and bias, as the checkpoint holds them.
+    let (shape, bias) = match id {
+        LayerId::PooledEmbedder(0) => ((h, cfg.pooled_dim), true),
+        LayerId::TimestepEmbedder(0) => ((h, cfg.frequency_dim), true),
+        LayerId::PooledEmbedder(_) | LayerId::TimestepEmbedder(_) => ((h, h), true),
+        LayerId::ContextEmbedder => ((h, cfg.context_dim), true),
+        LayerId::FinalLinear => ((patch, h), true),
+        LayerId::FinalAdaln => ((2 * h, h), true),
+        LayerId::Block {
+            block,
+            stream,
+            kind,
+        } => match kind {
+            LayerKind::AttnK => ((h, h), false),
+            LayerKind::MlpFc1 => ((cfg.mlp_hidden(), h), true),
+            LayerKind::MlpFc2 => ((h, cfg.mlp_hidden()), true),
+            LayerKind::Adaln => {
+                let last_text = block + 1 == cfg.depth && stream == Stream::Text;
+                ((if last_text { 2 } else { 6 } * h, h), true)
+            }
+            _ => ((h, h), true),
+        },
+    };
+    LinearLayer::new(id, shape, bias)
 }
 
 /// Parameters of the MMDiT that are not in Linear layers: the patch-embedding convolution and

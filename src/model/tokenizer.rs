@@ -28,6 +28,8 @@ pub enum TokenizerError {
     },
     #[error("{path}: {reason}")]
     Format { path: String, reason: String },
+    #[error("the vocabulary has no {token}")]
+    MissingToken { token: &'static str },
 }
 
 /// How padding is done for a CLIP model: CLIP-L pads with EOS, CLIP-G with 0.
@@ -74,13 +76,14 @@ impl ClipTokenizer {
         vocab: HashMap<String, u32>,
         merges: Vec<(String, String)>,
         padding: Padding,
-    ) -> Result<Self, String> {
-        let bos = *vocab
-            .get(BOS)
-            .ok_or("the vocabulary has no <|startoftext|>")?;
-        let eos = *vocab
-            .get(EOS)
-            .ok_or("the vocabulary has no <|endoftext|>")?;
+    ) -> Result<Self, TokenizerError> {
+        let special = |token: &'static str| {
+            vocab
+                .get(token)
+                .copied()
+                .ok_or(TokenizerError::MissingToken { token })
+        };
+        let (bos, eos) = (special(BOS)?, special(EOS)?);
         let ranks = merges
             .into_iter()
             .enumerate()
@@ -89,7 +92,7 @@ impl ClipTokenizer {
         let splitter = regex::Regex::new(
             r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
         )
-        .map_err(|e| e.to_string())?;
+        .expect("the pre-tokenizer pattern is a constant that compiles");
         Ok(Self {
             vocab,
             ranks,
@@ -138,9 +141,13 @@ impl ClipTokenizer {
                 }
             }
         }
-        Self::new(vocab, merges, padding).map_err(|reason| TokenizerError::Format {
-            path: vocab_path.display().to_string(),
-            reason,
+        // The vocabulary came from `vocab_path`: name it in the error.
+        Self::new(vocab, merges, padding).map_err(|e| match e {
+            TokenizerError::MissingToken { .. } => TokenizerError::Format {
+                path: vocab_path.display().to_string(),
+                reason: e.to_string(),
+            },
+            other => other,
         })
     }
 
@@ -302,6 +309,32 @@ mod tests {
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect()
+    }
+
+    #[test]
+    fn a_vocabulary_without_its_special_tokens_is_refused_by_name() {
+        let mut vocab = vocab_from_merges(&toy_merges());
+        vocab.remove(EOS);
+        let err = ClipTokenizer::new(vocab.clone(), toy_merges(), Padding::Eos).unwrap_err();
+        assert!(
+            matches!(err, TokenizerError::MissingToken { token: EOS }),
+            "{err:?}"
+        );
+        // Loaded from files, the error names the vocabulary file.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("vocab.json"),
+            serde_json::to_string(&vocab).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("merges.txt"), "#version: 0.2\ne d</w>\n").unwrap();
+        let err = ClipTokenizer::load(dir.path(), Padding::Eos)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vocab.json") && err.contains("has no <|endoftext|>"),
+            "{err}"
+        );
     }
 
     #[test]

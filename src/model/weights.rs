@@ -25,6 +25,16 @@ pub enum WeightsError {
     Unexpected { path: PathBuf, keys: String },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Config {
+        path: PathBuf,
+        source: super::config::ConfigError,
+    },
+    #[error("{path}: {source}")]
+    ClipConfig {
+        path: PathBuf,
+        source: super::clip::ClipConfigError,
+    },
     #[error("MLX error while preparing '{key}': {source}")]
     Mlx {
         key: String,

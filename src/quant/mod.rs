@@ -63,16 +63,12 @@ impl LayerQuant {
     /// Checks that MLX supports these bits and this group size (the one such check).
     pub fn validate(&self) -> Result<(), QuantError> {
         if !SUPPORTED_BITS.contains(&self.bits) {
-            return Err(QuantError::Config(format!(
-                "{} bits is not supported (MLX: 2, 3, 4, 5, 6, 8)",
-                self.bits
-            )));
+            return Err(QuantError::UnsupportedBits { bits: self.bits });
         }
         if !SUPPORTED_GROUPS.contains(&self.group_size) {
-            return Err(QuantError::Config(format!(
-                "group size {} is not supported (MLX: 32, 64, 128)",
-                self.group_size
-            )));
+            return Err(QuantError::UnsupportedGroupSize {
+                group_size: self.group_size,
+            });
         }
         Ok(())
     }
@@ -131,34 +127,41 @@ impl QuantConfig {
         }
         let path = Path::new(spec);
         if !path.is_file() {
-            return Err(QuantError::Config(format!(
-                "'{spec}' is neither none, wN (N in 2,3,4,5,6,8) nor a plan file"
-            )));
+            return Err(QuantError::UnknownSpec(spec.to_owned()));
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| QuantError::Config(format!("{}: {e}", path.display())))?;
-        let plan: QuantPlan = serde_json::from_str(&text)
-            .map_err(|e| QuantError::Config(format!("{}: not a plan: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|source| QuantError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let plan: QuantPlan =
+            serde_json::from_str(&text).map_err(|source| QuantError::NotAPlan {
+                path: path.to_owned(),
+                source,
+            })?;
         for (name, q) in &plan.layers {
-            q.validate().map_err(|e| {
-                QuantError::Config(format!("{}: layer {name}: {e}", path.display()))
+            q.validate().map_err(|e| QuantError::PlanLayer {
+                path: path.to_owned(),
+                bucket: None,
+                layer: name.clone(),
+                source: Box::new(e),
             })?;
         }
         for (bucket, layers) in &plan.buckets {
-            match bucket.parse::<Bucket>() {
-                Ok(Bucket::All) => Err(format!(
-                    "unknown bucket '{bucket}' (expected early, mid or late)"
-                )),
-                Ok(_) => Ok(()),
-                Err(e) => Err(e),
+            if !matches!(
+                bucket.parse::<Bucket>(),
+                Ok(Bucket::Early | Bucket::Mid | Bucket::Late)
+            ) {
+                return Err(QuantError::UnknownPlanBucket {
+                    path: path.to_owned(),
+                    bucket: bucket.clone(),
+                });
             }
-            .map_err(|e| QuantError::Config(format!("{}: buckets: {e}", path.display())))?;
             for (name, q) in layers {
-                q.validate().map_err(|e| {
-                    QuantError::Config(format!(
-                        "{}: bucket {bucket}, layer {name}: {e}",
-                        path.display()
-                    ))
+                q.validate().map_err(|e| QuantError::PlanLayer {
+                    path: path.to_owned(),
+                    bucket: Some(bucket.clone()),
+                    layer: name.clone(),
+                    source: Box::new(e),
                 })?;
             }
         }
@@ -214,13 +217,52 @@ pub struct QuantReport {
 /// Why quantization failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QuantError {
-    #[error("{0}")]
-    Config(String),
+    #[error("{bits} bits is not supported (MLX: 2, 3, 4, 5, 6, 8)")]
+    UnsupportedBits { bits: i32 },
+    #[error("group size {group_size} is not supported (MLX: 32, 64, 128)")]
+    UnsupportedGroupSize { group_size: i32 },
+    #[error("'{0}' is neither none, wN (N in 2,3,4,5,6,8) nor a plan file")]
+    UnknownSpec(String),
+    #[error("{path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a plan: {source}")]
+    NotAPlan {
+        path: std::path::PathBuf,
+        source: serde_json::Error,
+    },
+    /// A plan's layer entry MLX cannot quantize (`bucket`: in that bucket's map).
+    #[error("{path}: {}layer {layer}: {source}", in_bucket(.bucket))]
+    PlanLayer {
+        path: std::path::PathBuf,
+        bucket: Option<String>,
+        layer: String,
+        source: Box<QuantError>,
+    },
+    #[error("{path}: buckets: unknown bucket '{bucket}' (expected early, mid or late)")]
+    UnknownPlanBucket {
+        path: std::path::PathBuf,
+        bucket: String,
+    },
+    #[error("the plan names layer '{layer}', which this model does not have")]
+    UnknownLayer { layer: String },
+    /// A caller's mistake, not a configuration problem: quantization starts from float layers.
+    #[error("bug: {layer} is already quantized (quantization applies to a float model)")]
+    AlreadyQuantized { layer: String },
     #[error("MLX error while quantizing {layer}: {source}")]
     Mlx {
         layer: String,
         source: mlx_rs::error::Exception,
     },
+}
+
+/// `bucket early, ` for an entry of a bucket's map, nothing for the default map.
+fn in_bucket(bucket: &Option<String>) -> String {
+    bucket
+        .as_ref()
+        .map_or(String::new(), |b| format!("bucket {b}, "))
 }
 
 /// Quantizes one weight `(out, in)` with MLX's affine scheme.
@@ -282,9 +324,9 @@ pub fn apply(
     if let QuantConfig::Plan(plan) = config {
         let names: Vec<String> = mmdit.linears_mut().into_iter().map(|(n, _)| n).collect();
         if let Some(unknown) = plan.layers.keys().find(|k| !names.contains(k)) {
-            return Err(QuantError::Config(format!(
-                "the plan names layer '{unknown}', which this model does not have"
-            )));
+            return Err(QuantError::UnknownLayer {
+                layer: unknown.clone(),
+            });
         }
     }
     for (name, linear) in mmdit.linears_mut() {
@@ -292,7 +334,7 @@ pub fn apply(
             continue;
         };
         if linear.quantized.is_some() {
-            return Err(QuantError::Config(format!("{name} is already quantized")));
+            return Err(QuantError::AlreadyQuantized { layer: name });
         }
         let inp = linear.in_features();
         if inp % q.group_size != 0 {
@@ -367,4 +409,53 @@ pub fn apply_to_pipeline(
     pipe.mmdit = variants[0].clone();
     pipe.bucket_mmdits = Some(variants);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_refusals_are_typed_and_name_the_plan_entry() {
+        assert!(matches!(
+            QuantConfig::parse("w7", 64),
+            Err(QuantError::UnsupportedBits { bits: 7 })
+        ));
+        assert!(matches!(
+            QuantConfig::parse("w4", 48),
+            Err(QuantError::UnsupportedGroupSize { group_size: 48 })
+        ));
+        assert!(matches!(
+            QuantConfig::parse("no-such-plan.json", 64),
+            Err(QuantError::UnknownSpec(s)) if s == "no-such-plan.json"
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let plan = dir.path().join("plan.json");
+        let write = |text: &str| std::fs::write(&plan, text).unwrap();
+        let spec = plan.display().to_string();
+        write(r#"{"layers": {}, "buckets": {"all": {}}}"#);
+        assert!(matches!(
+            QuantConfig::parse(&spec, 64),
+            Err(QuantError::UnknownPlanBucket { bucket, .. }) if bucket == "all"
+        ));
+        write(r#"{"layers": {}, "buckets": {"late": {"x": {"bits": 7, "group_size": 64}}}}"#);
+        let err = QuantConfig::parse(&spec, 64).unwrap_err();
+        assert!(
+            matches!(&err, QuantError::PlanLayer { bucket: Some(b), layer, source, .. }
+                if b == "late" && layer == "x"
+                    && matches!(**source, QuantError::UnsupportedBits { bits: 7 })),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().ends_with(
+                "plan.json: bucket late, layer x: 7 bits is not supported (MLX: 2, 3, 4, 5, 6, 8)"
+            ),
+            "{err}"
+        );
+        write("not json");
+        assert!(matches!(
+            QuantConfig::parse(&spec, 64),
+            Err(QuantError::NotAPlan { .. })
+        ));
+    }
 }

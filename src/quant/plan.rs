@@ -122,13 +122,58 @@ pub struct BuiltPlan {
     pub left_float: Vec<String>,
 }
 
+/// Why no plan can be built from a sensitivity report.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("the sensitivity report has no results for the bit widths {bits:?}")]
+    NoResults {
+        /// The bit widths asked for (empty: any).
+        bits: Vec<i32>,
+    },
+    #[error("the sensitivity report has no per-bucket results")]
+    NoBucketResults,
+    #[error(
+        "a target of {target_bits} bits per weight is below the {overhead} bits per weight that scales and biases take at group size {group_size}"
+    )]
+    BelowOverhead {
+        target_bits: f64,
+        overhead: f64,
+        group_size: i32,
+        /// The smallest average bits the report can reach.
+        minimum: f64,
+    },
+    #[error(
+        "a target of {target_bits} bits per weight is below the smallest reachable average of {minimum:.3} bits"
+    )]
+    BelowMinimum { target_bits: f64, minimum: f64 },
+    #[error("bucket {bucket}: {source}")]
+    Bucket {
+        bucket: Bucket,
+        source: Box<PlanError>,
+    },
+}
+
+impl PlanError {
+    /// The smallest average bits the report can reach, when the target was below it (for a
+    /// front end's hint).
+    pub fn lowest_target(&self) -> Option<f64> {
+        match self {
+            Self::BelowOverhead { minimum, .. } | Self::BelowMinimum { minimum, .. } => {
+                Some(*minimum)
+            }
+            Self::Bucket { source, .. } => source.lowest_target(),
+            Self::NoResults { .. } | Self::NoBucketResults => None,
+        }
+    }
+}
+
 /// Builds the plan for `target_bits` from the `all` bucket of a sensitivity report.
 pub fn build_plan(
     report: &SensitivityReport,
     target_bits: f64,
     bits: &[i32],
     objective: Objective,
-) -> Result<BuiltPlan, String> {
+) -> Result<BuiltPlan, PlanError> {
     build_plan_for(report, Bucket::All, target_bits, bits, objective)
 }
 
@@ -140,7 +185,7 @@ pub fn build_plan_per_bucket(
     target_bits: f64,
     bits: &[i32],
     objective: Objective,
-) -> Result<BuiltPlan, String> {
+) -> Result<BuiltPlan, PlanError> {
     let mut built = build_plan_for(report, Bucket::All, target_bits, bits, objective)?;
     let mut predicted = serde_json::Map::new();
     for bucket in Bucket::STEPS {
@@ -151,8 +196,12 @@ pub fn build_plan_per_bucket(
         if !has_rows {
             continue;
         }
-        let b = build_plan_for(report, bucket, target_bits, bits, objective)
-            .map_err(|e| format!("bucket {bucket}: {e}"))?;
+        let b = build_plan_for(report, bucket, target_bits, bits, objective).map_err(|e| {
+            PlanError::Bucket {
+                bucket,
+                source: Box::new(e),
+            }
+        })?;
         let mut entry = serde_json::Map::new();
         for key in [
             "average_bits",
@@ -171,7 +220,7 @@ pub fn build_plan_per_bucket(
             .insert(bucket.name().into(), b.plan.layers);
     }
     if built.plan.buckets.is_empty() {
-        return Err("the sensitivity report has no per-bucket results".into());
+        return Err(PlanError::NoBucketResults);
     }
     built
         .plan
@@ -217,7 +266,7 @@ fn build_plan_for(
     target_bits: f64,
     bits: &[i32],
     objective: Objective,
-) -> Result<BuiltPlan, String> {
+) -> Result<BuiltPlan, PlanError> {
     let group = report.settings.group_size;
     let overhead = scale_overhead_bits(group);
     let mut names = Vec::new();
@@ -247,27 +296,33 @@ fn build_plan_for(
         layers.push(choices);
     }
     if layers.is_empty() {
-        return Err("the sensitivity report has no results for the requested bit widths".into());
+        return Err(PlanError::NoResults {
+            bits: bits.to_vec(),
+        });
     }
     let total: u64 = params.iter().sum();
+    let min_cost: u64 = layers
+        .iter()
+        .map(|c| c.iter().map(|x| x.cost).min().unwrap_or(0))
+        .sum();
+    let minimum = min_cost as f64 / total as f64 + overhead;
     let budget_bits = target_bits - overhead;
     if budget_bits <= 0.0 {
-        return Err(format!(
-            "--target-bits {target_bits} is below the {overhead} bits per weight that scales and biases take at group size {group}"
-        ));
+        return Err(PlanError::BelowOverhead {
+            target_bits,
+            overhead,
+            group_size: group,
+            minimum,
+        });
     }
     let budget = (budget_bits * total as f64).floor() as u64;
     let frontiers = Frontiers::solve(&layers);
-    let (picks, cost, error) = frontiers.best_within(budget).ok_or_else(|| {
-        let min: u64 = layers
-            .iter()
-            .map(|c| c.iter().map(|x| x.cost).min().unwrap_or(0))
-            .sum();
-        format!(
-            "--target-bits {target_bits} is below the smallest reachable average of {:.3} bits",
-            min as f64 / total as f64 + overhead
-        )
-    })?;
+    let (picks, cost, error) = frontiers
+        .best_within(budget)
+        .ok_or(PlanError::BelowMinimum {
+            target_bits,
+            minimum,
+        })?;
     let mut plan_layers = BTreeMap::new();
     for (i, name) in names.iter().enumerate() {
         plan_layers.insert(
@@ -500,5 +555,110 @@ mod plan_files_tests {
         let missing = dir.path().join("no/such/folder/plan.json");
         let e = write_plan_files(&missing, &built, Objective::Sqnr).unwrap_err();
         assert!(e.to_string().contains("no/such/folder"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod plan_error_tests {
+    use super::*;
+    use crate::quant::sensitivity::{BucketResult, LayerResult, RunSettings};
+
+    /// Two layers of 100 parameters measured at 2 and 4 bits, group size 64, in `buckets`.
+    fn report(buckets: &[Bucket]) -> SensitivityReport {
+        let layer = |name: &str| LayerResult {
+            name: name.into(),
+            block: None,
+            kind: crate::model::registry::LayerKind::Embedder,
+            params: 100,
+            results: [2, 4]
+                .iter()
+                .flat_map(|&bits| {
+                    buckets.iter().map(move |&bucket| BucketResult {
+                        bits,
+                        group_size: 64,
+                        bucket,
+                        mse: 1.0 / bits as f64,
+                        sqnr_db: 6.0 * bits as f64,
+                        cosine: 1.0,
+                        n_samples: 1,
+                    })
+                })
+                .collect(),
+        };
+        SensitivityReport {
+            schema: "sd3lab.sensitivity/1".into(),
+            settings: RunSettings {
+                model: "tiny".into(),
+                model_config: crate::model::MmditConfig::sd3_medium(),
+                calib_dir: "calib".into(),
+                bits: vec![2, 4],
+                group_size: 64,
+                max_images: None,
+                step_stride: None,
+                dtype: crate::model::config::ModelDtype::Float32,
+                samples: Vec::new(),
+                metric_scope: Scope::Layer,
+            },
+            layers: vec![layer("a"), layer("b")],
+        }
+    }
+
+    #[test]
+    fn impossible_targets_are_typed_with_the_lowest_reachable_one() {
+        let r = report(&[Bucket::All]);
+        assert!(build_plan(&r, 4.5, &[], Objective::Sqnr).is_ok());
+        let err = build_plan(&r, 0.25, &[], Objective::Sqnr).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::BelowOverhead {
+                target_bits: 0.25,
+                overhead: 0.5,
+                group_size: 64,
+                minimum: 2.5
+            }
+        );
+        assert_eq!(err.lowest_target(), Some(2.5));
+        let err = build_plan(&r, 2.1, &[], Objective::Sqnr).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::BelowMinimum {
+                target_bits: 2.1,
+                minimum: 2.5
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "a target of 2.1 bits per weight is below the smallest reachable average of 2.500 bits"
+        );
+        assert_eq!(
+            build_plan(&r, 4.5, &[8], Objective::Mse).unwrap_err(),
+            PlanError::NoResults { bits: vec![8] }
+        );
+        assert_eq!(
+            build_plan_per_bucket(&r, 4.5, &[], Objective::Sqnr).unwrap_err(),
+            PlanError::NoBucketResults
+        );
+    }
+
+    #[test]
+    fn a_bucket_that_cannot_meet_the_target_is_named() {
+        let mut r = report(&[Bucket::All, Bucket::Early]);
+        // Early measured at 4 bits only: 2.5 bits is reachable overall but not in early.
+        for l in &mut r.layers {
+            l.results
+                .retain(|x| !(x.bucket == Bucket::Early && x.bits == 2));
+        }
+        let err = build_plan_per_bucket(&r, 3.0, &[], Objective::Sqnr).unwrap_err();
+        assert!(
+            matches!(&err, PlanError::Bucket { bucket: Bucket::Early, source }
+                if matches!(**source, PlanError::BelowMinimum { .. })),
+            "{err:?}"
+        );
+        assert_eq!(err.lowest_target(), Some(4.5));
+        assert!(
+            err.to_string()
+                .starts_with("bucket early: a target of 3 bits"),
+            "{err}"
+        );
     }
 }

@@ -26,8 +26,17 @@ pub enum ReportError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Data(String),
+    #[error("the sensitivity report has no bit widths")]
+    NoBitWidths,
+    #[error(transparent)]
+    Plan(#[from] crate::quant::plan::PlanError),
+    #[error("serialising the report's data: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{path}: not a JSON manifest: {source}")]
+    Manifest {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// One named line.
@@ -167,7 +176,8 @@ fn colour_bar<DB: DrawingBackend>(
     lo: f64,
     hi: f64,
     label: &str,
-) -> Result<(), String>
+    title: &str,
+) -> Result<(), ReportError>
 where
     DB::ErrorType: 'static,
 {
@@ -177,7 +187,7 @@ where
         .x_label_area_size(30)
         .right_y_label_area_size(62)
         .build_cartesian_2d(0f64..1f64, lo..hi)
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(err(title))?;
     chart
         .configure_mesh()
         .disable_mesh()
@@ -188,7 +198,7 @@ where
         .label_style((FONT, 11))
         .axis_desc_style((FONT, 13))
         .draw()
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(err(title))?;
     const STEPS: usize = 128;
     let step = (hi - lo) / STEPS as f64;
     chart
@@ -197,13 +207,13 @@ where
             let [r, g, b] = colormap::viridis((i as f32 + 0.5) / STEPS as f32);
             Rectangle::new([(0.0, y), (1.0, y + step)], RGBColor(r, g, b).filled())
         }))
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(err(title))?;
     chart
         .draw_series([Rectangle::new(
             [(0.0, lo), (1.0, hi)],
             BLACK.stroke_width(1),
         )])
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(err(title))?;
     Ok(())
 }
 
@@ -303,7 +313,7 @@ where
             let width = area.dim_in_pixel().0;
             let (cells_area, bar_area) =
                 area.split_horizontally(width.saturating_sub(COLOUR_BAR_WIDTH));
-            colour_bar(&bar_area, lo, hi, value_label).map_err(err(&title))?;
+            colour_bar(&bar_area, lo, hi, value_label, &title)?;
             let mut chart = ChartBuilder::on(&cells_area)
                 .margin(12)
                 .x_label_area_size(30)
@@ -696,7 +706,7 @@ pub fn sensitivity_figures(
     let bits = opts
         .bits
         .or_else(|| report.lowest_bits())
-        .ok_or_else(|| ReportError::Data("the report has no bit widths".into()))?;
+        .ok_or(ReportError::NoBitWidths)?;
     let ranked = filtered_ranking(report, bits, opts.bucket, opts.metric, &opts.filter);
     let layers: Vec<String> = if opts.layers.is_empty() {
         ranked.iter().take(opts.top).map(|r| r.0.clone()).collect()
@@ -730,8 +740,7 @@ pub fn sensitivity_figures(
         ),
     ];
     if let Some(target) = opts.plan_target_bits {
-        let built =
-            build_plan(report, target, &[], opts.plan_objective).map_err(ReportError::Data)?;
+        let built = build_plan(report, target, &[], opts.plan_objective)?;
         figs.push((
             "pareto".to_owned(),
             pareto_figure(&built, opts.plan_objective),
@@ -787,7 +796,7 @@ pub fn write_sensitivity_report(
     opts: &SensitivityReportOptions,
 ) -> Result<Vec<PathBuf>, ReportError> {
     let figs = sensitivity_figures(report, opts)?;
-    let json = serde_json::to_value(report).map_err(|e| ReportError::Data(e.to_string()))?;
+    let json = serde_json::to_value(report)?;
     let mut written = write_data(
         output,
         &crate::quant::sensitivity::report_csv(report),
@@ -1031,7 +1040,7 @@ fn write_data(
     let c = dir.join(format!("{stem}_data.csv"));
     write(&c, csv.as_bytes())?;
     let j = dir.join(format!("{stem}_data.json"));
-    let text = serde_json::to_string_pretty(json).map_err(|e| ReportError::Data(e.to_string()))?;
+    let text = serde_json::to_string_pretty(json)?;
     write(&j, text.as_bytes())?;
     Ok(vec![c, j])
 }
@@ -1128,9 +1137,9 @@ pub fn write_samples_report(
             m.file_size
         ));
     }
-    let json = serde_json::to_value(&listing).map_err(|e| ReportError::Data(e.to_string()))?;
+    let json = serde_json::to_value(&listing)?;
     let mut written = write_data(output, &csv, &json)?;
-    doc.text("The selected samples are in the _data.csv and _data.json files beside this report (the JSON is `sd3lab samples --json`'s schema).");
+    doc.text("The selected samples are in the _data.csv and _data.json files beside this report (the JSON has the schema of the samples listing's JSON export).");
     written.extend(doc.finish(output)?);
     Ok(written)
 }
@@ -1143,8 +1152,11 @@ pub fn write_calibration_report(dir: &Path, output: &Path) -> Result<Vec<PathBuf
         path: manifest_path.clone(),
         source,
     })?;
-    let manifest: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| ReportError::Data(format!("{}: {e}", manifest_path.display())))?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| ReportError::Manifest {
+            path: manifest_path.clone(),
+            source,
+        })?;
     let g = &manifest["generation"];
     let mut doc = Doc::new(output, "SD3 Lab calibration run");
     let field = |k: &str| -> String {
