@@ -32,7 +32,7 @@ pub enum SourceError {
     #[error(
         "sd3-medium is not in the Hugging Face cache ({cache}); download it with \
          `huggingface-cli download {HF_MMDIT_REPO}` and `huggingface-cli download {HF_TEXT_REPO} --include 'clip_*/*' 'tokenizer_*/*'` \
-         (a token may be needed: HF_TOKEN), or pass --model DIR"
+         (a token may be needed: HF_TOKEN), or use a model directory in the published layout"
     )]
     NotCached { cache: PathBuf },
     #[error("downloading {url}: {reason}")]
@@ -40,13 +40,15 @@ pub enum SourceError {
     #[error(
         "sd3-medium is not in the Hugging Face cache ({cache}) and {url} could not be reached ({reason}); \
          download it where there is a network with `huggingface-cli download {HF_MMDIT_REPO}` and \
-         `huggingface-cli download {HF_TEXT_REPO} --include 'clip_*/*' 'tokenizer_*/*'`, or pass --model DIR"
+         `huggingface-cli download {HF_TEXT_REPO} --include 'clip_*/*' 'tokenizer_*/*'`, or use a model directory in the published layout"
     )]
     Unreachable {
         cache: PathBuf,
         url: String,
         reason: String,
     },
+    #[error("the download was cancelled")]
+    Cancelled,
     #[error("unknown model '{0}': use tiny, sd3-medium, auto or a directory")]
     Unknown(String),
     #[error("{path}: {source}")]
@@ -237,33 +239,62 @@ pub fn tiny_model() -> Result<ModelFiles, SourceError> {
     ModelFiles::in_dir(&dir, "tiny")
 }
 
-/// Resolves `--model`: `tiny`, `sd3-medium` (downloaded when not cached), `auto` (sd3-medium if
-/// cached, else tiny with a warning through `warn`), or a directory.
-pub fn resolve(spec: &str, warn: &mut dyn FnMut(&str)) -> Result<ModelFiles, SourceError> {
-    resolve_with_progress(spec, warn, &mut |_, _, _| {})
+/// What resolving a model reports while it works; plain data, so a job forwards it as an event
+/// (the CLI prints it, the app shows it with a cancel button).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceEvent {
+    /// `auto` found no sd3-medium in the Hugging Face cache and uses the built-in tiny demo
+    /// model instead.
+    FellBackToTiny,
+    /// sd3-medium is not in the Hugging Face cache and is being downloaded (about 6 GB).
+    DownloadStarting,
+    /// `done` bytes of `file` downloaded so far, of `total` when the server said.
+    Downloading {
+        file: String,
+        done: u64,
+        total: Option<u64>,
+    },
 }
 
-/// [`resolve`] with download progress.
-pub fn resolve_with_progress(
+impl std::fmt::Display for SourceEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::FellBackToTiny => f.write_str(
+                "sd3-medium is not in the Hugging Face cache: using the built-in tiny demo model (random weights; images are noise-like)",
+            ),
+            Self::DownloadStarting => {
+                f.write_str("sd3-medium is not in the Hugging Face cache: downloading it (about 6 GB)")
+            }
+            Self::Downloading { file, done, total } => match total {
+                Some(t) => write!(f, "downloading {file}: {done} of {t} bytes"),
+                None => write!(f, "downloading {file}: {done} bytes"),
+            },
+        }
+    }
+}
+
+/// Resolves a model name: `tiny`, `sd3-medium` (downloaded when not cached), `auto` (sd3-medium
+/// if cached, else tiny), or a directory. What happens on the way (the fallback, download
+/// progress) goes to `on_event`; a download stops with [`SourceError::Cancelled`] once `cancel`
+/// is set (the partial file is removed, the cache is left as it was).
+pub fn resolve(
     spec: &str,
-    warn: &mut dyn FnMut(&str),
-    progress: DownloadProgress,
+    cancel: &crate::job::CancelToken,
+    on_event: &mut dyn FnMut(SourceEvent),
 ) -> Result<ModelFiles, SourceError> {
     match spec {
         "tiny" => tiny_model(),
         "sd3-medium" => match sd3_medium_from_cache() {
             Ok(f) => Ok(f),
             Err(_) => {
-                warn("sd3-medium is not in the Hugging Face cache: downloading it (about 6 GB)");
-                download_sd3_medium(progress)
+                on_event(SourceEvent::DownloadStarting);
+                download_sd3_medium(cancel, on_event)
             }
         },
         "auto" => match sd3_medium_from_cache() {
             Ok(f) => Ok(f),
             Err(_) => {
-                warn(
-                    "sd3-medium is not in the Hugging Face cache: using the built-in tiny demo model (random weights; images are noise-like). Pass --model sd3-medium or --model DIR for the real model.",
-                );
+                on_event(SourceEvent::FellBackToTiny);
                 tiny_model()
             }
         },
@@ -403,12 +434,13 @@ pub fn hf_token() -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// Progress of a download: `(file, bytes so far, total bytes if known)`.
-pub type DownloadProgress<'a> = &'a mut dyn FnMut(&str, u64, Option<u64>);
-
 /// Downloads sd3-medium's files into the Hugging Face cache (`HF_ENDPOINT` respected), each
 /// through a temporary file renamed into place, then records the revision in `refs/main`.
-pub fn download_sd3_medium(progress: DownloadProgress) -> Result<ModelFiles, SourceError> {
+/// Checks `cancel` between chunks.
+pub fn download_sd3_medium(
+    cancel: &crate::job::CancelToken,
+    on_event: &mut dyn FnMut(SourceEvent),
+) -> Result<ModelFiles, SourceError> {
     use std::io::{Read, Write};
     let cache = hf_hub_cache();
     let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
@@ -480,7 +512,15 @@ pub fn download_sd3_medium(progress: DownloadProgress) -> Result<ModelFiles, Sou
             }
             tmp.write_all(&buf[..n]).map_err(io(&target))?;
             done += n as u64;
-            progress(file, done, total);
+            on_event(SourceEvent::Downloading {
+                file: file.to_owned(),
+                done,
+                total,
+            });
+            if cancel.is_cancelled() {
+                // Dropping `tmp` removes the partial file.
+                return Err(SourceError::Cancelled);
+            }
         }
         if let Some(t) = total
             && t != done
