@@ -170,6 +170,35 @@ pub fn hf_hub_cache() -> PathBuf {
     home.join(".cache/huggingface/hub")
 }
 
+/// Where models are looked for, written and downloaded from. [`ModelLocations::from_env`] is
+/// what every command uses; a caller that must not depend on the process environment (a test,
+/// an app started with its own folders) builds one itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelLocations {
+    /// The Hugging Face hub cache that holds (and receives) sd3-medium.
+    pub hub_cache: PathBuf,
+    /// SD3 Lab's own cache, where the built-in tiny model is written on first use.
+    pub cache_dir: PathBuf,
+    /// The Hugging Face endpoint downloads come from.
+    pub endpoint: String,
+    /// The token sent with downloads.
+    pub token: Option<String>,
+}
+
+impl ModelLocations {
+    /// The folders and endpoint the environment names ([`hf_hub_cache`], [`cache_dir`],
+    /// `HF_ENDPOINT`, [`hf_token`]).
+    pub fn from_env() -> Self {
+        Self {
+            hub_cache: hf_hub_cache(),
+            cache_dir: cache_dir(),
+            endpoint: std::env::var("HF_ENDPOINT")
+                .unwrap_or_else(|_| "https://huggingface.co".into()),
+            token: hf_token(),
+        }
+    }
+}
+
 /// The snapshot folder of `repo` in the hub cache (the revision `refs/main` points to).
 fn hf_snapshot(cache: &Path, repo: &str) -> Option<PathBuf> {
     let dir = cache.join(format!("models--{}", repo.replace('/', "--")));
@@ -180,7 +209,12 @@ fn hf_snapshot(cache: &Path, repo: &str) -> Option<PathBuf> {
 
 /// sd3-medium's files from the Hugging Face cache, if both repositories are there.
 pub fn sd3_medium_from_cache() -> Result<ModelFiles, SourceError> {
-    let cache = hf_hub_cache();
+    sd3_medium_in(&hf_hub_cache())
+}
+
+/// sd3-medium's files from the hub cache `cache`, if both repositories are there.
+pub fn sd3_medium_in(cache: &Path) -> Result<ModelFiles, SourceError> {
+    let cache = cache.to_owned();
     let (Some(mmdit), Some(text)) = (
         hf_snapshot(&cache, HF_MMDIT_REPO),
         hf_snapshot(&cache, HF_TEXT_REPO),
@@ -203,7 +237,12 @@ pub fn sd3_medium_from_cache() -> Result<ModelFiles, SourceError> {
 
 /// The built-in tiny model, written into the cache on first use.
 pub fn tiny_model() -> Result<ModelFiles, SourceError> {
-    let dir = cache_dir().join("models").join(TINY_VERSION);
+    tiny_model_in(&cache_dir())
+}
+
+/// The built-in tiny model in SD3 Lab's cache folder `cache`, written there on first use.
+pub fn tiny_model_in(cache: &Path) -> Result<ModelFiles, SourceError> {
+    let dir = cache.join("models").join(TINY_VERSION);
     if let Ok(files) = ModelFiles::in_dir(&dir, "tiny") {
         return Ok(files);
     }
@@ -282,20 +321,30 @@ pub fn resolve(
     cancel: &crate::job::CancelToken,
     on_event: &mut dyn FnMut(SourceEvent),
 ) -> Result<ModelFiles, SourceError> {
+    resolve_in(spec, &ModelLocations::from_env(), cancel, on_event)
+}
+
+/// [`resolve`] with the folders and endpoint of `at` instead of the environment's.
+pub fn resolve_in(
+    spec: &str,
+    at: &ModelLocations,
+    cancel: &crate::job::CancelToken,
+    on_event: &mut dyn FnMut(SourceEvent),
+) -> Result<ModelFiles, SourceError> {
     match spec {
-        "tiny" => tiny_model(),
-        "sd3-medium" => match sd3_medium_from_cache() {
+        "tiny" => tiny_model_in(&at.cache_dir),
+        "sd3-medium" => match sd3_medium_in(&at.hub_cache) {
             Ok(f) => Ok(f),
             Err(_) => {
                 on_event(SourceEvent::DownloadStarting);
-                download_sd3_medium(cancel, on_event)
+                download_sd3_medium_into(at, cancel, on_event)
             }
         },
-        "auto" => match sd3_medium_from_cache() {
+        "auto" => match sd3_medium_in(&at.hub_cache) {
             Ok(f) => Ok(f),
             Err(_) => {
                 on_event(SourceEvent::FellBackToTiny);
-                tiny_model()
+                tiny_model_in(&at.cache_dir)
             }
         },
         other => {
@@ -441,10 +490,19 @@ pub fn download_sd3_medium(
     cancel: &crate::job::CancelToken,
     on_event: &mut dyn FnMut(SourceEvent),
 ) -> Result<ModelFiles, SourceError> {
+    download_sd3_medium_into(&ModelLocations::from_env(), cancel, on_event)
+}
+
+/// [`download_sd3_medium`] from `at.endpoint` into `at.hub_cache`.
+pub fn download_sd3_medium_into(
+    at: &ModelLocations,
+    cancel: &crate::job::CancelToken,
+    on_event: &mut dyn FnMut(SourceEvent),
+) -> Result<ModelFiles, SourceError> {
     use std::io::{Read, Write};
-    let cache = hf_hub_cache();
-    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
-    let token = hf_token();
+    let cache = at.hub_cache.clone();
+    let endpoint = &at.endpoint;
+    let token = &at.token;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -460,7 +518,7 @@ pub fn download_sd3_medium(
             endpoint.trim_end_matches('/')
         );
         let mut req = agent.get(&url);
-        if let Some(t) = &token {
+        if let Some(t) = token {
             req = req.header("Authorization", &format!("Bearer {t}"));
         }
         let response = req.call().map_err(|e| SourceError::Unreachable {
@@ -544,7 +602,7 @@ pub fn download_sd3_medium(
         std::fs::create_dir_all(&refs).map_err(io(&refs))?;
         crate::fsutil::write_atomic(&refs.join("main"), commit.as_bytes()).map_err(io(&refs))?;
     }
-    sd3_medium_from_cache()
+    sd3_medium_in(&cache)
 }
 
 /// The MMDiT alone from a checkpoint, its configuration inferred from the tensor shapes.
@@ -560,6 +618,54 @@ pub fn load_mmdit_inferred(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::CancelToken;
+
+    /// Locations in `root` only: an empty hub cache, an own tiny-model cache, and an endpoint
+    /// nothing listens on (port 9 is discard; a refused connection fails at once).
+    fn isolated(root: &Path) -> ModelLocations {
+        ModelLocations {
+            hub_cache: root.join("hub"),
+            cache_dir: root.join("sd3lab"),
+            endpoint: "http://127.0.0.1:9".into(),
+            token: None,
+        }
+    }
+
+    #[test]
+    fn auto_without_sd3_medium_reports_the_fallback_and_uses_tiny() {
+        let root = tempfile::tempdir().unwrap();
+        let at = isolated(root.path());
+        let mut events = Vec::new();
+        let files = resolve_in("auto", &at, &CancelToken::new(), &mut |e| events.push(e)).unwrap();
+        assert_eq!(events, [SourceEvent::FellBackToTiny]);
+        assert_eq!(files.name, "tiny");
+        assert!(files.checkpoint.starts_with(&at.cache_dir), "{files:?}");
+        // `tiny` itself is no fallback: nothing to report.
+        events.clear();
+        resolve_in("tiny", &at, &CancelToken::new(), &mut |e| events.push(e)).unwrap();
+        assert!(events.is_empty(), "{events:?}");
+    }
+
+    #[test]
+    fn sd3_medium_not_cached_announces_the_download_before_failing_to_reach_the_hub() {
+        let root = tempfile::tempdir().unwrap();
+        let at = isolated(root.path());
+        let mut events = Vec::new();
+        let err = resolve_in("sd3-medium", &at, &CancelToken::new(), &mut |e| {
+            events.push(e)
+        })
+        .unwrap_err();
+        assert_eq!(events, [SourceEvent::DownloadStarting]);
+        assert!(
+            matches!(&err, SourceError::Unreachable { cache, .. } if *cache == at.hub_cache),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            !text.contains("--model"),
+            "no flag of ours in a library message: {text}"
+        );
+    }
 
     #[test]
     fn weight_file_bytes_counts_the_checkpoint_and_both_clip_weight_files() {
