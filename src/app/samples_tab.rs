@@ -154,6 +154,12 @@ impl SamplesTab {
         }
     }
 
+    /// The decoded latent of a sample file, or the error as the tab words it (None while
+    /// coming or never asked for).
+    pub fn decoded(&self, file: &str) -> Option<&Result<RgbImage, String>> {
+        self.decoded.get(file)
+    }
+
     /// Stops the pending decode's model download, if one runs.
     pub fn cancel_download(&mut self) {
         if let Some((_, c)) = &self.decode_job {
