@@ -885,6 +885,66 @@ mod tests {
     }
 
     #[test]
+    fn model_events_and_errors_are_worded_with_the_tab_fields() {
+        use crate::quant::sensitivity::SensitivityError;
+        let mut notice = ModelNotice::default();
+        notice.apply(&SourceEvent::FellBackToTiny, "Model");
+        let warning = notice.warning.clone().unwrap();
+        assert!(
+            warning.starts_with("sd3-medium is not in the Hugging Face cache")
+                && warning.contains("into \"Model\""),
+            "{warning}"
+        );
+        assert!(notice.repeats(&SourceEvent::FellBackToTiny.to_string()));
+        assert!(!notice.repeats("prompts are reused in order"));
+        notice.apply(&SourceEvent::DownloadStarting, "Model");
+        notice.apply(
+            &SourceEvent::Downloading {
+                file: "sd3_medium.safetensors".into(),
+                done: 25,
+                total: Some(100),
+            },
+            "Model",
+        );
+        let (label, fraction) = notice.running().unwrap();
+        assert!(
+            label.contains("sd3_medium.safetensors") && fraction == 0.25,
+            "{label}"
+        );
+        notice.job_ended();
+        assert_eq!(notice.running(), None);
+
+        // A download stopped by Cancel is a cancelled job, not an error.
+        let cancelled = Err(JobError::Sensitivity(SensitivityError::Source(Box::new(
+            SourceError::Cancelled,
+        ))));
+        assert!(
+            job_outcome(true, &cancelled)
+                .unwrap()
+                .starts_with("cancelled")
+        );
+        let refused = [
+            Err(JobError::Sensitivity(SensitivityError::NoLayerMatches(
+                "^x$".into(),
+            ))),
+            Err(JobError::Sensitivity(SensitivityError::NoBits)),
+            Err(JobError::Model(SourceError::NotCached {
+                cache: "hub".into(),
+            })),
+        ];
+        for r in &refused {
+            let m = job_outcome(false, r).unwrap_err();
+            let flag = ["--model", "--layers", "--bits"]
+                .into_iter()
+                .any(|f| m.contains(f));
+            assert!(
+                m.contains('"') && !flag,
+                "names a field, no flag of ours: {m}"
+            );
+        }
+    }
+
+    #[test]
     fn percentiles_and_reports_folder() {
         let s = FrameStats {
             frames_ms: (1..=100).map(f64::from).collect(),
