@@ -153,6 +153,53 @@ fn switching_tabs_shows_each_tab() {
     h.snapshot("generate_tab");
 }
 
+/// `auto` with no sd3-medium in the (empty, test-owned) Hugging Face cache: the Samples tab's
+/// VAE decode falls back to the tiny model, and the tab says so, naming its model field.
+#[test]
+fn samples_tab_warns_when_auto_falls_back_to_the_tiny_model() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("calib");
+    calibration(&dir, 1, 2);
+    let mut h = harness(GuiOptions {
+        calib_dir: Some(dir.clone()),
+        model: Some("auto".into()),
+        model_locations: Some(sd3lab::model::source::ModelLocations {
+            hub_cache: root.path().join("empty-hub"),
+            cache_dir: root.path().join("sd3lab-cache"),
+            // Nothing is downloaded for `auto`; a refused port if it ever were.
+            endpoint: "http://127.0.0.1:9".into(),
+            token: None,
+        }),
+        ..options(Tab::Samples)
+    });
+    wait_until(&mut h, "the folder and the first previews", |a| {
+        a.samples.set.is_some() && !a.busy() && !a.samples.waiting_for_previews()
+    });
+    assert!(
+        h.query_by_label_contains(
+            "warning: sd3-medium is not in the Hugging Face cache: using the built-in tiny demo model"
+        )
+        .is_some(),
+        "the fallback warning is shown"
+    );
+    let warning = h.state().samples.model_notice.warning.clone().unwrap();
+    assert!(
+        warning.contains("Type sd3-medium or a model folder into \"VAE of model\""),
+        "{warning}"
+    );
+    assert!(!warning.contains("--"), "no CLI flag in the app: {warning}");
+    assert_eq!(h.state().samples.model_notice.download, None);
+    let decoded = h.state().samples.decoded("samples/000000_000.npz");
+    match decoded {
+        Some(Ok(img)) => assert_eq!((img.width, img.height), (64, 64)),
+        other => panic!("decoded through the tiny model's VAE: {other:?}"),
+    }
+    assert!(
+        root.path().join("sd3lab-cache/models").is_dir(),
+        "the tiny model went to the given cache, not the user's"
+    );
+}
+
 #[test]
 fn samples_tab_counts_buckets_and_shows_a_sample() {
     let root = tempfile::tempdir().unwrap();

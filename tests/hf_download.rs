@@ -1,6 +1,7 @@
 //! `--model sd3-medium` downloads the published files into the Hugging Face cache layout when
 //! they are not there (here from a local server standing in for the hub via `HF_ENDPOINT`),
-//! sends the token, and says what to do when access is refused.
+//! sends the token, and says what to do when access is refused. Through the library: the
+//! download reports its progress as events, and a cancelled download leaves nothing behind.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -130,4 +131,117 @@ fn downloads_into_the_hub_cache_then_generates() {
     let again = run("secret");
     assert!(again.status.success());
     assert_eq!(seen.lock().unwrap().len(), before);
+}
+
+/// Every regular file under `dir` (none when it does not exist).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn resolve_reports_download_progress_and_a_cancelled_download_leaves_no_file() {
+    use sd3lab::job::CancelToken;
+    use sd3lab::model::source::{ModelLocations, SourceError, SourceEvent, resolve_in};
+
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("model");
+    sd3lab::model::source::write_model_dir(&model, &sd3lab::model::Preset::Tiny.config(None), 8)
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let at = ModelLocations {
+        hub_cache: root.path().join("hub"),
+        cache_dir: root.path().join("sd3lab"),
+        endpoint: serve(published(&model), Some("secret".into()), seen),
+        token: Some("secret".into()),
+    };
+
+    // Cancelled after the first chunk of the first file (the checkpoint, several chunks long).
+    let cancel = CancelToken::new();
+    let mut events = Vec::new();
+    let err = resolve_in("sd3-medium", &at, &cancel, &mut |e| {
+        if matches!(e, SourceEvent::Downloading { .. }) {
+            cancel.cancel();
+        }
+        events.push(e);
+    })
+    .unwrap_err();
+    assert!(matches!(err, SourceError::Cancelled), "{err:?}");
+    assert_eq!(events[0], SourceEvent::DownloadStarting);
+    let checkpoint_len = std::fs::metadata(model.join("sd3_medium.safetensors"))
+        .unwrap()
+        .len();
+    match &events[1..] {
+        [SourceEvent::Downloading { file, done, total }] => {
+            assert_eq!(file, "sd3_medium.safetensors");
+            assert_eq!(*total, Some(checkpoint_len));
+            assert!(
+                *done > 0 && *done < checkpoint_len,
+                "cancelled mid-file: {done}"
+            );
+        }
+        other => panic!("one progress event, then the stop: {other:?}"),
+    }
+    assert_eq!(
+        files_under(&at.hub_cache),
+        Vec::<PathBuf>::new(),
+        "no partial file"
+    );
+
+    // Not cancelled: every file's progress, in order, up to its size; then the cached model.
+    let mut events = Vec::new();
+    let files = resolve_in("sd3-medium", &at, &CancelToken::new(), &mut |e| {
+        events.push(e)
+    })
+    .unwrap();
+    assert_eq!(events[0], SourceEvent::DownloadStarting);
+    let mut last: Option<(String, u64)> = None;
+    let mut finished = Vec::new();
+    for e in &events[1..] {
+        let SourceEvent::Downloading { file, done, total } = e else {
+            panic!("only progress after the start: {e:?}");
+        };
+        let size = std::fs::metadata(model.join(file)).unwrap().len();
+        assert_eq!(*total, Some(size), "{file}");
+        if let Some((f, d)) = &last
+            && f == file
+        {
+            assert!(done > d, "{file}: progress grows");
+        }
+        if *done == size {
+            finished.push(file.clone());
+        }
+        last = Some((file.clone(), *done));
+    }
+    let expected: Vec<String> = sd3lab::model::source::sd3_medium_files()
+        .into_iter()
+        .map(|(_, f)| f.to_owned())
+        .collect();
+    assert_eq!(
+        finished, expected,
+        "each file downloaded to its end, in order"
+    );
+    assert!(files.checkpoint.starts_with(&at.hub_cache));
+    assert_eq!(
+        std::fs::read(&files.checkpoint).unwrap(),
+        std::fs::read(model.join("sd3_medium.safetensors")).unwrap()
+    );
+    // Cached now: nothing to report.
+    let mut again = Vec::new();
+    resolve_in("sd3-medium", &at, &CancelToken::new(), &mut |e| {
+        again.push(e)
+    })
+    .unwrap();
+    assert!(again.is_empty(), "{again:?}");
 }

@@ -9,7 +9,8 @@ use sd3lab::calibrate::{CalibrateConfig, run_calibration};
 use sd3lab::job::CancelToken;
 use sd3lab::model::config::ModelDtype;
 use sd3lab::quant::sensitivity::{
-    Scope, SensitivityConfig, SensitivityEvent, SensitivityReport, rank_agreement, run_sensitivity,
+    Scope, SensitivityConfig, SensitivityError, SensitivityEvent, SensitivityReport,
+    rank_agreement, run_sensitivity,
 };
 
 mod common;
@@ -175,17 +176,26 @@ fn reruns_resume_and_bad_inputs_fail_clearly() {
         "the rerun skips both finished layers"
     );
 
-    let err = |c: SensitivityConfig| {
-        run_sensitivity(&c, &CancelToken::new(), &mut |_| {})
-            .unwrap_err()
-            .to_string()
-    };
+    let err =
+        |c: SensitivityConfig| run_sensitivity(&c, &CancelToken::new(), &mut |_| {}).unwrap_err();
     let mut bad = cfg.clone();
     bad.layers = Some("(".into());
-    assert!(err(bad).contains("--layers"));
+    let e = err(bad);
+    assert!(
+        matches!(&e, SensitivityError::BadLayerPattern { pattern, .. } if pattern == "("),
+        "{e:?}"
+    );
     let mut bad = cfg.clone();
     bad.layers = Some("^nothing$".into());
-    assert!(err(bad).contains("matches no layer"));
+    let e = err(bad);
+    assert!(
+        matches!(&e, SensitivityError::NoLayerMatches(p) if p == "^nothing$"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("matches no layer"), "{e}");
+    // Library messages name no CLI flag: the CLI adds its own (below).
+    assert!(!e.to_string().contains("--"), "{e}");
+    let err = |c: SensitivityConfig| err(c).to_string();
     let mut bad = cfg.clone();
     bad.bits = vec![7];
     assert!(err(bad).contains("7 bits is not supported"));
@@ -201,6 +211,38 @@ fn reruns_resume_and_bad_inputs_fail_clearly() {
     let mut bad = cfg.clone();
     bad.model = other.display().to_string();
     assert!(err(bad).contains("another model"));
+
+    // The CLI words the same refusals with its flags, and warns when `auto` falls back to the
+    // tiny model (its own model cache, no Hugging Face cache: see `common::sd3lab_command`).
+    let cli = |args: &[&str]| {
+        let out = common::sd3lab_command(root.path(), &["sensitivity", "--calib-dir"])
+            .arg(&calib)
+            .args(["--output-dir"])
+            .arg(root.path().join("cli-out"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = cli(&["--model", "auto", "--layers", "^nothing$"]);
+    assert!(
+        stderr.contains(
+            "warning: sd3-medium is not in the Hugging Face cache: using the built-in tiny demo model"
+        ) && stderr.contains("Pass --model sd3-medium or --model DIR for the real model"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(r#"error: --layers "^nothing$" matches no layer of this model"#),
+        "{stderr}"
+    );
+    let stderr = cli(&["--model", &model, "--layers", "("]);
+    assert!(stderr.contains(r#"error: --layers "(": "#), "{stderr}");
+    let stderr = cli(&["--model", &model, "--no-cache", "--scope", "layer"]);
+    assert!(
+        stderr.contains("--no-cache") && stderr.contains("--scope model only"),
+        "{stderr}"
+    );
 }
 
 fn find<'a>(
@@ -335,7 +377,10 @@ fn proxy_scopes_measure_their_own_outputs_and_rank_like_the_model() {
     let mut c = config(&model, &calib, &root.path().join("x"), false);
     c.scope = Scope::Layer;
     let err = run_sensitivity(&c, &CancelToken::new(), &mut |_| {}).unwrap_err();
-    assert!(err.to_string().contains("--no-cache"), "{err}");
+    assert!(
+        matches!(err, SensitivityError::NaiveNeedsModelScope(Scope::Layer)),
+        "{err:?}"
+    );
 }
 
 /// The sweep's metrics against numpy: the float and quantized MMDiT outputs of every
@@ -359,7 +404,10 @@ fn sweep_metrics_match_numpy_on_dumped_outputs() {
     let report = run_sensitivity(&cfg, &CancelToken::new(), &mut |_| {}).unwrap();
     assert_eq!(report.layers.len(), 1);
 
-    let files = sd3lab::model::source::resolve(&model, &mut |_| {}).unwrap();
+    let files = sd3lab::model::source::resolve(&model, &CancelToken::new(), &mut |e| {
+        panic!("a model folder reports nothing: {e}")
+    })
+    .unwrap();
     let float =
         sd3lab::model::source::load_mmdit_inferred(&files.checkpoint, mlx_rs::Dtype::Float32)
             .unwrap();

@@ -26,6 +26,8 @@ type DecodedRx = crossbeam_channel::Receiver<Decoded>;
 pub const START_OVER_LABEL: &str = "Start over (delete existing data)";
 /// The control that lets a run start although the disk looks too small.
 pub const FORCE_LABEL: &str = "Start even if the disk looks too small";
+/// The model field, which model warnings and errors name.
+pub const MODEL_LABEL: &str = "Model (name or folder)";
 
 /// What a file dialog of the tab is choosing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +134,10 @@ pub struct GenerateTab {
     /// The image shown large.
     pub selected: Option<usize>,
     pub message: Option<Result<String, String>>,
+    /// The model's warning and download progress for the current (or last) run.
+    pub model_notice: super::ModelNotice,
+    /// The run's notes (shipped prompts used, prompts reused), as of its plan.
+    pub notes: Vec<String>,
     picker: Picker<Pick>,
     /// The folder whose gallery is shown (or being scanned).
     scanned: Option<PathBuf>,
@@ -190,6 +196,8 @@ impl GenerateTab {
             self.job = Some((id, cancel));
             self.progress = Progress::default();
             self.message = None;
+            self.model_notice = super::ModelNotice::default();
+            self.notes.clear();
             self.scan(ctx, PathBuf::from(&o.calib_dir));
             shared.running = Some(("calibration".into(), 0.0));
         } else {
@@ -216,8 +224,14 @@ impl GenerateTab {
                         num_images,
                         num_steps,
                         estimate_bytes,
-                        ..
+                        notes,
                     } => {
+                        // The model's warning is shown already, worded for this tab.
+                        self.notes = notes
+                            .iter()
+                            .filter(|n| !self.model_notice.repeats(n))
+                            .cloned()
+                            .collect();
                         p.start_image = *start_image;
                         p.num_images = *num_images;
                         p.num_steps = *num_steps;
@@ -255,6 +269,13 @@ impl GenerateTab {
                     as f32;
                 shared.running = Some(("calibration".into(), (done / total).clamp(0.0, 1.0)));
             }
+            Event::Model { id: i, event } if *i == id => {
+                self.model_notice.apply(event, MODEL_LABEL);
+                shared.running = self
+                    .model_notice
+                    .running()
+                    .or(Some(("calibration".into(), 0.0)));
+            }
             Event::Finished {
                 id: i,
                 cancelled,
@@ -263,6 +284,7 @@ impl GenerateTab {
                 self.job = None;
                 shared.running = None;
                 self.status = None;
+                self.model_notice.job_ended();
                 self.message = Some(super::job_outcome(*cancelled, result));
             }
             _ => {}
@@ -394,7 +416,7 @@ impl GenerateTab {
                 ui.selectable_value(&mut o.model, "sd3-medium".into(), "sd3-medium");
             });
             ui.horizontal(|ui| {
-                labelled(ui, "Model (name or folder)", |ui| {
+                labelled(ui, MODEL_LABEL, |ui| {
                     ui.add(egui::TextEdit::singleline(&mut o.model).desired_width(150.0))
                 });
                 if ui.button("Folder...").clicked() {
@@ -507,6 +529,12 @@ impl GenerateTab {
                 self.cancel();
             }
         });
+        if super::model_notice_ui(ui, &self.model_notice) {
+            self.cancel();
+        }
+        for n in &self.notes {
+            ui.label(format!("note: {n}"));
+        }
         ui.horizontal(|ui| {
             let dir = PathBuf::from(&o.calib_dir);
             let busy = self.report_task.is_running();

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use self::preview::TextureCache;
-use self::worker::{Event, Worker};
+use self::worker::{Event, JobError, JobSummary, Worker};
+use crate::model::source::{ModelLocations, SourceError, SourceEvent};
 
 /// Where the Generate and Samples tabs write their reports: `reports/` beside the calibration
 /// folder.
@@ -80,6 +81,9 @@ pub struct GuiOptions {
     pub exit_when_idle: bool,
     /// Load and save the persisted state.
     pub persist: bool,
+    /// Where the Samples tab's VAE decode finds models (None: the environment's folders, as
+    /// the CLI's). Calibration and sensitivity jobs resolve their model from the environment.
+    pub model_locations: Option<ModelLocations>,
 }
 
 impl Default for GuiOptions {
@@ -95,6 +99,7 @@ impl Default for GuiOptions {
             start_job: false,
             exit_when_idle: false,
             persist: true,
+            model_locations: None,
         }
     }
 }
@@ -193,7 +198,11 @@ impl SdApp {
             persisted.sensitivity.calib_dir = d.display().to_string();
         }
         let ctx = cc.egui_ctx.clone();
-        let worker = Worker::spawn(move || ctx.request_repaint());
+        let locations = options
+            .model_locations
+            .clone()
+            .unwrap_or_else(ModelLocations::from_env);
+        let worker = Worker::spawn(locations, move || ctx.request_repaint());
         let mut app = Self {
             shared: Shared {
                 worker,
@@ -244,8 +253,14 @@ impl SdApp {
                     self.generate.handle(&other, &mut self.shared);
                     self.sensitivity.handle(&other, &mut self.shared);
                     self.samples.handle(&other, &mut self.shared);
-                    if let Event::Finished { result: Err(e), .. } = &other {
-                        self.last_error = Some(e.clone());
+                    if let Event::Finished {
+                        cancelled,
+                        result: result @ Err(_),
+                        ..
+                    } = &other
+                        && let Err(e) = job_outcome(*cancelled, result)
+                    {
+                        self.last_error = Some(e);
                     }
                 }
             }
@@ -410,6 +425,7 @@ impl eframe::App for SdApp {
         // Running jobs stop at their next step or layer, so the worker can be joined.
         self.generate.cancel();
         self.sensitivity.cancel();
+        self.samples.cancel_download();
         if let Some(path) = &self.options.frame_stats {
             let (p50, p99, max) = self.stats.percentiles();
             let (f50, f99, fmax) = FrameStats::percentiles_of(&self.stats.full_frames_ms);
@@ -507,13 +523,141 @@ pub fn run_gui(options: GuiOptions) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
-/// The message for a finished job.
-pub fn job_outcome(cancelled: bool, result: &Result<String, String>) -> Result<String, String> {
+/// The message for a finished job: what it did, or the error in the terms of the tab that
+/// started it (its controls, not the CLI's flags). A download stopped by Cancel is no error.
+pub fn job_outcome(
+    cancelled: bool,
+    result: &Result<JobSummary, JobError>,
+) -> Result<String, String> {
     match result {
-        Ok(s) if cancelled => Ok(format!("cancelled: {s}; Start resumes the run")),
-        Ok(s) => Ok(format!("done: {s}")),
-        Err(e) => Err(e.clone()),
+        Ok(s) => {
+            let s = summary_text(s);
+            Ok(if cancelled {
+                format!("cancelled: {s}; Start resumes the run")
+            } else {
+                format!("done: {s}")
+            })
+        }
+        Err(e) if matches!(e.source_error(), Some(SourceError::Cancelled)) => {
+            Ok("cancelled while downloading the model; nothing of the unfinished file was kept, Start downloads it again".into())
+        }
+        Err(JobError::Model(e)) => Err(model_error_message(e, generate_tab::MODEL_LABEL)),
+        Err(JobError::Calibrate(e)) => Err(generate_tab::error_message(e)),
+        Err(JobError::Sensitivity(e)) => Err(sensitivity_tab::error_message(e)),
+        Err(e @ JobError::PromptFile(_)) => Err(e.to_string()),
     }
+}
+
+fn summary_text(s: &JobSummary) -> String {
+    match s {
+        JobSummary::Calibration(s) => format!(
+            "{} of {} images in {} ({:.1} s)",
+            s.n_completed,
+            s.num_images,
+            s.calib_dir.display(),
+            s.seconds
+        ),
+        JobSummary::Sensitivity { layers, report } => {
+            format!("{layers} layers measured; {}", report.display())
+        }
+    }
+}
+
+/// A model error in the app's terms: where the library says "use a model directory", the app
+/// names the tab's model field (`field`, its label).
+pub fn model_error_message(e: &SourceError, field: &str) -> String {
+    match e {
+        SourceError::NotCached { .. } | SourceError::Unreachable { .. } => {
+            format!("{e} (type its folder into \"{field}\")")
+        }
+        SourceError::Cancelled => {
+            "the model download was cancelled; nothing of the unfinished file was kept".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// What resolving a job's model reported, as its tab shows it: a warning (the fallback to the
+/// tiny model, a download starting) and the download's progress.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelNotice {
+    /// The warning, worded with the tab's model field.
+    pub warning: Option<String>,
+    /// `(file, bytes so far, total)` while a download runs.
+    pub download: Option<(String, u64, Option<u64>)>,
+    /// The library's sentences of the events seen (a run repeats them among its notes).
+    seen: Vec<String>,
+}
+
+impl ModelNotice {
+    /// Takes in an event; `field` is the label of the tab's model field, which hints name.
+    pub fn apply(&mut self, event: &SourceEvent, field: &str) {
+        match event {
+            SourceEvent::FellBackToTiny => {
+                self.warning = Some(format!(
+                    "{event}. Type sd3-medium or a model folder into \"{field}\" for the real model."
+                ));
+            }
+            SourceEvent::DownloadStarting => {
+                self.warning = Some(format!("{event}; Cancel download stops it"));
+                self.download = Some((String::new(), 0, None));
+            }
+            SourceEvent::Downloading { file, done, total } => {
+                self.download = Some((file.clone(), *done, *total));
+            }
+        }
+        if !matches!(event, SourceEvent::Downloading { .. }) {
+            self.seen.push(event.to_string());
+        }
+    }
+
+    /// The job ended: no download runs any more (the warning stays).
+    pub fn job_ended(&mut self) {
+        self.download = None;
+    }
+
+    /// Whether `note` (a run's note) only repeats a warning already shown.
+    pub fn repeats(&self, note: &str) -> bool {
+        self.seen.iter().any(|s| s == note)
+    }
+
+    /// The status bar's label and progress while downloading.
+    pub fn running(&self) -> Option<(String, f32)> {
+        let (file, done, total) = self.download.as_ref()?;
+        let fraction = total.map_or(0.0, |t| *done as f32 / t.max(1) as f32);
+        Some((format!("downloading sd3-medium {file}"), fraction))
+    }
+}
+
+/// Shows a tab's model notice: the warning, and while downloading a bytes bar with a Cancel
+/// button. True when Cancel download was clicked.
+pub fn model_notice_ui(ui: &mut egui::Ui, notice: &ModelNotice) -> bool {
+    if let Some(w) = &notice.warning {
+        ui.colored_label(
+            egui::Color32::from_rgb(190, 120, 0),
+            format!("warning: {w}"),
+        );
+    }
+    let Some((file, done, total)) = &notice.download else {
+        return false;
+    };
+    let mut cancel = false;
+    ui.horizontal(|ui| {
+        let (fraction, text) = match total {
+            Some(t) => (
+                *done as f32 / (*t).max(1) as f32,
+                format!("{file}: {} of {}", human_bytes(*done), human_bytes(*t)),
+            ),
+            None => (0.0, format!("{file}: {}", human_bytes(*done))),
+        };
+        ui.add(
+            egui::ProgressBar::new(fraction)
+                .desired_width(260.0)
+                .text(text),
+        );
+        cancel = ui.button("Cancel download").clicked();
+    });
+    cancel
 }
 
 /// The "Export: Report (HTML) / Report (Markdown)" buttons of a tab (disabled while `busy`):
@@ -738,6 +882,66 @@ mod tests {
         assert_eq!(p.generate, generate_tab::Options::default());
         let empty: Persisted = serde_json::from_str("{}").unwrap();
         assert_eq!(empty.tab, Tab::Generate);
+    }
+
+    #[test]
+    fn model_events_and_errors_are_worded_with_the_tab_fields() {
+        use crate::quant::sensitivity::SensitivityError;
+        let mut notice = ModelNotice::default();
+        notice.apply(&SourceEvent::FellBackToTiny, "Model");
+        let warning = notice.warning.clone().unwrap();
+        assert!(
+            warning.starts_with("sd3-medium is not in the Hugging Face cache")
+                && warning.contains("into \"Model\""),
+            "{warning}"
+        );
+        assert!(notice.repeats(&SourceEvent::FellBackToTiny.to_string()));
+        assert!(!notice.repeats("prompts are reused in order"));
+        notice.apply(&SourceEvent::DownloadStarting, "Model");
+        notice.apply(
+            &SourceEvent::Downloading {
+                file: "sd3_medium.safetensors".into(),
+                done: 25,
+                total: Some(100),
+            },
+            "Model",
+        );
+        let (label, fraction) = notice.running().unwrap();
+        assert!(
+            label.contains("sd3_medium.safetensors") && fraction == 0.25,
+            "{label}"
+        );
+        notice.job_ended();
+        assert_eq!(notice.running(), None);
+
+        // A download stopped by Cancel is a cancelled job, not an error.
+        let cancelled = Err(JobError::Sensitivity(SensitivityError::Source(Box::new(
+            SourceError::Cancelled,
+        ))));
+        assert!(
+            job_outcome(true, &cancelled)
+                .unwrap()
+                .starts_with("cancelled")
+        );
+        let refused = [
+            Err(JobError::Sensitivity(SensitivityError::NoLayerMatches(
+                "^x$".into(),
+            ))),
+            Err(JobError::Sensitivity(SensitivityError::NoBits)),
+            Err(JobError::Model(SourceError::NotCached {
+                cache: "hub".into(),
+            })),
+        ];
+        for r in &refused {
+            let m = job_outcome(false, r).unwrap_err();
+            let flag = ["--model", "--layers", "--bits"]
+                .into_iter()
+                .any(|f| m.contains(f));
+            assert!(
+                m.contains('"') && !flag,
+                "names a field, no flag of ours: {m}"
+            );
+        }
     }
 
     #[test]

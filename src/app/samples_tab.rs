@@ -12,9 +12,13 @@ use crossbeam_channel::Receiver;
 use serde::{Deserialize, Serialize};
 
 use super::preview::{self, LatentLayout};
-use super::worker::{Command, Event, RgbImage};
+use super::worker::{Command, DecodeError, Event, RgbImage};
 use super::{PickKind, Picker, Shared, Task, human_bytes, labelled};
 use crate::calib::{Bucket, CalibrationSet, OpenOptions, SampleFilter, SampleKey, SampleMeta};
+use crate::job::CancelToken;
+
+/// The field naming the model whose VAE decodes latents; warnings and errors name it.
+pub const MODEL_LABEL: &str = "VAE of model";
 
 /// Browsing options (persisted).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,8 +80,15 @@ pub struct SamplesTab {
     pub selected: Option<usize>,
     tensors: Option<SampleTensors>,
     loading: Option<(String, Receiver<Result<SampleTensors, String>>)>,
+    /// Decoded latents by sample file, or the error worded for this tab.
     decoded: HashMap<String, Result<RgbImage, String>>,
     decode_pending: Option<String>,
+    /// The pending decode's job id and cancel token (resolving its model may download).
+    decode_job: Option<(u64, CancelToken)>,
+    /// The decode model's warning and download progress, and that model (the worker keeps a
+    /// model's VAE loaded, so its warning comes once: it stays until the model changes).
+    pub model_notice: super::ModelNotice,
+    notice_model: String,
     /// The selected sample's file, as of the last frame.
     wanted: Option<String>,
     pub report_message: Option<Result<String, String>>,
@@ -113,12 +124,46 @@ impl SamplesTab {
             || (self.wanted.is_some() && self.wanted.as_ref() != held)
     }
 
-    pub fn handle(&mut self, event: &Event, _shared: &mut Shared) {
-        if let Event::Decoded { key, result } = event
-            && self.decode_pending.as_deref() == Some(key.as_str())
-        {
-            self.decoded.insert(key.clone(), result.clone());
-            self.decode_pending = None;
+    pub fn handle(&mut self, event: &Event, shared: &mut Shared) {
+        let Some((job, _)) = &self.decode_job else {
+            return;
+        };
+        match event {
+            Event::Model { id, event } if id == job => {
+                self.model_notice.apply(event, MODEL_LABEL);
+                if let Some(running) = self.model_notice.running() {
+                    shared.running = Some(running);
+                }
+            }
+            Event::Decoded { id, key, result } if id == job => {
+                if self.model_notice.download.is_some() {
+                    shared.running = None;
+                }
+                self.model_notice.job_ended();
+                self.decode_job = None;
+                if self.decode_pending.as_deref() == Some(key.as_str()) {
+                    let result = match result {
+                        Ok(img) => Ok(img.clone()),
+                        Err(e) => Err(decode_error_message(e)),
+                    };
+                    self.decoded.insert(key.clone(), result);
+                    self.decode_pending = None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The decoded latent of a sample file, or the error as the tab words it (None while
+    /// coming or never asked for).
+    pub fn decoded(&self, file: &str) -> Option<&Result<RgbImage, String>> {
+        self.decoded.get(file)
+    }
+
+    /// Stops the pending decode's model download, if one runs.
+    pub fn cancel_download(&mut self) {
+        if let Some((_, c)) = &self.decode_job {
+            c.cancel();
         }
     }
 
@@ -151,13 +196,23 @@ impl SamplesTab {
                         && self.decode_pending.is_none()
                         && let Some(l) = LatentLayout::from_shape(&t.x_shape)
                     {
-                        shared.worker.send(Command::DecodeLatent {
+                        if self.notice_model != o.model {
+                            self.model_notice = super::ModelNotice::default();
+                            self.notice_model = o.model.clone();
+                        }
+                        let id = shared.next_job_id();
+                        let cancel = CancelToken::new();
+                        if shared.worker.send(Command::DecodeLatent {
+                            id,
                             key: t.file.clone(),
                             model: o.model.clone(),
                             latent: l.to_nhwc(&t.x),
                             shape: (l.height, l.width, l.channels),
-                        });
-                        self.decode_pending = Some(t.file.clone());
+                            cancel: cancel.clone(),
+                        }) {
+                            self.decode_pending = Some(t.file.clone());
+                            self.decode_job = Some((id, cancel));
+                        }
                     }
                     self.tensors = Some(t);
                 }
@@ -219,7 +274,7 @@ impl SamplesTab {
                 ui.selectable_value(&mut o.bucket, Some(b), b.name());
             }
             ui.checkbox(&mut o.shared_scale, "Shared colour scale");
-            labelled(ui, "VAE of model", |ui| {
+            labelled(ui, MODEL_LABEL, |ui| {
                 ui.add(egui::TextEdit::singleline(&mut o.model).desired_width(90.0))
             });
         });
@@ -228,6 +283,9 @@ impl SamplesTab {
         }
         if let Some(e) = &self.error {
             ui.colored_label(egui::Color32::from_rgb(200, 40, 40), format!("error: {e}"));
+        }
+        if super::model_notice_ui(ui, &self.model_notice) {
+            self.cancel_download();
         }
         let Some(set) = self.set.clone() else {
             ui.label("Open a calibration folder to browse its samples.");
@@ -540,4 +598,12 @@ fn load_tensors(set: &CalibrationSet, meta: &SampleMeta) -> Result<SampleTensors
         conditioning: c.data.to_f32_vec(),
         conditioning_shape: c.shape.clone(),
     })
+}
+
+/// A decode error in this tab's terms.
+fn decode_error_message(e: &DecodeError) -> String {
+    match e {
+        DecodeError::Model(e) => super::model_error_message(e, MODEL_LABEL),
+        other => other.to_string(),
+    }
 }

@@ -17,7 +17,7 @@ use crate::model::config::ModelDtype;
 use crate::model::registry::LayerKind;
 use crate::quant::plan::{BuiltPlan, Objective, build_plan, write_plan_files};
 use crate::quant::sensitivity::{
-    Scope, SensitivityConfig, SensitivityEvent, SensitivityReport, read_report,
+    Scope, SensitivityConfig, SensitivityError, SensitivityEvent, SensitivityReport, read_report,
 };
 use crate::report::{self, Metric, short_layer_name};
 
@@ -94,6 +94,13 @@ enum Pick {
     Plan,
 }
 
+/// The labels of the sweep's fields, which errors and warnings name.
+pub const MODEL_LABEL: &str = "Model";
+pub const LAYERS_LABEL: &str = "Layers (regex)";
+pub const CALIB_LABEL: &str = "Calibration folder";
+pub const MAX_IMAGES_LABEL: &str = "Max images (0 = all)";
+pub const STEP_STRIDE_LABEL: &str = "Step stride";
+
 /// Rows of the heatmap view (and of its export): the most sensitive filtered layers.
 const HEATMAP_ROWS: usize = 40;
 /// Rows of the ranking table (and of the exported ranking).
@@ -117,6 +124,8 @@ pub struct SensitivityTab {
     job: Option<(u64, CancelToken, PathBuf)>,
     pub progress: Progress,
     pub message: Option<Result<String, String>>,
+    /// The model's warning and download progress for the current (or last) sweep.
+    pub model_notice: super::ModelNotice,
     plan: Option<((u64, Objective), Result<BuiltPlan, String>)>,
     picker: Picker<Pick>,
     /// Saving the plan, exporting figures or a report, on a helper thread: the outcome.
@@ -199,6 +208,7 @@ impl SensitivityTab {
                 ..Progress::default()
             };
             self.message = None;
+            self.model_notice = super::ModelNotice::default();
             shared.running = Some(("sensitivity sweep".into(), 0.0));
         }
     }
@@ -211,7 +221,17 @@ impl SensitivityTab {
         match event {
             Event::Sensitivity { id: i, event } if *i == id => {
                 match event {
-                    SensitivityEvent::Preparing { .. } => self.progress.preparing = true,
+                    SensitivityEvent::Model(e) => {
+                        self.model_notice.apply(e, MODEL_LABEL);
+                        if let Some(running) = self.model_notice.running() {
+                            shared.running = Some(running);
+                            return;
+                        }
+                    }
+                    SensitivityEvent::Preparing { .. } => {
+                        self.model_notice.job_ended();
+                        self.progress.preparing = true;
+                    }
                     SensitivityEvent::Planned {
                         layers,
                         already_done,
@@ -239,6 +259,7 @@ impl SensitivityTab {
             } if *i == id => {
                 self.job = None;
                 shared.running = None;
+                self.model_notice.job_ended();
                 self.message = Some(super::job_outcome(*cancelled, result));
                 if result.is_ok() {
                     self.open(&json.display().to_string());
@@ -301,10 +322,10 @@ impl SensitivityTab {
             .show(ui, |ui| {
                 let running = self.job.is_some();
                 ui.add_enabled_ui(!running, |ui| {
-                    labelled(ui, "Model", |ui| {
+                    labelled(ui, MODEL_LABEL, |ui| {
                         ui.add(egui::TextEdit::singleline(&mut o.model).desired_width(150.0))
                     });
-                    labelled(ui, "Calibration folder", |ui| {
+                    labelled(ui, CALIB_LABEL, |ui| {
                         ui.add(egui::TextEdit::singleline(&mut o.calib_dir).desired_width(130.0))
                     });
                     ui.horizontal(|ui| {
@@ -327,13 +348,13 @@ impl SensitivityTab {
                             ui.selectable_value(&mut o.group_size, g, g.to_string());
                         }
                     });
-                    labelled(ui, "Max images (0 = all)", |ui| {
+                    labelled(ui, MAX_IMAGES_LABEL, |ui| {
                         ui.add(egui::DragValue::new(&mut o.max_images).range(0..=100_000))
                     });
-                    labelled(ui, "Step stride", |ui| {
+                    labelled(ui, STEP_STRIDE_LABEL, |ui| {
                         ui.add(egui::DragValue::new(&mut o.step_stride).range(1..=1000))
                     });
-                    labelled(ui, "Layers (regex)", |ui| {
+                    labelled(ui, LAYERS_LABEL, |ui| {
                         ui.add(egui::TextEdit::singleline(&mut o.layers).desired_width(140.0))
                     });
                     ui.horizontal(|ui| {
@@ -363,7 +384,10 @@ impl SensitivityTab {
                         self.cancel();
                     }
                 });
-                if running {
+                if super::model_notice_ui(ui, &self.model_notice) {
+                    self.cancel();
+                }
+                if running && self.model_notice.download.is_none() {
                     let p = &self.progress;
                     if p.preparing {
                         ui.label("loading samples and float outputs...");
@@ -697,6 +721,24 @@ impl SensitivityTab {
                 ui.spinner();
             }
         });
+    }
+}
+
+/// The message for a sweep's error: what the library refused, in terms of the tab's fields.
+pub fn error_message(e: &SensitivityError) -> String {
+    match e {
+        SensitivityError::NoBits => "no bit widths given: tick at least one of \"Bits\"".into(),
+        SensitivityError::BadLayerPattern { pattern, source } => {
+            format!("\"{LAYERS_LABEL}\" {pattern:?}: {source}")
+        }
+        SensitivityError::NoLayerMatches(pattern) => {
+            format!("\"{LAYERS_LABEL}\" {pattern:?} matches no layer of this model")
+        }
+        SensitivityError::NoSamples(_) => format!(
+            "{e}; check \"{CALIB_LABEL}\", \"{MAX_IMAGES_LABEL}\" and \"{STEP_STRIDE_LABEL}\""
+        ),
+        SensitivityError::Source(e) => super::model_error_message(e, MODEL_LABEL),
+        other => other.to_string(),
     }
 }
 

@@ -3,13 +3,20 @@
 //! channels. Jobs run one at a time, in order; each carries a [`CancelToken`] the UI keeps.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::calibrate::{CalibrateConfig, CalibrateEvent, run_calibration};
+use crate::calibrate::{
+    CalibrateConfig, CalibrateError, CalibrateEvent, CalibrateSummary, run_calibration,
+};
 use crate::job::CancelToken;
-use crate::quant::sensitivity::{SensitivityConfig, SensitivityEvent, run_sensitivity};
+use crate::model::source::{ModelLocations, SourceError, SourceEvent};
+use crate::model::weights::WeightsError;
+use crate::quant::sensitivity::{
+    SensitivityConfig, SensitivityError, SensitivityEvent, run_sensitivity,
+};
 
 /// An RGB picture made on the worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,19 +42,22 @@ pub enum Command {
         config: SensitivityConfig,
         cancel: CancelToken,
     },
-    /// Decode a calibration sample's latent `x` through `model`'s VAE.
+    /// Decode a calibration sample's latent `x` through `model`'s VAE (resolving the model may
+    /// download sd3-medium: `cancel` stops that).
     DecodeLatent {
+        id: u64,
         key: String,
         model: String,
         latent: Vec<f32>,
         /// `(h, w, c)` of the NHWC latent.
         shape: (usize, usize, usize),
+        cancel: CancelToken,
     },
     Shutdown,
 }
 
-/// What the worker reports.
-#[derive(Debug, Clone)]
+/// What the worker reports. Errors stay typed: each tab words them with its own controls.
+#[derive(Debug)]
 pub enum Event {
     /// Backend and device, once at start.
     Ready {
@@ -58,25 +68,84 @@ pub enum Event {
         id: u64,
         event: CalibrateEvent,
     },
+    /// A sweep's progress; resolving its model reports through [`SensitivityEvent::Model`].
     Sensitivity {
         id: u64,
         event: SensitivityEvent,
     },
-    /// A job ended: `Ok(summary line)` (also when cancelled), or the error.
+    /// Resolving the model of job `id` (a calibration run's, before the run; a VAE decode's)
+    /// reported this: the fallback to tiny, or download progress.
+    Model {
+        id: u64,
+        event: SourceEvent,
+    },
+    /// A job ended (`cancelled` also when it ended early with its partial results kept).
     Finished {
         id: u64,
         cancelled: bool,
-        result: Result<String, String>,
+        result: Result<JobSummary, JobError>,
     },
     Decoded {
+        id: u64,
         key: String,
-        result: Result<RgbImage, String>,
+        result: Result<RgbImage, DecodeError>,
     },
     /// MLX memory in use and its peak, bytes.
     Memory {
         active: u64,
         peak: u64,
     },
+}
+
+/// What a finished job did.
+#[derive(Debug, Clone)]
+pub enum JobSummary {
+    Calibration(CalibrateSummary),
+    Sensitivity {
+        /// Layers in the report (measured now or before).
+        layers: usize,
+        report: PathBuf,
+    },
+}
+
+/// Why a job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("writing the prompt file: {0}")]
+    PromptFile(std::io::Error),
+    #[error(transparent)]
+    Model(SourceError),
+    #[error(transparent)]
+    Calibrate(CalibrateError),
+    #[error(transparent)]
+    Sensitivity(SensitivityError),
+}
+
+impl JobError {
+    /// The model error behind this one, if resolving the model failed.
+    pub fn source_error(&self) -> Option<&SourceError> {
+        match self {
+            Self::Model(e) => Some(e),
+            Self::Calibrate(CalibrateError::Source(e)) => Some(e),
+            Self::Sensitivity(SensitivityError::Source(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Why a latent could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Model(SourceError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("MLX error: {0}")]
+    Mlx(#[from] mlx_rs::error::Exception),
+    #[error("the latent has {latent} channels; this model's VAE takes {model}")]
+    Channels { latent: usize, model: usize },
+    #[error("the VAE returned no image")]
+    NoImage,
 }
 
 /// The UI's handle on the worker.
@@ -88,12 +157,13 @@ pub struct Worker {
 
 impl Worker {
     /// Starts the thread. `wake` is called after every event (the UI requests a repaint).
-    pub fn spawn(wake: impl Fn() + Send + 'static) -> Self {
+    /// `locations`: where the VAE decode finds models.
+    pub fn spawn(locations: ModelLocations, wake: impl Fn() + Send + 'static) -> Self {
         let (commands, command_rx) = crossbeam_channel::unbounded::<Command>();
         let (event_tx, events) = crossbeam_channel::unbounded::<Event>();
         let thread = std::thread::Builder::new()
             .name("mlx-worker".into())
-            .spawn(move || worker_loop(command_rx, event_tx, wake))
+            .spawn(move || worker_loop(command_rx, event_tx, &locations, wake))
             .ok();
         Self {
             commands,
@@ -129,7 +199,12 @@ fn memory() -> Event {
     }
 }
 
-fn worker_loop(commands: Receiver<Command>, events: Sender<Event>, wake: impl Fn()) {
+fn worker_loop(
+    commands: Receiver<Command>,
+    events: Sender<Event>,
+    locations: &ModelLocations,
+    wake: impl Fn(),
+) {
     let send = |e: Event| {
         let _ = events.send(e);
         wake();
@@ -149,43 +224,15 @@ fn worker_loop(commands: Receiver<Command>, events: Sender<Event>, wake: impl Fn
             Command::Shutdown => break,
             Command::Calibrate {
                 id,
-                mut config,
+                config,
                 single_prompt,
                 cancel,
             } => {
-                if let Some(prompt) = single_prompt {
-                    match super::generate_tab::single_prompt_csv(&prompt) {
-                        Ok(csv) => config.prompt_csv = Some(csv),
-                        Err(e) => {
-                            send(Event::Finished {
-                                id,
-                                cancelled: false,
-                                result: Err(format!("writing the prompt file: {e}")),
-                            });
-                            continue;
-                        }
-                    }
-                }
-                let result = run_calibration(&config, &cancel, &mut |event| {
-                    let image_done = matches!(event, CalibrateEvent::ImageDone { .. });
-                    send(Event::Calibrate { id, event });
-                    if image_done {
-                        send(memory());
-                    }
-                });
-                let (cancelled, result) = match result {
-                    Ok(s) => (
-                        s.cancelled,
-                        Ok(format!(
-                            "{} of {} images in {} ({:.1} s)",
-                            s.n_completed,
-                            s.num_images,
-                            s.calib_dir.display(),
-                            s.seconds
-                        )),
-                    ),
-                    // Refusals name the Generate tab's controls, not the CLI's flags.
-                    Err(e) => (false, Err(super::generate_tab::error_message(&e))),
+                let result = calibrate(id, config, single_prompt, &cancel, &send);
+                let cancelled = match &result {
+                    Ok(JobSummary::Calibration(s)) => s.cancelled,
+                    Ok(_) => false,
+                    Err(e) => matches!(e.source_error(), Some(SourceError::Cancelled)),
                 };
                 send(Event::Finished {
                     id,
@@ -198,60 +245,100 @@ fn worker_loop(commands: Receiver<Command>, events: Sender<Event>, wake: impl Fn
                 let result = run_sensitivity(&config, &cancel, &mut |event| {
                     send(Event::Sensitivity { id, event });
                 });
-                let result = result.map(|r| {
-                    format!(
-                        "{} layers measured; {}",
-                        r.layers.len(),
-                        config.output_dir.join("sensitivity.json").display()
-                    )
-                });
+                let result = result
+                    .map(|r| JobSummary::Sensitivity {
+                        layers: r.layers.len(),
+                        report: config.output_dir.join("sensitivity.json"),
+                    })
+                    .map_err(JobError::Sensitivity);
                 send(Event::Finished {
                     id,
                     cancelled: cancel.is_cancelled(),
-                    result: result.map_err(|e| e.to_string()),
+                    result,
                 });
                 send(memory());
             }
             Command::DecodeLatent {
+                id,
                 key,
                 model,
                 latent,
                 shape,
+                cancel,
             } => {
-                let result = decode(&mut vaes, &model, &latent, shape);
-                send(Event::Decoded { key, result });
+                let result = decode(
+                    &mut vaes,
+                    locations,
+                    &model,
+                    &latent,
+                    shape,
+                    &cancel,
+                    &mut |event| send(Event::Model { id, event }),
+                );
+                send(Event::Decoded { id, key, result });
                 send(memory());
             }
         }
     }
 }
 
+/// A calibration run. The model is resolved first, so that the fallback to tiny reaches the
+/// tab as an event and a download of sd3-medium reports progress and can be cancelled; the run
+/// then finds the model in the cache (and repeats the fallback among its notes).
+fn calibrate(
+    id: u64,
+    mut config: CalibrateConfig,
+    single_prompt: Option<String>,
+    cancel: &CancelToken,
+    send: &dyn Fn(Event),
+) -> Result<JobSummary, JobError> {
+    if let Some(prompt) = single_prompt {
+        let csv = super::generate_tab::single_prompt_csv(&prompt).map_err(JobError::PromptFile)?;
+        config.prompt_csv = Some(csv);
+    }
+    crate::model::source::resolve(&config.model, cancel, &mut |event| {
+        send(Event::Model { id, event })
+    })
+    .map_err(JobError::Model)?;
+    let summary = run_calibration(&config, cancel, &mut |event| {
+        let image_done = matches!(event, CalibrateEvent::ImageDone { .. });
+        send(Event::Calibrate { id, event });
+        if image_done {
+            send(memory());
+        }
+    })
+    .map_err(JobError::Calibrate)?;
+    Ok(JobSummary::Calibration(summary))
+}
+
 fn decode(
     vaes: &mut HashMap<String, crate::model::vae::VaeDecoder>,
+    locations: &ModelLocations,
     model: &str,
     latent: &[f32],
     (h, w, c): (usize, usize, usize),
-) -> Result<RgbImage, String> {
+    cancel: &CancelToken,
+    on_event: &mut dyn FnMut(SourceEvent),
+) -> Result<RgbImage, DecodeError> {
     if !vaes.contains_key(model) {
-        let files = crate::model::source::resolve(model, &mut |_| {}).map_err(|e| e.to_string())?;
-        let (_, cfg) =
-            crate::model::source::infer_config(&files.checkpoint).map_err(|e| e.to_string())?;
+        let files = crate::model::source::resolve_in(model, locations, cancel, on_event)
+            .map_err(DecodeError::Model)?;
+        let (_, cfg) = crate::model::source::infer_config(&files.checkpoint)?;
         let vae =
-            crate::model::vae::load_vae_decoder(&files.checkpoint, &cfg, mlx_rs::Dtype::Float32)
-                .map_err(|e| e.to_string())?;
+            crate::model::vae::load_vae_decoder(&files.checkpoint, &cfg, mlx_rs::Dtype::Float32)?;
         vaes.insert(model.to_owned(), vae);
     }
     let vae = &vaes[model];
     if c != vae.config.latent_channels {
-        return Err(format!(
-            "the latent has {c} channels; this model's VAE takes {}",
-            vae.config.latent_channels
-        ));
+        return Err(DecodeError::Channels {
+            latent: c,
+            model: vae.config.latent_channels,
+        });
     }
     let z = mlx_rs::Array::from_slice(latent, &[1, h as i32, w as i32, c as i32]);
-    let image = vae.decode_latent(&z).map_err(|e| e.to_string())?;
-    let mut images = crate::model::vae::to_u8_images(&image).map_err(|e| e.to_string())?;
-    let (width, height, pixels) = images.pop().ok_or("the VAE returned no image")?;
+    let image = vae.decode_latent(&z)?;
+    let mut images = crate::model::vae::to_u8_images(&image)?;
+    let (width, height, pixels) = images.pop().ok_or(DecodeError::NoImage)?;
     Ok(RgbImage {
         width: width as usize,
         height: height as usize,

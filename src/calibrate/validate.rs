@@ -53,7 +53,13 @@ impl CalibrateConfig {
                 prompts.len()
             ));
         }
-        let files = resolve(&self.model, &mut |w| notes.push(w.to_owned()))?;
+        // The fallback and the download's start become notes (the front ends download
+        // sd3-medium with progress and cancel before a run); byte counts are no note.
+        let files = resolve(&self.model, &crate::job::CancelToken::new(), &mut |e| {
+            if !matches!(e, crate::model::source::SourceEvent::Downloading { .. }) {
+                notes.push(e.to_string())
+            }
+        })?;
         let (mmdit_cfg, vae_cfg) = infer_config(&files.checkpoint).map_err(PipelineError::from)?;
         let probe = GenerateConfig {
             num_steps: self.num_steps,

@@ -60,6 +60,7 @@ impl GuiArgs {
             start_job: self.start_job,
             exit_when_idle: self.exit_when_idle,
             persist: !self.no_persist && self.screenshot.is_none(),
+            model_locations: None,
         })
     }
 }

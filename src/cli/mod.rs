@@ -74,38 +74,95 @@ impl Cli {
     }
 }
 
-/// Resolves `--model` for a command, showing a progress bar while sd3-medium downloads.
+/// Resolves `--model` for a command: warnings on stderr, a bytes bar while sd3-medium
+/// downloads; Ctrl-C cancels the download.
 fn resolve_model(spec: &str) -> anyhow::Result<sd3lab::model::source::ModelFiles> {
-    let bar = indicatif::ProgressBar::hidden();
-    bar.set_style(bar_style(
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-    ));
-    let mut current = String::new();
-    let files = sd3lab::model::source::resolve_with_progress(
-        spec,
-        &mut |w| eprintln!("warning: {w}"),
-        &mut |file, done, total| {
-            if current != file {
-                current = file.to_owned();
-                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-                bar.set_message(file.to_owned());
-                bar.set_length(total.unwrap_or(0));
-            }
-            bar.set_position(done);
-        },
-    );
-    bar.finish_and_clear();
-    Ok(files?)
+    let cancel = cancel_on_ctrl_c();
+    let mut events = ModelEvents::new();
+    let files = sd3lab::model::source::resolve(spec, &cancel, &mut |e| events.show(e));
+    events.finish();
+    files.map_err(source_error)
 }
 
-/// A cancel token that Ctrl-C trips: long jobs stop at their next checkpoint and leave their
-/// files consistent, rather than dying mid-write.
+/// Prints what resolving a model reports, in the CLI's terms: warnings as `warning: …` lines
+/// with the flag that helps, download progress as a bytes bar.
+struct ModelEvents {
+    bar: indicatif::ProgressBar,
+    file: String,
+}
+
+impl ModelEvents {
+    fn new() -> Self {
+        // Hidden until a download starts: most resolutions print nothing.
+        let bar = indicatif::ProgressBar::hidden();
+        bar.set_style(bar_style(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        ));
+        Self {
+            bar,
+            file: String::new(),
+        }
+    }
+
+    fn show(&mut self, event: sd3lab::model::source::SourceEvent) {
+        use sd3lab::model::source::SourceEvent;
+        match event {
+            SourceEvent::FellBackToTiny => self.bar.suspend(|| {
+                eprintln!(
+                    "warning: {event}. Pass --model sd3-medium or --model DIR for the real model."
+                )
+            }),
+            SourceEvent::DownloadStarting => self
+                .bar
+                .suspend(|| eprintln!("warning: {event} (Ctrl-C cancels)")),
+            SourceEvent::Downloading { file, done, total } => {
+                if self.file != file {
+                    self.bar
+                        .set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                    self.bar.set_message(file.clone());
+                    self.bar.set_length(total.unwrap_or(0));
+                    self.bar.reset();
+                    self.file = file;
+                }
+                self.bar.set_position(done);
+            }
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// A model error in the CLI's terms: where the library says "use a model directory", the CLI
+/// names its flag.
+fn source_error(e: sd3lab::model::source::SourceError) -> anyhow::Error {
+    use sd3lab::model::source::SourceError;
+    match e {
+        SourceError::NotCached { .. } | SourceError::Unreachable { .. } => {
+            anyhow::anyhow!("{e} (--model DIR)")
+        }
+        SourceError::Cancelled => {
+            anyhow::anyhow!("{e} (Ctrl-C); nothing of the unfinished file was kept")
+        }
+        other => other.into(),
+    }
+}
+
+/// The process's cancel token, which Ctrl-C trips: long jobs stop at their next checkpoint and
+/// leave their files consistent, rather than dying mid-write. One token for the whole process
+/// (a signal handler can be installed once): a download before a run and the run share it.
 fn cancel_on_ctrl_c() -> sd3lab::job::CancelToken {
-    let cancel = sd3lab::job::CancelToken::new();
-    let on_signal = cancel.clone();
-    // A second handler cannot be installed (one per process): the first one stays in charge.
-    let _ = ctrlc::set_handler(move || on_signal.cancel());
-    cancel
+    static CANCEL: std::sync::OnceLock<sd3lab::job::CancelToken> = std::sync::OnceLock::new();
+    CANCEL
+        .get_or_init(|| {
+            let cancel = sd3lab::job::CancelToken::new();
+            let on_signal = cancel.clone();
+            // Fails only if another handler is installed, which this binary never does.
+            let _ = ctrlc::set_handler(move || on_signal.cancel());
+            cancel
+        })
+        .clone()
 }
 
 /// An indicatif style from `template` (the default style if the template were invalid).

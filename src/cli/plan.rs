@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::{bar_style, cancel_on_ctrl_c};
+use super::sensitivity::sensitivity_error;
+use super::{ModelEvents, bar_style, cancel_on_ctrl_c};
 
 #[derive(Args)]
 pub struct PlanArgs {
@@ -48,7 +49,8 @@ fn bits_summary<'a>(layers: impl Iterator<Item = &'a sd3lab::quant::LayerQuant>)
 /// `sd3lab plan`: writes the plan and pareto.csv beside it.
 pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     use sd3lab::quant::plan::{build_plan, build_plan_per_bucket};
-    let report = sd3lab::quant::sensitivity::read_report(&args.sensitivity)?;
+    let report =
+        sd3lab::quant::sensitivity::read_report(&args.sensitivity).map_err(sensitivity_error)?;
     let build = if args.per_bucket {
         build_plan_per_bucket
     } else {
@@ -119,24 +121,37 @@ fn validate(
     plan: &sd3lab::quant::QuantPlan,
     max_samples: Option<usize>,
 ) -> anyhow::Result<sd3lab::quant::validate::Validation> {
+    use sd3lab::quant::validate::ValidationEvent;
     let cancel = cancel_on_ctrl_c();
-    let bar = indicatif::ProgressBar::new(0);
+    // Shown from the first measured batch; until then the model's download bar may be.
+    let bar = indicatif::ProgressBar::hidden();
     bar.set_style(bar_style(
         "validating [{bar:30}] {pos}/{len} samples ETA {eta}",
     ));
+    let mut model_events = ModelEvents::new();
+    let mut shown = false;
     let validation = sd3lab::quant::validate::validate_plan(
         report,
         &sd3lab::quant::QuantConfig::Plan(plan.clone()),
         max_samples,
         4,
         &cancel,
-        &mut |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
+        &mut |e| match e {
+            ValidationEvent::Model(e) => model_events.show(e),
+            ValidationEvent::Measured { done, total } => {
+                if !shown {
+                    shown = true;
+                    model_events.finish();
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                }
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            }
         },
     );
+    model_events.finish();
     bar.finish_and_clear();
-    let validation = validation?;
+    let validation = validation.map_err(sensitivity_error)?;
     anyhow::ensure!(!cancel.is_cancelled(), "validation cancelled");
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("n/a".to_owned(), f);
     println!(

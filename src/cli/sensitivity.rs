@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use clap::Args;
 
 use sd3lab::model::config::ModelDtype;
-use sd3lab::quant::sensitivity::{SensitivityConfig, SensitivityEvent, run_sensitivity};
+use sd3lab::quant::sensitivity::{
+    SensitivityConfig, SensitivityError, SensitivityEvent, run_sensitivity,
+};
 
-use super::{bar_style, cancel_on_ctrl_c, resolve_model};
+use super::{ModelEvents, bar_style, cancel_on_ctrl_c, source_error};
 
 #[derive(Args)]
 pub struct SensitivityArgs {
@@ -66,17 +68,18 @@ impl SensitivityArgs {
 
 /// `sd3lab sensitivity`: exit 130 when cancelled (the layers measured so far are kept).
 pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
-    if args.model == "sd3-medium" {
-        resolve_model(&args.model)?; // download with progress before the run
-    }
     let config = args.to_config();
     let cancel = cancel_on_ctrl_c();
-    let bar = indicatif::ProgressBar::new(0);
+    // Shown once the sweep is planned; until then the model's download bar may be on screen.
+    let bar = indicatif::ProgressBar::hidden();
     bar.set_style(bar_style("layers [{bar:30}] {pos}/{len} {msg} ETA {eta}"));
+    let mut model_events = ModelEvents::new();
     let started = std::time::Instant::now();
     let mut sweep_started = None;
     let report = run_sensitivity(&config, &cancel, &mut |e| match e {
+        SensitivityEvent::Model(e) => model_events.show(e),
         SensitivityEvent::Preparing { samples } => {
+            model_events.finish();
             bar.suspend(|| {
                 eprintln!("loading {samples} calibration samples and their float outputs")
             });
@@ -88,6 +91,7 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
             samples,
         } => {
             sweep_started = Some(std::time::Instant::now());
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             bar.set_length(layers as u64);
             bar.set_position(already_done as u64);
             bar.suspend(|| eprintln!("{layers} layers × {bits} bit widths on {samples} samples ({already_done} layers already done)"));
@@ -97,8 +101,9 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
             bar.set_message(format!("{name} ({seconds:.1} s)"));
         }
     });
+    model_events.finish();
     bar.finish_and_clear();
-    let report = report?;
+    let report = report.map_err(sensitivity_error)?;
     let total = started.elapsed().as_secs_f64();
     let sweep = sweep_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
     println!(
@@ -113,4 +118,27 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A sensitivity error in the CLI's terms: the flags that change what the library refused.
+pub(super) fn sensitivity_error(e: SensitivityError) -> anyhow::Error {
+    match e {
+        SensitivityError::NaiveNeedsModelScope(scope) => anyhow::anyhow!(
+            "the naive path (--no-cache) is the oracle of --scope model only, not of --scope {scope}"
+        ),
+        SensitivityError::BadLayerPattern { pattern, source } => {
+            anyhow::anyhow!("--layers {pattern:?}: {source}")
+        }
+        SensitivityError::NoLayerMatches(pattern) => {
+            anyhow::anyhow!("--layers {pattern:?} matches no layer of this model")
+        }
+        SensitivityError::NoSamples(_) => {
+            anyhow::anyhow!("{e}; check --calib-dir, --max-images and --step-stride")
+        }
+        SensitivityError::NoHeldOutSamples(_) => anyhow::anyhow!(
+            "{e} (run the sensitivity sweep with --max-images or --step-stride, or calibrate more images)"
+        ),
+        SensitivityError::Source(e) => source_error(*e),
+        other => other.into(),
+    }
 }

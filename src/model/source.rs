@@ -32,7 +32,7 @@ pub enum SourceError {
     #[error(
         "sd3-medium is not in the Hugging Face cache ({cache}); download it with \
          `huggingface-cli download {HF_MMDIT_REPO}` and `huggingface-cli download {HF_TEXT_REPO} --include 'clip_*/*' 'tokenizer_*/*'` \
-         (a token may be needed: HF_TOKEN), or pass --model DIR"
+         (a token may be needed: HF_TOKEN), or use a model directory in the published layout"
     )]
     NotCached { cache: PathBuf },
     #[error("downloading {url}: {reason}")]
@@ -40,13 +40,15 @@ pub enum SourceError {
     #[error(
         "sd3-medium is not in the Hugging Face cache ({cache}) and {url} could not be reached ({reason}); \
          download it where there is a network with `huggingface-cli download {HF_MMDIT_REPO}` and \
-         `huggingface-cli download {HF_TEXT_REPO} --include 'clip_*/*' 'tokenizer_*/*'`, or pass --model DIR"
+         `huggingface-cli download {HF_TEXT_REPO} --include 'clip_*/*' 'tokenizer_*/*'`, or use a model directory in the published layout"
     )]
     Unreachable {
         cache: PathBuf,
         url: String,
         reason: String,
     },
+    #[error("the download was cancelled")]
+    Cancelled,
     #[error("unknown model '{0}': use tiny, sd3-medium, auto or a directory")]
     Unknown(String),
     #[error("{path}: {source}")]
@@ -168,6 +170,35 @@ pub fn hf_hub_cache() -> PathBuf {
     home.join(".cache/huggingface/hub")
 }
 
+/// Where models are looked for, written and downloaded from. [`ModelLocations::from_env`] is
+/// what every command uses; a caller that must not depend on the process environment (a test,
+/// an app started with its own folders) builds one itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelLocations {
+    /// The Hugging Face hub cache that holds (and receives) sd3-medium.
+    pub hub_cache: PathBuf,
+    /// SD3 Lab's own cache, where the built-in tiny model is written on first use.
+    pub cache_dir: PathBuf,
+    /// The Hugging Face endpoint downloads come from.
+    pub endpoint: String,
+    /// The token sent with downloads.
+    pub token: Option<String>,
+}
+
+impl ModelLocations {
+    /// The folders and endpoint the environment names ([`hf_hub_cache`], [`cache_dir`],
+    /// `HF_ENDPOINT`, [`hf_token`]).
+    pub fn from_env() -> Self {
+        Self {
+            hub_cache: hf_hub_cache(),
+            cache_dir: cache_dir(),
+            endpoint: std::env::var("HF_ENDPOINT")
+                .unwrap_or_else(|_| "https://huggingface.co".into()),
+            token: hf_token(),
+        }
+    }
+}
+
 /// The snapshot folder of `repo` in the hub cache (the revision `refs/main` points to).
 fn hf_snapshot(cache: &Path, repo: &str) -> Option<PathBuf> {
     let dir = cache.join(format!("models--{}", repo.replace('/', "--")));
@@ -178,7 +209,12 @@ fn hf_snapshot(cache: &Path, repo: &str) -> Option<PathBuf> {
 
 /// sd3-medium's files from the Hugging Face cache, if both repositories are there.
 pub fn sd3_medium_from_cache() -> Result<ModelFiles, SourceError> {
-    let cache = hf_hub_cache();
+    sd3_medium_in(&hf_hub_cache())
+}
+
+/// sd3-medium's files from the hub cache `cache`, if both repositories are there.
+pub fn sd3_medium_in(cache: &Path) -> Result<ModelFiles, SourceError> {
+    let cache = cache.to_owned();
     let (Some(mmdit), Some(text)) = (
         hf_snapshot(&cache, HF_MMDIT_REPO),
         hf_snapshot(&cache, HF_TEXT_REPO),
@@ -201,7 +237,12 @@ pub fn sd3_medium_from_cache() -> Result<ModelFiles, SourceError> {
 
 /// The built-in tiny model, written into the cache on first use.
 pub fn tiny_model() -> Result<ModelFiles, SourceError> {
-    let dir = cache_dir().join("models").join(TINY_VERSION);
+    tiny_model_in(&cache_dir())
+}
+
+/// The built-in tiny model in SD3 Lab's cache folder `cache`, written there on first use.
+pub fn tiny_model_in(cache: &Path) -> Result<ModelFiles, SourceError> {
+    let dir = cache.join("models").join(TINY_VERSION);
     if let Ok(files) = ModelFiles::in_dir(&dir, "tiny") {
         return Ok(files);
     }
@@ -237,34 +278,73 @@ pub fn tiny_model() -> Result<ModelFiles, SourceError> {
     ModelFiles::in_dir(&dir, "tiny")
 }
 
-/// Resolves `--model`: `tiny`, `sd3-medium` (downloaded when not cached), `auto` (sd3-medium if
-/// cached, else tiny with a warning through `warn`), or a directory.
-pub fn resolve(spec: &str, warn: &mut dyn FnMut(&str)) -> Result<ModelFiles, SourceError> {
-    resolve_with_progress(spec, warn, &mut |_, _, _| {})
+/// What resolving a model reports while it works; plain data, so a job forwards it as an event
+/// (the CLI prints it, the app shows it with a cancel button).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceEvent {
+    /// `auto` found no sd3-medium in the Hugging Face cache and uses the built-in tiny demo
+    /// model instead.
+    FellBackToTiny,
+    /// sd3-medium is not in the Hugging Face cache and is being downloaded (about 6 GB).
+    DownloadStarting,
+    /// `done` bytes of `file` downloaded so far, of `total` when the server said.
+    Downloading {
+        file: String,
+        done: u64,
+        total: Option<u64>,
+    },
 }
 
-/// [`resolve`] with download progress.
-pub fn resolve_with_progress(
+impl std::fmt::Display for SourceEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::FellBackToTiny => f.write_str(
+                "sd3-medium is not in the Hugging Face cache: using the built-in tiny demo model (random weights; images are noise-like)",
+            ),
+            Self::DownloadStarting => {
+                f.write_str("sd3-medium is not in the Hugging Face cache: downloading it (about 6 GB)")
+            }
+            Self::Downloading { file, done, total } => match total {
+                Some(t) => write!(f, "downloading {file}: {done} of {t} bytes"),
+                None => write!(f, "downloading {file}: {done} bytes"),
+            },
+        }
+    }
+}
+
+/// Resolves a model name: `tiny`, `sd3-medium` (downloaded when not cached), `auto` (sd3-medium
+/// if cached, else tiny), or a directory. What happens on the way (the fallback, download
+/// progress) goes to `on_event`; a download stops with [`SourceError::Cancelled`] once `cancel`
+/// is set (the partial file is removed, the cache is left as it was).
+pub fn resolve(
     spec: &str,
-    warn: &mut dyn FnMut(&str),
-    progress: DownloadProgress,
+    cancel: &crate::job::CancelToken,
+    on_event: &mut dyn FnMut(SourceEvent),
+) -> Result<ModelFiles, SourceError> {
+    resolve_in(spec, &ModelLocations::from_env(), cancel, on_event)
+}
+
+/// [`resolve`] with the folders and endpoint of `at` instead of the environment's.
+pub fn resolve_in(
+    spec: &str,
+    at: &ModelLocations,
+    cancel: &crate::job::CancelToken,
+    on_event: &mut dyn FnMut(SourceEvent),
 ) -> Result<ModelFiles, SourceError> {
     match spec {
-        "tiny" => tiny_model(),
-        "sd3-medium" => match sd3_medium_from_cache() {
+        "tiny" => tiny_model_in(&at.cache_dir),
+        "sd3-medium" => match sd3_medium_in(&at.hub_cache) {
             Ok(f) => Ok(f),
             Err(_) => {
-                warn("sd3-medium is not in the Hugging Face cache: downloading it (about 6 GB)");
-                download_sd3_medium(progress)
+                on_event(SourceEvent::DownloadStarting);
+                download_sd3_medium_into(at, cancel, on_event)
             }
         },
-        "auto" => match sd3_medium_from_cache() {
+        "auto" => match sd3_medium_in(&at.hub_cache) {
             Ok(f) => Ok(f),
             Err(_) => {
-                warn(
-                    "sd3-medium is not in the Hugging Face cache: using the built-in tiny demo model (random weights; images are noise-like). Pass --model sd3-medium or --model DIR for the real model.",
-                );
-                tiny_model()
+                on_event(SourceEvent::FellBackToTiny);
+                tiny_model_in(&at.cache_dir)
             }
         },
         other => {
@@ -403,16 +483,26 @@ pub fn hf_token() -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// Progress of a download: `(file, bytes so far, total bytes if known)`.
-pub type DownloadProgress<'a> = &'a mut dyn FnMut(&str, u64, Option<u64>);
-
 /// Downloads sd3-medium's files into the Hugging Face cache (`HF_ENDPOINT` respected), each
 /// through a temporary file renamed into place, then records the revision in `refs/main`.
-pub fn download_sd3_medium(progress: DownloadProgress) -> Result<ModelFiles, SourceError> {
+/// Checks `cancel` between chunks.
+pub fn download_sd3_medium(
+    cancel: &crate::job::CancelToken,
+    on_event: &mut dyn FnMut(SourceEvent),
+) -> Result<ModelFiles, SourceError> {
+    download_sd3_medium_into(&ModelLocations::from_env(), cancel, on_event)
+}
+
+/// [`download_sd3_medium`] from `at.endpoint` into `at.hub_cache`.
+pub fn download_sd3_medium_into(
+    at: &ModelLocations,
+    cancel: &crate::job::CancelToken,
+    on_event: &mut dyn FnMut(SourceEvent),
+) -> Result<ModelFiles, SourceError> {
     use std::io::{Read, Write};
-    let cache = hf_hub_cache();
-    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
-    let token = hf_token();
+    let cache = at.hub_cache.clone();
+    let endpoint = &at.endpoint;
+    let token = &at.token;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -428,7 +518,7 @@ pub fn download_sd3_medium(progress: DownloadProgress) -> Result<ModelFiles, Sou
             endpoint.trim_end_matches('/')
         );
         let mut req = agent.get(&url);
-        if let Some(t) = &token {
+        if let Some(t) = token {
             req = req.header("Authorization", &format!("Bearer {t}"));
         }
         let response = req.call().map_err(|e| SourceError::Unreachable {
@@ -480,7 +570,15 @@ pub fn download_sd3_medium(progress: DownloadProgress) -> Result<ModelFiles, Sou
             }
             tmp.write_all(&buf[..n]).map_err(io(&target))?;
             done += n as u64;
-            progress(file, done, total);
+            on_event(SourceEvent::Downloading {
+                file: file.to_owned(),
+                done,
+                total,
+            });
+            if cancel.is_cancelled() {
+                // Dropping `tmp` removes the partial file.
+                return Err(SourceError::Cancelled);
+            }
         }
         if let Some(t) = total
             && t != done
@@ -504,7 +602,7 @@ pub fn download_sd3_medium(progress: DownloadProgress) -> Result<ModelFiles, Sou
         std::fs::create_dir_all(&refs).map_err(io(&refs))?;
         crate::fsutil::write_atomic(&refs.join("main"), commit.as_bytes()).map_err(io(&refs))?;
     }
-    sd3_medium_from_cache()
+    sd3_medium_in(&cache)
 }
 
 /// The MMDiT alone from a checkpoint, its configuration inferred from the tensor shapes.
@@ -520,6 +618,54 @@ pub fn load_mmdit_inferred(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::CancelToken;
+
+    /// Locations in `root` only: an empty hub cache, an own tiny-model cache, and an endpoint
+    /// nothing listens on (port 9 is discard; a refused connection fails at once).
+    fn isolated(root: &Path) -> ModelLocations {
+        ModelLocations {
+            hub_cache: root.join("hub"),
+            cache_dir: root.join("sd3lab"),
+            endpoint: "http://127.0.0.1:9".into(),
+            token: None,
+        }
+    }
+
+    #[test]
+    fn auto_without_sd3_medium_reports_the_fallback_and_uses_tiny() {
+        let root = tempfile::tempdir().unwrap();
+        let at = isolated(root.path());
+        let mut events = Vec::new();
+        let files = resolve_in("auto", &at, &CancelToken::new(), &mut |e| events.push(e)).unwrap();
+        assert_eq!(events, [SourceEvent::FellBackToTiny]);
+        assert_eq!(files.name, "tiny");
+        assert!(files.checkpoint.starts_with(&at.cache_dir), "{files:?}");
+        // `tiny` itself is no fallback: nothing to report.
+        events.clear();
+        resolve_in("tiny", &at, &CancelToken::new(), &mut |e| events.push(e)).unwrap();
+        assert!(events.is_empty(), "{events:?}");
+    }
+
+    #[test]
+    fn sd3_medium_not_cached_announces_the_download_before_failing_to_reach_the_hub() {
+        let root = tempfile::tempdir().unwrap();
+        let at = isolated(root.path());
+        let mut events = Vec::new();
+        let err = resolve_in("sd3-medium", &at, &CancelToken::new(), &mut |e| {
+            events.push(e)
+        })
+        .unwrap_err();
+        assert_eq!(events, [SourceEvent::DownloadStarting]);
+        assert!(
+            matches!(&err, SourceError::Unreachable { cache, .. } if *cache == at.hub_cache),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            !text.contains("--model"),
+            "no flag of ours in a library message: {text}"
+        );
+    }
 
     #[test]
     fn weight_file_bytes_counts_the_checkpoint_and_both_clip_weight_files() {

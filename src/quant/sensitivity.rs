@@ -74,6 +74,12 @@ impl Scope {
     }
 }
 
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Settings of a sensitivity run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SensitivityConfig {
@@ -151,6 +157,8 @@ pub struct RunSettings {
 /// Progress of a run.
 #[derive(Debug, Clone)]
 pub enum SensitivityEvent {
+    /// Resolving the model reported this (the fallback to tiny, download progress).
+    Model(crate::model::source::SourceEvent),
     /// Samples are being loaded and their float outputs computed.
     Preparing { samples: usize },
     Planned {
@@ -166,16 +174,61 @@ pub enum SensitivityEvent {
     },
 }
 
-/// Why a run failed.
+/// Why a run failed. The messages name no front end's controls: the CLI and the app add
+/// what to do in their own terms.
 #[derive(Debug, thiserror::Error)]
 pub enum SensitivityError {
-    #[error("{0}")]
-    Config(String),
+    #[error("no bit widths given")]
+    NoBits,
+    #[error(transparent)]
+    Quant(#[from] super::QuantError),
+    /// The naive oracle (a full forward per layer, bits and sample, no stage cache) measures
+    /// the MMDiT's output only.
+    #[error(
+        "the naive path (without the stage cache) is the oracle of the model scope only, not of the {0} scope"
+    )]
+    NaiveNeedsModelScope(Scope),
+    #[error("layer pattern {pattern:?}: {source}")]
+    BadLayerPattern {
+        pattern: String,
+        source: Box<regex::Error>,
+    },
+    #[error("layer pattern {0:?} matches no layer of this model")]
+    NoLayerMatches(String),
+    #[error("no calibration samples selected in {0}")]
+    NoSamples(PathBuf),
+    #[error(
+        "{path}: the calibration data does not fit this model (x {x:?}, conditioning {conditioning:?}, pooled {pooled:?}; the model takes {latent_channels} latent channels, {context_dim}-wide text, {pooled_dim}-wide pooled): it was made with another model"
+    )]
+    DataMismatch {
+        path: PathBuf,
+        x: Vec<i32>,
+        conditioning: Vec<i32>,
+        pooled: Vec<i32>,
+        latent_channels: usize,
+        context_dim: usize,
+        pooled_dim: usize,
+    },
+    /// Plan validation: the sensitivity run used every sample of its calibration folder.
+    #[error(
+        "every calibration sample in {0} was used by the sensitivity run; validation needs held-out samples"
+    )]
+    NoHeldOutSamples(PathBuf),
+    #[error("{path}: not a sensitivity report: {source}")]
+    NotAReport {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A broken invariant of the sweep itself (never the user's input): report it as a bug.
+    #[error("bug in the sensitivity sweep: {0}; please report it")]
+    Bug(String),
+    #[error(transparent)]
+    TensorIo(#[from] Box<crate::model::tensor_io::TensorIoError>),
     #[error("MLX error: {0}")]
     Mlx(#[from] mlx_rs::error::Exception),
     #[error(transparent)]
@@ -318,8 +371,10 @@ impl Stage {
     }
 }
 
+/// A registry layer the model does not have: the registry is built from the model's own
+/// configuration, so this is a bug.
 fn no_layer(id: LayerId) -> SensitivityError {
-    SensitivityError::Config(format!("no layer {}", id.name()))
+    SensitivityError::Bug(format!("the model has no layer {}", id.name()))
 }
 
 /// Swaps a layer's float weight, returning the previous one.
@@ -394,8 +449,7 @@ pub(crate) fn load_batches(
         }
         let load = |k: SampleKey| -> Result<Array, SensitivityError> {
             let a = set.load(meta, k).map_err(boxed)?;
-            crate::model::tensor_io::from_npy(&a, dtype)
-                .map_err(|e| SensitivityError::Config(e.to_string()))
+            Ok(crate::model::tensor_io::from_npy(&a, dtype).map_err(boxed)?)
         };
         let x = load(SampleKey::X)?;
         let context = load(SampleKey::Conditioning)?;
@@ -407,16 +461,15 @@ pub(crate) fn load_batches(
             || context.shape().last() != Some(&(cfg.context_dim as i32))
             || pooled.shape().last() != Some(&(cfg.pooled_dim as i32))
         {
-            return Err(SensitivityError::Config(format!(
-                "{}: the calibration data does not fit this model (x {:?}, conditioning {:?}, pooled {:?}; the model takes {} latent channels, {}-wide text, {}-wide pooled): it was made with another model",
-                meta.path.display(),
-                xs,
-                context.shape(),
-                pooled.shape(),
-                cfg.latent_channels,
-                cfg.context_dim,
-                cfg.pooled_dim
-            )));
+            return Err(SensitivityError::DataMismatch {
+                path: meta.path.clone(),
+                x: xs,
+                conditioning: context.shape().to_vec(),
+                pooled: pooled.shape().to_vec(),
+                latent_channels: cfg.latent_channels,
+                context_dim: cfg.context_dim,
+                pooled_dim: cfg.pooled_dim,
+            });
         }
         let rows = context.shape()[0];
         let x = if xs[0] == rows {
@@ -500,7 +553,7 @@ impl BlockPass {
             .as_ref()
             .map(|p| p.output.clone())
             .ok_or_else(|| {
-                SensitivityError::Config("internal: an image stream without post-attention".into())
+                SensitivityError::Bug("an image stream without post-attention".into())
             })?;
         let t = self.post[1].as_ref().map(|p| p.output.clone());
         let next_txt = t.clone().unwrap_or_else(|| txt.clone());
@@ -579,10 +632,7 @@ fn measure(
         let changed = m
             .post_attention(k, stream, residual, &parts.attention[s], &parts.chunks[s])?
             .ok_or_else(|| {
-                SensitivityError::Config(format!(
-                    "internal: {} has no post-attention part",
-                    id.name()
-                ))
+                SensitivityError::Bug(format!("{} has no post-attention part", id.name()))
             })?
             .output;
         let (img, txt) = match stream {
@@ -600,13 +650,10 @@ fn measure(
         let input = stage_data
             .and_then(|(d, i)| d.inputs.get(i))
             .and_then(|i| i.get(&id))
-            .ok_or_else(|| {
-                SensitivityError::Config(format!("internal: no recorded input for {}", id.name()))
-            })?;
+            .ok_or_else(|| SensitivityError::Bug(format!("no recorded input for {}", id.name())))?;
         return Ok(vec![linear.forward(input)?]);
     }
-    let (img, txt) =
-        state.ok_or_else(|| SensitivityError::Config("internal: no block state".into()))?;
+    let (img, txt) = state.ok_or_else(|| SensitivityError::Bug("no block state".into()))?;
     let fresh;
     let modulation = if id.moves_modulation() {
         fresh = m.modulation(&b.pooled, &b.timestep)?;
@@ -717,9 +764,8 @@ fn prepare_stage(
                     }
                     _ => outer_input(m, b, img, id, &cond)?,
                 };
-                let input = input.ok_or_else(|| {
-                    SensitivityError::Config(format!("internal: no input for {}", id.name()))
-                })?;
+                let input = input
+                    .ok_or_else(|| SensitivityError::Bug(format!("no input for {}", id.name())))?;
                 inputs.insert(id, input);
             }
             mlx_rs::transforms::eval(inputs.values())?;
@@ -798,8 +844,9 @@ pub fn write_report(dir: &Path, report: &SensitivityReport) -> Result<(), Sensit
         path: dir.to_owned(),
         source,
     })?;
+    // Plain structs with string keys: serializing cannot fail.
     let json = serde_json::to_string_pretty(report)
-        .map_err(|e| SensitivityError::Config(e.to_string()))?;
+        .expect("a sensitivity report serializes (plain structs, string map keys)");
     let path = dir.join("sensitivity.json");
     crate::fsutil::write_atomic(&path, json.as_bytes())
         .map_err(|source| SensitivityError::Io { path, source })?;
@@ -815,32 +862,35 @@ pub fn read_report(path: &Path) -> Result<SensitivityReport, SensitivityError> {
         path: path.to_owned(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|e| {
-        SensitivityError::Config(format!("{}: not a sensitivity report: {e}", path.display()))
+    serde_json::from_str(&text).map_err(|source| SensitivityError::NotAReport {
+        path: path.to_owned(),
+        source,
     })
 }
 
 fn validate_config(cfg: &SensitivityConfig) -> Result<Option<regex::Regex>, SensitivityError> {
     if cfg.bits.is_empty() {
-        return Err(SensitivityError::Config("no bit widths given".into()));
+        return Err(SensitivityError::NoBits);
     }
     for &bits in &cfg.bits {
         LayerQuant {
             bits,
             group_size: cfg.group_size,
         }
-        .validate()
-        .map_err(|e| SensitivityError::Config(e.to_string()))?;
+        .validate()?;
     }
     if !cfg.use_cache && cfg.scope != Scope::Model {
-        return Err(SensitivityError::Config(
-            "the naive path (--no-cache) is the oracle of --scope model only".into(),
-        ));
+        return Err(SensitivityError::NaiveNeedsModelScope(cfg.scope));
     }
     match &cfg.layers {
-        Some(r) => regex::Regex::new(r)
-            .map(Some)
-            .map_err(|e| SensitivityError::Config(format!("--layers {r:?}: {e}"))),
+        Some(r) => {
+            regex::Regex::new(r)
+                .map(Some)
+                .map_err(|source| SensitivityError::BadLayerPattern {
+                    pattern: r.clone(),
+                    source: Box::new(source),
+                })
+        }
         None => Ok(None),
     }
 }
@@ -852,7 +902,10 @@ pub fn run_sensitivity(
     on_event: &mut dyn FnMut(SensitivityEvent),
 ) -> Result<SensitivityReport, SensitivityError> {
     let regex = validate_config(cfg)?;
-    let files = crate::model::source::resolve(&cfg.model, &mut |_| {}).map_err(boxed)?;
+    let files = crate::model::source::resolve(&cfg.model, cancel, &mut |e| {
+        on_event(SensitivityEvent::Model(e))
+    })
+    .map_err(boxed)?;
     let mut mmdit = crate::model::source::load_mmdit_inferred(&files.checkpoint, cfg.dtype.mlx())
         .map_err(boxed)?;
     let mmdit_cfg = mmdit.config.clone();
@@ -867,10 +920,9 @@ pub fn run_sensitivity(
         .filter(|l| regex.as_ref().is_none_or(|r| r.is_match(&l.name)))
         .collect();
     if registry.is_empty() {
-        return Err(SensitivityError::Config(format!(
-            "--layers {:?} matches no layer of this model",
-            cfg.layers.as_deref().unwrap_or("")
-        )));
+        return Err(SensitivityError::NoLayerMatches(
+            cfg.layers.clone().unwrap_or_default(),
+        ));
     }
     let set = CalibrationSet::open(&cfg.calib_dir, &OpenOptions::default()).map_err(boxed)?;
     let filter = SampleFilter {
@@ -880,10 +932,7 @@ pub fn run_sensitivity(
     };
     let metas = set.select(&filter);
     if metas.is_empty() {
-        return Err(SensitivityError::Config(format!(
-            "no calibration samples selected in {}",
-            set.dir().display()
-        )));
+        return Err(SensitivityError::NoSamples(set.dir().to_owned()));
     }
     let settings = RunSettings {
         model: files.name.clone(),
@@ -1039,8 +1088,8 @@ fn measure_layer(
                 Some(&b.reference)
             };
             let Some(reference) = reference else {
-                outcome = Err(SensitivityError::Config(format!(
-                    "internal: no reference {key:?} for {}",
+                outcome = Err(SensitivityError::Bug(format!(
+                    "no reference {key:?} for {}",
                     layer.name
                 )));
                 break;

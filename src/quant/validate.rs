@@ -28,6 +28,15 @@ pub struct ValidationRow {
     pub predicted_sqnr_db: Option<f64>,
 }
 
+/// Progress of [`validate_plan`].
+#[derive(Debug, Clone)]
+pub enum ValidationEvent {
+    /// Resolving the model reported this (the fallback to tiny, download progress).
+    Model(crate::model::source::SourceEvent),
+    /// `done` of `total` held-out samples measured.
+    Measured { done: usize, total: usize },
+}
+
 /// The outcome of [`validate_plan`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Validation {
@@ -38,18 +47,21 @@ pub struct Validation {
 
 /// Measures `plan` (applied simulated, per bucket when it has bucket maps) on up to
 /// `max_samples` calibration samples of the report's calibration directory that the report
-/// did not use.
+/// did not use. `cancel` also stops a download of the model.
 pub fn validate_plan(
     report: &SensitivityReport,
     plan: &QuantConfig,
     max_samples: Option<usize>,
     batch_size: usize,
     cancel: &CancelToken,
-    on_progress: &mut dyn FnMut(usize, usize),
+    on_event: &mut dyn FnMut(ValidationEvent),
 ) -> Result<Validation, SensitivityError> {
     let settings = &report.settings;
     let boxed = |e| Box::new(e);
-    let files = crate::model::source::resolve(&settings.model, &mut |_| {}).map_err(boxed)?;
+    let files = crate::model::source::resolve(&settings.model, cancel, &mut |e| {
+        on_event(ValidationEvent::Model(e))
+    })
+    .map_err(boxed)?;
     let float = crate::model::source::load_mmdit_inferred(&files.checkpoint, settings.dtype.mlx())
         .map_err(Box::new)?;
     let set =
@@ -63,10 +75,9 @@ pub fn validate_plan(
         held_out.truncate(n);
     }
     if held_out.is_empty() {
-        return Err(SensitivityError::Config(format!(
-            "every calibration sample in {} was used by the sensitivity run; validation needs held-out samples (run the sensitivity sweep with --max-images or --step-stride, or calibrate more images)",
-            settings.calib_dir.display()
-        )));
+        return Err(SensitivityError::NoHeldOutSamples(
+            settings.calib_dir.clone(),
+        ));
     }
     let total = held_out.len();
     let mut done = 0;
@@ -85,8 +96,7 @@ pub fn validate_plan(
             &mut quantized,
             &plan.for_bucket(bucket),
             QuantMode::Simulated,
-        )
-        .map_err(|e| SensitivityError::Config(e.to_string()))?;
+        )?;
         for chunk in metas.chunks(batch_size.max(1)) {
             if cancel.is_cancelled() {
                 break;
@@ -99,7 +109,7 @@ pub fn validate_plan(
                     groups.add(b.buckets[j], &b.reference[j], q);
                 }
                 done += b.buckets.len();
-                on_progress(done, total);
+                on_event(ValidationEvent::Measured { done, total });
             }
         }
     }
