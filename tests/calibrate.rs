@@ -193,6 +193,31 @@ fn writes_the_seed_layout_that_sd3lab_and_numpy_read() {
     );
     let err = refused(&["--num-images", "0"]);
     assert!(err.contains("--num-images must be at least 1"), "{err}");
+    // `auto` without sd3-medium in the (empty) Hugging Face cache: the run's model event is
+    // printed as a warning with the CLI's hint, before the refusal.
+    let o = cli(
+        cache.path(),
+        &[
+            "calibrate",
+            "--model",
+            "auto",
+            "--num-images",
+            "3",
+            "--calib-dir",
+            dir.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(
+            "warning: sd3-medium is not in the Hugging Face cache: using the built-in tiny demo model"
+        ) && err.contains("Pass --model sd3-medium or --model DIR for the real model")
+            && err.contains("pass --overwrite to start over"),
+        "{err}"
+    );
 
     let np: serde_json::Value =
         serde_json::from_str(&common::run_oracle("calib_check.py", &[dir.as_os_str()])).unwrap();

@@ -226,19 +226,15 @@ impl GenerateTab {
                         estimate_bytes,
                         notes,
                     } => {
-                        // The model's warning is shown already, worded for this tab.
-                        self.notes = notes
-                            .iter()
-                            .filter(|n| !self.model_notice.repeats(n))
-                            .cloned()
-                            .collect();
+                        self.notes = notes.clone();
                         p.start_image = *start_image;
                         p.num_images = *num_images;
                         p.num_steps = *num_steps;
                         p.estimate_bytes = *estimate_bytes;
                         p.images_done = *start_image;
                     }
-                    CalibrateEvent::ModelLoaded { .. } => {}
+                    // The worker forwards these as `Event::Model` (the tab's model notice).
+                    CalibrateEvent::Model(_) | CalibrateEvent::ModelLoaded { .. } => {}
                     CalibrateEvent::ImageStarted { image, prompt } => {
                         p.image = *image;
                         p.step = 0;
@@ -738,6 +734,7 @@ pub fn error_message(e: &CalibrateError) -> String {
             human_bytes(*needed),
             human_bytes(*available)
         ),
+        CalibrateError::Source(e) => super::model_error_message(e, MODEL_LABEL),
         other => other.to_string(),
     }
 }

@@ -585,8 +585,6 @@ pub struct ModelNotice {
     pub warning: Option<String>,
     /// `(file, bytes so far, total)` while a download runs.
     pub download: Option<(String, u64, Option<u64>)>,
-    /// The library's sentences of the events seen (a run repeats them among its notes).
-    seen: Vec<String>,
 }
 
 impl ModelNotice {
@@ -606,19 +604,11 @@ impl ModelNotice {
                 self.download = Some((file.clone(), *done, *total));
             }
         }
-        if !matches!(event, SourceEvent::Downloading { .. }) {
-            self.seen.push(event.to_string());
-        }
     }
 
     /// The job ended: no download runs any more (the warning stays).
     pub fn job_ended(&mut self) {
         self.download = None;
-    }
-
-    /// Whether `note` (a run's note) only repeats a warning already shown.
-    pub fn repeats(&self, note: &str) -> bool {
-        self.seen.iter().any(|s| s == note)
     }
 
     /// The status bar's label and progress while downloading.
@@ -895,8 +885,6 @@ mod tests {
                 && warning.contains("into \"Model\""),
             "{warning}"
         );
-        assert!(notice.repeats(&SourceEvent::FellBackToTiny.to_string()));
-        assert!(!notice.repeats("prompts are reused in order"));
         notice.apply(&SourceEvent::DownloadStarting, "Model");
         notice.apply(
             &SourceEvent::Downloading {

@@ -282,9 +282,8 @@ fn worker_loop(
     }
 }
 
-/// A calibration run. The model is resolved first, so that the fallback to tiny reaches the
-/// tab as an event and a download of sd3-medium reports progress and can be cancelled; the run
-/// then finds the model in the cache (and repeats the fallback among its notes).
+/// A calibration run. What resolving its model reports (the fallback to tiny, a download of
+/// sd3-medium, which the run's cancel token stops) reaches the tab as [`Event::Model`].
 fn calibrate(
     id: u64,
     mut config: CalibrateConfig,
@@ -296,15 +295,14 @@ fn calibrate(
         let csv = super::generate_tab::single_prompt_csv(&prompt).map_err(JobError::PromptFile)?;
         config.prompt_csv = Some(csv);
     }
-    crate::model::source::resolve(&config.model, cancel, &mut |event| {
-        send(Event::Model { id, event })
-    })
-    .map_err(JobError::Model)?;
-    let summary = run_calibration(&config, cancel, &mut |event| {
-        let image_done = matches!(event, CalibrateEvent::ImageDone { .. });
-        send(Event::Calibrate { id, event });
-        if image_done {
-            send(memory());
+    let summary = run_calibration(&config, cancel, &mut |event| match event {
+        CalibrateEvent::Model(event) => send(Event::Model { id, event }),
+        event => {
+            let image_done = matches!(event, CalibrateEvent::ImageDone { .. });
+            send(Event::Calibrate { id, event });
+            if image_done {
+                send(memory());
+            }
         }
     })
     .map_err(JobError::Calibrate)?;

@@ -90,6 +90,9 @@ pub enum CalibrateEvent {
         estimate_bytes: u64,
         notes: Vec<String>,
     },
+    /// What resolving the model reported (the fallback to tiny, a download's progress),
+    /// before `Planned`.
+    Model(crate::model::source::SourceEvent),
     ModelLoaded {
         seconds: f64,
     },
@@ -218,7 +221,7 @@ pub fn run_calibration(
     on_event: &mut dyn FnMut(CalibrateEvent),
 ) -> Result<CalibrateSummary, CalibrateError> {
     let started = Instant::now();
-    let run = cfg.validate()?;
+    let run = cfg.validate_with(cancel, &mut |e| on_event(CalibrateEvent::Model(e)))?;
     let dir = &cfg.calib_dir;
     let mut plan = ResumePlan::from_existing(dir, &run.settings, cfg.overwrite)?;
     plan.prepare(dir)?;

@@ -25,11 +25,21 @@ pub struct ValidatedCalibration {
 }
 
 impl CalibrateConfig {
-    /// Checks the settings, reads the prompts, resolves the model (the built-in tiny model is
-    /// written to the user's cache on first use, sd3-medium downloaded when not cached) and
-    /// checks the image size and step count against it. Writes nothing into the calibration
-    /// folder.
+    /// [`CalibrateConfig::validate_with`] for callers that need no model events (tests, probes):
+    /// the fallback to tiny and a download's progress are dropped.
     pub fn validate(&self) -> Result<ValidatedCalibration, CalibrateError> {
+        self.validate_with(&crate::job::CancelToken::new(), &mut |_| {})
+    }
+
+    /// Checks the settings, reads the prompts, resolves the model (the built-in tiny model is
+    /// written to the user's cache on first use, sd3-medium downloaded when not cached, with
+    /// what resolving reports going to `on_model` and `cancel` stopping a download) and checks
+    /// the image size and step count against it. Writes nothing into the calibration folder.
+    pub fn validate_with(
+        &self,
+        cancel: &crate::job::CancelToken,
+        on_model: &mut dyn FnMut(crate::model::source::SourceEvent),
+    ) -> Result<ValidatedCalibration, CalibrateError> {
         if self.num_images == 0 {
             return Err(CalibrateError::NoImages);
         }
@@ -53,13 +63,7 @@ impl CalibrateConfig {
                 prompts.len()
             ));
         }
-        // The fallback and the download's start become notes (the front ends download
-        // sd3-medium with progress and cancel before a run); byte counts are no note.
-        let files = resolve(&self.model, &crate::job::CancelToken::new(), &mut |e| {
-            if !matches!(e, crate::model::source::SourceEvent::Downloading { .. }) {
-                notes.push(e.to_string())
-            }
-        })?;
+        let files = resolve(&self.model, cancel, on_model)?;
         let (mmdit_cfg, vae_cfg) = infer_config(&files.checkpoint).map_err(PipelineError::from)?;
         let probe = GenerateConfig {
             num_steps: self.num_steps,

@@ -8,7 +8,7 @@ use clap::Args;
 use sd3lab::calibrate::{CalibrateConfig, CalibrateError, CalibrateEvent, run_calibration};
 use sd3lab::model::config::ModelDtype;
 
-use super::{bar_style, cancel_on_ctrl_c, resolve_model};
+use super::{ModelEvents, bar_style, cancel_on_ctrl_c, source_error};
 
 #[derive(Args)]
 pub struct CalibrateArgs {
@@ -71,6 +71,10 @@ impl CalibrateArgs {
 
 /// The library's refusal in this command's terms: which flag overrides it.
 fn with_flag_hint(e: CalibrateError) -> anyhow::Error {
+    let e = match e {
+        CalibrateError::Source(source) => return source_error(*source),
+        other => other,
+    };
     let hint = match &e {
         CalibrateError::NoImages => return anyhow::anyhow!("--num-images must be at least 1"),
         CalibrateError::SettingsDiffer { .. } | CalibrateError::ForeignData { .. } => {
@@ -84,9 +88,6 @@ fn with_flag_hint(e: CalibrateError) -> anyhow::Error {
 
 /// `sd3lab calibrate`: exit 130 when cancelled (Ctrl-C), after keeping the finished images.
 pub fn run(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
-    if args.model == "sd3-medium" {
-        resolve_model(&args.model)?; // download with progress before the run
-    }
     let config = args.to_config();
     // Ctrl-C: finish the current step, discard the unfinished image, keep the manifest consistent.
     let cancel = cancel_on_ctrl_c();
@@ -98,7 +99,10 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
     images.set_style(bar_style("images [{bar:30}] {pos}/{len} {msg} ETA {eta}"));
     let steps = multi.add(indicatif::ProgressBar::new(args.num_steps as u64));
     steps.set_style(bar_style("steps  [{bar:30}] {pos}/{len} {per_sec}"));
+    // The model's fallback warning and a download's bytes bar, before the run's own bars.
+    let mut model_events = ModelEvents::new();
     let mut on_event = |e: CalibrateEvent| match e {
+        CalibrateEvent::Model(event) => model_events.show(event),
         CalibrateEvent::Planned {
             start_image,
             estimate_bytes,
@@ -135,8 +139,15 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let result = run_calibration(&config, &cancel, &mut on_event);
+    model_events.finish();
     steps.finish_and_clear();
     images.finish_and_clear();
+    if let Err(CalibrateError::Source(source)) = &result
+        && matches!(**source, sd3lab::model::source::SourceError::Cancelled)
+    {
+        eprintln!("cancelled: the model download stopped; nothing was written");
+        return Ok(ExitCode::from(130));
+    }
     let summary = result.map_err(with_flag_hint)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

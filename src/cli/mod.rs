@@ -86,13 +86,13 @@ fn resolve_model(spec: &str) -> anyhow::Result<sd3lab::model::source::ModelFiles
 
 /// Prints what resolving a model reports, in the CLI's terms: warnings as `warning: …` lines
 /// with the flag that helps, download progress as a bytes bar.
-struct ModelEvents {
+pub(super) struct ModelEvents {
     bar: indicatif::ProgressBar,
     file: String,
 }
 
 impl ModelEvents {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         // Hidden until a download starts: most resolutions print nothing.
         let bar = indicatif::ProgressBar::hidden();
         bar.set_style(bar_style(
@@ -104,7 +104,7 @@ impl ModelEvents {
         }
     }
 
-    fn show(&mut self, event: sd3lab::model::source::SourceEvent) {
+    pub(super) fn show(&mut self, event: sd3lab::model::source::SourceEvent) {
         use sd3lab::model::source::SourceEvent;
         match event {
             SourceEvent::FellBackToTiny => self.bar.suspend(|| {
@@ -129,14 +129,14 @@ impl ModelEvents {
         }
     }
 
-    fn finish(&self) {
+    pub(super) fn finish(&self) {
         self.bar.finish_and_clear();
     }
 }
 
 /// A model error in the CLI's terms: where the library says "use a model directory", the CLI
 /// names its flag.
-fn source_error(e: sd3lab::model::source::SourceError) -> anyhow::Error {
+pub(super) fn source_error(e: sd3lab::model::source::SourceError) -> anyhow::Error {
     use sd3lab::model::source::SourceError;
     match e {
         SourceError::NotCached { .. } | SourceError::Unreachable { .. } => {
