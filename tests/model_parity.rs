@@ -12,7 +12,9 @@ use sd3lab::model::MmditConfig;
 use sd3lab::model::mmdit::load_mmdit;
 use sd3lab::model::synth::{mmdit_specs, write_safetensors};
 
-const TOLERANCE: f64 = 1e-4;
+/// The largest relative error (max |Δ| / max |reference|) allowed against DiffusionKit: the
+/// README's table gives what is measured (at most 2e-6); this leaves room for other CPUs' kernels.
+const TOLERANCE: f64 = 1e-5;
 
 fn to_mlx(a: &NpyArray) -> Array {
     let shape: Vec<i32> = a.shape.iter().map(|&d| d as i32).collect();

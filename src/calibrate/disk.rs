@@ -36,6 +36,8 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     {
         use std::os::unix::ffi::OsStrExt;
         let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+        // SAFETY: `statvfs` is a plain C struct of integers, for which all-zero bytes are a
+        // valid value.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: statvfs fills `st` for a valid NUL-terminated path.
         if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {

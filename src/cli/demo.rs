@@ -24,7 +24,8 @@ pub fn default_action() -> anyhow::Result<ExitCode> {
     headless_demo()
 }
 
-/// The app's workflow through the library, on the tiny model, into `sd3lab-demo/`.
+/// The app's workflow on the tiny model, into `sd3lab-demo/`: each step runs this same binary
+/// as a child process with one of the CLI's subcommands.
 fn headless_demo() -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("locating the sd3lab executable")?;
     let out = PathBuf::from("sd3lab-demo");

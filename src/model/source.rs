@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::clip::{CONFIG_FILE as CLIP_CONFIG_FILE, WEIGHTS_FILE as CLIP_WEIGHTS_FILE};
 use super::config::{MmditConfig, Preset, Sd3Config, VaeDecoderConfig};
+use super::tokenizer::{MERGES_FILE, VOCAB_FILE};
 use super::weights::{MMDIT_PREFIX, VAE_DECODER_PREFIX, WeightsError};
 
 /// The checkpoint file inside a model directory.
@@ -112,10 +113,10 @@ impl ModelFiles {
             self.clip_l.join(CLIP_WEIGHTS_FILE),
             self.clip_g.join(CLIP_CONFIG_FILE),
             self.clip_g.join(CLIP_WEIGHTS_FILE),
-            self.tokenizer_l.join("vocab.json"),
-            self.tokenizer_l.join("merges.txt"),
-            self.tokenizer_g.join("vocab.json"),
-            self.tokenizer_g.join("merges.txt"),
+            self.tokenizer_l.join(VOCAB_FILE),
+            self.tokenizer_l.join(MERGES_FILE),
+            self.tokenizer_g.join(VOCAB_FILE),
+            self.tokenizer_g.join(MERGES_FILE),
         ];
         let missing: Vec<String> = needed
             .iter()
@@ -449,19 +450,15 @@ pub fn infer_config_from(
 }
 
 /// Files of the two repositories, as `(repository, path in the repository)`.
-pub fn sd3_medium_files() -> Vec<(&'static str, &'static str)> {
-    let mut v = vec![(HF_MMDIT_REPO, CHECKPOINT_FILE)];
-    for f in [
-        "clip_l/config.json",
-        "clip_l/model.fp16.safetensors",
-        "clip_g/config.json",
-        "clip_g/model.fp16.safetensors",
-        "tokenizer_l/vocab.json",
-        "tokenizer_l/merges.txt",
-        "tokenizer_g/vocab.json",
-        "tokenizer_g/merges.txt",
+pub fn sd3_medium_files() -> Vec<(&'static str, String)> {
+    let mut v = vec![(HF_MMDIT_REPO, CHECKPOINT_FILE.to_owned())];
+    for (folder, files) in [
+        ("clip_l", [CLIP_CONFIG_FILE, CLIP_WEIGHTS_FILE]),
+        ("clip_g", [CLIP_CONFIG_FILE, CLIP_WEIGHTS_FILE]),
+        ("tokenizer_l", [VOCAB_FILE, MERGES_FILE]),
+        ("tokenizer_g", [VOCAB_FILE, MERGES_FILE]),
     ] {
-        v.push((HF_TEXT_REPO, f));
+        v.extend(files.map(|f| (HF_TEXT_REPO, format!("{folder}/{f}"))));
     }
     v
 }
@@ -553,7 +550,7 @@ pub fn download_sd3_medium_into(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         let repo_dir = cache.join(format!("models--{}", repo.replace('/', "--")));
-        let target = repo_dir.join("snapshots").join(&commit).join(file);
+        let target = repo_dir.join("snapshots").join(&commit).join(&file);
         let parent = target.parent().unwrap_or(&repo_dir).to_owned();
         std::fs::create_dir_all(&parent).map_err(io(&parent))?;
         let mut tmp = crate::fsutil::temp_file_beside(&target).map_err(io(&target))?;

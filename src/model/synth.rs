@@ -276,7 +276,7 @@ pub fn write_tokenizer(dir: &Path, merges: &[(String, String)]) -> std::io::Resu
         .map(|(k, v)| (k.clone(), (*v).into()))
         .collect();
     crate::fsutil::write_atomic(
-        &dir.join("vocab.json"),
+        &dir.join(super::tokenizer::VOCAB_FILE),
         serde_json::to_string(&map)?.as_bytes(),
     )?;
     let mut text = String::from("#version: 0.2\n");
@@ -286,7 +286,7 @@ pub fn write_tokenizer(dir: &Path, merges: &[(String, String)]) -> std::io::Resu
         text.push_str(b);
         text.push('\n');
     }
-    crate::fsutil::write_atomic(&dir.join("merges.txt"), text.as_bytes())
+    crate::fsutil::write_atomic(&dir.join(super::tokenizer::MERGES_FILE), text.as_bytes())
 }
 
 /// Writes `dir/config.json` and `dir/model.fp16.safetensors` for a CLIP encoder.

@@ -18,6 +18,10 @@ pub const EOS: &str = "<|endoftext|>";
 /// Merges DiffusionKit reads from `merges.txt` (lines 1..=48894).
 pub const MAX_MERGES: usize = 49152 - 256 - 2;
 
+/// The tokenizer's files in a `tokenizer_*/` folder of the published layout.
+pub const VOCAB_FILE: &str = "vocab.json";
+pub const MERGES_FILE: &str = "merges.txt";
+
 /// Why a tokenizer could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -108,8 +112,8 @@ impl ClipTokenizer {
     /// Loads `vocab.json` and `merges.txt` from `dir` (the published `tokenizer_l/`,
     /// `tokenizer_g/` layout).
     pub fn load(dir: &Path, padding: Padding) -> Result<Self, TokenizerError> {
-        let vocab_path = dir.join("vocab.json");
-        let merges_path = dir.join("merges.txt");
+        let vocab_path = dir.join(VOCAB_FILE);
+        let merges_path = dir.join(MERGES_FILE);
         let read = |p: &Path| {
             std::fs::read_to_string(p).map_err(|source| TokenizerError::Io {
                 path: p.display().to_string(),
