@@ -636,10 +636,8 @@ fn read_manifest(dir: &Path) -> Option<(u64, Vec<String>)> {
     // A missing or unreadable manifest means "no run to resume, no prompts": the calibration
     // job itself reports what is wrong with the folder when it starts.
     let manifest = Manifest::read(dir).ok().flatten()?;
-    let prompts = manifest
-        .extra
-        .get("generation")
-        .and_then(|g| serde_json::from_value::<GenerationSettings>(g.clone()).ok())
+    let prompts = GenerationSettings::from_manifest(&manifest)
+        .and_then(Result::ok)
         .map(|g| g.prompts)
         .unwrap_or_default();
     Some((manifest.n_completed.unwrap_or(0), prompts))

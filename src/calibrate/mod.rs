@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::calib::Manifest;
 use crate::job::CancelToken;
 use crate::model::config::{ModelDtype, Sd3Config};
 use crate::model::pipeline::Pipeline;
@@ -69,6 +70,28 @@ pub struct GenerationSettings {
     /// Prompt and seed of each image written so far.
     pub prompts: Vec<String>,
     pub seeds: Vec<u32>,
+}
+
+impl GenerationSettings {
+    /// The manifest key holding a run's settings.
+    const MANIFEST_KEY: &'static str = "generation";
+
+    /// The settings recorded in `manifest`: `None` when it holds none (no run of ours, e.g. the
+    /// seed's layout), `Some(Err)` when the key is there but does not hold settings.
+    pub fn from_manifest(manifest: &Manifest) -> Option<Result<Self, serde_json::Error>> {
+        manifest
+            .extra
+            .get(Self::MANIFEST_KEY)
+            .map(Self::deserialize)
+    }
+
+    /// Records these settings in `manifest`, replacing any recorded before.
+    pub fn record_in(&self, manifest: &mut Manifest) -> Result<(), serde_json::Error> {
+        manifest
+            .extra
+            .insert(Self::MANIFEST_KEY.into(), serde_json::to_value(self)?);
+        Ok(())
+    }
 }
 
 /// Enough to tell whether two runs used the same model.

@@ -6,9 +6,6 @@ use std::path::Path;
 use super::{CalibrateError, GenerationSettings, io_err};
 use crate::calib::manifest::Manifest;
 
-/// The manifest key holding [`GenerationSettings`].
-const GENERATION_KEY: &str = "generation";
-
 /// A run's starting point in its calibration folder and the manifest it continues.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResumePlan {
@@ -33,10 +30,8 @@ impl ResumePlan {
         if overwrite {
             return Ok(Self::fresh());
         }
-        let previous: Option<GenerationSettings> = manifest
-            .extra
-            .get(GENERATION_KEY)
-            .and_then(|v| serde_json::from_value(v.clone()).ok());
+        // Settings that do not parse are not a run of ours: refused below like a foreign run.
+        let previous = GenerationSettings::from_manifest(&manifest).and_then(Result::ok);
         let Some(previous) = previous else {
             if has_sample_files(dir) || manifest.n_completed.is_some() {
                 return Err(CalibrateError::ForeignData {
@@ -107,9 +102,7 @@ impl ResumePlan {
         let mut recorded = settings.clone();
         recorded.prompts.truncate(image + 1);
         recorded.seeds.truncate(image + 1);
-        self.manifest
-            .extra
-            .insert(GENERATION_KEY.into(), serde_json::to_value(&recorded)?);
+        recorded.record_in(&mut self.manifest)?;
         self.manifest.write(dir)?;
         Ok(())
     }
@@ -273,8 +266,9 @@ mod tests {
         assert!(plan.sample_files.iter().all(|f| !f.contains("000002_")));
         assert_eq!(plan.manifest.extra["note"], "kept");
         // The recorded settings hold the finished images' prompts only.
-        let recorded: GenerationSettings =
-            serde_json::from_value(plan.manifest.extra[GENERATION_KEY].clone()).unwrap();
+        let recorded = GenerationSettings::from_manifest(&plan.manifest)
+            .unwrap()
+            .unwrap();
         assert_eq!(recorded.prompts, ["prompt 0", "prompt 1"]);
         plan.prepare(dir).unwrap();
         assert_eq!(

@@ -32,8 +32,12 @@ pub enum ReportError {
     Plan(#[from] crate::quant::plan::PlanError),
     #[error("serialising the report's data: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("{path}: not a JSON manifest: {source}")]
-    Manifest {
+    #[error(transparent)]
+    Manifest(#[from] Box<crate::calib::CalibError>),
+    #[error("{path}: no such file")]
+    NoManifest { path: PathBuf },
+    #[error("{path}: the run's generation settings are invalid: {source}")]
+    Generation {
         path: PathBuf,
         source: serde_json::Error,
     },
@@ -1147,65 +1151,62 @@ pub fn write_samples_report(
 /// The Generate tab's report: a calibration run's settings (from its manifest) and its images
 /// with their prompts; the image list as CSV/JSON beside it.
 pub fn write_calibration_report(dir: &Path, output: &Path) -> Result<Vec<PathBuf>, ReportError> {
-    let manifest_path = dir.join("manifest.json");
-    let text = std::fs::read_to_string(&manifest_path).map_err(|source| ReportError::Io {
-        path: manifest_path.clone(),
-        source,
-    })?;
-    let manifest: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| ReportError::Manifest {
+    use crate::calibrate::GenerationSettings;
+    let manifest_path = crate::calib::Manifest::path(dir);
+    let manifest = crate::calib::Manifest::read(dir)
+        .map_err(Box::new)?
+        .ok_or_else(|| ReportError::NoManifest {
             path: manifest_path.clone(),
+        })?;
+    // A manifest without settings (the seed's layout) gets an empty settings table.
+    let g = GenerationSettings::from_manifest(&manifest)
+        .transpose()
+        .map_err(|source| ReportError::Generation {
+            path: manifest_path,
             source,
         })?;
-    let g = &manifest["generation"];
     let mut doc = Doc::new(output, "SD3 Lab calibration run");
-    let field = |k: &str| -> String {
-        match &g[k] {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Null => String::new(),
-            v => v.to_string(),
-        }
-    };
+    let field = |f: fn(&GenerationSettings) -> String| g.as_ref().map_or(String::new(), f);
     doc.table(
         &["", ""],
         &[
             vec!["folder".into(), dir.display().to_string()],
-            vec![
-                "model".into(),
-                g["model"]["name"].as_str().unwrap_or_default().to_owned(),
-            ],
+            vec!["model".into(), field(|g| g.model.name.clone())],
             vec![
                 "images completed".into(),
-                manifest["n_completed"].to_string(),
+                manifest
+                    .n_completed
+                    .map_or(String::new(), |n| n.to_string()),
             ],
-            vec!["steps".into(), field("num_steps")],
-            vec!["CFG weight".into(), field("cfg_weight")],
+            vec!["steps".into(), field(|g| g.num_steps.to_string())],
+            // As the manifest writes it (`7.0`, not `7`).
+            vec![
+                "CFG weight".into(),
+                field(|g| serde_json::to_string(&g.cfg_weight).unwrap_or_default()),
+            ],
             vec![
                 "size".into(),
-                format!("{} x {}", field("width"), field("height")),
+                format!(
+                    "{} x {}",
+                    field(|g| g.width.to_string()),
+                    field(|g| g.height.to_string())
+                ),
             ],
-            vec!["dtype".into(), field("dtype")],
-            vec!["seed".into(), field("seed")],
-            vec!["prompts".into(), field("prompt_source")],
+            vec!["dtype".into(), field(|g| g.dtype.name().into())],
+            vec!["seed".into(), field(|g| g.seed.to_string())],
+            vec!["prompts".into(), field(|g| g.prompt_source.clone())],
             vec![
                 "tool".into(),
-                format!("{} {}", field("tool"), field("tool_version")),
+                format!(
+                    "{} {}",
+                    field(|g| g.tool.clone()),
+                    field(|g| g.tool_version.clone())
+                ),
             ],
         ],
     );
     doc.heading("Images");
-    let prompts: Vec<String> = g["prompts"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| p.as_str().unwrap_or_default().to_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    let seeds: Vec<u64> = g["seeds"]
-        .as_array()
-        .map(|a| a.iter().map(|s| s.as_u64().unwrap_or(0)).collect())
-        .unwrap_or_default();
+    let (prompts, seeds) = g.map_or((Vec::new(), Vec::new()), |g| (g.prompts, g.seeds));
     let mut csv = String::from("image,file,seed,prompt\n");
     let mut rows = Vec::new();
     for (i, prompt) in prompts.iter().enumerate() {
@@ -1233,6 +1234,70 @@ pub fn write_calibration_report(dir: &Path, output: &Path) -> Result<Vec<PathBuf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_calibration_report_shows_the_recorded_settings_as_the_manifest_writes_them() {
+        use crate::calibrate::{GenerationSettings, ModelIdentity};
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("calib");
+        std::fs::create_dir_all(&dir).unwrap();
+        let settings = GenerationSettings {
+            tool: "sd3lab".into(),
+            tool_version: "1.2".into(),
+            model: ModelIdentity {
+                name: "tiny".into(),
+                config: crate::model::Preset::Tiny.config(None),
+                checkpoint_bytes: 1,
+            },
+            num_steps: 3,
+            cfg_weight: 7.0,
+            height: 64,
+            width: 32,
+            dtype: crate::model::config::ModelDtype::Float16,
+            negative_prompt: String::new(),
+            seed: 5,
+            prompt_source: "prompts.csv".into(),
+            prompts: vec!["a \"cat\"".into(), "a dog".into()],
+            seeds: vec![5, 6],
+        };
+        let mut manifest = crate::calib::Manifest {
+            n_completed: Some(2),
+            ..Default::default()
+        };
+        settings.record_in(&mut manifest).unwrap();
+        manifest.write(&dir).unwrap();
+        let out = root.path().join("calibration.md");
+        write_calibration_report(&dir, &out).unwrap();
+        let md = std::fs::read_to_string(&out).unwrap();
+        for row in [
+            "| model | tiny |",
+            "| images completed | 2 |",
+            "| steps | 3 |",
+            "| CFG weight | 7.0 |",
+            "| size | 32 x 64 |",
+            "| dtype | float16 |",
+            "| seed | 5 |",
+            "| prompts | prompts.csv |",
+            "| tool | sd3lab 1.2 |",
+        ] {
+            assert!(md.contains(row), "{row} missing from\n{md}");
+        }
+        let csv = std::fs::read_to_string(root.path().join("calibration_data.csv")).unwrap();
+        assert_eq!(
+            csv,
+            "image,file,seed,prompt\n0,images/000000.png,5,\"a \"\"cat\"\"\"\n1,images/000001.png,6,\"a dog\"\n"
+        );
+
+        // Settings that are not settings are refused, naming the file.
+        manifest
+            .extra
+            .insert("generation".into(), serde_json::json!({"seed": "x"}));
+        manifest.write(&dir).unwrap();
+        let err = write_calibration_report(&dir, &out)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("manifest.json"), "{err}");
+    }
 
     fn lines() -> Figure {
         Figure::Lines {
