@@ -19,7 +19,7 @@ use crate::quant::plan::{BuiltPlan, Objective, build_plan, write_plan_files};
 use crate::quant::sensitivity::{
     Scope, SensitivityConfig, SensitivityError, SensitivityEvent, SensitivityReport, read_report,
 };
-use crate::report::{self, Metric, short_layer_name};
+use crate::report::{self, Metric};
 
 /// Options (persisted).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +111,7 @@ const RANKING_ROWS: usize = 15;
 pub struct Progress {
     pub layers: usize,
     pub done: usize,
+    /// The last measured layer's short name.
     pub last: String,
     pub seconds: f64,
     pub preparing: bool,
@@ -241,9 +242,9 @@ impl SensitivityTab {
                         self.progress.layers = *layers;
                         self.progress.done = *already_done;
                     }
-                    SensitivityEvent::LayerDone { name, seconds, .. } => {
+                    SensitivityEvent::LayerDone { id, seconds, .. } => {
                         self.progress.done += 1;
-                        self.progress.last = name.clone();
+                        self.progress.last = id.short_name();
                         self.progress.seconds = *seconds;
                         // Show the results as they come.
                         self.open(&json.display().to_string());
@@ -397,11 +398,7 @@ impl SensitivityTab {
                             .text(format!("{} / {} layers", p.done, p.layers)),
                     );
                     if !p.last.is_empty() {
-                        ui.label(format!(
-                            "{} ({:.1} s)",
-                            short_layer_name(&p.last),
-                            p.seconds
-                        ));
+                        ui.label(format!("{} ({:.1} s)", p.last, p.seconds));
                     }
                 }
             });

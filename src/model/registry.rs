@@ -158,6 +158,29 @@ impl LayerId {
         }
     }
 
+    /// A name short enough for a plot axis or a progress line (`3.image.attn.q_proj`,
+    /// `3.text.adaLN`, `t_embedder.0`): the full name without the module nesting.
+    pub fn short_name(self) -> String {
+        match self {
+            Self::PooledEmbedder(i) => format!("y_embedder.{}", 2 * i),
+            Self::TimestepEmbedder(i) => format!("t_embedder.{}", 2 * i),
+            Self::ContextEmbedder => "context_embedder".into(),
+            Self::Block {
+                block,
+                stream,
+                kind,
+            } => {
+                let module = match kind {
+                    LayerKind::Adaln => "adaLN",
+                    _ => kind.block_module(),
+                };
+                format!("{block}.{}.{module}", stream.name())
+            }
+            Self::FinalLinear => "final_layer.linear".into(),
+            Self::FinalAdaln => "final_layer.adaLN".into(),
+        }
+    }
+
     pub fn kind(self) -> LayerKind {
         match self {
             Self::PooledEmbedder(_) | Self::TimestepEmbedder(_) | Self::ContextEmbedder => {
@@ -380,6 +403,31 @@ mod tests {
                 "final_layer.linear",
                 "final_layer.adaLN_modulation.layers.1"
             ]
+        );
+        let short: Vec<String> = mmdit_layer_ids(2)
+            .into_iter()
+            .map(LayerId::short_name)
+            .collect();
+        assert_eq!(
+            short[..12],
+            [
+                "y_embedder.0",
+                "y_embedder.2",
+                "t_embedder.0",
+                "t_embedder.2",
+                "context_embedder",
+                "0.image.attn.q_proj",
+                "0.image.attn.k_proj",
+                "0.image.attn.v_proj",
+                "0.image.attn.o_proj",
+                "0.image.mlp.fc1",
+                "0.image.mlp.fc2",
+                "0.image.adaLN",
+            ]
+        );
+        assert_eq!(
+            short[n - 3..],
+            ["1.text.adaLN", "final_layer.linear", "final_layer.adaLN"]
         );
         assert!(
             LayerId::FinalAdaln.moves_modulation()

@@ -169,6 +169,7 @@ pub enum SensitivityEvent {
     },
     LayerDone {
         index: usize,
+        id: LayerId,
         name: String,
         seconds: f64,
     },
@@ -1022,6 +1023,7 @@ pub fn run_sensitivity(
                 write_report(&cfg.output_dir, &report)?;
                 on_event(SensitivityEvent::LayerDone {
                     index: *index,
+                    id: layer.id,
                     name: layer.name.clone(),
                     seconds: t.elapsed().as_secs_f64(),
                 });

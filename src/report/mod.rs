@@ -4,7 +4,7 @@
 //! Linux and macOS, no system fonts). Reports are self-contained HTML (SVG inline) or Markdown
 //! (PNG files beside it), with the data as CSV and JSON beside them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
@@ -13,6 +13,8 @@ use plotters::prelude::*;
 pub mod colormap;
 
 use crate::calib::Bucket;
+use crate::model::MmditConfig;
+use crate::model::registry::mmdit_layer_ids;
 use crate::quant::plan::{BuiltPlan, Objective, build_plan};
 use crate::quant::sensitivity::{MAX_SQNR_DB, SensitivityReport};
 
@@ -438,12 +440,25 @@ pub fn render_png(fig: &Figure, size: (u32, u32)) -> Result<Vec<u8>, ReportError
         .map_err(|e| ReportError::Draw(fig.title().into(), e.to_string()))
 }
 
-/// A layer name short enough for a plot axis: `3.image.attn.q_proj`, `3.text.adaLN`.
-pub fn short_layer_name(name: &str) -> String {
-    name.replace("multimodal_transformer_blocks.", "")
-        .replace("_transformer_block", "")
-        .replace("adaLN_modulation.layers.1", "adaLN")
-        .replace(".mlp.layers.", ".")
+/// Plot labels of a model's layers
+/// ([`LayerId::short_name`](crate::model::LayerId::short_name)), looked up by full name.
+pub struct LayerLabels(HashMap<String, String>);
+
+impl LayerLabels {
+    pub fn new(cfg: &MmditConfig) -> Self {
+        Self(
+            mmdit_layer_ids(cfg.depth)
+                .into_iter()
+                .map(|id| (id.name(), id.short_name()))
+                .collect(),
+        )
+    }
+
+    /// The short label of layer `name`; a name the model does not have (a report edited by
+    /// hand, another tool's file) is shown in full rather than guessed at.
+    pub fn get(&self, name: &str) -> String {
+        self.0.get(name).cloned().unwrap_or_else(|| name.to_owned())
+    }
 }
 
 /// Which metric a sensitivity figure shows.
@@ -561,11 +576,12 @@ pub fn bits_figure(
     bucket: Bucket,
     metric: Metric,
 ) -> Figure {
+    let labels = LayerLabels::new(&report.settings.model_config);
     let series = layers
         .iter()
         .filter_map(|name| report.layers.iter().find(|l| &l.name == name))
         .map(|l| Series {
-            name: short_layer_name(&l.name),
+            name: labels.get(&l.name),
             points: l
                 .results
                 .iter()
@@ -591,6 +607,7 @@ pub fn bucket_heatmap(
     bits: i32,
     metric: Metric,
 ) -> Figure {
+    let labels = LayerLabels::new(&report.settings.model_config);
     let buckets = Bucket::GROUPS;
     let mut rows = Vec::new();
     let mut values = Vec::new();
@@ -598,7 +615,7 @@ pub fn bucket_heatmap(
         let Some(l) = report.layers.iter().find(|l| &l.name == name) else {
             continue;
         };
-        rows.push(short_layer_name(name));
+        rows.push(labels.get(name));
         values.push(
             buckets
                 .iter()
@@ -631,13 +648,14 @@ pub fn ranking_figure(
     n: usize,
     filter: &LayerFilter,
 ) -> Figure {
+    let labels = LayerLabels::new(&report.settings.model_config);
     let top: Vec<(String, f64)> = filtered_ranking(report, bits, bucket, metric, filter)
         .into_iter()
         .take(n)
         .collect();
     Figure::Bars {
         title: format!("most sensitive layers at {bits} bits ({bucket})"),
-        labels: top.iter().map(|t| short_layer_name(&t.0)).collect(),
+        labels: top.iter().map(|t| labels.get(&t.0)).collect(),
         values: top.iter().map(|t| t.1).collect(),
         value_label: metric.label().into(),
     }
@@ -1389,17 +1407,25 @@ mod tests {
 
     #[test]
     fn short_names() {
+        let labels = LayerLabels::new(&MmditConfig::sd3_medium());
         assert_eq!(
-            short_layer_name("multimodal_transformer_blocks.3.image_transformer_block.attn.q_proj"),
+            labels.get("multimodal_transformer_blocks.3.image_transformer_block.attn.q_proj"),
             "3.image.attn.q_proj"
         );
         assert_eq!(
-            short_layer_name(
+            labels.get(
                 "multimodal_transformer_blocks.12.text_transformer_block.adaLN_modulation.layers.1"
             ),
             "12.text.adaLN"
         );
-        assert_eq!(short_layer_name("t_embedder.mlp.layers.0"), "t_embedder.0");
+        assert_eq!(labels.get("t_embedder.mlp.layers.0"), "t_embedder.0");
+        // Not a layer of this model: shown in full.
+        for foreign in [
+            "multimodal_transformer_blocks.24.image_transformer_block.attn.q_proj",
+            "some.other.layer",
+        ] {
+            assert_eq!(labels.get(foreign), foreign);
+        }
     }
 
     #[test]
