@@ -432,9 +432,15 @@ impl SensitivityTab {
             s.samples.len(),
             s.model
         ));
+        // A report without bit widths (a hand-made file: the sweep refuses to run without)
+        // has nothing to plot; said in the report module's words.
+        let Some(lowest_bits) = report.lowest_bits() else {
+            ui.label(report::ReportError::NoBitWidths.to_string());
+            return;
+        };
         let bits_list = s.bits.clone();
         if !bits_list.contains(&o.plot_bits) {
-            o.plot_bits = report.lowest_bits().unwrap_or(0);
+            o.plot_bits = lowest_bits;
         }
         ui.horizontal(|ui| {
             ui.label("Metric");
@@ -585,15 +591,23 @@ impl SensitivityTab {
                 );
                 heatmap(ui, &heat);
             }
-            View::Plan => self.plan_ui(ui, o, report),
+            View::Plan => self.plan_ui(ui, o, report, lowest_bits),
         }
     }
 
-    fn plan_ui(&mut self, ui: &mut egui::Ui, o: &mut Options, report: &SensitivityReport) {
+    /// `lowest_bits`: the report's lowest measured bit width (one exists: checked by the caller).
+    fn plan_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        o: &mut Options,
+        report: &SensitivityReport,
+        lowest_bits: i32,
+    ) {
         ui.heading("Plan builder");
         let overhead = crate::quant::scale_overhead_bits(report.settings.group_size);
-        let min_bits = report.lowest_bits().unwrap_or(2) as f64 + overhead;
-        let max_bits = report.settings.bits.iter().max().copied().unwrap_or(8) as f64 + overhead;
+        let highest_bits = report.settings.bits.iter().max().copied();
+        let min_bits = lowest_bits as f64 + overhead;
+        let max_bits = highest_bits.unwrap_or(lowest_bits) as f64 + overhead;
         ui.horizontal(|ui| {
             ui.add(
                 egui::Slider::new(&mut o.target_bits, min_bits..=max_bits)

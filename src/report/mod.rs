@@ -704,6 +704,15 @@ pub struct SensitivityReportOptions {
     pub heatmap_rows: Option<usize>,
 }
 
+impl SensitivityReportOptions {
+    /// The bit width of the heatmap and the ranking: the chosen one, else the lowest measured.
+    fn shown_bits(&self, report: &SensitivityReport) -> Result<i32, ReportError> {
+        self.bits
+            .or_else(|| report.lowest_bits())
+            .ok_or(ReportError::NoBitWidths)
+    }
+}
+
 impl Default for SensitivityReportOptions {
     fn default() -> Self {
         Self {
@@ -725,10 +734,7 @@ pub fn sensitivity_figures(
     report: &SensitivityReport,
     opts: &SensitivityReportOptions,
 ) -> Result<Vec<(String, Figure)>, ReportError> {
-    let bits = opts
-        .bits
-        .or_else(|| report.lowest_bits())
-        .ok_or(ReportError::NoBitWidths)?;
+    let bits = opts.shown_bits(report)?;
     let ranked = filtered_ranking(report, bits, opts.bucket, opts.metric, &opts.filter);
     let layers: Vec<String> = if opts.layers.is_empty() {
         ranked.iter().take(opts.top).map(|r| r.0.clone()).collect()
@@ -825,7 +831,7 @@ pub fn write_sensitivity_report(
         &json,
     )?;
     let s = &report.settings;
-    let bits = opts.bits.or_else(|| report.lowest_bits()).unwrap_or(0);
+    let bits = opts.shown_bits(report)?;
     let mut doc = Doc::new(output, "SD3 Lab sensitivity report");
     doc.table(
         &["", ""],
@@ -1403,6 +1409,29 @@ mod tests {
         assert_eq!(bar_label(0.15, 0.0, 0.2), "0.15");
         assert_eq!(bar_label(35.0, 8.0, 40.0), "35");
         assert_eq!(bar_label(2e-5, 0.0, 4e-5), "2.0e-5");
+    }
+
+    #[test]
+    fn a_report_without_bit_widths_is_refused_rather_than_shown_at_an_invented_width() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sensitivity-tiny.json");
+        let mut report: SensitivityReport =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("report.md");
+        let opts = SensitivityReportOptions::default();
+        assert_eq!(opts.shown_bits(&report).unwrap(), 2);
+        report.settings.bits.clear();
+        assert!(matches!(
+            write_sensitivity_report(&report, &out, &opts),
+            Err(ReportError::NoBitWidths)
+        ));
+        // A chosen width is shown whatever the settings list.
+        let opts = SensitivityReportOptions {
+            bits: Some(4),
+            ..opts
+        };
+        assert_eq!(opts.shown_bits(&report).unwrap(), 4);
     }
 
     #[test]
