@@ -217,11 +217,11 @@ pub struct QuantReport {
 /// Why quantization failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QuantError {
-    #[error("{bits} bits is not supported (MLX: 2, 3, 4, 5, 6, 8)")]
+    #[error("{bits} bits is not supported (MLX: {})", listed(&SUPPORTED_BITS, ", "))]
     UnsupportedBits { bits: i32 },
-    #[error("group size {group_size} is not supported (MLX: 32, 64, 128)")]
+    #[error("group size {group_size} is not supported (MLX: {})", listed(&SUPPORTED_GROUPS, ", "))]
     UnsupportedGroupSize { group_size: i32 },
-    #[error("'{0}' is neither none, wN (N in 2,3,4,5,6,8) nor a plan file")]
+    #[error("'{0}' is neither none, wN (N in {bits}) nor a plan file", bits = listed(&SUPPORTED_BITS, ","))]
     UnknownSpec(String),
     #[error("{path}: {source}")]
     Read {
@@ -256,6 +256,15 @@ pub enum QuantError {
         layer: String,
         source: mlx_rs::error::Exception,
     },
+}
+
+/// `values` joined by `sep`, for messages that list what is supported.
+fn listed(values: &[i32], sep: &str) -> String {
+    values
+        .iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
 /// `bucket early, ` for an entry of a bucket's map, nothing for the default map.
@@ -429,6 +438,15 @@ mod tests {
             QuantConfig::parse("no-such-plan.json", 64),
             Err(QuantError::UnknownSpec(s)) if s == "no-such-plan.json"
         ));
+        // The messages list what MLX supports, as they did when the lists were typed out.
+        assert_eq!(
+            QuantError::UnsupportedGroupSize { group_size: 48 }.to_string(),
+            "group size 48 is not supported (MLX: 32, 64, 128)"
+        );
+        assert_eq!(
+            QuantError::UnknownSpec("x".into()).to_string(),
+            "'x' is neither none, wN (N in 2,3,4,5,6,8) nor a plan file"
+        );
         let dir = tempfile::tempdir().unwrap();
         let plan = dir.path().join("plan.json");
         let write = |text: &str| std::fs::write(&plan, text).unwrap();
