@@ -57,8 +57,7 @@ impl ResumePlan {
             Path::new(f)
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| n.split('_').next())
-                .and_then(|s| s.parse::<usize>().ok())
+                .and_then(image_of)
                 .is_some_and(|i| i < start)
         });
         Ok(Self {
