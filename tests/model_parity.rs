@@ -11,14 +11,14 @@ use sd3lab::calib::NpyArray;
 use sd3lab::model::MmditConfig;
 use sd3lab::model::mmdit::load_mmdit;
 use sd3lab::model::synth::{mmdit_specs, write_safetensors};
+use sd3lab::model::tensor_io::from_npy;
 
 /// The largest relative error (max |Δ| / max |reference|) allowed against DiffusionKit: the
 /// README's table gives what is measured (at most 2e-6); this leaves room for other CPUs' kernels.
 const TOLERANCE: f64 = 1e-5;
 
 fn to_mlx(a: &NpyArray) -> Array {
-    let shape: Vec<i32> = a.shape.iter().map(|&d| d as i32).collect();
-    Array::from_slice(&a.data.to_f32_vec(), &shape)
+    from_npy(a, Dtype::Float32).unwrap()
 }
 
 fn relative_error(ours: &Array, want: &NpyArray) -> f64 {

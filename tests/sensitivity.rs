@@ -437,9 +437,8 @@ fn sweep_metrics_match_numpy_on_dumped_outputs() {
     let mut width = 0;
     for meta in set.select(&SampleFilter::default()) {
         let load = |k| {
-            let a = set.load(meta, k).unwrap();
-            let shape: Vec<i32> = a.shape.iter().map(|&d| d as i32).collect();
-            Array::from_slice(&a.data.to_f32_vec(), &shape)
+            sd3lab::model::tensor_io::from_npy(&set.load(meta, k).unwrap(), mlx_rs::Dtype::Float32)
+                .unwrap()
         };
         let (x, context, pooled) = (
             load(SampleKey::X),
