@@ -874,10 +874,11 @@ pub fn write_sensitivity_report(
 }
 
 /// Per-bucket counts as a bar figure (the Samples tab's report).
-pub fn bucket_counts_figure(counts: &BTreeMap<String, usize>) -> Figure {
+pub fn bucket_counts_figure(counts: &BTreeMap<Bucket, usize>) -> Figure {
     Figure::Bars {
         title: "samples per step bucket".into(),
-        labels: counts.keys().cloned().collect(),
+        // In step order (early, mid, late), as the buckets are ordered.
+        labels: counts.keys().map(|b| b.name().to_owned()).collect(),
         values: counts.values().map(|&v| v as f64).collect(),
         value_label: "samples".into(),
     }
@@ -1100,12 +1101,7 @@ pub fn write_samples_report(
             vec!["problems".into(), set.problems().len().to_string()],
         ],
     );
-    let counts: BTreeMap<String, usize> = s
-        .buckets
-        .iter()
-        .map(|(b, n)| (b.name().to_owned(), *n))
-        .collect();
-    doc.figure("buckets", &bucket_counts_figure(&counts))?;
+    doc.figure("buckets", &bucket_counts_figure(&s.buckets))?;
     let first = selected.first().map(|m| m.image);
     let schedule = Figure::Lines {
         title: "timestep by step".into(),
@@ -1455,6 +1451,19 @@ mod tests {
         ] {
             assert_eq!(labels.get(foreign), foreign);
         }
+    }
+
+    #[test]
+    fn bucket_counts_are_plotted_in_step_order() {
+        let counts: BTreeMap<Bucket, usize> =
+            [(Bucket::Late, 3), (Bucket::Early, 1), (Bucket::Mid, 2)]
+                .into_iter()
+                .collect();
+        let Figure::Bars { labels, values, .. } = bucket_counts_figure(&counts) else {
+            panic!("a bar chart");
+        };
+        assert_eq!(labels, ["early", "mid", "late"]);
+        assert_eq!(values, [1.0, 2.0, 3.0]);
     }
 
     #[test]
