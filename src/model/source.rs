@@ -208,11 +208,6 @@ fn hf_snapshot(cache: &Path, repo: &str) -> Option<PathBuf> {
     snap.is_dir().then_some(snap)
 }
 
-/// sd3-medium's files from the Hugging Face cache, if both repositories are there.
-pub fn sd3_medium_from_cache() -> Result<ModelFiles, SourceError> {
-    sd3_medium_in(&hf_hub_cache())
-}
-
 /// sd3-medium's files from the hub cache `cache`, if both repositories are there.
 pub fn sd3_medium_in(cache: &Path) -> Result<ModelFiles, SourceError> {
     let cache = cache.to_owned();
@@ -234,11 +229,6 @@ pub fn sd3_medium_in(cache: &Path) -> Result<ModelFiles, SourceError> {
         .check()
         .map_err(|_| SourceError::NotCached { cache })?;
     Ok(files)
-}
-
-/// The built-in tiny model, written into the cache on first use.
-pub fn tiny_model() -> Result<ModelFiles, SourceError> {
-    tiny_model_in(&cache_dir())
 }
 
 /// The built-in tiny model in SD3 Lab's cache folder `cache`, written there on first use.
@@ -480,17 +470,9 @@ pub fn hf_token() -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// Downloads sd3-medium's files into the Hugging Face cache (`HF_ENDPOINT` respected), each
+/// Downloads sd3-medium's files from `at.endpoint` into the hub cache `at.hub_cache`, each
 /// through a temporary file renamed into place, then records the revision in `refs/main`.
 /// Checks `cancel` between chunks.
-pub fn download_sd3_medium(
-    cancel: &crate::job::CancelToken,
-    on_event: &mut dyn FnMut(SourceEvent),
-) -> Result<ModelFiles, SourceError> {
-    download_sd3_medium_into(&ModelLocations::from_env(), cancel, on_event)
-}
-
-/// [`download_sd3_medium`] from `at.endpoint` into `at.hub_cache`.
 pub fn download_sd3_medium_into(
     at: &ModelLocations,
     cancel: &crate::job::CancelToken,
