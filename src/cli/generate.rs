@@ -82,12 +82,13 @@ impl GenerateArgs {
 
 /// `sd3lab generate`.
 pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
-    let files = resolve_model(&args.model)?;
+    // Flags first: a bad --quant is reported before the model is resolved (or downloaded).
     let GenerateJob {
         request: cfg,
         dtype,
         quant,
     } = args.to_config()?;
+    let files = resolve_model(&args.model)?;
     let mut pipe = Pipeline::load(&files, dtype.mlx())
         .with_context(|| format!("loading model '{}'", files.name))?;
     let quant_report = sd3lab::quant::apply_to_pipeline(&mut pipe, &quant, args.quant_mode)?;

@@ -123,7 +123,7 @@ pub(super) struct SampleFilterArgs {
     /// Every k-th step of each image, starting at step 0.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     step_stride: Option<u64>,
-    /// Only samples of this step bucket (early, mid, late).
+    /// Only samples of this step bucket (early, mid, late, all).
     #[arg(long)]
     bucket: Option<Bucket>,
 }
