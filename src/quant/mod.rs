@@ -330,15 +330,18 @@ pub fn apply(
         bytes_before: mmdit.weight_bytes(),
         ..QuantReport::default()
     };
-    if let QuantConfig::Plan(plan) = config {
-        let names: Vec<String> = mmdit.linears_mut().into_iter().map(|(n, _)| n).collect();
-        if let Some(unknown) = plan.layers.keys().find(|k| !names.contains(k)) {
-            return Err(QuantError::UnknownLayer {
-                layer: unknown.clone(),
-            });
-        }
+    let linears = mmdit.linears_mut();
+    if let QuantConfig::Plan(plan) = config
+        && let Some(unknown) = plan
+            .layers
+            .keys()
+            .find(|k| !linears.iter().any(|(n, _)| n == *k))
+    {
+        return Err(QuantError::UnknownLayer {
+            layer: unknown.clone(),
+        });
     }
-    for (name, linear) in mmdit.linears_mut() {
+    for (name, linear) in linears {
         let Some(q) = config.for_layer(&name) else {
             continue;
         };
