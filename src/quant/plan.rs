@@ -386,8 +386,6 @@ fn build_plan_for(
 /// Why [`write_plan_files`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanFilesError {
-    #[error("serialising the plan: {0}")]
-    Json(#[from] serde_json::Error),
     #[error("writing {path}: {source}")]
     Io {
         path: std::path::PathBuf,
@@ -403,7 +401,9 @@ pub fn write_plan_files(
     built: &BuiltPlan,
     objective: Objective,
 ) -> Result<std::path::PathBuf, PlanFilesError> {
-    let json = serde_json::to_string_pretty(&built.plan)?;
+    // Plain structs and JSON values with string keys: serializing cannot fail.
+    let json = serde_json::to_string_pretty(&built.plan)
+        .expect("a plan serializes (plain structs, string map keys)");
     let io = |path: &std::path::Path| {
         let path = path.to_owned();
         move |source| PlanFilesError::Io { path, source }
