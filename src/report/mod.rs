@@ -504,27 +504,6 @@ impl Metric {
     }
 }
 
-/// Layers with results for `bits` in `bucket`, most sensitive first: `(name, value)`.
-pub fn ranking(
-    report: &SensitivityReport,
-    bits: i32,
-    bucket: Bucket,
-    metric: Metric,
-) -> Vec<(String, f64)> {
-    let mut v: Vec<(String, f64)> = report
-        .layers
-        .iter()
-        .filter_map(|l| {
-            l.results
-                .iter()
-                .find(|r| r.bits == bits && r.bucket == bucket)
-                .map(|r| (l.name.clone(), metric.of(r)))
-        })
-        .collect();
-    v.sort_by(|a, b| metric.worse_first(a.1, b.1));
-    v
-}
-
 /// Which layers a sensitivity view covers (the app's block and kind filters); empty: all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LayerFilter {
@@ -551,22 +530,28 @@ impl LayerFilter {
     }
 }
 
-/// [`ranking`] of the layers `filter` keeps, most sensitive first.
-pub fn filtered_ranking(
+/// The layers `filter` keeps that have results for `bits` in `bucket`, most sensitive first:
+/// `(name, value)`.
+pub fn ranking(
     report: &SensitivityReport,
     bits: i32,
     bucket: Bucket,
     metric: Metric,
     filter: &LayerFilter,
 ) -> Vec<(String, f64)> {
-    let mut ranked = ranking(report, bits, bucket, metric);
-    ranked.retain(|(name, _)| {
-        report
-            .layers
-            .iter()
-            .any(|l| &l.name == name && filter.keeps(l))
-    });
-    ranked
+    let mut v: Vec<(String, f64)> = report
+        .layers
+        .iter()
+        .filter(|l| filter.keeps(l))
+        .filter_map(|l| {
+            l.results
+                .iter()
+                .find(|r| r.bits == bits && r.bucket == bucket)
+                .map(|r| (l.name.clone(), metric.of(r)))
+        })
+        .collect();
+    v.sort_by(|a, b| metric.worse_first(a.1, b.1));
+    v
 }
 
 /// Metric vs bits, one line per layer.
@@ -649,7 +634,7 @@ pub fn ranking_figure(
     filter: &LayerFilter,
 ) -> Figure {
     let labels = LayerLabels::new(&report.settings.model_config);
-    let top: Vec<(String, f64)> = filtered_ranking(report, bits, bucket, metric, filter)
+    let top: Vec<(String, f64)> = ranking(report, bits, bucket, metric, filter)
         .into_iter()
         .take(n)
         .collect();
@@ -735,7 +720,7 @@ pub fn sensitivity_figures(
     opts: &SensitivityReportOptions,
 ) -> Result<Vec<(String, Figure)>, ReportError> {
     let bits = opts.shown_bits(report)?;
-    let ranked = filtered_ranking(report, bits, opts.bucket, opts.metric, &opts.filter);
+    let ranked = ranking(report, bits, opts.bucket, opts.metric, &opts.filter);
     let layers: Vec<String> = if opts.layers.is_empty() {
         ranked.iter().take(opts.top).map(|r| r.0.clone()).collect()
     } else {
@@ -861,12 +846,11 @@ pub fn write_sensitivity_report(
         "Most sensitive layers at {bits} bits ({})",
         opts.bucket
     ));
-    let top: Vec<Vec<String>> =
-        filtered_ranking(report, bits, opts.bucket, opts.metric, &opts.filter)
-            .into_iter()
-            .take(opts.top)
-            .map(|(name, v)| vec![name, format!("{v:.4}")])
-            .collect();
+    let top: Vec<Vec<String>> = ranking(report, bits, opts.bucket, opts.metric, &opts.filter)
+        .into_iter()
+        .take(opts.top)
+        .map(|(name, v)| vec![name, format!("{v:.4}")])
+        .collect();
     doc.table(&["layer", opts.metric.label()], &top);
     doc.text("The data are in the _data.csv and _data.json files beside this report.");
     written.extend(doc.finish(output)?);
