@@ -128,7 +128,7 @@ fn demo_steps(out: &Path) -> Vec<(&'static str, Vec<String>)> {
             vec![
                 "plan".into(),
                 "--sensitivity".into(),
-                s(&sens.join("sensitivity.json")),
+                s(&sens.join(sd3lab::quant::sensitivity::REPORT_JSON)),
                 "--target-bits".into(),
                 "5".into(),
                 "--output".into(),

@@ -83,7 +83,7 @@ impl ReportSensitivityArgs {
     /// The sensitivity.json to read: the input itself, or the one in the input folder.
     fn json_path(&self) -> PathBuf {
         if self.input.is_dir() {
-            self.input.join("sensitivity.json")
+            self.input.join(sd3lab::quant::sensitivity::REPORT_JSON)
         } else {
             self.input.clone()
         }

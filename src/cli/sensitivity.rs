@@ -7,7 +7,7 @@ use clap::Args;
 
 use sd3lab::model::config::ModelDtype;
 use sd3lab::quant::sensitivity::{
-    SensitivityConfig, SensitivityError, SensitivityEvent, run_sensitivity,
+    REPORT_CSV, REPORT_JSON, SensitivityConfig, SensitivityError, SensitivityEvent, run_sensitivity,
 };
 
 use super::{ModelEvents, bar_style, cancel_on_ctrl_c, source_error};
@@ -110,8 +110,8 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
         "{} layers measured in {sweep:.1} s (after {:.1} s loading the model, the samples and their float outputs); wrote {} and {}",
         report.layers.len(),
         total - sweep,
-        args.output_dir.join("sensitivity.json").display(),
-        args.output_dir.join("sensitivity.csv").display()
+        args.output_dir.join(REPORT_JSON).display(),
+        args.output_dir.join(REPORT_CSV).display()
     );
     Ok(if cancel.is_cancelled() {
         ExitCode::from(130)

@@ -80,6 +80,10 @@ impl std::fmt::Display for Scope {
     }
 }
 
+/// The files a sweep writes into its output folder.
+pub const REPORT_JSON: &str = "sensitivity.json";
+pub const REPORT_CSV: &str = "sensitivity.csv";
+
 /// Settings of a sensitivity run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SensitivityConfig {
@@ -848,11 +852,11 @@ pub fn write_report(dir: &Path, report: &SensitivityReport) -> Result<(), Sensit
     // Plain structs with string keys: serializing cannot fail.
     let json = serde_json::to_string_pretty(report)
         .expect("a sensitivity report serializes (plain structs, string map keys)");
-    let path = dir.join("sensitivity.json");
+    let path = dir.join(REPORT_JSON);
     crate::fsutil::write_atomic(&path, json.as_bytes())
         .map_err(|source| SensitivityError::Io { path, source })?;
     let csv = report_csv(report);
-    let path = dir.join("sensitivity.csv");
+    let path = dir.join(REPORT_CSV);
     crate::fsutil::write_atomic(&path, csv.as_bytes())
         .map_err(|source| SensitivityError::Io { path, source })
 }
@@ -947,7 +951,7 @@ pub fn run_sensitivity(
         samples: metas.iter().map(|m| m.file.clone()).collect(),
         metric_scope: cfg.scope,
     };
-    let json_path = cfg.output_dir.join("sensitivity.json");
+    let json_path = cfg.output_dir.join(REPORT_JSON);
     let mut report = match std::fs::read_to_string(&json_path)
         .ok()
         .and_then(|t| serde_json::from_str::<SensitivityReport>(&t).ok())
