@@ -737,19 +737,6 @@ pub fn error_message(e: &CalibrateError) -> String {
     }
 }
 
-/// Writes a one-prompt CSV for the calibration job (on the worker: it touches the disk).
-pub fn single_prompt_csv(prompt: &str) -> std::io::Result<PathBuf> {
-    let path = std::env::temp_dir().join(format!("sd3lab-prompt-{}.csv", std::process::id()));
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(["prompt"]).map_err(std::io::Error::other)?;
-    w.write_record([prompt]).map_err(std::io::Error::other)?;
-    let bytes = w
-        .into_inner()
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    crate::fsutil::write_atomic(&path, &bytes)?;
-    Ok(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -541,7 +541,6 @@ pub fn job_outcome(
         Err(e) if matches!(e.source_error(), Some(SourceError::Cancelled)) => {
             Ok("cancelled while downloading the model; nothing of the unfinished file was kept, Start downloads it again".into())
         }
-        Err(JobError::Model(e)) => Err(model_error_message(e, generate_tab::MODEL_LABEL)),
         Err(JobError::Calibrate(e)) => Err(generate_tab::error_message(e)),
         Err(JobError::Sensitivity(e)) => Err(sensitivity_tab::error_message(e)),
         Err(e @ JobError::PromptFile(_)) => Err(e.to_string()),
@@ -853,6 +852,7 @@ fn block_on<F: std::future::Future>(fut: F) -> F::Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::calibrate::CalibrateError;
 
     #[test]
     fn persisted_state_tolerates_missing_and_unknown_fields() {
@@ -916,9 +916,11 @@ mod tests {
                 "^x$".into(),
             ))),
             Err(JobError::Sensitivity(SensitivityError::NoBits)),
-            Err(JobError::Model(SourceError::NotCached {
-                cache: "hub".into(),
-            })),
+            Err(JobError::Calibrate(CalibrateError::Source(Box::new(
+                SourceError::NotCached {
+                    cache: "hub".into(),
+                },
+            )))),
         ];
         for r in &refused {
             let m = job_outcome(false, r).unwrap_err();

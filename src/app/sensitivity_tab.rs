@@ -197,7 +197,9 @@ impl SensitivityTab {
         };
         let id = shared.next_job_id();
         let cancel = CancelToken::new();
-        let json = config.output_dir.join("sensitivity.json");
+        let json = config
+            .output_dir
+            .join(crate::quant::sensitivity::REPORT_JSON);
         if shared.worker.send(Command::Sensitivity {
             id,
             config,
@@ -312,7 +314,7 @@ impl SensitivityTab {
                 self.picker.open(
                     Pick::Report,
                     PickKind::File {
-                        filter: ("sensitivity.json", &["json"]),
+                        filter: (crate::quant::sensitivity::REPORT_JSON, &["json"]),
                     },
                 );
             }
@@ -484,7 +486,7 @@ impl SensitivityTab {
             block: o.block,
             kind: o.kind,
         };
-        let ranked = report::filtered_ranking(report, o.plot_bits, o.bucket, o.metric, &filter);
+        let ranked = report::ranking(report, o.plot_bits, o.bucket, o.metric, &filter);
         let filtered: Vec<String> = ranked.iter().map(|(n, _)| n.clone()).collect();
         o.pinned
             .retain(|p| report.layers.iter().any(|l| &l.name == p));

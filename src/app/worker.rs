@@ -114,8 +114,6 @@ pub enum JobError {
     #[error("writing the prompt file: {0}")]
     PromptFile(std::io::Error),
     #[error(transparent)]
-    Model(SourceError),
-    #[error(transparent)]
     Calibrate(CalibrateError),
     #[error(transparent)]
     Sensitivity(SensitivityError),
@@ -125,7 +123,6 @@ impl JobError {
     /// The model error behind this one, if resolving the model failed.
     pub fn source_error(&self) -> Option<&SourceError> {
         match self {
-            Self::Model(e) => Some(e),
             Self::Calibrate(CalibrateError::Source(e)) => Some(e),
             Self::Sensitivity(SensitivityError::Source(e)) => Some(e),
             _ => None,
@@ -248,7 +245,9 @@ fn worker_loop(
                 let result = result
                     .map(|r| JobSummary::Sensitivity {
                         layers: r.layers.len(),
-                        report: config.output_dir.join("sensitivity.json"),
+                        report: config
+                            .output_dir
+                            .join(crate::quant::sensitivity::REPORT_JSON),
                     })
                     .map_err(JobError::Sensitivity);
                 send(Event::Finished {
@@ -282,6 +281,19 @@ fn worker_loop(
     }
 }
 
+/// Writes a one-prompt CSV for the calibration job (on the worker: it touches the disk).
+fn single_prompt_csv(prompt: &str) -> std::io::Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("sd3lab-prompt-{}.csv", std::process::id()));
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["prompt"]).map_err(std::io::Error::other)?;
+    w.write_record([prompt]).map_err(std::io::Error::other)?;
+    let bytes = w
+        .into_inner()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    crate::fsutil::write_atomic(&path, &bytes)?;
+    Ok(path)
+}
+
 /// A calibration run. What resolving its model reports (the fallback to tiny, a download of
 /// sd3-medium, which the run's cancel token stops) reaches the tab as [`Event::Model`].
 fn calibrate(
@@ -292,7 +304,7 @@ fn calibrate(
     send: &dyn Fn(Event),
 ) -> Result<JobSummary, JobError> {
     if let Some(prompt) = single_prompt {
-        let csv = super::generate_tab::single_prompt_csv(&prompt).map_err(JobError::PromptFile)?;
+        let csv = single_prompt_csv(&prompt).map_err(JobError::PromptFile)?;
         config.prompt_csv = Some(csv);
     }
     let summary = run_calibration(&config, cancel, &mut |event| match event {
