@@ -4,11 +4,13 @@
 //! the desktop app (`app`) are thin shells over these modules. See `ARCHITECTURE.md`.
 
 pub mod app;
+pub mod bench;
 pub mod calib;
 pub mod calibrate;
 pub mod fsutil;
 pub mod image;
 pub mod job;
+pub mod metrics;
 pub mod model;
 pub mod quant;
 pub mod report;
