@@ -104,6 +104,73 @@ impl DataRoot {
     }
 }
 
+/// An OS advisory lock on a folder that a job writes (`.sd3lab.lock` inside it), held for the
+/// job's whole run and released by the OS when the process ends, however it ends. A second
+/// writer is refused at once with the holder's pid; readers never take it.
+#[derive(Debug)]
+pub struct FolderLock {
+    _file: std::fs::File,
+}
+
+/// The lock file's name inside a locked folder.
+pub const LOCK_FILE: &str = ".sd3lab.lock";
+
+impl FolderLock {
+    /// Takes the lock on `dir` (created if missing) without waiting.
+    pub fn acquire(dir: &Path) -> Result<Self, LockError> {
+        let io = |source| LockError::Io {
+            path: dir.join(LOCK_FILE),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let path = dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::io::{Read, Seek};
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: flock on a file descriptor this function owns.
+            let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if locked != 0 {
+                let err = std::io::Error::last_os_error();
+                if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                    return Err(io(err));
+                }
+                let mut text = String::new();
+                // The holder's pid is informative only: unreadable means unknown.
+                let _ = file.read_to_string(&mut text);
+                return Err(LockError::Held {
+                    dir: dir.to_owned(),
+                    pid: text.trim().parse().ok(),
+                });
+            }
+            file.set_len(0).map_err(io)?;
+            file.rewind().map_err(io)?;
+            write!(file, "{}", std::process::id()).map_err(io)?;
+            file.flush().map_err(io)?;
+        }
+        Ok(Self { _file: file })
+    }
+}
+
+/// Why a folder could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{dir} is being written by another sd3lab process{}", .pid.map_or(String::new(), |p| format!(" (pid {p})")))]
+    Held { dir: PathBuf, pid: Option<u32> },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Why a path may not be used inside a [`DataRoot`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -120,6 +187,23 @@ pub enum PathError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folder_lock_refuses_a_second_writer_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = FolderLock::acquire(dir.path()).unwrap();
+        // flock locks belong to the open file description: a second open is refused even in
+        // the same process, as another process would be.
+        match FolderLock::acquire(dir.path()) {
+            Err(LockError::Held { dir: d, pid }) => {
+                assert_eq!(d, dir.path());
+                assert_eq!(pid, Some(std::process::id()));
+            }
+            other => panic!("expected Held, got {other:?}"),
+        }
+        drop(first);
+        FolderLock::acquire(dir.path()).unwrap();
+    }
 
     #[test]
     fn data_root_refuses_paths_that_leave_it_by_kind() {

@@ -59,6 +59,7 @@ fn calibration(dir: &Path, images: usize, steps: usize) {
         negative_prompt: String::new(),
         overwrite: false,
         force: false,
+        images_only: false,
     };
     run_calibration(&cfg, &CancelToken::new(), &mut |_| {}).unwrap();
 }

@@ -30,6 +30,7 @@ fn config(dir: &Path, images: usize, steps: usize, size: usize) -> CalibrateConf
         negative_prompt: String::new(),
         overwrite: false,
         force: false,
+        images_only: false,
     }
 }
 

@@ -34,6 +34,7 @@ fn setup(root: &Path) -> (String, std::path::PathBuf) {
         negative_prompt: String::new(),
         overwrite: false,
         force: false,
+        images_only: false,
     };
     run_calibration(&cfg, &CancelToken::new(), &mut |_| {}).unwrap();
     (model.display().to_string(), calib)

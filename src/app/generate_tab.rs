@@ -71,6 +71,8 @@ pub struct Options {
     /// Start even when the disk estimate exceeds the free space (not persisted either).
     #[serde(skip)]
     pub force: bool,
+    /// Final images and the manifest only, no per-step samples: a benchmark reference set.
+    pub images_only: bool,
 }
 
 impl Default for Options {
@@ -90,6 +92,7 @@ impl Default for Options {
             negative_prompt: String::new(),
             overwrite: false,
             force: false,
+            images_only: false,
         }
     }
 }
@@ -184,6 +187,7 @@ impl GenerateTab {
             negative_prompt: o.negative_prompt.clone(),
             overwrite: o.overwrite,
             force: o.force,
+            images_only: o.images_only,
         };
         let id = shared.next_job_id();
         let cancel = CancelToken::new();
@@ -493,6 +497,15 @@ impl GenerateTab {
                 );
             ui.checkbox(&mut o.force, FORCE_LABEL)
                 .on_hover_text("Skips the free-space check before the run.");
+            ui.checkbox(
+                &mut o.images_only,
+                "Images only (a benchmark reference set)",
+            )
+            .on_hover_text(
+                "Writes the final images and the manifest (prompt and seed of every image) \
+                 without the per-step samples: the reference set `sd3lab benchmark` compares \
+                 against.",
+            );
         });
         ui.separator();
         // Free space and the manifest are read on a helper thread when the options change,
@@ -695,6 +708,7 @@ pub fn disk_estimate(o: &Options) -> String {
         negative_prompt: String::new(),
         overwrite: false,
         force: false,
+        images_only: o.images_only,
     };
     let bytes = estimate_bytes_per_image(&cfg, &preset.config(None)) * o.num_images as u64;
     let free = free_bytes(Path::new(&o.calib_dir)).map_or("free space unknown".to_owned(), |f| {

@@ -1,1 +1,716 @@
-//! Benchmark runs (being written).
+//! Benchmark runs (`sd3lab benchmark`): images of every configuration (float precisions,
+//! uniform `wN`, mixed plans) for the prompts and seeds of a reference set, with per-image
+//! latency by stage and peak memory, so that image quality can be compared image by image
+//! against the reference twin (same prompt, same seed).
+//!
+//! Configurations run one after another in one process; each is loaded, quantized (the real
+//! path: MLX-packed weights and `quantized_matmul`), run and released before the next, so each
+//! peak is its own. Every image is committed as its PNG then its record (both atomic); the
+//! summaries (`results.json`, `per_image.csv`) are rebuilt from the records after every image,
+//! so a run killed at any point resumes where it stopped and ends with the files of an
+//! uninterrupted run. The output folder is locked for the run's duration.
+//!
+//! `configuration`: what a `--config` value is. `reference`: the reference set and its
+//! provenance. `results`: records, statistics and the files written.
+
+pub mod configuration;
+pub mod reference;
+pub mod results;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::calibrate::{CalibrateConfig, setting_differences};
+use crate::fsutil::FolderLock;
+use crate::image::{PixelFormat, write_png};
+use crate::job::CancelToken;
+use crate::model::config::ModelDtype;
+use crate::model::pipeline::{Flow, GenerateConfig, Pipeline};
+use crate::quant::QuantMode;
+
+pub use configuration::{Configuration, ConfigurationError, ConfigurationIdentity};
+pub use reference::{ReferenceError, ReferenceKind, ReferenceSet};
+pub use results::{
+    BenchResults, BenchSettings, CONFIGURATION_JSON, ConfigurationInfo, ConfigurationResult,
+    ImageRecord, ImageSeconds, PER_IMAGE_CSV, RESULTS_JSON, RESULTS_SCHEMA, Records,
+    ReferenceProvenance,
+};
+
+/// Settings of a benchmark run (`sd3lab benchmark`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchConfig {
+    /// `fp32`, `fp16`, `bf16`, `wN[:gG]` or plan files, run in this order.
+    pub configurations: Vec<String>,
+    pub num_images: usize,
+    pub num_steps: usize,
+    pub cfg_weight: f32,
+    pub output_dir: PathBuf,
+    /// The reference images (a `calibrate` folder or its `images/`, or any image folder).
+    /// Needed for metrics; without it prompts come from `prompt_csv` and seeds from `seed`.
+    pub reference_dir: Option<PathBuf>,
+    pub skip_metrics: bool,
+    pub model: String,
+    pub height: usize,
+    pub width: usize,
+    /// The run's dtype: quantized configurations compute in it, and a reference made with
+    /// another dtype is a mismatch. `fp32`/`fp16`/`bf16` configurations use their own.
+    pub dtype: ModelDtype,
+    /// The first `warmup` images of each configuration are left out of the latency statistics.
+    pub warmup: usize,
+    pub seed: u32,
+    /// `None`: the shipped prompt set.
+    pub prompt_csv: Option<PathBuf>,
+    pub negative_prompt: String,
+    /// Group size of `wN` configurations without `:gG`.
+    pub group_size: i32,
+    /// Start over in a folder holding a benchmark with other settings.
+    pub overwrite: bool,
+    /// Run even when the reference was made with other settings (recorded in the results).
+    pub allow_mismatch: bool,
+}
+
+/// Progress of a run, in order.
+#[derive(Debug, Clone)]
+pub enum BenchEvent {
+    /// What resolving the model reported (fallback to tiny, a download's progress).
+    Model(crate::model::source::SourceEvent),
+    /// Everything is checked; `done[k]` images of configuration `k` are already finished.
+    Planned {
+        configurations: Vec<String>,
+        num_images: usize,
+        num_steps: usize,
+        done: Vec<usize>,
+        notes: Vec<String>,
+    },
+    ConfigStarted {
+        configuration: String,
+        index: usize,
+        count: usize,
+        done: usize,
+        num_images: usize,
+    },
+    ConfigLoaded {
+        configuration: String,
+        seconds: f64,
+        mmdit_weight_bytes: u64,
+    },
+    /// `throwaway`: a warm-up generation of a resumed configuration, not saved.
+    ImageStarted {
+        configuration: String,
+        image: usize,
+        prompt: String,
+        throwaway: bool,
+    },
+    Step {
+        configuration: String,
+        image: usize,
+        step: usize,
+        num_steps: usize,
+    },
+    ImageDone {
+        configuration: String,
+        image: usize,
+        seconds: f64,
+        /// Seconds left for this configuration at this run's pace.
+        eta_seconds: f64,
+        peak_mlx_bytes: u64,
+        peak_rss_bytes: u64,
+    },
+    ConfigDone {
+        result: Box<ConfigurationResult>,
+    },
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct BenchSummary {
+    pub output_dir: PathBuf,
+    pub results: BenchResults,
+    pub images_generated: usize,
+    pub cancelled: bool,
+    pub notes: Vec<String>,
+    pub seconds: f64,
+}
+
+/// Why a run could not start or finish. Refusals say what is wrong; the front ends add how to
+/// override it in their own terms.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("no configuration to benchmark")]
+    NoConfigurations,
+    #[error("the number of images must be at least 1")]
+    NoImages,
+    #[error(transparent)]
+    Configuration(#[from] ConfigurationError),
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error("image-quality metrics need a reference set, and none was given")]
+    NeedsReference,
+    #[error("{num_images} images were asked for, but the reference set {dir} has only {available}")]
+    TooFewReferenceImages {
+        dir: PathBuf,
+        available: usize,
+        num_images: usize,
+    },
+    #[error("the reference set {dir} was generated with other settings ({differences})")]
+    ReferenceDiffers { dir: PathBuf, differences: String },
+    #[error("{dir} already holds a benchmark with different settings ({differences})")]
+    RunDiffers { dir: PathBuf, differences: String },
+    #[error("{dir}: configuration '{name}' was run before as something else ({before} → {now})")]
+    ConfigurationDiffers {
+        dir: PathBuf,
+        name: String,
+        before: String,
+        now: String,
+    },
+    #[error("{dir} holds benchmark images but no {RESULTS_JSON}")]
+    ForeignData { dir: PathBuf },
+    #[error(transparent)]
+    Lock(#[from] crate::fsutil::LockError),
+    #[error(transparent)]
+    Calibrate(Box<crate::calibrate::CalibrateError>),
+    #[error(transparent)]
+    Pipeline(Box<crate::model::pipeline::PipelineError>),
+    #[error(transparent)]
+    Quant(#[from] crate::quant::QuantError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("MLX error: {0}")]
+    Mlx(#[from] mlx_rs::error::Exception),
+}
+
+impl From<crate::calibrate::CalibrateError> for BenchError {
+    fn from(e: crate::calibrate::CalibrateError) -> Self {
+        Self::Calibrate(Box::new(e))
+    }
+}
+
+impl From<crate::model::pipeline::PipelineError> for BenchError {
+    fn from(e: crate::model::pipeline::PipelineError) -> Self {
+        Self::Pipeline(Box::new(e))
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BenchError + '_ {
+    move |source| BenchError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A configuration's PNG of image `image`, relative to the benchmark folder.
+pub fn image_file_name(configuration: &str, image: usize) -> String {
+    format!("{configuration}/images/{image:06}.png")
+}
+
+fn record_path(dir: &Path, configuration: &str, image: usize) -> PathBuf {
+    dir.join(configuration)
+        .join("records")
+        .join(format!("{image:06}.json"))
+}
+
+/// Everything checked before the first image: configurations, reference, model, settings.
+#[derive(Debug, Clone)]
+pub struct ValidatedBench {
+    pub config: BenchConfig,
+    pub configurations: Vec<Configuration>,
+    pub files: crate::model::source::ModelFiles,
+    pub settings: BenchSettings,
+    pub notes: Vec<String>,
+}
+
+impl BenchConfig {
+    /// Checks the configurations, the reference (count, sizes, settings) and the model without
+    /// writing anything. `on_model` sees what resolving the model reports.
+    pub fn validate_with(
+        &self,
+        cancel: &CancelToken,
+        on_model: &mut dyn FnMut(crate::model::source::SourceEvent),
+    ) -> Result<ValidatedBench, BenchError> {
+        if self.configurations.is_empty() {
+            return Err(BenchError::NoConfigurations);
+        }
+        if self.num_images == 0 {
+            return Err(BenchError::NoImages);
+        }
+        let configurations =
+            Configuration::parse_all(&self.configurations, self.dtype, self.group_size)?;
+        let reference = match &self.reference_dir {
+            Some(dir) => Some(ReferenceSet::open(dir)?),
+            None if !self.skip_metrics => return Err(BenchError::NeedsReference),
+            None => None,
+        };
+        if let Some(r) = &reference
+            && r.images.len() < self.num_images
+        {
+            return Err(BenchError::TooFewReferenceImages {
+                dir: r.dir.clone(),
+                available: r.images.len(),
+                num_images: self.num_images,
+            });
+        }
+        // The generator's own validation resolves prompts, seeds and the model identity.
+        let probe = CalibrateConfig {
+            model: self.model.clone(),
+            num_images: self.num_images,
+            num_steps: self.num_steps,
+            cfg_weight: self.cfg_weight,
+            calib_dir: self.output_dir.clone(),
+            prompt_csv: self.prompt_csv.clone(),
+            seed: self.seed,
+            height: self.height,
+            width: self.width,
+            dtype: self.dtype,
+            negative_prompt: self.negative_prompt.clone(),
+            overwrite: false,
+            force: false,
+            images_only: true,
+        };
+        let run = probe.validate_with(cancel, on_model)?;
+        for c in &configurations {
+            c.check_layers(&run.model_config.mmdit)?;
+        }
+        let mut generation = run.settings;
+        let mut notes = Vec::new();
+        let mut provenance = None;
+        if let Some(r) = &reference {
+            r.check_sizes(self.num_images, self.width, self.height)?;
+            let mut differences = Vec::new();
+            match &r.settings {
+                Some(recorded) => {
+                    // Image i is the twin of reference image i: its prompt and seed.
+                    let n = self.num_images;
+                    generation.prompts = recorded.prompts[..n].to_vec();
+                    generation.seeds = recorded.seeds[..n].to_vec();
+                    generation.seed = recorded.seed;
+                    generation.prompt_source = recorded.prompt_source.clone();
+                    generation.images_only = recorded.images_only;
+                    differences = setting_differences(recorded, &generation);
+                    if !differences.is_empty() && !self.allow_mismatch {
+                        return Err(BenchError::ReferenceDiffers {
+                            dir: r.dir.clone(),
+                            differences: differences.join("; "),
+                        });
+                    }
+                    if !differences.is_empty() {
+                        notes.push(format!(
+                            "the reference was generated with other settings ({}): running anyway",
+                            differences.join("; ")
+                        ));
+                    }
+                }
+                None => {
+                    notes.extend(run.notes.iter().cloned());
+                    notes.push(format!(
+                        "{} has no manifest: images are paired by sorted file name with prompt i \
+                         and seed {} + i, and the settings they were made with cannot be verified",
+                        r.dir.display(),
+                        self.seed
+                    ));
+                }
+            }
+            provenance = Some(ReferenceProvenance {
+                dir: r.dir.clone(),
+                kind: r.kind,
+                images: r.images.len(),
+                verified: r.settings.is_some(),
+                differences,
+                allow_mismatch: self.allow_mismatch,
+            });
+        } else {
+            notes.extend(run.notes.iter().cloned());
+        }
+        Ok(ValidatedBench {
+            config: self.clone(),
+            configurations,
+            files: run.files,
+            settings: BenchSettings {
+                generation,
+                warmup: self.warmup,
+                reference: provenance,
+            },
+            notes,
+        })
+    }
+}
+
+/// What differs between a folder's recorded run and this one (empty: the same run; more
+/// images than before is the same run, extended).
+fn run_differences(old: &BenchSettings, new: &BenchSettings) -> Vec<String> {
+    let mut d = setting_differences(&old.generation, &new.generation);
+    let n = old.generation.seeds.len().min(new.generation.seeds.len());
+    if let Some(i) = (0..n).find(|&i| old.generation.seeds[i] != new.generation.seeds[i]) {
+        d.push(format!(
+            "seed of image {i}: {} → {}",
+            old.generation.seeds[i], new.generation.seeds[i]
+        ));
+    }
+    if old.warmup != new.warmup {
+        d.push(format!("warmup: {} → {}", old.warmup, new.warmup));
+    }
+    d
+}
+
+/// The configuration folders of a benchmark folder: name → its recorded info.
+fn configuration_folders(dir: &Path) -> Result<BTreeMap<String, ConfigurationInfo>, BenchError> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(out);
+    };
+    for e in entries.flatten() {
+        let path = e.path().join(CONFIGURATION_JSON);
+        if path.is_file() {
+            let info: ConfigurationInfo = results::read_json(&path)?;
+            out.insert(info.identity.name.clone(), info);
+        }
+    }
+    Ok(out)
+}
+
+/// The finished images of configuration `name`: records whose PNG is there with its size.
+fn read_records(dir: &Path, name: &str) -> Result<BTreeMap<usize, ImageRecord>, BenchError> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir.join(name).join("records")) else {
+        return Ok(out);
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let record: ImageRecord = results::read_json(&path)?;
+        let png = std::fs::metadata(dir.join(&record.file)).map(|m| m.len());
+        if png.is_ok_and(|len| len == record.png_bytes) {
+            out.insert(record.index, record);
+        }
+    }
+    Ok(out)
+}
+
+/// Removes a previous benchmark's files from `dir` (only files this module writes).
+fn remove_previous(dir: &Path) -> Result<(), BenchError> {
+    for name in configuration_folders(dir)?.keys() {
+        let sub = dir.join(name);
+        std::fs::remove_dir_all(&sub).map_err(io_err(&sub))?;
+    }
+    for file in [RESULTS_JSON, PER_IMAGE_CSV] {
+        let path = dir.join(file);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err(&path)(e));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The folder's state while a run goes on: every configuration's info and records.
+struct Folder {
+    dir: PathBuf,
+    settings: BenchSettings,
+    /// This run's configurations first, in order, then any others the folder holds.
+    order: Vec<String>,
+    infos: BTreeMap<String, ConfigurationInfo>,
+    records: Records,
+}
+
+impl Folder {
+    fn results(&self) -> BenchResults {
+        let configurations = self
+            .order
+            .iter()
+            .filter_map(|name| {
+                let info = self.infos.get(name)?.clone();
+                let records: Vec<&ImageRecord> = self
+                    .records
+                    .get(name)
+                    .into_iter()
+                    .flat_map(|m| m.values())
+                    .collect();
+                Some(ConfigurationResult::from_records(info, &records))
+            })
+            .collect();
+        BenchResults {
+            schema: RESULTS_SCHEMA.to_owned(),
+            settings: self.settings.clone(),
+            configurations,
+        }
+    }
+
+    /// Rewrites `results.json` and `per_image.csv` from the records (atomically).
+    fn write_summaries(&self) -> Result<BenchResults, BenchError> {
+        let results = self.results();
+        results::write_per_image_csv(&self.dir.join(PER_IMAGE_CSV), &self.order, &self.records)?;
+        results::write_json(&self.dir.join(RESULTS_JSON), &results)?;
+        Ok(results)
+    }
+}
+
+/// Runs (or resumes) a benchmark. `cancel` stops it after the current image.
+pub fn run_benchmark(
+    cfg: &BenchConfig,
+    cancel: &CancelToken,
+    on_event: &mut dyn FnMut(BenchEvent),
+) -> Result<BenchSummary, BenchError> {
+    let started = Instant::now();
+    let run = cfg.validate_with(cancel, &mut |e| on_event(BenchEvent::Model(e)))?;
+    let dir = cfg.output_dir.clone();
+    let _lock = FolderLock::acquire(&dir)?;
+    if cfg.overwrite {
+        remove_previous(&dir)?;
+    }
+    let existing = configuration_folders(&dir)?;
+    match BenchResults::read(&dir)? {
+        Some(previous) => {
+            let d = run_differences(&previous.settings, &run.settings);
+            if !d.is_empty() {
+                return Err(BenchError::RunDiffers {
+                    dir,
+                    differences: d.join("; "),
+                });
+            }
+        }
+        None if !existing.is_empty() => return Err(BenchError::ForeignData { dir }),
+        None => {}
+    }
+    for c in &run.configurations {
+        if let Some(info) = existing.get(&c.name)
+            && info.identity != c.identity()
+        {
+            return Err(BenchError::ConfigurationDiffers {
+                dir,
+                name: c.name.clone(),
+                before: info.identity.quantization.to_string(),
+                now: c.identity().quantization.to_string(),
+            });
+        }
+    }
+    let mut order: Vec<String> = run.configurations.iter().map(|c| c.name.clone()).collect();
+    let others: Vec<String> = existing
+        .keys()
+        .filter(|k| !order.contains(k))
+        .cloned()
+        .collect();
+    order.extend(others);
+    let mut folder = Folder {
+        dir: dir.clone(),
+        settings: run.settings.clone(),
+        records: order
+            .iter()
+            .map(|name| Ok((name.clone(), read_records(&dir, name)?)))
+            .collect::<Result<_, BenchError>>()?,
+        order,
+        infos: existing,
+    };
+    let n = cfg.num_images;
+    let done: Vec<usize> = run
+        .configurations
+        .iter()
+        .map(|c| folder.records[&c.name].range(..n).count())
+        .collect();
+    folder.write_summaries()?;
+    on_event(BenchEvent::Planned {
+        configurations: run.configurations.iter().map(|c| c.name.clone()).collect(),
+        num_images: n,
+        num_steps: cfg.num_steps,
+        done: done.clone(),
+        notes: run.notes.clone(),
+    });
+
+    let mut summary = BenchSummary {
+        output_dir: dir.clone(),
+        results: folder.results(),
+        images_generated: 0,
+        cancelled: false,
+        notes: run.notes.clone(),
+        seconds: 0.0,
+    };
+    for (k, c) in run.configurations.iter().enumerate() {
+        if cancel.is_cancelled() {
+            summary.cancelled = true;
+            break;
+        }
+        let todo: Vec<usize> = (0..n)
+            .filter(|i| !folder.records[&c.name].contains_key(i))
+            .collect();
+        on_event(BenchEvent::ConfigStarted {
+            configuration: c.name.clone(),
+            index: k,
+            count: run.configurations.len(),
+            done: done[k],
+            num_images: n,
+        });
+        if !todo.is_empty() {
+            let generated = run_configuration(&run, c, &todo, &mut folder, cancel, on_event)?;
+            summary.images_generated += generated;
+        }
+        if let Some(result) = folder
+            .results()
+            .configurations
+            .into_iter()
+            .find(|r| r.info.identity.name == c.name)
+        {
+            on_event(BenchEvent::ConfigDone {
+                result: Box::new(result),
+            });
+        }
+    }
+    summary.cancelled |= cancel.is_cancelled();
+    summary.results = folder.write_summaries()?;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Loads configuration `c`, generates images `todo` (a resumed configuration first runs
+/// `warmup` throwaway generations so its first timed image is warm), then releases it.
+/// Returns how many images were generated.
+fn run_configuration(
+    run: &ValidatedBench,
+    c: &Configuration,
+    todo: &[usize],
+    folder: &mut Folder,
+    cancel: &CancelToken,
+    on_event: &mut dyn FnMut(BenchEvent),
+) -> Result<usize, BenchError> {
+    let cfg = &run.config;
+    let dir = folder.dir.clone();
+    // Each configuration's peak is its own: nothing of the previous one stays cached.
+    mlx_rs::memory::clear_cache()?;
+    let t = Instant::now();
+    let mut pipe = Pipeline::load(&run.files, c.dtype.mlx())?;
+    let quant = crate::quant::apply_to_pipeline(&mut pipe, &c.quant, QuantMode::Real)?;
+    let size = c.dtype.size() as u64;
+    let info = ConfigurationInfo {
+        identity: c.identity(),
+        spec: c.spec.clone(),
+        mmdit_weight_bytes: quant.bytes_after as u64,
+        mmdit_weight_bytes_float32: quant.bytes_before as u64 * 4 / size,
+        mmdit_weight_bytes_float16: quant.bytes_before as u64 * 2 / size,
+        quantized_layers: quant.quantized.len(),
+        float_layers: quant.skipped.clone(),
+    };
+    let sub = dir.join(&c.name);
+    for d in [sub.join("images"), sub.join("records")] {
+        std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+    }
+    results::write_json(&sub.join(CONFIGURATION_JSON), &info)?;
+    folder.infos.insert(c.name.clone(), info.clone());
+    on_event(BenchEvent::ConfigLoaded {
+        configuration: c.name.clone(),
+        seconds: t.elapsed().as_secs_f64(),
+        mmdit_weight_bytes: info.mmdit_weight_bytes,
+    });
+
+    let request = |i: usize| GenerateConfig {
+        prompt: run.settings.generation.prompts[i].clone(),
+        negative_prompt: cfg.negative_prompt.clone(),
+        seed: run.settings.generation.seeds[i],
+        num_steps: cfg.num_steps,
+        cfg_weight: cfg.cfg_weight,
+        height: cfg.height,
+        width: cfg.width,
+    };
+    let first = todo[0];
+    let throwaways = if first >= cfg.warmup { cfg.warmup } else { 0 };
+    for _ in 0..throwaways {
+        if cancel.is_cancelled() {
+            return Ok(0);
+        }
+        on_event(BenchEvent::ImageStarted {
+            configuration: c.name.clone(),
+            image: first,
+            prompt: run.settings.generation.prompts[first].clone(),
+            throwaway: true,
+        });
+        pipe.generate(&request(first), &mut |_| Flow::Continue)?;
+    }
+
+    let mut seconds_this_run = Vec::new();
+    for (done, &i) in todo.iter().enumerate() {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let req = request(i);
+        on_event(BenchEvent::ImageStarted {
+            configuration: c.name.clone(),
+            image: i,
+            prompt: req.prompt.clone(),
+            throwaway: false,
+        });
+        mlx_rs::memory::reset_peak_memory()?;
+        crate::runtime::doctor::reset_peak_rss();
+        let t_image = Instant::now();
+        let generated = pipe.generate(&req, &mut |s| {
+            on_event(BenchEvent::Step {
+                configuration: c.name.clone(),
+                image: i,
+                step: s.step_index + 1,
+                num_steps: s.num_steps,
+            });
+            // Cancelling stops after the current image, never inside it.
+            Flow::Continue
+        })?;
+        let total = t_image.elapsed().as_secs_f64();
+        let Some(generated) = generated else {
+            break;
+        };
+        let peak_mlx_bytes = mlx_rs::memory::peak_memory()? as u64;
+        let peak_rss_bytes = crate::runtime::doctor::process_peak_rss().unwrap_or(0);
+        let file = image_file_name(&c.name, i);
+        let png = dir.join(&file);
+        let (w, h, rgb) = &generated.image;
+        write_png(&png, *w, *h, PixelFormat::Rgb, rgb).map_err(io_err(&png))?;
+        let png_bytes = std::fs::metadata(&png).map_err(io_err(&png))?.len();
+        let times = &generated.times;
+        let record = ImageRecord {
+            configuration: c.name.clone(),
+            index: i,
+            prompt: req.prompt.clone(),
+            seed: req.seed,
+            warmup: i < cfg.warmup,
+            seconds: ImageSeconds {
+                text_encoding: times.text_encoding,
+                denoising: times.denoising,
+                per_step: times.per_step.clone(),
+                decoding: times.decoding,
+                total,
+            },
+            peak_mlx_bytes,
+            peak_rss_bytes,
+            file,
+            png_bytes,
+        };
+        results::write_json(&record_path(&dir, &c.name, i), &record)?;
+        folder
+            .records
+            .entry(c.name.clone())
+            .or_default()
+            .insert(i, record);
+        folder.write_summaries()?;
+        seconds_this_run.push(total);
+        let mean = seconds_this_run.iter().sum::<f64>() / seconds_this_run.len() as f64;
+        on_event(BenchEvent::ImageDone {
+            configuration: c.name.clone(),
+            image: i,
+            seconds: total,
+            eta_seconds: mean * (todo.len() - done - 1) as f64,
+            peak_mlx_bytes,
+            peak_rss_bytes,
+        });
+    }
+    drop(pipe);
+    mlx_rs::memory::clear_cache()?;
+    Ok(seconds_this_run.len())
+}

@@ -95,8 +95,8 @@ pub enum CaptureOutcome {
     Cancelled,
 }
 
-/// Generates image `image` of `run` with `pipe`, writing each step's denoiser inputs and the
-/// final PNG into the folder. `cancel` stops after the current step; a cancelled image, or one
+/// Generates image `image` of `run` with `pipe`, writing each step's denoiser inputs (unless
+/// the run is images-only) and the final PNG into the folder. `cancel` stops after the current step; a cancelled image, or one
 /// whose samples could not be written, leaves no files behind.
 pub fn capture_image(
     pipe: &Pipeline,
@@ -124,7 +124,9 @@ pub fn capture_image(
     let mut writer = SampleWriter::new(dir, image);
     let mut failure: Option<CalibrateError> = None;
     let result = pipe.generate(&request, &mut |s| {
-        if let Err(e) = writer.record(s) {
+        if !cfg.images_only
+            && let Err(e) = writer.record(s)
+        {
             failure = Some(e);
             return Flow::Cancel;
         }

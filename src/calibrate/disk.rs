@@ -19,7 +19,11 @@ pub fn estimate_bytes_per_image(cfg: &CalibrateConfig, model: &Sd3Config) -> u64
     let cond = 2 * 154 * model.mmdit.context_dim as u64 * act;
     let pooled = 2 * model.mmdit.pooled_dim as u64 * act;
     let per_sample = x + cond + pooled + 6 * (128 + 100) + 3 * 8 + 200;
-    per_sample * cfg.num_steps as u64 + (cfg.height * cfg.width * 3) as u64
+    let png = (cfg.height * cfg.width * 3) as u64;
+    if cfg.images_only {
+        return png;
+    }
+    per_sample * cfg.num_steps as u64 + png
 }
 
 /// Free bytes on the file system holding `dir` (or its nearest existing parent); `None` where

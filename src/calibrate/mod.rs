@@ -29,7 +29,7 @@ use crate::model::pipeline::Pipeline;
 
 pub use capture::{CaptureOutcome, CapturedImage, SampleWriter, capture_image};
 pub use disk::{check_disk, estimate_bytes_per_image, free_bytes};
-pub use resume::ResumePlan;
+pub use resume::{ResumePlan, differences as setting_differences};
 pub use validate::ValidatedCalibration;
 
 /// Settings of a calibration run (`sd3lab calibrate`).
@@ -51,6 +51,10 @@ pub struct CalibrateConfig {
     pub overwrite: bool,
     /// Run even if the disk looks too small.
     pub force: bool,
+    /// Write the final images and the manifest only, no per-step samples: a reference set for
+    /// `sd3lab benchmark` (a 150-image, 100-step set at 512² would otherwise write 40–80 GB).
+    #[serde(default)]
+    pub images_only: bool,
 }
 
 /// What the manifest records about how the samples were generated (key `generation`).
@@ -67,6 +71,9 @@ pub struct GenerationSettings {
     pub negative_prompt: String,
     pub seed: u32,
     pub prompt_source: String,
+    /// No per-step samples were written (`--images-only`: a benchmark reference set).
+    #[serde(default)]
+    pub images_only: bool,
     /// Prompt and seed of each image written so far.
     pub prompts: Vec<String>,
     pub seeds: Vec<u32>,
@@ -333,6 +340,7 @@ pub(crate) fn test_config(model: &str, dir: &Path) -> CalibrateConfig {
         negative_prompt: String::new(),
         overwrite: false,
         force: false,
+        images_only: false,
     }
 }
 

@@ -119,7 +119,7 @@ fn has_sample_files(dir: &Path) -> bool {
 }
 
 /// What differs between two runs' settings, one `name: old → new` each (empty: same run).
-fn differences(old: &GenerationSettings, new: &GenerationSettings) -> Vec<String> {
+pub fn differences(old: &GenerationSettings, new: &GenerationSettings) -> Vec<String> {
     let mut d = Vec::new();
     let mut cmp = |name: &str, a: String, b: String| {
         if a != b {
@@ -148,6 +148,11 @@ fn differences(old: &GenerationSettings, new: &GenerationSettings) -> Vec<String
         format!("{:?}", new.negative_prompt),
     );
     cmp("seed", old.seed.to_string(), new.seed.to_string());
+    cmp(
+        "images_only",
+        old.images_only.to_string(),
+        new.images_only.to_string(),
+    );
     if old.model != new.model {
         d.push(format!("model: {} → {}", old.model.name, new.model.name));
     }
@@ -201,6 +206,7 @@ mod tests {
             negative_prompt: String::new(),
             seed: 5,
             prompt_source: "test".into(),
+            images_only: false,
             prompts: (0..images).map(|i| format!("prompt {i}")).collect(),
             seeds: (0..images as u32).map(|i| 5 + i).collect(),
         }

@@ -101,6 +101,7 @@ impl CalibrateConfig {
             negative_prompt: self.negative_prompt.clone(),
             seed: self.seed,
             prompt_source,
+            images_only: self.images_only,
             prompts: (0..self.num_images)
                 .map(|i| prompts[i % prompts.len()].clone())
                 .collect(),

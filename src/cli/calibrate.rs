@@ -44,6 +44,10 @@ pub struct CalibrateArgs {
     /// Run even when the disk looks too small for the estimate.
     #[arg(long)]
     force: bool,
+    /// Only the final images and the manifest (prompt and seed of every image), no per-step
+    /// samples: a reference set for `sd3lab benchmark --reference-dir DIR/images`.
+    #[arg(long)]
+    images_only: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -65,6 +69,7 @@ impl CalibrateArgs {
             negative_prompt: self.negative_prompt.clone(),
             overwrite: self.overwrite,
             force: self.force,
+            images_only: self.images_only,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod benchmark;
 mod calibrate;
 mod demo;
 mod doctor;
@@ -39,6 +40,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Generate calibration data: one .npz per (image, step), final images, manifest; resumable.
     Calibrate(calibrate::CalibrateArgs),
+    /// Benchmark configurations (fp16, wN, plans) against a reference set: images, per-image
+    /// latency, peak memory; resumable.
+    Benchmark(benchmark::BenchmarkArgs),
     /// Per-layer, per-bit sensitivity of the MMDiT on calibration samples, by step bucket.
     Sensitivity(sensitivity::SensitivityArgs),
     /// A mixed-precision plan from a sensitivity run, optimal under an average-bits budget.
@@ -64,6 +68,7 @@ impl Cli {
             Some(Command::Model(cmd)) => model::run(&cmd),
             Some(Command::Generate(args)) => generate::run(&args),
             Some(Command::Calibrate(args)) => calibrate::run(&args),
+            Some(Command::Benchmark(args)) => benchmark::run(&args),
             Some(Command::Sensitivity(args)) => sensitivity::run(&args),
             Some(Command::Plan(args)) => plan::run(&args),
             Some(Command::RankAgreement(args)) => rank_agreement::run(&args),

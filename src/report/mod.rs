@@ -1261,6 +1261,7 @@ mod tests {
             negative_prompt: String::new(),
             seed: 5,
             prompt_source: "prompts.csv".into(),
+            images_only: false,
             prompts: vec!["a \"cat\"".into(), "a dog".into()],
             seeds: vec![5, 6],
         };

@@ -138,6 +138,20 @@ fn meminfo_field(text: &str, field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Resets the process's peak resident set size (Linux: writes 5 to `/proc/self/clear_refs`,
+/// after which VmHWM restarts from the current RSS). Returns whether it could; macOS has no
+/// such reset, so there [`process_peak_rss`] stays the peak since the process started.
+pub fn reset_peak_rss() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        std::fs::write("/proc/self/clear_refs", "5").is_ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
 /// Peak resident set size of this process in bytes (Linux: VmHWM; macOS: ru_maxrss).
 pub fn process_peak_rss() -> Option<u64> {
     #[cfg(target_os = "linux")]
