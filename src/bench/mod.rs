@@ -133,6 +133,18 @@ pub struct BenchSummary {
     pub cancelled: bool,
     pub notes: Vec<String>,
     pub seconds: f64,
+    /// Seconds generating this run's images (text encoding, denoising, decoding), and seconds
+    /// the harness spent around them (peak resets, PNGs, records, summaries): the overhead.
+    pub generation_seconds: f64,
+    pub harness_seconds: f64,
+}
+
+/// What one configuration's run did.
+#[derive(Debug, Clone, Copy, Default)]
+struct ConfigurationRun {
+    images: usize,
+    generation_seconds: f64,
+    harness_seconds: f64,
 }
 
 /// Why a run could not start or finish. Refusals say what is wrong; the front ends add how to
@@ -330,6 +342,13 @@ impl BenchConfig {
             });
         } else {
             notes.extend(run.notes.iter().cloned());
+        }
+        if !self.skip_metrics {
+            notes.push(
+                "image-quality metrics (FID/IS/KID, PSNR/SSIM/LPIPS) are not computed by this \
+                 version yet: each configuration's \"metrics\" in results.json stays null"
+                    .to_owned(),
+            );
         }
         Ok(ValidatedBench {
             config: self.clone(),
@@ -536,6 +555,8 @@ pub fn run_benchmark(
         cancelled: false,
         notes: run.notes.clone(),
         seconds: 0.0,
+        generation_seconds: 0.0,
+        harness_seconds: 0.0,
     };
     for (k, c) in run.configurations.iter().enumerate() {
         if cancel.is_cancelled() {
@@ -553,8 +574,10 @@ pub fn run_benchmark(
             num_images: n,
         });
         if !todo.is_empty() {
-            let generated = run_configuration(&run, c, &todo, &mut folder, cancel, on_event)?;
-            summary.images_generated += generated;
+            let done = run_configuration(&run, c, &todo, &mut folder, cancel, on_event)?;
+            summary.images_generated += done.images;
+            summary.generation_seconds += done.generation_seconds;
+            summary.harness_seconds += done.harness_seconds;
         }
         if let Some(result) = folder
             .results()
@@ -575,7 +598,6 @@ pub fn run_benchmark(
 
 /// Loads configuration `c`, generates images `todo` (a resumed configuration first runs
 /// `warmup` throwaway generations so its first timed image is warm), then releases it.
-/// Returns how many images were generated.
 fn run_configuration(
     run: &ValidatedBench,
     c: &Configuration,
@@ -583,7 +605,7 @@ fn run_configuration(
     folder: &mut Folder,
     cancel: &CancelToken,
     on_event: &mut dyn FnMut(BenchEvent),
-) -> Result<usize, BenchError> {
+) -> Result<ConfigurationRun, BenchError> {
     let cfg = &run.config;
     let dir = folder.dir.clone();
     // Each configuration's peak is its own: nothing of the previous one stays cached.
@@ -626,7 +648,7 @@ fn run_configuration(
     let throwaways = if first >= cfg.warmup { cfg.warmup } else { 0 };
     for _ in 0..throwaways {
         if cancel.is_cancelled() {
-            return Ok(0);
+            return Ok(ConfigurationRun::default());
         }
         on_event(BenchEvent::ImageStarted {
             configuration: c.name.clone(),
@@ -638,6 +660,7 @@ fn run_configuration(
     }
 
     let mut seconds_this_run = Vec::new();
+    let mut harness_seconds = 0.0;
     for (done, &i) in todo.iter().enumerate() {
         if cancel.is_cancelled() {
             break;
@@ -649,6 +672,7 @@ fn run_configuration(
             prompt: req.prompt.clone(),
             throwaway: false,
         });
+        let t_loop = Instant::now();
         mlx_rs::memory::reset_peak_memory()?;
         crate::runtime::doctor::reset_peak_rss();
         let t_image = Instant::now();
@@ -699,6 +723,7 @@ fn run_configuration(
             .or_default()
             .insert(i, record);
         folder.write_summaries()?;
+        harness_seconds += t_loop.elapsed().as_secs_f64() - total;
         seconds_this_run.push(total);
         let mean = seconds_this_run.iter().sum::<f64>() / seconds_this_run.len() as f64;
         on_event(BenchEvent::ImageDone {
@@ -712,5 +737,9 @@ fn run_configuration(
     }
     drop(pipe);
     mlx_rs::memory::clear_cache()?;
-    Ok(seconds_this_run.len())
+    Ok(ConfigurationRun {
+        images: seconds_this_run.len(),
+        generation_seconds: seconds_this_run.iter().sum(),
+        harness_seconds,
+    })
 }

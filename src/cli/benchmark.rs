@@ -279,6 +279,14 @@ fn print_summary(summary: &BenchSummary) {
             c.peak_memory.process_rss_bytes as f64 / 1e9
         );
     }
+    if summary.generation_seconds > 0.0 {
+        println!(
+            "harness: {:.3} s around {:.3} s of generation ({:.2} %: peak resets, PNGs, records, summaries)",
+            summary.harness_seconds,
+            summary.generation_seconds,
+            100.0 * summary.harness_seconds / summary.generation_seconds
+        );
+    }
     println!(
         "{} images generated in {:.1} s; results in {}{}",
         summary.images_generated,
