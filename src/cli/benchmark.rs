@@ -30,7 +30,8 @@ pub struct BenchmarkArgs {
     #[arg(long)]
     output_dir: Option<PathBuf>,
     /// The reference images: a `calibrate --images-only` folder (or its images/), or any folder
-    /// of PNG/JPEG files. Default: calibration_data_100/images when it exists.
+    /// of PNG/JPEG files. Default (without --skip-metrics): calibration_data_100/images when it
+    /// exists.
     #[arg(long)]
     reference_dir: Option<PathBuf>,
     /// Only images, latency and memory: no image-quality metrics (and no reference needed).
@@ -78,9 +79,10 @@ impl BenchmarkArgs {
     fn to_config(&self) -> BenchConfig {
         let default_reference = PathBuf::from(DEFAULT_REFERENCE);
         let reference_dir = self.reference_dir.clone().or_else(|| {
-            // The default is only a default where it exists; without it a --skip-metrics run
-            // takes its prompts from --prompt-csv, and a metrics run says what to make.
-            default_reference.is_dir().then_some(default_reference)
+            // The default is only a default for a metrics run, and only where it exists (else
+            // the run says how to make one); a --skip-metrics run without --reference-dir takes
+            // its prompts from --prompt-csv and its seeds from --seed.
+            (!self.skip_metrics && default_reference.is_dir()).then_some(default_reference)
         });
         let output_dir = self.output_dir.clone().unwrap_or_else(|| {
             let names: Vec<String> = self
