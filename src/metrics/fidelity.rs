@@ -5,11 +5,13 @@
 //! only sees plain `rows × dim` float32 matrices, so it is testable against torch-fidelity's own
 //! metric functions on any features.
 //!
-//! Linear algebra: `faer` (pure Rust, maintained, SIMD and multithreaded GEMM, a LAPACK-style
-//! non-symmetric eigenvalue solver: Hessenberg reduction + multishift QR). `nalgebra` also has
-//! `Schur`/`complex_eigenvalues`, but its dense kernels are unblocked and single-threaded, which
-//! is an order of magnitude slower on the 2048×2048 product FID needs; faer's `eigenvalues` is
-//! the closest thing to numpy's `eigvals` (LAPACK `dgeev`) available without a system BLAS.
+//! Linear algebra: `faer` (pure Rust, maintained, SIMD and multithreaded GEMM, and a
+//! LAPACK-style non-symmetric eigenvalue solver: blocked Hessenberg reduction + multishift QR,
+//! like the `dgeev` behind numpy's `eigvals`). `nalgebra` also offers `Schur` /
+//! `complex_eigenvalues`, but with unblocked, single-threaded Householder and double-shift QR
+//! kernels written for small matrices (not measured here at 2048×2048). With faer, the
+//! eigenvalues of the 2048×2048 product take 3.0–4.4 s in release mode on the 2-core
+//! development machine (numpy's `eigvals`: 9.1 s there), and no system BLAS is needed.
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
