@@ -97,21 +97,14 @@ fn real_legacy_file_written_by_pytorch_matches_pickles_own_decoding() {
     assert_eq!(channels, [64, 192, 384, 256, 256]);
 }
 
-/// Real `torch.save` output of the same state dict, when the generator was run with PyTorch.
+/// `torch.save` itself (PyTorch 2.15) wrote these from the same state dict
+/// (`make_pth_fixtures.py --torch`, which also checks that `torch.load` reads every fixture).
 #[test]
-fn real_torch_save_files_match_when_present() {
+fn real_torch_save_files_of_both_formats_match() {
     for name in ["real_zip.pth", "real_legacy.pth"] {
         let path = fixture(name);
-        if !path.exists() {
-            eprintln!("{name}: not generated (needs PyTorch: make_pth_fixtures.py --torch)");
-            continue;
-        }
         let sd = pth::read_pth(&path).unwrap();
-        let want = pth::read_pth(&fixture("state_zip.pth")).unwrap();
-        assert_eq!(sd.len(), want.len(), "{name}");
-        for (n, t) in want.iter() {
-            assert_eq!(sd.get(n), Some(t), "{name}: {n}");
-        }
+        assert_matches_json(&sd, "expected.json");
     }
 }
 
@@ -357,4 +350,301 @@ fn a_file_that_is_not_a_state_dict_says_what_it_holds() {
     let e = pth::read_pth_from(Path::new("x.pth"), Cursor::new(b"hello".to_vec()), 1 << 20)
         .unwrap_err();
     assert!(e.to_string().contains("not a PyTorch file"), "{e}");
+}
+
+// --- Conversion to safetensors, resolving and fetching weights (metrics::weights) -----------
+
+mod common;
+
+use sd3lab::job::CancelToken;
+use sd3lab::metrics::weights::{self, FetchEvent, WeightsError, WeightsSource};
+
+/// The converted file's tensors as MLX loads them, byte for byte equal to the reader's.
+fn assert_mlx_loads_the_same(st: &Path, sd: &StateDict) {
+    use mlx_rs::Array;
+    let loaded = Array::load_safetensors(st).expect("MLX loads the converted file");
+    assert_eq!(loaded.len(), sd.len());
+    for (name, t) in sd.iter() {
+        let a = &loaded[name];
+        let shape: Vec<usize> = a.shape().iter().map(|&d| d as usize).collect();
+        assert_eq!(shape, t.shape(), "{name}: shape");
+        if t.numel() == 0 {
+            // MLX gives no data pointer for an empty array; its shape was checked.
+            continue;
+        }
+        fn le<T: mlx_rs::ArrayElement + Copy>(a: &Array, f: impl Fn(T) -> Vec<u8>) -> Vec<u8> {
+            a.as_slice::<T>().iter().flat_map(|&x| f(x)).collect()
+        }
+        // float64 is stored as float32 (MLX does not load float64): the reader's values rounded.
+        let want: Vec<u8> = match t.dtype() {
+            Dtype::F64 => t
+                .to_f32_vec()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            _ => t.bytes().to_vec(),
+        };
+        let bytes = match t.dtype() {
+            Dtype::F32 | Dtype::F64 => le(a, |x: f32| x.to_le_bytes().to_vec()),
+            Dtype::F16 => le(a, |x: half::f16| x.to_le_bytes().to_vec()),
+            Dtype::BF16 => le(a, |x: half::bf16| x.to_le_bytes().to_vec()),
+            Dtype::I64 => le(a, |x: i64| x.to_le_bytes().to_vec()),
+            Dtype::I32 => le(a, |x: i32| x.to_le_bytes().to_vec()),
+            Dtype::I16 => le(a, |x: i16| x.to_le_bytes().to_vec()),
+            Dtype::I8 => le(a, |x: i8| x.to_le_bytes().to_vec()),
+            Dtype::U8 => le(a, |x: u8| vec![x]),
+            Dtype::Bool => le(a, |x: bool| vec![x as u8]),
+        };
+        assert_eq!(bytes, want, "{name}: values");
+    }
+}
+
+#[test]
+fn conversion_to_safetensors_round_trips_exactly_through_mlx() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("state.safetensors");
+    weights::convert_pth(&fixture("state_zip.pth"), &st, None, &[("source", "test")]).unwrap();
+    let sd = pth::read_pth(&fixture("state_zip.pth")).unwrap();
+    assert_mlx_loads_the_same(&st, &sd);
+}
+
+#[test]
+fn written_safetensors_are_read_exactly_by_the_safetensors_package() {
+    // Every dtype as is (float64 included), checked by the reference implementation.
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("state.safetensors");
+    let sd = pth::read_pth(&fixture("state_legacy.pth")).unwrap();
+    let tensors: Vec<_> = sd.iter().collect();
+    weights::write_safetensors(&st, &tensors, &[("source", "test")]).unwrap();
+    let out = common::run_oracle("pth_safetensors_check.py", &[st.as_os_str()]);
+    let got: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["metadata"]["source"], "test");
+    let text = std::fs::read_to_string(fixture("expected.json")).unwrap();
+    let expected: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
+    for (name, e) in &expected {
+        let g = &got["tensors"][name];
+        assert_eq!(g["shape"], e["shape"], "{name}");
+        let want = sd.get(name).unwrap().dtype().safetensors_name();
+        assert_eq!(g["dtype"], want, "{name}");
+        if !g["values"].is_null() {
+            let g: Vec<f64> = g["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().parse().unwrap())
+                .collect();
+            let w: Vec<f64> = e["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().parse().unwrap())
+                .collect();
+            assert_eq!(g, w, "{name}");
+        }
+    }
+}
+
+#[test]
+fn a_prefix_filter_keeps_only_matching_tensors_and_refuses_an_empty_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("conv.safetensors");
+    weights::convert_pth(&fixture("state_legacy.pth"), &st, Some("conv."), &[]).unwrap();
+    let loaded = mlx_rs::Array::load_safetensors(&st).unwrap();
+    let mut names: Vec<&String> = loaded.keys().collect();
+    names.sort();
+    assert_eq!(names, ["conv.bias", "conv.weight"]);
+    let e = weights::convert_pth(&fixture("state_legacy.pth"), &st, Some("features."), &[])
+        .unwrap_err();
+    assert!(matches!(e, WeightsError::NothingKept { .. }), "{e}");
+}
+
+#[test]
+fn without_weights_the_error_says_exactly_what_to_run() {
+    let cache = tempfile::tempdir().unwrap();
+    let e = weights::resolve_inception_weights_in(cache.path(), None).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("`sd3lab metrics weights --fetch`"), "{msg}");
+    assert!(msg.contains("`--inception-weights PATH`"), "{msg}");
+    let e = weights::resolve_lpips_weights_in(cache.path()).unwrap_err();
+    assert!(
+        e.to_string().contains("`sd3lab metrics weights --fetch`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_explicit_pth_is_converted_once_into_the_cache_and_safetensors_are_used_as_is() {
+    let cache = tempfile::tempdir().unwrap();
+    let pth_path = fixture("state_zip.pth");
+    let st = weights::resolve_inception_weights_in(cache.path(), Some(&pth_path)).unwrap();
+    assert!(
+        st.starts_with(weights::weights_dir(cache.path())),
+        "{}",
+        st.display()
+    );
+    let sd = pth::read_pth(&pth_path).unwrap();
+    assert_mlx_loads_the_same(&st, &sd);
+    let modified = std::fs::metadata(&st).unwrap().modified().unwrap();
+    // The same file again: found by its hash, not converted a second time.
+    let again = weights::resolve_inception_weights_in(cache.path(), Some(&pth_path)).unwrap();
+    assert_eq!(again, st);
+    assert_eq!(
+        std::fs::metadata(&st).unwrap().modified().unwrap(),
+        modified
+    );
+    // Another .pth gets its own converted file.
+    let other =
+        weights::resolve_inception_weights_in(cache.path(), Some(&fixture("state_legacy.pth")))
+            .unwrap();
+    assert_ne!(other, st);
+    // A .safetensors is returned unchanged; anything else is refused.
+    assert_eq!(
+        weights::resolve_inception_weights_in(cache.path(), Some(&st)).unwrap(),
+        st
+    );
+    let e =
+        weights::resolve_inception_weights_in(cache.path(), Some(Path::new("w.bin"))).unwrap_err();
+    assert!(matches!(e, WeightsError::UnknownKind { .. }), "{e}");
+    // A hostile .pth never becomes weights.
+    let e = weights::resolve_inception_weights_in(
+        cache.path(),
+        Some(&fixture("evil_os_system_zip.pth")),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("os.system"), "{e}");
+}
+
+/// Serves `body` over HTTP on the loopback interface for `requests` connections.
+fn serve(body: Vec<u8>, requests: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/alex.pth", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for _ in 0..requests {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let mut stream = reader.into_inner();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    url
+}
+
+#[test]
+fn fetching_downloads_checks_converts_and_then_uses_the_cache() {
+    // The LPIPS heads fixture is the published file, so the real constants check it.
+    let body = std::fs::read(fixture("lpips_v0.1_alex.pth")).unwrap();
+    let url = serve(body, 1);
+    let cache = tempfile::tempdir().unwrap();
+    let mut events = Vec::new();
+    let src = weights::LPIPS_ALEX_LIN;
+    let st = weights::fetch_from(&src, &url, cache.path(), &CancelToken::new(), &mut |e| {
+        events.push(e)
+    })
+    .unwrap();
+    assert_eq!(st, weights::converted_path(cache.path(), &src));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        FetchEvent::Downloading {
+            done: 6009,
+            total: Some(6009),
+            ..
+        }
+    )));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, FetchEvent::Converting { .. }))
+    );
+    let sd = pth::read_pth(&fixture("lpips_v0.1_alex.pth")).unwrap();
+    assert_mlx_loads_the_same(&st, &sd);
+    // Only the converted file stays.
+    let left: Vec<_> = std::fs::read_dir(weights::weights_dir(cache.path()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from(format!(
+            "{}.safetensors",
+            src.name
+        ))]
+    );
+    // A second fetch finds it without a server.
+    let mut events = Vec::new();
+    let again = weights::fetch_from(
+        &src,
+        "http://127.0.0.1:9/",
+        cache.path(),
+        &CancelToken::new(),
+        &mut |e| events.push(e),
+    )
+    .unwrap();
+    assert_eq!(again, st);
+    assert!(matches!(events[..], [FetchEvent::Cached { .. }]));
+}
+
+#[test]
+fn a_download_with_the_wrong_hash_or_cancelled_leaves_nothing_in_the_cache() {
+    let mut body = std::fs::read(fixture("lpips_v0.1_alex.pth")).unwrap();
+    let n = body.len();
+    body[n - 1] ^= 1;
+    let url = serve(body, 1);
+    let cache = tempfile::tempdir().unwrap();
+    let src: WeightsSource = weights::LPIPS_ALEX_LIN;
+    let e = weights::fetch_from(&src, &url, cache.path(), &CancelToken::new(), &mut |_| {})
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, WeightsError::Mismatch { .. }), "{msg}");
+    assert!(msg.contains(src.sha256), "{msg}");
+    let empty = |dir: &Path| std::fs::read_dir(dir).unwrap().next().is_none();
+    assert!(empty(&weights::weights_dir(cache.path())));
+
+    let url = serve(std::fs::read(fixture("lpips_v0.1_alex.pth")).unwrap(), 1);
+    let cancel = CancelToken::new();
+    cancel.cancel();
+    let e = weights::fetch_from(&src, &url, cache.path(), &cancel, &mut |_| {}).unwrap_err();
+    assert!(matches!(e, WeightsError::Cancelled), "{e}");
+    assert!(empty(&weights::weights_dir(cache.path())));
+}
+
+#[test]
+fn the_published_sources_are_consistent_with_their_file_names() {
+    // torch.hub's check: the hash in the file name is the SHA-256's prefix.
+    for s in [weights::INCEPTION, weights::ALEXNET] {
+        let prefix = s
+            .file_name
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .trim_end_matches(".pth");
+        assert!(s.sha256.starts_with(prefix), "{}", s.file_name);
+        assert!(s.url.ends_with(s.file_name), "{}", s.url);
+    }
+    for s in [
+        weights::INCEPTION,
+        weights::ALEXNET,
+        weights::LPIPS_ALEX_LIN,
+    ] {
+        assert_eq!(s.sha256.len(), 64);
+        assert!(
+            s.sha256
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+    }
+    weights::verify(&weights::LPIPS_ALEX_LIN, &fixture("lpips_v0.1_alex.pth")).unwrap();
+    let e = weights::verify(&weights::INCEPTION, &fixture("lpips_v0.1_alex.pth")).unwrap_err();
+    assert!(matches!(e, WeightsError::Mismatch { .. }), "{e}");
 }

@@ -361,19 +361,34 @@ def write_real(out, expected):
     for name, e in expected.items():
         if name in ("transposed", "sliced", "row3", "tied"):
             continue
-        t = torch.tensor(e["values"], dtype=torch.float64).to(dtypes[e["dtype"]])
+        values = [float(v) for v in e["values"]]
+        t = torch.tensor(values, dtype=torch.float64).to(dtypes[e["dtype"]])
         state[name] = t.reshape(e["shape"])
     state["tied"] = state["conv.bias"]
-    base = torch.tensor(expected["transposed"]["values"], dtype=torch.float32).reshape(3, 2)
+    def vals(name):
+        return torch.tensor([float(v) for v in expected[name]["values"]], dtype=torch.float32)
+
+    base = vals("transposed").reshape(3, 2)
     state["transposed"] = base.T.contiguous().T  # a transposed view of a 2x3 storage
     base = torch.zeros(4, 5)
-    base[1:3, ::2] = torch.tensor(expected["sliced"]["values"]).reshape(2, 3)
-    base[3] = torch.tensor(expected["row3"]["values"])
+    base[1:3, ::2] = vals("sliced").reshape(2, 3)
+    base[3] = vals("row3")
     state["sliced"] = base[1:3, ::2]
     state["row3"] = base[3]
+    state = collections.OrderedDict((name, state[name]) for name in expected)
     state._metadata = collections.OrderedDict([("", {"version": 1})])
     torch.save(state, out / "real_zip.pth")
     torch.save(state, out / "real_legacy.pth", _use_new_zipfile_serialization=False)
+
+    # PyTorch's own loader agrees with expected.json on every file written here.
+    for name in ("state_zip.pth", "state_legacy.pth", "real_zip.pth", "real_legacy.pth"):
+        sd = torch.load(out / name, weights_only=True)
+        assert list(sd) == list(expected), name
+        for key, e in expected.items():
+            t = sd[key]
+            assert str(t.dtype) == "torch." + e["dtype"], (name, key)
+            assert list(t.shape) == e["shape"], (name, key)
+            assert t.double().flatten().tolist() == [float(v) for v in e["values"]], (name, key)
 
 
 if __name__ == "__main__":
