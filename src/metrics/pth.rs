@@ -752,7 +752,7 @@ impl<'s, R: BufRead> Unpickler<'s, R> {
     }
 
     fn set_items(&mut self, values: Vec<Value>) -> Step<()> {
-        if values.len() % 2 != 0 {
+        if !values.len().is_multiple_of(2) {
             return malformed("SETITEMS with an odd number of values");
         }
         let depth = 1 + values.iter().map(Value::depth).max().unwrap_or(0);
