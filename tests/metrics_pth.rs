@@ -185,7 +185,13 @@ fn the_byte_limit_applies_to_the_tensors() {
 
 #[test]
 fn every_truncation_of_either_format_is_an_error_not_a_panic() {
-    for name in ["state_zip.pth", "state_legacy.pth", "lpips_v0.1_alex.pth"] {
+    for name in [
+        "state_zip.pth",
+        "state_legacy.pth",
+        "real_zip.pth",
+        "real_legacy.pth",
+        "lpips_v0.1_alex.pth",
+    ] {
         let bytes = std::fs::read(fixture(name)).unwrap();
         let origin = Path::new(name);
         for len in 0..bytes.len() {
