@@ -5,11 +5,13 @@
 //! `images`: torch-fidelity's folder listing, decoding and TF1-compatible resize. `inception`:
 //! the `inception-v3-compat` graph on MLX. `pth`: a `.pth` reader that never executes pickle
 //! code. `weights`: where the Inception weights come from (fetch, convert, cache). `fidelity`:
-//! FID, IS, KID from features. `paired`: PSNR, SSIM (and LPIPS) per image pair.
+//! FID, IS, KID from features. `paired`: PSNR, SSIM (and LPIPS) per image pair. `lpips`: the LPIPS
+//! network (AlexNet, v0.1 heads) on MLX.
 
 pub mod fidelity;
 pub mod images;
 pub mod inception;
+pub mod lpips;
 pub mod paired;
 pub mod pth;
 pub mod weights;
