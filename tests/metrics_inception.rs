@@ -435,3 +435,66 @@ fn synthetic_weights_refuse_bad_statistics() {
     ));
     assert!(!out.exists(), "nothing is written on failure");
 }
+
+#[test]
+fn feature_cache_is_reused_until_a_file_or_the_weights_change() {
+    use sd3lab::metrics::inception::{CACHE_FILE, CacheOutcome, extract_features_cached};
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["img_00.png", "img_01.png"] {
+        std::fs::copy(
+            fixtures().join("images/a").join(name),
+            dir.path().join(name),
+        )
+        .expect("copy");
+    }
+    let model = InceptionV3::load(weights_path()).expect("load");
+    let run = |model: &InceptionV3| {
+        let files = list_images(dir.path()).expect("list");
+        extract_features_cached(
+            dir.path(),
+            &files,
+            model,
+            4,
+            &CancelToken::new(),
+            &mut |_, _| {},
+        )
+        .expect("extract")
+    };
+    let (first, outcome) = run(&model);
+    assert!(matches!(outcome, CacheOutcome::Written), "{outcome:?}");
+    assert!(dir.path().join(CACHE_FILE).is_file());
+    // The cache is not an image: the listing still has two files.
+    assert_eq!(list_images(dir.path()).expect("list").len(), 2);
+    let (again, outcome) = run(&model);
+    assert!(matches!(outcome, CacheOutcome::Hit), "{outcome:?}");
+    assert_eq!(again, first);
+
+    // A changed modification time invalidates it.
+    let f = std::fs::File::options()
+        .write(true)
+        .open(dir.path().join("img_01.png"))
+        .expect("open");
+    f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
+        .expect("set mtime");
+    drop(f);
+    let (recomputed, outcome) = run(&model);
+    assert!(matches!(outcome, CacheOutcome::Written), "{outcome:?}");
+    assert_eq!(recomputed, first, "same pixels, same features");
+    assert!(matches!(run(&model).1, CacheOutcome::Hit));
+
+    // Other weights invalidate it.
+    let mut t = synthetic_tensors();
+    let key = "fc.weight".to_owned();
+    let changed = t[&key]
+        .multiply(mlx_rs::Array::from_f32(2.0))
+        .expect("scale");
+    t.insert(key, changed);
+    let other = InceptionV3::from_tensors(weights_path(), t).expect("load");
+    let (doubled, outcome) = run(&other);
+    assert!(matches!(outcome, CacheOutcome::Written), "{outcome:?}");
+    assert_eq!(doubled.features, first.features);
+    assert_ne!(doubled.logits, first.logits);
+    // A damaged cache is a miss, not an error.
+    std::fs::write(dir.path().join(CACHE_FILE), b"garbage").expect("write");
+    assert!(matches!(run(&model).1, CacheOutcome::Written));
+}

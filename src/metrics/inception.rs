@@ -910,3 +910,131 @@ pub fn synthetic_weights(seed: u32, stats_npz: &Path, out: &Path) -> Result<(), 
         source,
     })
 }
+
+// ---- feature cache --------------------------------------------------------------------------
+
+/// Name of the feature cache written into a reference folder (not an image extension, so the
+/// listing never picks it up).
+pub const CACHE_FILE: &str = ".sd3lab-inception-features.npz";
+
+/// Version of the cache's contents; a cache of another version is recomputed.
+const CACHE_VERSION: u32 = 1;
+
+/// What happened to the feature cache in [`extract_features_cached`].
+#[derive(Debug)]
+pub enum CacheOutcome {
+    /// The cached features were valid and used.
+    Hit,
+    /// Computed and written to the cache.
+    Written,
+    /// Computed, but the cache could not be written (a read-only folder, a full disk): the
+    /// features are still good, the next run computes them again.
+    NotWritten(crate::calib::npz::NpzError),
+}
+
+/// The cache's key: per file its path, size and modification time (nanoseconds), the weights'
+/// digest and the cache version, as JSON text. A file that changes, appears or disappears
+/// changes the key.
+fn cache_key(files: &[PathBuf], weights_digest: u64) -> Result<String, ImagesError> {
+    let mut entries = Vec::with_capacity(files.len());
+    for f in files {
+        let meta = std::fs::metadata(f).map_err(|e| ImagesError::Decode {
+            path: f.clone(),
+            reason: e.to_string(),
+        })?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        entries.push(serde_json::json!([
+            f.to_string_lossy(),
+            meta.len(),
+            mtime.to_string()
+        ]));
+    }
+    Ok(serde_json::json!({
+        "version": CACHE_VERSION,
+        "extractor": "inception-v3-compat",
+        "weights": format!("{weights_digest:016x}"),
+        "files": entries,
+    })
+    .to_string())
+}
+
+/// The cached features if `path` holds a cache with exactly this key and consistent shapes.
+/// Anything else (no file, another key, a damaged file) is a miss: the cache is only ever a
+/// shortcut, never a source of errors.
+fn read_cache(path: &Path, key: &str, n: usize) -> Option<Extracted> {
+    use crate::calib::NpyData;
+    let mut npz = crate::calib::npz::NpzReader::open(path).ok()?;
+    let NpyData::Uint8(stored) = npz.read("key").ok()?.data else {
+        return None;
+    };
+    if stored != key.as_bytes() {
+        return None;
+    }
+    let mut take = |name: &str, cols: usize| -> Option<Vec<f32>> {
+        let a = npz.read(name).ok()?;
+        match a.data {
+            NpyData::Float32(v) if a.shape == [n, cols] => Some(v),
+            _ => None,
+        }
+    };
+    Some(Extracted {
+        n,
+        features: take("features", FEATURES_DIM)?,
+        logits: take("logits", LOGITS_DIM)?,
+    })
+}
+
+fn write_cache(path: &Path, key: &str, e: &Extracted) -> Result<(), crate::calib::npz::NpzError> {
+    use crate::calib::{NpyArray, NpyData};
+    let array = |shape: Vec<usize>, data: NpyData| {
+        NpyArray::new(shape, data).expect("shapes are built from the data's own length")
+    };
+    let key = array(vec![key.len()], NpyData::Uint8(key.as_bytes().to_vec()));
+    let features = array(
+        vec![e.n, FEATURES_DIM],
+        NpyData::Float32(e.features.clone()),
+    );
+    let logits = array(vec![e.n, LOGITS_DIM], NpyData::Float32(e.logits.clone()));
+    crate::calib::npz::write_npz(
+        path,
+        &[("key", &key), ("features", &features), ("logits", &logits)],
+        false,
+    )
+}
+
+/// [`extract_features`] for a reference folder, through a cache beside its images
+/// (`dir/`[`CACHE_FILE`], written atomically): the features are reused while every listed
+/// file keeps its size and modification time and the weights are the same.
+pub fn extract_features_cached(
+    dir: &Path,
+    files: &[PathBuf],
+    model: &InceptionV3,
+    batch_size: usize,
+    cancel: &CancelToken,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Extracted, CacheOutcome), InceptionError> {
+    let path = dir.join(CACHE_FILE);
+    let key = cache_key(files, model.digest())?;
+    if let Some(cached) = read_cache(&path, &key, files.len()) {
+        on_progress(files.len(), files.len());
+        return Ok((cached, CacheOutcome::Hit));
+    }
+    let extracted = extract_features(files, model, batch_size, cancel, on_progress)?;
+    // The files may have changed while they were read: the key is taken again, and the cache
+    // written only if it still holds.
+    let outcome = match cache_key(files, model.digest()) {
+        Ok(after) if after == key => match write_cache(&path, &key, &extracted) {
+            Ok(()) => CacheOutcome::Written,
+            Err(e) => CacheOutcome::NotWritten(e),
+        },
+        _ => CacheOutcome::NotWritten(crate::calib::npz::NpzError::Io {
+            path,
+            source: std::io::Error::other("the images changed while they were read"),
+        }),
+    };
+    Ok((extracted, outcome))
+}
