@@ -253,6 +253,7 @@ fn features_and_logits_equal_torch_fidelitys() {
         assert_eq!(shape, vec![n, FEATURES_DIM]);
         let (shape, logits) = read_f32_npy(&fixtures().join(format!("logits_{folder}.npy")));
         assert_eq!(shape, vec![n, LOGITS_DIM]);
+        // For investigating a failure in numpy: SD3LAB_DUMP_FEATURES=DIR writes our outputs.
         if let Some(dir) = std::env::var_os("SD3LAB_DUMP_FEATURES") {
             let dir = PathBuf::from(dir);
             let f32s = |v: &[f32], cols: usize| {
