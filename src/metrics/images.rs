@@ -91,8 +91,10 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, ImagesError> {
 }
 
 /// Decodes a PNG or JPEG (format from the content, as PIL does) to 8-bit RGB: alpha is
-/// dropped, grey is replicated, palettes are expanded, 16-bit samples keep their high byte.
-/// EXIF orientation is ignored, as PIL's `open` ignores it.
+/// dropped, grey is replicated, palettes are expanded (each as PIL's `convert("RGB")`, checked
+/// against torch-fidelity's features). EXIF orientation is ignored, as PIL's `open` ignores it.
+/// Not matched to PIL: 16-bit PNGs (the `image` crate's 16→8-bit scaling) and JPEG decoding
+/// (`zune-jpeg` rather than libjpeg, which may round some pixels differently).
 pub fn load_rgb(path: &Path) -> Result<Rgb8Image, ImagesError> {
     let decode = |reason: String| ImagesError::Decode {
         path: path.to_owned(),
