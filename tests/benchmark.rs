@@ -484,3 +484,97 @@ fn refusals_name_the_problem_and_the_flag() {
         "{err}"
     );
 }
+
+#[test]
+fn metrics_are_recorded_per_configuration_against_the_reference_twins() {
+    let cache = tempfile::tempdir().unwrap();
+    let root = cache.path();
+    let refdir = root.join("ref");
+    reference(root, &refdir, 4, 3);
+    let refimages = refdir.join("images").display().to_string();
+    let out = root.join("out");
+
+    // No weights: refused before anything is generated, saying what to run.
+    let err = fails(run_bench(
+        root,
+        &bench_args(
+            &out,
+            4,
+            3,
+            &["--config", "fp32", "--reference-dir", &refimages],
+        ),
+    ));
+    assert!(err.contains("sd3lab metrics weights --fetch"), "{err}");
+    assert!(err.contains("--skip-metrics"), "{err}");
+    assert!(!out.join("results.json").exists());
+
+    let weights = root.join("inception.safetensors");
+    let w = weights.display().to_string();
+    ok(cli(root, &["metrics", "weights", "--synthetic", &w])
+        .output()
+        .unwrap());
+    let o = ok(run_bench(
+        root,
+        &bench_args(
+            &out,
+            4,
+            3,
+            &[
+                "--config",
+                "fp32",
+                "--config",
+                "w4",
+                "--reference-dir",
+                &refimages,
+                "--inception-weights",
+                &w,
+            ],
+        ),
+    ));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("FID") && stdout.contains("SSIM"),
+        "{stdout}"
+    );
+    let results = json(&out.join("results.json"));
+    let configs = results["configurations"].as_array().unwrap();
+    let (fp32, w4) = (&configs[0]["metrics"], &configs[1]["metrics"]);
+    // The float images are their twins: FID 0 up to rounding, every pair identical.
+    assert!(fp32["fid"].as_f64().unwrap().abs() < 1e-3, "{fp32}");
+    assert_eq!(fp32["identical_pairs"], 4);
+    assert_eq!(fp32["ssim_mean"], 1.0);
+    assert!(fp32["psnr_mean"].is_null());
+    // Quantized images differ from theirs.
+    assert!(w4["fid"].as_f64().unwrap() > fp32["fid"].as_f64().unwrap());
+    assert_eq!(w4["identical_pairs"], 0);
+    assert!(w4["ssim_mean"].as_f64().unwrap() < 1.0);
+    assert!(w4["psnr_mean"].as_f64().unwrap().is_finite());
+    assert_eq!(w4["isc_reference"], fp32["isc_reference"]);
+    assert_eq!(w4["kid"]["subset_size"], 4);
+    assert_eq!(w4["kid"]["lowered_from"], 1000);
+    assert!(
+        w4["lpips_missing"].as_str().is_some(),
+        "no LPIPS weights in the test cache"
+    );
+    // Per image in the CSV, beside the timings.
+    let mut r = csv::Reader::from_path(out.join("per_image.csv")).unwrap();
+    let h = r.headers().unwrap().clone();
+    let col = |name: &str| h.iter().position(|k| k == name).unwrap();
+    let (config, psnr, ssim) = (col("configuration"), col("psnr_db"), col("ssim"));
+    let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 8);
+    for row in &rows {
+        if &row[config] == "fp32" {
+            assert_eq!(&row[psnr], "inf");
+            assert_eq!(row[ssim].parse::<f64>().unwrap(), 1.0);
+        } else {
+            assert!(row[psnr].parse::<f64>().unwrap().is_finite());
+        }
+    }
+    // The reference's features were cached beside it.
+    assert!(
+        refdir
+            .join("images/.sd3lab-inception-features.npz")
+            .is_file()
+    );
+}

@@ -27,6 +27,7 @@ use crate::calibrate::{CalibrateConfig, setting_differences};
 use crate::fsutil::FolderLock;
 use crate::image::{PixelFormat, write_png};
 use crate::job::CancelToken;
+use crate::metrics::compute::{Input, MetricsConfig, MetricsError, MetricsEvent, compute_metrics};
 use crate::model::config::ModelDtype;
 use crate::model::pipeline::{Flow, GenerateConfig, Pipeline};
 use crate::quant::QuantMode;
@@ -34,9 +35,9 @@ use crate::quant::QuantMode;
 pub use configuration::{Configuration, ConfigurationError, ConfigurationIdentity};
 pub use reference::{ReferenceError, ReferenceKind, ReferenceSet};
 pub use results::{
-    BenchResults, BenchSettings, CONFIGURATION_JSON, ConfigurationInfo, ConfigurationResult,
-    ImageRecord, ImageSeconds, PER_IMAGE_CSV, RESULTS_JSON, RESULTS_SCHEMA, Records,
-    ReferenceProvenance,
+    BenchResults, BenchSettings, CONFIGURATION_JSON, ConfigurationInfo, ConfigurationMetrics,
+    ConfigurationResult, ImageRecord, ImageSeconds, METRICS_JSON, PER_IMAGE_CSV, PairedValues,
+    RESULTS_JSON, RESULTS_SCHEMA, Records, ReferenceProvenance,
 };
 
 /// Settings of a benchmark run (`sd3lab benchmark`).
@@ -70,6 +71,13 @@ pub struct BenchConfig {
     pub overwrite: bool,
     /// Run even when the reference was made with other settings (recorded in the results).
     pub allow_mismatch: bool,
+    /// Inception weights for FID/IS/KID (a `.pth` or converted `.safetensors`); `None`: the
+    /// user cache.
+    #[serde(default)]
+    pub inception_weights: Option<PathBuf>,
+    /// KID subset size; `None`: min(1000, images).
+    #[serde(default)]
+    pub kid_subset_size: Option<usize>,
 }
 
 /// Progress of a run, in order.
@@ -121,6 +129,15 @@ pub enum BenchEvent {
     },
     ConfigDone {
         result: Box<ConfigurationResult>,
+    },
+    /// The metrics step of one configuration (after every configuration's images).
+    Metrics {
+        configuration: String,
+        event: MetricsEvent,
+    },
+    MetricsDone {
+        configuration: String,
+        metrics: Box<ConfigurationMetrics>,
     },
 }
 
@@ -198,6 +215,8 @@ pub enum BenchError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     #[error("MLX error: {0}")]
     Mlx(#[from] mlx_rs::error::Exception),
 }
@@ -239,6 +258,9 @@ pub struct ValidatedBench {
     pub configurations: Vec<Configuration>,
     pub files: crate::model::source::ModelFiles,
     pub settings: BenchSettings,
+    pub reference: Option<ReferenceSet>,
+    /// What the metrics step computes (`None` with `skip_metrics`).
+    pub metrics: Option<MetricsConfig>,
     pub notes: Vec<String>,
 }
 
@@ -343,17 +365,38 @@ impl BenchConfig {
         } else {
             notes.extend(run.notes.iter().cloned());
         }
-        if !self.skip_metrics {
-            notes.push(
-                "image-quality metrics (FID/IS/KID, PSNR/SSIM/LPIPS) are not computed by this \
-                 version yet: each configuration's \"metrics\" in results.json stays null"
-                    .to_owned(),
-            );
-        }
+        let metrics = if self.skip_metrics {
+            None
+        } else {
+            let cache_dir = crate::model::source::cache_dir();
+            // Missing weights are said now, not after hours of generation.
+            let weights = crate::metrics::weights::resolve_inception_weights_in(
+                &cache_dir,
+                self.inception_weights.as_deref(),
+            )
+            .map_err(MetricsError::from)?;
+            // torch-fidelity's 10 splits need 10 images; fewer give NaN there.
+            let isc_splits = crate::metrics::fidelity::DEFAULT_IS_SPLITS.min(self.num_images);
+            if isc_splits < crate::metrics::fidelity::DEFAULT_IS_SPLITS {
+                notes.push(format!(
+                    "Inception Score over {isc_splits} splits (one per image; torch-fidelity's \
+                     default 10 needs at least 10 images)"
+                ));
+            }
+            Some(MetricsConfig {
+                isc_splits,
+                kid_subset_size: self.kid_subset_size,
+                inception_weights: Some(weights),
+                cache_dir,
+                ..MetricsConfig::default()
+            })
+        };
         Ok(ValidatedBench {
             config: self.clone(),
             configurations,
             files: run.files,
+            reference,
+            metrics,
             settings: BenchSettings {
                 generation,
                 warmup: self.warmup,
@@ -443,6 +486,8 @@ struct Folder {
     order: Vec<String>,
     infos: BTreeMap<String, ConfigurationInfo>,
     records: Records,
+    /// Each configuration's last metrics (`<config>/metrics.json`).
+    metrics: BTreeMap<String, ConfigurationMetrics>,
 }
 
 impl Folder {
@@ -458,7 +503,14 @@ impl Folder {
                     .into_iter()
                     .flat_map(|m| m.values())
                     .collect();
-                Some(ConfigurationResult::from_records(info, &records))
+                let mut result = ConfigurationResult::from_records(info, &records);
+                // Metrics of exactly these images only (not of a run since extended).
+                result.metrics = self
+                    .metrics
+                    .get(name)
+                    .filter(|m| m.images == records.len())
+                    .map(|m| m.summary.clone());
+                Some(result)
             })
             .collect();
         BenchResults {
@@ -471,7 +523,12 @@ impl Folder {
     /// Rewrites `results.json` and `per_image.csv` from the records (atomically).
     fn write_summaries(&self) -> Result<BenchResults, BenchError> {
         let results = self.results();
-        results::write_per_image_csv(&self.dir.join(PER_IMAGE_CSV), &self.order, &self.records)?;
+        results::write_per_image_csv(
+            &self.dir.join(PER_IMAGE_CSV),
+            &self.order,
+            &self.records,
+            &self.metrics,
+        )?;
         results::write_json(&self.dir.join(RESULTS_JSON), &results)?;
         Ok(results)
     }
@@ -529,6 +586,14 @@ pub fn run_benchmark(
         records: order
             .iter()
             .map(|name| Ok((name.clone(), read_records(&dir, name)?)))
+            .collect::<Result<_, BenchError>>()?,
+        metrics: order
+            .iter()
+            .filter_map(|name| {
+                let path = dir.join(name).join(METRICS_JSON);
+                path.is_file()
+                    .then(|| results::read_json(&path).map(|m| (name.clone(), m)))
+            })
             .collect::<Result<_, BenchError>>()?,
         order,
         infos: existing,
@@ -591,9 +656,77 @@ pub fn run_benchmark(
         }
     }
     summary.cancelled |= cancel.is_cancelled();
+    if let (Some(metrics), Some(reference)) = (&run.metrics, &run.reference)
+        && !summary.cancelled
+    {
+        summary.cancelled =
+            !score_configurations(&run, metrics, reference, &mut folder, cancel, on_event)?;
+    }
     summary.results = folder.write_summaries()?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The metrics step: each of this run's configurations with all its images against the
+/// reference twins (FID, KID, IS of both, PSNR/SSIM/LPIPS per pair), written to
+/// `<config>/metrics.json`. The reference's Inception features are cached beside its images.
+/// Returns `false` when cancelled.
+fn score_configurations(
+    run: &ValidatedBench,
+    metrics: &MetricsConfig,
+    reference: &ReferenceSet,
+    folder: &mut Folder,
+    cancel: &CancelToken,
+    on_event: &mut dyn FnMut(BenchEvent),
+) -> Result<bool, BenchError> {
+    let n = run.config.num_images;
+    let twins: Vec<PathBuf> = reference.images[..n]
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    for c in &run.configurations {
+        let Some(records) = folder.records.get(&c.name) else {
+            continue;
+        };
+        if records.range(..n).count() < n {
+            continue;
+        }
+        let files: Vec<PathBuf> = records
+            .range(..n)
+            .map(|(_, r)| folder.dir.join(&r.file))
+            .collect();
+        let result = compute_metrics(
+            metrics,
+            Input {
+                files: &files,
+                cache_dir: None,
+            },
+            Some(Input {
+                files: &twins,
+                cache_dir: Some(&reference.dir),
+            }),
+            cancel,
+            &mut |event| {
+                on_event(BenchEvent::Metrics {
+                    configuration: c.name.clone(),
+                    event,
+                })
+            },
+        );
+        let result = match result {
+            Err(e) if e.is_cancelled() => return Ok(false),
+            other => other?,
+        };
+        let scored = ConfigurationMetrics::from_result(n, &result);
+        results::write_json(&folder.dir.join(&c.name).join(METRICS_JSON), &scored)?;
+        folder.metrics.insert(c.name.clone(), scored.clone());
+        folder.write_summaries()?;
+        on_event(BenchEvent::MetricsDone {
+            configuration: c.name.clone(),
+            metrics: Box::new(scored),
+        });
+    }
+    Ok(true)
 }
 
 /// Loads configuration `c`, generates images `todo` (a resumed configuration first runs

@@ -18,6 +18,70 @@ pub const RESULTS_JSON: &str = "results.json";
 pub const PER_IMAGE_CSV: &str = "per_image.csv";
 /// Inside each configuration's folder: what the configuration is.
 pub const CONFIGURATION_JSON: &str = "configuration.json";
+/// Inside each configuration's folder: its last metrics against the reference.
+pub const METRICS_JSON: &str = "metrics.json";
+
+/// Paired metrics of one image against its reference twin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairedValues {
+    pub index: usize,
+    /// `None` (JSON `null`) for an image identical to its twin: PSNR is infinite.
+    pub psnr: Option<f64>,
+    pub ssim: f64,
+    pub lpips: Option<f64>,
+}
+
+/// A configuration's metrics (`<config>/metrics.json`): the summary that `results.json` shows
+/// and the paired values per image that `per_image.csv` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigurationMetrics {
+    /// How many images (0..images) were scored.
+    pub images: usize,
+    /// `fid`, `kid` {mean, std, subset_size, lowered_from}, `isc` and `isc_reference`
+    /// {mean, std}, `isc_splits`, `psnr_mean` (over the pairs that differ), `identical_pairs`,
+    /// `ssim_mean`, `lpips_mean`, `lpips_missing`, `inception_weights`, `notes`.
+    pub summary: serde_json::Value,
+    pub per_image: Vec<PairedValues>,
+}
+
+impl ConfigurationMetrics {
+    /// From the metrics job's result over images `0..images` (in order).
+    pub fn from_result(images: usize, r: &crate::metrics::compute::MetricsResult) -> Self {
+        let paired = r.paired.as_ref();
+        let summary = serde_json::json!({
+            "fid": r.fid,
+            "kid": r.kid,
+            "isc": r.isc1,
+            "isc_reference": r.isc2,
+            "psnr_mean": paired.and_then(|p| p.psnr_mean),
+            "identical_pairs": paired.map(|p| p.identical),
+            "ssim_mean": paired.map(|p| p.ssim_mean),
+            "lpips_mean": paired.and_then(|p| p.lpips_mean),
+            "lpips_missing": paired.and_then(|p| p.lpips_missing.clone()),
+            "inception_weights": r.inception_weights,
+            "notes": r.notes,
+        });
+        let per_image = paired
+            .map(|p| {
+                p.per_image
+                    .iter()
+                    .enumerate()
+                    .map(|(index, v)| PairedValues {
+                        index,
+                        psnr: v.psnr.is_finite().then_some(v.psnr),
+                        ssim: v.ssim,
+                        lpips: v.lpips,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            images,
+            summary,
+            per_image,
+        }
+    }
+}
 
 /// Seconds one image took, by stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,6 +306,7 @@ pub(super) fn write_per_image_csv(
     path: &Path,
     order: &[String],
     records: &Records,
+    metrics: &BTreeMap<String, ConfigurationMetrics>,
 ) -> Result<(), BenchError> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let header = [
@@ -258,6 +323,9 @@ pub(super) fn write_per_image_csv(
         "peak_mlx_bytes",
         "peak_rss_bytes",
         "file",
+        "psnr_db",
+        "ssim",
+        "lpips",
     ];
     let csv_err = |e: csv::Error| BenchError::Io {
         path: path.to_owned(),
@@ -265,7 +333,19 @@ pub(super) fn write_per_image_csv(
     };
     w.write_record(header).map_err(csv_err)?;
     for name in order {
+        let n = records.get(name).map_or(0, BTreeMap::len);
+        // Paired values of exactly these images only (not of a run since extended).
+        let paired = metrics.get(name).filter(|m| m.images == n);
         for r in records.get(name).into_iter().flat_map(|m| m.values()) {
+            let p = paired.and_then(|m| m.per_image.get(r.index));
+            let (psnr, ssim, lpips) = match p {
+                Some(p) => (
+                    p.psnr.map_or("inf".to_owned(), |v| format!("{v:.6}")),
+                    format!("{:.8}", p.ssim),
+                    p.lpips.map_or(String::new(), |v| format!("{v:.8}")),
+                ),
+                None => (String::new(), String::new(), String::new()),
+            };
             let s = &r.seconds;
             let mean_step = if s.per_step.is_empty() {
                 0.0
@@ -286,6 +366,9 @@ pub(super) fn write_per_image_csv(
                 r.peak_mlx_bytes.to_string(),
                 r.peak_rss_bytes.to_string(),
                 r.file.clone(),
+                psnr,
+                ssim,
+                lpips,
             ])
             .map_err(csv_err)?;
         }

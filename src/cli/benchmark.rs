@@ -70,6 +70,13 @@ pub struct BenchmarkArgs {
     /// results.json).
     #[arg(long)]
     allow_mismatch: bool,
+    /// Inception weights for FID/IS/KID: torch-fidelity's .pth or its converted .safetensors
+    /// (default: the user cache, filled by `sd3lab metrics weights --fetch`).
+    #[arg(long)]
+    inception_weights: Option<PathBuf>,
+    /// KID subset size (default: min(1000, --num-images), said when lowered).
+    #[arg(long)]
+    kid_subset_size: Option<usize>,
     /// Print results.json's content instead of the table.
     #[arg(long)]
     json: bool,
@@ -116,6 +123,8 @@ impl BenchmarkArgs {
             group_size: self.group_size,
             overwrite: self.overwrite,
             allow_mismatch: self.allow_mismatch,
+            inception_weights: self.inception_weights.clone(),
+            kid_subset_size: self.kid_subset_size,
         }
     }
 }
@@ -131,6 +140,9 @@ fn with_flag_hint(e: BenchError, args: &BenchmarkArgs) -> anyhow::Error {
     };
     let hint = match &e {
         BenchError::NoImages => return anyhow::anyhow!("--num-images must be at least 1"),
+        BenchError::Metrics(sd3lab::metrics::compute::MetricsError::Weights(_)) => {
+            "or pass --skip-metrics".to_owned()
+        }
         BenchError::NeedsReference => {
             let steps = args.num_steps;
             format!(
@@ -228,6 +240,34 @@ pub fn run(args: &BenchmarkArgs) -> anyhow::Result<ExitCode> {
             ));
         }
         BenchEvent::ConfigDone { .. } => {}
+        BenchEvent::Metrics {
+            configuration,
+            event,
+        } => {
+            use sd3lab::metrics::compute::MetricsEvent;
+            outer.set_prefix(configuration);
+            let (what, done, total) = match event {
+                MetricsEvent::Features { input, done, total } => (
+                    if input == 1 {
+                        "Inception features"
+                    } else {
+                        "reference features"
+                    },
+                    done,
+                    total,
+                ),
+                MetricsEvent::CachedFeatures { .. } => ("reference features (cached)", 1, 1),
+                MetricsEvent::Kid { done, total } => ("KID subsets", done, total),
+                MetricsEvent::Paired { done, total } => ("PSNR/SSIM/LPIPS", done, total),
+            };
+            steps.set_prefix("metrics");
+            outer.set_message(what.to_owned());
+            outer.set_length(total as u64);
+            outer.set_position(done as u64);
+        }
+        BenchEvent::MetricsDone { configuration, .. } => {
+            multi.suspend(|| eprintln!("{configuration}: metrics done"));
+        }
     };
     let result = run_benchmark(&config, &cancel, &mut on_event);
     model_events.finish();
@@ -247,6 +287,62 @@ pub fn run(args: &BenchmarkArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_summary(summary: &BenchSummary) {
+    let scored: Vec<_> = summary
+        .results
+        .configurations
+        .iter()
+        .filter_map(|c| Some((c.info.identity.name.as_str(), c.metrics.as_ref()?)))
+        .collect();
+    if !scored.is_empty() {
+        let num = |v: &serde_json::Value, digits: usize| {
+            v.as_f64()
+                .map_or("-".to_owned(), |x| format!("{x:.digits$}"))
+        };
+        println!(
+            "{:<16} {:>10} {:>20} {:>16} {:>9} {:>8} {:>8}",
+            "configuration", "FID", "KID ± std", "IS ± std", "PSNR dB", "SSIM", "LPIPS"
+        );
+        for (name, m) in &scored {
+            println!(
+                "{:<16} {:>10} {:>20} {:>16} {:>9} {:>8} {:>8}",
+                name,
+                num(&m["fid"], 3),
+                format!(
+                    "{} ± {}",
+                    num(&m["kid"]["mean"], 5),
+                    num(&m["kid"]["std"], 5)
+                ),
+                format!(
+                    "{} ± {}",
+                    num(&m["isc"]["mean"], 3),
+                    num(&m["isc"]["std"], 3)
+                ),
+                if m["psnr_mean"].is_null() && m["identical_pairs"].as_u64().unwrap_or(0) > 0 {
+                    "inf".to_owned()
+                } else {
+                    num(&m["psnr_mean"], 2)
+                },
+                num(&m["ssim_mean"], 4),
+                num(&m["lpips_mean"], 4),
+            );
+        }
+        if let Some((_, m)) = scored.first() {
+            println!(
+                "reference IS {} ± {}",
+                num(&m["isc_reference"]["mean"], 3),
+                num(&m["isc_reference"]["std"], 3)
+            );
+            if let Some(why) = m["lpips_missing"].as_str() {
+                println!("LPIPS left out: {why}");
+            }
+            for n in m["notes"].as_array().into_iter().flatten() {
+                if let Some(n) = n.as_str() {
+                    println!("note: {n}");
+                }
+            }
+        }
+        println!();
+    }
     println!(
         "{:<16} {:>7} {:>11} {:>10} {:>10} {:>10} {:>11} {:>11}",
         "configuration",

@@ -12,6 +12,7 @@ mod demo;
 mod doctor;
 mod generate;
 mod gui;
+mod metrics;
 mod model;
 mod plan;
 mod rank_agreement;
@@ -43,6 +44,9 @@ enum Command {
     /// Benchmark configurations (fp16, wN, plans) against a reference set: images, per-image
     /// latency, peak memory; resumable.
     Benchmark(benchmark::BenchmarkArgs),
+    /// FID / IS / KID between two image folders as torch-fidelity computes them, and paired
+    /// PSNR / SSIM / LPIPS; `metrics weights --fetch` gets the networks' weights.
+    Metrics(metrics::MetricsArgs),
     /// Per-layer, per-bit sensitivity of the MMDiT on calibration samples, by step bucket.
     Sensitivity(sensitivity::SensitivityArgs),
     /// A mixed-precision plan from a sensitivity run, optimal under an average-bits budget.
@@ -69,6 +73,7 @@ impl Cli {
             Some(Command::Generate(args)) => generate::run(&args),
             Some(Command::Calibrate(args)) => calibrate::run(&args),
             Some(Command::Benchmark(args)) => benchmark::run(&args),
+            Some(Command::Metrics(args)) => metrics::run(&args),
             Some(Command::Sensitivity(args)) => sensitivity::run(&args),
             Some(Command::Plan(args)) => plan::run(&args),
             Some(Command::RankAgreement(args)) => rank_agreement::run(&args),

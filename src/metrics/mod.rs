@@ -8,6 +8,7 @@
 //! FID, IS, KID from features. `paired`: PSNR, SSIM (and LPIPS) per image pair. `lpips`: the LPIPS
 //! network (AlexNet, v0.1 heads) on MLX.
 
+pub mod compute;
 pub mod fidelity;
 pub mod images;
 pub mod inception;

@@ -1,0 +1,363 @@
+//! The metrics job: two lists of image files → FID, IS, KID (torch-fidelity's definitions, from
+//! Inception-v3 features) and paired PSNR / SSIM / LPIPS (image i of one list against image i of
+//! the other). `sd3lab metrics` lists two folders as torch-fidelity does; the benchmark passes
+//! each configuration's images and their reference twins.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::fidelity::{self, Features, IsResult, KidOptions, KidResult};
+use super::images::{ImagesError, load_rgb};
+use super::inception::{
+    CacheOutcome, Extracted, FEATURES_DIM, InceptionError, InceptionV3, LOGITS_DIM,
+    extract_features, extract_features_cached,
+};
+use super::lpips::{Lpips, LpipsError};
+use super::paired::{PairedError, RgbView, psnr, ssim};
+use super::weights::{WeightsError, resolve_inception_weights_in, resolve_lpips_weights_in};
+use crate::job::CancelToken;
+
+/// What to compute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    pub fid: bool,
+    /// IS of each input.
+    pub isc: bool,
+    pub kid: bool,
+    /// PSNR, SSIM and (with its weights) LPIPS per pair.
+    pub paired: bool,
+    pub isc_splits: usize,
+    pub kid_subsets: usize,
+    /// `None`: min(1000, N), said in the result when lowered.
+    pub kid_subset_size: Option<usize>,
+    /// A `.pth` or converted `.safetensors`; `None`: the user cache (`metrics weights --fetch`).
+    pub inception_weights: Option<PathBuf>,
+    /// Where fetched and converted weights live (`model::source::cache_dir()` for users).
+    pub cache_dir: PathBuf,
+    pub batch_size: usize,
+    /// Cache the second input's features beside it (a reference set computed once).
+    pub cache_second: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            fid: true,
+            isc: true,
+            kid: true,
+            paired: true,
+            isc_splits: fidelity::DEFAULT_IS_SPLITS,
+            kid_subsets: fidelity::DEFAULT_KID_SUBSETS,
+            kid_subset_size: None,
+            inception_weights: None,
+            cache_dir: crate::model::source::cache_dir(),
+            batch_size: super::inception::DEFAULT_BATCH_SIZE,
+            cache_second: true,
+        }
+    }
+}
+
+impl MetricsConfig {
+    fn needs_inception(&self) -> bool {
+        self.fid || self.isc || self.kid
+    }
+}
+
+/// One input: its files, and the folder its feature cache may go into.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub files: &'a [PathBuf],
+    pub cache_dir: Option<&'a Path>,
+}
+
+/// Progress, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricsEvent {
+    /// Inception features of input 1 or 2: `done` of `total` images.
+    Features {
+        input: usize,
+        done: usize,
+        total: usize,
+    },
+    /// Input 2's features came from its cache.
+    CachedFeatures {
+        dir: PathBuf,
+    },
+    Kid {
+        done: usize,
+        total: usize,
+    },
+    Paired {
+        done: usize,
+        total: usize,
+    },
+}
+
+/// Paired metrics of one image pair.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PairedImage {
+    pub file1: PathBuf,
+    pub file2: PathBuf,
+    /// `inf` for identical images (written `null` in JSON).
+    pub psnr: f64,
+    pub ssim: f64,
+    pub lpips: Option<f64>,
+}
+
+/// Paired metrics over all pairs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PairedSummary {
+    /// Mean PSNR over the pairs that differ (identical pairs have no finite PSNR; they are
+    /// counted in `identical`). `None` when every pair is identical.
+    pub psnr_mean: Option<f64>,
+    pub identical: usize,
+    pub ssim_mean: f64,
+    pub lpips_mean: Option<f64>,
+    /// Why LPIPS is missing, when it is.
+    pub lpips_missing: Option<String>,
+    pub per_image: Vec<PairedImage>,
+}
+
+/// What was computed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsResult {
+    pub images1: usize,
+    pub images2: usize,
+    pub fid: Option<f64>,
+    pub isc1: Option<IsResult>,
+    pub isc2: Option<IsResult>,
+    pub kid: Option<KidResult>,
+    pub paired: Option<PairedSummary>,
+    /// The Inception weights used.
+    pub inception_weights: Option<PathBuf>,
+    /// What the user should know (KID's subset size lowered, a cache not written…).
+    pub notes: Vec<String>,
+}
+
+/// Why metrics could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Inception(#[from] InceptionError),
+    #[error(transparent)]
+    Images(#[from] ImagesError),
+    #[error(transparent)]
+    Fidelity(#[from] fidelity::FidelityError),
+    #[error("{first} and {second}: {source}")]
+    Paired {
+        first: PathBuf,
+        second: PathBuf,
+        source: PairedError,
+    },
+    #[error("paired metrics need as many images in each input ({first} and {second})")]
+    PairCount { first: usize, second: usize },
+    #[error("LPIPS: {0}")]
+    Lpips(#[from] LpipsError),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl MetricsError {
+    /// The job's cancel token stopped it (whichever step noticed).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(
+            self,
+            Self::Cancelled
+                | Self::Inception(InceptionError::Cancelled)
+                | Self::Fidelity(fidelity::FidelityError::Cancelled)
+        )
+    }
+}
+
+/// Computes what `cfg` asks for. IS needs ≥ `isc_splits` images per input; FID and KID two
+/// inputs.
+pub fn compute_metrics(
+    cfg: &MetricsConfig,
+    first: Input,
+    second: Option<Input>,
+    cancel: &CancelToken,
+    on_event: &mut dyn FnMut(MetricsEvent),
+) -> Result<MetricsResult, MetricsError> {
+    let mut result = MetricsResult {
+        images1: first.files.len(),
+        images2: second.map_or(0, |s| s.files.len()),
+        fid: None,
+        isc1: None,
+        isc2: None,
+        kid: None,
+        paired: None,
+        inception_weights: None,
+        notes: Vec::new(),
+    };
+    if cfg.paired
+        && let Some(second) = second
+    {
+        result.paired = Some(paired_metrics(
+            cfg,
+            first.files,
+            second.files,
+            cancel,
+            on_event,
+        )?);
+    }
+    if !cfg.needs_inception() {
+        return Ok(result);
+    }
+    let weights = resolve_inception_weights_in(&cfg.cache_dir, cfg.inception_weights.as_deref())?;
+    let model = InceptionV3::load(&weights)?;
+    result.inception_weights = Some(weights);
+    let features = |input: usize,
+                    inp: Input,
+                    on_event: &mut dyn FnMut(MetricsEvent),
+                    notes: &mut Vec<String>| {
+        let mut progress = |done, total| on_event(MetricsEvent::Features { input, done, total });
+        let extracted: Extracted = match (inp.cache_dir, cfg.cache_second && input == 2) {
+            (Some(dir), true) => {
+                let (e, outcome) = extract_features_cached(
+                    dir,
+                    inp.files,
+                    &model,
+                    cfg.batch_size,
+                    cancel,
+                    &mut progress,
+                )?;
+                match outcome {
+                    CacheOutcome::Hit => on_event(MetricsEvent::CachedFeatures {
+                        dir: dir.to_owned(),
+                    }),
+                    CacheOutcome::Written => {}
+                    CacheOutcome::NotWritten(e) => notes.push(format!(
+                        "the reference features could not be cached beside the images ({e}); \
+                         they will be computed again next time"
+                    )),
+                }
+                e
+            }
+            _ => extract_features(inp.files, &model, cfg.batch_size, cancel, &mut progress)?,
+        };
+        Ok::<_, MetricsError>((
+            Features::new(extracted.n, FEATURES_DIM, extracted.features)?,
+            Features::new(extracted.n, LOGITS_DIM, extracted.logits)?,
+        ))
+    };
+    let (f1, l1) = features(1, first, on_event, &mut result.notes)?;
+    let second_features = match second {
+        Some(s) if cfg.fid || cfg.kid || cfg.isc => {
+            Some(features(2, s, on_event, &mut result.notes)?)
+        }
+        _ => None,
+    };
+    if cfg.isc {
+        result.isc1 = Some(fidelity::inception_score(&l1, cfg.isc_splits)?);
+        if let Some((_, l2)) = &second_features {
+            result.isc2 = Some(fidelity::inception_score(l2, cfg.isc_splits)?);
+        }
+    }
+    if let Some((f2, _)) = &second_features {
+        if cfg.fid {
+            result.fid = Some(fidelity::fid(&f1, f2)?);
+        }
+        if cfg.kid {
+            let kid = fidelity::kid_with_progress(
+                &f1,
+                f2,
+                KidOptions {
+                    subsets: cfg.kid_subsets,
+                    subset_size: cfg.kid_subset_size,
+                },
+                cancel,
+                |done, total| on_event(MetricsEvent::Kid { done, total }),
+            )?;
+            if let Some(from) = kid.lowered_from {
+                result.notes.push(format!(
+                    "KID subset size lowered from {from} to {} (the smaller input's size); \
+                     torch-fidelity would stop with an error instead",
+                    kid.subset_size
+                ));
+            }
+            result.kid = Some(kid);
+        }
+    }
+    Ok(result)
+}
+
+/// PSNR, SSIM and LPIPS (when its weights are in the cache) of every pair.
+fn paired_metrics(
+    cfg: &MetricsConfig,
+    first: &[PathBuf],
+    second: &[PathBuf],
+    cancel: &CancelToken,
+    on_event: &mut dyn FnMut(MetricsEvent),
+) -> Result<PairedSummary, MetricsError> {
+    if first.len() != second.len() {
+        return Err(MetricsError::PairCount {
+            first: first.len(),
+            second: second.len(),
+        });
+    }
+    let (lpips, lpips_missing) = match resolve_lpips_weights_in(&cfg.cache_dir) {
+        Ok(w) => (Some(Lpips::load(&w)?), None),
+        Err(WeightsError::Missing { .. }) => (
+            None,
+            Some(format!(
+                "LPIPS weights are not in {}: {}",
+                super::weights::weights_dir(&cfg.cache_dir).display(),
+                super::weights::LPIPS_HINT
+            )),
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    let mut per_image = Vec::with_capacity(first.len());
+    for (i, (a, b)) in first.iter().zip(second).enumerate() {
+        if cancel.is_cancelled() {
+            return Err(MetricsError::Cancelled);
+        }
+        let (ia, ib) = (load_rgb(a)?, load_rgb(b)?);
+        let err = |source| MetricsError::Paired {
+            first: a.clone(),
+            second: b.clone(),
+            source,
+        };
+        let va = RgbView::new(ia.width, ia.height, &ia.data).map_err(err)?;
+        let vb = RgbView::new(ib.width, ib.height, &ib.data).map_err(err)?;
+        let lpips = match &lpips {
+            Some(net) => Some(f64::from(net.distance_rgb8(
+                &ia.data,
+                &ib.data,
+                ia.width as usize,
+                ia.height as usize,
+            )?)),
+            None => None,
+        };
+        per_image.push(PairedImage {
+            file1: a.clone(),
+            file2: b.clone(),
+            psnr: psnr(&va, &vb).map_err(err)?,
+            ssim: ssim(&va, &vb).map_err(err)?,
+            lpips,
+        });
+        on_event(MetricsEvent::Paired {
+            done: i + 1,
+            total: first.len(),
+        });
+    }
+    let n = per_image.len().max(1) as f64;
+    let finite: Vec<f64> = per_image
+        .iter()
+        .map(|p| p.psnr)
+        .filter(|p| p.is_finite())
+        .collect();
+    Ok(PairedSummary {
+        psnr_mean: (!finite.is_empty()).then(|| finite.iter().sum::<f64>() / finite.len() as f64),
+        identical: per_image.len() - finite.len(),
+        ssim_mean: per_image.iter().map(|p| p.ssim).sum::<f64>() / n,
+        lpips_mean: lpips
+            .is_some()
+            .then(|| per_image.iter().filter_map(|p| p.lpips).sum::<f64>() / n),
+        lpips_missing,
+        per_image,
+    })
+}
