@@ -250,8 +250,9 @@ fn interrupted_runs_resume_to_the_files_of_an_uninterrupted_run() {
     assert_eq!(status.code(), Some(130), "SIGINT exit status");
     let done = files_under(&victim.join("fp32/records")).len();
     assert!((1..4).contains(&done), "{done} fp32 images after SIGINT");
-    // … SIGKILL wherever it lands, here inside the second configuration.
-    let status = interrupt("w8g64/records/000000.json", libc::SIGKILL);
+    // … SIGKILL wherever it lands: here as soon as the second configuration's first PNG exists,
+    // most likely before its record.
+    let status = interrupt("w8g64/images/000000.png", libc::SIGKILL);
     assert_eq!(status.code(), None, "killed by a signal");
     let o = ok(run_bench(root, &args));
     assert!(
@@ -574,7 +575,7 @@ fn metrics_are_recorded_per_configuration_against_the_reference_twins() {
     // The reference's features were cached beside it.
     assert!(
         refdir
-            .join("images/.sd3lab-inception-features.npz")
+            .join("images/.inception-features.sd3lab.npz")
             .is_file()
     );
 }

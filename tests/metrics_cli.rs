@@ -196,7 +196,7 @@ fn paired_metrics_feature_cache_and_missing_weights() {
 
     // All metrics (no flag): the reference's features are cached beside it and reused …
     let first = ok(run(&[]));
-    assert!(two.join(".sd3lab-inception-features.npz").is_file());
+    assert!(two.join(".inception-features.sd3lab.npz").is_file());
     assert!(!String::from_utf8_lossy(&first.stderr).contains("from the cache"));
     let second = ok(run(&[]));
     assert!(String::from_utf8_lossy(&second.stderr).contains("features from the cache"));

@@ -31,7 +31,7 @@ pub struct ConfigurationIdentity {
     pub name: String,
     pub dtype: ModelDtype,
     /// `{"kind": "float"}`, `{"kind": "uniform", "bits", "group_size"}` or
-    /// `{"kind": "plan", "file", "per_bucket", "layers", "plan"}` (the plan's content).
+    /// `{"kind": "plan", "per_bucket", "layers", "plan"}` (the plan's content; its file is `spec`).
     pub quantization: serde_json::Value,
 }
 
@@ -187,9 +187,10 @@ impl Configuration {
             QuantConfig::Uniform(q) => {
                 serde_json::json!({"kind": "uniform", "bits": q.bits, "group_size": q.group_size})
             }
+            // The plan's content, not where it was read from: `./plan.json` and `plan.json`
+            // (or a copy elsewhere) are the same configuration.
             QuantConfig::Plan(plan) => serde_json::json!({
                 "kind": "plan",
-                "file": self.plan_file.as_ref().map(|p| p.display().to_string()),
                 "per_bucket": !plan.buckets.is_empty(),
                 "layers": plan.layers.len(),
                 "plan": {"layers": plan.layers, "buckets": plan.buckets},

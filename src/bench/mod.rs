@@ -178,6 +178,12 @@ pub enum BenchError {
     Reference(#[from] ReferenceError),
     #[error("image-quality metrics need a reference set, and none was given")]
     NeedsReference,
+    #[error(
+        "image-quality metrics need at least 2 images per configuration ({num_images} asked for)"
+    )]
+    TooFewImagesForMetrics { num_images: usize },
+    #[error("the KID subset size must be at least 2 (got {size})")]
+    KidSubsetSize { size: usize },
     #[error("{num_images} images were asked for, but the reference set {dir} has only {available}")]
     TooFewReferenceImages {
         dir: PathBuf,
@@ -375,6 +381,18 @@ impl BenchConfig {
                 self.inception_weights.as_deref(),
             )
             .map_err(MetricsError::from)?;
+            // A file that is there but not Inception weights is said now too.
+            crate::metrics::inception::InceptionV3::load(&weights).map_err(MetricsError::from)?;
+            if self.num_images < 2 {
+                return Err(BenchError::TooFewImagesForMetrics {
+                    num_images: self.num_images,
+                });
+            }
+            if let Some(size) = self.kid_subset_size
+                && size < 2
+            {
+                return Err(BenchError::KidSubsetSize { size });
+            }
             // torch-fidelity's 10 splits need 10 images; fewer give NaN there.
             let isc_splits = crate::metrics::fidelity::DEFAULT_IS_SPLITS.min(self.num_images);
             if isc_splits < crate::metrics::fidelity::DEFAULT_IS_SPLITS {
@@ -421,6 +439,17 @@ fn run_differences(old: &BenchSettings, new: &BenchSettings) -> Vec<String> {
     if old.warmup != new.warmup {
         d.push(format!("warmup: {} → {}", old.warmup, new.warmup));
     }
+    // Metrics recorded in the folder were computed against its reference.
+    let reference = |s: &BenchSettings| {
+        s.reference.as_ref().map_or("none".to_owned(), |r| {
+            let dir = r.dir.canonicalize().unwrap_or_else(|_| r.dir.clone());
+            format!("{} ({:?})", dir.display(), r.kind)
+        })
+    };
+    let (a, b) = (reference(old), reference(new));
+    if a != b {
+        d.push(format!("reference: {a} → {b}"));
+    }
     d
 }
 
@@ -434,7 +463,10 @@ fn configuration_folders(dir: &Path) -> Result<BTreeMap<String, ConfigurationInf
         let path = e.path().join(CONFIGURATION_JSON);
         if path.is_file() {
             let info: ConfigurationInfo = results::read_json(&path)?;
-            out.insert(info.identity.name.clone(), info);
+            // A folder renamed or copied by hand is not one of the run's configurations.
+            if e.file_name().to_str() == Some(info.identity.name.as_str()) {
+                out.insert(info.identity.name.clone(), info);
+            }
         }
     }
     Ok(out)
@@ -452,7 +484,16 @@ fn read_records(dir: &Path, name: &str) -> Result<BTreeMap<usize, ImageRecord>, 
             continue;
         }
         let record: ImageRecord = results::read_json(&path)?;
-        let png = std::fs::metadata(dir.join(&record.file)).map(|m| m.len());
+        // The PNG's path is rebuilt, never taken from the file: a record names only its own
+        // configuration's image of its own index.
+        let expected = record_path(dir, name, record.index);
+        if expected != path
+            || record.configuration != name
+            || record.file != image_file_name(name, record.index)
+        {
+            continue;
+        }
+        let png = std::fs::metadata(dir.join(image_file_name(name, record.index))).map(|m| m.len());
         if png.is_ok_and(|len| len == record.png_bytes) {
             out.insert(record.index, record);
         }
@@ -504,11 +545,12 @@ impl Folder {
                     .flat_map(|m| m.values())
                     .collect();
                 let mut result = ConfigurationResult::from_records(info, &records);
-                // Metrics of exactly these images only (not of a run since extended).
+                // Metrics of exactly these images only (not of a run since extended, nor of
+                // images generated again since).
                 result.metrics = self
                     .metrics
                     .get(name)
-                    .filter(|m| m.images == records.len())
+                    .filter(|m| m.describes(&records))
                     .map(|m| m.summary.clone());
                 Some(result)
             })
@@ -717,7 +759,8 @@ fn score_configurations(
             Err(e) if e.is_cancelled() => return Ok(false),
             other => other?,
         };
-        let scored = ConfigurationMetrics::from_result(n, &result);
+        let png_bytes = records.range(..n).map(|(_, r)| r.png_bytes).collect();
+        let scored = ConfigurationMetrics::from_result(png_bytes, &result);
         results::write_json(&folder.dir.join(&c.name).join(METRICS_JSON), &scored)?;
         folder.metrics.insert(c.name.clone(), scored.clone());
         folder.write_summaries()?;

@@ -35,9 +35,11 @@ pub struct PairedValues {
 /// and the paired values per image that `per_image.csv` shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigurationMetrics {
-    /// How many images (0..images) were scored.
+    /// How many images (0..images) were scored, and their PNGs' sizes: the metrics describe
+    /// the configuration's images while these match.
     pub images: usize,
-    /// `fid`, `kid` {mean, std, subset_size, lowered_from}, `isc` and `isc_reference`
+    pub png_bytes: Vec<u64>,
+    /// `images` (scored: 0..images), `fid`, `kid` {mean, std, subset_size, lowered_from}, `isc` and `isc_reference`
     /// {mean, std}, `isc_splits`, `psnr_mean` (over the pairs that differ), `identical_pairs`,
     /// `ssim_mean`, `lpips_mean`, `lpips_missing`, `inception_weights`, `notes`.
     pub summary: serde_json::Value,
@@ -45,10 +47,24 @@ pub struct ConfigurationMetrics {
 }
 
 impl ConfigurationMetrics {
-    /// From the metrics job's result over images `0..images` (in order).
-    pub fn from_result(images: usize, r: &crate::metrics::compute::MetricsResult) -> Self {
+    /// Whether these metrics describe images 0..images of `records` (a configuration's, by
+    /// index): the same images, not generated again since. (A folder may hold more images than
+    /// a later, shorter run scored; its summary says how many it covers.)
+    pub fn describes(&self, records: &[&ImageRecord]) -> bool {
+        records.len() >= self.images
+            && records
+                .iter()
+                .zip(&self.png_bytes)
+                .enumerate()
+                .all(|(i, (r, &bytes))| r.index == i && r.png_bytes == bytes)
+    }
+
+    /// From the metrics job's result over images `0..png_bytes.len()` (in order).
+    pub fn from_result(png_bytes: Vec<u64>, r: &crate::metrics::compute::MetricsResult) -> Self {
+        let images = png_bytes.len();
         let paired = r.paired.as_ref();
         let summary = serde_json::json!({
+            "images": images,
             "fid": r.fid,
             "kid": r.kid,
             "isc": r.isc1,
@@ -77,6 +93,7 @@ impl ConfigurationMetrics {
             .unwrap_or_default();
         Self {
             images,
+            png_bytes,
             summary,
             per_image,
         }
@@ -333,9 +350,13 @@ pub(super) fn write_per_image_csv(
     };
     w.write_record(header).map_err(csv_err)?;
     for name in order {
-        let n = records.get(name).map_or(0, BTreeMap::len);
-        // Paired values of exactly these images only (not of a run since extended).
-        let paired = metrics.get(name).filter(|m| m.images == n);
+        let mine: Vec<&ImageRecord> = records
+            .get(name)
+            .into_iter()
+            .flat_map(|m| m.values())
+            .collect();
+        // Paired values of exactly these images only.
+        let paired = metrics.get(name).filter(|m| m.describes(&mine));
         for r in records.get(name).into_iter().flat_map(|m| m.values()) {
             let p = paired.and_then(|m| m.per_image.get(r.index));
             let (psnr, ssim, lpips) = match p {

@@ -144,12 +144,26 @@ fn with_flag_hint(e: BenchError, args: &BenchmarkArgs) -> anyhow::Error {
             "or pass --skip-metrics".to_owned()
         }
         BenchError::NeedsReference => {
-            let steps = args.num_steps;
+            let dtype = args
+                .dtype
+                .unwrap_or_else(ModelDtype::default_for_backend)
+                .name();
             format!(
                 "make one with `sd3lab calibrate --images-only --calib-dir calibration_data_100 \
-                 --num-images {} --num-steps {steps} --cfg-weight {}` and pass \
-                 --reference-dir calibration_data_100/images, or pass --skip-metrics",
-                args.num_images, args.cfg_scale
+                 --model {} --num-images {} --num-steps {} --cfg-weight {} --height {} \
+                 --width {} --dtype {dtype}{}` and pass --reference-dir \
+                 calibration_data_100/images, or pass --skip-metrics",
+                args.model,
+                args.num_images,
+                args.num_steps,
+                args.cfg_scale,
+                args.height,
+                args.width,
+                if args.negative_prompt.is_empty() {
+                    String::new()
+                } else {
+                    format!(" --negative-prompt {:?}", args.negative_prompt)
+                }
             )
         }
         BenchError::ReferenceDiffers { .. } => {

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use sd3lab::metrics::compute::{Input, MetricsConfig, MetricsError, MetricsEvent, MetricsResult};
+use sd3lab::metrics::compute::{Input, MetricsConfig, MetricsEvent, MetricsResult};
 use sd3lab::metrics::fidelity::{DEFAULT_IS_SPLITS, DEFAULT_KID_SUBSETS};
 use sd3lab::metrics::images::list_images;
-use sd3lab::metrics::inception::{DEFAULT_BATCH_SIZE, InceptionError};
+use sd3lab::metrics::inception::DEFAULT_BATCH_SIZE;
 use sd3lab::metrics::weights::{
     ALEXNET, FetchEvent, INCEPTION, LPIPS_ALEX_LIN, WeightsError, converted_path,
     fetch_inception_weights, fetch_lpips_weights,
@@ -109,7 +109,8 @@ pub fn run(args: &MetricsArgs) -> anyhow::Result<ExitCode> {
         fid: args.fid || (none_chosen && two),
         isc: args.isc || none_chosen,
         kid: args.kid || (none_chosen && two),
-        paired: args.paired || (none_chosen && two),
+        // Paired metrics need two folders of twins (same count, same size): only on request.
+        paired: args.paired,
         isc_splits: args.isc_splits,
         kid_subsets: args.kid_subsets,
         kid_subset_size: args.kid_subset_size,
@@ -163,14 +164,9 @@ pub fn run(args: &MetricsArgs) -> anyhow::Result<ExitCode> {
         sd3lab::metrics::compute::compute_metrics(&config, first, second, &cancel, &mut on_event);
     bar.finish_and_clear();
     let result = match result {
-        Err(MetricsError::Cancelled)
-        | Err(MetricsError::Inception(InceptionError::Cancelled))
-        | Err(MetricsError::Fidelity(sd3lab::metrics::fidelity::FidelityError::Cancelled)) => {
+        Err(e) if e.is_cancelled() => {
             eprintln!("cancelled");
             return Ok(ExitCode::from(130));
-        }
-        Err(MetricsError::Weights(e @ WeightsError::Missing { .. })) => {
-            return Err(anyhow::anyhow!("{e}"));
         }
         other => other?,
     };
@@ -213,6 +209,10 @@ pub(super) fn fidelity_json(r: &MetricsResult) -> serde_json::Value {
     put("images_input1", r.images1.into());
     put("images_input2", r.images2.into());
     put("notes", r.notes.clone().into());
+    put(
+        "seconds",
+        serde_json::to_value(&r.seconds).unwrap_or_default(),
+    );
     serde_json::Value::Object(m)
 }
 

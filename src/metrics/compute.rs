@@ -133,6 +133,8 @@ pub struct MetricsResult {
     pub inception_weights: Option<PathBuf>,
     /// What the user should know (KID's subset size lowered, a cache not written…).
     pub notes: Vec<String>,
+    /// Seconds per step: `paired`, `features1`, `features2`, `isc`, `fid`, `kid`.
+    pub seconds: std::collections::BTreeMap<String, f64>,
 }
 
 /// Why metrics could not be computed.
@@ -156,6 +158,12 @@ pub enum MetricsError {
     PairCount { first: usize, second: usize },
     #[error("LPIPS: {0}")]
     Lpips(#[from] LpipsError),
+    #[error("LPIPS of {first} and {second}: {source}")]
+    LpipsPair {
+        first: PathBuf,
+        second: PathBuf,
+        source: LpipsError,
+    },
     #[error("cancelled")]
     Cancelled,
 }
@@ -191,10 +199,27 @@ pub fn compute_metrics(
         paired: None,
         inception_weights: None,
         notes: Vec::new(),
+        seconds: Default::default(),
+    };
+    let timed = |result: &mut MetricsResult, step: &str, t: std::time::Instant| {
+        result
+            .seconds
+            .insert(step.to_owned(), t.elapsed().as_secs_f64());
+    };
+    // Missing or unreadable weights are said before anything long runs.
+    let model = if cfg.needs_inception() {
+        let weights =
+            resolve_inception_weights_in(&cfg.cache_dir, cfg.inception_weights.as_deref())?;
+        let model = InceptionV3::load(&weights)?;
+        result.inception_weights = Some(weights);
+        Some(model)
+    } else {
+        None
     };
     if cfg.paired
         && let Some(second) = second
     {
+        let t = std::time::Instant::now();
         result.paired = Some(paired_metrics(
             cfg,
             first.files,
@@ -202,13 +227,11 @@ pub fn compute_metrics(
             cancel,
             on_event,
         )?);
+        timed(&mut result, "paired", t);
     }
-    if !cfg.needs_inception() {
+    let Some(model) = model else {
         return Ok(result);
-    }
-    let weights = resolve_inception_weights_in(&cfg.cache_dir, cfg.inception_weights.as_deref())?;
-    let model = InceptionV3::load(&weights)?;
-    result.inception_weights = Some(weights);
+    };
     let features = |input: usize,
                     inp: Input,
                     on_event: &mut dyn FnMut(MetricsEvent),
@@ -243,24 +266,35 @@ pub fn compute_metrics(
             Features::new(extracted.n, LOGITS_DIM, extracted.logits)?,
         ))
     };
+    let t = std::time::Instant::now();
     let (f1, l1) = features(1, first, on_event, &mut result.notes)?;
+    timed(&mut result, "features1", t);
+    let t = std::time::Instant::now();
     let second_features = match second {
         Some(s) if cfg.fid || cfg.kid || cfg.isc => {
             Some(features(2, s, on_event, &mut result.notes)?)
         }
         _ => None,
     };
+    if second_features.is_some() {
+        timed(&mut result, "features2", t);
+    }
     if cfg.isc {
+        let t = std::time::Instant::now();
         result.isc1 = Some(fidelity::inception_score(&l1, cfg.isc_splits)?);
         if let Some((_, l2)) = &second_features {
             result.isc2 = Some(fidelity::inception_score(l2, cfg.isc_splits)?);
         }
+        timed(&mut result, "isc", t);
     }
     if let Some((f2, _)) = &second_features {
         if cfg.fid {
+            let t = std::time::Instant::now();
             result.fid = Some(fidelity::fid(&f1, f2)?);
+            timed(&mut result, "fid", t);
         }
         if cfg.kid {
+            let t = std::time::Instant::now();
             let kid = fidelity::kid_with_progress(
                 &f1,
                 f2,
@@ -279,6 +313,7 @@ pub fn compute_metrics(
                 ));
             }
             result.kid = Some(kid);
+            timed(&mut result, "kid", t);
         }
     }
     Ok(result)
@@ -323,20 +358,24 @@ fn paired_metrics(
         };
         let va = RgbView::new(ia.width, ia.height, &ia.data).map_err(err)?;
         let vb = RgbView::new(ib.width, ib.height, &ib.data).map_err(err)?;
+        // PSNR and SSIM first: they check the pair's sizes and name both files.
+        let (psnr, ssim) = (psnr(&va, &vb).map_err(err)?, ssim(&va, &vb).map_err(err)?);
         let lpips = match &lpips {
-            Some(net) => Some(f64::from(net.distance_rgb8(
-                &ia.data,
-                &ib.data,
-                ia.width as usize,
-                ia.height as usize,
-            )?)),
+            Some(net) => Some(f64::from(
+                net.distance_rgb8(&ia.data, &ib.data, ia.width as usize, ia.height as usize)
+                    .map_err(|source| MetricsError::LpipsPair {
+                        first: a.clone(),
+                        second: b.clone(),
+                        source,
+                    })?,
+            )),
             None => None,
         };
         per_image.push(PairedImage {
             file1: a.clone(),
             file2: b.clone(),
-            psnr: psnr(&va, &vb).map_err(err)?,
-            ssim: ssim(&va, &vb).map_err(err)?,
+            psnr,
+            ssim,
             lpips,
         });
         on_event(MetricsEvent::Paired {

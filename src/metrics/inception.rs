@@ -915,7 +915,7 @@ pub fn synthetic_weights(seed: u32, stats_npz: &Path, out: &Path) -> Result<(), 
 
 /// Name of the feature cache written into a reference folder (not an image extension, so the
 /// listing never picks it up).
-pub const CACHE_FILE: &str = ".sd3lab-inception-features.npz";
+pub const CACHE_FILE: &str = ".inception-features.sd3lab.npz";
 
 /// Version of the cache's contents; a cache of another version is recomputed.
 const CACHE_VERSION: u32 = 1;
