@@ -222,7 +222,7 @@ pub enum BenchError {
         source: serde_json::Error,
     },
     #[error(transparent)]
-    Metrics(#[from] MetricsError),
+    Metrics(Box<MetricsError>),
     #[error("MLX error: {0}")]
     Mlx(#[from] mlx_rs::error::Exception),
 }
@@ -230,6 +230,12 @@ pub enum BenchError {
 impl From<crate::calibrate::CalibrateError> for BenchError {
     fn from(e: crate::calibrate::CalibrateError) -> Self {
         Self::Calibrate(Box::new(e))
+    }
+}
+
+impl From<MetricsError> for BenchError {
+    fn from(e: MetricsError) -> Self {
+        Self::Metrics(Box::new(e))
     }
 }
 

@@ -140,7 +140,9 @@ fn with_flag_hint(e: BenchError, args: &BenchmarkArgs) -> anyhow::Error {
     };
     let hint = match &e {
         BenchError::NoImages => return anyhow::anyhow!("--num-images must be at least 1"),
-        BenchError::Metrics(sd3lab::metrics::compute::MetricsError::Weights(_)) => {
+        BenchError::Metrics(m)
+            if matches!(**m, sd3lab::metrics::compute::MetricsError::Weights(_)) =>
+        {
             "or pass --skip-metrics".to_owned()
         }
         BenchError::NeedsReference => {

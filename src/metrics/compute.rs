@@ -162,7 +162,7 @@ pub enum MetricsError {
     LpipsPair {
         first: PathBuf,
         second: PathBuf,
-        source: LpipsError,
+        source: Box<LpipsError>,
     },
     #[error("cancelled")]
     Cancelled,
@@ -366,7 +366,7 @@ fn paired_metrics(
                     .map_err(|source| MetricsError::LpipsPair {
                         first: a.clone(),
                         second: b.clone(),
-                        source,
+                        source: Box::new(source),
                     })?,
             )),
             None => None,
