@@ -191,7 +191,7 @@ fn paired_metrics_feature_cache_and_missing_weights() {
         paired["lpips_missing"]
             .as_str()
             .unwrap()
-            .contains("metrics weights --fetch")
+            .contains("no LPIPS (AlexNet) weights in")
     );
 
     // All metrics (no flag): the reference's features are cached beside it and reused …

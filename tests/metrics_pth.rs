@@ -464,17 +464,25 @@ fn a_prefix_filter_keeps_only_matching_tensors_and_refuses_an_empty_result() {
     assert!(matches!(e, WeightsError::NothingKept { .. }), "{e}");
 }
 
+/// The library says what is missing and where; the front ends add what to run (the CLI's
+/// wording is tested in tests/metrics_cli.rs and tests/benchmark.rs).
 #[test]
-fn without_weights_the_error_says_exactly_what_to_run() {
+fn without_weights_the_error_says_what_is_missing_and_where() {
     let cache = tempfile::tempdir().unwrap();
+    let dir = weights::weights_dir(cache.path());
     let e = weights::resolve_inception_weights_in(cache.path(), None).unwrap_err();
-    let msg = e.to_string();
-    assert!(msg.contains("`sd3lab metrics weights --fetch`"), "{msg}");
-    assert!(msg.contains("`--inception-weights PATH`"), "{msg}");
+    assert!(
+        matches!(&e, WeightsError::Missing { what: "Inception", cache } if *cache == dir),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        format!("no Inception weights in {}", dir.display())
+    );
     let e = weights::resolve_lpips_weights_in(cache.path()).unwrap_err();
     assert!(
-        e.to_string().contains("`sd3lab metrics weights --fetch`"),
-        "{e}"
+        matches!(&e, WeightsError::Missing { what, .. } if what.starts_with("LPIPS")),
+        "{e:?}"
     );
 }
 

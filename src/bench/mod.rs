@@ -36,8 +36,8 @@ pub use configuration::{Configuration, ConfigurationError, ConfigurationIdentity
 pub use reference::{ReferenceError, ReferenceKind, ReferenceSet};
 pub use results::{
     BenchResults, BenchSettings, CONFIGURATION_JSON, ConfigurationInfo, ConfigurationMetrics,
-    ConfigurationResult, ImageRecord, ImageSeconds, METRICS_JSON, PER_IMAGE_CSV, PairedValues,
-    RESULTS_JSON, RESULTS_SCHEMA, Records, ReferenceProvenance,
+    ConfigurationResult, ImageRecord, ImageSeconds, METRICS_JSON, MetricsSummary, PER_IMAGE_CSV,
+    PairedValues, RESULTS_JSON, RESULTS_SCHEMA, Records, ReferenceProvenance,
 };
 
 /// Settings of a benchmark run (`sd3lab benchmark`).
@@ -376,6 +376,13 @@ impl BenchConfig {
             });
         } else {
             notes.extend(run.notes.iter().cloned());
+        }
+        if !crate::runtime::doctor::reset_peak_rss() {
+            notes.push(
+                "this OS cannot reset a process's peak RSS: each image's peak_rss_bytes is the \
+                 process's peak so far (MLX's peak is reset per image)"
+                    .to_owned(),
+            );
         }
         let metrics = if self.skip_metrics {
             None

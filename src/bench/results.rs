@@ -11,6 +11,7 @@ use super::BenchError;
 use super::configuration::ConfigurationIdentity;
 use crate::calibrate::GenerationSettings;
 use crate::fsutil::write_atomic;
+use crate::metrics::fidelity::{IsResult, KidResult};
 
 /// The `results.json` schema.
 pub const RESULTS_SCHEMA: &str = "sd3lab.benchmark/1";
@@ -31,6 +32,29 @@ pub struct PairedValues {
     pub lpips: Option<f64>,
 }
 
+/// A configuration's image quality against the reference twins (its `metrics` in
+/// `results.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSummary {
+    /// Images 0..images were scored.
+    pub images: usize,
+    pub fid: Option<f64>,
+    pub kid: Option<KidResult>,
+    /// IS of the configuration's images and of the reference's.
+    pub isc: Option<IsResult>,
+    pub isc_reference: Option<IsResult>,
+    /// Mean PSNR over the pairs that differ (`None` when every pair is identical).
+    pub psnr_mean: Option<f64>,
+    /// Pairs identical to their twin (infinite PSNR).
+    pub identical_pairs: Option<usize>,
+    pub ssim_mean: Option<f64>,
+    pub lpips_mean: Option<f64>,
+    /// Why LPIPS is missing, when it is.
+    pub lpips_missing: Option<String>,
+    pub inception_weights: Option<PathBuf>,
+    pub notes: Vec<String>,
+}
+
 /// A configuration's metrics (`<config>/metrics.json`): the summary that `results.json` shows
 /// and the paired values per image that `per_image.csv` shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,10 +63,7 @@ pub struct ConfigurationMetrics {
     /// the configuration's images while these match.
     pub images: usize,
     pub png_bytes: Vec<u64>,
-    /// `images` (scored: 0..images), `fid`, `kid` {mean, std, subset_size, lowered_from}, `isc` and `isc_reference`
-    /// {mean, std}, `isc_splits`, `psnr_mean` (over the pairs that differ), `identical_pairs`,
-    /// `ssim_mean`, `lpips_mean`, `lpips_missing`, `inception_weights`, `notes`.
-    pub summary: serde_json::Value,
+    pub summary: MetricsSummary,
     pub per_image: Vec<PairedValues>,
 }
 
@@ -63,20 +84,20 @@ impl ConfigurationMetrics {
     pub fn from_result(png_bytes: Vec<u64>, r: &crate::metrics::compute::MetricsResult) -> Self {
         let images = png_bytes.len();
         let paired = r.paired.as_ref();
-        let summary = serde_json::json!({
-            "images": images,
-            "fid": r.fid,
-            "kid": r.kid,
-            "isc": r.isc1,
-            "isc_reference": r.isc2,
-            "psnr_mean": paired.and_then(|p| p.psnr_mean),
-            "identical_pairs": paired.map(|p| p.identical),
-            "ssim_mean": paired.map(|p| p.ssim_mean),
-            "lpips_mean": paired.and_then(|p| p.lpips_mean),
-            "lpips_missing": paired.and_then(|p| p.lpips_missing.clone()),
-            "inception_weights": r.inception_weights,
-            "notes": r.notes,
-        });
+        let summary = MetricsSummary {
+            images,
+            fid: r.fid,
+            kid: r.kid,
+            isc: r.isc1,
+            isc_reference: r.isc2,
+            psnr_mean: paired.and_then(|p| p.psnr_mean),
+            identical_pairs: paired.map(|p| p.identical),
+            ssim_mean: paired.map(|p| p.ssim_mean),
+            lpips_mean: paired.and_then(|p| p.lpips_mean),
+            lpips_missing: paired.and_then(|p| p.lpips_missing.clone()),
+            inception_weights: r.inception_weights.clone(),
+            notes: r.notes.clone(),
+        };
         let per_image = paired
             .map(|p| {
                 p.per_image
@@ -211,7 +232,7 @@ pub struct ConfigurationResult {
     pub latency: Option<Latency>,
     pub peak_memory: PeakMemory,
     /// Image-quality metrics against the reference (`None`: not computed).
-    pub metrics: Option<serde_json::Value>,
+    pub metrics: Option<MetricsSummary>,
 }
 
 impl ConfigurationResult {

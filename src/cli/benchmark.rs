@@ -141,9 +141,14 @@ fn with_flag_hint(e: BenchError, args: &BenchmarkArgs) -> anyhow::Error {
     let hint = match &e {
         BenchError::NoImages => return anyhow::anyhow!("--num-images must be at least 1"),
         BenchError::Metrics(m)
-            if matches!(**m, sd3lab::metrics::compute::MetricsError::Weights(_)) =>
+            if matches!(
+                **m,
+                sd3lab::metrics::compute::MetricsError::Weights(
+                    sd3lab::metrics::weights::WeightsError::Missing { .. }
+                )
+            ) =>
         {
-            "or pass --skip-metrics".to_owned()
+            format!("{}, or pass --skip-metrics", super::metrics::INCEPTION_HINT)
         }
         BenchError::NeedsReference => {
             let dtype = args
@@ -310,51 +315,43 @@ fn print_summary(summary: &BenchSummary) {
         .filter_map(|c| Some((c.info.identity.name.as_str(), c.metrics.as_ref()?)))
         .collect();
     if !scored.is_empty() {
-        let num = |v: &serde_json::Value, digits: usize| {
-            v.as_f64()
-                .map_or("-".to_owned(), |x| format!("{x:.digits$}"))
+        let num =
+            |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |x| format!("{x:.digits$}"));
+        let pm = |v: Option<(f64, f64)>, digits: usize| {
+            v.map_or("-".to_owned(), |(m, s)| {
+                format!("{m:.digits$} ± {s:.digits$}")
+            })
         };
         println!(
             "{:<16} {:>10} {:>20} {:>16} {:>9} {:>8} {:>8}",
             "configuration", "FID", "KID ± std", "IS ± std", "PSNR dB", "SSIM", "LPIPS"
         );
         for (name, m) in &scored {
+            let psnr = match (m.psnr_mean, m.identical_pairs) {
+                (None, Some(n)) if n > 0 => "inf".to_owned(),
+                (v, _) => num(v, 2),
+            };
             println!(
                 "{:<16} {:>10} {:>20} {:>16} {:>9} {:>8} {:>8}",
                 name,
-                num(&m["fid"], 3),
-                format!(
-                    "{} ± {}",
-                    num(&m["kid"]["mean"], 5),
-                    num(&m["kid"]["std"], 5)
-                ),
-                format!(
-                    "{} ± {}",
-                    num(&m["isc"]["mean"], 3),
-                    num(&m["isc"]["std"], 3)
-                ),
-                if m["psnr_mean"].is_null() && m["identical_pairs"].as_u64().unwrap_or(0) > 0 {
-                    "inf".to_owned()
-                } else {
-                    num(&m["psnr_mean"], 2)
-                },
-                num(&m["ssim_mean"], 4),
-                num(&m["lpips_mean"], 4),
+                num(m.fid, 3),
+                pm(m.kid.map(|k| (k.mean, k.std)), 5),
+                pm(m.isc.map(|i| (i.mean, i.std)), 3),
+                psnr,
+                num(m.ssim_mean, 4),
+                num(m.lpips_mean, 4),
             );
         }
         if let Some((_, m)) = scored.first() {
             println!(
-                "reference IS {} ± {}",
-                num(&m["isc_reference"]["mean"], 3),
-                num(&m["isc_reference"]["std"], 3)
+                "reference IS {}",
+                pm(m.isc_reference.map(|i| (i.mean, i.std)), 3)
             );
-            if let Some(why) = m["lpips_missing"].as_str() {
-                println!("LPIPS left out: {why}");
+            if let Some(why) = &m.lpips_missing {
+                println!("LPIPS left out: {why}; {}", super::metrics::LPIPS_HINT);
             }
-            for n in m["notes"].as_array().into_iter().flatten() {
-                if let Some(n) = n.as_str() {
-                    println!("note: {n}");
-                }
+            for n in &m.notes {
+                println!("note: {n}");
             }
         }
         println!();

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use sd3lab::metrics::compute::{Input, MetricsConfig, MetricsEvent, MetricsResult};
+use sd3lab::metrics::compute::{Input, MetricsConfig, MetricsError, MetricsEvent, MetricsResult};
 use sd3lab::metrics::fidelity::{DEFAULT_IS_SPLITS, DEFAULT_KID_SUBSETS};
 use sd3lab::metrics::images::list_images;
 use sd3lab::metrics::inception::DEFAULT_BATCH_SIZE;
@@ -84,6 +84,15 @@ struct WeightsArgs {
     #[arg(long, value_name = "OUT")]
     synthetic: Option<PathBuf>,
 }
+
+/// How to get the Inception weights, after "no Inception weights in …".
+pub(super) const INCEPTION_HINT: &str = "run `sd3lab metrics weights --fetch` once to download \
+    them (95.6 MB, torch-fidelity's release), or pass --inception-weights PATH (a .pth or \
+    converted .safetensors)";
+
+/// How to get the LPIPS weights.
+pub(super) const LPIPS_HINT: &str = "`sd3lab metrics weights --fetch` downloads them (AlexNet \
+    244 MB, of which 10 MB are kept, and the LPIPS v0.1 heads)";
 
 /// The BatchNorm statistics and seed of the synthetic weights the tests compare with
 /// torch-fidelity (`tests/py/fidelity_fixtures.py`).
@@ -168,6 +177,9 @@ pub fn run(args: &MetricsArgs) -> anyhow::Result<ExitCode> {
             eprintln!("cancelled");
             return Ok(ExitCode::from(130));
         }
+        Err(e @ MetricsError::Weights(WeightsError::Missing { .. })) => {
+            anyhow::bail!("{e}; {INCEPTION_HINT}");
+        }
         other => other?,
     };
     for n in &result.notes {
@@ -240,7 +252,7 @@ fn print_result(r: &MetricsResult) {
         println!("ssim_mean: {:.6}", p.ssim_mean);
         match (p.lpips_mean, &p.lpips_missing) {
             (Some(v), _) => println!("lpips_mean: {v:.6}"),
-            (None, Some(why)) => println!("lpips: left out ({why})"),
+            (None, Some(why)) => println!("lpips: left out ({why}; {LPIPS_HINT})"),
             (None, None) => {}
         }
     }

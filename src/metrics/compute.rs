@@ -335,14 +335,7 @@ fn paired_metrics(
     }
     let (lpips, lpips_missing) = match resolve_lpips_weights_in(&cfg.cache_dir) {
         Ok(w) => (Some(Lpips::load(&w)?), None),
-        Err(WeightsError::Missing { .. }) => (
-            None,
-            Some(format!(
-                "LPIPS weights are not in {}: {}",
-                super::weights::weights_dir(&cfg.cache_dir).display(),
-                super::weights::LPIPS_HINT
-            )),
-        ),
+        Err(e @ WeightsError::Missing { .. }) => (None, Some(e.to_string())),
         Err(e) => return Err(e.into()),
     };
     let mut per_image = Vec::with_capacity(first.len());

@@ -269,7 +269,7 @@ pub fn fid(a: &Features, b: &Features) -> Result<f64, FidelityError> {
 // ---------------------------------------------------------------------------------------------
 
 /// Inception Score over the splits: mean and population standard deviation.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct IsResult {
     pub mean: f64,
     pub std: f64,
@@ -371,7 +371,7 @@ impl Default for KidOptions {
 }
 
 /// KID mean and population standard deviation over the subsets.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KidResult {
     pub mean: f64,
     pub std: f64,

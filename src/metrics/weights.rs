@@ -70,12 +70,6 @@ pub const LPIPS_ALEX_LIN: WeightsSource = WeightsSource {
     keep_prefix: None,
 };
 
-/// What the CLI tells a user who has no Inception weights.
-pub const INCEPTION_HINT: &str = "run `sd3lab metrics weights --fetch` once to download them (95.6 MB, torch-fidelity's release), or pass `--inception-weights PATH` (a .pth or converted .safetensors)";
-
-/// What the CLI tells a user who has no LPIPS weights.
-pub const LPIPS_HINT: &str = "run `sd3lab metrics weights --fetch` once to download them (AlexNet 244 MB, of which 10 MB are kept, and the LPIPS v0.1 heads)";
-
 /// What fetching reports while it works.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchEvent {
@@ -107,12 +101,9 @@ impl std::fmt::Display for FetchEvent {
 /// Why weights could not be fetched, converted or found.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
-    #[error("no {what} weights in {cache}: {hint}")]
-    Missing {
-        what: &'static str,
-        cache: PathBuf,
-        hint: &'static str,
-    },
+    /// Not fetched yet: the front ends say how to get them in their own terms.
+    #[error("no {what} weights in {cache}")]
+    Missing { what: &'static str, cache: PathBuf },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -459,15 +450,15 @@ pub fn resolve_inception_weights_in(
 ) -> Result<PathBuf, WeightsError> {
     match explicit {
         Some(p) => resolve_explicit(cache_dir, p, None),
-        None => cached(cache_dir, &INCEPTION, "Inception", INCEPTION_HINT),
+        None => cached(cache_dir, &INCEPTION, "Inception"),
     }
 }
 
 /// The LPIPS weights in `cache_dir`, or an error saying how to get them.
 pub fn resolve_lpips_weights_in(cache_dir: &Path) -> Result<LpipsWeights, WeightsError> {
     Ok(LpipsWeights {
-        alexnet: cached(cache_dir, &ALEXNET, "LPIPS (AlexNet)", LPIPS_HINT)?,
-        lin: cached(cache_dir, &LPIPS_ALEX_LIN, "LPIPS (v0.1 heads)", LPIPS_HINT)?,
+        alexnet: cached(cache_dir, &ALEXNET, "LPIPS (AlexNet)")?,
+        lin: cached(cache_dir, &LPIPS_ALEX_LIN, "LPIPS (v0.1 heads)")?,
     })
 }
 
@@ -480,7 +471,6 @@ fn cached(
     cache_dir: &Path,
     source: &WeightsSource,
     what: &'static str,
-    hint: &'static str,
 ) -> Result<PathBuf, WeightsError> {
     let p = converted_path(cache_dir, source);
     if p.is_file() {
@@ -489,7 +479,6 @@ fn cached(
         Err(WeightsError::Missing {
             what,
             cache: weights_dir(cache_dir),
-            hint,
         })
     }
 }
