@@ -27,7 +27,7 @@ use crate::calibrate::{CalibrateConfig, setting_differences};
 use crate::fsutil::FolderLock;
 use crate::image::{PixelFormat, write_png};
 use crate::job::CancelToken;
-use crate::metrics::compute::{Input, MetricsConfig, MetricsError, MetricsEvent, compute_metrics};
+use crate::metrics::compute::{Input, MetricsConfig, MetricsError, MetricsEvent, Scorer};
 use crate::model::config::ModelDtype;
 use crate::model::pipeline::{Flow, GenerateConfig, Pipeline};
 use crate::quant::QuantMode;
@@ -252,9 +252,13 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BenchError + '_ {
     }
 }
 
-/// A configuration's PNG of image `image`, relative to the benchmark folder.
+/// A configuration's PNG of image `image`, relative to the benchmark folder: the calibration
+/// layout's `images/NNNNNN.png` inside the configuration's folder.
 pub fn image_file_name(configuration: &str, image: usize) -> String {
-    format!("{configuration}/images/{image:06}.png")
+    format!(
+        "{configuration}/{}",
+        crate::calibrate::image_file_name(image)
+    )
 }
 
 fn record_path(dir: &Path, configuration: &str, image: usize) -> PathBuf {
@@ -394,7 +398,9 @@ impl BenchConfig {
                 self.inception_weights.as_deref(),
             )
             .map_err(MetricsError::from)?;
-            // A file that is there but not Inception weights is said now too.
+            // A file that is there but not Inception weights is said now too. Checked by loading
+            // and dropping: the scoring step loads it again after generation, so that the
+            // network's memory does not count in the configurations' peaks.
             crate::metrics::inception::InceptionV3::load(&weights).map_err(MetricsError::from)?;
             if self.num_images < 2 {
                 return Err(BenchError::TooFewImagesForMetrics {
@@ -724,7 +730,8 @@ pub fn run_benchmark(
 
 /// The metrics step: each of this run's configurations with all its images against the
 /// reference twins (FID, KID, IS of both, PSNR/SSIM/LPIPS per pair), written to
-/// `<config>/metrics.json`. The reference's Inception features are cached beside its images.
+/// `<config>/metrics.json`. One `Scorer` for every configuration: the networks are loaded and
+/// the reference's Inception features read from their cache (or computed) once.
 /// Returns `false` when cancelled.
 fn score_configurations(
     run: &ValidatedBench,
@@ -739,6 +746,7 @@ fn score_configurations(
         .iter()
         .map(|r| r.path.clone())
         .collect();
+    let mut scorer: Option<Scorer> = None;
     for c in &run.configurations {
         let Some(records) = folder.records.get(&c.name) else {
             continue;
@@ -746,12 +754,15 @@ fn score_configurations(
         if records.range(..n).count() < n {
             continue;
         }
+        let scorer = match &mut scorer {
+            Some(s) => s,
+            None => scorer.insert(Scorer::load(metrics)?),
+        };
         let files: Vec<PathBuf> = records
             .range(..n)
             .map(|(_, r)| folder.dir.join(&r.file))
             .collect();
-        let result = compute_metrics(
-            metrics,
+        let result = scorer.compute(
             Input {
                 files: &files,
                 cache_dir: None,

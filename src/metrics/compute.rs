@@ -181,7 +181,7 @@ impl MetricsError {
 }
 
 /// Computes what `cfg` asks for. IS needs ≥ `isc_splits` images per input; FID and KID two
-/// inputs.
+/// inputs. Loads the networks for this one call; [`Scorer`] keeps them for several.
 pub fn compute_metrics(
     cfg: &MetricsConfig,
     first: Input,
@@ -189,141 +189,194 @@ pub fn compute_metrics(
     cancel: &CancelToken,
     on_event: &mut dyn FnMut(MetricsEvent),
 ) -> Result<MetricsResult, MetricsError> {
-    let mut result = MetricsResult {
-        images1: first.files.len(),
-        images2: second.map_or(0, |s| s.files.len()),
-        fid: None,
-        isc1: None,
-        isc2: None,
-        kid: None,
-        paired: None,
-        inception_weights: None,
-        notes: Vec::new(),
-        seconds: Default::default(),
-    };
-    let timed = |result: &mut MetricsResult, step: &str, t: std::time::Instant| {
-        result
-            .seconds
-            .insert(step.to_owned(), t.elapsed().as_secs_f64());
-    };
-    // Missing or unreadable weights are said before anything long runs.
-    let model = if cfg.needs_inception() {
-        let weights =
-            resolve_inception_weights_in(&cfg.cache_dir, cfg.inception_weights.as_deref())?;
-        let model = InceptionV3::load(&weights)?;
-        result.inception_weights = Some(weights);
-        Some(model)
-    } else {
-        None
-    };
-    if cfg.paired
-        && let Some(second) = second
-    {
-        let t = std::time::Instant::now();
-        result.paired = Some(paired_metrics(
-            cfg,
-            first.files,
-            second.files,
-            cancel,
-            on_event,
-        )?);
-        timed(&mut result, "paired", t);
-    }
-    let Some(model) = model else {
-        return Ok(result);
-    };
-    let features = |input: usize,
-                    inp: Input,
-                    on_event: &mut dyn FnMut(MetricsEvent),
-                    notes: &mut Vec<String>| {
-        let mut progress = |done, total| on_event(MetricsEvent::Features { input, done, total });
-        let extracted: Extracted = match (inp.cache_dir, cfg.cache_second && input == 2) {
-            (Some(dir), true) => {
-                let (e, outcome) = extract_features_cached(
-                    dir,
-                    inp.files,
-                    &model,
-                    cfg.batch_size,
-                    cancel,
-                    &mut progress,
-                )?;
-                match outcome {
-                    CacheOutcome::Hit => on_event(MetricsEvent::CachedFeatures {
-                        dir: dir.to_owned(),
-                    }),
-                    CacheOutcome::Written => {}
-                    CacheOutcome::NotWritten(e) => notes.push(format!(
-                        "the reference features could not be cached beside the images ({e}); \
-                         they will be computed again next time"
-                    )),
-                }
-                e
-            }
-            _ => extract_features(inp.files, &model, cfg.batch_size, cancel, &mut progress)?,
+    Scorer::load(cfg)?.compute(first, second, cancel, on_event)
+}
+
+/// The networks a metrics run needs, loaded once, and the second input's features once
+/// extracted: a benchmark scores every configuration against the same reference with one
+/// `Scorer`, so the weights are read and the reference's features computed (or read from
+/// their cache) once per run.
+pub struct Scorer {
+    cfg: MetricsConfig,
+    /// Inception and the file its weights came from (when FID, IS or KID are asked for).
+    inception: Option<(InceptionV3, PathBuf)>,
+    /// LPIPS (when paired metrics are asked for and its weights are there), else why not.
+    lpips: Option<Lpips>,
+    lpips_missing: Option<String>,
+    /// The second input's files and their (features, logits).
+    second: Option<(Vec<PathBuf>, Features, Features)>,
+}
+
+impl Scorer {
+    /// Loads what `cfg` needs: missing or unreadable Inception weights are said here, before
+    /// anything long runs; missing LPIPS weights only leave LPIPS out.
+    pub fn load(cfg: &MetricsConfig) -> Result<Self, MetricsError> {
+        let inception = if cfg.needs_inception() {
+            let weights =
+                resolve_inception_weights_in(&cfg.cache_dir, cfg.inception_weights.as_deref())?;
+            Some((InceptionV3::load(&weights)?, weights))
+        } else {
+            None
         };
-        Ok::<_, MetricsError>((
-            Features::new(extracted.n, FEATURES_DIM, extracted.features)?,
-            Features::new(extracted.n, LOGITS_DIM, extracted.logits)?,
-        ))
-    };
-    let t = std::time::Instant::now();
-    let (f1, l1) = features(1, first, on_event, &mut result.notes)?;
-    timed(&mut result, "features1", t);
-    let t = std::time::Instant::now();
-    let second_features = match second {
-        Some(s) if cfg.fid || cfg.kid || cfg.isc => {
-            Some(features(2, s, on_event, &mut result.notes)?)
-        }
-        _ => None,
-    };
-    if second_features.is_some() {
-        timed(&mut result, "features2", t);
-    }
-    if cfg.isc {
-        let t = std::time::Instant::now();
-        result.isc1 = Some(fidelity::inception_score(&l1, cfg.isc_splits)?);
-        if let Some((_, l2)) = &second_features {
-            result.isc2 = Some(fidelity::inception_score(l2, cfg.isc_splits)?);
-        }
-        timed(&mut result, "isc", t);
-    }
-    if let Some((f2, _)) = &second_features {
-        if cfg.fid {
-            let t = std::time::Instant::now();
-            result.fid = Some(fidelity::fid(&f1, f2)?);
-            timed(&mut result, "fid", t);
-        }
-        if cfg.kid {
-            let t = std::time::Instant::now();
-            let kid = fidelity::kid_with_progress(
-                &f1,
-                f2,
-                KidOptions {
-                    subsets: cfg.kid_subsets,
-                    subset_size: cfg.kid_subset_size,
-                },
-                cancel,
-                |done, total| on_event(MetricsEvent::Kid { done, total }),
-            )?;
-            if let Some(from) = kid.lowered_from {
-                result.notes.push(format!(
-                    "KID subset size lowered from {from} to {} (the smaller input's size); \
-                     torch-fidelity would stop with an error instead",
-                    kid.subset_size
-                ));
+        let (lpips, lpips_missing) = if cfg.paired {
+            match resolve_lpips_weights_in(&cfg.cache_dir) {
+                Ok(w) => (Some(Lpips::load(&w)?), None),
+                Err(e @ WeightsError::Missing { .. }) => (None, Some(e.to_string())),
+                Err(e) => return Err(e.into()),
             }
-            result.kid = Some(kid);
-            timed(&mut result, "kid", t);
-        }
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            inception,
+            lpips,
+            lpips_missing,
+            second: None,
+        })
     }
-    Ok(result)
+
+    /// Scores `first` (against `second` where a metric compares two inputs).
+    pub fn compute(
+        &mut self,
+        first: Input,
+        second: Option<Input>,
+        cancel: &CancelToken,
+        on_event: &mut dyn FnMut(MetricsEvent),
+    ) -> Result<MetricsResult, MetricsError> {
+        let cfg = &self.cfg;
+        let mut result = MetricsResult {
+            images1: first.files.len(),
+            images2: second.map_or(0, |s| s.files.len()),
+            fid: None,
+            isc1: None,
+            isc2: None,
+            kid: None,
+            paired: None,
+            inception_weights: self.inception.as_ref().map(|(_, w)| w.clone()),
+            notes: Vec::new(),
+            seconds: Default::default(),
+        };
+        let timed = |result: &mut MetricsResult, step: &str, t: std::time::Instant| {
+            result
+                .seconds
+                .insert(step.to_owned(), t.elapsed().as_secs_f64());
+        };
+        if cfg.paired
+            && let Some(second) = second
+        {
+            let t = std::time::Instant::now();
+            result.paired = Some(paired_metrics(
+                first.files,
+                second.files,
+                self.lpips.as_ref(),
+                self.lpips_missing.clone(),
+                cancel,
+                on_event,
+            )?);
+            timed(&mut result, "paired", t);
+        }
+        let Some((model, _)) = &self.inception else {
+            return Ok(result);
+        };
+        let features = |input: usize,
+                        inp: Input,
+                        on_event: &mut dyn FnMut(MetricsEvent),
+                        notes: &mut Vec<String>| {
+            let mut progress =
+                |done, total| on_event(MetricsEvent::Features { input, done, total });
+            let extracted: Extracted = match (inp.cache_dir, cfg.cache_second && input == 2) {
+                (Some(dir), true) => {
+                    let (e, outcome) = extract_features_cached(
+                        dir,
+                        inp.files,
+                        model,
+                        cfg.batch_size,
+                        cancel,
+                        &mut progress,
+                    )?;
+                    match outcome {
+                        CacheOutcome::Hit => on_event(MetricsEvent::CachedFeatures {
+                            dir: dir.to_owned(),
+                        }),
+                        CacheOutcome::Written => {}
+                        CacheOutcome::NotWritten(e) => notes.push(format!(
+                            "the reference features could not be cached beside the images \
+                             ({e}); they will be computed again next time"
+                        )),
+                    }
+                    e
+                }
+                _ => extract_features(inp.files, model, cfg.batch_size, cancel, &mut progress)?,
+            };
+            Ok::<_, MetricsError>((
+                Features::new(extracted.n, FEATURES_DIM, extracted.features)?,
+                Features::new(extracted.n, LOGITS_DIM, extracted.logits)?,
+            ))
+        };
+        let t = std::time::Instant::now();
+        let (f1, l1) = features(1, first, on_event, &mut result.notes)?;
+        timed(&mut result, "features1", t);
+        if let Some(s) = second
+            && (cfg.fid || cfg.kid || cfg.isc)
+            && self
+                .second
+                .as_ref()
+                .is_none_or(|(files, _, _)| files.as_slice() != s.files)
+        {
+            let t = std::time::Instant::now();
+            let (f2, l2) = features(2, s, on_event, &mut result.notes)?;
+            self.second = Some((s.files.to_vec(), f2, l2));
+            timed(&mut result, "features2", t);
+        }
+        let second_features = second.and(self.second.as_ref()).map(|(_, f2, l2)| (f2, l2));
+        if cfg.isc {
+            let t = std::time::Instant::now();
+            result.isc1 = Some(fidelity::inception_score(&l1, cfg.isc_splits)?);
+            if let Some((_, l2)) = second_features {
+                result.isc2 = Some(fidelity::inception_score(l2, cfg.isc_splits)?);
+            }
+            timed(&mut result, "isc", t);
+        }
+        if let Some((f2, _)) = second_features {
+            if cfg.fid {
+                let t = std::time::Instant::now();
+                result.fid = Some(fidelity::fid(&f1, f2)?);
+                timed(&mut result, "fid", t);
+            }
+            if cfg.kid {
+                let t = std::time::Instant::now();
+                let kid = fidelity::kid_with_progress(
+                    &f1,
+                    f2,
+                    KidOptions {
+                        subsets: cfg.kid_subsets,
+                        subset_size: cfg.kid_subset_size,
+                    },
+                    cancel,
+                    |done, total| on_event(MetricsEvent::Kid { done, total }),
+                )?;
+                if let Some(from) = kid.lowered_from {
+                    result.notes.push(format!(
+                        "KID subset size lowered from {from} to {} (the smaller input's size); \
+                         torch-fidelity would stop with an error instead",
+                        kid.subset_size
+                    ));
+                }
+                result.kid = Some(kid);
+                timed(&mut result, "kid", t);
+            }
+        }
+        Ok(result)
+    }
 }
 
 /// PSNR, SSIM and LPIPS (when its weights are in the cache) of every pair.
 fn paired_metrics(
-    cfg: &MetricsConfig,
     first: &[PathBuf],
     second: &[PathBuf],
+    lpips: Option<&Lpips>,
+    lpips_missing: Option<String>,
     cancel: &CancelToken,
     on_event: &mut dyn FnMut(MetricsEvent),
 ) -> Result<PairedSummary, MetricsError> {
@@ -333,11 +386,6 @@ fn paired_metrics(
             second: second.len(),
         });
     }
-    let (lpips, lpips_missing) = match resolve_lpips_weights_in(&cfg.cache_dir) {
-        Ok(w) => (Some(Lpips::load(&w)?), None),
-        Err(e @ WeightsError::Missing { .. }) => (None, Some(e.to_string())),
-        Err(e) => return Err(e.into()),
-    };
     let mut per_image = Vec::with_capacity(first.len());
     for (i, (a, b)) in first.iter().zip(second).enumerate() {
         if cancel.is_cancelled() {
@@ -353,7 +401,7 @@ fn paired_metrics(
         let vb = RgbView::new(ib.width, ib.height, &ib.data).map_err(err)?;
         // PSNR and SSIM first: they check the pair's sizes and name both files.
         let (psnr, ssim) = (psnr(&va, &vb).map_err(err)?, ssim(&va, &vb).map_err(err)?);
-        let lpips = match &lpips {
+        let lpips_value = match lpips {
             Some(net) => Some(f64::from(
                 net.distance_rgb8(&ia.data, &ib.data, ia.width as usize, ia.height as usize)
                     .map_err(|source| MetricsError::LpipsPair {
@@ -369,7 +417,7 @@ fn paired_metrics(
             file2: b.clone(),
             psnr,
             ssim,
-            lpips,
+            lpips: lpips_value,
         });
         on_event(MetricsEvent::Paired {
             done: i + 1,

@@ -10,12 +10,13 @@
 //! [`super::weights`].
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mlx_rs::module::Module;
-use mlx_rs::{Array, error::Exception};
+use mlx_rs::{Array, Dtype, error::Exception};
 
 use crate::model::nn::Conv2d;
+use crate::model::weights::{TensorStore, WeightsError, load_safetensors};
 
 /// The scaling layer's constants (`lpips.ScalingLayer`).
 pub const SHIFT: [f32; 3] = [-0.030, -0.088, -0.188];
@@ -36,17 +37,10 @@ const CONVS: [(usize, i32, i32, i32, i32, i32, bool); 5] = [
 /// Why LPIPS could not be set up or run.
 #[derive(Debug, thiserror::Error)]
 pub enum LpipsError {
-    #[error("{path}: cannot read the weights: {reason}")]
-    Read { path: PathBuf, reason: String },
-    #[error("{path}: missing tensor '{key}'")]
-    Missing { path: PathBuf, key: String },
-    #[error("{path}: tensor '{key}' has shape {found:?}, expected {expected:?}")]
-    Shape {
-        path: PathBuf,
-        key: String,
-        expected: Vec<i32>,
-        found: Vec<i32>,
-    },
+    /// Reading the weights: unreadable file, missing tensor, wrong shape (the model loader's
+    /// own checks).
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
     #[error(
         "LPIPS compares two RGB images of {width}×{height} ({expected} bytes each, at least 32×32 pixels); got {a} and {b} bytes"
     )]
@@ -71,42 +65,14 @@ pub struct Lpips {
     scale: Array,
 }
 
-fn tensor(
-    tensors: &HashMap<String, Array>,
-    path: &Path,
-    key: &str,
-    expected: &[i32],
-) -> Result<Array, LpipsError> {
-    let t = tensors.get(key).ok_or_else(|| LpipsError::Missing {
-        path: path.to_owned(),
-        key: key.to_owned(),
-    })?;
-    if t.shape() != expected {
-        return Err(LpipsError::Shape {
-            path: path.to_owned(),
-            key: key.to_owned(),
-            expected: expected.to_vec(),
-            found: t.shape().to_vec(),
-        });
-    }
-    Ok(t.as_type::<f32>()?)
-}
-
-fn load(path: &Path) -> Result<HashMap<String, Array>, LpipsError> {
-    Array::load_safetensors(path).map_err(|e| LpipsError::Read {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
 impl Lpips {
     /// Loads the converted AlexNet `features` and the v0.1 heads.
     pub fn load(weights: &super::weights::LpipsWeights) -> Result<Self, LpipsError> {
         Self::from_tensors(
             &weights.alexnet,
-            &load(&weights.alexnet)?,
+            &load_safetensors(&weights.alexnet)?,
             &weights.lin,
-            &load(&weights.lin)?,
+            &load_safetensors(&weights.lin)?,
         )
     }
 
@@ -117,21 +83,14 @@ impl Lpips {
         lin_path: &Path,
         lin: &HashMap<String, Array>,
     ) -> Result<Self, LpipsError> {
+        // Arrays are shared, not copied: the stores take what they are given.
+        let mut alexnet = TensorStore::new(alexnet_path, alexnet.clone(), Dtype::Float32);
+        let mut lin = TensorStore::new(lin_path, lin.clone(), Dtype::Float32);
         let mut convs = Vec::with_capacity(5);
         let mut lins = Vec::with_capacity(5);
         for (layer, &(i, cin, cout, k, stride, padding, _)) in CONVS.iter().enumerate() {
-            let w = tensor(
-                alexnet,
-                alexnet_path,
-                &format!("features.{i}.weight"),
-                &[cout, cin, k, k],
-            )?;
-            let b = tensor(
-                alexnet,
-                alexnet_path,
-                &format!("features.{i}.bias"),
-                &[cout],
-            )?;
+            let w = alexnet.take(&format!("features.{i}.weight"), &[cout, cin, k, k])?;
+            let b = alexnet.take(&format!("features.{i}.bias"), &[cout])?;
             convs.push(Conv2d {
                 // PyTorch's (out, in, kh, kw) to MLX's (out, kh, kw, in).
                 weight: w.transpose_axes(&[0, 2, 3, 1])?,
@@ -139,12 +98,7 @@ impl Lpips {
                 stride,
                 padding,
             });
-            let l = tensor(
-                lin,
-                lin_path,
-                &format!("lin{layer}.model.1.weight"),
-                &[1, cout, 1, 1],
-            )?;
+            let l = lin.take(&format!("lin{layer}.model.1.weight"), &[1, cout, 1, 1])?;
             lins.push(l.reshape(&[1, 1, 1, cout])?);
         }
         Ok(Self {

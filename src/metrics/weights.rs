@@ -8,7 +8,7 @@
 //! A user may also point the tool at a local copy (`.pth` or converted `.safetensors`): a `.pth`
 //! is converted into the same cache folder, named after its own SHA-256, so it is converted once.
 
-use std::io::{BufWriter, Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -243,20 +243,15 @@ fn download_checked(
         url: url.to_owned(),
         reason,
     };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let response = agent.get(url).call().map_err(|e| failed(e.to_string()))?;
+    let response = crate::download::agent()
+        .get(url)
+        .call()
+        .map_err(|e| failed(e.to_string()))?;
     let status = response.status().as_u16();
     if status != 200 {
         return Err(failed(format!("HTTP {status}")));
     }
-    let total = response
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let total = crate::download::content_length(&response);
     if let Some(t) = total
         && t != source.size
     {
@@ -265,33 +260,26 @@ fn download_checked(
             source.size
         )));
     }
-    let mut tmp = crate::fsutil::temp_file_beside(target).map_err(io(target))?;
     // Reading stops one byte past the published size: a longer body is wrong either way.
     let mut body = response
         .into_body()
         .into_reader()
         .take(source.size.saturating_add(1));
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    loop {
-        let n = body.read(&mut buf).map_err(|e| failed(e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        tmp.write_all(&buf[..n]).map_err(io(target))?;
-        done += n as u64;
-        on_progress(FetchEvent::Downloading {
-            file: source.file_name.to_owned(),
-            done,
-            total,
-        });
-        if cancel.is_cancelled() {
-            // Dropping `tmp` removes the partial file.
-            return Err(WeightsError::Cancelled);
-        }
-    }
+    let (tmp, done) =
+        crate::download::stream_to_temp(&mut body, target, cancel, &mut |chunk, done| {
+            hasher.update(chunk);
+            on_progress(FetchEvent::Downloading {
+                file: source.file_name.to_owned(),
+                done,
+                total,
+            });
+        })
+        .map_err(|e| match e {
+            crate::download::StreamError::Read(e) => failed(e.to_string()),
+            crate::download::StreamError::Write(e) => io(target)(e),
+            crate::download::StreamError::Cancelled => WeightsError::Cancelled,
+        })?;
     let sha = hex(&hasher.finalize());
     if done != source.size || sha != source.sha256 {
         return Err(WeightsError::Mismatch {
@@ -418,22 +406,12 @@ pub fn write_safetensors(
         );
         offset = end;
     }
-    let mut text = serde_json::to_string(&header)?;
-    // The format pads the header with spaces so the data starts 8-byte aligned.
-    while !text.len().is_multiple_of(8) {
-        text.push(' ');
-    }
-    let tmp = crate::fsutil::temp_file_beside(path)?;
-    let mut w = BufWriter::with_capacity(1 << 20, tmp);
-    w.write_all(&(text.len() as u64).to_le_bytes())?;
-    w.write_all(text.as_bytes())?;
-    for (_, t) in tensors {
-        w.write_all(t.bytes())?;
-    }
-    let tmp = w.into_inner().map_err(|e| e.into_error())?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::model::synth::write_safetensors_with(path, &header, |w| {
+        for (_, t) in tensors {
+            w.write_all(t.bytes())?;
+        }
+        Ok(())
+    })
 }
 
 /// The Inception weights to use: `explicit` (a `.safetensors` as is, a `.pth` converted once

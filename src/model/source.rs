@@ -478,14 +478,11 @@ pub fn download_sd3_medium_into(
     cancel: &crate::job::CancelToken,
     on_event: &mut dyn FnMut(SourceEvent),
 ) -> Result<ModelFiles, SourceError> {
-    use std::io::{Read, Write};
+    use crate::download::StreamError;
     let cache = at.hub_cache.clone();
     let endpoint = &at.endpoint;
     let token = &at.token;
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = crate::download::agent();
     let mut revisions: std::collections::BTreeMap<&str, String> = std::collections::BTreeMap::new();
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -526,39 +523,28 @@ pub fn download_sd3_medium_into(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
             .unwrap_or_else(|| "main".to_owned());
-        let total = response
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let total = crate::download::content_length(&response);
         let repo_dir = cache.join(format!("models--{}", repo.replace('/', "--")));
         let target = repo_dir.join("snapshots").join(&commit).join(&file);
         let parent = target.parent().unwrap_or(&repo_dir).to_owned();
         std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-        let mut tmp = crate::fsutil::temp_file_beside(&target).map_err(io(&target))?;
         let mut body = response.into_body().into_reader();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut done = 0u64;
-        loop {
-            let n = body.read(&mut buf).map_err(|e| SourceError::Download {
-                url: url.clone(),
-                reason: e.to_string(),
+        let (tmp, done) =
+            crate::download::stream_to_temp(&mut body, &target, cancel, &mut |_, done| {
+                on_event(SourceEvent::Downloading {
+                    file: file.to_owned(),
+                    done,
+                    total,
+                })
+            })
+            .map_err(|e| match e {
+                StreamError::Read(e) => SourceError::Download {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                },
+                StreamError::Write(e) => io(&target)(e),
+                StreamError::Cancelled => SourceError::Cancelled,
             })?;
-            if n == 0 {
-                break;
-            }
-            tmp.write_all(&buf[..n]).map_err(io(&target))?;
-            done += n as u64;
-            on_event(SourceEvent::Downloading {
-                file: file.to_owned(),
-                done,
-                total,
-            });
-            if cancel.is_cancelled() {
-                // Dropping `tmp` removes the partial file.
-                return Err(SourceError::Cancelled);
-            }
-        }
         if let Some(t) = total
             && t != done
         {

@@ -78,6 +78,30 @@ fn stream_seed(seed: u64, name: &str) -> u64 {
     h
 }
 
+/// Writes a `.safetensors` file at `path` atomically: `header` (tensor entries with their
+/// offsets, and `__metadata__`) padded with spaces so the data starts 8-byte aligned, then the
+/// bytes `write_data` writes in the header's offset order. The one safetensors writer: synthetic
+/// checkpoints and converted metric weights both go through it.
+pub fn write_safetensors_with(
+    path: &Path,
+    header: &serde_json::Map<String, serde_json::Value>,
+    write_data: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(header)?;
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let tmp = crate::fsutil::temp_file_beside(path)?;
+    let mut w = BufWriter::with_capacity(1 << 20, tmp);
+    w.write_all(&(text.len() as u64).to_le_bytes())?;
+    w.write_all(text.as_bytes())?;
+    write_data(&mut w)?;
+    let tmp = w.into_inner().map_err(|e| e.into_error())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// Writes `specs` as a float16 `.safetensors` file at `path` (atomically).
 pub fn write_safetensors(path: &Path, specs: &[TensorSpec], seed: u64) -> std::io::Result<()> {
     let mut header = serde_json::Map::new();
@@ -94,38 +118,29 @@ pub fn write_safetensors(path: &Path, specs: &[TensorSpec], seed: u64) -> std::i
         "__metadata__".into(),
         serde_json::json!({"format": "pt", "generator": "sd3lab model synth"}),
     );
-    let mut text = serde_json::to_string(&header)?;
-    while !text.len().is_multiple_of(8) {
-        text.push(' ');
-    }
-    let tmp = crate::fsutil::temp_file_beside(path)?;
-    let mut w = BufWriter::with_capacity(1 << 20, tmp);
-    w.write_all(&(text.len() as u64).to_le_bytes())?;
-    w.write_all(text.as_bytes())?;
-    let mut chunk = Vec::with_capacity(1 << 16);
-    for s in specs {
-        let mut rng = SplitMix64(stream_seed(seed, &s.name));
-        let (scale, offset) = match s.init {
-            Init::Weight { fan_in } => ((3.0 / fan_in.max(1) as f32).sqrt(), 0.0),
-            Init::Small => (0.02, 0.0),
-            Init::One => (0.05, 1.0),
-        };
-        let mut left = s.len();
-        while left > 0 {
-            let n = left.min(1 << 15);
-            chunk.clear();
-            for _ in 0..n {
-                let v = offset + scale * rng.next_signed();
-                chunk.extend_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
+    write_safetensors_with(path, &header, |w| {
+        let mut chunk = Vec::with_capacity(1 << 16);
+        for s in specs {
+            let mut rng = SplitMix64(stream_seed(seed, &s.name));
+            let (scale, offset) = match s.init {
+                Init::Weight { fan_in } => ((3.0 / fan_in.max(1) as f32).sqrt(), 0.0),
+                Init::Small => (0.02, 0.0),
+                Init::One => (0.05, 1.0),
+            };
+            let mut left = s.len();
+            while left > 0 {
+                let n = left.min(1 << 15);
+                chunk.clear();
+                for _ in 0..n {
+                    let v = offset + scale * rng.next_signed();
+                    chunk.extend_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
+                }
+                w.write_all(&chunk)?;
+                left -= n;
             }
-            w.write_all(&chunk)?;
-            left -= n;
         }
-    }
-    let tmp = w.into_inner().map_err(|e| e.into_error())?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+        Ok(())
+    })
 }
 
 /// The MMDiT's tensors in Stability's layout (`model.diffusion_model.*`).
