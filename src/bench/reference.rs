@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::calib::Manifest;
 use crate::calibrate::{GenerationSettings, image_file_name};
+use crate::metrics::images::ImagesError;
 
 /// One reference image and what made it.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,11 +53,8 @@ pub enum ReferenceError {
     NotAFolder(PathBuf),
     #[error("reference folder {0} holds no PNG or JPEG images")]
     Empty(PathBuf),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listing(ImagesError),
     #[error(transparent)]
     Manifest(Box<crate::calib::CalibError>),
     #[error("{path}: the generation settings in the manifest cannot be read: {source}")]
@@ -76,13 +74,6 @@ pub enum ReferenceError {
         w: usize,
         h: usize,
     },
-}
-
-/// Image files a reference folder may hold.
-fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
 }
 
 impl ReferenceSet {
@@ -141,18 +132,12 @@ impl ReferenceSet {
                 images,
             });
         }
-        let entries = std::fs::read_dir(dir).map_err(|source| ReferenceError::Io {
-            path: dir.to_owned(),
-            source,
+        // Listed as the metrics list it (torch-fidelity's rules), so that pairing by position
+        // and scoring by folder see the same order.
+        let files = crate::metrics::images::list_images(dir).map_err(|e| match e {
+            ImagesError::Empty { .. } => ReferenceError::Empty(dir.to_owned()),
+            other => ReferenceError::Listing(other),
         })?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_image(p))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(ReferenceError::Empty(dir.to_owned()));
-        }
         Ok(Self {
             dir: dir.to_owned(),
             kind: ReferenceKind::Folder,
