@@ -15,6 +15,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `dir/stem.ext`, or when that exists `dir/stem-2.ext`, `dir/stem-3.ext`…: the first name
+/// not taken, so an output never silently replaces an earlier one. (A name is taken between
+/// this check and the write only by a concurrent writer, which the folder locks exclude.)
+pub fn numbered_path(dir: &Path, stem: &str, ext: &str) -> PathBuf {
+    let first = dir.join(format!("{stem}.{ext}"));
+    if !first.exists() {
+        return first;
+    }
+    (2u32..)
+        .map(|n| dir.join(format!("{stem}-{n}.{ext}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
 /// A hidden temporary file in `path`'s folder (so that renaming it onto `path` is atomic), with
 /// ordinary file permissions. It is deleted if dropped before `persist`.
 pub fn temp_file_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
@@ -187,6 +201,21 @@ pub enum PathError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbered_paths_never_name_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = numbered_path(dir.path(), "report", "html");
+        assert_eq!(first, dir.path().join("report.html"));
+        std::fs::write(&first, b"1").unwrap();
+        let second = numbered_path(dir.path(), "report", "html");
+        assert_eq!(second, dir.path().join("report-2.html"));
+        std::fs::write(&second, b"2").unwrap();
+        assert_eq!(
+            numbered_path(dir.path(), "report", "html"),
+            dir.path().join("report-3.html")
+        );
+    }
 
     #[test]
     fn a_folder_lock_refuses_a_second_writer_until_released() {

@@ -5,10 +5,12 @@
 //! every export run on helper threads ([`Task`]) and are polled. Also: the screenshot mode
 //! (render a tab, save a PNG, exit) and frame-time statistics.
 
+pub mod feedback;
 pub mod generate_tab;
 pub mod preview;
 pub mod samples_tab;
 pub mod sensitivity_tab;
+pub mod widgets;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -104,13 +106,19 @@ impl Default for GuiOptions {
     }
 }
 
-/// What the tabs share: the worker and job ids, the texture cache.
+/// What the tabs share: the worker and job ids, the texture cache, the job board and the
+/// app's one error model.
 pub struct Shared {
     pub worker: Worker,
     next_id: u64,
     pub textures: TextureCache,
-    /// Label and progress (0..1) of the running job, for the status bar.
+    /// Label and progress (0..1) of work outside the worker's job order (a model download),
+    /// for the status bar; the worker's jobs are on `jobs`.
     pub running: Option<(String, f32)>,
+    /// The worker's jobs: running, being cancelled, queued.
+    pub jobs: feedback::JobBoard,
+    /// The latest error of any tab (the status bar shows it).
+    pub errors: feedback::ErrorLog,
 }
 
 impl Shared {
@@ -163,8 +171,6 @@ pub struct SdApp {
     pub stats: FrameStats,
     screenshot_state: Arc<Mutex<ScreenshotState>>,
     started_job: bool,
-    /// The last error any job reported (also shown in its tab).
-    pub last_error: Option<String>,
 }
 
 #[derive(Default, PartialEq, Eq)]
@@ -209,6 +215,8 @@ impl SdApp {
                 next_id: 0,
                 textures: TextureCache::new(256 << 20),
                 running: None,
+                jobs: feedback::JobBoard::default(),
+                errors: feedback::ErrorLog::default(),
             },
             generate: generate_tab::GenerateTab::default(),
             samples: samples_tab::SamplesTab::default(),
@@ -221,7 +229,6 @@ impl SdApp {
             stats: FrameStats::default(),
             screenshot_state: Arc::default(),
             started_job: false,
-            last_error: None,
             options,
         };
         if options_calib_given(&app.options) || !app.persisted.samples.calib_dir.is_empty() {
@@ -249,18 +256,30 @@ impl SdApp {
                     self.device = device;
                 }
                 Event::Memory { active, peak } => self.memory = (active, peak),
+                Event::Started { id } => self.shared.jobs.started(id),
                 other => {
+                    let finished = match &other {
+                        Event::Finished {
+                            id,
+                            cancelled,
+                            result,
+                        } => Some((*id, job_outcome(*cancelled, result))),
+                        _ => None,
+                    };
+                    let tab = finished
+                        .as_ref()
+                        .and_then(|(id, _)| self.shared.jobs.get(*id))
+                        .map(|j| j.tab);
                     self.generate.handle(&other, &mut self.shared);
                     self.sensitivity.handle(&other, &mut self.shared);
                     self.samples.handle(&other, &mut self.shared);
-                    if let Event::Finished {
-                        cancelled,
-                        result: result @ Err(_),
-                        ..
-                    } = &other
-                        && let Err(e) = job_outcome(*cancelled, result)
-                    {
-                        self.last_error = Some(e);
+                    if let Some((id, outcome)) = finished {
+                        self.shared.jobs.finished(id);
+                        if let Some(tab) = tab {
+                            self.shared
+                                .errors
+                                .record(feedback::Place::new(tab, "job"), &outcome);
+                        }
                     }
                 }
             }
@@ -304,21 +323,44 @@ impl SdApp {
                 human_bytes(self.memory.1)
             ));
             ui.separator();
-            match &self.shared.running {
+            let current = self.shared.jobs.current().map(|j| {
+                let verb = match j.state {
+                    feedback::JobState::Cancelling => "cancelling",
+                    _ => "running",
+                };
+                (
+                    format!("{verb}: {} ({} tab)", j.label, j.tab.label()),
+                    j.progress,
+                )
+            });
+            match current.or_else(|| self.shared.running.clone()) {
                 Some((label, progress)) => {
-                    ui.label(format!("running: {label}"));
-                    ui.add(egui::ProgressBar::new(*progress).desired_width(160.0));
+                    ui.label(label);
+                    ui.add(egui::ProgressBar::new(progress).desired_width(160.0));
                 }
                 None => {
                     ui.label("idle");
                 }
             }
-            if let Some(e) = &self.last_error {
+            let queued = self.shared.jobs.queued().count();
+            if queued > 0 {
+                ui.label(format!("{queued} queued")).on_hover_text(
+                    "Jobs run one at a time on the MLX worker, in the order they were started",
+                );
+            }
+            if let Some(e) = self.shared.errors.latest() {
                 ui.separator();
                 ui.colored_label(
                     egui::Color32::from_rgb(200, 40, 40),
-                    format!("last error: {e}"),
+                    format!("error ({})", e.headline()),
                 );
+                if ui
+                    .small_button("Dismiss")
+                    .on_hover_text("Hide this error (it is also shown in its tab)")
+                    .clicked()
+                {
+                    self.shared.errors.dismiss();
+                }
             }
         });
     }

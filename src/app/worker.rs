@@ -64,6 +64,10 @@ pub enum Event {
         backend: String,
         device: String,
     },
+    /// The worker took job `id` off its queue (jobs sent while another runs wait their turn).
+    Started {
+        id: u64,
+    },
     Calibrate {
         id: u64,
         event: CalibrateEvent,
@@ -225,6 +229,7 @@ fn worker_loop(
                 single_prompt,
                 cancel,
             } => {
+                send(Event::Started { id });
                 let result = calibrate(id, config, single_prompt, &cancel, &send);
                 let cancelled = match &result {
                     Ok(JobSummary::Calibration(s)) => s.cancelled,
@@ -239,6 +244,7 @@ fn worker_loop(
                 send(memory());
             }
             Command::Sensitivity { id, config, cancel } => {
+                send(Event::Started { id });
                 let result = run_sensitivity(&config, &cancel, &mut |event| {
                     send(Event::Sensitivity { id, event });
                 });
@@ -265,6 +271,7 @@ fn worker_loop(
                 shape,
                 cancel,
             } => {
+                send(Event::Started { id });
                 let result = decode(
                     &mut vaes,
                     locations,

@@ -1,0 +1,106 @@
+//! Small widgets every tab uses the same way: a number field that shows why a typed value is
+//! refused instead of clamping it, a path shown as a link that opens its folder in the OS's
+//! file browser, and a label with a tooltip.
+
+use std::ops::RangeInclusive;
+use std::path::Path;
+use std::str::FromStr;
+
+/// A number typed as text: a value outside `range` or not a number is not taken (the bound
+/// value keeps its last valid value) and the field says why, in red, beside it. Returns the
+/// text field's response (`changed()` when a valid value was taken).
+pub fn number_field<T>(
+    ui: &mut egui::Ui,
+    label: &str,
+    tooltip: &str,
+    value: &mut T,
+    range: RangeInclusive<T>,
+) -> egui::Response
+where
+    T: FromStr + PartialOrd + Copy + std::fmt::Display + Send + Sync + 'static,
+{
+    ui.horizontal(|ui| {
+        let l = ui.label(label).on_hover_text(tooltip);
+        let id = ui.make_persistent_id(("number_field", label));
+        // The text being typed lives in egui's memory until it is valid (or the value changes
+        // from elsewhere).
+        let mut text: String = ui
+            .data(|d| d.get_temp::<(String, String)>(id))
+            .filter(|(_, shown)| *shown == value.to_string())
+            .map_or_else(|| value.to_string(), |(typed, _)| typed);
+        let response = ui
+            .add(egui::TextEdit::singleline(&mut text).desired_width(70.0))
+            .labelled_by(l.id)
+            .on_hover_text(tooltip);
+        let problem = match text.trim().parse::<T>() {
+            Ok(v) if range.contains(&v) => {
+                if response.changed() {
+                    *value = v;
+                }
+                None
+            }
+            Ok(_) => Some(format!(
+                "must be between {} and {}; keeps {}",
+                range.start(),
+                range.end(),
+                value
+            )),
+            Err(_) => Some(format!("not a number; keeps {value}")),
+        };
+        ui.data_mut(|d| d.insert_temp(id, (text, value.to_string())));
+        if let Some(p) = problem {
+            ui.colored_label(egui::Color32::from_rgb(200, 40, 40), p);
+        }
+        response
+    })
+    .inner
+}
+
+/// `path` as a link; a click opens its folder (the path itself when it is a folder) in the
+/// OS's file browser. Returns the error to show when no file browser could be started.
+pub fn path_link(ui: &mut egui::Ui, path: &Path) -> Option<String> {
+    let clicked = ui
+        .link(path.display().to_string())
+        .on_hover_text("Open the folder in the file browser")
+        .clicked();
+    if !clicked {
+        return None;
+    }
+    open_in_file_browser(path).err()
+}
+
+/// Opens `path`'s folder (or `path`, a folder) with the OS's file browser: `open` on macOS,
+/// `xdg-open` elsewhere. Nothing is started when `SD3LAB_NO_OPEN` is set (the tests click
+/// links).
+pub fn open_in_file_browser(path: &Path) -> Result<(), String> {
+    let folder = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(Path::new("."))
+    };
+    if std::env::var_os("SD3LAB_NO_OPEN").is_some() {
+        return Ok(());
+    }
+    let program = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    std::process::Command::new(program)
+        .arg(folder)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(|mut child| {
+            // Reaped on a helper thread so no zombie is left behind.
+            std::thread::spawn(move || child.wait());
+        })
+        .map_err(|e| {
+            format!(
+                "could not open {} in a file browser ({program}: {})",
+                folder.display(),
+                super::feedback::io_sentence(&e)
+            )
+        })
+}
