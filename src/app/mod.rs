@@ -119,6 +119,9 @@ pub struct Shared {
     pub jobs: feedback::JobBoard,
     /// The latest error of any tab (the status bar shows it).
     pub errors: feedback::ErrorLog,
+    /// The calibration folder the Generate tab last finished writing (absolute), which the
+    /// Samples and Sensitivity tabs offer to open.
+    pub fresh_calibration: Option<PathBuf>,
 }
 
 impl Shared {
@@ -217,6 +220,7 @@ impl SdApp {
                 running: None,
                 jobs: feedback::JobBoard::default(),
                 errors: feedback::ErrorLog::default(),
+                fresh_calibration: None,
             },
             generate: generate_tab::GenerateTab::default(),
             samples: samples_tab::SamplesTab::default(),
