@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `sd3lab benchmark` figures for the README's Benchmark section, measured side by side in one run:
+# `sd3lab benchmark` figures for docs/FIGURES.md (Benchmark), measured side by side in one run:
 #   1. Harness overhead: the same tiny-model images (256×256, 20 steps, float32) through one
 #      `sd3lab benchmark --config fp32` process and through plain `sd3lab generate` (one process
 #      per image, as a user would run it). Prints each image's generation seconds (text encoding +

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Image-quality metrics figures for the README, side by side in one run, same images:
+# Image-quality metrics figures for docs/FIGURES.md, side by side in one run, same images:
 #   - Inception-v3 feature extraction of 150 images of 512×512: sd3lab (MLX on the CPU) against
 #     torch-fidelity 0.4.0 (PyTorch on the CPU), both with the same synthetic weights
 #     (`sd3lab metrics weights --synthetic`, saved as a .pth for torch-fidelity), and their IS

@@ -14,7 +14,7 @@ use sd3lab::model::synth::{mmdit_specs, write_safetensors};
 use sd3lab::model::tensor_io::from_npy;
 
 /// The largest relative error (max |Δ| / max |reference|) allowed against DiffusionKit: the
-/// README's table gives what is measured (at most 2e-6); this leaves room for other CPUs' kernels.
+/// docs/FIDELITY.md's table gives what is measured (at most 2e-6); this leaves room for other CPUs' kernels.
 const TOLERANCE: f64 = 1e-5;
 
 fn to_mlx(a: &NpyArray) -> Array {

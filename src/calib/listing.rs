@@ -1,5 +1,5 @@
 //! The `samples` listing as one serialisable document (schema `sd3lab.samples/1`, documented in
-//! the README), shared by `sd3lab samples --json` and anything else that exports an index.
+//! docs/FORMATS.md), shared by `sd3lab samples --json` and anything else that exports an index.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

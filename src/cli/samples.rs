@@ -16,7 +16,7 @@ pub struct SamplesArgs {
     calib_dir: PathBuf,
     #[command(flatten)]
     filter: SampleFilterArgs,
-    /// Print one JSON document (schema `sd3lab.samples/1`, see the README).
+    /// Print one JSON document (schema `sd3lab.samples/1`, see docs/FORMATS.md).
     #[arg(long)]
     json: bool,
     /// Fail on the first bad file instead of skipping it.

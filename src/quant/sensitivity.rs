@@ -32,7 +32,7 @@
 //! k re-runs the part p of block k it changes (≈ 1 for q/k/v and adaLN, ≈ 0.3 for an image
 //! output projection or MLP layer, ≈ 0.2 for a text one) and blocks k+1..d−1; naive runs all
 //! d. With layers spread evenly that is about 2d / (d − 1 + 2p̄) times faster, before the one
-//! float pass: below 2× whenever p̄ > ½ (README, *Sensitivity*). `block` scope runs one block
+//! float pass: below 2× whenever p̄ > ½ (docs/INTERNALS.md, how the sensitivity sweep runs). `block` scope runs one block
 //! (or one stream's post-attention part) per evaluation and `layer` one matrix product.
 
 use std::collections::{BTreeMap, HashMap};
