@@ -390,3 +390,39 @@ fn every_tab_fits_the_smallest_window() {
         assert_nothing_clipped(&h, tab, &["Dismiss"]);
     }
 }
+
+#[test]
+fn a_typed_output_folder_is_applied_on_enter() {
+    let root = tempfile::tempdir().unwrap();
+    let (one, two) = (root.path().join("one"), root.path().join("two"));
+    calibration(&one, 1, 2);
+    calibration(&two, 2, 2);
+    let mut h = harness(GuiOptions {
+        calib_dir: Some(one.clone()),
+        ..options(Tab::Generate)
+    });
+    wait_until(&mut h, "the folder", |a| {
+        !a.busy() && a.generate.gallery.len() == 1
+    });
+    h.get_by_label("Output folder").focus();
+    h.step();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    h.step();
+    h.get_by_label("Output folder")
+        .type_text(&two.display().to_string());
+    h.run_steps(3);
+    assert_eq!(
+        h.state().persisted.generate.calib_dir,
+        two.display().to_string()
+    );
+    assert_eq!(
+        h.state().generate.gallery.len(),
+        1,
+        "nothing is scanned while the path is being typed"
+    );
+    h.key_press(egui::Key::Enter);
+    wait_until(&mut h, "the typed folder", |a| {
+        !a.busy() && a.generate.gallery.len() == 2
+    });
+    assert!(shows(&h, "gallery: 2 images"));
+}
