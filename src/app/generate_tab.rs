@@ -731,9 +731,8 @@ impl GenerateTab {
                 let path = path.clone();
                 ui.horizontal_wrapped(|ui| {
                     ui.label("wrote");
-                    match path_link(ui, &path) {
-                        Some(e) => shared.errors.report(OPEN_PLACE, e),
-                        None => {}
+                    if let Some(e) = path_link(ui, &path) {
+                        shared.errors.report(OPEN_PLACE, e);
                     }
                 });
             }

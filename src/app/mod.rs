@@ -647,7 +647,7 @@ pub fn job_outcome(
         }
         Err(JobError::Calibrate(e)) => Err(generate_tab::error_message(e)),
         Err(JobError::Sensitivity(e)) => Err(sensitivity_tab::error_message(e)),
-        Err(e @ JobError::PromptFile(_)) => Err(e.to_string()),
+        Err(e @ JobError::PromptFile(_)) => Err(feedback::error_sentence(e)),
     }
 }
 
@@ -1166,6 +1166,16 @@ mod tests {
                 "names a field, no flag of ours: {m}"
             );
         }
+    }
+
+    #[test]
+    fn a_job_error_from_the_os_reads_as_a_sentence() {
+        let e = Err(JobError::PromptFile(std::io::Error::from_raw_os_error(28)));
+        let m = job_outcome(false, &e).unwrap_err();
+        assert!(
+            m.ends_with("the disk is full") && !m.contains("os error"),
+            "{m}"
+        );
     }
 
     #[test]
