@@ -254,7 +254,7 @@ fn samples_tab_counts_buckets_and_shows_a_sample() {
     // The tab's report, beside the calibration folder, written on a helper thread.
     h.get_by_label("Report (HTML)").click();
     wait_until(&mut h, "the report", |a| !a.busy());
-    let html = std::fs::read_to_string(root.path().join("reports/samples.html")).unwrap();
+    let html = std::fs::read_to_string(root.path().join("calib-samples-report.html")).unwrap();
     for needle in [
         "samples per step bucket",
         "timestep by step",
@@ -267,7 +267,7 @@ fn samples_tab_counts_buckets_and_shows_a_sample() {
             "{needle} missing from the samples report"
         );
     }
-    let csv = std::fs::read_to_string(root.path().join("reports/samples_data.csv")).unwrap();
+    let csv = std::fs::read_to_string(root.path().join("calib-samples-report_data.csv")).unwrap();
     assert_eq!(csv.lines().count(), 7);
     h.state_mut().samples.report_message = None;
     h.state_mut().samples.selected = Some(0);
@@ -310,10 +310,14 @@ fn generate_tab_writes_a_calibration_run_and_cancels_one() {
     // The run's report: settings and both images embedded with their prompts.
     h.get_by_label("Report (HTML)").click();
     wait_until(&mut h, "the report", |a| !a.busy());
-    let html = std::fs::read_to_string(root.path().join("reports/calibration.html")).unwrap();
+    let html = std::fs::read_to_string(root.path().join("run-calibration-report.html")).unwrap();
     assert_eq!(html.matches("data:image/png;base64,").count(), 2);
     assert!(html.contains("images completed") && html.contains("#1 "));
-    assert!(root.path().join("reports/calibration_data.csv").is_file());
+    assert!(
+        root.path()
+            .join("run-calibration-report_data.csv")
+            .is_file()
+    );
 
     // Other settings in the same folder are refused, pointing at the tab's control (not at a
     // CLI flag); ticking it starts over.

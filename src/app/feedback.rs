@@ -167,6 +167,8 @@ pub struct JobEntry {
     pub state: JobState,
     /// 0..1 while running.
     pub progress: f32,
+    /// The worker took it up (a job cancelled while queued is `Cancelling` but not started).
+    pub started: bool,
 }
 
 /// The worker's jobs in submission order (the order it runs them): the status bar's running
@@ -185,15 +187,17 @@ impl JobBoard {
             label: label.into(),
             state: JobState::Queued,
             progress: 0.0,
+            started: false,
         });
     }
 
     /// The worker started job `id`.
     pub fn started(&mut self, id: u64) {
-        if let Some(j) = self.get_mut(id)
-            && j.state == JobState::Queued
-        {
-            j.state = JobState::Running;
+        if let Some(j) = self.get_mut(id) {
+            j.started = true;
+            if j.state == JobState::Queued {
+                j.state = JobState::Running;
+            }
         }
     }
 
@@ -225,19 +229,19 @@ impl JobBoard {
 
     /// The job the worker is on (running or being cancelled).
     pub fn current(&self) -> Option<&JobEntry> {
-        self.jobs.iter().find(|j| j.state != JobState::Queued)
+        self.jobs.iter().find(|j| j.started)
     }
 
     /// Jobs waiting for the worker.
     pub fn queued(&self) -> impl Iterator<Item = &JobEntry> {
-        self.jobs.iter().filter(|j| j.state == JobState::Queued)
+        self.jobs.iter().filter(|j| !j.started)
     }
 
     /// For a queued job: what it waits behind, as a sentence ("queued behind the calibration
     /// run of the Generate tab and 1 more job"); None when it is not queued.
     pub fn waiting_behind(&self, id: u64) -> Option<String> {
         let pos = self.jobs.iter().position(|j| j.id == id)?;
-        if self.jobs[pos].state != JobState::Queued {
+        if self.jobs[pos].started {
             return None;
         }
         let ahead = &self.jobs[..pos];
@@ -331,11 +335,16 @@ mod tests {
             Some("queued behind the calibration run of the Generate tab; it starts when that ends")
         );
         assert_eq!(b.waiting_behind(1), None);
+        // A queued job being cancelled still waits: it is not the one the worker is on.
+        b.cancelling(2);
+        assert_eq!(b.current().map(|j| j.id), Some(1));
+        assert!(b.waiting_behind(2).is_some());
         b.cancelling(1);
         assert_eq!(b.get(1).unwrap().state, JobState::Cancelling);
         b.finished(1);
         b.started(2);
         assert_eq!(b.current().map(|j| j.id), Some(2));
+        assert_eq!(b.get(2).unwrap().state, JobState::Cancelling);
         assert_eq!(b.queued().count(), 0);
     }
 }

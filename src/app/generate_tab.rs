@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::feedback::{JobState, Place, error_sentence, folder_problem};
+use super::widgets::{number_field, path_link};
 use super::worker::{Command, Event};
-use super::{PickKind, Picker, Shared, Task, human_bytes, labelled};
+use super::{PickKind, Picker, Shared, Tab, Task, count, human_bytes, labelled};
 use crate::calib::Manifest;
 use crate::calibrate::{
     CalibrateConfig, CalibrateError, CalibrateEvent, GenerationSettings, estimate_bytes_per_image,
@@ -28,6 +30,15 @@ pub const START_OVER_LABEL: &str = "Start over (delete existing data)";
 pub const FORCE_LABEL: &str = "Start even if the disk looks too small";
 /// The model field, which model warnings and errors name.
 pub const MODEL_LABEL: &str = "Model (name or folder)";
+/// What the job board and the status bar call this tab's job.
+pub const JOB_LABEL: &str = "calibration run";
+/// Shown from the click on Cancel until the run has stopped.
+pub const CANCELLING: &str =
+    "cancelling… (the run stops after its current step; finished images are kept)";
+/// Where the tab's own (non-job) errors are filed in the app's error model.
+const REPORT_PLACE: Place = Place::new(Tab::Generate, "report");
+const FOLDER_PLACE: Place = Place::new(Tab::Generate, "output folder");
+const OPEN_PLACE: Place = Place::new(Tab::Generate, "open folder");
 
 /// What a file dialog of the tab is choosing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +114,9 @@ pub struct DiskStatus {
     /// "Disk: about X for N images x M steps (Y free)".
     pub estimate: String,
     pub resumable: bool,
+    /// Why the output folder cannot take a run (it is a file...); a folder that does not exist
+    /// yet is fine: the run creates it.
+    pub folder_problem: Option<String>,
 }
 
 /// A finished image of the run.
@@ -128,10 +142,18 @@ pub struct Progress {
     pub images_done: usize,
 }
 
+/// The tab's job: its id on the worker and the job board, its cancel token, and the folder it
+/// writes (absolute).
+struct Job {
+    id: u64,
+    cancel: CancelToken,
+    dir: PathBuf,
+}
+
 /// The tab's state.
 #[derive(Default)]
 pub struct GenerateTab {
-    job: Option<(u64, CancelToken)>,
+    job: Option<Job>,
     pub progress: Progress,
     pub gallery: Vec<GalleryItem>,
     /// The image shown large.
@@ -153,13 +175,25 @@ pub struct GenerateTab {
     /// helper thread.
     status: Option<(Options, DiskStatus)>,
     status_task: Task<(Options, DiskStatus)>,
-    /// The run's report being written on a helper thread.
-    report_task: Task<Result<String, String>>,
+    /// The run's report being written on a helper thread: the file written, or the error.
+    report_task: Task<Result<PathBuf, String>>,
+    /// The last report written (or why not), for the folder now shown.
+    pub report: Option<Result<PathBuf, String>>,
+    /// The output folder field has the keyboard focus: what is typed is applied (the gallery
+    /// scanned, stale messages cleared) on Enter or when the focus leaves.
+    editing_dir: bool,
+    /// The working directory, which relative paths start from (shown under the fields).
+    base: Option<PathBuf>,
 }
 
 impl GenerateTab {
     pub fn is_running(&self) -> bool {
         self.job.is_some()
+    }
+
+    /// The job's id on the worker and the job board, while it has one.
+    pub fn job_id(&self) -> Option<u64> {
+        self.job.as_ref().map(|j| j.id)
     }
 
     /// Starts (or resumes: the calibration job continues a run with the same settings).
@@ -173,12 +207,15 @@ impl GenerateTab {
             PromptSource::Csv => (Some(PathBuf::from(o.prompt_csv.trim())), None),
             PromptSource::Single => (None, Some(o.prompt.clone())),
         };
+        // The run writes the folder as typed, resolved against the working directory shown
+        // under the fields; the other tabs are offered it by this absolute name.
+        let dir = absolute(&o.calib_dir);
         let config = CalibrateConfig {
             model: o.model.clone(),
             num_images: o.num_images,
             num_steps: o.num_steps,
             cfg_weight: o.cfg_weight,
-            calib_dir: PathBuf::from(&o.calib_dir),
+            calib_dir: dir.clone(),
             prompt_csv,
             seed: o.seed,
             height: o.height,
@@ -197,28 +234,47 @@ impl GenerateTab {
             single_prompt,
             cancel: cancel.clone(),
         }) {
-            self.job = Some((id, cancel));
+            shared.jobs.submit(id, Tab::Generate, JOB_LABEL);
+            self.job = Some(Job { id, cancel, dir });
             self.progress = Progress::default();
             self.message = None;
             self.model_notice = super::ModelNotice::default();
             self.notes.clear();
             self.scan(ctx, PathBuf::from(&o.calib_dir));
-            shared.running = Some(("calibration".into(), 0.0));
         } else {
-            self.message = Some(Err("the MLX worker has stopped".into()));
+            let e = "the MLX worker has stopped; restart the app".to_owned();
+            shared
+                .errors
+                .report(Place::new(Tab::Generate, "job"), e.clone());
+            self.message = Some(Err(e));
         }
     }
 
+    /// Stops the run at its next step (on exit: no board to tell).
     pub fn cancel(&mut self) {
-        if let Some((_, c)) = &self.job {
-            c.cancel();
+        if let Some(j) = &self.job {
+            j.cancel.cancel();
         }
+    }
+
+    /// Cancel was clicked: the run stops at its next step, and the tab and the status bar say
+    /// "cancelling" from now on.
+    pub fn cancel_job(&mut self, shared: &mut Shared) {
+        if let Some(j) = &self.job {
+            j.cancel.cancel();
+            shared.jobs.cancelling(j.id);
+        }
+    }
+
+    /// The job's state on the board (None when no job).
+    fn job_state(&self, shared: &Shared) -> Option<JobState> {
+        let j = self.job.as_ref()?;
+        Some(shared.jobs.get(j.id).map_or(JobState::Running, |e| e.state))
     }
 
     /// Applies a worker event that belongs to this tab's job.
     pub fn handle(&mut self, event: &Event, shared: &mut Shared) {
-        let Some((id, _)) = &self.job else { return };
-        let id = *id;
+        let Some(id) = self.job_id() else { return };
         match event {
             Event::Calibrate { id: i, event } if *i == id => {
                 let p = &mut self.progress;
@@ -267,22 +323,23 @@ impl GenerateTab {
                 let done = (p.images_done * p.num_steps
                     + if p.images_done > p.image { 0 } else { p.step })
                     as f32;
-                shared.running = Some(("calibration".into(), (done / total).clamp(0.0, 1.0)));
+                shared.jobs.progress(id, done / total);
             }
             Event::Model { id: i, event } if *i == id => {
                 self.model_notice.apply(event, MODEL_LABEL);
-                shared.running = self
-                    .model_notice
-                    .running()
-                    .or(Some(("calibration".into(), 0.0)));
+                if let Some((_, fraction)) = self.model_notice.running() {
+                    shared.jobs.progress(id, fraction);
+                }
             }
             Event::Finished {
                 id: i,
                 cancelled,
                 result,
             } if *i == id => {
-                self.job = None;
-                shared.running = None;
+                if let (Some(job), false, Ok(_)) = (self.job.take(), *cancelled, result) {
+                    // A complete set: the Samples and Sensitivity tabs offer to open it.
+                    shared.fresh_calibration = Some(job.dir);
+                }
                 self.status = None;
                 self.model_notice.job_ended();
                 self.message = Some(super::job_outcome(*cancelled, result));
@@ -317,10 +374,18 @@ impl GenerateTab {
             }
         }
         if let Some(status) = self.status_task.poll() {
+            match &status.1.folder_problem {
+                Some(p) => shared.errors.report(FOLDER_PLACE, p.clone()),
+                None => shared.errors.succeeded(FOLDER_PLACE),
+            }
             self.status = Some(status);
         }
-        if let Some(m) = self.report_task.poll() {
-            self.message = Some(m);
+        if let Some(r) = self.report_task.poll() {
+            match &r {
+                Ok(_) => shared.errors.succeeded(REPORT_PLACE),
+                Err(e) => shared.errors.report(REPORT_PLACE, e.clone()),
+            }
+            self.report = Some(r);
         }
         if let Some((_, rx)) = &self.decoded {
             while let Ok((path, image)) = rx.try_recv() {
@@ -387,8 +452,20 @@ impl GenerateTab {
                 Pick::OutputFolder => o.calib_dir = p,
             }
         }
+        if self.picker.is_open() {
+            // The dialog's thread cannot wake the UI: look again soon.
+            ui.ctx()
+                .request_repaint_after(std::time::Duration::from_millis(100));
+        }
         let dir = PathBuf::from(&o.calib_dir);
-        if self.scanned.as_ref() != Some(&dir) && self.job.is_none() {
+        if self.scanned.as_ref() != Some(&dir) && self.job.is_none() && !self.editing_dir {
+            if self.scanned.is_some() {
+                // Another folder: what was said about the last one no longer holds.
+                self.message = None;
+                self.report = None;
+                shared.errors.succeeded(REPORT_PLACE);
+                shared.errors.succeeded(Place::new(Tab::Generate, "job"));
+            }
             self.gallery.clear();
             self.selected = None;
             self.scan(ui.ctx(), dir.clone());
@@ -412,20 +489,36 @@ impl GenerateTab {
         ui.add_enabled_ui(!running, |ui| {
             ui.horizontal(|ui| {
                 ui.label("Model");
-                ui.selectable_value(&mut o.model, "tiny".into(), "tiny (built-in)");
-                ui.selectable_value(&mut o.model, "sd3-medium".into(), "sd3-medium");
+                ui.selectable_value(&mut o.model, "tiny".into(), "tiny (built-in)")
+                    .on_hover_text(
+                        "A small random-weight model built in: a quick demo, no download",
+                    );
+                ui.selectable_value(&mut o.model, "sd3-medium".into(), "sd3-medium")
+                    .on_hover_text(
+                        "Stable Diffusion 3 medium from the Hugging Face cache (downloaded when \
+                         missing, about 5 GB)",
+                    );
             });
             ui.horizontal(|ui| {
                 labelled(ui, MODEL_LABEL, |ui| {
                     ui.add(egui::TextEdit::singleline(&mut o.model).desired_width(150.0))
+                        .on_hover_text("tiny, sd3-medium, or the folder of a model's files")
                 });
-                if ui.button("Folder...").clicked() {
+                if ui
+                    .button("Folder...")
+                    .on_hover_text("Choose a model folder")
+                    .clicked()
+                {
                     self.picker.open(Pick::Model, PickKind::Folder);
                 }
             });
             ui.horizontal(|ui| {
-                ui.radio_value(&mut o.prompt_source, PromptSource::Csv, "Prompt CSV");
-                ui.radio_value(&mut o.prompt_source, PromptSource::Single, "Single prompt");
+                ui.radio_value(&mut o.prompt_source, PromptSource::Csv, "Prompt CSV")
+                    .on_hover_text(
+                        "Prompts from a CSV file (column \"prompt\"), or the built-in set",
+                    );
+                ui.radio_value(&mut o.prompt_source, PromptSource::Single, "Single prompt")
+                    .on_hover_text("The same prompt for every image (the seeds differ)");
             });
             match o.prompt_source {
                 PromptSource::Csv => {
@@ -434,8 +527,16 @@ impl GenerateTab {
                             ui.add(
                                 egui::TextEdit::singleline(&mut o.prompt_csv).desired_width(120.0),
                             )
+                            .on_hover_text(
+                                "A CSV file with a \"prompt\" column; empty uses the built-in \
+                                 prompt set. A relative path starts in the base folder below.",
+                            )
                         });
-                        if ui.button("Browse...").clicked() {
+                        if ui
+                            .button("Browse...")
+                            .on_hover_text("Choose a prompt CSV file")
+                            .clicked()
+                        {
                             self.picker.open(
                                 Pick::PromptCsv,
                                 PickKind::File {
@@ -453,43 +554,87 @@ impl GenerateTab {
             }
             labelled(ui, "Negative prompt", |ui| {
                 ui.add(egui::TextEdit::singleline(&mut o.negative_prompt).desired_width(170.0))
+                    .on_hover_text(
+                        "What the images should not show: the unconditional half of the CFG \
+                         batch (empty: no negative prompt)",
+                    )
             });
-            labelled(ui, "Images", |ui| {
-                ui.add(egui::DragValue::new(&mut o.num_images).range(1..=100_000))
-            });
-            labelled(ui, "Steps", |ui| {
-                ui.add(egui::DragValue::new(&mut o.num_steps).range(1..=1000))
-            });
-            labelled(ui, "CFG weight", |ui| {
-                ui.add(
-                    egui::DragValue::new(&mut o.cfg_weight)
-                        .range(0.0..=30.0)
-                        .speed(0.1),
-                )
-            });
-            labelled(ui, "Seed", |ui| ui.add(egui::DragValue::new(&mut o.seed)));
-            labelled(ui, "Height", |ui| {
-                ui.add(
-                    egui::DragValue::new(&mut o.height)
-                        .range(16..=2048)
-                        .speed(16),
-                )
-            });
-            labelled(ui, "Width", |ui| {
-                ui.add(
-                    egui::DragValue::new(&mut o.width)
-                        .range(16..=2048)
-                        .speed(16),
-                )
-            });
+            number_field(
+                ui,
+                "Images",
+                "How many images to generate (one prompt and seed each)",
+                &mut o.num_images,
+                1..=100_000,
+            );
+            number_field(
+                ui,
+                "Steps",
+                "Denoising steps per image; every step's transformer input is saved as a \
+                 calibration sample",
+                &mut o.num_steps,
+                1..=1000,
+            );
+            number_field(
+                ui,
+                "CFG weight",
+                "Classifier-free guidance weight: how strongly the image follows the prompt \
+                 (SD3 uses about 5 to 7.5)",
+                &mut o.cfg_weight,
+                0.0..=30.0,
+            );
+            number_field(
+                ui,
+                "Seed",
+                "The first image's random seed; image i uses seed + i, so a run can be repeated",
+                &mut o.seed,
+                0..=u32::MAX,
+            );
+            number_field(
+                ui,
+                "Height",
+                "Image height in pixels (a multiple of 16 is best)",
+                &mut o.height,
+                16..=2048,
+            );
+            number_field(
+                ui,
+                "Width",
+                "Image width in pixels (a multiple of 16 is best)",
+                &mut o.width,
+                16..=2048,
+            );
             ui.horizontal(|ui| {
-                labelled(ui, "Output folder", |ui| {
+                let r = labelled(ui, "Output folder", |ui| {
                     ui.add(egui::TextEdit::singleline(&mut o.calib_dir).desired_width(140.0))
+                        .on_hover_text(
+                            "Where the run writes its samples, images and manifest; a relative \
+                             path starts in the base folder below. Enter shows the folder's \
+                             images.",
+                        )
                 });
-                if ui.button("Choose...").clicked() {
+                self.editing_dir = r.has_focus();
+                if ui
+                    .button("Choose...")
+                    .on_hover_text("Choose the output folder")
+                    .clicked()
+                {
                     self.picker.open(Pick::OutputFolder, PickKind::Folder);
                 }
             });
+            let base = self
+                .base
+                .get_or_insert_with(|| std::env::current_dir().unwrap_or_default());
+            ui.add(
+                egui::Label::new(
+                    egui::RichText::new(format!("Base folder: {}", base.display())).weak(),
+                )
+                .truncate(),
+            )
+            .on_hover_text(format!(
+                "Relative paths start in the working directory, {}",
+                base.display()
+            ));
+            super::picker_unavailable_ui(ui, &mut self.picker);
             ui.checkbox(&mut o.overwrite, START_OVER_LABEL)
                 .on_hover_text(
                     "A folder holding a run with other settings (or other files) is refused; \
@@ -518,68 +663,126 @@ impl GenerateTab {
             });
         }
         match &self.status {
-            Some((_, s)) => ui.label(&s.estimate),
-            None => ui.label("Disk: estimating..."),
-        };
+            Some((_, s)) => {
+                ui.label(&s.estimate).on_hover_text(
+                    "What the run will write (the per-step samples take most of it), and the \
+                     free space on the output folder's disk",
+                );
+                if let Some(p) = &s.folder_problem {
+                    ui.colored_label(egui::Color32::from_rgb(200, 40, 40), format!("error: {p}"));
+                }
+            }
+            None => {
+                ui.label("Disk: estimating...");
+            }
+        }
         let resumable = self.status.as_ref().is_some_and(|(_, s)| s.resumable);
+        let state = self.job_state(shared);
         ui.horizontal(|ui| {
             let resumable = !running && resumable;
             let start_label = if resumable { "Start / Resume" } else { "Start" };
             if ui
                 .add_enabled(!running, egui::Button::new(start_label))
+                .on_hover_text(if resumable {
+                    "Continue the run in this folder where it stopped (same settings), or start it"
+                } else {
+                    "Generate the images and save every step's samples"
+                })
+                .on_disabled_hover_text("A run of this tab is under way")
                 .clicked()
             {
                 self.start(ui.ctx(), o, shared);
             }
+            let can_cancel = matches!(state, Some(JobState::Running | JobState::Queued));
             if ui
-                .add_enabled(running, egui::Button::new("Cancel"))
+                .add_enabled(can_cancel, egui::Button::new("Cancel"))
+                .on_hover_text("Stop the run after its current step; Start resumes it later")
+                .on_disabled_hover_text(if state == Some(JobState::Cancelling) {
+                    "Cancelling: the run stops after its current step"
+                } else {
+                    "No run to cancel"
+                })
                 .clicked()
             {
-                self.cancel();
+                self.cancel_job(shared);
+            }
+            if state == Some(JobState::Cancelling) {
+                ui.spinner();
+                ui.label("cancelling…");
             }
         });
         if super::model_notice_ui(ui, &self.model_notice) {
-            self.cancel();
+            self.cancel_job(shared);
         }
         for n in &self.notes {
             ui.label(format!("note: {n}"));
         }
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             let dir = PathBuf::from(&o.calib_dir);
             let busy = self.report_task.is_running();
-            if let Some(out) = super::report_buttons(ui, &dir, "calibration", busy) {
-                self.message = None;
-                self.report_task.spawn(ui.ctx(), move || {
-                    super::report_outcome(&out, crate::report::write_calibration_report(&dir, &out))
-                });
+            if let Some(wanted) = super::report_buttons(ui, &dir, "calibration", busy) {
+                self.report = None;
+                self.report_task
+                    .spawn(ui.ctx(), move || write_report(&dir, &wanted));
             }
         });
+        match &self.report {
+            Some(Ok(path)) => {
+                let path = path.clone();
+                ui.horizontal_wrapped(|ui| {
+                    ui.label("wrote");
+                    if let Some(e) = path_link(ui, &path) {
+                        shared.errors.report(OPEN_PLACE, e);
+                    }
+                });
+            }
+            Some(Err(e)) => {
+                ui.colored_label(egui::Color32::from_rgb(200, 40, 40), format!("error: {e}"));
+            }
+            None => {}
+        }
         super::message_ui(ui, &self.message);
     }
 
     fn results_ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
         let p = &self.progress;
-        if self.job.is_some() {
-            let total = p.num_images.max(1);
-            ui.label(format!(
-                "image {} of {}{}",
-                (p.images_done + 1).min(total),
-                total,
-                if p.seconds_per_image > 0.0 {
-                    format!(
-                        " | {:.1} s/img | ETA {:.0} s",
-                        p.seconds_per_image, p.eta_seconds
-                    )
-                } else {
-                    String::new()
+        match (self.job.as_ref(), self.job_state(shared)) {
+            (Some(job), Some(JobState::Queued)) => {
+                let waiting = shared
+                    .jobs
+                    .waiting_behind(job.id)
+                    .unwrap_or_else(|| "queued: waiting for the MLX worker".into());
+                ui.label(waiting);
+                ui.separator();
+            }
+            (Some(_), state) => {
+                if state == Some(JobState::Cancelling) {
+                    ui.label(CANCELLING);
                 }
-            ));
-            ui.add(egui::ProgressBar::new(p.images_done as f32 / total as f32).show_percentage());
-            ui.label(format!("step {} of {}: {}", p.step, p.num_steps, p.prompt));
-            ui.add(egui::ProgressBar::new(
-                p.step as f32 / p.num_steps.max(1) as f32,
-            ));
-            ui.separator();
+                let total = p.num_images.max(1);
+                ui.label(format!(
+                    "image {} of {}{}",
+                    (p.images_done + 1).min(total),
+                    total,
+                    if p.seconds_per_image > 0.0 {
+                        format!(
+                            " | {:.1} s/img | ETA {:.0} s",
+                            p.seconds_per_image, p.eta_seconds
+                        )
+                    } else {
+                        String::new()
+                    }
+                ));
+                ui.add(
+                    egui::ProgressBar::new(p.images_done as f32 / total as f32).show_percentage(),
+                );
+                ui.label(format!("step {} of {}: {}", p.step, p.num_steps, p.prompt));
+                ui.add(egui::ProgressBar::new(
+                    p.step as f32 / p.num_steps.max(1) as f32,
+                ));
+                ui.separator();
+            }
+            (None, _) => {}
         }
         let ctx = ui.ctx().clone();
         if let Some(sel) = self
@@ -587,7 +790,9 @@ impl GenerateTab {
             .and_then(|s| self.gallery.iter().find(|g| g.image == s))
             .cloned()
         {
-            ui.label(format!("image {}: {}", sel.image, sel.prompt));
+            // Numbered from 1, as the progress line counts them.
+            ui.add(egui::Label::new(format!("image {}: {}", sel.image + 1, sel.prompt)).truncate())
+                .on_hover_text(&sel.prompt);
             if let Some(tex) = self.png_texture(&ctx, shared, &sel.path) {
                 let size = fit(
                     tex.size_vec2(),
@@ -597,7 +802,7 @@ impl GenerateTab {
             }
             ui.separator();
         }
-        ui.label(format!("gallery: {} images", self.gallery.len()));
+        ui.label(format!("gallery: {}", count(self.gallery.len(), "image")));
         egui::ScrollArea::vertical().show(ui, |ui| {
             ui.horizontal_wrapped(|ui| {
                 let items = self.gallery.clone();
@@ -611,19 +816,46 @@ impl GenerateTab {
                                 ))
                                 .sense(egui::Sense::click()),
                             );
-                            if r.clicked() {
+                            if r.on_hover_text("Show it large").clicked() {
                                 self.selected = Some(g.image);
                             }
                         }
                         ui.add(
-                            egui::Label::new(format!("#{} {}", g.image, shorten(&g.prompt, 18)))
-                                .truncate(),
-                        );
+                            egui::Label::new(format!(
+                                "#{} {}",
+                                g.image + 1,
+                                shorten(&g.prompt, 18)
+                            ))
+                            .truncate(),
+                        )
+                        .on_hover_text(format!(
+                            "image {}: {}",
+                            g.image + 1,
+                            g.prompt
+                        ));
                     });
                 }
             });
         });
     }
+}
+
+/// `path` resolved against the working directory (no disk access).
+fn absolute(path: &str) -> PathBuf {
+    let p = Path::new(path.trim());
+    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+}
+
+/// Writes the run's report for `dir` under `wanted`'s name, numbered when taken (on a helper
+/// thread): the file written, or why not, as a sentence.
+pub fn write_report(dir: &Path, wanted: &Path) -> Result<PathBuf, String> {
+    if let Some(p) = folder_problem(dir) {
+        return Err(format!("no report: {p}"));
+    }
+    let out = super::numbered_report(wanted);
+    crate::report::write_calibration_report(dir, &out)
+        .map(|_| out)
+        .map_err(|e| error_sentence(&e))
 }
 
 fn shorten(s: &str, n: usize) -> String {
@@ -681,9 +913,14 @@ pub fn scan_gallery(dir: &Path) -> Vec<GalleryItem> {
 /// The disk estimate with the free space, and whether the folder holds a run to resume (reads
 /// the disk: call it on a helper thread).
 pub fn disk_status(o: &Options) -> DiskStatus {
+    let dir = Path::new(&o.calib_dir);
+    // A folder not there yet is what a new run makes; only a path that cannot become one is
+    // a problem.
+    let folder_problem = folder_problem(dir).filter(|_| dir.exists() || dir.as_os_str().is_empty());
     DiskStatus {
         estimate: disk_estimate(o),
-        resumable: read_manifest(Path::new(&o.calib_dir)).is_some_and(|(n, _)| n > 0),
+        resumable: read_manifest(dir).is_some_and(|(n, _)| n > 0),
+        folder_problem,
     }
 }
 
@@ -715,10 +952,10 @@ pub fn disk_estimate(o: &Options) -> String {
         format!("{} free", human_bytes(f))
     });
     format!(
-        "Disk: about {} for {} images x {} steps ({free})",
+        "Disk: about {} for {} x {} ({free})",
         human_bytes(bytes),
-        o.num_images,
-        o.num_steps
+        count(o.num_images, "image"),
+        count(o.num_steps, "step")
     )
 }
 
@@ -747,7 +984,8 @@ pub fn error_message(e: &CalibrateError) -> String {
             human_bytes(*available)
         ),
         CalibrateError::Source(e) => super::model_error_message(e, MODEL_LABEL),
-        other => other.to_string(),
+        // Raw OS texts ("Is a directory (os error 21)") become sentences.
+        other => error_sentence(other),
     }
 }
 

@@ -23,14 +23,42 @@ use self::preview::TextureCache;
 use self::worker::{Event, JobError, JobSummary, Worker};
 use crate::model::source::{ModelLocations, SourceError, SourceEvent};
 
-/// Where the Generate and Samples tabs write their reports: `reports/` beside the calibration
-/// folder.
-pub fn reports_dir(calib_dir: &std::path::Path) -> PathBuf {
-    let parent = calib_dir
+/// The smallest window the app allows: every tab's toolbar and status bar fit in it (the
+/// `app_shell` tests render each tab at this size).
+pub const MIN_WINDOW_SIZE: [f32; 2] = [1000.0, 650.0];
+
+/// Where a report on `input` (a folder, or a file) goes first: beside it, named after it,
+/// `<parent>/<input name>-<stem>-report.<ext>`, so the reports of different folders never
+/// share a name. A relative `input` is taken from the working directory. The writer numbers
+/// it ([`numbered_report`]) when that name is taken.
+pub fn report_path(input: &std::path::Path, stem: &str, ext: &str) -> PathBuf {
+    // `absolute` only joins with the working directory (no disk access).
+    let input = std::path::absolute(input).unwrap_or_else(|_| input.to_owned());
+    let name = input
+        .file_name()
+        .map_or_else(|| "sd3lab".to_owned(), |n| n.to_string_lossy().into_owned());
+    let parent = input
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    parent.join("reports")
+    parent.join(format!("{name}-{stem}-report.{ext}"))
+}
+
+/// `wanted`, or when a file of that name exists the first free `NAME-2.ext`, `NAME-3.ext`…
+/// ([`crate::fsutil::numbered_path`]): a report never replaces an earlier one. Reads the
+/// disk: call it on the thread that writes.
+pub fn numbered_report(wanted: &std::path::Path) -> PathBuf {
+    let dir = wanted
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let stem = wanted
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let ext = wanted
+        .extension()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    crate::fsutil::numbered_path(dir, &stem, &ext)
 }
 
 /// The tabs, in the bar's order.
@@ -311,13 +339,40 @@ impl SdApp {
     }
 
     fn status_bar(&mut self, ui: &mut egui::Ui) {
+        // The latest error on a row of its own, Dismiss first, so a long text never pushes
+        // the button out of the window (the text is cut; its tooltip holds all of it).
+        if let Some(e) = self.shared.errors.latest() {
+            let headline = e.headline();
+            ui.horizontal(|ui| {
+                if ui
+                    .small_button("Dismiss")
+                    .on_hover_text("Hide this error (it is also shown in its tab)")
+                    .clicked()
+                {
+                    self.shared.errors.dismiss();
+                }
+                ui.add(
+                    egui::Label::new(
+                        egui::RichText::new(format!("error ({headline})"))
+                            .color(egui::Color32::from_rgb(200, 40, 40)),
+                    )
+                    .truncate(),
+                )
+                .on_hover_text(&headline);
+            });
+        }
         ui.horizontal(|ui| {
             let model = match self.persisted.tab {
                 Tab::Generate => &self.persisted.generate.model,
                 Tab::Samples => &self.persisted.samples.model,
                 Tab::Sensitivity => &self.persisted.sensitivity.model,
             };
-            ui.label(format!("model: {model}"));
+            let shown = if model.chars().count() > 40 {
+                format!("model: ...{}", tail_chars(model, 37))
+            } else {
+                format!("model: {model}")
+            };
+            ui.label(shown).on_hover_text(format!("model: {model}"));
             ui.separator();
             ui.label(format!("{} on {}", self.backend, self.device));
             ui.separator();
@@ -325,7 +380,8 @@ impl SdApp {
                 "MLX memory {} (peak {})",
                 human_bytes(self.memory.0),
                 human_bytes(self.memory.1)
-            ));
+            ))
+            .on_hover_text("Memory MLX holds now, and the most it held since the app started");
             ui.separator();
             let current = self.shared.jobs.current().map(|j| {
                 let verb = match j.state {
@@ -340,7 +396,7 @@ impl SdApp {
             match current.or_else(|| self.shared.running.clone()) {
                 Some((label, progress)) => {
                     ui.label(label);
-                    ui.add(egui::ProgressBar::new(progress).desired_width(160.0));
+                    ui.add(egui::ProgressBar::new(progress).desired_width(120.0));
                 }
                 None => {
                     ui.label("idle");
@@ -351,20 +407,6 @@ impl SdApp {
                 ui.label(format!("{queued} queued")).on_hover_text(
                     "Jobs run one at a time on the MLX worker, in the order they were started",
                 );
-            }
-            if let Some(e) = self.shared.errors.latest() {
-                ui.separator();
-                ui.colored_label(
-                    egui::Color32::from_rgb(200, 40, 40),
-                    format!("error ({})", e.headline()),
-                );
-                if ui
-                    .small_button("Dismiss")
-                    .on_hover_text("Hide this error (it is also shown in its tab)")
-                    .clicked()
-                {
-                    self.shared.errors.dismiss();
-                }
             }
         });
     }
@@ -498,6 +540,21 @@ impl eframe::App for SdApp {
     }
 }
 
+/// "1 image", "2 images": a count with its noun in the right number.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// The last `n` characters of `s`.
+fn tail_chars(s: &str, n: usize) -> &str {
+    let skip = s.chars().count().saturating_sub(n);
+    s.char_indices().nth(skip).map_or(s, |(i, _)| &s[i..])
+}
+
 /// Bytes as KB/MB/GB.
 pub fn human_bytes(b: u64) -> String {
     let b = b as f64;
@@ -551,6 +608,7 @@ pub fn run_gui(options: GuiOptions) -> Result<(), String> {
     let persist = options.persist && options.screenshot.is_none();
     let mut viewport = egui::ViewportBuilder::default()
         .with_inner_size(size)
+        .with_min_inner_size(MIN_WINDOW_SIZE)
         .with_title("SD3 Lab");
     if let Some(icon) = app_icon() {
         viewport = viewport.with_icon(icon);
@@ -589,21 +647,21 @@ pub fn job_outcome(
         }
         Err(JobError::Calibrate(e)) => Err(generate_tab::error_message(e)),
         Err(JobError::Sensitivity(e)) => Err(sensitivity_tab::error_message(e)),
-        Err(e @ JobError::PromptFile(_)) => Err(e.to_string()),
+        Err(e @ JobError::PromptFile(_)) => Err(feedback::error_sentence(e)),
     }
 }
 
 fn summary_text(s: &JobSummary) -> String {
     match s {
         JobSummary::Calibration(s) => format!(
-            "{} of {} images in {} ({:.1} s)",
+            "{} of {} in {} ({:.1} s)",
             s.n_completed,
-            s.num_images,
+            count(s.num_images, "image"),
             s.calib_dir.display(),
             s.seconds
         ),
         JobSummary::Sensitivity { layers, report } => {
-            format!("{layers} layers measured; {}", report.display())
+            format!("{} measured; {}", count(*layers, "layer"), report.display())
         }
     }
 }
@@ -696,8 +754,9 @@ pub fn model_notice_ui(ui: &mut egui::Ui, notice: &ModelNotice) -> bool {
 }
 
 /// The "Export: Report (HTML) / Report (Markdown)" buttons of a tab (disabled while `busy`):
-/// the report file a click asks for, `reports/<stem>.html|.md` beside `calib_dir`. The tab
-/// writes it on a helper thread ([`Task`]).
+/// the report file a click asks for, `<calib folder>-<stem>-report.html|.md` beside
+/// `calib_dir` ([`report_path`]). The tab writes it on a helper thread ([`Task`]), under the
+/// name [`numbered_report`] gives there.
 pub fn report_buttons(
     ui: &mut egui::Ui,
     calib_dir: &std::path::Path,
@@ -706,9 +765,30 @@ pub fn report_buttons(
 ) -> Option<PathBuf> {
     ui.label("Export");
     let mut wanted = None;
-    for (label, ext) in [("Report (HTML)", "html"), ("Report (Markdown)", "md")] {
-        if ui.add_enabled(!busy, egui::Button::new(label)).clicked() {
-            wanted = Some(reports_dir(calib_dir).join(format!("{stem}.{ext}")));
+    for (label, ext, what) in [
+        (
+            "Report (HTML)",
+            "html",
+            "an HTML page with its figures and images embedded",
+        ),
+        (
+            "Report (Markdown)",
+            "md",
+            "a Markdown file with its figures beside it",
+        ),
+    ] {
+        let target = report_path(calib_dir, stem, ext);
+        let hint = format!(
+            "Writes {what}: {} (numbered -2, -3... when that name is taken; nothing is overwritten)",
+            target.display()
+        );
+        if ui
+            .add_enabled(!busy, egui::Button::new(label))
+            .on_hover_text(&hint)
+            .on_disabled_hover_text(&hint)
+            .clicked()
+        {
+            wanted = Some(target);
         }
     }
     if busy {
@@ -806,15 +886,70 @@ pub fn labelled(
     .inner
 }
 
+/// What a tab shows when no file dialog can open, so the user types the path instead.
+pub const NO_DIALOG: &str =
+    "No file dialog is available on this system (no desktop portal); type the path into the field";
+
+/// A dialog that answers "nothing" sooner than this was never shown: nobody closes a dialog
+/// that fast, but a missing desktop portal answers at once.
+const QUICK_DISMISS: Duration = Duration::from_millis(300);
+
+/// What a dialog's thread reports.
+enum Picked {
+    Path(PathBuf),
+    /// Shown and closed without a choice.
+    Dismissed,
+    /// No dialog could be shown.
+    Unavailable,
+}
+
+/// On Linux rfd asks the xdg desktop portal over the D-Bus session bus: without
+/// `DBUS_SESSION_BUS_ADDRESS` and without the default socket (`$XDG_RUNTIME_DIR/bus`, which
+/// zbus falls back to) no dialog can open. `env` reads a variable. (Looks at the disk: call it
+/// on a helper thread.)
+fn missing_dialog_service(
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Option<&'static str> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let set = |k: &str| env(k).filter(|v| !v.is_empty());
+    if set("DBUS_SESSION_BUS_ADDRESS").is_some() {
+        return None;
+    }
+    let socket = set("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("bus"));
+    match socket {
+        Some(s) if s.exists() => None,
+        _ => Some(NO_DIALOG),
+    }
+}
+
+/// Runs a dialog and tells a dismissal from a dialog that could not open by how soon it
+/// answered ([`QUICK_DISMISS`]).
+fn timed_dialog(dialog: impl FnOnce() -> Option<PathBuf>) -> Picked {
+    let start = Instant::now();
+    match dialog() {
+        Some(p) => Picked::Path(p),
+        None if start.elapsed() < QUICK_DISMISS => Picked::Unavailable,
+        None => Picked::Dismissed,
+    }
+}
+
 /// A file or folder dialog running off the UI thread (rfd's async dialog driven by a tiny
 /// executor on a helper thread), polled each frame. `P` says what the chosen path is for.
+/// Where no dialog can open (no desktop portal), [`Picker::unavailable`] says so, and the tab
+/// shows it beside its path fields.
 pub struct Picker<P> {
-    pending: Option<(P, crossbeam_channel::Receiver<Option<PathBuf>>)>,
+    pending: Option<(P, crossbeam_channel::Receiver<Picked>)>,
+    unavailable: Option<&'static str>,
 }
 
 impl<P> Default for Picker<P> {
     fn default() -> Self {
-        Self { pending: None }
+        Self {
+            pending: None,
+            unavailable: None,
+        }
     }
 }
 
@@ -834,37 +969,58 @@ pub enum PickKind {
 impl<P: Copy> Picker<P> {
     /// Opens a dialog for `purpose` (ignored while one is open).
     pub fn open(&mut self, purpose: P, kind: PickKind) {
+        self.spawn_dialog(purpose, move || {
+            if missing_dialog_service(|k| std::env::var_os(k)).is_some() {
+                return Picked::Unavailable;
+            }
+            timed_dialog(|| {
+                let dialog = rfd::AsyncFileDialog::new();
+                let picked = match kind {
+                    PickKind::Folder => block_on(dialog.pick_folder()),
+                    PickKind::File { filter } => {
+                        block_on(dialog.add_filter(filter.0, filter.1).pick_file())
+                    }
+                    PickKind::Save { name, filter } => block_on(
+                        dialog
+                            .add_filter(filter.0, filter.1)
+                            .set_file_name(name)
+                            .save_file(),
+                    ),
+                };
+                picked.map(|h| h.path().to_path_buf())
+            })
+        });
+    }
+
+    /// Runs `dialog` on a helper thread for `purpose` (ignored while one is open).
+    fn spawn_dialog(&mut self, purpose: P, dialog: impl FnOnce() -> Picked + Send + 'static) {
         if self.pending.is_some() {
             return;
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.pending = Some((purpose, rx));
         std::thread::spawn(move || {
-            let dialog = rfd::AsyncFileDialog::new();
-            let picked = match kind {
-                PickKind::Folder => block_on(dialog.pick_folder()),
-                PickKind::File { filter } => {
-                    block_on(dialog.add_filter(filter.0, filter.1).pick_file())
-                }
-                PickKind::Save { name, filter } => block_on(
-                    dialog
-                        .add_filter(filter.0, filter.1)
-                        .set_file_name(name)
-                        .save_file(),
-                ),
-            };
-            let _ = tx.send(picked.map(|h| h.path().to_path_buf()));
+            let _ = tx.send(dialog());
         });
     }
 
-    /// The chosen path with its purpose, once (None while open or when dismissed).
+    /// The chosen path with its purpose, once (None while open, when dismissed, or when no
+    /// dialog could open: then [`Picker::unavailable`] says so).
     pub fn poll(&mut self) -> Option<(P, PathBuf)> {
         let (purpose, rx) = self.pending.as_ref()?;
         let purpose = *purpose;
         match rx.try_recv() {
             Ok(picked) => {
                 self.pending = None;
-                picked.map(|p| (purpose, p))
+                self.unavailable = None;
+                match picked {
+                    Picked::Path(p) => Some((purpose, p)),
+                    Picked::Dismissed => None,
+                    Picked::Unavailable => {
+                        self.unavailable = Some(NO_DIALOG);
+                        None
+                    }
+                }
             }
             Err(crossbeam_channel::TryRecvError::Empty) => None,
             Err(crossbeam_channel::TryRecvError::Disconnected) => {
@@ -872,6 +1028,38 @@ impl<P: Copy> Picker<P> {
                 None
             }
         }
+    }
+
+    /// True while a dialog is open (or being opened).
+    pub fn is_open(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Why the last dialog could not open ([`NO_DIALOG`]), until one opens.
+    pub fn unavailable(&self) -> Option<&'static str> {
+        self.unavailable
+    }
+
+    /// The user read the message: hide it.
+    pub fn dismiss_unavailable(&mut self) {
+        self.unavailable = None;
+    }
+}
+
+/// Shows a picker's "no file dialog" message (with a button to hide it); call it beside the
+/// tab's path fields.
+pub fn picker_unavailable_ui<P: Copy>(ui: &mut egui::Ui, picker: &mut Picker<P>) {
+    if let Some(text) = picker.unavailable() {
+        ui.horizontal_wrapped(|ui| {
+            ui.colored_label(egui::Color32::from_rgb(190, 120, 0), text);
+            if ui
+                .small_button("OK")
+                .on_hover_text("Hide this message")
+                .clicked()
+            {
+                picker.dismiss_unavailable();
+            }
+        });
     }
 }
 
@@ -981,6 +1169,16 @@ mod tests {
     }
 
     #[test]
+    fn a_job_error_from_the_os_reads_as_a_sentence() {
+        let e = Err(JobError::PromptFile(std::io::Error::from_raw_os_error(28)));
+        let m = job_outcome(false, &e).unwrap_err();
+        assert!(
+            m.ends_with("the disk is full") && !m.contains("os error"),
+            "{m}"
+        );
+    }
+
+    #[test]
     fn percentiles_and_reports_folder() {
         let s = FrameStats {
             frames_ms: (1..=100).map(f64::from).collect(),
@@ -988,12 +1186,94 @@ mod tests {
         };
         assert_eq!(s.percentiles(), (51.0, 99.0, 100.0));
         assert_eq!(
-            reports_dir(std::path::Path::new("work/calibration_data")),
-            PathBuf::from("work/reports")
+            report_path(std::path::Path::new("/work/calib_a"), "calibration", "html"),
+            PathBuf::from("/work/calib_a-calibration-report.html")
         );
+        // A relative folder is named from the working directory, not left as `./reports`.
+        let cwd = std::env::current_dir().unwrap();
         assert_eq!(
-            reports_dir(std::path::Path::new("calibration_data")),
-            PathBuf::from("./reports")
+            report_path(std::path::Path::new("calib_b"), "samples", "md"),
+            cwd.join("calib_b-samples-report.md")
         );
+        let dir = tempfile::tempdir().unwrap();
+        let wanted = report_path(&dir.path().join("run"), "calibration", "html");
+        assert_eq!(numbered_report(&wanted), wanted);
+        std::fs::write(&wanted, b"x").unwrap();
+        assert_eq!(
+            numbered_report(&wanted),
+            dir.path().join("run-calibration-report-2.html")
+        );
+    }
+
+    #[test]
+    fn no_dialog_service_without_a_session_bus() {
+        let env = |vars: Vec<(&'static str, String)>| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = dir.path().display().to_string();
+        let linux = cfg!(target_os = "linux");
+        // Neither the variable nor the default bus socket: no portal can answer.
+        assert_eq!(
+            missing_dialog_service(env(vec![("XDG_RUNTIME_DIR", runtime.clone())])).is_some(),
+            linux
+        );
+        assert_eq!(missing_dialog_service(env(vec![])).is_some(), linux);
+        assert_eq!(
+            missing_dialog_service(env(vec![(
+                "DBUS_SESSION_BUS_ADDRESS",
+                "unix:path=/x".into()
+            )])),
+            None
+        );
+        std::fs::write(dir.path().join("bus"), b"").unwrap();
+        assert_eq!(
+            missing_dialog_service(env(vec![("XDG_RUNTIME_DIR", runtime)])),
+            None,
+            "the bus socket zbus falls back to"
+        );
+    }
+
+    /// Polls until the dialog's thread has answered.
+    fn poll_picker(p: &mut Picker<u8>) -> Option<(u8, PathBuf)> {
+        let start = Instant::now();
+        while p.is_open() && start.elapsed() < Duration::from_secs(10) {
+            if let Some(r) = p.poll() {
+                return Some(r);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    #[test]
+    fn a_dialog_that_cannot_open_says_to_type_the_path() {
+        let mut p = Picker::<u8>::default();
+        // A dialog that answers "nothing" at once never showed a window: no dialog service.
+        p.spawn_dialog(1, || timed_dialog(|| None));
+        assert_eq!(poll_picker(&mut p), None);
+        assert_eq!(p.unavailable(), Some(NO_DIALOG));
+        assert!(NO_DIALOG.contains("type the path into the field"));
+        // A dialog that was shown and closed without a choice is no error.
+        p.spawn_dialog(2, || {
+            timed_dialog(|| {
+                std::thread::sleep(QUICK_DISMISS + Duration::from_millis(100));
+                None
+            })
+        });
+        assert_eq!(poll_picker(&mut p), None);
+        assert_eq!(p.unavailable(), None);
+        // A choice comes back with its purpose.
+        p.spawn_dialog(3, || timed_dialog(|| Some(PathBuf::from("/x"))));
+        assert_eq!(poll_picker(&mut p), Some((3, PathBuf::from("/x"))));
+        assert_eq!(p.unavailable(), None);
+        // No session bus: reported without trying a dialog.
+        p.spawn_dialog(4, || Picked::Unavailable);
+        assert_eq!(poll_picker(&mut p), None);
+        assert_eq!(p.unavailable(), Some(NO_DIALOG));
     }
 }

@@ -302,6 +302,7 @@ impl SamplesTab {
                 let (set, filter) = (set.clone(), o.filter());
                 self.report_message = None;
                 self.report_task.spawn(ui.ctx(), move || {
+                    let out = super::numbered_report(&out);
                     super::report_outcome(
                         &out,
                         crate::report::write_samples_report(&set, &filter, &out),

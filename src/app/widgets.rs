@@ -45,7 +45,23 @@ where
                 range.end(),
                 value
             )),
-            Err(_) => Some(format!("not a number; keeps {value}")),
+            // A number the type cannot hold (-5 for a count, 2.5 for a size) is out of the
+            // range, not "not a number".
+            Err(_) => Some(match text.trim().parse::<f64>() {
+                Ok(x) if x.is_finite() && x.fract() == 0.0 => format!(
+                    "must be between {} and {}; keeps {}",
+                    range.start(),
+                    range.end(),
+                    value
+                ),
+                Ok(x) if x.is_finite() => format!(
+                    "must be a whole number between {} and {}; keeps {}",
+                    range.start(),
+                    range.end(),
+                    value
+                ),
+                _ => format!("not a number; keeps {value}"),
+            }),
         };
         ui.data_mut(|d| d.insert_temp(id, (text, value.to_string())));
         if let Some(p) = problem {

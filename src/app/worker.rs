@@ -115,8 +115,8 @@ pub enum JobSummary {
 /// Why a job failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("writing the prompt file: {0}")]
-    PromptFile(std::io::Error),
+    #[error("the temporary CSV file of the single prompt: {0}")]
+    PromptFile(#[source] std::io::Error),
     #[error(transparent)]
     Calibrate(CalibrateError),
     #[error(transparent)]
