@@ -222,8 +222,8 @@ fn samples_tab_counts_buckets_and_shows_a_sample() {
         .is_some()
     );
     assert!(h.query_by_label("no problems found").is_some());
-    // Select image 1, step 2 and read its metadata.
-    h.get_by_label_contains("img    1 step   2 late").click();
+    // Select the second image's third step (numbered from 1) and read its metadata.
+    h.get_by_label_contains("img    2 step   3 late").click();
     wait_until(&mut h, "the sample's previews", |a| {
         a.samples.selected == Some(5) && !a.samples.waiting_for_previews()
     });
@@ -251,10 +251,11 @@ fn samples_tab_counts_buckets_and_shows_a_sample() {
             .is_some()
     );
     h.state_mut().persisted.samples.bucket = None;
-    // The tab's report, beside the calibration folder, written on a helper thread.
+    // The tab's report, beside the calibration folder and named after it, written on a
+    // helper thread.
     h.get_by_label("Report (HTML)").click();
     wait_until(&mut h, "the report", |a| !a.busy());
-    let html = std::fs::read_to_string(root.path().join("reports/samples.html")).unwrap();
+    let html = std::fs::read_to_string(root.path().join("reports/calib-samples.html")).unwrap();
     for needle in [
         "samples per step bucket",
         "timestep by step",
@@ -267,7 +268,7 @@ fn samples_tab_counts_buckets_and_shows_a_sample() {
             "{needle} missing from the samples report"
         );
     }
-    let csv = std::fs::read_to_string(root.path().join("reports/samples_data.csv")).unwrap();
+    let csv = std::fs::read_to_string(root.path().join("reports/calib-samples_data.csv")).unwrap();
     assert_eq!(csv.lines().count(), 7);
     h.state_mut().samples.report_message = None;
     h.state_mut().samples.selected = Some(0);
