@@ -183,8 +183,13 @@ pub struct Heatmap {
     pub scale: f32,
     /// The largest magnitude (the outliers the scale leaves out).
     pub max_abs: f32,
+    /// The tensor's tokens and features per token.
     pub tokens: usize,
     pub features: usize,
+    /// The tokens and features drawn: up to the last that is non-zero in this row (the
+    /// padding after them, zero by construction, is left out so the values have the room).
+    pub tokens_shown: usize,
+    pub features_shown: usize,
     /// Features per column (each column shows its group's value of largest magnitude).
     pub per_column: usize,
     /// The batch row shown and the batch size.
@@ -196,7 +201,8 @@ pub struct Heatmap {
 /// batch row `row`: tokens down, features across in at most `max_cols` columns, each showing
 /// the value of largest magnitude in its group of features (a mean would cancel signs and fade
 /// to white), on the diverging map with a symmetric scale at the [`HEATMAP_PERCENTILE`] of the
-/// non-zero magnitudes.
+/// non-zero magnitudes. Trailing all-zero tokens and features (SD3's zero padding of CLIP's
+/// 2048 features to 4096 and its zero T5 tokens) are not drawn.
 pub fn conditioning_heatmap(data: &[f32], shape: &[usize], row: usize, max_cols: usize) -> Heatmap {
     let (rows, tokens, features) = match shape {
         [b, t, f] => (*b, *t, *f),
@@ -204,6 +210,25 @@ pub fn conditioning_heatmap(data: &[f32], shape: &[usize], row: usize, max_cols:
         _ => (0, 0, 0),
     };
     let row = row.min(rows.saturating_sub(1));
+    let offset = row * tokens * features;
+    let token_values = |t: usize| {
+        let a = (offset + t * features).min(data.len());
+        let b = (offset + (t + 1) * features).min(data.len());
+        &data[a..b]
+    };
+    // The extent of the non-zero values (all of it when every value is zero).
+    let (mut last_token, mut last_feature) = (0, 0);
+    for t in 0..tokens {
+        if let Some(f) = token_values(t).iter().rposition(|v| *v != 0.0) {
+            last_token = t + 1;
+            last_feature = last_feature.max(f + 1);
+        }
+    }
+    let (tokens_shown, features_shown) = if last_token == 0 {
+        (tokens, features)
+    } else {
+        (last_token, last_feature)
+    };
     if tokens == 0 || features == 0 {
         return Heatmap {
             picture: Picture::new(1, 1, 255),
@@ -211,19 +236,19 @@ pub fn conditioning_heatmap(data: &[f32], shape: &[usize], row: usize, max_cols:
             max_abs: 0.0,
             tokens,
             features,
+            tokens_shown,
+            features_shown,
             per_column: 1,
             row,
             rows,
         };
     }
-    let cols = features.min(max_cols.max(1));
-    let per = features.div_ceil(cols);
-    let offset = row * tokens * features;
-    let mut cells = vec![0f32; tokens * cols];
-    for t in 0..tokens {
-        let a = (offset + t * features).min(data.len());
-        let b = (offset + (t + 1) * features).min(data.len());
-        let token = &data[a..b];
+    let cols = features_shown.min(max_cols.max(1));
+    let per = features_shown.div_ceil(cols);
+    let cols = features_shown.div_ceil(per);
+    let mut cells = vec![0f32; tokens_shown * cols];
+    for t in 0..tokens_shown {
+        let token = &token_values(t)[..features_shown.min(token_values(t).len())];
         for c in 0..cols {
             let (lo, hi) = ((c * per).min(token.len()), ((c + 1) * per).min(token.len()));
             cells[t * cols + c] = token[lo..hi]
@@ -241,8 +266,8 @@ pub fn conditioning_heatmap(data: &[f32], shape: &[usize], row: usize, max_cols:
         let k = ((magnitudes.len() - 1) as f32 * HEATMAP_PERCENTILE).round() as usize;
         *magnitudes.select_nth_unstable_by(k, f32::total_cmp).1
     };
-    let mut picture = Picture::new(cols, tokens, 255);
-    for t in 0..tokens {
+    let mut picture = Picture::new(cols, tokens_shown, 255);
+    for t in 0..tokens_shown {
         for c in 0..cols {
             let v = cells[t * cols + c];
             picture.set(c, t, diverging(if scale > 0.0 { v / scale } else { 0.0 }));
@@ -254,6 +279,8 @@ pub fn conditioning_heatmap(data: &[f32], shape: &[usize], row: usize, max_cols:
         max_abs,
         tokens,
         features,
+        tokens_shown,
+        features_shown,
         per_column: per,
         row,
         rows,
@@ -456,9 +483,29 @@ mod tests {
         }
         let h = conditioning_heatmap(&data, &[1, 4, 8], 0, 8);
         let p = &h.picture;
-        assert_eq!((p.width, p.height, h.scale), (8, 4, 1.0));
+        // The zero tokens are not drawn; the tensor's size is still told.
+        assert_eq!((p.width, p.height, h.scale), (8, 2, 1.0));
+        assert_eq!((h.tokens, h.tokens_shown, h.features_shown), (4, 2, 8));
         assert_eq!(&p.rgb[0..3], &diverging(1.0));
-        assert_eq!(&p.rgb[(3 * 8) * 3..(3 * 8) * 3 + 3], &diverging(0.0));
+        assert_eq!(&p.rgb[3..6], &diverging(-0.5));
+        // Zero padding of the features (the last 4 of 8) is cut as well.
+        let mut padded = vec![0f32; 3 * 8];
+        padded[2] = 1.0;
+        padded[8 + 3] = -1.0;
+        let h = conditioning_heatmap(&padded, &[3, 8], 0, 8);
+        assert_eq!((h.tokens_shown, h.features_shown), (2, 4));
+        assert_eq!((h.picture.width, h.picture.height), (4, 2));
+        assert_eq!(
+            pixel(&h.picture, 0, 0),
+            diverging(0.0),
+            "a zero inside stays"
+        );
+        // All zero: drawn whole, white.
+        let zero = conditioning_heatmap(&[0.0; 8], &[2, 4], 0, 8);
+        assert_eq!(
+            (zero.scale, zero.picture.width, zero.picture.height),
+            (0.0, 4, 2)
+        );
         let (h, range) = histogram(&[0.0, 0.1, 0.9, 1.0, f32::NAN], 2);
         assert_eq!(range, (0.0, 1.0));
         assert_eq!(h.iter().map(|b| b.1).collect::<Vec<_>>(), vec![2, 2]);

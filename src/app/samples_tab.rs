@@ -37,6 +37,8 @@ pub const EXPORT: Place = Place::new(Tab::Samples, "export");
 /// width there is.
 const GRID_WIDTH: f32 = 300.0;
 const VAE_SIZE: f32 = 256.0;
+/// Below this fraction of their sizes the previews move under the metadata instead.
+const MIN_PREVIEW_SCALE: f32 = 0.7;
 
 /// Browsing options (persisted).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -407,6 +409,8 @@ impl SamplesTab {
             .default_size(300.0)
             .show(ui, |ui| {
                 let row_h = ui.text_style_height(&egui::TextStyle::Body) + 4.0;
+                // One line per row (the list's rows have one height); the tooltip has it all.
+                ui.style_mut().wrap_mode = Some(egui::TextWrapMode::Truncate);
                 egui::ScrollArea::vertical().show_rows(ui, row_h, metas.len(), |ui, range| {
                     for i in range {
                         let m = metas[i];
@@ -589,35 +593,41 @@ impl SamplesTab {
         shared: &mut Shared,
     ) {
         let (image, step) = (
-            format!("image {} of {}", meta.image + 1, set.num_images()),
-            format!("step {} of {}", meta.step + 1, set.num_steps()),
+            format!("{} of {}", meta.image + 1, set.num_images()),
+            format!("{} of {}", meta.step + 1, set.num_steps()),
         );
-        ui.heading(format!("Sample: {image}, {step}"));
+        ui.heading(format!("Sample: image {image}, step {step}"));
         let ctx = ui.ctx().clone();
         let tensors = self.tensors.clone().filter(|t| t.file == meta.file);
         let layout = tensors
             .as_ref()
             .and_then(|t| LatentLayout::from_shape(&t.x_shape));
-        // The previews go beside the metadata when both fit, else below it: never cut.
+        // The previews go beside the metadata, shrunk to the width left (down to
+        // MIN_PREVIEW_SCALE), else below it: never cut.
+        let gap = 3.0 * ui.spacing().item_spacing.x;
+        let scale_for = |width: f32| ((width - gap) / (GRID_WIDTH + VAE_SIZE)).min(1.0);
         let beside = ui
             .horizontal_top(|ui| {
                 ui.vertical(|ui| meta_grid(ui, set, meta, image, step));
                 let (Some(t), Some(layout)) = (&tensors, layout) else {
                     return true;
                 };
-                if ui.available_width() < GRID_WIDTH + VAE_SIZE + 3.0 * ui.spacing().item_spacing.x
-                {
+                let k = scale_for(ui.available_width());
+                if k < MIN_PREVIEW_SCALE {
                     return false;
                 }
-                self.latent_previews(ui, &ctx, t, layout, o, shared);
+                self.latent_previews(ui, &ctx, t, layout, k, o, shared);
                 true
             })
             .inner;
         if !beside && let (Some(t), Some(layout)) = (&tensors, layout) {
-            if ui.available_width() >= GRID_WIDTH + VAE_SIZE + 2.0 * ui.spacing().item_spacing.x {
-                ui.horizontal_top(|ui| self.latent_previews(ui, &ctx, t, layout, o, shared));
+            let k = scale_for(ui.available_width());
+            if k >= MIN_PREVIEW_SCALE {
+                ui.horizontal_top(|ui| self.latent_previews(ui, &ctx, t, layout, k, o, shared));
             } else {
-                self.latent_previews(ui, &ctx, t, layout, o, shared);
+                // One above the other, each as wide as there is room.
+                let k = (ui.available_width() / GRID_WIDTH).min(1.0);
+                self.latent_previews(ui, &ctx, t, layout, k, o, shared);
             }
         }
         ui.separator();
@@ -641,12 +651,15 @@ impl SamplesTab {
         ctx: &egui::Context,
         t: &SampleTensors,
         layout: LatentLayout,
+        scale: f32,
         o: &Options,
         shared: &mut Shared,
     ) {
         let generation = self.generation;
         ui.vertical(|ui| {
-            let width = GRID_WIDTH.min(ui.available_width());
+            let width = (GRID_WIDTH * scale).min(ui.available_width());
+            // Captions wrap to the picture's width rather than widen the column.
+            ui.set_max_width(width);
             ui.label(format!(
                 "latent x: {} channels of {}x{} ({} scale)",
                 layout.channels,
@@ -668,8 +681,8 @@ impl SamplesTab {
                 .get_or_insert(ctx, &key, egui::TextureOptions::NEAREST, || {
                     preview::latent_grid(&t.x, &layout, &ranges, 4).to_color_image()
                 });
-            let scale = width / tex.size_vec2().x;
-            ui.add(egui::Image::new((tex.id(), tex.size_vec2() * scale)).alt_text("latent channels"));
+            let zoom = width / tex.size_vec2().x;
+            ui.add(egui::Image::new((tex.id(), tex.size_vec2() * zoom)).alt_text("latent channels"));
             let bar = shared.textures.get_or_insert(
                 ctx,
                 "bar:viridis",
@@ -685,7 +698,8 @@ impl SamplesTab {
             }
         });
         ui.vertical(|ui| {
-            let size = VAE_SIZE.min(ui.available_width());
+            let size = (VAE_SIZE * scale).min(ui.available_width());
+            ui.set_max_width(size);
             ui.label(format!("decoded through the VAE of '{}'", o.model))
                 .on_hover_text(format!(
                     "The latent x decoded to pixels by the VAE of {} (what the image would look like if sampling stopped here)",
@@ -766,9 +780,36 @@ impl SamplesTab {
         } else {
             format!("batch row {} of {}", heat.row + 1, heat.rows)
         };
+        let per_column = if heat.per_column > 1 {
+            format!(
+                " ({} features per column, each column showing its value of largest magnitude)",
+                heat.per_column
+            )
+        } else {
+            String::new()
+        };
+        let mut left_out = Vec::new();
+        if heat.tokens_shown < heat.tokens {
+            left_out.push(format!("tokens {}-{}", heat.tokens_shown + 1, heat.tokens));
+        }
+        if heat.features_shown < heat.features {
+            left_out.push(format!(
+                "features {}-{}",
+                heat.features_shown + 1,
+                heat.features
+            ));
+        }
+        let left_out = if left_out.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} are all zero in this half and not drawn",
+                left_out.join(" and ")
+            )
+        };
         ui.label(format!(
-            "conditioning {:?}, showing the {shown}: tokens down, features across ({} per column, each column showing its value of largest magnitude)",
-            t.conditioning_shape, heat.per_column,
+            "conditioning {:?}, showing the {shown}: tokens down, features across{per_column}{left_out}",
+            t.conditioning_shape,
         ))
         .on_hover_text(
             "SD3 text conditioning: tokens 1-77 are CLIP-L and CLIP-G (features 1-2048; 2049-4096 are zero padding), tokens 78-154 the T5 tokens (all zero when T5 is not used)",
@@ -808,15 +849,20 @@ fn heatmap_ui(
 ) {
     let font = egui::FontId::proportional(11.0);
     let colour = ui.visuals().text_color();
-    let axis = 44.0;
-    let width = (ui.available_width() - axis - 8.0).clamp(100.0, 512.0);
-    let height = (heat.tokens as f32 * 1.5).clamp(60.0, 300.0);
+    let stroke = egui::Stroke::new(1.0, colour);
+    // Room for the token ticks on the left, the axis titles above and below, and the last
+    // feature tick's number on the right.
+    let (axis, top, bottom, right) = (44.0, 16.0, 32.0, 24.0);
+    let width = (ui.available_width() - axis - right).clamp(100.0, 512.0);
+    let tokens = heat.tokens_shown.max(1);
+    let features = heat.features_shown.max(1);
+    let height = (tokens as f32 * 2.5).clamp(60.0, 300.0);
     let (rect, response) = ui.allocate_exact_size(
-        egui::vec2(axis + width, height + 30.0),
+        egui::vec2(axis + width + right, top + height + bottom),
         egui::Sense::hover(),
     );
     let map =
-        egui::Rect::from_min_size(rect.min + egui::vec2(axis, 0.0), egui::vec2(width, height));
+        egui::Rect::from_min_size(rect.min + egui::vec2(axis, top), egui::vec2(width, height));
     let painter = ui.painter_at(rect);
     painter.image(
         tex.id(),
@@ -824,16 +870,18 @@ fn heatmap_ui(
         egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0)),
         egui::Color32::WHITE,
     );
-    let tokens = heat.tokens.max(1);
-    let features = heat.features.max(1);
-    // Token ticks at the first token, the middle (CLIP | T5 in SD3) and the last.
-    let mut token_ticks = vec![1, tokens / 2, tokens];
-    token_ticks.dedup();
-    for t in token_ticks {
+    painter.rect_stroke(map, 0.0, stroke, egui::StrokeKind::Outside);
+    // Ticks at the first, the middle and the last token and feature, numbered from 1.
+    let ticks = |n: usize| {
+        let mut t = vec![1, n.div_ceil(2), n];
+        t.dedup();
+        t
+    };
+    for t in ticks(tokens) {
         let y = map.top() + (t as f32 - 0.5) / tokens as f32 * height;
         painter.line_segment(
             [egui::pos2(map.left() - 4.0, y), egui::pos2(map.left(), y)],
-            egui::Stroke::new(1.0, colour),
+            stroke,
         );
         painter.text(
             egui::pos2(map.left() - 6.0, y),
@@ -843,16 +891,14 @@ fn heatmap_ui(
             colour,
         );
     }
-    let mut feature_ticks = vec![1, features / 2, features];
-    feature_ticks.dedup();
-    for f in feature_ticks {
+    for f in ticks(features) {
         let x = map.left() + (f as f32 - 0.5) / features as f32 * width;
         painter.line_segment(
             [
                 egui::pos2(x, map.bottom()),
                 egui::pos2(x, map.bottom() + 4.0),
             ],
-            egui::Stroke::new(1.0, colour),
+            stroke,
         );
         painter.text(
             egui::pos2(x, map.bottom() + 5.0),
@@ -863,14 +909,14 @@ fn heatmap_ui(
         );
     }
     painter.text(
-        egui::pos2(map.right(), map.bottom() + 18.0),
-        egui::Align2::RIGHT_TOP,
+        egui::pos2(map.center().x, map.bottom() + 18.0),
+        egui::Align2::CENTER_TOP,
         "feature",
         font.clone(),
         colour,
     );
     painter.text(
-        egui::pos2(rect.left(), map.top()),
+        egui::pos2(rect.left(), rect.top()),
         egui::Align2::LEFT_TOP,
         "token",
         font,
@@ -884,12 +930,12 @@ fn heatmap_ui(
             .min(heat.picture.width.saturating_sub(1));
         let first = c * heat.per_column;
         let last = ((c + 1) * heat.per_column).min(features);
-        response.on_hover_text_at_pointer(format!(
-            "token {}, features {}-{}",
-            t + 1,
-            first + 1,
-            last
-        ));
+        let features = if last > first + 1 {
+            format!("features {}-{last}", first + 1)
+        } else {
+            format!("feature {last}")
+        };
+        response.on_hover_text_at_pointer(format!("token {}, {features}", t + 1));
     }
     // The colour bar and its range.
     ui.horizontal(|ui| {
@@ -897,18 +943,23 @@ fn heatmap_ui(
         ui.vertical(|ui| {
             ui.image((bar.id(), egui::vec2(width, 12.0)));
             let s = heat.scale;
-            ui.allocate_ui(egui::vec2(width, 16.0), |ui| {
-                ui.horizontal(|ui| {
-                    ui.set_width(width);
-                    ui.label(format!("{:.3}", -s));
-                    let mid = ui.available_width() / 2.0 - 8.0;
-                    ui.add_space(mid.max(0.0));
-                    ui.label("0");
-                    ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                        ui.label(format!("+{s:.3}"));
-                    });
-                });
-            });
+            let (labels, _) =
+                ui.allocate_exact_size(egui::vec2(width, 14.0), egui::Sense::hover());
+            let font = egui::FontId::proportional(12.0);
+            let colour = ui.visuals().text_color();
+            for (x, align, text) in [
+                (labels.left(), egui::Align2::LEFT_TOP, format!("{:.3}", -s)),
+                (labels.center().x, egui::Align2::CENTER_TOP, "0".to_string()),
+                (labels.right(), egui::Align2::RIGHT_TOP, format!("+{s:.3}")),
+            ] {
+                ui.painter().text(
+                    egui::pos2(x, labels.top()),
+                    align,
+                    text,
+                    font.clone(),
+                    colour,
+                );
+            }
             ui.label(format!(
                 "colour scale symmetric at +-{s:.3}: the {:.0}th percentile of the non-zero values' magnitudes; larger values (up to {:.3}) are drawn at the ends; white is 0",
                 preview::HEATMAP_PERCENTILE * 100.0,
@@ -1053,5 +1104,49 @@ fn decode_error_message(e: &DecodeError) -> String {
     match e {
         DecodeError::Model(e) => super::model_error_message(e, MODEL_LABEL),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_folders_are_taken_from_the_base() {
+        let base = Path::new("/work/base");
+        assert_eq!(resolve("runs/a", base), PathBuf::from("/work/base/runs/a"));
+        assert_eq!(resolve(" /abs/b ", base), PathBuf::from("/abs/b"));
+        assert_eq!(
+            resolve("", base),
+            PathBuf::new(),
+            "empty stays empty: says so"
+        );
+    }
+
+    #[test]
+    fn counts_take_their_plural() {
+        assert_eq!(count(1, "sample"), "1 sample");
+        assert_eq!(count(0, "sample"), "0 samples");
+        assert_eq!(count(2, "layer"), "2 layers");
+    }
+
+    #[test]
+    fn reports_are_named_after_their_folder_and_never_overwrite() {
+        let root = tempfile::tempdir().unwrap();
+        let reports = root.path().join("reports");
+        std::fs::create_dir_all(&reports).unwrap();
+        let asked = reports.join("samples.html");
+        let calib = root.path().join("run-7");
+        let first = report_path(&asked, &calib);
+        assert_eq!(first, reports.join("run-7-samples.html"));
+        std::fs::write(&first, "x").unwrap();
+        assert_eq!(
+            report_path(&asked, &calib),
+            reports.join("run-7-samples-2.html")
+        );
+        assert_eq!(
+            report_path(&reports.join("samples.md"), &calib),
+            reports.join("run-7-samples.md")
+        );
     }
 }
