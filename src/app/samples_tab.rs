@@ -616,18 +616,18 @@ impl SamplesTab {
                 if k < MIN_PREVIEW_SCALE {
                     return false;
                 }
-                self.latent_previews(ui, &ctx, t, layout, k, o, shared);
+                self.latent_previews(ui, t, layout, k, o, shared);
                 true
             })
             .inner;
         if !beside && let (Some(t), Some(layout)) = (&tensors, layout) {
             let k = scale_for(ui.available_width());
             if k >= MIN_PREVIEW_SCALE {
-                ui.horizontal_top(|ui| self.latent_previews(ui, &ctx, t, layout, k, o, shared));
+                ui.horizontal_top(|ui| self.latent_previews(ui, t, layout, k, o, shared));
             } else {
                 // One above the other, each as wide as there is room.
                 let k = (ui.available_width() / GRID_WIDTH).min(1.0);
-                self.latent_previews(ui, &ctx, t, layout, k, o, shared);
+                self.latent_previews(ui, t, layout, k, o, shared);
             }
         }
         ui.separator();
@@ -648,7 +648,6 @@ impl SamplesTab {
     fn latent_previews(
         &mut self,
         ui: &mut egui::Ui,
-        ctx: &egui::Context,
         t: &SampleTensors,
         layout: LatentLayout,
         scale: f32,
@@ -656,6 +655,7 @@ impl SamplesTab {
         shared: &mut Shared,
     ) {
         let generation = self.generation;
+        let ctx = &ui.ctx().clone();
         ui.vertical(|ui| {
             let width = (GRID_WIDTH * scale).min(ui.available_width());
             // Captions wrap to the picture's width rather than widen the column.
