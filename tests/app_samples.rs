@@ -303,7 +303,7 @@ fn previews_fit_1000_px_and_the_heatmap_names_its_half() {
     let [vae, grid] = ["VAE preview", "latent channels"].map(|name| h.get_by_label(name).rect());
     for (name, r) in [("VAE preview", vae), ("latent channels", grid)] {
         assert!(
-            r.min.x > list.max.x && r.max.x <= 1000.0 && r.width() >= 200.0,
+            r.min.x > list.max.x && r.max.x <= 1000.0 && r.width() >= 180.0,
             "{name} at {r:?} fits the 1000 px window beside the list ending at {}",
             list.max.x
         );

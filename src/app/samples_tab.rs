@@ -407,6 +407,7 @@ impl SamplesTab {
         self.keyboard(ui, &metas);
         egui::Panel::left("sample-list")
             .default_size(300.0)
+            .min_size(220.0)
             .show(ui, |ui| {
                 let row_h = ui.text_style_height(&egui::TextStyle::Body) + 4.0;
                 // One line per row (the list's rows have one height); the tooltip has it all.
