@@ -222,8 +222,8 @@ fn samples_tab_counts_buckets_and_shows_a_sample() {
         .is_some()
     );
     assert!(h.query_by_label("no problems found").is_some());
-    // Select image 1, step 2 and read its metadata.
-    h.get_by_label_contains("img    1 step   2 late").click();
+    // Select the second image's third step (numbered from 1) and read its metadata.
+    h.get_by_label_contains("img    2 step   3 late").click();
     wait_until(&mut h, "the sample's previews", |a| {
         a.samples.selected == Some(5) && !a.samples.waiting_for_previews()
     });
@@ -251,7 +251,8 @@ fn samples_tab_counts_buckets_and_shows_a_sample() {
             .is_some()
     );
     h.state_mut().persisted.samples.bucket = None;
-    // The tab's report, beside the calibration folder, written on a helper thread.
+    // The tab's report, beside the calibration folder and named after it, written on a
+    // helper thread.
     h.get_by_label("Report (HTML)").click();
     wait_until(&mut h, "the report", |a| !a.busy());
     let html = std::fs::read_to_string(root.path().join("calib-samples-report.html")).unwrap();

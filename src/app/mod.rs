@@ -540,6 +540,17 @@ impl eframe::App for SdApp {
     }
 }
 
+/// `typed` as a path: a relative one is taken from `base` (the folder the tabs show as their
+/// base); an empty one stays empty, so the caller can say that nothing was given.
+pub fn resolve_path(typed: &str, base: &std::path::Path) -> PathBuf {
+    let p = PathBuf::from(typed.trim());
+    if p.is_absolute() || p.as_os_str().is_empty() {
+        p
+    } else {
+        base.join(p)
+    }
+}
+
 /// "1 image", "2 images": a count with its noun in the right number.
 pub fn count(n: usize, noun: &str) -> String {
     if n == 1 {
@@ -1203,6 +1214,20 @@ mod tests {
             numbered_report(&wanted),
             dir.path().join("run-calibration-report-2.html")
         );
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_base_and_counts_take_their_plural() {
+        let base = std::path::Path::new("/work/base");
+        assert_eq!(
+            resolve_path("runs/a", base),
+            PathBuf::from("/work/base/runs/a")
+        );
+        assert_eq!(resolve_path(" /abs/b ", base), PathBuf::from("/abs/b"));
+        assert_eq!(resolve_path("", base), PathBuf::new());
+        assert_eq!(count(1, "sample"), "1 sample");
+        assert_eq!(count(0, "sample"), "0 samples");
+        assert_eq!(count(2, "layer"), "2 layers");
     }
 
     #[test]

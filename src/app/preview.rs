@@ -139,42 +139,152 @@ pub fn latent_grid(data: &[f32], l: &LatentLayout, ranges: &[(f32, f32)], cols: 
     p
 }
 
-/// A conditioning tensor `(batch, tokens, features)` as a heatmap of the first batch row:
-/// tokens down, features across (averaged into at most `max_cols` columns), signed values on
-/// the diverging map scaled by the largest magnitude. Returns the picture and that scale.
-pub fn conditioning_heatmap(data: &[f32], shape: &[usize], max_cols: usize) -> (Picture, f32) {
-    let (tokens, features) = match shape {
-        [_, t, f] => (*t, *f),
-        [t, f] => (*t, *f),
-        _ => (0, 0),
+/// Which half of a classifier-free-guidance batch: calibration stores `conditioning` as
+/// `(2, tokens, features)` with the prompt's row first and the negative prompt's second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CfgHalf {
+    #[default]
+    Prompt,
+    Negative,
+}
+
+impl CfgHalf {
+    pub const ALL: [CfgHalf; 2] = [Self::Prompt, Self::Negative];
+
+    /// The batch row of this half.
+    pub fn row(self) -> usize {
+        match self {
+            Self::Prompt => 0,
+            Self::Negative => 1,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Prompt => "prompt (batch row 1 of 2)",
+            Self::Negative => "negative prompt (batch row 2 of 2)",
+        }
+    }
+}
+
+/// The percentile of the non-zero cells' magnitudes that the heatmap's colour scale ends at:
+/// CLIP hidden states have a few outlier features hundreds of times larger than the rest, and a
+/// scale set by them paints every other feature white.
+pub const HEATMAP_PERCENTILE: f32 = 0.99;
+
+/// A conditioning heatmap and what a reader needs to read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heatmap {
+    /// Tokens down, feature groups across.
+    pub picture: Picture,
+    /// The colour scale: `-scale` is the darkest blue, `+scale` the darkest red (values beyond
+    /// are drawn at the ends); 0 when every value is zero.
+    pub scale: f32,
+    /// The largest magnitude (the outliers the scale leaves out).
+    pub max_abs: f32,
+    /// The tensor's tokens and features per token.
+    pub tokens: usize,
+    pub features: usize,
+    /// The tokens and features drawn: up to the last that is non-zero in this row (the
+    /// padding after them, zero by construction, is left out so the values have the room).
+    pub tokens_shown: usize,
+    pub features_shown: usize,
+    /// Features per column (each column shows its group's value of largest magnitude).
+    pub per_column: usize,
+    /// The batch row shown and the batch size.
+    pub row: usize,
+    pub rows: usize,
+}
+
+/// A conditioning tensor `(batch, tokens, features)` (or `(tokens, features)`) as a heatmap of
+/// batch row `row`: tokens down, features across in at most `max_cols` columns, each showing
+/// the value of largest magnitude in its group of features (a mean would cancel signs and fade
+/// to white), on the diverging map with a symmetric scale at the [`HEATMAP_PERCENTILE`] of the
+/// non-zero magnitudes. Trailing all-zero tokens and features (SD3's zero padding of CLIP's
+/// 2048 features to 4096 and its zero T5 tokens) are not drawn.
+pub fn conditioning_heatmap(data: &[f32], shape: &[usize], row: usize, max_cols: usize) -> Heatmap {
+    let (rows, tokens, features) = match shape {
+        [b, t, f] => (*b, *t, *f),
+        [t, f] => (1, *t, *f),
+        _ => (0, 0, 0),
+    };
+    let row = row.min(rows.saturating_sub(1));
+    let offset = row * tokens * features;
+    let token_values = |t: usize| {
+        let a = (offset + t * features).min(data.len());
+        let b = (offset + (t + 1) * features).min(data.len());
+        &data[a..b]
+    };
+    // The extent of the non-zero values (all of it when every value is zero).
+    let (mut last_token, mut last_feature) = (0, 0);
+    for t in 0..tokens {
+        if let Some(f) = token_values(t).iter().rposition(|v| *v != 0.0) {
+            last_token = t + 1;
+            last_feature = last_feature.max(f + 1);
+        }
+    }
+    let (tokens_shown, features_shown) = if last_token == 0 {
+        (tokens, features)
+    } else {
+        (last_token, last_feature)
     };
     if tokens == 0 || features == 0 {
-        return (Picture::new(1, 1, 255), 0.0);
+        return Heatmap {
+            picture: Picture::new(1, 1, 255),
+            scale: 0.0,
+            max_abs: 0.0,
+            tokens,
+            features,
+            tokens_shown,
+            features_shown,
+            per_column: 1,
+            row,
+            rows,
+        };
     }
-    let cols = features.min(max_cols.max(1));
-    let per = features.div_ceil(cols);
-    let mut cells = vec![0f32; tokens * cols];
-    for t in 0..tokens {
+    let cols = features_shown.min(max_cols.max(1));
+    let per = features_shown.div_ceil(cols);
+    let cols = features_shown.div_ceil(per);
+    let mut cells = vec![0f32; tokens_shown * cols];
+    for t in 0..tokens_shown {
+        let token = &token_values(t)[..features_shown.min(token_values(t).len())];
         for c in 0..cols {
-            let (a, b) = (c * per, ((c + 1) * per).min(features));
-            let row = &data[(t * features).min(data.len())..((t + 1) * features).min(data.len())];
-            let slice = &row[a.min(row.len())..b.min(row.len())];
-            let mean = slice.iter().sum::<f32>() / slice.len().max(1) as f32;
-            cells[t * cols + c] = mean;
+            let (lo, hi) = ((c * per).min(token.len()), ((c + 1) * per).min(token.len()));
+            cells[t * cols + c] = token[lo..hi]
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite())
+                .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
         }
     }
-    let scale = cells
-        .iter()
-        .filter(|v| v.is_finite())
-        .fold(0f32, |m, v| m.max(v.abs()));
-    let mut p = Picture::new(cols, tokens, 255);
-    for t in 0..tokens {
+    let mut magnitudes: Vec<f32> = cells.iter().map(|v| v.abs()).filter(|v| *v > 0.0).collect();
+    let max_abs = magnitudes.iter().copied().fold(0f32, f32::max);
+    let scale = if magnitudes.is_empty() {
+        0.0
+    } else {
+        let k = ((magnitudes.len() - 1) as f32 * HEATMAP_PERCENTILE).round() as usize;
+        *magnitudes.select_nth_unstable_by(k, f32::total_cmp).1
+    };
+    let mut picture = Picture::new(cols, tokens_shown, 255);
+    for t in 0..tokens_shown {
         for c in 0..cols {
             let v = cells[t * cols + c];
-            p.set(c, t, diverging(if scale > 0.0 { v / scale } else { 0.0 }));
+            picture.set(c, t, diverging(if scale > 0.0 { v / scale } else { 0.0 }));
         }
     }
-    (p, scale)
+    Heatmap {
+        picture,
+        scale,
+        max_abs,
+        tokens,
+        features,
+        tokens_shown,
+        features_shown,
+        per_column: per,
+        row,
+        rows,
+    }
 }
 
 /// `bins` equal-width bins over the finite values: `(bin centre, count)`, plus the range.
@@ -371,12 +481,94 @@ mod tests {
         for (i, v) in data.iter_mut().take(16).enumerate() {
             *v = if i % 2 == 0 { 1.0 } else { -0.5 };
         }
-        let (p, scale) = conditioning_heatmap(&data, &[1, 4, 8], 8);
-        assert_eq!((p.width, p.height, scale), (8, 4, 1.0));
+        let h = conditioning_heatmap(&data, &[1, 4, 8], 0, 8);
+        let p = &h.picture;
+        // The zero tokens are not drawn; the tensor's size is still told.
+        assert_eq!((p.width, p.height, h.scale), (8, 2, 1.0));
+        assert_eq!((h.tokens, h.tokens_shown, h.features_shown), (4, 2, 8));
         assert_eq!(&p.rgb[0..3], &diverging(1.0));
-        assert_eq!(&p.rgb[(3 * 8) * 3..(3 * 8) * 3 + 3], &diverging(0.0));
+        assert_eq!(&p.rgb[3..6], &diverging(-0.5));
+        // Zero padding of the features (the last 4 of 8) is cut as well.
+        let mut padded = vec![0f32; 3 * 8];
+        padded[2] = 1.0;
+        padded[8 + 3] = -1.0;
+        let h = conditioning_heatmap(&padded, &[3, 8], 0, 8);
+        assert_eq!((h.tokens_shown, h.features_shown), (2, 4));
+        assert_eq!((h.picture.width, h.picture.height), (4, 2));
+        assert_eq!(
+            pixel(&h.picture, 0, 0),
+            diverging(0.0),
+            "a zero inside stays"
+        );
+        // All zero: drawn whole, white.
+        let zero = conditioning_heatmap(&[0.0; 8], &[2, 4], 0, 8);
+        assert_eq!(
+            (zero.scale, zero.picture.width, zero.picture.height),
+            (0.0, 4, 2)
+        );
         let (h, range) = histogram(&[0.0, 0.1, 0.9, 1.0, f32::NAN], 2);
         assert_eq!(range, (0.0, 1.0));
         assert_eq!(h.iter().map(|b| b.1).collect::<Vec<_>>(), vec![2, 2]);
+    }
+
+    const WHITE: [u8; 3] = [247, 247, 247];
+
+    fn pixel(p: &Picture, x: usize, y: usize) -> [u8; 3] {
+        let i = (y * p.width + x) * 3;
+        [p.rgb[i], p.rgb[i + 1], p.rgb[i + 2]]
+    }
+
+    /// CLIP features are small beside a few outlier features; scaled by the largest magnitude
+    /// they all came out white. At the 99th percentile they keep their colour (and the
+    /// outliers saturate).
+    #[test]
+    fn small_nonzero_features_are_not_white() {
+        let (tokens, features) = (20, 400);
+        let mut data: Vec<f32> = (0..tokens * features)
+            .map(|i| if i % 3 == 0 { 0.02 } else { -0.01 })
+            .collect();
+        data[5] = 300.0; // one outlier feature
+        assert_eq!(diverging(0.0), WHITE);
+        let h = conditioning_heatmap(&data, &[1, tokens, features], 0, 400);
+        assert!(h.scale > 0.0 && h.scale < 0.05, "scale {}", h.scale);
+        assert_eq!(h.max_abs, 300.0);
+        let p = &h.picture;
+        let coloured = (0..p.height)
+            .flat_map(|y| (0..p.width).map(move |x| (x, y)))
+            .filter(|&(x, y)| {
+                let c = pixel(p, x, y);
+                c.iter().zip(WHITE).any(|(a, b)| a.abs_diff(b) > 40)
+            })
+            .count();
+        assert_eq!(
+            coloured,
+            p.width * p.height,
+            "every non-zero cell has a colour"
+        );
+        // Red for positive, blue for negative.
+        assert!(pixel(p, 0, 0)[0] > pixel(p, 0, 0)[2]);
+        assert!(pixel(p, 1, 0)[2] > pixel(p, 1, 0)[0]);
+        // Pooled columns keep the value of largest magnitude, so signs do not cancel.
+        let pooled = conditioning_heatmap(&data, &[1, tokens, features], 0, 100);
+        assert_eq!((pooled.picture.width, pooled.per_column), (100, 4));
+        assert_ne!(pixel(&pooled.picture, 10, 10), WHITE);
+    }
+
+    #[test]
+    fn the_half_selection_picks_its_batch_row() {
+        // Row 0 (prompt) positive, row 1 (negative) negative.
+        let (tokens, features) = (3, 4);
+        let mut data = vec![1.0f32; tokens * features];
+        data.extend(vec![-1.0f32; tokens * features]);
+        let shape = [2, tokens, features];
+        let prompt = conditioning_heatmap(&data, &shape, CfgHalf::Prompt.row(), 4);
+        let negative = conditioning_heatmap(&data, &shape, CfgHalf::Negative.row(), 4);
+        assert_eq!((prompt.row, prompt.rows, negative.row), (0, 2, 1));
+        assert_eq!(pixel(&prompt.picture, 0, 0), diverging(1.0));
+        assert_eq!(pixel(&negative.picture, 2, 2), diverging(-1.0));
+        // A batch of one shows its only row whichever half is asked for.
+        let single = conditioning_heatmap(&data[..12], &[1, tokens, features], 1, 4);
+        assert_eq!(single.row, 0);
+        assert_eq!(pixel(&single.picture, 0, 0), diverging(1.0));
     }
 }
