@@ -214,7 +214,10 @@ fn bad_numbers_are_refused_with_the_reason() {
     h.get_by_role_and_label(Role::TextInput, "Max images (0 = all)")
         .set_text_value_accesskit("-5");
     h.run_steps(2);
-    assert!(h.query_by_label("not a number; keeps 0").is_some());
+    assert!(
+        h.query_by_label("must be between 0 and 1000000; keeps 0")
+            .is_some()
+    );
     assert_eq!(h.state().persisted.samples.max_images, 0);
 }
 
