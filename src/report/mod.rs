@@ -290,7 +290,7 @@ pub fn staircase(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
 
 /// A tick label on a colour bar spanning `lo..hi`: as many decimals as the tick spacing
 /// needs (35, 0.15), scientific notation for very small or large magnitudes (MSEs).
-fn bar_label(v: f64, lo: f64, hi: f64) -> String {
+pub fn bar_label(v: f64, lo: f64, hi: f64) -> String {
     let magnitude = lo.abs().max(hi.abs());
     if magnitude != 0.0 && !(1e-3..1e5).contains(&magnitude) {
         return format!("{v:.1e}");
