@@ -1243,19 +1243,38 @@ pub fn error_message(e: &SensitivityError) -> String {
     }
 }
 
-/// Where egui_plot puts a figure's legend: the corner with the least data.
-fn legend_corner(series: &[report::Series], markers: &[(String, (f64, f64))]) -> egui_plot::Corner {
-    match report::legend_corner(series, markers) {
+/// Where egui_plot puts a figure's legend: a corner free of data, for a legend of egui's
+/// 14-point text (about 7.5 points a character, 18 a row) in a plot of `size` points; None
+/// when every corner holds data (the legend then goes beside the plot).
+fn legend_corner(
+    series: &[report::Series],
+    markers: &[(String, (f64, f64))],
+    size: egui::Vec2,
+) -> Option<egui_plot::Corner> {
+    let longest = series
+        .iter()
+        .map(|s| s.name.len())
+        .chain(markers.iter().map(|m| m.0.len()))
+        .max()
+        .unwrap_or(0);
+    let fraction = report::legend_fraction(
+        series.len() + markers.len(),
+        longest,
+        (7.5, 18.0, 40.0),
+        // Less the axes' labels.
+        ((size.x - 60.0) as f64, (size.y - 30.0) as f64),
+    );
+    Some(match report::legend_corner(series, markers, fraction)? {
         report::Corner::LeftTop => egui_plot::Corner::LeftTop,
         report::Corner::RightTop => egui_plot::Corner::RightTop,
         report::Corner::LeftBottom => egui_plot::Corner::LeftBottom,
         report::Corner::RightBottom => egui_plot::Corner::RightBottom,
-    }
+    })
 }
 
 /// Draws a line figure with egui_plot (the same data the exports draw with plotters: a log
 /// axis as `log10` of the values with the values as tick labels, the legend where the data
-/// is not).
+/// is not, or beside the plot).
 pub fn lines_plot(ui: &mut egui::Ui, id: &str, fig: &report::Figure, height: f32) {
     let report::Figure::Lines {
         series,
@@ -1274,41 +1293,70 @@ pub fn lines_plot(ui: &mut egui::Ui, id: &str, fig: &report::Figure, height: f32
         .iter()
         .filter_map(|(l, (x, y))| report::plotted_y(*y, log_y).map(|y| (l.clone(), (*x, y))))
         .collect();
-    let mut plot = egui_plot::Plot::new(id)
-        .height(height)
-        .legend(egui_plot::Legend::default().position(legend_corner(&series, &markers)))
-        .x_axis_label(x_label.clone())
-        .y_axis_label(if log_y {
-            format!("{y_label} (log scale)")
-        } else {
-            y_label.clone()
-        })
-        .allow_scroll(false);
-    if log_y {
-        plot = plot.y_axis_formatter(|mark, _| report::log_tick_label(mark.value));
-    }
-    plot.show(ui, |p| {
-        for (i, s) in series.iter().enumerate() {
-            let (r, g, b) = report::palette(i);
-            let pts: Vec<[f64; 2]> = s.points.iter().map(|&(x, y)| [x, y]).collect();
-            p.line(
-                egui_plot::Line::new(s.name.clone(), pts.clone())
-                    .color(egui::Color32::from_rgb(r, g, b)),
-            );
-            if pts.len() < 40 {
+    let corner = legend_corner(&series, &markers, egui::vec2(ui.available_width(), height));
+    let colour = |i: usize| {
+        let (r, g, b) = report::palette(i);
+        egui::Color32::from_rgb(r, g, b)
+    };
+    let longest = series.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    let legend_w = if corner.is_none() {
+        (longest as f32 * 7.5 + 40.0).min(ui.available_width() / 3.0)
+    } else {
+        0.0
+    };
+    ui.horizontal_top(|ui| {
+        let mut plot = egui_plot::Plot::new(id)
+            .height(height)
+            .width(ui.available_width() - legend_w)
+            .x_axis_label(x_label.clone())
+            .y_axis_label(if log_y {
+                format!("{y_label} (log scale)")
+            } else {
+                y_label.clone()
+            })
+            .allow_scroll(false);
+        if let Some(corner) = corner {
+            plot = plot.legend(egui_plot::Legend::default().position(corner));
+        }
+        if log_y {
+            plot = plot.y_axis_formatter(|mark, _| report::log_tick_label(mark.value));
+        }
+        plot.show(ui, |p| {
+            for (i, s) in series.iter().enumerate() {
+                let pts: Vec<[f64; 2]> = s.points.iter().map(|&(x, y)| [x, y]).collect();
+                p.line(egui_plot::Line::new(s.name.clone(), pts.clone()).color(colour(i)));
+                if pts.len() < 40 {
+                    p.points(
+                        egui_plot::Points::new(s.name.clone(), pts)
+                            .radius(3.0)
+                            .color(colour(i)),
+                    );
+                }
+            }
+            for (label, (x, y)) in &markers {
                 p.points(
-                    egui_plot::Points::new(s.name.clone(), pts)
-                        .radius(3.0)
-                        .color(egui::Color32::from_rgb(r, g, b)),
+                    egui_plot::Points::new(label.clone(), vec![[*x, *y]])
+                        .radius(6.0)
+                        .color(egui::Color32::RED),
                 );
             }
-        }
-        for (label, (x, y)) in &markers {
-            p.points(
-                egui_plot::Points::new(label.clone(), vec![[*x, *y]])
-                    .radius(6.0)
-                    .color(egui::Color32::RED),
-            );
+        });
+        if corner.is_none() {
+            // The legend beside the plot: no corner of it is free of data.
+            ui.vertical(|ui| {
+                for (i, s) in series.iter().enumerate() {
+                    ui.horizontal(|ui| {
+                        ui.colored_label(colour(i), "--");
+                        ui.label(&s.name);
+                    });
+                }
+                for (label, _) in &markers {
+                    ui.horizontal(|ui| {
+                        ui.colored_label(egui::Color32::RED, "o");
+                        ui.label(label);
+                    });
+                }
+            });
         }
     });
 }

@@ -215,12 +215,17 @@ pub enum Corner {
     RightBottom,
 }
 
-/// The corner where a legend covers the least data: the one whose region (about the size of a
-/// legend: 40 % of the width, 45 % of the height) holds the fewest points of the lines drawn
-/// (each segment sampled, so a line crossing a corner counts). Ties go to the right bottom,
-/// then right top, left top, left bottom. `series` and `markers` as plotted (see
-/// [`plotted_series`]).
-pub fn legend_corner(series: &[Series], markers: &[(String, (f64, f64))]) -> Corner {
+/// A corner where a legend covers no data: one whose region (`legend`: the
+/// legend's width and height as fractions of the plotting area's) holds no point of the lines
+/// drawn (each segment sampled, so a line crossing a corner counts). Preferred: the
+/// right bottom, then right top, left top, left bottom. None when every corner holds data:
+/// the legend then goes outside the plot, on its right. `series` and `markers` as plotted
+/// (see [`plotted_series`]).
+pub fn legend_corner(
+    series: &[Series],
+    markers: &[(String, (f64, f64))],
+    legend: (f64, f64),
+) -> Option<Corner> {
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
     let (x0, x1) = span(xs.chain(markers.iter().map(|m| m.1.0)));
@@ -241,6 +246,7 @@ pub fn legend_corner(series: &[Series], markers: &[(String, (f64, f64))]) -> Cor
         .iter()
         .map(|&(x, y)| ((x - x0) / (x1 - x0), (y - y0) / (y1 - y0)))
         .collect();
+    let (w, h) = legend;
     let count = |corner: Corner| {
         let (left, top) = match corner {
             Corner::LeftTop => (true, true),
@@ -251,8 +257,8 @@ pub fn legend_corner(series: &[Series], markers: &[(String, (f64, f64))]) -> Cor
         normalised
             .iter()
             .filter(|&&(x, y)| {
-                let in_x = if left { x <= 0.4 } else { x >= 0.6 };
-                let in_y = if top { y >= 0.55 } else { y <= 0.45 };
+                let in_x = if left { x <= w } else { x >= 1.0 - w };
+                let in_y = if top { y >= 1.0 - h } else { y <= h };
                 in_x && in_y
             })
             .count()
@@ -264,8 +270,60 @@ pub fn legend_corner(series: &[Series], markers: &[(String, (f64, f64))]) -> Cor
         Corner::LeftBottom,
     ]
     .into_iter()
-    .min_by_key(|&c| count(c))
-    .unwrap_or(Corner::RightBottom)
+    .find(|&c| count(c) == 0)
+}
+
+/// The legend of a line figure drawn at `size` pixels, as fractions of the plotting area:
+/// one row of `SMALL_SIZE` text per entry, as wide as the longest name with its sample line.
+fn legend_size(
+    series: &[Series],
+    markers: &[(String, (f64, f64))],
+    size: (u32, u32),
+) -> (f64, f64) {
+    let names = series
+        .iter()
+        .map(|s| s.name.len())
+        .chain(markers.iter().map(|m| m.0.len()));
+    let entries = series.len() + markers.len();
+    let longest = names.max().unwrap_or(0);
+    // The plotting area: the figure less the label areas, the caption and the margins.
+    let (w, h) = (
+        size.0.saturating_sub(84 + 24),
+        size.1.saturating_sub(52 + 48 + 24),
+    );
+    legend_fraction(
+        entries,
+        longest,
+        (SMALL_CHAR_WIDTH as f64, SMALL_SIZE as f64 + 8.0, 40.0),
+        (w as f64, h as f64),
+    )
+}
+
+/// A legend's size as fractions of a plotting area of `area` (width, height): `entries` rows
+/// of `row_height`, the longest name of `longest` characters of `char_width` plus `extra`
+/// (its sample and padding). `metrics` = (char width, row height, extra), all in pixels.
+pub fn legend_fraction(
+    entries: usize,
+    longest: usize,
+    metrics: (f64, f64, f64),
+    area: (f64, f64),
+) -> (f64, f64) {
+    let (char_width, row_height, extra) = metrics;
+    let w = (longest as f64 * char_width + extra) / area.0.max(1.0);
+    // Plus its padding and its distance from the plot's edge.
+    let h = (entries as f64 * row_height + 30.0) / area.1.max(1.0);
+    (w.clamp(0.05, 1.0), h.clamp(0.05, 1.0))
+}
+
+/// Width in pixels of a legend drawn beside a line figure: its longest name and its sample.
+fn legend_strip_width(series: &[Series], markers: &[(String, (f64, f64))]) -> u32 {
+    let longest = series
+        .iter()
+        .map(|s| s.name.len())
+        .chain(markers.iter().map(|m| m.0.len()))
+        .max()
+        .unwrap_or(0);
+    longest as u32 * SMALL_CHAR_WIDTH + 48
 }
 
 /// A Pareto front as the step function it is: between two optimal plans the best reachable
@@ -384,7 +442,22 @@ where
             let ys = plotted.iter().flat_map(|s| s.points.iter().map(|p| p.1));
             let (x0, x1) = span(xs.chain(plotted_markers.iter().map(|m| m.1.0)));
             let (y0, y1) = span(ys.chain(plotted_markers.iter().map(|m| m.1.1)));
-            let mut chart = ChartBuilder::on(&root)
+            let corner = legend_corner(
+                &plotted,
+                &plotted_markers,
+                legend_size(&plotted, &plotted_markers, root.dim_in_pixel()),
+            );
+            // No corner free of data: the legend gets a strip of its own on the right.
+            let (chart_area, legend_area) = match corner {
+                Some(_) => (root.clone(), None),
+                None => {
+                    let width = root.dim_in_pixel().0;
+                    let strip = legend_strip_width(&plotted, &plotted_markers).min(width / 3);
+                    let (c, l) = root.split_horizontally(width - strip);
+                    (c, Some(l))
+                }
+            };
+            let mut chart = ChartBuilder::on(&chart_area)
                 .caption(&title, (FONT, TITLE_SIZE))
                 .margin(12)
                 .x_label_area_size(52)
@@ -435,8 +508,10 @@ where
                     .label(label.clone())
                     .legend(|(x, y)| Circle::new((x + 9, y), 5, RED.filled()));
             }
-            if !series.is_empty() {
-                let position = match legend_corner(&plotted, &plotted_markers) {
+            if let Some(corner) = corner
+                && !series.is_empty()
+            {
+                let position = match corner {
                     Corner::LeftTop => SeriesLabelPosition::UpperLeft,
                     Corner::RightTop => SeriesLabelPosition::UpperRight,
                     Corner::LeftBottom => SeriesLabelPosition::LowerLeft,
@@ -450,6 +525,29 @@ where
                     .position(position)
                     .draw()
                     .map_err(err(&title))?;
+            }
+            if let Some(area) = legend_area {
+                let row = (SMALL_SIZE + 8) as i32;
+                let top = TITLE_SIZE as i32 + 24;
+                let text = TextStyle::from((FONT, SMALL_SIZE).into_font()).color(&BLACK);
+                for (i, s) in plotted.iter().enumerate() {
+                    let (r, g, b) = palette(i);
+                    let y = top + row * i as i32;
+                    area.draw(&PathElement::new(
+                        vec![(4, y), (24, y)],
+                        RGBColor(r, g, b).stroke_width(2),
+                    ))
+                    .map_err(err(&title))?;
+                    area.draw_text(&s.name, &text, (30, y - SMALL_SIZE as i32 / 2))
+                        .map_err(err(&title))?;
+                }
+                for (i, (label, _)) in plotted_markers.iter().enumerate() {
+                    let y = top + row * (plotted.len() + i) as i32;
+                    area.draw(&Circle::new((14, y), 5, RED.filled()))
+                        .map_err(err(&title))?;
+                    area.draw_text(label, &text, (30, y - SMALL_SIZE as i32 / 2))
+                        .map_err(err(&title))?;
+                }
             }
         }
         Figure::Heatmap {
@@ -1723,6 +1821,21 @@ mod tests {
         assert_eq!(values, [1.0, 2.0, 3.0]);
     }
 
+    /// The short names of the report's layers.
+    fn labels_of(report: &SensitivityReport) -> Vec<String> {
+        let labels = LayerLabels::new(&report.settings.model_config);
+        ranking(
+            report,
+            2,
+            Bucket::All,
+            Metric::Sqnr,
+            &LayerFilter::default(),
+        )
+        .iter()
+        .map(|r| labels.get(&r.0))
+        .collect()
+    }
+
     fn fixture_report() -> SensitivityReport {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sensitivity-tiny.json");
@@ -1766,23 +1879,57 @@ mod tests {
             name: "a".into(),
             points: vec![(2.0, 5.0), (4.0, 20.0), (8.0, 60.0)],
         }];
-        assert_eq!(legend_corner(&rising, &[]), Corner::RightBottom);
+        assert_eq!(
+            legend_corner(&rising, &[], (0.4, 0.45)),
+            Some(Corner::RightBottom)
+        );
         // MSE falls with bits: the bottom right holds the 8-bit points.
         let falling = vec![Series {
             name: "a".into(),
             points: vec![(2.0, 60.0), (4.0, 20.0), (8.0, 1.0)],
         }];
-        assert_eq!(legend_corner(&falling, &[]), Corner::RightTop);
+        assert_eq!(
+            legend_corner(&falling, &[], (0.4, 0.45)),
+            Some(Corner::RightTop)
+        );
         let report = fixture_report();
-        let layers: Vec<String> = report.layers.iter().map(|l| l.name.clone()).collect();
+        // The app's default plot: the ten most sensitive layers at 2 bits.
+        let layers: Vec<String> = ranking(
+            &report,
+            2,
+            Bucket::All,
+            Metric::Sqnr,
+            &LayerFilter::default(),
+        )
+        .into_iter()
+        .take(10)
+        .map(|r| r.0)
+        .collect();
         let Figure::Lines { series, log_y, .. } =
-            bits_figure(&report, &layers[1..6], Bucket::All, Metric::Sqnr)
+            bits_figure(&report, &layers, Bucket::All, Metric::Sqnr)
         else {
             panic!("lines")
         };
         let plotted = plotted_series(&series, log_y);
-        let corner = legend_corner(&plotted, &[]);
-        assert_ne!(corner, Corner::RightTop, "the 8-bit points are top right");
+        // A tall legend (ten entries over most of the height) covers data in every corner,
+        // the 8-bit points on the right among them: it goes outside the plot.
+        let tall = legend_fraction(10, 18, (7.5, 18.0, 40.0), (700.0, 270.0));
+        assert_eq!(legend_corner(&plotted, &[], tall), None);
+        // A short one fits a corner free of data.
+        let short = legend_fraction(2, 18, (7.5, 18.0, 40.0), (700.0, 270.0));
+        let corner = legend_corner(&plotted[..2], &[], short);
+        assert!(corner.is_some(), "{short:?}");
+        // The export draws that legend outside: its names right of the plot's last tick.
+        let svg = render_svg(
+            &bits_figure(&report, &layers, Bucket::All, Metric::Sqnr),
+            (900, 520),
+        )
+        .unwrap();
+        assert!(svg.contains(&labels_of(&report)[0]));
+        assert_eq!(
+            legend_fraction(10, 20, (8.0, 18.0, 40.0), (800.0, 420.0)),
+            (0.25, 0.5)
+        );
     }
 
     #[test]
