@@ -424,3 +424,57 @@ fn heatmap_cells_say_their_value_when_hovered() {
     );
     assert!(heatmap_cell_text("a", "late", f64::NAN, "MSE").contains("no effect"));
 }
+
+#[test]
+fn the_set_just_generated_is_offered() {
+    let root = tempfile::tempdir().unwrap();
+    let mut h = harness(options());
+    h.run_steps(2);
+    assert!(
+        h.query_by_label_contains("Use the set just generated")
+            .is_none()
+    );
+    let fresh = root.path().join("calib-new");
+    h.state_mut().shared.fresh_calibration = Some(fresh.clone());
+    h.run_steps(2);
+    h.get_by_label(&format!("Use the set just generated: {}", fresh.display()))
+        .click();
+    h.run_steps(2);
+    assert_eq!(
+        h.state().persisted.sensitivity.calib_dir,
+        fresh.display().to_string()
+    );
+    // Offered only while it is not the folder in use.
+    assert!(
+        h.query_by_label_contains("Use the set just generated")
+            .is_none()
+    );
+}
+
+#[test]
+fn a_sweep_without_results_yet_is_an_empty_state_not_an_error() {
+    let root = tempfile::tempdir().unwrap();
+    // The first layer a sweep measures cannot be grouped: no results yet.
+    let json = fixture(root.path(), Some(1));
+    let mut h = harness(opened(&json));
+    wait_until(&mut h, "the report", |a| {
+        a.sensitivity.report.is_some() && !a.busy()
+    });
+    h.state_mut().persisted.sensitivity.view = View::Plan;
+    h.run_steps(2);
+    assert!(h.query_by_label("no results to plan with yet").is_some());
+    assert!(
+        h.query_by_label_contains("the sensitivity report has no results")
+            .is_none()
+    );
+    h.state_mut().persisted.sensitivity.view = View::Plots;
+    h.run_steps(2);
+    assert!(
+        h.query_by_label_contains("no results at 2 bits (all) for these filters yet")
+            .is_some()
+    );
+    assert!(
+        h.query_by_label_contains("incomplete: 1 of 32 layers measured")
+            .is_some()
+    );
+}

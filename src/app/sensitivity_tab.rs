@@ -186,8 +186,12 @@ pub struct SensitivityTab {
     picker: Picker<Pick>,
     /// Saving the plan, exporting figures or a report, on a helper thread: the place, the
     /// file or folder written, or the error.
-    writing: Task<(Place, Result<(PathBuf, String), String>)>,
+    writing: Task<Written>,
 }
+
+/// What a save or an export did: where (the error log's place), and the file or folder
+/// written with the message, or the error.
+type Written = (Place, Result<(PathBuf, String), String>);
 
 const OPEN: Place = Place::new(Tab::Sensitivity, "open");
 const EXPORT: Place = Place::new(Tab::Sensitivity, "export");
