@@ -666,12 +666,12 @@ impl SensitivityTab {
         let Some((id, _, _)) = &self.job else {
             return;
         };
+        if self.cancelling {
+            ui.label("cancelling... the sweep stops after the current layer");
+        }
         if let Some(waiting) = shared.jobs.waiting_behind(*id) {
             ui.label(waiting);
             return;
-        }
-        if self.cancelling {
-            ui.label("cancelling... the sweep stops after the current layer");
         }
         if self.model_notice.download.is_none() {
             let p = &self.progress;
