@@ -143,7 +143,7 @@ fn switching_tabs_shows_each_tab() {
     h.run_steps(2);
     assert_eq!(h.state().persisted.tab, Tab::Sensitivity);
     assert!(
-        h.query_by_label("Open a sensitivity.json or run a sweep.")
+        h.query_by_label("Open a sweep's folder or its sensitivity.json, or run a sweep.")
             .is_some()
     );
     h.get_by_label("Generate").click();
@@ -514,12 +514,11 @@ fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
         h.query_by_label_contains("average 4.").is_some(),
         "plan summary"
     );
-    // The default plan file is plan.json beside the report, with pareto.csv beside it, as
-    // `sd3lab plan` writes them.
-    assert_eq!(h.state().persisted.sensitivity.plan_path, "plan.json");
+    // The plan goes beside the report, named by its objective and budget, with pareto.csv
+    // beside it, as `sd3lab plan` writes them.
     h.get_by_label("Save plan").click();
     wait_until(&mut h, "the plan files", |a| !a.busy());
-    let plan = root.path().join("sens/plan.json");
+    let plan = root.path().join("sens/plan-sqnr-4.50bits.json");
     let text = std::fs::read_to_string(&plan)
         .unwrap_or_else(|e| panic!("{e}: {:?}", h.state().sensitivity.message));
     let p: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -538,7 +537,7 @@ fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
     );
     h.get_by_label("Report (HTML)").click();
     wait_until(&mut h, "the report", |a| !a.busy());
-    let html = std::fs::read_to_string(root.path().join("sens/report.html")).unwrap();
+    let html = std::fs::read_to_string(root.path().join("sens/report-sqnr-2bit.html")).unwrap();
     for needle in [
         "<svg",
         "SQNR (dB) vs bits",
@@ -550,11 +549,17 @@ fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
     }
     h.get_by_label("Export plots (PNG + SVG)").click();
     wait_until(&mut h, "the figures", |a| !a.busy());
+    // Each export gets its own folder, named by what it shows.
+    let folder = std::cell::Cell::new("sens/figures-sqnr-2bit");
     let figure =
-        |name: &str| std::fs::read_to_string(root.path().join("sens/figures").join(name)).unwrap();
+        |name: &str| std::fs::read_to_string(root.path().join(folder.get()).join(name)).unwrap();
     let svg = figure("ranking.svg");
     assert!(svg.contains("most sensitive layers at 2 bits") && svg.contains("y_embedder.2"));
-    assert!(root.path().join("sens/figures/pareto.png").is_file());
+    assert!(
+        root.path()
+            .join("sens/figures-sqnr-2bit/pareto.png")
+            .is_file()
+    );
     // The heatmap can be read alone: a colour bar labelled with the unit.
     assert!(svg_texts(&figure("heatmap.svg")).contains(&"SQNR (dB)".to_owned()));
     // The bits axis counts bits: whole-number ticks.
@@ -579,6 +584,7 @@ fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
     h.run_steps(2);
     h.get_by_label("Export plots (PNG + SVG)").click();
     wait_until(&mut h, "the figures", |a| !a.busy());
+    folder.set("sens/figures-mse-2bit");
     let bits = figure("bits.svg");
     assert!(bits.contains("MSE vs bits"), "the tab's metric");
     assert!(

@@ -5,19 +5,22 @@
 //! point; save the plan); export of the plots (PNG/SVG) and of a report (HTML/Markdown).
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use serde::{Deserialize, Serialize};
 
+use super::feedback::Place;
 use super::worker::{Command, Event};
-use super::{PickKind, Picker, Shared, Task, labelled};
+use super::{PickKind, Picker, Shared, Tab, Task, labelled, widgets};
 use crate::calib::Bucket;
 use crate::job::CancelToken;
 use crate::model::config::ModelDtype;
 use crate::model::registry::LayerKind;
-use crate::quant::plan::{BuiltPlan, Objective, build_plan, write_plan_files};
+use crate::quant::plan::{BuiltPlan, Objective, PlanError, build_plan, write_plan_files};
 use crate::quant::sensitivity::{
-    Scope, SensitivityConfig, SensitivityError, SensitivityEvent, SensitivityReport, read_report,
+    REPORT_JSON, Scope, SensitivityConfig, SensitivityError, SensitivityEvent, SensitivityReport,
+    read_report,
 };
 use crate::report::{self, Metric};
 
@@ -44,7 +47,8 @@ pub struct Options {
     pub kind: Option<LayerKind>,
     pub target_bits: f64,
     pub objective: Objective,
-    /// Where Save plan writes; a relative path is taken from the open report's folder.
+    /// The last file chosen with Save as (Save plan writes beside the report under a name
+    /// that says what the plan optimises and its budget).
     pub plan_path: String,
     pub view: View,
     /// Layers picked for the bits plot (empty: the most sensitive of the filter).
@@ -111,36 +115,165 @@ const RANKING_ROWS: usize = 15;
 pub struct Progress {
     pub layers: usize,
     pub done: usize,
+    /// Layers already measured when this run started (a resumed sweep skips them).
+    pub done_before: usize,
     /// The last measured layer's short name.
     pub last: String,
     pub seconds: f64,
     pub preparing: bool,
+    /// When the layers started being measured (after loading), for the ETA.
+    pub measuring_since: Option<Instant>,
+}
+
+impl Progress {
+    /// "about 3 min 20 s left": the time per layer of this run so far times the layers left.
+    pub fn eta(&self) -> Option<String> {
+        let since = self.measuring_since?;
+        eta_text(
+            self.done.saturating_sub(self.done_before),
+            self.layers.saturating_sub(self.done),
+            since.elapsed(),
+        )
+    }
+}
+
+/// The time left when `measured` layers took `elapsed` and `left` remain; None before the
+/// first layer (nothing to extrapolate from) or when none remain.
+pub fn eta_text(measured: usize, left: usize, elapsed: Duration) -> Option<String> {
+    if measured == 0 || left == 0 {
+        return None;
+    }
+    let secs = (elapsed.as_secs_f64() / measured as f64 * left as f64).round() as u64;
+    Some(if secs >= 3600 {
+        format!("about {} h {} min left", secs / 3600, (secs % 3600) / 60)
+    } else if secs >= 60 {
+        format!("about {} min {} s left", secs / 60, secs % 60)
+    } else {
+        format!("about {secs} s left")
+    })
+}
+
+/// "1 layer", "2 layers".
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// The tab's state.
 #[derive(Default)]
 pub struct SensitivityTab {
     pub report: Option<SensitivityReport>,
-    loading: Option<Receiver<Result<SensitivityReport, String>>>,
+    /// The `sensitivity.json` the shown report was read from (absolute).
+    pub report_file: Option<PathBuf>,
+    loading: Option<Receiver<(PathBuf, Result<SensitivityReport, String>)>>,
     job: Option<(u64, CancelToken, PathBuf)>,
+    /// Cancel was clicked for the running sweep.
+    cancelling: bool,
     pub progress: Progress,
     pub message: Option<Result<String, String>>,
+    /// The report path the message is about: a message about another one is stale.
+    message_context: String,
+    /// The file or folder the last save or export wrote, shown as a link.
+    pub written: Option<PathBuf>,
+    /// Outcomes to record in the app's error log (recorded on the next frame, which has it).
+    outcomes: Vec<(Place, Result<(), String>)>,
     /// The model's warning and download progress for the current (or last) sweep.
     pub model_notice: super::ModelNotice,
-    plan: Option<((u64, Objective), Result<BuiltPlan, String>)>,
+    plan: Option<((u64, Objective), Result<BuiltPlan, PlanError>)>,
     picker: Picker<Pick>,
-    /// Saving the plan, exporting figures or a report, on a helper thread: the outcome.
-    writing: Task<Result<String, String>>,
+    /// Saving the plan, exporting figures or a report, on a helper thread: the place, the
+    /// file or folder written, or the error.
+    writing: Task<Written>,
+}
+
+/// What a save or an export did: where (the error log's place), and the file or folder
+/// written with the message, or the error.
+type Written = (Place, Result<(PathBuf, String), String>);
+
+const OPEN: Place = Place::new(Tab::Sensitivity, "open");
+const EXPORT: Place = Place::new(Tab::Sensitivity, "export");
+const SAVE_PLAN: Place = Place::new(Tab::Sensitivity, "plan save");
+const FOLDER_LINK: Place = Place::new(Tab::Sensitivity, "open folder");
+
+/// The folder relative paths of the tab are taken from: the app's working directory.
+pub fn base_folder() -> PathBuf {
+    std::env::current_dir().unwrap_or_default()
+}
+
+/// `path` as typed, made absolute against the base folder (a relative default such as
+/// `calibration_data` means the one in the folder the app was started from).
+pub fn resolve(path: &str) -> PathBuf {
+    let p = Path::new(path.trim());
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_folder().join(p)
+    }
+}
+
+/// The report file to read for what was typed or picked: a sweep's folder means its
+/// `sensitivity.json` (as `sd3lab report sensitivity` takes either). Touches the disk.
+pub fn report_json(path: &Path) -> Result<PathBuf, String> {
+    if path.as_os_str().is_empty() {
+        return Err("no report given: type a sweep's folder or its sensitivity.json".into());
+    }
+    if path.is_dir() {
+        let json = path.join(REPORT_JSON);
+        if json.is_file() {
+            Ok(json)
+        } else {
+            Err(format!(
+                "{} has no {REPORT_JSON}: it is not a sweep's output folder",
+                path.display()
+            ))
+        }
+    } else {
+        Ok(path.to_path_buf())
+    }
+}
+
+/// The first `dir/stem`, `dir/stem-2`… that does not exist (a folder of exported figures;
+/// `fsutil::numbered_path` names files with an extension).
+fn numbered_folder(dir: &Path, stem: &str) -> PathBuf {
+    let first = dir.join(stem);
+    if !first.exists() {
+        return first;
+    }
+    (2u32..)
+        .map(|n| dir.join(format!("{stem}-{n}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
+/// The file stem of a saved plan: what it optimises and its budget ("plan-sqnr-4.50bits").
+pub fn plan_stem(objective: Objective, target_bits: f64) -> String {
+    let objective = match objective {
+        Objective::Sqnr => "sqnr",
+        Objective::Mse => "mse",
+    };
+    format!("plan-{objective}-{target_bits:.2}bits")
 }
 
 impl SensitivityTab {
-    /// Reads a report on a helper thread.
+    /// Reads a report (a `sensitivity.json`, or a sweep's folder) on a helper thread; a
+    /// relative path is taken from the base folder.
     pub fn open(&mut self, path: &str) {
-        let path = PathBuf::from(path);
+        let path = resolve(path);
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.loading = Some(rx);
         std::thread::spawn(move || {
-            let _ = tx.send(read_report(&path).map_err(|e| e.to_string()));
+            let outcome = report_json(&path).and_then(|json| {
+                read_report(&json)
+                    .map(|r| (json, r))
+                    .map_err(|e| super::feedback::error_sentence(&e))
+            });
+            let _ = tx.send(match outcome {
+                Ok((json, r)) => (json, Ok(r)),
+                Err(e) => (path, Err(e)),
+            });
         });
     }
 
@@ -153,26 +286,61 @@ impl SensitivityTab {
         self.job.is_some()
     }
 
+    /// Asks the running sweep to stop after its current layer.
     pub fn cancel(&mut self) {
         if let Some((_, c, _)) = &self.job {
             c.cancel();
+            self.cancelling = true;
         }
     }
 
+    /// Cancel clicked: the sweep stops after its current layer; the board says so at once.
+    fn cancel_job(&mut self, shared: &mut Shared) {
+        if let Some((id, _, _)) = &self.job {
+            shared.jobs.cancelling(*id);
+        }
+        self.cancel();
+    }
+
+    fn set_message(&mut self, message: Result<String, String>, context: &str) {
+        self.message = Some(message);
+        self.message_context = context.to_owned();
+    }
+
     pub fn poll(&mut self) {
-        if let Some(m) = self.writing.poll() {
-            self.message = Some(m);
+        if let Some((place, outcome)) = self.writing.poll() {
+            match outcome {
+                Ok((path, text)) => {
+                    self.written = Some(path);
+                    self.message = Some(Ok(text));
+                    self.outcomes.push((place, Ok(())));
+                }
+                Err(e) => {
+                    self.message = Some(Err(e.clone()));
+                    self.outcomes.push((place, Err(e)));
+                }
+            }
         }
         if let Some(rx) = &self.loading
-            && let Ok(r) = rx.try_recv()
+            && let Ok((path, r)) = rx.try_recv()
         {
             self.loading = None;
             match r {
                 Ok(report) => {
+                    // Another report: the plan, and what was written for the last one, are
+                    // about that one.
+                    if self.report_file.as_ref() != Some(&path) {
+                        self.written = None;
+                    }
                     self.report = Some(report);
+                    self.report_file = Some(path);
                     self.plan = None;
+                    self.outcomes.push((OPEN, Ok(())));
                 }
-                Err(e) => self.message = Some(Err(e)),
+                Err(e) => {
+                    self.message = Some(Err(e.clone()));
+                    self.outcomes.push((OPEN, Err(e)));
+                }
             }
         }
     }
@@ -183,13 +351,13 @@ impl SensitivityTab {
         }
         let config = SensitivityConfig {
             model: o.model.clone(),
-            calib_dir: PathBuf::from(&o.calib_dir),
+            calib_dir: resolve(&o.calib_dir),
             bits: o.bits.clone(),
             group_size: o.group_size,
             max_images: (o.max_images > 0).then_some(o.max_images),
             step_stride: (o.step_stride > 1).then_some(o.step_stride),
             layers: (!o.layers.trim().is_empty()).then(|| o.layers.trim().to_owned()),
-            output_dir: PathBuf::from(&o.output_dir),
+            output_dir: resolve(&o.output_dir),
             use_cache: true,
             dtype: ModelDtype::default_for_backend(),
             scope: o.scope,
@@ -197,26 +365,29 @@ impl SensitivityTab {
         };
         let id = shared.next_job_id();
         let cancel = CancelToken::new();
-        let json = config
-            .output_dir
-            .join(crate::quant::sensitivity::REPORT_JSON);
+        let json = config.output_dir.join(REPORT_JSON);
         if shared.worker.send(Command::Sensitivity {
             id,
             config,
             cancel: cancel.clone(),
         }) {
+            shared
+                .jobs
+                .submit(id, Tab::Sensitivity, "sensitivity sweep");
             self.job = Some((id, cancel, json));
+            self.cancelling = false;
             self.progress = Progress {
                 preparing: true,
                 ..Progress::default()
             };
             self.message = None;
+            self.written = None;
             self.model_notice = super::ModelNotice::default();
-            shared.running = Some(("sensitivity sweep".into(), 0.0));
         }
     }
 
     pub fn handle(&mut self, event: &Event, shared: &mut Shared) {
+        self.record_outcomes(shared);
         let Some((id, _, json)) = &self.job else {
             return;
         };
@@ -226,13 +397,13 @@ impl SensitivityTab {
                 match event {
                     SensitivityEvent::Model(e) => {
                         self.model_notice.apply(e, MODEL_LABEL);
-                        if let Some(running) = self.model_notice.running() {
-                            shared.running = Some(running);
-                            return;
-                        }
+                        // A download is work outside the worker's order: the status bar
+                        // shows its bytes.
+                        shared.running = self.model_notice.running();
                     }
                     SensitivityEvent::Preparing { .. } => {
                         self.model_notice.job_ended();
+                        shared.running = None;
                         self.progress.preparing = true;
                     }
                     SensitivityEvent::Planned {
@@ -243,6 +414,8 @@ impl SensitivityTab {
                         self.progress.preparing = false;
                         self.progress.layers = *layers;
                         self.progress.done = *already_done;
+                        self.progress.done_before = *already_done;
+                        self.progress.measuring_since = Some(Instant::now());
                     }
                     SensitivityEvent::LayerDone { id, seconds, .. } => {
                         self.progress.done += 1;
@@ -253,7 +426,7 @@ impl SensitivityTab {
                     }
                 }
                 let f = self.progress.done as f32 / self.progress.layers.max(1) as f32;
-                shared.running = Some(("sensitivity sweep".into(), f));
+                shared.jobs.progress(id, f);
             }
             Event::Finished {
                 id: i,
@@ -261,18 +434,29 @@ impl SensitivityTab {
                 result,
             } if *i == id => {
                 self.job = None;
+                self.cancelling = false;
                 shared.running = None;
                 self.model_notice.job_ended();
-                self.message = Some(super::job_outcome(*cancelled, result));
+                let context = json.display().to_string();
+                self.set_message(super::job_outcome(*cancelled, result), &context);
+                // A cancelled sweep kept the layers it measured: show them too.
                 if result.is_ok() {
-                    self.open(&json.display().to_string());
+                    self.open(&context);
                 }
             }
             _ => {}
         }
     }
 
+    /// Records the outcomes of opens, saves and exports in the app's error log.
+    fn record_outcomes(&mut self, shared: &mut Shared) {
+        for (place, outcome) in self.outcomes.drain(..) {
+            shared.errors.record(place, &outcome);
+        }
+    }
+
     pub fn ui(&mut self, ui: &mut egui::Ui, o: &mut Options, shared: &mut Shared) {
+        self.record_outcomes(shared);
         if let Some((pick, p)) = self.picker.poll() {
             let p = p.display().to_string();
             match pick {
@@ -281,8 +465,8 @@ impl SensitivityTab {
                     self.open(&p);
                 }
                 Pick::Plan => {
-                    o.plan_path = p;
-                    self.save_plan(ui.ctx(), o);
+                    o.plan_path = p.clone();
+                    self.save_plan(ui.ctx(), o, Some(PathBuf::from(p)));
                 }
             }
         }
@@ -290,6 +474,14 @@ impl SensitivityTab {
             && o.report_path != json.display().to_string()
         {
             o.report_path = json.display().to_string();
+        }
+        // A message about another report (the outcome of an earlier sweep or open) is stale.
+        if self.message.is_some()
+            && !self.message_context.is_empty()
+            && self.message_context != o.report_path
+        {
+            self.message = None;
+            self.message_context.clear();
         }
         egui::Panel::left("sensitivity-options")
             .default_size(320.0)
@@ -299,121 +491,214 @@ impl SensitivityTab {
         egui::CentralPanel::default_margins().show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| self.results_ui(ui, o));
         });
+        self.record_outcomes(shared);
     }
 
     fn options_ui(&mut self, ui: &mut egui::Ui, o: &mut Options, shared: &mut Shared) {
         ui.heading("Sensitivity");
-        ui.horizontal(|ui| {
-            labelled(ui, "Report", |ui| {
+        ui.horizontal_wrapped(|ui| {
+            let field = labelled(ui, "Report", |ui| {
                 ui.add(egui::TextEdit::singleline(&mut o.report_path).desired_width(150.0))
+                    .on_hover_text(
+                        "a sweep's folder or its sensitivity.json; Enter opens it (relative paths are taken from the base folder)",
+                    )
             });
-            if ui.button("Open").clicked() {
+            let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            if field.changed() {
+                self.message = None;
+            }
+            if ui
+                .button("Open")
+                .on_hover_text("read the report (a sweep's folder or its sensitivity.json)")
+                .clicked()
+                || enter
+            {
+                self.message = None;
+                self.message_context = o.report_path.clone();
                 self.open(&o.report_path);
             }
-            if ui.button("Browse...").clicked() {
+            if ui
+                .button("Browse...")
+                .on_hover_text("pick a sensitivity.json")
+                .clicked()
+            {
                 self.picker.open(
                     Pick::Report,
                     PickKind::File {
-                        filter: (crate::quant::sensitivity::REPORT_JSON, &["json"]),
+                        filter: (REPORT_JSON, &["json"]),
                     },
                 );
             }
         });
+        ui.weak(format!(
+            "base folder of relative paths: {}",
+            base_folder().display()
+        ))
+        .on_hover_text("the folder the app was started from");
         ui.separator();
         egui::CollapsingHeader::new("Run a sweep")
             .default_open(true)
-            .show(ui, |ui| {
-                let running = self.job.is_some();
-                ui.add_enabled_ui(!running, |ui| {
-                    labelled(ui, MODEL_LABEL, |ui| {
-                        ui.add(egui::TextEdit::singleline(&mut o.model).desired_width(150.0))
-                    });
-                    labelled(ui, CALIB_LABEL, |ui| {
-                        ui.add(egui::TextEdit::singleline(&mut o.calib_dir).desired_width(130.0))
-                    });
-                    ui.horizontal(|ui| {
-                        ui.label("Bits");
-                        for b in crate::quant::SUPPORTED_BITS {
-                            let mut on = o.bits.contains(&b);
-                            if ui.checkbox(&mut on, b.to_string()).changed() {
-                                if on {
-                                    o.bits.push(b);
-                                    o.bits.sort();
-                                } else {
-                                    o.bits.retain(|x| *x != b);
-                                }
-                            }
-                        }
-                    });
-                    ui.horizontal(|ui| {
-                        ui.label("Group size");
-                        for g in crate::quant::SUPPORTED_GROUPS {
-                            ui.selectable_value(&mut o.group_size, g, g.to_string());
-                        }
-                    });
-                    labelled(ui, MAX_IMAGES_LABEL, |ui| {
-                        ui.add(egui::DragValue::new(&mut o.max_images).range(0..=100_000))
-                    });
-                    labelled(ui, STEP_STRIDE_LABEL, |ui| {
-                        ui.add(egui::DragValue::new(&mut o.step_stride).range(1..=1000))
-                    });
-                    labelled(ui, LAYERS_LABEL, |ui| {
-                        ui.add(egui::TextEdit::singleline(&mut o.layers).desired_width(140.0))
-                    });
-                    ui.horizontal(|ui| {
-                        ui.label("Scope");
-                        for s in [Scope::Model, Scope::Block, Scope::Layer] {
-                            ui.selectable_value(&mut o.scope, s, s.name());
-                        }
-                    });
-                    labelled(ui, "Output folder", |ui| {
-                        ui.add(egui::TextEdit::singleline(&mut o.output_dir).desired_width(140.0))
-                    });
-                });
-                ui.horizontal(|ui| {
-                    if ui
-                        .add_enabled(
-                            !running && !o.bits.is_empty(),
-                            egui::Button::new("Start / Resume sweep"),
-                        )
-                        .clicked()
-                    {
-                        self.start(o, shared);
-                    }
-                    if ui
-                        .add_enabled(running, egui::Button::new("Cancel sweep"))
-                        .clicked()
-                    {
-                        self.cancel();
-                    }
-                });
-                if super::model_notice_ui(ui, &self.model_notice) {
-                    self.cancel();
+            .show(ui, |ui| self.sweep_ui(ui, o, shared));
+        super::message_ui(ui, &self.message);
+        if let Some(path) = self.written.clone()
+            && let Some(e) = widgets::path_link(ui, &path)
+        {
+            shared.errors.report(FOLDER_LINK, e);
+        }
+    }
+
+    fn sweep_ui(&mut self, ui: &mut egui::Ui, o: &mut Options, shared: &mut Shared) {
+        let running = self.job.is_some();
+        ui.add_enabled_ui(!running, |ui| {
+            labelled(ui, MODEL_LABEL, |ui| {
+                ui.add(egui::TextEdit::singleline(&mut o.model).desired_width(150.0))
+                    .on_hover_text("tiny, sd3-medium, or a model folder")
+            });
+            labelled(ui, CALIB_LABEL, |ui| {
+                ui.add(egui::TextEdit::singleline(&mut o.calib_dir).desired_width(130.0))
+                    .on_hover_text(format!(
+                        "the calibration set the sweep measures on; a relative path is taken from {}",
+                        base_folder().display()
+                    ))
+            });
+            if let Some(fresh) = &shared.fresh_calibration
+                && resolve(&o.calib_dir) != *fresh
+            {
+                let text = format!("Use the set just generated: {}", fresh.display());
+                if ui
+                    .button(text)
+                    .on_hover_text("the calibration folder the Generate tab just wrote")
+                    .clicked()
+                {
+                    o.calib_dir = fresh.display().to_string();
                 }
-                if running && self.model_notice.download.is_none() {
-                    let p = &self.progress;
-                    if p.preparing {
-                        ui.label("loading samples and float outputs...");
-                    }
-                    ui.add(
-                        egui::ProgressBar::new(p.done as f32 / p.layers.max(1) as f32)
-                            .text(format!("{} / {} layers", p.done, p.layers)),
-                    );
-                    if !p.last.is_empty() {
-                        ui.label(format!("{} ({:.1} s)", p.last, p.seconds));
+            }
+            ui.horizontal_wrapped(|ui| {
+                ui.label("Bits").on_hover_text(
+                    "bit widths to measure each layer at (weights quantized per group)",
+                );
+                for b in crate::quant::SUPPORTED_BITS {
+                    let mut on = o.bits.contains(&b);
+                    if ui
+                        .checkbox(&mut on, b.to_string())
+                        .on_hover_text(format!("measure at {b} bits"))
+                        .changed()
+                    {
+                        if on {
+                            o.bits.push(b);
+                            o.bits.sort();
+                        } else {
+                            o.bits.retain(|x| *x != b);
+                        }
                     }
                 }
             });
-        super::message_ui(ui, &self.message);
+            ui.horizontal_wrapped(|ui| {
+                ui.label("Group size").on_hover_text(
+                    "weights sharing one scale and bias; a layer whose input width it does not divide stays float",
+                );
+                for g in crate::quant::SUPPORTED_GROUPS {
+                    ui.selectable_value(&mut o.group_size, g, g.to_string());
+                }
+            });
+            widgets::number_field(
+                ui,
+                MAX_IMAGES_LABEL,
+                "measure on the samples of at most this many images (0: all)",
+                &mut o.max_images,
+                0..=100_000,
+            );
+            widgets::number_field(
+                ui,
+                STEP_STRIDE_LABEL,
+                "use every n-th denoising step's sample (1: every step)",
+                &mut o.step_stride,
+                1..=1000,
+            );
+            labelled(ui, LAYERS_LABEL, |ui| {
+                ui.add(egui::TextEdit::singleline(&mut o.layers).desired_width(140.0))
+                    .on_hover_text(
+                        "a regular expression over layer names; empty: every layer (a sweep of fewer layers reads as incomplete later)",
+                    )
+            });
+            ui.horizontal_wrapped(|ui| {
+                ui.label("Scope").on_hover_text(
+                    "where the error is measured: the model's output, the block's output, or the layer's own output",
+                );
+                for s in [Scope::Model, Scope::Block, Scope::Layer] {
+                    ui.selectable_value(&mut o.scope, s, s.name());
+                }
+            });
+            labelled(ui, "Output folder", |ui| {
+                ui.add(egui::TextEdit::singleline(&mut o.output_dir).desired_width(140.0))
+                    .on_hover_text(
+                        "where sensitivity.json and .csv go; a sweep there with the same settings resumes",
+                    )
+            });
+        });
+        ui.horizontal_wrapped(|ui| {
+            if ui
+                .add_enabled(
+                    !running && !o.bits.is_empty(),
+                    egui::Button::new("Start / Resume sweep"),
+                )
+                .on_hover_text("measure the layers not yet in the output folder's report")
+                .clicked()
+            {
+                self.start(o, shared);
+            }
+            let label = if self.cancelling {
+                "cancelling..."
+            } else {
+                "Cancel sweep"
+            };
+            if ui
+                .add_enabled(running && !self.cancelling, egui::Button::new(label))
+                .on_hover_text("stop after the current layer; the layers measured are kept")
+                .clicked()
+            {
+                self.cancel_job(shared);
+            }
+        });
+        if super::model_notice_ui(ui, &self.model_notice) {
+            self.cancel_job(shared);
+        }
+        let Some((id, _, _)) = &self.job else {
+            return;
+        };
+        if self.cancelling {
+            ui.label("cancelling... the sweep stops after the current layer");
+        }
+        if let Some(waiting) = shared.jobs.waiting_behind(*id) {
+            ui.label(waiting);
+            return;
+        }
+        if self.model_notice.download.is_none() {
+            let p = &self.progress;
+            if p.preparing {
+                ui.label("loading the model, the samples and their float outputs...");
+            } else {
+                let mut text = format!("{} of {} measured", p.done, count(p.layers, "layer"));
+                if let Some(eta) = p.eta() {
+                    text.push_str(&format!(", {eta}"));
+                }
+                ui.add(egui::ProgressBar::new(p.done as f32 / p.layers.max(1) as f32).text(text));
+            }
+            if !p.last.is_empty() {
+                ui.label(format!("last: {} ({:.1} s)", p.last, p.seconds));
+            }
+        }
     }
 
     fn results_ui(&mut self, ui: &mut egui::Ui, o: &mut Options) {
         // Borrowed out and put back: no copy of the report per frame.
         let Some(report) = self.report.take() else {
-            if self.loading.is_some() {
+            if self.job.is_some() {
+                ui.weak("no results yet: they appear as each layer is measured");
+            } else if self.loading.is_some() {
                 ui.spinner();
             } else {
-                ui.label("Open a sensitivity.json or run a sweep.");
+                ui.label("Open a sweep's folder or its sensitivity.json, or run a sweep.");
             }
             return;
         };
@@ -425,15 +710,34 @@ impl SensitivityTab {
 
     fn report_ui(&mut self, ui: &mut egui::Ui, o: &mut Options, report: &SensitivityReport) {
         let s = &report.settings;
-        ui.label(format!(
-            "{} layers | scope {} | bits {:?} | group {} | {} samples | model {}",
-            report.layers.len(),
+        let cover = report::coverage(report);
+        let summary = format!(
+            "{} | scope {} | bits {:?} | group {} | {} | model {}",
+            count(report.layers.len(), "layer"),
             s.metric_scope.name(),
             s.bits,
             s.group_size,
-            s.samples.len(),
+            count(s.samples.len(), "sample"),
             s.model
-        ));
+        );
+        ui.label(summary)
+            .on_hover_text(format!("calibration folder: {}", s.calib_dir.display()));
+        if !cover.is_complete() {
+            let text = if self.job.is_some() {
+                format!(
+                    "{} of the model's {} measured so far",
+                    cover.measured,
+                    count(cover.model_layers, "layer")
+                )
+            } else {
+                format!(
+                    "incomplete: {} of {} measured (the sweep was cancelled or stopped, or limited by a layer pattern); Start / Resume sweep with its settings measures the rest",
+                    cover.measured,
+                    count(cover.model_layers, "layer")
+                )
+            };
+            ui.colored_label(egui::Color32::from_rgb(190, 120, 0), text);
+        }
         // A report without bit widths (a hand-made file: the sweep refuses to run without)
         // has nothing to plot; said in the report module's words.
         let Some(lowest_bits) = report.lowest_bits() else {
@@ -444,43 +748,34 @@ impl SensitivityTab {
         if !bits_list.contains(&o.plot_bits) {
             o.plot_bits = lowest_bits;
         }
-        ui.horizontal(|ui| {
-            ui.label("Metric");
-            ui.selectable_value(&mut o.metric, Metric::Sqnr, "SQNR");
-            ui.selectable_value(&mut o.metric, Metric::Mse, "MSE");
-            ui.separator();
-            ui.label("Bucket");
-            for b in std::iter::once(Bucket::All).chain(Bucket::STEPS) {
-                ui.selectable_value(&mut o.bucket, b, b.name());
-            }
-            ui.separator();
-            ui.label("Bits (heatmap, ranking)");
-            for b in &bits_list {
-                ui.selectable_value(&mut o.plot_bits, *b, b.to_string());
+        ui.horizontal_wrapped(|ui| {
+            ui.label("View");
+            for (v, label, tip) in [
+                (
+                    View::Plots,
+                    "Plots and ranking",
+                    "the metric vs bits per layer, and the most sensitive layers",
+                ),
+                (
+                    View::Heatmap,
+                    "Layer x bucket heatmap",
+                    "each layer's metric per group of denoising steps",
+                ),
+                (
+                    View::Plan,
+                    "Plan builder",
+                    "bit widths per layer for an average budget",
+                ),
+            ] {
+                ui.selectable_value(&mut o.view, v, label)
+                    .on_hover_text(tip);
             }
         });
-        let blocks: std::collections::BTreeSet<usize> =
-            report.layers.iter().filter_map(|l| l.block).collect();
-        let kinds: std::collections::BTreeSet<LayerKind> =
-            report.layers.iter().map(|l| l.kind).collect();
-        ui.horizontal(|ui| {
-            egui::ComboBox::from_label("Block")
-                .selected_text(o.block.map_or("all".into(), |b| b.to_string()))
-                .show_ui(ui, |ui| {
-                    ui.selectable_value(&mut o.block, None, "all");
-                    for b in &blocks {
-                        ui.selectable_value(&mut o.block, Some(*b), b.to_string());
-                    }
-                });
-            egui::ComboBox::from_label("Kind")
-                .selected_text(o.kind.map_or("all", LayerKind::name))
-                .show_ui(ui, |ui| {
-                    ui.selectable_value(&mut o.kind, None, "all");
-                    for k in &kinds {
-                        ui.selectable_value(&mut o.kind, Some(*k), k.name());
-                    }
-                });
-        });
+        // The plan builder uses every layer at every bit width: the metric, bucket and
+        // filters below do not apply to it.
+        if o.view != View::Plan {
+            filters_ui(ui, o, report, &bits_list);
+        }
         // Filtered layers, most sensitive first (as the exports rank them).
         let filter = report::LayerFilter {
             block: o.block,
@@ -495,16 +790,6 @@ impl SensitivityTab {
         } else {
             o.pinned.clone()
         };
-        ui.horizontal(|ui| {
-            ui.label("View");
-            for (v, label) in [
-                (View::Plots, "Plots and ranking"),
-                (View::Heatmap, "Layer x bucket heatmap"),
-                (View::Plan, "Plan builder"),
-            ] {
-                ui.selectable_value(&mut o.view, v, label);
-            }
-        });
         let export = report::SensitivityReportOptions {
             metric: o.metric,
             bucket: o.bucket,
@@ -519,26 +804,48 @@ impl SensitivityTab {
         };
         self.export_ui(ui, o, report, export);
         ui.separator();
+        // Layers that cannot be grouped have no results: say why the counts differ.
+        let why_fewer = if cover.ungrouped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} of the {} measured cannot be grouped by {} (input width) and stay float",
+                count(cover.ungrouped.len(), "layer"),
+                report.layers.len(),
+                s.group_size
+            )
+        };
         match o.view {
             View::Plots => {
+                if filtered.is_empty() {
+                    ui.weak(format!(
+                        "no results at {} bits ({}) for these filters yet",
+                        o.plot_bits, o.bucket
+                    ));
+                    return;
+                }
                 if o.pinned.is_empty() {
                     ui.label(format!(
-                        "{} vs bits, the {} most sensitive of {} filtered layers (tick layers below to pick others)",
+                        "{} vs bits, the {} most sensitive of {} (tick layers below to pick others)",
                         o.metric.label(),
                         shown.len(),
-                        filtered.len()
-                    ));
+                        count(filtered.len(), "filtered layer"),
+                    ))
+                    .on_hover_text(format!("{}{why_fewer}", count(filtered.len(), "layer")));
                 } else {
                     ui.horizontal(|ui| {
                         ui.label(format!(
-                            "{} vs bits, {} picked layers",
+                            "{} vs bits, {}",
                             o.metric.label(),
-                            shown.len()
+                            count(shown.len(), "picked layer")
                         ));
                         if ui.button("Clear picks").clicked() {
                             o.pinned.clear();
                         }
                     });
+                }
+                if !why_fewer.is_empty() {
+                    ui.weak(why_fewer.trim_start_matches("; ").to_owned());
                 }
                 let fig = report::bits_figure(report, &shown, o.bucket, o.metric);
                 lines_plot(ui, "bits-plot", &fig, 300.0);
@@ -550,7 +857,8 @@ impl SensitivityTab {
                 egui::Grid::new("ranking").striped(true).show(ui, |ui| {
                     ui.label("#");
                     ui.label("layer");
-                    ui.label(o.metric.label());
+                    ui.label(o.metric.label())
+                        .on_hover_text(metric_tip(o.metric));
                     ui.label("plot");
                     ui.end_row();
                     for (i, (name, v)) in ranked.iter().take(RANKING_ROWS).enumerate() {
@@ -575,12 +883,20 @@ impl SensitivityTab {
                 });
             }
             View::Heatmap => {
+                if filtered.is_empty() {
+                    ui.weak(format!(
+                        "no results at {} bits for these filters yet",
+                        o.plot_bits
+                    ));
+                    return;
+                }
                 ui.label(format!(
                     "layer x bucket at {} bits ({}), the {} most sensitive filtered layers; blank: no effect",
                     o.plot_bits,
                     o.metric.label(),
                     filtered.len().min(HEATMAP_ROWS)
-                ));
+                ))
+                .on_hover_text(format!("hover a cell for its value{why_fewer}"));
                 let heat = report::bucket_heatmap(
                     report,
                     &filtered
@@ -610,60 +926,88 @@ impl SensitivityTab {
         let highest_bits = report.settings.bits.iter().max().copied();
         let min_bits = lowest_bits as f64 + overhead;
         let max_bits = highest_bits.unwrap_or(lowest_bits) as f64 + overhead;
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             ui.add(
                 egui::Slider::new(&mut o.target_bits, min_bits..=max_bits)
-                    .text("target average bits")
+                    .text("budget: average bits")
                     .fixed_decimals(2),
-            );
-            ui.selectable_value(&mut o.objective, Objective::Sqnr, "max SQNR");
-            ui.selectable_value(&mut o.objective, Objective::Mse, "min MSE");
+            )
+            .on_hover_text(format!(
+                "the average bits per weight the plan may use, scales included ({overhead:.2} bits per weight at group size {})",
+                report.settings.group_size
+            ));
+            ui.label("Objective").on_hover_text("what the plan optimises, summed over the layers");
+            ui.selectable_value(&mut o.objective, Objective::Sqnr, "max SQNR")
+                .on_hover_text(metric_tip(Metric::Sqnr));
+            ui.selectable_value(&mut o.objective, Objective::Mse, "min MSE")
+                .on_hover_text(metric_tip(Metric::Mse));
         });
         let key = ((o.target_bits * 1e6).round() as u64, o.objective);
         if self.plan.as_ref().is_none_or(|(k, _)| *k != key) {
             let built = build_plan(report, o.target_bits, &[], o.objective);
-            self.plan = Some((key, built.map_err(|e| e.to_string())));
+            self.plan = Some((key, built));
         }
         let Some((_, built)) = &self.plan else { return };
         match built {
             Ok(b) => {
                 let hist = crate::quant::bits_histogram(b.plan.layers.values());
                 ui.label(format!(
-                    "{} layers ({}), average {:.3} bits, predicted {} {:.3}, {:.1} MB of quantized weights",
-                    b.plan.layers.len(),
-                    hist.iter().map(|(b, n)| format!("{n} x w{b}")).collect::<Vec<_>>().join(", "),
+                    "{}, average {:.3} bits, predicted {} {:.3}, {} of quantized weights",
+                    count(b.plan.layers.len(), "layer"),
                     b.average_bits,
-                    if o.objective == Objective::Sqnr { "summed SQNR" } else { "summed MSE" },
+                    if o.objective == Objective::Sqnr {
+                        "summed SQNR"
+                    } else {
+                        "summed MSE"
+                    },
                     b.predicted_error,
-                    b.predicted_bytes as f64 / 1e6
+                    report::human_bytes(b.predicted_bytes)
                 ));
-                let fig = report::pareto_figure(b, o.objective);
-                lines_plot(ui, "pareto-plot", &fig, 220.0);
+                ui.columns(2, |cols| {
+                    cols[0].label("layers per bit width");
+                    bits_histogram_plot(&mut cols[0], &hist);
+                    cols[1].label("optimal plans (the step is the Pareto front)");
+                    let fig = report::pareto_figure(b, o.objective);
+                    lines_plot(&mut cols[1], "pareto-plot", &fig, 220.0);
+                });
+            }
+            // No layer has results yet (a sweep's first layer): an empty state, not an error.
+            Err(PlanError::NoResults { .. }) => {
+                ui.weak("no results to plan with yet");
             }
             Err(e) => {
-                ui.colored_label(egui::Color32::from_rgb(200, 40, 40), e);
+                ui.colored_label(egui::Color32::from_rgb(200, 40, 40), e.to_string());
             }
         }
-        ui.horizontal(|ui| {
-            labelled(ui, "Plan file", |ui| {
-                ui.add(egui::TextEdit::singleline(&mut o.plan_path).desired_width(200.0))
-                    .on_hover_text("relative to the report's folder; pareto.csv goes beside it")
-            });
+        let folder = self
+            .report_file
+            .as_ref()
+            .and_then(|f| f.parent())
+            .map(Path::to_path_buf);
+        ui.horizontal_wrapped(|ui| {
             let busy = self.writing.is_running();
+            let stem = plan_stem(o.objective, o.target_bits);
             if ui
-                .add_enabled(!busy, egui::Button::new("Save plan"))
+                .add_enabled(!busy && folder.is_some(), egui::Button::new("Save plan"))
+                .on_hover_text(format!(
+                    "write {stem}.json (numbered if it exists) and pareto.csv beside the report{}",
+                    folder
+                        .as_ref()
+                        .map_or(String::new(), |f| format!(", in {}", f.display()))
+                ))
                 .clicked()
             {
-                self.save_plan(ui.ctx(), o);
+                self.save_plan(ui.ctx(), o, None);
             }
             if ui
                 .add_enabled(!busy, egui::Button::new("Save as..."))
+                .on_hover_text("choose where the plan goes (pareto.csv goes beside it)")
                 .clicked()
             {
                 self.picker.open(
                     Pick::Plan,
                     PickKind::Save {
-                        name: "plan.json".into(),
+                        name: format!("{stem}.json"),
                         filter: ("plan", &["json"]),
                     },
                 );
@@ -672,23 +1016,46 @@ impl SensitivityTab {
     }
 
     /// Writes the plan and its Pareto front (`pareto.csv` beside it), the files `sd3lab plan`
-    /// writes, on a helper thread.
-    fn save_plan(&mut self, ctx: &egui::Context, o: &Options) {
+    /// writes, on a helper thread: to `chosen` (a Save as), else beside the report as
+    /// `plan-<objective>-<budget>.json`, numbered rather than overwriting.
+    fn save_plan(&mut self, ctx: &egui::Context, o: &Options, chosen: Option<PathBuf>) {
         let Some((_, Ok(b))) = &self.plan else {
             self.message = Some(Err("no plan to save".into()));
             return;
         };
-        let (built, objective, path) = (b.clone(), o.objective, plan_file(o));
+        let folder = self
+            .report_file
+            .as_ref()
+            .and_then(|f| f.parent())
+            .map(Path::to_path_buf);
+        let Some(folder) = chosen.is_none().then_some(folder).flatten().or_else(|| {
+            chosen
+                .as_ref()
+                .and_then(|c| c.parent().map(Path::to_path_buf))
+        }) else {
+            self.message = Some(Err("open a report first: the plan goes beside it".into()));
+            return;
+        };
+        let (built, objective) = (b.clone(), o.objective);
+        let stem = plan_stem(o.objective, o.target_bits);
         self.message = None;
+        self.message_context = o.report_path.clone();
         self.writing.spawn(ctx, move || {
-            write_plan_files(&path, &built, objective)
-                .map(|csv| format!("saved {} and {}", path.display(), csv.display()))
-                .map_err(|e| e.to_string())
+            let path =
+                chosen.unwrap_or_else(|| crate::fsutil::numbered_path(&folder, &stem, "json"));
+            let outcome = write_plan_files(&path, &built, objective)
+                .map(|csv| {
+                    let text = format!("saved {} and {}", path.display(), csv.display());
+                    (path.clone(), text)
+                })
+                .map_err(|e| super::feedback::error_sentence(&e));
+            (SAVE_PLAN, outcome)
         });
     }
 
     /// The export buttons: what the tab shows (`opts`: its metric, bucket, bit width,
-    /// filters and picked layers), written beside the report on a helper thread.
+    /// filters and picked layers), written beside the report on a helper thread, under names
+    /// that say what they show, numbered rather than overwriting.
     fn export_ui(
         &mut self,
         ui: &mut egui::Ui,
@@ -696,37 +1063,73 @@ impl SensitivityTab {
         report: &SensitivityReport,
         opts: report::SensitivityReportOptions,
     ) {
-        let base = report_dir(o);
+        let Some(base) = self
+            .report_file
+            .as_ref()
+            .and_then(|f| f.parent())
+            .map(Path::to_path_buf)
+        else {
+            return;
+        };
         let busy = self.writing.is_running();
-        ui.horizontal(|ui| {
-            ui.label("Export");
+        let metric = match o.metric {
+            Metric::Sqnr => "sqnr",
+            Metric::Mse => "mse",
+        };
+        let stem_of = |what: &str| format!("{what}-{metric}-{}bit", o.plot_bits);
+        ui.horizontal_wrapped(|ui| {
+            ui.label("Export").on_hover_text(format!(
+                "written beside the report, in {}; an existing file is never replaced (a number is added)",
+                base.display()
+            ));
+            let stem = stem_of("figures");
             if ui
                 .add_enabled(!busy, egui::Button::new("Export plots (PNG + SVG)"))
+                .on_hover_text(format!(
+                    "the figures as shown, into the folder {stem}/"
+                ))
                 .clicked()
             {
-                let dir = base.join("figures");
-                let (report, opts) = (report.clone(), opts.clone());
+                let (report, opts, base) = (report.clone(), opts.clone(), base.clone());
                 self.message = None;
+                self.message_context = o.report_path.clone();
                 self.writing.spawn(ui.ctx(), move || {
-                    report::sensitivity_figures(&report, &opts)
+                    let dir = numbered_folder(&base, &stem);
+                    let outcome = report::sensitivity_figures(&report, &opts)
                         .and_then(|f| report::export_figures(&f, &dir, (900, 520)))
-                        .map(|f| format!("wrote {} files in {}", f.len(), dir.display()))
-                        .map_err(|e| e.to_string())
+                        .map(|f| {
+                            let text = format!("wrote {} in {}", count(f.len(), "file"), dir.display());
+                            (dir.clone(), text)
+                        })
+                        .map_err(|e| super::feedback::error_sentence(&e));
+                    (EXPORT, outcome)
                 });
             }
-            for (label, name) in [
-                ("Report (HTML)", "report.html"),
-                ("Report (Markdown)", "report.md"),
-            ] {
-                if ui.add_enabled(!busy, egui::Button::new(label)).clicked() {
-                    let out = base.join(name);
-                    let (report, opts) = (report.clone(), opts.clone());
+            for (label, ext) in [("Report (HTML)", "html"), ("Report (Markdown)", "md")] {
+                let stem = stem_of("report");
+                if ui
+                    .add_enabled(!busy, egui::Button::new(label))
+                    .on_hover_text(format!(
+                        "{stem}.{ext} with its figures, and its data as CSV and JSON beside it"
+                    ))
+                    .clicked()
+                {
+                    let (report, opts, base) = (report.clone(), opts.clone(), base.clone());
                     self.message = None;
+                    self.message_context = o.report_path.clone();
                     self.writing.spawn(ui.ctx(), move || {
-                        super::report_outcome(
-                            &out,
-                            report::write_sensitivity_report(&report, &out, &opts),
-                        )
+                        let out = crate::fsutil::numbered_path(&base, &stem, ext);
+                        let outcome = report::write_sensitivity_report(&report, &out, &opts)
+                            .map(|f| {
+                                let text = format!(
+                                    "wrote {} (+{})",
+                                    out.display(),
+                                    count(f.len().saturating_sub(1), "file")
+                                );
+                                (out.clone(), text)
+                            })
+                            .map_err(|e| super::feedback::error_sentence(&e));
+                        (EXPORT, outcome)
                     });
                 }
             }
@@ -735,6 +1138,95 @@ impl SensitivityTab {
             }
         });
     }
+}
+
+/// What a metric means, for tooltips.
+fn metric_tip(metric: Metric) -> &'static str {
+    match metric {
+        Metric::Sqnr => {
+            "SQNR: signal-to-quantization-noise ratio of the output, in dB; lower means more sensitive"
+        }
+        Metric::Mse => {
+            "MSE: mean squared error of the output against float; higher means more sensitive (log scale)"
+        }
+    }
+}
+
+/// The metric, bucket, bit width and layer filters of the plots and the heatmap.
+fn filters_ui(ui: &mut egui::Ui, o: &mut Options, report: &SensitivityReport, bits_list: &[i32]) {
+    ui.horizontal_wrapped(|ui| {
+        ui.label("Metric")
+            .on_hover_text("what the plots and the ranking show");
+        for m in [Metric::Sqnr, Metric::Mse] {
+            let name = if m == Metric::Sqnr { "SQNR" } else { "MSE" };
+            ui.selectable_value(&mut o.metric, m, name)
+                .on_hover_text(metric_tip(m));
+        }
+        ui.separator();
+        ui.label("Bucket")
+            .on_hover_text("which denoising steps: all, or the early (noisy), mid or late third");
+        for b in std::iter::once(Bucket::All).chain(Bucket::STEPS) {
+            ui.selectable_value(&mut o.bucket, b, b.name())
+                .on_hover_text(format!("results over the {} steps", b.name()));
+        }
+        ui.separator();
+        ui.label("Bits (heatmap, ranking)")
+            .on_hover_text("the bit width the heatmap and the ranking show");
+        for b in bits_list {
+            ui.selectable_value(&mut o.plot_bits, *b, b.to_string())
+                .on_hover_text(format!("results at {b} bits"));
+        }
+    });
+    let blocks: std::collections::BTreeSet<usize> =
+        report.layers.iter().filter_map(|l| l.block).collect();
+    let kinds: std::collections::BTreeSet<LayerKind> =
+        report.layers.iter().map(|l| l.kind).collect();
+    ui.horizontal_wrapped(|ui| {
+        // Each label before its box.
+        let l = ui
+            .label("Block")
+            .on_hover_text("only the layers of one transformer block");
+        egui::ComboBox::from_id_salt("sensitivity-block")
+            .selected_text(o.block.map_or("all".into(), |b| b.to_string()))
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut o.block, None, "all");
+                for b in &blocks {
+                    ui.selectable_value(&mut o.block, Some(*b), b.to_string());
+                }
+            })
+            .response
+            .labelled_by(l.id);
+        let l = ui
+            .label("Kind")
+            .on_hover_text("only one kind of layer (attention projections, MLP, adaLN...)");
+        egui::ComboBox::from_id_salt("sensitivity-kind")
+            .selected_text(o.kind.map_or("all", LayerKind::name))
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut o.kind, None, "all");
+                for k in &kinds {
+                    ui.selectable_value(&mut o.kind, Some(*k), k.name());
+                }
+            })
+            .response
+            .labelled_by(l.id);
+    });
+}
+
+/// The plan's layers per bit width as bars.
+fn bits_histogram_plot(ui: &mut egui::Ui, hist: &std::collections::BTreeMap<i32, usize>) {
+    let bars: Vec<egui_plot::Bar> = hist
+        .iter()
+        .map(|(bits, n)| egui_plot::Bar::new(*bits as f64, *n as f64).name(format!("w{bits}")))
+        .collect();
+    egui_plot::Plot::new("plan-bits-histogram")
+        .height(220.0)
+        .x_axis_label("bits")
+        .y_axis_label("layers")
+        .allow_scroll(false)
+        .allow_drag(false)
+        .show(ui, |p| {
+            p.bar_chart(egui_plot::BarChart::new("layers", bars).width(0.8));
+        });
 }
 
 /// The message for a sweep's error: what the library refused, in terms of the tab's fields.
@@ -755,54 +1247,97 @@ pub fn error_message(e: &SensitivityError) -> String {
     }
 }
 
-/// The folder of the open report, where exports and a relative plan file go.
-fn report_dir(o: &Options) -> PathBuf {
-    Path::new(&o.report_path)
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+/// Where egui_plot puts a figure's legend: a corner free of data, for a legend of egui's
+/// 14-point text (about 7.5 points a character, 18 a row) in a plot of `size` points; None
+/// when every corner holds data (the legend then goes beside the plot).
+fn legend_corner(
+    series: &[report::Series],
+    markers: &[(String, (f64, f64))],
+    size: egui::Vec2,
+) -> Option<egui_plot::Corner> {
+    let longest = series
+        .iter()
+        .map(|s| s.name.len())
+        .chain(markers.iter().map(|m| m.0.len()))
+        .max()
+        .unwrap_or(0);
+    let fraction = report::legend_fraction(
+        series.len() + markers.len(),
+        longest,
+        (7.5, 18.0, 40.0),
+        // Less the axes' labels.
+        ((size.x - 60.0) as f64, (size.y - 30.0) as f64),
+    );
+    Some(match report::legend_corner(series, markers, fraction)? {
+        report::Corner::LeftTop => egui_plot::Corner::LeftTop,
+        report::Corner::RightTop => egui_plot::Corner::RightTop,
+        report::Corner::LeftBottom => egui_plot::Corner::LeftBottom,
+        report::Corner::RightBottom => egui_plot::Corner::RightBottom,
+    })
 }
 
-/// Where Save plan writes: the plan file field, taken from the report's folder when relative.
-pub fn plan_file(o: &Options) -> PathBuf {
-    report_dir(o).join(&o.plan_path)
-}
-
-/// Draws a line figure with egui_plot (the same data the exports draw with plotters).
+/// Draws a line figure with egui_plot (the same data the exports draw with plotters: a log
+/// axis as `log10` of the values with the values as tick labels, the legend where the data
+/// is not, or beside the plot).
 pub fn lines_plot(ui: &mut egui::Ui, id: &str, fig: &report::Figure, height: f32) {
     let report::Figure::Lines {
         series,
         markers,
         x_label,
         y_label,
+        log_y,
         ..
     } = fig
     else {
         return;
     };
-    egui_plot::Plot::new(id)
-        .height(height)
-        .legend(egui_plot::Legend::default())
-        .x_axis_label(x_label.clone())
-        .y_axis_label(y_label.clone())
-        .allow_scroll(false)
-        .show(ui, |p| {
+    let log_y = *log_y;
+    let series = report::plotted_series(series, log_y);
+    let markers: Vec<(String, (f64, f64))> = markers
+        .iter()
+        .filter_map(|(l, (x, y))| report::plotted_y(*y, log_y).map(|y| (l.clone(), (*x, y))))
+        .collect();
+    let corner = legend_corner(&series, &markers, egui::vec2(ui.available_width(), height));
+    let colour = |i: usize| {
+        let (r, g, b) = report::palette(i);
+        egui::Color32::from_rgb(r, g, b)
+    };
+    let longest = series.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    let legend_w = if corner.is_none() {
+        (longest as f32 * 7.5 + 40.0).min(ui.available_width() / 3.0)
+    } else {
+        0.0
+    };
+    ui.horizontal_top(|ui| {
+        let mut plot = egui_plot::Plot::new(id)
+            .height(height)
+            .width(ui.available_width() - legend_w)
+            .x_axis_label(x_label.clone())
+            .y_axis_label(if log_y {
+                format!("{y_label} (log scale)")
+            } else {
+                y_label.clone()
+            })
+            .allow_scroll(false);
+        if let Some(corner) = corner {
+            plot = plot.legend(egui_plot::Legend::default().position(corner));
+        }
+        if log_y {
+            plot = plot.y_axis_formatter(|mark, _| report::log_tick_label(mark.value));
+        }
+        plot.show(ui, |p| {
             for (i, s) in series.iter().enumerate() {
-                let (r, g, b) = report::palette(i);
                 let pts: Vec<[f64; 2]> = s.points.iter().map(|&(x, y)| [x, y]).collect();
-                p.line(
-                    egui_plot::Line::new(s.name.clone(), pts.clone())
-                        .color(egui::Color32::from_rgb(r, g, b)),
-                );
+                p.line(egui_plot::Line::new(s.name.clone(), pts.clone()).color(colour(i)));
                 if pts.len() < 40 {
                     p.points(
                         egui_plot::Points::new(s.name.clone(), pts)
                             .radius(3.0)
-                            .color(egui::Color32::from_rgb(r, g, b)),
+                            .color(colour(i)),
                     );
                 }
             }
-            for (label, (x, y)) in markers {
+            for (label, (x, y)) in &markers {
                 p.points(
                     egui_plot::Points::new(label.clone(), vec![[*x, *y]])
                         .radius(6.0)
@@ -810,12 +1345,60 @@ pub fn lines_plot(ui: &mut egui::Ui, id: &str, fig: &report::Figure, height: f32
                 );
             }
         });
+        if corner.is_none() {
+            // The legend beside the plot: no corner of it is free of data.
+            ui.vertical(|ui| {
+                for (i, s) in series.iter().enumerate() {
+                    ui.horizontal(|ui| {
+                        ui.colored_label(colour(i), "--");
+                        ui.label(&s.name);
+                    });
+                }
+                for (label, _) in &markers {
+                    ui.horizontal(|ui| {
+                        ui.colored_label(egui::Color32::RED, "o");
+                        ui.label(label);
+                    });
+                }
+            });
+        }
+    });
 }
 
-/// Draws a heatmap figure with the painter.
+/// The heatmap's cell sizes in points: row label width, cell width, cell height.
+const HEAT_LABEL_W: f32 = 220.0;
+const HEAT_CELL_W: f32 = 70.0;
+const HEAT_CELL_H: f32 = 14.0;
+
+/// The cell (row, column) under `offset` from the heatmap's top left corner (the first row
+/// is the column header); None outside the cells.
+pub fn heatmap_cell_at(offset: egui::Vec2, rows: usize, cols: usize) -> Option<(usize, usize)> {
+    let x = offset.x - HEAT_LABEL_W;
+    let y = offset.y - HEAT_CELL_H;
+    if x < 0.0 || y < 0.0 {
+        return None;
+    }
+    let (r, c) = ((y / HEAT_CELL_H) as usize, (x / HEAT_CELL_W) as usize);
+    (r < rows && c < cols).then_some((r, c))
+}
+
+/// What hovering a heatmap cell says.
+pub fn heatmap_cell_text(row: &str, col: &str, value: f64, unit: &str) -> String {
+    if value.is_finite() {
+        format!("{row}, {col}: {value:.4} {unit}")
+    } else {
+        format!("{row}, {col}: no effect (blank)")
+    }
+}
+
+/// Draws a heatmap figure with the painter, with a colour bar; a hovered cell shows its value.
 fn heatmap(ui: &mut egui::Ui, fig: &report::Figure) {
     let report::Figure::Heatmap {
-        rows, cols, values, ..
+        rows,
+        cols,
+        values,
+        value_label,
+        ..
     } = fig
     else {
         return;
@@ -824,12 +1407,13 @@ fn heatmap(ui: &mut egui::Ui, fig: &report::Figure) {
     let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
         (a.min(v), b.max(v))
     });
-    let (label_w, cell_w, cell_h) = (220.0, 70.0, 14.0);
-    let size = egui::vec2(
-        label_w + cell_w * cols.len() as f32,
-        cell_h * (rows.len() + 1) as f32,
-    );
-    let (rect, _) = ui.allocate_exact_size(size, egui::Sense::hover());
+    let (label_w, cell_w, cell_h) = (HEAT_LABEL_W, HEAT_CELL_W, HEAT_CELL_H);
+    let cells_w = label_w + cell_w * cols.len() as f32;
+    // The colour bar: a gradient column with its ends and middle labelled, then the unit.
+    let (bar_gap, bar_w, bar_labels_w) = (16.0, 14.0, 110.0);
+    let height = (cell_h * (rows.len() + 1) as f32).max(120.0);
+    let size = egui::vec2(cells_w + bar_gap + bar_w + bar_labels_w, height);
+    let (rect, response) = ui.allocate_exact_size(size, egui::Sense::hover());
     let painter = ui.painter_at(rect);
     let font = egui::FontId::proportional(11.0);
     let text_color = ui.visuals().text_color();
@@ -843,6 +1427,13 @@ fn heatmap(ui: &mut egui::Ui, fig: &report::Figure) {
             text_color,
         );
     }
+    let t_of = |v: f64| {
+        if hi > lo {
+            ((v - lo) / (hi - lo)) as f32
+        } else {
+            0.5
+        }
+    };
     for (r, name) in rows.iter().enumerate() {
         let y = cell_h * (r as f32 + 1.0);
         painter.text(
@@ -856,12 +1447,7 @@ fn heatmap(ui: &mut egui::Ui, fig: &report::Figure) {
             if !v.is_finite() {
                 continue;
             }
-            let t = if hi > lo {
-                ((v - lo) / (hi - lo)) as f32
-            } else {
-                0.5
-            };
-            let [cr, cg, cb] = report::colormap::viridis(t);
+            let [cr, cg, cb] = report::colormap::viridis(t_of(*v));
             let cell = egui::Rect::from_min_size(
                 rect.min + egui::vec2(label_w + cell_w * c as f32, y),
                 egui::vec2(cell_w - 1.0, cell_h - 1.0),
@@ -870,6 +1456,48 @@ fn heatmap(ui: &mut egui::Ui, fig: &report::Figure) {
         }
     }
     if lo <= hi {
-        ui.label(format!("colour: {lo:.3} (dark) ... {hi:.3} (bright)"));
+        let bar = egui::Rect::from_min_size(
+            rect.min + egui::vec2(cells_w + bar_gap, cell_h),
+            egui::vec2(bar_w, height - cell_h * 2.0),
+        );
+        const STEPS: usize = 64;
+        let step_h = bar.height() / STEPS as f32;
+        for i in 0..STEPS {
+            // Bright (high) at the top, as the exported colour bar.
+            let t = 1.0 - (i as f32 + 0.5) / STEPS as f32;
+            let [cr, cg, cb] = report::colormap::viridis(t);
+            let band = egui::Rect::from_min_size(
+                bar.min + egui::vec2(0.0, step_h * i as f32),
+                egui::vec2(bar_w, step_h + 0.5),
+            );
+            painter.rect_filled(band, 0.0, egui::Color32::from_rgb(cr, cg, cb));
+        }
+        let labels_x = bar.right() + 4.0;
+        for (v, y) in [
+            (hi, bar.top()),
+            ((lo + hi) / 2.0, bar.center().y),
+            (lo, bar.bottom()),
+        ] {
+            painter.text(
+                egui::pos2(labels_x, y),
+                egui::Align2::LEFT_CENTER,
+                report::bar_label(v, lo, hi),
+                font.clone(),
+                text_color,
+            );
+        }
+        painter.text(
+            egui::pos2(bar.left(), bar.bottom() + 2.0),
+            egui::Align2::LEFT_TOP,
+            value_label,
+            font.clone(),
+            text_color,
+        );
+    }
+    if let Some(pos) = response.hover_pos()
+        && let Some((r, c)) = heatmap_cell_at(pos - rect.min, rows.len(), cols.len())
+    {
+        let text = heatmap_cell_text(&rows[r], &cols[c], values[r][c], value_label);
+        response.on_hover_text_at_pointer(text);
     }
 }

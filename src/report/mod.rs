@@ -65,6 +65,9 @@ pub enum Figure {
         /// The x axis counts whole units (bits, steps): ticks only at integers, labelled
         /// without decimals.
         integer_x: bool,
+        /// The y axis is logarithmic (MSEs span decades): points are drawn at `log10(y)` (see
+        /// [`plotted_y`]) and the ticks are labelled with the values.
+        log_y: bool,
     },
     Heatmap {
         title: String,
@@ -95,6 +98,21 @@ impl Figure {
 }
 
 const FONT: &str = "sans-serif";
+
+// Text sizes of the rendered figures, in pixels. All even: plotters' ab_glyph renderer puts
+// each glyph's top at `size / 2 + top` converted with `as i32`, which truncates toward zero,
+// so with an odd size the glyphs reaching above that line (digits) and those below it (a '.')
+// are rounded in opposite directions and the decimal point floats a pixel above the baseline.
+/// A figure's title.
+const TITLE_SIZE: u32 = 24;
+/// Axis descriptions and the colour bar's unit.
+const DESC_SIZE: u32 = 16;
+/// Tick labels of line figures.
+const TICK_SIZE: u32 = 16;
+/// Row and column labels of heatmaps and bar charts, and legend entries (many to a figure).
+const SMALL_SIZE: u32 = 14;
+/// Width in pixels of one character of `SMALL_SIZE` text (for label areas).
+const SMALL_CHAR_WIDTH: u32 = 8;
 
 fn register_font() {
     static ONCE: Once = Once::new();
@@ -155,9 +173,182 @@ fn integer_label(x: f64) -> String {
     }
 }
 
+/// Where a point of value `y` is drawn: `log10(y)` on a logarithmic axis (None for a value a
+/// log axis cannot show: zero, negative, not finite), `y` itself otherwise.
+pub fn plotted_y(y: f64, log_y: bool) -> Option<f64> {
+    if !log_y {
+        return Some(y);
+    }
+    (y > 0.0 && y.is_finite()).then(|| y.log10())
+}
+
+/// The series as drawn: y through [`plotted_y`], points a log axis cannot show dropped.
+pub fn plotted_series(series: &[Series], log_y: bool) -> Vec<Series> {
+    series
+        .iter()
+        .map(|s| Series {
+            name: s.name.clone(),
+            points: s
+                .points
+                .iter()
+                .filter_map(|&(x, y)| plotted_y(y, log_y).map(|y| (x, y)))
+                .collect(),
+        })
+        .collect()
+}
+
+/// The label of a tick at `v` (= log10 of the value) on a logarithmic axis: the value, in
+/// scientific notation ("1e-4", "3.2e-5").
+pub fn log_tick_label(v: f64) -> String {
+    let value = 10f64.powf(v);
+    let text = format!("{value:.1e}");
+    // "1.0e-4" reads better as "1e-4".
+    text.replace(".0e", "e")
+}
+
+/// A corner of a figure's plotting area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Corner {
+    LeftTop,
+    RightTop,
+    LeftBottom,
+    RightBottom,
+}
+
+/// A corner where a legend covers no data: one whose region (`legend`: the
+/// legend's width and height as fractions of the plotting area's) holds no point of the lines
+/// drawn (each segment sampled, so a line crossing a corner counts). Preferred: the
+/// right bottom, then right top, left top, left bottom. None when every corner holds data:
+/// the legend then goes outside the plot, on its right. `series` and `markers` as plotted
+/// (see [`plotted_series`]).
+pub fn legend_corner(
+    series: &[Series],
+    markers: &[(String, (f64, f64))],
+    legend: (f64, f64),
+) -> Option<Corner> {
+    let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let (x0, x1) = span(xs.chain(markers.iter().map(|m| m.1.0)));
+    let (y0, y1) = span(ys.chain(markers.iter().map(|m| m.1.1)));
+    let mut samples: Vec<(f64, f64)> = Vec::new();
+    for s in series {
+        samples.extend(s.points.iter().copied());
+        for w in s.points.windows(2) {
+            let ((ax, ay), (bx, by)) = (w[0], w[1]);
+            samples.extend((1..10).map(|i| {
+                let t = i as f64 / 10.0;
+                (ax + (bx - ax) * t, ay + (by - ay) * t)
+            }));
+        }
+    }
+    samples.extend(markers.iter().map(|m| m.1));
+    let normalised: Vec<(f64, f64)> = samples
+        .iter()
+        .map(|&(x, y)| ((x - x0) / (x1 - x0), (y - y0) / (y1 - y0)))
+        .collect();
+    let (w, h) = legend;
+    let count = |corner: Corner| {
+        let (left, top) = match corner {
+            Corner::LeftTop => (true, true),
+            Corner::RightTop => (false, true),
+            Corner::LeftBottom => (true, false),
+            Corner::RightBottom => (false, false),
+        };
+        normalised
+            .iter()
+            .filter(|&&(x, y)| {
+                let in_x = if left { x <= w } else { x >= 1.0 - w };
+                let in_y = if top { y >= 1.0 - h } else { y <= h };
+                in_x && in_y
+            })
+            .count()
+    };
+    [
+        Corner::RightBottom,
+        Corner::RightTop,
+        Corner::LeftTop,
+        Corner::LeftBottom,
+    ]
+    .into_iter()
+    .find(|&c| count(c) == 0)
+}
+
+/// The legend of a line figure drawn at `size` pixels, as fractions of the plotting area:
+/// one row of `SMALL_SIZE` text per entry, as wide as the longest name with its sample line.
+fn legend_size(
+    series: &[Series],
+    markers: &[(String, (f64, f64))],
+    size: (u32, u32),
+) -> (f64, f64) {
+    let names = series
+        .iter()
+        .map(|s| s.name.len())
+        .chain(markers.iter().map(|m| m.0.len()));
+    let entries = series.len() + markers.len();
+    let longest = names.max().unwrap_or(0);
+    // The plotting area: the figure less the label areas, the caption and the margins.
+    let (w, h) = (
+        size.0.saturating_sub(84 + 24),
+        size.1.saturating_sub(52 + 48 + 24),
+    );
+    legend_fraction(
+        entries,
+        longest,
+        (SMALL_CHAR_WIDTH as f64, SMALL_SIZE as f64 + 8.0, 40.0),
+        (w as f64, h as f64),
+    )
+}
+
+/// A legend's size as fractions of a plotting area of `area` (width, height): `entries` rows
+/// of `row_height`, the longest name of `longest` characters of `char_width` plus `extra`
+/// (its sample and padding). `metrics` = (char width, row height, extra), all in pixels.
+pub fn legend_fraction(
+    entries: usize,
+    longest: usize,
+    metrics: (f64, f64, f64),
+    area: (f64, f64),
+) -> (f64, f64) {
+    let (char_width, row_height, extra) = metrics;
+    let w = (longest as f64 * char_width + extra) / area.0.max(1.0);
+    // Plus its padding and its distance from the plot's edge.
+    let h = (entries as f64 * row_height + 30.0) / area.1.max(1.0);
+    (w.clamp(0.05, 1.0), h.clamp(0.05, 1.0))
+}
+
+/// Width in pixels of a legend drawn beside a line figure: its longest name and its sample.
+fn legend_strip_width(series: &[Series], markers: &[(String, (f64, f64))]) -> u32 {
+    let longest = series
+        .iter()
+        .map(|s| s.name.len())
+        .chain(markers.iter().map(|m| m.0.len()))
+        .max()
+        .unwrap_or(0);
+    longest as u32 * SMALL_CHAR_WIDTH + 48
+}
+
+/// A Pareto front as the step function it is: between two optimal plans the best reachable
+/// error stays that of the cheaper one, so each point is reached by a horizontal run at the
+/// previous error and a vertical one at its own x. Points are taken in order of x; points
+/// sharing an x make a vertical run (never a diagonal).
+pub fn staircase(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut sorted = points.to_vec();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut out: Vec<(f64, f64)> = Vec::with_capacity(sorted.len() * 2);
+    for (x, y) in sorted {
+        if let Some(&(prev_x, prev_y)) = out.last()
+            && prev_x != x
+            && prev_y != y
+        {
+            out.push((x, prev_y));
+        }
+        out.push((x, y));
+    }
+    out
+}
+
 /// A tick label on a colour bar spanning `lo..hi`: as many decimals as the tick spacing
 /// needs (35, 0.15), scientific notation for very small or large magnitudes (MSEs).
-fn bar_label(v: f64, lo: f64, hi: f64) -> String {
+pub fn bar_label(v: f64, lo: f64, hi: f64) -> String {
     let magnitude = lo.abs().max(hi.abs());
     if magnitude != 0.0 && !(1e-3..1e5).contains(&magnitude) {
         return format!("{v:.1e}");
@@ -190,8 +381,8 @@ where
     let mut chart = ChartBuilder::on(area)
         .margin(12)
         .margin_left(0)
-        .x_label_area_size(30)
-        .right_y_label_area_size(62)
+        .x_label_area_size(36)
+        .right_y_label_area_size(76)
         .build_cartesian_2d(0f64..1f64, lo..hi)
         .map_err(err(title))?;
     chart
@@ -201,8 +392,8 @@ where
         .y_labels(6)
         .y_label_formatter(&|v| bar_label(*v, lo, hi))
         .y_desc(label)
-        .label_style((FONT, 11))
-        .axis_desc_style((FONT, 13))
+        .label_style((FONT, SMALL_SIZE))
+        .axis_desc_style((FONT, DESC_SIZE))
         .draw()
         .map_err(err(title))?;
     const STEPS: usize = 128;
@@ -239,24 +430,47 @@ where
             series,
             markers,
             integer_x,
+            log_y,
             ..
         } => {
-            let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
-            let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
-            let (x0, x1) = span(xs.chain(markers.iter().map(|m| m.1.0)));
-            let (y0, y1) = span(ys.chain(markers.iter().map(|m| m.1.1)));
-            let mut chart = ChartBuilder::on(&root)
-                .caption(&title, (FONT, 20))
+            let plotted = plotted_series(series, *log_y);
+            let plotted_markers: Vec<(String, (f64, f64))> = markers
+                .iter()
+                .filter_map(|(l, (x, y))| plotted_y(*y, *log_y).map(|y| (l.clone(), (*x, y))))
+                .collect();
+            let xs = plotted.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+            let ys = plotted.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+            let (x0, x1) = span(xs.chain(plotted_markers.iter().map(|m| m.1.0)));
+            let (y0, y1) = span(ys.chain(plotted_markers.iter().map(|m| m.1.1)));
+            let corner = legend_corner(
+                &plotted,
+                &plotted_markers,
+                legend_size(&plotted, &plotted_markers, root.dim_in_pixel()),
+            );
+            // No corner free of data: the legend gets a strip of its own on the right.
+            let (chart_area, legend_area) = match corner {
+                Some(_) => (root.clone(), None),
+                None => {
+                    let width = root.dim_in_pixel().0;
+                    let strip = legend_strip_width(&plotted, &plotted_markers).min(width / 3);
+                    let (c, l) = root.split_horizontally(width - strip);
+                    (c, Some(l))
+                }
+            };
+            let mut chart = ChartBuilder::on(&chart_area)
+                .caption(&title, (FONT, TITLE_SIZE))
                 .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(64)
+                .x_label_area_size(52)
+                .y_label_area_size(84)
                 .build_cartesian_2d(x0..x1, y0..y1)
                 .map_err(err(&title))?;
             let whole = |x: &f64| integer_label(*x);
+            let log_label = |y: &f64| log_tick_label(*y);
             let mut mesh = chart.configure_mesh();
             mesh.x_desc(x_label.as_str())
                 .y_desc(y_label.as_str())
-                .label_style((FONT, 13));
+                .label_style((FONT, TICK_SIZE))
+                .axis_desc_style((FONT, DESC_SIZE));
             if *integer_x {
                 // As many ticks as there are integers in range: plotters then steps by 1 (or
                 // a coarser whole step on a long axis), and the formatter drops any fraction.
@@ -264,8 +478,11 @@ where
                 mesh.x_labels(integers.clamp(2, 12))
                     .x_label_formatter(&whole);
             }
+            if *log_y {
+                mesh.y_label_formatter(&log_label);
+            }
             mesh.draw().map_err(err(&title))?;
-            for (i, s) in series.iter().enumerate() {
+            for (i, s) in plotted.iter().enumerate() {
                 let (r, g, b) = palette(i);
                 let color = RGBColor(r, g, b);
                 chart
@@ -284,22 +501,53 @@ where
                         .map_err(err(&title))?;
                 }
             }
-            for (label, p) in markers {
+            for (label, p) in &plotted_markers {
                 chart
                     .draw_series([Circle::new(*p, 6, RED.filled())])
                     .map_err(err(&title))?
                     .label(label.clone())
                     .legend(|(x, y)| Circle::new((x + 9, y), 5, RED.filled()));
             }
-            if !series.is_empty() {
+            if let Some(corner) = corner
+                && !series.is_empty()
+            {
+                let position = match corner {
+                    Corner::LeftTop => SeriesLabelPosition::UpperLeft,
+                    Corner::RightTop => SeriesLabelPosition::UpperRight,
+                    Corner::LeftBottom => SeriesLabelPosition::LowerLeft,
+                    Corner::RightBottom => SeriesLabelPosition::LowerRight,
+                };
                 chart
                     .configure_series_labels()
-                    .label_font((FONT, 12))
+                    .label_font((FONT, SMALL_SIZE))
                     .background_style(WHITE.mix(0.85))
                     .border_style(BLACK)
-                    .position(SeriesLabelPosition::LowerRight)
+                    .position(position)
                     .draw()
                     .map_err(err(&title))?;
+            }
+            if let Some(area) = legend_area {
+                let row = (SMALL_SIZE + 8) as i32;
+                let top = TITLE_SIZE as i32 + 24;
+                let text = TextStyle::from((FONT, SMALL_SIZE).into_font()).color(&BLACK);
+                for (i, s) in plotted.iter().enumerate() {
+                    let (r, g, b) = palette(i);
+                    let y = top + row * i as i32;
+                    area.draw(&PathElement::new(
+                        vec![(4, y), (24, y)],
+                        RGBColor(r, g, b).stroke_width(2),
+                    ))
+                    .map_err(err(&title))?;
+                    area.draw_text(&s.name, &text, (30, y - SMALL_SIZE as i32 / 2))
+                        .map_err(err(&title))?;
+                }
+                for (i, (label, _)) in plotted_markers.iter().enumerate() {
+                    let y = top + row * (plotted.len() + i) as i32;
+                    area.draw(&Circle::new((14, y), 5, RED.filled()))
+                        .map_err(err(&title))?;
+                    area.draw_text(label, &text, (30, y - SMALL_SIZE as i32 / 2))
+                        .map_err(err(&title))?;
+                }
             }
         }
         Figure::Heatmap {
@@ -312,17 +560,20 @@ where
             let (lo, hi) = span(values.iter().flatten().copied());
             let n_rows = rows.len().max(1);
             let n_cols = cols.len().max(1);
-            let label_width = rows.iter().map(|r| r.len()).max().unwrap_or(4) as u32 * 7 + 10;
+            let label_width =
+                rows.iter().map(|r| r.len()).max().unwrap_or(4) as u32 * SMALL_CHAR_WIDTH + 12;
             // The title spans the cells and the colour bar, which sits on the right and
             // carries the unit.
-            let area = root.titled(&title, (FONT, 20)).map_err(err(&title))?;
+            let area = root
+                .titled(&title, (FONT, TITLE_SIZE))
+                .map_err(err(&title))?;
             let width = area.dim_in_pixel().0;
             let (cells_area, bar_area) =
                 area.split_horizontally(width.saturating_sub(COLOUR_BAR_WIDTH));
             colour_bar(&bar_area, lo, hi, value_label, &title)?;
             let mut chart = ChartBuilder::on(&cells_area)
                 .margin(12)
-                .x_label_area_size(30)
+                .x_label_area_size(36)
                 .y_label_area_size(label_width.min(420))
                 .build_cartesian_2d(-0.5f64..n_cols as f64 - 0.5, -0.5f64..n_rows as f64 - 0.5)
                 .map_err(err(&title))?;
@@ -348,7 +599,7 @@ where
                         .map(|i| rows_c[n_rows - 1 - i].clone())
                         .unwrap_or_default()
                 })
-                .label_style((FONT, 11))
+                .label_style((FONT, SMALL_SIZE))
                 .draw()
                 .map_err(err(&title))?;
             let cells = values.iter().enumerate().flat_map(|(r, row)| {
@@ -376,11 +627,12 @@ where
         } => {
             let n = labels.len().max(1);
             let (lo, hi) = span(values.iter().copied().chain([0.0]));
-            let label_width = labels.iter().map(|r| r.len()).max().unwrap_or(4) as u32 * 7 + 10;
+            let label_width =
+                labels.iter().map(|r| r.len()).max().unwrap_or(4) as u32 * SMALL_CHAR_WIDTH + 12;
             let mut chart = ChartBuilder::on(&root)
-                .caption(&title, (FONT, 20))
+                .caption(&title, (FONT, TITLE_SIZE))
                 .margin(12)
-                .x_label_area_size(40)
+                .x_label_area_size(52)
                 .y_label_area_size(label_width.min(420))
                 .build_cartesian_2d(lo.min(0.0)..hi, -0.5f64..n as f64 - 0.5)
                 .map_err(err(&title))?;
@@ -401,7 +653,7 @@ where
                         String::new()
                     }
                 })
-                .label_style((FONT, 11))
+                .label_style((FONT, SMALL_SIZE))
                 .draw()
                 .map_err(err(&title))?;
             let (r, g, b) = palette(0);
@@ -582,6 +834,8 @@ pub fn bits_figure(
         series,
         markers: Vec::new(),
         integer_x: true,
+        // MSEs span decades across bit widths.
+        log_y: metric == Metric::Mse,
     }
 }
 
@@ -658,7 +912,7 @@ pub fn pareto_figure(built: &BuiltPlan, objective: Objective) -> Figure {
         y_label: label.into(),
         series: vec![Series {
             name: "Pareto front".into(),
-            points: built.pareto.clone(),
+            points: staircase(&built.pareto),
         }],
         markers: vec![(
             format!("plan at {:.3} bits", built.average_bits),
@@ -666,6 +920,7 @@ pub fn pareto_figure(built: &BuiltPlan, objective: Objective) -> Figure {
         )],
         // Average bits are fractional (e.g. 4.5 with the scales).
         integer_x: false,
+        log_y: objective == Objective::Mse,
     }
 }
 
@@ -830,7 +1085,7 @@ pub fn write_sensitivity_report(
             vec!["scope".into(), s.metric_scope.name().into()],
             vec!["bit widths".into(), format!("{:?}", s.bits)],
             vec!["group size".into(), s.group_size.to_string()],
-            vec!["layers measured".into(), report.layers.len().to_string()],
+            vec!["layers measured".into(), coverage(report).describe()],
         ],
     );
     let filter = opts.filter.describe();
@@ -852,7 +1107,10 @@ pub fn write_sensitivity_report(
         .map(|(name, v)| vec![name, format!("{v:.4}")])
         .collect();
     doc.table(&["layer", opts.metric.label()], &top);
-    doc.text("The data are in the _data.csv and _data.json files beside this report.");
+    doc.text(&format!(
+        "The data are in {} beside this report.",
+        file_names(&written)
+    ));
     written.extend(doc.finish(output)?);
     Ok(written)
 }
@@ -932,7 +1190,7 @@ impl Doc {
     fn heading(&mut self, text: &str) {
         if self.html {
             self.body
-                .push_str(&format!("<h2>{}</h2>\n", html_escape(text)));
+                .push_str(&format!("<h2>{}</h2>\n", html_text(text)));
         } else {
             self.body.push_str(&format!("## {text}\n\n"));
         }
@@ -1022,8 +1280,7 @@ impl Doc {
 
     fn text(&mut self, text: &str) {
         if self.html {
-            self.body
-                .push_str(&format!("<p>{}</p>\n", html_escape(text)));
+            self.body.push_str(&format!("<p>{}</p>\n", html_text(text)));
         } else {
             self.body.push_str(&format!("{text}\n\n"));
         }
@@ -1036,6 +1293,114 @@ impl Doc {
         write(output, self.body.as_bytes())?;
         self.written.push(output.to_owned());
         Ok(self.written)
+    }
+}
+
+/// "`a.csv` and `b.json`": the file names of `paths`, as a report names the files beside it.
+fn file_names(paths: &[PathBuf]) -> String {
+    let names: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            format!(
+                "`{}`",
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    match names.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// Bytes as KB/MB/GB (decimal units, as disks are sold and file browsers show them).
+pub fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.0} KB", b / 1e3)
+    }
+}
+
+/// Text for HTML: escaped, with `code spans` (as Markdown writes them, which the same texts
+/// are in the Markdown report) as `<code>`, and a backtick left without a partner dropped.
+fn html_text(s: &str) -> String {
+    let escaped = html_escape(s);
+    let parts: Vec<&str> = escaped.split('`').collect();
+    let mut out = String::with_capacity(escaped.len());
+    let paired = parts.len() % 2 == 1;
+    for (i, part) in parts.iter().enumerate() {
+        // Odd parts sit between two backticks (when every backtick has a partner).
+        if i % 2 == 1 && (paired || i + 1 < parts.len()) {
+            out.push_str("<code>");
+            out.push_str(part);
+            out.push_str("</code>");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+/// How much of the model a sensitivity report covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coverage {
+    /// Layers with an entry in the report.
+    pub measured: usize,
+    /// The quantizable layers of the report's model (its configuration says which).
+    pub model_layers: usize,
+    /// Measured layers without results: their input width is not a multiple of the group
+    /// size, so they cannot be grouped and stay float (not plotted, not ranked).
+    pub ungrouped: Vec<String>,
+    pub group_size: i32,
+}
+
+impl Coverage {
+    /// A sweep of every layer has one entry per layer of the model. Fewer: it was cancelled
+    /// or failed before the end (or it was restricted by a layer pattern, which the report
+    /// does not record).
+    pub fn is_complete(&self) -> bool {
+        self.measured >= self.model_layers
+    }
+
+    /// "32 of 32 (1 cannot be grouped by 64: left float)".
+    pub fn describe(&self) -> String {
+        let mut text = format!("{} of {}", self.measured, self.model_layers);
+        if !self.ungrouped.is_empty() {
+            text.push_str(&format!(
+                " ({} cannot be grouped by {}: left float)",
+                self.ungrouped.len(),
+                self.group_size
+            ));
+        }
+        text
+    }
+}
+
+/// The report's coverage of its model's layers.
+pub fn coverage(report: &SensitivityReport) -> Coverage {
+    let model = mmdit_layer_ids(report.settings.model_config.depth);
+    let names: std::collections::HashSet<String> = model.iter().map(|id| id.name()).collect();
+    Coverage {
+        measured: report
+            .layers
+            .iter()
+            .filter(|l| names.contains(&l.name))
+            .count(),
+        model_layers: names.len(),
+        ungrouped: report
+            .layers
+            .iter()
+            .filter(|l| l.results.is_empty())
+            .map(|l| l.name.clone())
+            .collect(),
+        group_size: report.settings.group_size,
     }
 }
 
@@ -1081,7 +1446,7 @@ pub fn write_samples_report(
                 "samples selected".into(),
                 format!("{} of {}", s.samples, set.samples().len()),
             ],
-            vec!["bytes".into(), s.bytes.to_string()],
+            vec!["size on disk".into(), human_bytes(s.bytes)],
             vec!["problems".into(), set.problems().len().to_string()],
         ],
     );
@@ -1101,6 +1466,7 @@ pub fn write_samples_report(
         }],
         markers: Vec::new(),
         integer_x: true,
+        log_y: false,
     };
     doc.figure("schedule", &schedule)?;
     doc.heading("Tensors");
@@ -1147,7 +1513,10 @@ pub fn write_samples_report(
     }
     let json = serde_json::to_value(&listing)?;
     let mut written = write_data(output, &csv, &json)?;
-    doc.text("The selected samples are in the _data.csv and _data.json files beside this report (the JSON has the schema of the samples listing's JSON export).");
+    doc.text(&format!(
+        "The selected samples are in {} beside this report (the JSON has the schema of the samples listing's JSON export).",
+        file_names(&written)
+    ));
     written.extend(doc.finish(output)?);
     Ok(written)
 }
@@ -1321,6 +1690,7 @@ mod tests {
             ],
             markers: vec![("plan".into(), (4.0, 19.0))],
             integer_x: true,
+            log_y: false,
         }
     }
 
@@ -1449,6 +1819,230 @@ mod tests {
         };
         assert_eq!(labels, ["early", "mid", "late"]);
         assert_eq!(values, [1.0, 2.0, 3.0]);
+    }
+
+    /// The short names of the report's layers.
+    fn labels_of(report: &SensitivityReport) -> Vec<String> {
+        let labels = LayerLabels::new(&report.settings.model_config);
+        ranking(
+            report,
+            2,
+            Bucket::All,
+            Metric::Sqnr,
+            &LayerFilter::default(),
+        )
+        .iter()
+        .map(|r| labels.get(&r.0))
+        .collect()
+    }
+
+    fn fixture_report() -> SensitivityReport {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sensitivity-tiny.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// The lowest inked row of `text` rendered alone at `size` at a fixed position (top = 0).
+    fn text_bottom(text: &str, size: u32) -> u32 {
+        register_font();
+        let (w, h) = (60u32, 60u32);
+        let mut buf = vec![255u8; (w * h * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+            let style = TextStyle::from((FONT, size).into_font()).color(&BLACK);
+            root.draw_text(text, &style, (5, 10)).unwrap();
+        }
+        (0..h)
+            .filter(|&y| (0..w).any(|x| buf[((y * w + x) * 3) as usize] < 200))
+            .max()
+            .unwrap()
+    }
+
+    #[test]
+    fn decimal_points_sit_on_the_digits_baseline_at_every_text_size() {
+        // '1' and '.' both end on the baseline (round glyphs would overshoot it).
+        for size in [TITLE_SIZE, DESC_SIZE, TICK_SIZE, SMALL_SIZE] {
+            assert_eq!(
+                text_bottom(".", size),
+                text_bottom("1", size),
+                "the '.' at size {size}"
+            );
+        }
+        // The cause: at an odd size plotters rounds the two apart.
+        assert_ne!(text_bottom(".", 13), text_bottom("1", 13));
+    }
+
+    #[test]
+    fn the_legend_goes_where_there_is_no_data() {
+        // SQNR rises with bits: the 8-bit points are top right, the bottom right is empty.
+        let rising = vec![Series {
+            name: "a".into(),
+            points: vec![(2.0, 5.0), (4.0, 20.0), (8.0, 60.0)],
+        }];
+        assert_eq!(
+            legend_corner(&rising, &[], (0.4, 0.45)),
+            Some(Corner::RightBottom)
+        );
+        // MSE falls with bits: the bottom right holds the 8-bit points.
+        let falling = vec![Series {
+            name: "a".into(),
+            points: vec![(2.0, 60.0), (4.0, 20.0), (8.0, 1.0)],
+        }];
+        assert_eq!(
+            legend_corner(&falling, &[], (0.4, 0.45)),
+            Some(Corner::RightTop)
+        );
+        let report = fixture_report();
+        // The app's default plot: the ten most sensitive layers at 2 bits.
+        let layers: Vec<String> = ranking(
+            &report,
+            2,
+            Bucket::All,
+            Metric::Sqnr,
+            &LayerFilter::default(),
+        )
+        .into_iter()
+        .take(10)
+        .map(|r| r.0)
+        .collect();
+        let Figure::Lines { series, log_y, .. } =
+            bits_figure(&report, &layers, Bucket::All, Metric::Sqnr)
+        else {
+            panic!("lines")
+        };
+        let plotted = plotted_series(&series, log_y);
+        // A tall legend (ten entries over most of the height) covers data in every corner,
+        // the 8-bit points on the right among them: it goes outside the plot.
+        let tall = legend_fraction(10, 18, (7.5, 18.0, 40.0), (700.0, 270.0));
+        assert_eq!(legend_corner(&plotted, &[], tall), None);
+        // A short one fits a corner free of data.
+        let short = legend_fraction(2, 18, (7.5, 18.0, 40.0), (700.0, 270.0));
+        let corner = legend_corner(&plotted[..2], &[], short);
+        assert!(corner.is_some(), "{short:?}");
+        // The export draws that legend outside: its names right of the plot's last tick.
+        let svg = render_svg(
+            &bits_figure(&report, &layers, Bucket::All, Metric::Sqnr),
+            (900, 520),
+        )
+        .unwrap();
+        assert!(svg.contains(&labels_of(&report)[0]));
+        assert_eq!(
+            legend_fraction(10, 20, (8.0, 18.0, 40.0), (800.0, 420.0)),
+            (0.25, 0.5)
+        );
+    }
+
+    #[test]
+    fn mse_is_plotted_on_a_log_scale() {
+        let report = fixture_report();
+        let layers: Vec<String> = report.layers.iter().map(|l| l.name.clone()).collect();
+        let Figure::Lines { series, log_y, .. } =
+            bits_figure(&report, &layers[1..3], Bucket::All, Metric::Mse)
+        else {
+            panic!("lines")
+        };
+        assert!(log_y);
+        let plotted = plotted_series(&series, log_y);
+        let (raw, drawn) = (series[0].points[0].1, plotted[0].points[0].1);
+        assert!(
+            (drawn - raw.log10()).abs() < 1e-12,
+            "{raw} drawn at {drawn}"
+        );
+        assert_eq!(plotted_y(0.0, true), None);
+        assert_eq!(plotted_y(-3.0, false), Some(-3.0));
+        assert_eq!(log_tick_label(-4.0), "1e-4");
+        let Figure::Lines { log_y, .. } =
+            bits_figure(&report, &layers[1..3], Bucket::All, Metric::Sqnr)
+        else {
+            panic!("lines")
+        };
+        assert!(!log_y, "SQNR is in dB already");
+        // The SVG's y ticks are values, not their logarithms.
+        let svg = render_svg(
+            &bits_figure(&report, &layers[1..3], Bucket::All, Metric::Mse),
+            (640, 400),
+        )
+        .unwrap();
+        assert!(svg.contains("e-"), "scientific tick labels");
+    }
+
+    #[test]
+    fn the_pareto_front_is_drawn_as_steps_never_diagonals() {
+        let points = [(2.5, 10.0), (3.0, 20.0), (3.0, 25.0), (4.0, 30.0)];
+        let steps = staircase(&points);
+        assert_eq!(
+            steps,
+            [
+                (2.5, 10.0),
+                (3.0, 10.0),
+                (3.0, 20.0),
+                (3.0, 25.0),
+                (4.0, 25.0),
+                (4.0, 30.0)
+            ]
+        );
+        for w in steps.windows(2) {
+            assert!(w[0].0 == w[1].0 || w[0].1 == w[1].1, "diagonal {w:?}");
+        }
+        let report = fixture_report();
+        let built = build_plan(&report, 4.5, &[], Objective::Sqnr).unwrap();
+        let Figure::Lines { series, .. } = pareto_figure(&built, Objective::Sqnr) else {
+            panic!("lines")
+        };
+        for w in series[0].points.windows(2) {
+            assert!(w[0].0 == w[1].0 || w[0].1 == w[1].1, "diagonal {w:?}");
+        }
+    }
+
+    #[test]
+    fn the_html_report_names_only_files_that_exist_and_has_no_backticks() {
+        let report = fixture_report();
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("sens-report.html");
+        let written = write_sensitivity_report(
+            &report,
+            &out,
+            &SensitivityReportOptions {
+                plan_target_bits: Some(4.5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let html = std::fs::read_to_string(&out).unwrap();
+        assert!(!html.contains('`'), "raw backticks");
+        // Every data file named in the text exists beside the report.
+        let named: Vec<&str> = html
+            .split("<code>")
+            .skip(1)
+            .filter_map(|p| p.split_once("</code>").map(|(n, _)| n))
+            .collect();
+        assert_eq!(named, ["sens-report_data.csv", "sens-report_data.json"]);
+        for n in named {
+            assert!(root.path().join(n).is_file(), "{n}");
+            assert!(written.contains(&root.path().join(n)));
+        }
+        assert!(!html.contains(" _data"), "a name without its stem");
+        assert!(html.contains("<td>32 of 32 (1 cannot be grouped by 64: left float)</td>"));
+        assert_eq!(html_text("run `x` and `y"), "run <code>x</code> and y");
+    }
+
+    #[test]
+    fn byte_counts_are_formatted() {
+        assert_eq!(human_bytes(1_234), "1 KB");
+        assert_eq!(human_bytes(5_600_000), "5.6 MB");
+        assert_eq!(human_bytes(2_500_000_000), "2.50 GB");
+    }
+
+    #[test]
+    fn coverage_says_how_much_of_the_model_a_report_measured() {
+        let mut report = fixture_report();
+        let full = coverage(&report);
+        assert!(full.is_complete());
+        assert_eq!(full.ungrouped, ["y_embedder.mlp.layers.0"]);
+        report.layers.truncate(10);
+        let partial = coverage(&report);
+        assert!(!partial.is_complete());
+        assert_eq!((partial.measured, partial.model_layers), (10, 32));
     }
 
     #[test]
