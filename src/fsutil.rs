@@ -19,12 +19,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// not taken, so an output never silently replaces an earlier one. (A name is taken between
 /// this check and the write only by a concurrent writer, which the folder locks exclude.)
 pub fn numbered_path(dir: &Path, stem: &str, ext: &str) -> PathBuf {
-    let first = dir.join(format!("{stem}.{ext}"));
+    first_free(dir, stem, &format!(".{ext}"))
+}
+
+/// `dir/stem`, or `dir/stem-2`, `dir/stem-3`…: the first folder name not taken (a folder of
+/// exported figures), as [`numbered_path`] names files.
+pub fn numbered_folder(dir: &Path, stem: &str) -> PathBuf {
+    first_free(dir, stem, "")
+}
+
+fn first_free(dir: &Path, stem: &str, suffix: &str) -> PathBuf {
+    let first = dir.join(format!("{stem}{suffix}"));
     if !first.exists() {
         return first;
     }
     (2u32..)
-        .map(|n| dir.join(format!("{stem}-{n}.{ext}")))
+        .map(|n| dir.join(format!("{stem}-{n}{suffix}")))
         .find(|p| !p.exists())
         .unwrap_or(first)
 }
@@ -214,6 +224,14 @@ mod tests {
         assert_eq!(
             numbered_path(dir.path(), "report", "html"),
             dir.path().join("report-3.html")
+        );
+        assert_eq!(
+            numbered_folder(dir.path(), "report.html"),
+            dir.path().join("report.html-2")
+        );
+        assert_eq!(
+            numbered_folder(dir.path(), "figures"),
+            dir.path().join("figures")
         );
     }
 

@@ -514,8 +514,8 @@ fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
         h.query_by_label_contains("average 4.").is_some(),
         "plan summary"
     );
-    // The plan goes beside the report, named by its objective and budget, with pareto.csv
-    // beside it, as `sd3lab plan` writes them.
+    // The plan goes beside the report, named by its objective and budget, with its Pareto
+    // front beside it (named after it, so another plan's never replaces it).
     h.get_by_label("Save plan").click();
     wait_until(&mut h, "the plan files", |a| !a.busy());
     let plan = root.path().join("sens/plan-sqnr-4.50bits.json");
@@ -524,7 +524,8 @@ fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
     let p: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert!(p["average_bits"].as_f64().unwrap() <= 4.5 + 1e-9);
     assert!(!p["layers"].as_object().unwrap().is_empty());
-    let pareto = std::fs::read_to_string(root.path().join("sens/pareto.csv")).unwrap();
+    let pareto =
+        std::fs::read_to_string(root.path().join("sens/plan-sqnr-4.50bits.pareto.csv")).unwrap();
     assert!(
         pareto.starts_with("average_bits,summed_sqnr_db\n"),
         "{pareto}"
@@ -532,7 +533,7 @@ fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
     assert!(pareto.lines().count() > 10);
     let msg = format!("{:?}", h.state().sensitivity.message);
     assert!(
-        msg.contains("saved ") && msg.contains("pareto.csv"),
+        msg.contains("saved ") && msg.contains("plan-sqnr-4.50bits.pareto.csv"),
         "{msg}"
     );
     h.get_by_label("Report (HTML)").click();
@@ -611,7 +612,9 @@ fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
         s.pinned.clear();
         s.view = sd3lab::app::sensitivity_tab::View::Plan;
     }
+    // The last export's link names a temporary folder: not part of the picture.
     h.state_mut().sensitivity.message = None;
+    h.state_mut().sensitivity.written = None;
     h.run_steps(2);
     mask_varying(&mut h);
     h.snapshot("sensitivity_tab");

@@ -321,7 +321,9 @@ fn save_plan_and_exports_go_beside_the_sweep_numbered_and_shown_as_links() {
         h.get_by_label(&path.display().to_string()).click();
         h.run_steps(1);
     }
-    assert!(sens.join("pareto.csv").is_file());
+    // Each plan's Pareto front is named after it: the second plan's is a file of its own.
+    assert!(sens.join(format!("{stem}.pareto.csv")).is_file());
+    assert!(sens.join(format!("{stem}-2.pareto.csv")).is_file());
     assert_eq!(
         cwd_plan.exists(),
         cwd_plan_before,
@@ -405,8 +407,6 @@ fn the_eta_extrapolates_the_time_per_layer() {
         sensitivity_tab::eta_text(0, 8, Duration::from_secs(60)),
         None
     );
-    assert_eq!(sensitivity_tab::count(1, "layer"), "1 layer");
-    assert_eq!(sensitivity_tab::count(2, "layer"), "2 layers");
 }
 
 #[test]

@@ -182,8 +182,6 @@ pub struct GenerateTab {
     /// The output folder field has the keyboard focus: what is typed is applied (the gallery
     /// scanned, stale messages cleared) on Enter or when the focus leaves.
     editing_dir: bool,
-    /// The working directory, which relative paths start from (shown under the fields).
-    base: Option<PathBuf>,
 }
 
 impl GenerateTab {
@@ -621,9 +619,7 @@ impl GenerateTab {
                     self.picker.open(Pick::OutputFolder, PickKind::Folder);
                 }
             });
-            let base = self
-                .base
-                .get_or_insert_with(|| std::env::current_dir().unwrap_or_default());
+            let base = super::base_folder();
             ui.add(
                 egui::Label::new(
                     egui::RichText::new(format!("Base folder: {}", base.display())).weak(),
@@ -840,10 +836,9 @@ impl GenerateTab {
     }
 }
 
-/// `path` resolved against the working directory (no disk access).
+/// `path` resolved against the base folder (no disk access).
 fn absolute(path: &str) -> PathBuf {
-    let p = Path::new(path.trim());
-    std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
+    super::resolve_path(path, super::base_folder())
 }
 
 /// Writes the run's report for `dir` under `wanted`'s name, numbered when taken (on a helper

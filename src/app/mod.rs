@@ -474,7 +474,7 @@ impl eframe::App for SdApp {
         self.generate.poll(&ctx, &mut self.shared);
         self.samples
             .poll(&ctx, &mut self.shared, &self.persisted.samples);
-        self.sensitivity.poll();
+        self.sensitivity.poll(&mut self.shared);
         egui::Panel::top("tabs").show(ui, |ui| self.tab_bar(ui));
         egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
         egui::CentralPanel::default_margins().show(ui, |ui| match self.persisted.tab {
@@ -540,6 +540,13 @@ impl eframe::App for SdApp {
     }
 }
 
+/// The folder relative paths typed into any tab are taken from: the working directory the
+/// app was started in (read once; the app never changes it), shown under the path fields.
+pub fn base_folder() -> &'static std::path::Path {
+    static BASE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BASE.get_or_init(|| std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")))
+}
+
 /// `typed` as a path: a relative one is taken from `base` (the folder the tabs show as their
 /// base); an empty one stays empty, so the caller can say that nothing was given.
 pub fn resolve_path(typed: &str, base: &std::path::Path) -> PathBuf {
@@ -566,17 +573,8 @@ fn tail_chars(s: &str, n: usize) -> &str {
     s.char_indices().nth(skip).map_or(s, |(i, _)| &s[i..])
 }
 
-/// Bytes as KB/MB/GB.
-pub fn human_bytes(b: u64) -> String {
-    let b = b as f64;
-    if b >= 1e9 {
-        format!("{:.2} GB", b / 1e9)
-    } else if b >= 1e6 {
-        format!("{:.1} MB", b / 1e6)
-    } else {
-        format!("{:.0} KB", b / 1e3)
-    }
-}
+/// Bytes as KB/MB/GB (the reports' formatter).
+pub use crate::report::human_bytes;
 
 fn save_rgba_png(path: &std::path::Path, image: &egui::ColorImage) -> std::io::Result<()> {
     let [w, h] = image.size;

@@ -104,10 +104,8 @@ pub struct SamplesTab {
     /// How long indexing the folder took on its helper thread (seconds).
     pub index_seconds: Option<f64>,
     pub set: Option<Arc<CalibrationSet>>,
-    /// The folder being opened or last opened (resolved against `base`).
+    /// The folder being opened or last opened (resolved against the base folder).
     pub opened_dir: Option<PathBuf>,
-    /// Relative folders are resolved against this (the working directory).
-    base: Option<PathBuf>,
     /// Counts the folders opened, so cached previews of a sample of an earlier folder (whose
     /// file has the same name) are never shown for this one.
     generation: u64,
@@ -147,10 +145,8 @@ fn open_folder(dir: &Path) -> Result<CalibrationSet, String> {
 
 impl SamplesTab {
     /// The folder relative paths are taken from.
-    pub fn base(&mut self) -> PathBuf {
-        self.base
-            .get_or_insert_with(|| std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")))
-            .clone()
+    pub fn base(&self) -> PathBuf {
+        super::base_folder().to_path_buf()
     }
 
     /// Indexes `o.calib_dir` (resolved against [`Self::base`]) on a helper thread. The

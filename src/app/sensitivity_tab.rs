@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::feedback::Place;
 use super::worker::{Command, Event};
-use super::{PickKind, Picker, Shared, Tab, Task, labelled, widgets};
+use super::{PickKind, Picker, Shared, Tab, Task, base_folder, count, labelled, widgets};
 use crate::calib::Bucket;
 use crate::job::CancelToken;
 use crate::model::config::ModelDtype;
@@ -153,15 +153,6 @@ pub fn eta_text(measured: usize, left: usize, elapsed: Duration) -> Option<Strin
     })
 }
 
-/// "1 layer", "2 layers".
-pub fn count(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
-
 /// The tab's state.
 #[derive(Default)]
 pub struct SensitivityTab {
@@ -178,8 +169,6 @@ pub struct SensitivityTab {
     message_context: String,
     /// The file or folder the last save or export wrote, shown as a link.
     pub written: Option<PathBuf>,
-    /// Outcomes to record in the app's error log (recorded on the next frame, which has it).
-    outcomes: Vec<(Place, Result<(), String>)>,
     /// The model's warning and download progress for the current (or last) sweep.
     pub model_notice: super::ModelNotice,
     plan: Option<((u64, Objective), Result<BuiltPlan, PlanError>)>,
@@ -198,20 +187,10 @@ const EXPORT: Place = Place::new(Tab::Sensitivity, "export");
 const SAVE_PLAN: Place = Place::new(Tab::Sensitivity, "plan save");
 const FOLDER_LINK: Place = Place::new(Tab::Sensitivity, "open folder");
 
-/// The folder relative paths of the tab are taken from: the app's working directory.
-pub fn base_folder() -> PathBuf {
-    std::env::current_dir().unwrap_or_default()
-}
-
 /// `path` as typed, made absolute against the base folder (a relative default such as
 /// `calibration_data` means the one in the folder the app was started from).
 pub fn resolve(path: &str) -> PathBuf {
-    let p = Path::new(path.trim());
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base_folder().join(p)
-    }
+    super::resolve_path(path, base_folder())
 }
 
 /// The report file to read for what was typed or picked: a sweep's folder means its
@@ -233,19 +212,6 @@ pub fn report_json(path: &Path) -> Result<PathBuf, String> {
     } else {
         Ok(path.to_path_buf())
     }
-}
-
-/// The first `dir/stem`, `dir/stem-2`… that does not exist (a folder of exported figures;
-/// `fsutil::numbered_path` names files with an extension).
-fn numbered_folder(dir: &Path, stem: &str) -> PathBuf {
-    let first = dir.join(stem);
-    if !first.exists() {
-        return first;
-    }
-    (2u32..)
-        .map(|n| dir.join(format!("{stem}-{n}")))
-        .find(|p| !p.exists())
-        .unwrap_or(first)
 }
 
 /// The file stem of a saved plan: what it optimises and its budget ("plan-sqnr-4.50bits").
@@ -307,17 +273,17 @@ impl SensitivityTab {
         self.message_context = context.to_owned();
     }
 
-    pub fn poll(&mut self) {
+    pub fn poll(&mut self, shared: &mut Shared) {
         if let Some((place, outcome)) = self.writing.poll() {
             match outcome {
                 Ok((path, text)) => {
                     self.written = Some(path);
                     self.message = Some(Ok(text));
-                    self.outcomes.push((place, Ok(())));
+                    shared.errors.succeeded(place);
                 }
                 Err(e) => {
                     self.message = Some(Err(e.clone()));
-                    self.outcomes.push((place, Err(e)));
+                    shared.errors.report(place, e);
                 }
             }
         }
@@ -335,11 +301,11 @@ impl SensitivityTab {
                     self.report = Some(report);
                     self.report_file = Some(path);
                     self.plan = None;
-                    self.outcomes.push((OPEN, Ok(())));
+                    shared.errors.succeeded(OPEN);
                 }
                 Err(e) => {
                     self.message = Some(Err(e.clone()));
-                    self.outcomes.push((OPEN, Err(e)));
+                    shared.errors.report(OPEN, e);
                 }
             }
         }
@@ -387,7 +353,6 @@ impl SensitivityTab {
     }
 
     pub fn handle(&mut self, event: &Event, shared: &mut Shared) {
-        self.record_outcomes(shared);
         let Some((id, _, json)) = &self.job else {
             return;
         };
@@ -448,15 +413,7 @@ impl SensitivityTab {
         }
     }
 
-    /// Records the outcomes of opens, saves and exports in the app's error log.
-    fn record_outcomes(&mut self, shared: &mut Shared) {
-        for (place, outcome) in self.outcomes.drain(..) {
-            shared.errors.record(place, &outcome);
-        }
-    }
-
     pub fn ui(&mut self, ui: &mut egui::Ui, o: &mut Options, shared: &mut Shared) {
-        self.record_outcomes(shared);
         if let Some((pick, p)) = self.picker.poll() {
             let p = p.display().to_string();
             match pick {
@@ -491,7 +448,6 @@ impl SensitivityTab {
         egui::CentralPanel::default_margins().show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| self.results_ui(ui, o));
         });
-        self.record_outcomes(shared);
     }
 
     fn options_ui(&mut self, ui: &mut egui::Ui, o: &mut Options, shared: &mut Shared) {
@@ -990,7 +946,7 @@ impl SensitivityTab {
             if ui
                 .add_enabled(!busy && folder.is_some(), egui::Button::new("Save plan"))
                 .on_hover_text(format!(
-                    "write {stem}.json (numbered if it exists) and pareto.csv beside the report{}",
+                    "write {stem}.json (numbered if it exists) and its Pareto front {stem}.pareto.csv beside the report{}",
                     folder
                         .as_ref()
                         .map_or(String::new(), |f| format!(", in {}", f.display()))
@@ -1001,7 +957,7 @@ impl SensitivityTab {
             }
             if ui
                 .add_enabled(!busy, egui::Button::new("Save as..."))
-                .on_hover_text("choose where the plan goes (pareto.csv goes beside it)")
+                .on_hover_text("choose where the plan goes (its Pareto front goes beside it, NAME.pareto.csv)")
                 .clicked()
             {
                 self.picker.open(
@@ -1015,8 +971,8 @@ impl SensitivityTab {
         });
     }
 
-    /// Writes the plan and its Pareto front (`pareto.csv` beside it), the files `sd3lab plan`
-    /// writes, on a helper thread: to `chosen` (a Save as), else beside the report as
+    /// Writes the plan and its Pareto front (`NAME.pareto.csv` beside it), the files `sd3lab
+    /// plan` writes, on a helper thread: to `chosen` (a Save as), else beside the report as
     /// `plan-<objective>-<budget>.json`, numbered rather than overwriting.
     fn save_plan(&mut self, ctx: &egui::Context, o: &Options, chosen: Option<PathBuf>) {
         let Some((_, Ok(b))) = &self.plan else {
@@ -1043,8 +999,11 @@ impl SensitivityTab {
         self.writing.spawn(ctx, move || {
             let path =
                 chosen.unwrap_or_else(|| crate::fsutil::numbered_path(&folder, &stem, "json"));
-            let outcome = write_plan_files(&path, &built, objective)
-                .map(|csv| {
+            // Named after the plan: a plan of another objective saved beside it never
+            // replaces this one's front.
+            let csv = path.with_extension("pareto.csv");
+            let outcome = write_plan_files(&path, &csv, &built, objective)
+                .map(|()| {
                     let text = format!("saved {} and {}", path.display(), csv.display());
                     (path.clone(), text)
                 })
@@ -1094,7 +1053,7 @@ impl SensitivityTab {
                 self.message = None;
                 self.message_context = o.report_path.clone();
                 self.writing.spawn(ui.ctx(), move || {
-                    let dir = numbered_folder(&base, &stem);
+                    let dir = crate::fsutil::numbered_folder(&base, &stem);
                     let outcome = report::sensitivity_figures(&report, &opts)
                         .and_then(|f| report::export_figures(&f, &dir, (900, 520)))
                         .map(|f| {
@@ -1218,9 +1177,25 @@ fn bits_histogram_plot(ui: &mut egui::Ui, hist: &std::collections::BTreeMap<i32,
         .iter()
         .map(|(bits, n)| egui_plot::Bar::new(*bits as f64, *n as f64).name(format!("w{bits}")))
         .collect();
+    let widths: Vec<f64> = hist.keys().map(|b| f64::from(*b)).collect();
     egui_plot::Plot::new("plan-bits-histogram")
         .height(220.0)
         .x_axis_label("bits")
+        // One tick per bit width with a bar, labelled with the width: a count per width, not
+        // a continuous axis.
+        .x_grid_spacer(move |_| {
+            widths
+                .iter()
+                .map(|&value| egui_plot::GridMark {
+                    value,
+                    // egui_plot hides labels of marks closer than 60 px by their step size;
+                    // these few marks are labelled whatever their spacing.
+                    step_size: 10.0,
+                })
+                .collect()
+        })
+        .x_axis_formatter(|mark, _| format!("{}", mark.value.round()))
+        .include_y(0.0)
         .y_axis_label("layers")
         .allow_scroll(false)
         .allow_drag(false)

@@ -13,7 +13,7 @@ pub struct GuiArgs {
     /// Model for every tab (tiny, sd3-medium, a folder).
     #[arg(long)]
     model: Option<String>,
-    /// Open this sensitivity.json in the Sensitivity tab.
+    /// Open this sweep (its output folder or its sensitivity.json) in the Sensitivity tab.
     #[arg(long)]
     sensitivity: Option<PathBuf>,
     /// The tab to show.

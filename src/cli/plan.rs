@@ -72,7 +72,8 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
             .extra
             .insert("validation".into(), serde_json::to_value(&validation)?);
     }
-    let pareto = sd3lab::quant::plan::write_plan_files(&args.output, &built, args.objective)?;
+    let pareto = sd3lab::quant::plan::pareto_file_beside(&args.output);
+    sd3lab::quant::plan::write_plan_files(&args.output, &pareto, &built, args.objective)?;
     if !built.plan.buckets.is_empty() {
         println!(
             "per-bucket maps for {} (each within the budget; `layers` holds the all-steps plan):",

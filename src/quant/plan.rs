@@ -393,14 +393,21 @@ pub enum PlanFilesError {
     },
 }
 
+/// The Pareto file `sd3lab plan` writes beside its plan: `pareto.csv` in the plan's folder.
+pub fn pareto_file_beside(plan_file: &std::path::Path) -> std::path::PathBuf {
+    plan_file.with_file_name("pareto.csv")
+}
+
 /// Writes a built plan's files, as `sd3lab plan` and the app's Save plan both do: `plan_file`
-/// (the `sd3lab.plan/1` JSON that `--quant` reads) and `pareto.csv` beside it (`average_bits`
-/// and the summed objective of every Pareto point), each atomically. Returns the CSV's path.
+/// (the `sd3lab.plan/1` JSON that `--quant` reads) and `pareto` (`average_bits` and the summed
+/// objective of every Pareto point; the CLI's [`pareto_file_beside`], the app's a name of its
+/// own that never replaces an earlier one), each atomically.
 pub fn write_plan_files(
     plan_file: &std::path::Path,
+    pareto: &std::path::Path,
     built: &BuiltPlan,
     objective: Objective,
-) -> Result<std::path::PathBuf, PlanFilesError> {
+) -> Result<(), PlanFilesError> {
     // Plain structs and JSON values with string keys: serializing cannot fail.
     let json = serde_json::to_string_pretty(&built.plan)
         .expect("a plan serializes (plain structs, string map keys)");
@@ -419,9 +426,8 @@ pub fn write_plan_files(
     for (b, e) in &built.pareto {
         csv.push_str(&format!("{b},{e}\n"));
     }
-    let pareto = plan_file.with_file_name("pareto.csv");
-    crate::fsutil::write_atomic(&pareto, csv.as_bytes()).map_err(io(&pareto))?;
-    Ok(pareto)
+    crate::fsutil::write_atomic(pareto, csv.as_bytes()).map_err(io(pareto))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -543,8 +549,9 @@ mod plan_files_tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let plan_file = dir.path().join("my-plan.json");
-        let csv = write_plan_files(&plan_file, &built, Objective::Mse).unwrap();
+        let csv = pareto_file_beside(&plan_file);
         assert_eq!(csv, dir.path().join("pareto.csv"));
+        write_plan_files(&plan_file, &csv, &built, Objective::Mse).unwrap();
         assert_eq!(
             std::fs::read_to_string(&csv).unwrap(),
             "average_bits,summed_mse\n2.5,-10\n4.5,-30.25\n"
@@ -553,7 +560,13 @@ mod plan_files_tests {
             serde_json::from_str(&std::fs::read_to_string(&plan_file).unwrap()).unwrap();
         assert_eq!(back, built.plan);
         let missing = dir.path().join("no/such/folder/plan.json");
-        let e = write_plan_files(&missing, &built, Objective::Sqnr).unwrap_err();
+        let e = write_plan_files(
+            &missing,
+            &pareto_file_beside(&missing),
+            &built,
+            Objective::Sqnr,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("no/such/folder"), "{e}");
     }
 }
