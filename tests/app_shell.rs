@@ -358,9 +358,18 @@ fn every_tab_fits_the_smallest_window() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("calib");
     calibration(&dir, 2, 2);
+    // A sweep loaded, so the Sensitivity tab shows its widest toolbars.
+    let sweep = root.path().join("sens/sensitivity.json");
+    std::fs::create_dir_all(sweep.parent().unwrap()).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sensitivity-tiny.json"),
+        &sweep,
+    )
+    .unwrap();
     let mut h = harness_sized(
         GuiOptions {
             calib_dir: Some(dir.clone()),
+            sensitivity: Some(sweep),
             ..options(Tab::Generate)
         },
         MIN_WINDOW_SIZE,
