@@ -3,22 +3,14 @@
 //! Generate tab, the sensitivity plots, plan builder and exports from a fixture, and snapshots
 //! of each tab rendered by wgpu on the software renderer.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use sd3lab::app::{GuiOptions, SdApp, Tab};
-use sd3lab::calibrate::{CalibrateConfig, run_calibration};
-use sd3lab::job::CancelToken;
-use sd3lab::model::config::ModelDtype;
 
-fn harness(options: GuiOptions) -> Harness<'static, SdApp> {
-    Harness::builder()
-        .with_size(egui::vec2(1280.0, 800.0))
-        .build_eframe(move |cc| SdApp::new(cc, options))
-}
+mod app_common;
+use app_common::*;
 
 fn options(tab: Tab) -> GuiOptions {
     GuiOptions {
@@ -26,73 +18,6 @@ fn options(tab: Tab) -> GuiOptions {
         persist: false,
         ..GuiOptions::default()
     }
-}
-
-/// Steps the app until `done` holds (the worker and helper threads run meanwhile).
-fn wait_until(h: &mut Harness<'static, SdApp>, what: &str, mut done: impl FnMut(&SdApp) -> bool) {
-    let start = Instant::now();
-    h.step(); // let the UI see the latest changes first
-    while !done(h.state()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(240),
-            "timed out waiting for {what}"
-        );
-        h.step();
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    h.step();
-    h.step();
-}
-
-fn calibration(dir: &Path, images: usize, steps: usize) {
-    let cfg = CalibrateConfig {
-        model: tiny_model(),
-        num_images: images,
-        num_steps: steps,
-        cfg_weight: 5.0,
-        calib_dir: dir.to_owned(),
-        prompt_csv: None,
-        seed: 0,
-        height: 64,
-        width: 64,
-        dtype: ModelDtype::Float32,
-        negative_prompt: String::new(),
-        overwrite: false,
-        force: false,
-        images_only: false,
-    };
-    run_calibration(&cfg, &CancelToken::new(), &mut |_| {}).unwrap();
-}
-
-/// The built-in tiny model's files (same configuration and seed as `--model tiny`), in a
-/// folder the tests pass as the model: never the user's cache, and no environment changes
-/// while other test threads run. The folder's path is the same in every checkout (the
-/// Samples tab shows it, and a path of another length would move the snapshot's layout).
-fn tiny_model() -> String {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        use sd3lab::model::source::{ModelFiles, TINY_SEED, TINY_VERSION, write_model_dir};
-        let root = std::env::temp_dir();
-        let root = root.as_path();
-        let dir = root.join(format!("sd3lab-app-gui-{TINY_VERSION}"));
-        if ModelFiles::in_dir(&dir, "tiny").is_err() {
-            // Built beside it and renamed, so an interrupted run never leaves half a model.
-            let tmp = tempfile::tempdir_in(root).unwrap();
-            write_model_dir(
-                tmp.path(),
-                &sd3lab::model::Preset::Tiny.config(None),
-                TINY_SEED,
-            )
-            .unwrap();
-            let staged = tmp.keep();
-            if std::fs::rename(&staged, &dir).is_err() {
-                let _ = std::fs::remove_dir_all(&staged);
-            }
-        }
-        dir
-    })
-    .display()
-    .to_string()
 }
 
 /// The status bar shows memory figures, the disk estimate free space and the indexing time,
@@ -427,21 +352,10 @@ fn by_sqnr_at_2_bits(json: &Path) -> Vec<String> {
     layers.into_iter().map(|l| l.1).collect()
 }
 
-fn fixture(root: &Path) -> PathBuf {
-    let p = root.join("sens/sensitivity.json");
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sensitivity-tiny.json"),
-        &p,
-    )
-    .unwrap();
-    p
-}
-
 #[test]
 fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
     let root = tempfile::tempdir().unwrap();
-    let json = fixture(root.path());
+    let json = sweep_fixture(root.path(), None);
     let mut h = harness(GuiOptions {
         sensitivity: Some(json.clone()),
         ..options(Tab::Sensitivity)

@@ -5,9 +5,7 @@
 //! folder and numbered, the decode on the job board, the CFG half of the conditioning heatmap,
 //! and the previews kept inside a 1000 px window.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
 use egui::accesskit::Role;
 use egui_kittest::Harness;
@@ -15,19 +13,9 @@ use egui_kittest::kittest::Queryable;
 use sd3lab::app::preview::CfgHalf;
 use sd3lab::app::samples_tab::{DECODE_JOB, OPEN};
 use sd3lab::app::{GuiOptions, SdApp, Tab};
-use sd3lab::calibrate::{CalibrateConfig, run_calibration};
-use sd3lab::job::CancelToken;
-use sd3lab::model::config::ModelDtype;
 
-fn harness_sized(options: GuiOptions, width: f32, height: f32) -> Harness<'static, SdApp> {
-    Harness::builder()
-        .with_size(egui::vec2(width, height))
-        .build_eframe(move |cc| SdApp::new(cc, options))
-}
-
-fn harness(options: GuiOptions) -> Harness<'static, SdApp> {
-    harness_sized(options, 1280.0, 800.0)
-}
+mod app_common;
+use app_common::*;
 
 fn options(calib_dir: Option<PathBuf>) -> GuiOptions {
     GuiOptions {
@@ -39,70 +27,8 @@ fn options(calib_dir: Option<PathBuf>) -> GuiOptions {
     }
 }
 
-/// Steps the app until `done` holds (the worker and helper threads run meanwhile).
-fn wait_until(h: &mut Harness<'static, SdApp>, what: &str, mut done: impl FnMut(&SdApp) -> bool) {
-    let start = Instant::now();
-    h.step();
-    while !done(h.state()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(240),
-            "timed out waiting for {what}"
-        );
-        h.step();
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    h.step();
-    h.step();
-}
-
 fn settled(a: &SdApp) -> bool {
     a.samples.set.is_some() && !a.busy() && !a.samples.waiting_for_previews()
-}
-
-fn calibration(dir: &Path, images: usize, steps: usize) {
-    let cfg = CalibrateConfig {
-        model: tiny_model(),
-        num_images: images,
-        num_steps: steps,
-        cfg_weight: 5.0,
-        calib_dir: dir.to_owned(),
-        prompt_csv: None,
-        seed: 0,
-        height: 64,
-        width: 64,
-        dtype: ModelDtype::Float32,
-        negative_prompt: String::new(),
-        overwrite: false,
-        force: false,
-        images_only: false,
-    };
-    run_calibration(&cfg, &CancelToken::new(), &mut |_| {}).unwrap();
-}
-
-/// The built-in tiny model's files in a test-owned folder (as tests/app_gui.rs makes them).
-fn tiny_model() -> String {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        use sd3lab::model::source::{ModelFiles, TINY_SEED, TINY_VERSION, write_model_dir};
-        let root = std::env::temp_dir();
-        let dir = root.join(format!("sd3lab-app-gui-{TINY_VERSION}"));
-        if ModelFiles::in_dir(&dir, "tiny").is_err() {
-            let tmp = tempfile::tempdir_in(&root).unwrap();
-            write_model_dir(
-                tmp.path(),
-                &sd3lab::model::Preset::Tiny.config(None),
-                TINY_SEED,
-            )
-            .unwrap();
-            let staged = tmp.keep();
-            if std::fs::rename(&staged, &dir).is_err() {
-                let _ = std::fs::remove_dir_all(&staged);
-            }
-        }
-        dir
-    })
-    .display()
-    .to_string()
 }
 
 /// The status bar's error text, when it shows one of the Samples tab.
@@ -284,7 +210,7 @@ fn previews_fit_1000_px_and_the_heatmap_names_its_half() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("calib");
     calibration(&dir, 2, 2);
-    let mut h = harness_sized(options(Some(dir)), 1000.0, 700.0);
+    let mut h = harness_sized(options(Some(dir)), [1000.0, 700.0]);
     let mut on_board = false;
     wait_until(&mut h, "the folder and its previews", |a| {
         if let Some(id) = a.samples.decode_job() {

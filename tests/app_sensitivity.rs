@@ -4,9 +4,8 @@
 //! against the base folder shown, number fields that refuse bad input, and the toolbar at
 //! 1000 px wide.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
@@ -17,19 +16,8 @@ use sd3lab::calibrate::CalibrateConfig;
 use sd3lab::job::CancelToken;
 use sd3lab::model::config::ModelDtype;
 
-fn harness_sized(options: GuiOptions, width: f32) -> Harness<'static, SdApp> {
-    // Links are clicked: no file browser is started.
-    // SAFETY: set before any thread of this test reads the environment, to the same value by
-    // every test.
-    unsafe { std::env::set_var("SD3LAB_NO_OPEN", "1") };
-    Harness::builder()
-        .with_size(egui::vec2(width, 800.0))
-        .build_eframe(move |cc| SdApp::new(cc, options))
-}
-
-fn harness(options: GuiOptions) -> Harness<'static, SdApp> {
-    harness_sized(options, 1280.0)
-}
+mod app_common;
+use app_common::*;
 
 fn options() -> GuiOptions {
     GuiOptions {
@@ -37,65 +25,6 @@ fn options() -> GuiOptions {
         persist: false,
         ..GuiOptions::default()
     }
-}
-
-/// Steps the app until `done` holds (the worker and helper threads run meanwhile).
-fn wait_until(h: &mut Harness<'static, SdApp>, what: &str, mut done: impl FnMut(&SdApp) -> bool) {
-    let start = Instant::now();
-    h.step();
-    while !done(h.state()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(240),
-            "timed out waiting for {what}"
-        );
-        h.step();
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    h.step();
-    h.step();
-}
-
-/// The built-in tiny model's files in a folder the tests pass as the model (as tests/app_gui.rs).
-fn tiny_model() -> String {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        use sd3lab::model::source::{ModelFiles, TINY_SEED, TINY_VERSION, write_model_dir};
-        let root = std::env::temp_dir();
-        let dir = root.join(format!("sd3lab-app-gui-{TINY_VERSION}"));
-        if ModelFiles::in_dir(&dir, "tiny").is_err() {
-            let tmp = tempfile::tempdir_in(&root).unwrap();
-            write_model_dir(
-                tmp.path(),
-                &sd3lab::model::Preset::Tiny.config(None),
-                TINY_SEED,
-            )
-            .unwrap();
-            let staged = tmp.keep();
-            if std::fs::rename(&staged, &dir).is_err() {
-                let _ = std::fs::remove_dir_all(&staged);
-            }
-        }
-        dir
-    })
-    .display()
-    .to_string()
-}
-
-/// The fixture sweep as `<root>/sens/sensitivity.json`, with its first `layers` layers (all:
-/// None).
-fn fixture(root: &Path, layers: Option<usize>) -> PathBuf {
-    let p = root.join("sens/sensitivity.json");
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sensitivity-tiny.json"),
-    )
-    .unwrap();
-    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    if let Some(n) = layers {
-        v["layers"].as_array_mut().unwrap().truncate(n);
-    }
-    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
-    p
 }
 
 fn opened(path: &Path) -> GuiOptions {
@@ -214,7 +143,7 @@ fn relative_paths_are_resolved_against_the_base_folder_shown() {
 #[test]
 fn a_partial_sweep_reopened_says_it_is_incomplete() {
     let root = tempfile::tempdir().unwrap();
-    let json = fixture(root.path(), Some(10));
+    let json = sweep_fixture(root.path(), Some(10));
     let mut h = harness(opened(&json));
     wait_until(&mut h, "the report", |a| {
         a.sensitivity.report.is_some() && !a.busy()
@@ -225,7 +154,7 @@ fn a_partial_sweep_reopened_says_it_is_incomplete() {
         "a cancelled sweep reads as incomplete"
     );
     // The whole sweep does not.
-    let json = fixture(root.path(), None);
+    let json = sweep_fixture(root.path(), None);
     h.state_mut().sensitivity.open(&json.display().to_string());
     wait_until(&mut h, "the report", |a| {
         a.sensitivity
@@ -245,7 +174,7 @@ fn a_partial_sweep_reopened_says_it_is_incomplete() {
 #[test]
 fn open_takes_a_sweeps_folder_and_enter_opens_what_was_typed() {
     let root = tempfile::tempdir().unwrap();
-    let json = fixture(root.path(), None);
+    let json = sweep_fixture(root.path(), None);
     let folder = json.parent().unwrap().to_owned();
     let mut h = harness(options());
     h.run_steps(2);
@@ -291,7 +220,7 @@ fn open_takes_a_sweeps_folder_and_enter_opens_what_was_typed() {
 #[test]
 fn save_plan_and_exports_go_beside_the_sweep_numbered_and_shown_as_links() {
     let root = tempfile::tempdir().unwrap();
-    let json = fixture(root.path(), None);
+    let json = sweep_fixture(root.path(), None);
     let sens = json.parent().unwrap().to_owned();
     let cwd_plan = std::env::current_dir().unwrap().join("plan.json");
     let cwd_plan_before = cwd_plan.exists();
@@ -372,8 +301,8 @@ fn number_fields_refuse_bad_input_and_say_why() {
 #[test]
 fn at_1000_px_the_toolbar_keeps_its_last_button_and_labels_precede_their_boxes() {
     let root = tempfile::tempdir().unwrap();
-    let json = fixture(root.path(), None);
-    let mut h = harness_sized(opened(&json), 1000.0);
+    let json = sweep_fixture(root.path(), None);
+    let mut h = harness_sized(opened(&json), [1000.0, 800.0]);
     wait_until(&mut h, "the report", |a| {
         a.sensitivity.report.is_some() && !a.busy()
     });
@@ -455,7 +384,7 @@ fn the_set_just_generated_is_offered() {
 fn a_sweep_without_results_yet_is_an_empty_state_not_an_error() {
     let root = tempfile::tempdir().unwrap();
     // The first layer a sweep measures cannot be grouped: no results yet.
-    let json = fixture(root.path(), Some(1));
+    let json = sweep_fixture(root.path(), Some(1));
     let mut h = harness(opened(&json));
     wait_until(&mut h, "the report", |a| {
         a.sensitivity.report.is_some() && !a.busy()

@@ -3,28 +3,17 @@
 //! that refuse instead of clamping, reports written beside their folder under numbered names,
 //! and every tab at the smallest window the app allows.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
 use sd3lab::app::worker::Command;
 use sd3lab::app::{GuiOptions, MIN_WINDOW_SIZE, SdApp, Tab};
-use sd3lab::calibrate::{CalibrateConfig, run_calibration};
 use sd3lab::job::CancelToken;
-use sd3lab::model::config::ModelDtype;
 
-fn harness_sized(options: GuiOptions, size: [f32; 2]) -> Harness<'static, SdApp> {
-    Harness::builder()
-        .with_size(egui::vec2(size[0], size[1]))
-        .build_eframe(move |cc| SdApp::new(cc, options))
-}
-
-fn harness(options: GuiOptions) -> Harness<'static, SdApp> {
-    harness_sized(options, [1280.0, 800.0])
-}
+mod app_common;
+use app_common::*;
 
 fn options(tab: Tab) -> GuiOptions {
     GuiOptions {
@@ -33,77 +22,6 @@ fn options(tab: Tab) -> GuiOptions {
         model: Some(tiny_model()),
         ..GuiOptions::default()
     }
-}
-
-/// Steps the app until `done` holds (the worker and helper threads run meanwhile).
-fn wait_until(h: &mut Harness<'static, SdApp>, what: &str, mut done: impl FnMut(&SdApp) -> bool) {
-    let start = Instant::now();
-    h.step();
-    while !done(h.state()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(240),
-            "timed out waiting for {what}"
-        );
-        h.step();
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    h.step();
-    h.step();
-}
-
-fn calib_config(dir: &Path, images: usize, steps: usize) -> CalibrateConfig {
-    CalibrateConfig {
-        model: tiny_model(),
-        num_images: images,
-        num_steps: steps,
-        cfg_weight: 5.0,
-        calib_dir: dir.to_owned(),
-        prompt_csv: None,
-        seed: 0,
-        height: 64,
-        width: 64,
-        dtype: ModelDtype::Float32,
-        negative_prompt: String::new(),
-        overwrite: false,
-        force: false,
-        images_only: false,
-    }
-}
-
-fn calibration(dir: &Path, images: usize, steps: usize) {
-    run_calibration(
-        &calib_config(dir, images, steps),
-        &CancelToken::new(),
-        &mut |_| {},
-    )
-    .unwrap();
-}
-
-/// The built-in tiny model's files in a folder the tests pass as the model (as in
-/// tests/app_gui.rs: never the user's cache).
-fn tiny_model() -> String {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        use sd3lab::model::source::{ModelFiles, TINY_SEED, TINY_VERSION, write_model_dir};
-        let root = std::env::temp_dir();
-        let dir = root.join(format!("sd3lab-app-gui-{TINY_VERSION}"));
-        if ModelFiles::in_dir(&dir, "tiny").is_err() {
-            let tmp = tempfile::tempdir_in(&root).unwrap();
-            write_model_dir(
-                tmp.path(),
-                &sd3lab::model::Preset::Tiny.config(None),
-                TINY_SEED,
-            )
-            .unwrap();
-            let staged = tmp.keep();
-            if std::fs::rename(&staged, &dir).is_err() {
-                let _ = std::fs::remove_dir_all(&staged);
-            }
-        }
-        dir
-    })
-    .display()
-    .to_string()
 }
 
 fn shows(h: &Harness<'static, SdApp>, text: &str) -> bool {
@@ -359,13 +277,7 @@ fn every_tab_fits_the_smallest_window() {
     let dir = root.path().join("calib");
     calibration(&dir, 2, 2);
     // A sweep loaded, so the Sensitivity tab shows its widest toolbars.
-    let sweep = root.path().join("sens/sensitivity.json");
-    std::fs::create_dir_all(sweep.parent().unwrap()).unwrap();
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sensitivity-tiny.json"),
-        &sweep,
-    )
-    .unwrap();
+    let sweep = sweep_fixture(root.path(), None);
     let mut h = harness_sized(
         GuiOptions {
             calib_dir: Some(dir.clone()),

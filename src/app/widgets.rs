@@ -85,16 +85,25 @@ pub fn path_link(ui: &mut egui::Ui, path: &Path) -> Option<String> {
     open_in_file_browser(path).err()
 }
 
+/// Whether links start the OS's file browser (see [`start_file_browsers`]).
+static START_FILE_BROWSERS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(true);
+
+/// Whether clicking a path link starts the OS's file browser (default: yes). The tests click
+/// links and turn it off; the click is then handled as a success without starting anything.
+pub fn start_file_browsers(start: bool) {
+    START_FILE_BROWSERS.store(start, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Opens `path`'s folder (or `path`, a folder) with the OS's file browser: `open` on macOS,
-/// `xdg-open` elsewhere. Nothing is started when `SD3LAB_NO_OPEN` is set (the tests click
-/// links).
+/// `xdg-open` elsewhere.
 pub fn open_in_file_browser(path: &Path) -> Result<(), String> {
     let folder = if path.is_dir() {
         path
     } else {
         path.parent().unwrap_or(Path::new("."))
     };
-    if std::env::var_os("SD3LAB_NO_OPEN").is_some() {
+    if !START_FILE_BROWSERS.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(());
     }
     let program = if cfg!(target_os = "macos") {
