@@ -14,7 +14,6 @@ use sd3lab::app::worker::Command;
 use sd3lab::app::{GuiOptions, SdApp, Tab};
 use sd3lab::calibrate::CalibrateConfig;
 use sd3lab::job::CancelToken;
-use sd3lab::model::config::ModelDtype;
 
 mod app_common;
 use app_common::*;
@@ -46,20 +45,8 @@ fn a_sweep_started_while_another_job_runs_says_it_is_queued_and_cancel_answers_a
     let cancel_calibration = CancelToken::new();
     let id = h.state_mut().shared.next_job_id();
     let config = CalibrateConfig {
-        model: tiny_model(),
-        num_images: 500,
-        num_steps: 20,
-        cfg_weight: 5.0,
-        calib_dir: root.path().join("calib"),
-        prompt_csv: None,
-        seed: 0,
-        height: 64,
-        width: 64,
-        dtype: ModelDtype::Float32,
-        negative_prompt: String::new(),
-        overwrite: false,
-        force: false,
         images_only: true,
+        ..calib_config(&root.path().join("calib"), 500, 20)
     };
     let s = &mut h.state_mut().shared;
     assert!(s.worker.send(Command::Calibrate {

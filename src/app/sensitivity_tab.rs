@@ -1230,12 +1230,7 @@ fn legend_corner(
     markers: &[(String, (f64, f64))],
     size: egui::Vec2,
 ) -> Option<egui_plot::Corner> {
-    let longest = series
-        .iter()
-        .map(|s| s.name.len())
-        .chain(markers.iter().map(|m| m.0.len()))
-        .max()
-        .unwrap_or(0);
+    let longest = report::longest_legend_entry(series, markers);
     let fraction = report::legend_fraction(
         series.len() + markers.len(),
         longest,

@@ -315,15 +315,19 @@ pub fn legend_fraction(
     (w.clamp(0.05, 1.0), h.clamp(0.05, 1.0))
 }
 
-/// Width in pixels of a legend drawn beside a line figure: its longest name and its sample.
-fn legend_strip_width(series: &[Series], markers: &[(String, (f64, f64))]) -> u32 {
-    let longest = series
+/// The length in characters of a legend's longest entry (a series or a marker).
+pub fn longest_legend_entry(series: &[Series], markers: &[(String, (f64, f64))]) -> usize {
+    series
         .iter()
         .map(|s| s.name.len())
         .chain(markers.iter().map(|m| m.0.len()))
         .max()
-        .unwrap_or(0);
-    longest as u32 * SMALL_CHAR_WIDTH + 48
+        .unwrap_or(0)
+}
+
+/// Width in pixels of a legend drawn beside a line figure: its longest name and its sample.
+fn legend_strip_width(series: &[Series], markers: &[(String, (f64, f64))]) -> u32 {
+    longest_legend_entry(series, markers) as u32 * SMALL_CHAR_WIDTH + 48
 }
 
 /// A Pareto front as the step function it is: between two optimal plans the best reachable
