@@ -19,24 +19,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// not taken, so an output never silently replaces an earlier one. (A name is taken between
 /// this check and the write only by a concurrent writer, which the folder locks exclude.)
 pub fn numbered_path(dir: &Path, stem: &str, ext: &str) -> PathBuf {
-    first_free(dir, stem, &format!(".{ext}"))
+    let suffix = format!(".{ext}");
+    dir.join(format!("{}{suffix}", free_stem(dir, stem, &[&suffix])))
 }
 
 /// `dir/stem`, or `dir/stem-2`, `dir/stem-3`…: the first folder name not taken (a folder of
 /// exported figures), as [`numbered_path`] names files.
 pub fn numbered_folder(dir: &Path, stem: &str) -> PathBuf {
-    first_free(dir, stem, "")
+    dir.join(free_stem(dir, stem, &[""]))
 }
 
-fn first_free(dir: &Path, stem: &str, suffix: &str) -> PathBuf {
-    let first = dir.join(format!("{stem}{suffix}"));
-    if !first.exists() {
-        return first;
+/// The first of `stem`, `stem-2`, `stem-3`… for which none of `dir/<stem><suffix>` exists, for
+/// an output made of several files named after one stem (a report and its data files, a plan
+/// and its Pareto front): no file of an earlier output is replaced.
+pub fn free_stem(dir: &Path, stem: &str, suffixes: &[&str]) -> String {
+    let free = |s: &str| {
+        suffixes
+            .iter()
+            .all(|suffix| !dir.join(format!("{s}{suffix}")).exists())
+    };
+    if free(stem) {
+        return stem.to_owned();
     }
     (2u32..)
-        .map(|n| dir.join(format!("{stem}-{n}{suffix}")))
-        .find(|p| !p.exists())
-        .unwrap_or(first)
+        .map(|n| format!("{stem}-{n}"))
+        .find(|s| free(s))
+        .unwrap_or_else(|| stem.to_owned())
 }
 
 /// A hidden temporary file in `path`'s folder (so that renaming it onto `path` is atomic), with
@@ -232,6 +240,12 @@ mod tests {
         assert_eq!(
             numbered_folder(dir.path(), "figures"),
             dir.path().join("figures")
+        );
+        // An output of several files: a stem none of them takes.
+        std::fs::write(dir.path().join("plan.pareto.csv"), b"").unwrap();
+        assert_eq!(
+            free_stem(dir.path(), "plan", &[".json", ".pareto.csv"]),
+            "plan-2"
         );
     }
 

@@ -32,9 +32,11 @@ fn mask_varying(h: &mut Harness<'static, SdApp>) {
         .chain(h.query_all_by_label_contains("files in "))
         .map(|n| n.rect())
         .collect();
-    // Names the model folder: masked to the window's right edge, whatever the path's length.
+    // Name the model folder and the working directory: masked to the window's right edge,
+    // whatever the path's length.
     rects.extend(
         h.query_all_by_label_contains("decoded through the VAE of")
+            .chain(h.query_all_by_label_contains("Base folder: "))
             .map(|n| n.rect().with_max_x(1280.0)),
     );
     // Text fields holding temporary paths.

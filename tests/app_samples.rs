@@ -182,8 +182,7 @@ fn enter_opens_the_typed_folder() {
     let mut h = harness(options(None));
     h.run_steps(3);
     assert!(
-        h.query_by_label_contains("relative folders are read from")
-            .is_some(),
+        h.query_by_label_contains("Base folder: ").is_some(),
         "an empty field shows the base of relative folders"
     );
     h.get_by_role_and_label(Role::TextInput, "Calibration folder")
@@ -196,10 +195,7 @@ fn enter_opens_the_typed_folder() {
     h.key_press(egui::Key::Enter);
     wait_until(&mut h, "the typed folder", settled);
     assert_eq!(h.state().samples.set.as_ref().unwrap().dir(), dir);
-    assert!(
-        h.query_by_label_contains("relative folders are read from")
-            .is_none()
-    );
+    assert!(h.query_by_label_contains("Base folder: ").is_none());
 }
 
 /// At 1000 px wide the decoded image and the latent grid sit inside the window; the decode

@@ -97,11 +97,8 @@ fn relative_paths_are_resolved_against_the_base_folder_shown() {
     let mut h = harness(options());
     let base = std::env::current_dir().unwrap();
     assert!(
-        h.query_by_label_contains(&format!(
-            "base folder of relative paths: {}",
-            base.display()
-        ))
-        .is_some()
+        h.query_by_label_contains(&format!("Base folder: {}", base.display()))
+            .is_some()
     );
     let root = tempfile::tempdir().unwrap();
     let relative = format!("no-such-calibration-{}", std::process::id());

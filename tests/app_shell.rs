@@ -92,19 +92,59 @@ fn a_queued_run_says_what_it_waits_behind_and_cancel_answers_at_once() {
     // Cancel: said at once, and the button cannot be clicked again.
     h.get_by_label("Cancel").click();
     h.run_steps(2);
-    assert!(shows(&h, "cancelling…"), "cancelling is shown at once");
+    assert!(shows(&h, "cancelling..."), "cancelling is shown at once");
     assert!(
         h.get_by_label("Cancel").accesskit_node().is_disabled(),
         "Cancel is disabled while cancelling"
     );
     wait_until(&mut h, "the cancellation", |a| !a.generate.is_running());
-    assert!(!shows(&h, "cancelling…"));
+    assert!(!shows(&h, "cancelling..."));
     let msg = format!("{:?}", h.state().generate.message);
     assert!(msg.contains("cancelled"), "{msg}");
     assert!(
         h.state().shared.fresh_calibration.is_none(),
         "a cancelled run is not offered as a finished set"
     );
+}
+
+/// A run cancelled while it still waits shows no progress of a run that never began.
+#[test]
+fn a_run_cancelled_while_queued_says_so_without_progress() {
+    let root = tempfile::tempdir().unwrap();
+    let mut h = harness(options(Tab::Generate));
+    small_run(&mut h, &root.path().join("run"), 4);
+    h.run_steps(2);
+    let other = CancelToken::new();
+    let other_id = {
+        let shared = &mut h.state_mut().shared;
+        let id = shared.next_job_id();
+        shared.jobs.submit(id, Tab::Sensitivity, "long test job");
+        assert!(shared.worker.send(Command::Calibrate {
+            id,
+            config: calib_config(&root.path().join("other"), 200, 3),
+            single_prompt: None,
+            cancel: other.clone(),
+        }));
+        id
+    };
+    wait_until(&mut h, "the other job to start", |a| {
+        a.shared.jobs.current().map(|j| j.id) == Some(other_id)
+    });
+    h.get_by_label("Start").click();
+    h.run_steps(2);
+    assert!(shows(&h, "queued behind the long test job"));
+    h.get_by_label("Cancel").click();
+    h.run_steps(2);
+    assert!(shows(&h, "(it had not started)"), "said at once");
+    assert!(
+        !shows(&h, "image 1 of") && !shows(&h, "step 0 of"),
+        "no progress for a run that never began"
+    );
+    other.cancel();
+    wait_until(&mut h, "both jobs to end", |a| {
+        !a.generate.is_running() && a.shared.jobs.is_empty()
+    });
+    assert!(!shows(&h, "cancelling..."));
 }
 
 #[test]
@@ -137,14 +177,6 @@ fn an_invalid_number_is_refused_at_the_field_and_keeps_the_value() {
         h.run_steps(2);
     };
     type_into(&mut h, "Images", "-5");
-    eprintln!(
-        "value {:?} focused {}",
-        h.get_by_label("Images").value(),
-        h.get_by_label("Images").is_focused()
-    );
-    for n in h.query_all_by_label_contains("keeps") {
-        eprintln!("{:?}", n.accesskit_node().label());
-    }
     assert!(
         shows(&h, &format!("must be between 1 and 100000; keeps {before}")),
         "the field says why"

@@ -34,7 +34,7 @@ pub const MODEL_LABEL: &str = "Model (name or folder)";
 pub const JOB_LABEL: &str = "calibration run";
 /// Shown from the click on Cancel until the run has stopped.
 pub const CANCELLING: &str =
-    "cancelling… (the run stops after its current step; finished images are kept)";
+    "cancelling... (the run stops after its current step; finished images are kept)";
 /// Where the tab's own (non-job) errors are filed in the app's error model.
 const REPORT_PLACE: Place = Place::new(Tab::Generate, "report");
 const FOLDER_PLACE: Place = Place::new(Tab::Generate, "output folder");
@@ -372,8 +372,15 @@ impl GenerateTab {
             }
         }
         if let Some(status) = self.status_task.poll() {
+            let before = self
+                .status
+                .as_ref()
+                .and_then(|s| s.1.folder_problem.as_ref());
             match &status.1.folder_problem {
-                Some(p) => shared.errors.report(FOLDER_PLACE, p.clone()),
+                // Reported once: other options changing re-check the folder, and a dismissed
+                // error about the same folder does not come back.
+                Some(p) if before != Some(p) => shared.errors.report(FOLDER_PLACE, p.clone()),
+                Some(_) => {}
                 None => shared.errors.succeeded(FOLDER_PLACE),
             }
             self.status = Some(status);
@@ -449,11 +456,6 @@ impl GenerateTab {
                 Pick::PromptCsv => o.prompt_csv = p,
                 Pick::OutputFolder => o.calib_dir = p,
             }
-        }
-        if self.picker.is_open() {
-            // The dialog's thread cannot wake the UI: look again soon.
-            ui.ctx()
-                .request_repaint_after(std::time::Duration::from_millis(100));
         }
         let dir = PathBuf::from(&o.calib_dir);
         if self.scanned.as_ref() != Some(&dir) && self.job.is_none() && !self.editing_dir {
@@ -547,6 +549,7 @@ impl GenerateTab {
                 PromptSource::Single => {
                     labelled(ui, "Prompt", |ui| {
                         ui.add(egui::TextEdit::singleline(&mut o.prompt).desired_width(220.0))
+                            .on_hover_text("the prompt of every image (each with its own seed)")
                     });
                 }
             }
@@ -619,17 +622,7 @@ impl GenerateTab {
                     self.picker.open(Pick::OutputFolder, PickKind::Folder);
                 }
             });
-            let base = super::base_folder();
-            ui.add(
-                egui::Label::new(
-                    egui::RichText::new(format!("Base folder: {}", base.display())).weak(),
-                )
-                .truncate(),
-            )
-            .on_hover_text(format!(
-                "Relative paths start in the working directory, {}",
-                base.display()
-            ));
+            super::widgets::base_folder_note(ui);
             super::picker_unavailable_ui(ui, &mut self.picker);
             ui.checkbox(&mut o.overwrite, START_OVER_LABEL)
                 .on_hover_text(
@@ -704,7 +697,7 @@ impl GenerateTab {
             }
             if state == Some(JobState::Cancelling) {
                 ui.spinner();
-                ui.label("cancelling…");
+                ui.label("cancelling...");
             }
         });
         if super::model_notice_ui(ui, &self.model_notice) {
@@ -749,6 +742,14 @@ impl GenerateTab {
                     .waiting_behind(job.id)
                     .unwrap_or_else(|| "queued: waiting for the MLX worker".into());
                 ui.label(waiting);
+                ui.separator();
+            }
+            (Some(job), Some(JobState::Cancelling))
+                if !shared.jobs.get(job.id).is_some_and(|j| j.started) =>
+            {
+                // Cancelled while it waited: it ends as soon as the worker takes it, with no
+                // image to show progress for.
+                ui.label(format!("{CANCELLING} (it had not started)"));
                 ui.separator();
             }
             (Some(_), state) => {

@@ -29,11 +29,14 @@ pub const MIN_WINDOW_SIZE: [f32; 2] = [1000.0, 650.0];
 
 /// Where a report on `input` (a folder, or a file) goes first: beside it, named after it,
 /// `<parent>/<input name>-<stem>-report.<ext>`, so the reports of different folders never
-/// share a name. A relative `input` is taken from the working directory. The writer numbers
-/// it ([`numbered_report`]) when that name is taken.
+/// share a name. A relative `input` is taken from the base folder. The writer numbers it
+/// ([`numbered_report`]) when that name is taken.
 pub fn report_path(input: &std::path::Path, stem: &str, ext: &str) -> PathBuf {
-    // `absolute` only joins with the working directory (no disk access).
-    let input = std::path::absolute(input).unwrap_or_else(|_| input.to_owned());
+    let input = if input.is_absolute() {
+        input.to_owned()
+    } else {
+        base_folder().join(input)
+    };
     let name = input
         .file_name()
         .map_or_else(|| "sd3lab".to_owned(), |n| n.to_string_lossy().into_owned());
@@ -44,9 +47,9 @@ pub fn report_path(input: &std::path::Path, stem: &str, ext: &str) -> PathBuf {
     parent.join(format!("{name}-{stem}-report.{ext}"))
 }
 
-/// `wanted`, or when a file of that name exists the first free `NAME-2.ext`, `NAME-3.ext`…
-/// ([`crate::fsutil::numbered_path`]): a report never replaces an earlier one. Reads the
-/// disk: call it on the thread that writes.
+/// `wanted`, or when it or a file beside it of the same report exists the first free
+/// `NAME-2.ext`, `NAME-3.ext`… ([`crate::report::numbered_report_path`]): a report never
+/// replaces any file of an earlier one. Reads the disk: call it on the thread that writes.
 pub fn numbered_report(wanted: &std::path::Path) -> PathBuf {
     let dir = wanted
         .parent()
@@ -58,7 +61,7 @@ pub fn numbered_report(wanted: &std::path::Path) -> PathBuf {
     let ext = wanted
         .extension()
         .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-    crate::fsutil::numbered_path(dir, &stem, &ext)
+    crate::report::numbered_report_path(dir, &stem, &ext)
 }
 
 /// The tabs, in the bar's order.
@@ -806,22 +809,6 @@ pub fn report_buttons(
     wanted
 }
 
-/// The message for a written report: "wrote FILE (+N files)", or the error.
-pub fn report_outcome<E: std::fmt::Display>(
-    output: &std::path::Path,
-    written: Result<Vec<PathBuf>, E>,
-) -> Result<String, String> {
-    written
-        .map(|f| {
-            format!(
-                "wrote {} (+{} files)",
-                output.display(),
-                f.len().saturating_sub(1)
-            )
-        })
-        .map_err(|e| e.to_string())
-}
-
 /// Disk work (reading, writing, scanning) on a helper thread, so a frame never waits on it;
 /// polled each frame. One at a time: a second `spawn` while one runs replaces the first's
 /// result (it still finishes, unobserved).
@@ -1055,9 +1042,15 @@ impl<P: Copy> Picker<P> {
     }
 }
 
-/// Shows a picker's "no file dialog" message (with a button to hide it); call it beside the
-/// tab's path fields.
+/// Shows a picker's "no file dialog" message (with a button to hide it), and keeps frames
+/// coming while its dialog is open; call it every frame beside the tab's path fields.
 pub fn picker_unavailable_ui<P: Copy>(ui: &mut egui::Ui, picker: &mut Picker<P>) {
+    if picker.is_open() {
+        // The dialog's thread cannot wake the UI: look again soon for the path it picks (or
+        // for its failing to open).
+        ui.ctx()
+            .request_repaint_after(std::time::Duration::from_millis(100));
+    }
     if let Some(text) = picker.unavailable() {
         ui.horizontal_wrapped(|ui| {
             ui.colored_label(egui::Color32::from_rgb(190, 120, 0), text);

@@ -470,9 +470,7 @@ impl SamplesTab {
         super::picker_unavailable_ui(ui, &mut self.picker);
         let typed = PathBuf::from(o.calib_dir.trim());
         if !typed.is_absolute() {
-            let base = self.base();
-            ui.weak(format!("relative folders are read from {}", base.display()))
-                .on_hover_text("The working directory the app was started in");
+            widgets::base_folder_note(ui);
         }
         if let Some(fresh) = shared.fresh_calibration.clone()
             && self.opened_dir.as_deref() != Some(fresh.as_path())

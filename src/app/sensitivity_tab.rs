@@ -17,7 +17,10 @@ use crate::calib::Bucket;
 use crate::job::CancelToken;
 use crate::model::config::ModelDtype;
 use crate::model::registry::LayerKind;
-use crate::quant::plan::{BuiltPlan, Objective, PlanError, build_plan, write_plan_files};
+use crate::quant::plan::{
+    BuiltPlan, Objective, PlanError, build_plan, numbered_plan_path, pareto_file_named_after,
+    write_plan_files,
+};
 use crate::quant::sensitivity::{
     REPORT_JSON, Scope, SensitivityConfig, SensitivityError, SensitivityEvent, SensitivityReport,
     read_report,
@@ -47,9 +50,6 @@ pub struct Options {
     pub kind: Option<LayerKind>,
     pub target_bits: f64,
     pub objective: Objective,
-    /// The last file chosen with Save as (Save plan writes beside the report under a name
-    /// that says what the plan optimises and its budget).
-    pub plan_path: String,
     pub view: View,
     /// Layers picked for the bits plot (empty: the most sensitive of the filter).
     pub pinned: Vec<String>,
@@ -84,7 +84,6 @@ impl Default for Options {
             kind: None,
             target_bits: 4.5,
             objective: Objective::Sqnr,
-            plan_path: "plan.json".into(),
             view: View::Plots,
             pinned: Vec::new(),
         }
@@ -340,6 +339,13 @@ impl SensitivityTab {
             shared
                 .jobs
                 .submit(id, Tab::Sensitivity, "sensitivity sweep");
+            if self.report_file.as_ref() != Some(&json) {
+                // The shown report is another sweep's: until this one's first layer lands, the
+                // tab shows its empty state, and saves and exports cannot go beside the old one.
+                self.report = None;
+                self.report_file = None;
+                self.plan = None;
+            }
             self.job = Some((id, cancel, json));
             self.cancelling = false;
             self.progress = Progress {
@@ -421,10 +427,13 @@ impl SensitivityTab {
                     o.report_path = p.clone();
                     self.open(&p);
                 }
-                Pick::Plan => {
-                    o.plan_path = p.clone();
-                    self.save_plan(ui.ctx(), o, Some(PathBuf::from(p)));
+                // A second write while one runs would drop the first's outcome: wait.
+                Pick::Plan if self.writing.is_running() => {
+                    self.message = Some(Err(
+                        "an export is still being written; save the plan when it is done".into(),
+                    ));
                 }
+                Pick::Plan => self.save_plan(ui.ctx(), o, Some(PathBuf::from(p))),
             }
         }
         if let Some((_, _, json)) = &self.job
@@ -486,11 +495,8 @@ impl SensitivityTab {
                 );
             }
         });
-        ui.weak(format!(
-            "base folder of relative paths: {}",
-            base_folder().display()
-        ))
-        .on_hover_text("the folder the app was started from");
+        widgets::base_folder_note(ui);
+        super::picker_unavailable_ui(ui, &mut self.picker);
         ui.separator();
         egui::CollapsingHeader::new("Run a sweep")
             .default_open(true)
@@ -554,7 +560,8 @@ impl SensitivityTab {
                     "weights sharing one scale and bias; a layer whose input width it does not divide stays float",
                 );
                 for g in crate::quant::SUPPORTED_GROUPS {
-                    ui.selectable_value(&mut o.group_size, g, g.to_string());
+                    ui.selectable_value(&mut o.group_size, g, g.to_string())
+                        .on_hover_text(format!("{g} weights share one scale and bias"));
                 }
             });
             widgets::number_field(
@@ -582,7 +589,13 @@ impl SensitivityTab {
                     "where the error is measured: the model's output, the block's output, or the layer's own output",
                 );
                 for s in [Scope::Model, Scope::Block, Scope::Layer] {
-                    ui.selectable_value(&mut o.scope, s, s.name());
+                    let tip = match s {
+                        Scope::Model => "the error of the whole model's output (what an image sees)",
+                        Scope::Block => "the error of the layer's transformer block's output (faster)",
+                        Scope::Layer => "the error of the layer's own output (fastest, least faithful)",
+                    };
+                    ui.selectable_value(&mut o.scope, s, s.name())
+                        .on_hover_text(tip);
                 }
             });
             labelled(ui, "Output folder", |ui| {
@@ -795,7 +808,11 @@ impl SensitivityTab {
                             o.metric.label(),
                             count(shown.len(), "picked layer")
                         ));
-                        if ui.button("Clear picks").clicked() {
+                        if ui
+                            .button("Clear picks")
+                            .on_hover_text("untick every layer picked in the table below")
+                            .clicked()
+                        {
                             o.pinned.clear();
                         }
                     });
@@ -997,11 +1014,8 @@ impl SensitivityTab {
         self.message = None;
         self.message_context = o.report_path.clone();
         self.writing.spawn(ctx, move || {
-            let path =
-                chosen.unwrap_or_else(|| crate::fsutil::numbered_path(&folder, &stem, "json"));
-            // Named after the plan: a plan of another objective saved beside it never
-            // replaces this one's front.
-            let csv = path.with_extension("pareto.csv");
+            let path = chosen.unwrap_or_else(|| numbered_plan_path(&folder, &stem));
+            let csv = pareto_file_named_after(&path);
             let outcome = write_plan_files(&path, &csv, &built, objective)
                 .map(|()| {
                     let text = format!("saved {} and {}", path.display(), csv.display());
@@ -1077,7 +1091,7 @@ impl SensitivityTab {
                     self.message = None;
                     self.message_context = o.report_path.clone();
                     self.writing.spawn(ui.ctx(), move || {
-                        let out = crate::fsutil::numbered_path(&base, &stem, ext);
+                        let out = report::numbered_report_path(&base, &stem, ext);
                         let outcome = report::write_sensitivity_report(&report, &out, &opts)
                             .map(|f| {
                                 let text = format!(

@@ -1,6 +1,6 @@
 //! Small widgets every tab uses the same way: a number field that shows why a typed value is
-//! refused instead of clamping it, a path shown as a link that opens its folder in the OS's
-//! file browser, and a label with a tooltip.
+//! refused instead of clamping it, and a path shown as a link that opens its folder in the
+//! OS's file browser.
 
 use std::ops::RangeInclusive;
 use std::path::Path;
@@ -70,6 +70,16 @@ where
         response
     })
     .inner
+}
+
+/// The base folder relative paths start in ([`super::base_folder`]), on one line (cut with
+/// "…" when long; the whole path in its tooltip), as every tab shows it under its path fields.
+pub fn base_folder_note(ui: &mut egui::Ui) -> egui::Response {
+    let base = super::base_folder().display().to_string();
+    ui.add(egui::Label::new(egui::RichText::new(format!("Base folder: {base}")).weak()).truncate())
+        .on_hover_text(format!(
+            "Relative paths start in the working directory the app was started in, {base}"
+        ))
 }
 
 /// `path` as a link; a click opens its folder (the path itself when it is a folder) in the

@@ -398,6 +398,21 @@ pub fn pareto_file_beside(plan_file: &std::path::Path) -> std::path::PathBuf {
     plan_file.with_file_name("pareto.csv")
 }
 
+/// The Pareto file the app writes with a plan: named after it (`plan-x.json` →
+/// `plan-x.pareto.csv`), so plans of other objectives saved in one folder keep their own.
+pub fn pareto_file_named_after(plan_file: &std::path::Path) -> std::path::PathBuf {
+    plan_file.with_extension("pareto.csv")
+}
+
+/// `dir/<stem>.json`, or `dir/<stem>-2.json`…: the first plan name for which neither the plan
+/// nor its [`pareto_file_named_after`] exists. Reads the disk.
+pub fn numbered_plan_path(dir: &std::path::Path, stem: &str) -> std::path::PathBuf {
+    dir.join(format!(
+        "{}.json",
+        crate::fsutil::free_stem(dir, stem, &[".json", ".pareto.csv"])
+    ))
+}
+
 /// Writes a built plan's files, as `sd3lab plan` and the app's Save plan both do: `plan_file`
 /// (the `sd3lab.plan/1` JSON that `--quant` reads) and `pareto` (`average_bits` and the summed
 /// objective of every Pareto point; the CLI's [`pareto_file_beside`], the app's a name of its

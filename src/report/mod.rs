@@ -280,12 +280,8 @@ fn legend_size(
     markers: &[(String, (f64, f64))],
     size: (u32, u32),
 ) -> (f64, f64) {
-    let names = series
-        .iter()
-        .map(|s| s.name.len())
-        .chain(markers.iter().map(|m| m.0.len()));
     let entries = series.len() + markers.len();
-    let longest = names.max().unwrap_or(0);
+    let longest = longest_legend_entry(series, markers);
     // The plotting area: the figure less the label areas, the caption and the margins.
     let (w, h) = (
         size.0.saturating_sub(84 + 24),
@@ -1322,6 +1318,9 @@ fn file_names(paths: &[PathBuf]) -> String {
 
 /// Bytes as KB/MB/GB (decimal units, as disks are sold and file browsers show them).
 pub fn human_bytes(b: u64) -> String {
+    if b < 1000 {
+        return format!("{b} B");
+    }
     let b = b as f64;
     if b >= 1e9 {
         format!("{:.2} GB", b / 1e9)
@@ -1406,6 +1405,21 @@ pub fn coverage(report: &SensitivityReport) -> Coverage {
             .collect(),
         group_size: report.settings.group_size,
     }
+}
+
+/// What a report named `<stem>.html|md` writes beside itself: the other format's file (so the
+/// HTML and Markdown reports of one export share no data file), its figures folder
+/// (Markdown) and its data.
+const REPORT_FILES: [&str; 5] = [".html", ".md", "_files", "_data.csv", "_data.json"];
+
+/// `dir/<stem>.<ext>`, or `dir/<stem>-2.<ext>`…: the first name none of whose companion files
+/// ([`REPORT_FILES`]) exists, so a report never replaces any file of an earlier one. Reads
+/// the disk: call it on the thread that writes.
+pub fn numbered_report_path(dir: &Path, stem: &str, ext: &str) -> PathBuf {
+    dir.join(format!(
+        "{}.{ext}",
+        crate::fsutil::free_stem(dir, stem, &REPORT_FILES)
+    ))
 }
 
 /// Writes `<stem>_data.csv` and `<stem>_data.json` beside `output`.
@@ -2035,6 +2049,21 @@ mod tests {
         assert_eq!(human_bytes(1_234), "1 KB");
         assert_eq!(human_bytes(5_600_000), "5.6 MB");
         assert_eq!(human_bytes(2_500_000_000), "2.50 GB");
+        assert_eq!(human_bytes(312), "312 B");
+    }
+
+    #[test]
+    fn a_numbered_report_shares_no_file_with_an_earlier_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let html = numbered_report_path(dir.path(), "r", "html");
+        assert_eq!(html, dir.path().join("r.html"));
+        std::fs::write(&html, "").unwrap();
+        std::fs::write(dir.path().join("r_data.csv"), "").unwrap();
+        // The Markdown report of the same export would write r_data.csv too: it is numbered.
+        assert_eq!(
+            numbered_report_path(dir.path(), "r", "md"),
+            dir.path().join("r-2.md")
+        );
     }
 
     #[test]
