@@ -379,3 +379,55 @@ fn a_typed_output_folder_is_applied_on_enter() {
     });
     assert!(shows(&h, "gallery: 2 images"));
 }
+
+/// Hovers `node` until a tooltip containing `tip` shows (or fails after ~100 frames).
+fn tooltip_of(h: &mut Harness<'static, SdApp>, role: Role, label: &str, tip: &str) {
+    h.get_by_role_and_label(role, label).hover();
+    for _ in 0..100 {
+        h.step();
+        if h.query_by_label_contains(tip).is_some() {
+            return;
+        }
+    }
+    panic!("hovering \"{label}\" shows no tooltip with \"{tip}\"");
+}
+
+/// Controls whose labels are short or technical explain themselves when hovered, in every tab.
+#[test]
+fn short_and_technical_controls_have_tooltips() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("calib");
+    calibration(&dir, 1, 2);
+    let sweep = sweep_fixture(root.path(), None);
+    let mut h = harness(GuiOptions {
+        calib_dir: Some(dir),
+        sensitivity: Some(sweep),
+        ..options(Tab::Generate)
+    });
+    wait_until(&mut h, "the tabs", |a| !a.busy());
+    for (role, label, tip) in [
+        (Role::TextInput, "Seed", "image i uses seed + i"),
+        (Role::TextInput, "CFG weight", "Classifier-free guidance"),
+        (Role::TextInput, "Steps", "Denoising steps per image"),
+    ] {
+        tooltip_of(&mut h, role, label, tip);
+    }
+    h.get_by_label("Samples").click();
+    wait_until(&mut h, "the Samples tab", |a| !a.busy());
+    tooltip_of(
+        &mut h,
+        Role::Label,
+        "Bucket",
+        "Which third of the sampling schedule",
+    );
+    tooltip_of(&mut h, Role::TextInput, "Step stride", "Keep every Nth");
+    h.get_by_label("Sensitivity").click();
+    wait_until(&mut h, "the Sensitivity tab", |a| !a.busy());
+    tooltip_of(
+        &mut h,
+        Role::Label,
+        "Bits (heatmap, ranking)",
+        "the bit width the heatmap and the ranking show",
+    );
+    tooltip_of(&mut h, Role::Label, "Scope", "where the error is measured");
+}
