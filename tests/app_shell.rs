@@ -39,13 +39,9 @@ fn small_run(h: &mut Harness<'static, SdApp>, dir: &Path, images: usize) {
     g.width = 256;
 }
 
-#[test]
-fn a_queued_run_says_what_it_waits_behind_and_cancel_answers_at_once() {
-    let root = tempfile::tempdir().unwrap();
-    let mut h = harness(options(Tab::Generate));
-    small_run(&mut h, &root.path().join("run"), 40);
-    h.run_steps(2);
-    // Another tab's long job on the worker (sent as a tab sends one, and put on the board).
+/// Puts another tab's long job on the worker (sent as a tab sends one, and on the board) and
+/// waits until it runs: its cancel token and id.
+fn occupy_worker(h: &mut Harness<'static, SdApp>, dir: &Path) -> (CancelToken, u64) {
     let other = CancelToken::new();
     let other_id = {
         let shared = &mut h.state_mut().shared;
@@ -53,15 +49,25 @@ fn a_queued_run_says_what_it_waits_behind_and_cancel_answers_at_once() {
         shared.jobs.submit(id, Tab::Sensitivity, "long test job");
         assert!(shared.worker.send(Command::Calibrate {
             id,
-            config: calib_config(&root.path().join("other"), 200, 3),
+            config: calib_config(dir, 200, 3),
             single_prompt: None,
             cancel: other.clone(),
         }));
         id
     };
-    wait_until(&mut h, "the other job to start", |a| {
+    wait_until(h, "the other job to start", |a| {
         a.shared.jobs.current().map(|j| j.id) == Some(other_id)
     });
+    (other, other_id)
+}
+
+#[test]
+fn a_queued_run_says_what_it_waits_behind_and_cancel_answers_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    let mut h = harness(options(Tab::Generate));
+    small_run(&mut h, &root.path().join("run"), 40);
+    h.run_steps(2);
+    let (other, other_id) = occupy_worker(&mut h, &root.path().join("other"));
     h.get_by_label("Start").click();
     h.run_steps(2);
     let ours = h.state().generate.job_id().expect("the run was sent");
@@ -114,22 +120,7 @@ fn a_run_cancelled_while_queued_says_so_without_progress() {
     let mut h = harness(options(Tab::Generate));
     small_run(&mut h, &root.path().join("run"), 4);
     h.run_steps(2);
-    let other = CancelToken::new();
-    let other_id = {
-        let shared = &mut h.state_mut().shared;
-        let id = shared.next_job_id();
-        shared.jobs.submit(id, Tab::Sensitivity, "long test job");
-        assert!(shared.worker.send(Command::Calibrate {
-            id,
-            config: calib_config(&root.path().join("other"), 200, 3),
-            single_prompt: None,
-            cancel: other.clone(),
-        }));
-        id
-    };
-    wait_until(&mut h, "the other job to start", |a| {
-        a.shared.jobs.current().map(|j| j.id) == Some(other_id)
-    });
+    let (other, _) = occupy_worker(&mut h, &root.path().join("other"));
     h.get_by_label("Start").click();
     h.run_steps(2);
     assert!(shows(&h, "queued behind the long test job"));
