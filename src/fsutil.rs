@@ -15,23 +15,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `dir/stem.ext`, or when that exists `dir/stem-2.ext`, `dir/stem-3.ext`…: the first name
-/// not taken, so an output never silently replaces an earlier one. (A name is taken between
-/// this check and the write only by a concurrent writer, which the folder locks exclude.)
-pub fn numbered_path(dir: &Path, stem: &str, ext: &str) -> PathBuf {
-    let suffix = format!(".{ext}");
-    dir.join(format!("{}{suffix}", free_stem(dir, stem, &[&suffix])))
-}
-
 /// `dir/stem`, or `dir/stem-2`, `dir/stem-3`…: the first folder name not taken (a folder of
-/// exported figures), as [`numbered_path`] names files.
+/// exported figures), as [`free_stem`] numbers outputs.
 pub fn numbered_folder(dir: &Path, stem: &str) -> PathBuf {
     dir.join(free_stem(dir, stem, &[""]))
 }
 
 /// The first of `stem`, `stem-2`, `stem-3`… for which none of `dir/<stem><suffix>` exists, for
 /// an output made of several files named after one stem (a report and its data files, a plan
-/// and its Pareto front): no file of an earlier output is replaced.
+/// and its Pareto front): no file of an earlier output is replaced. (A name is taken between
+/// this check and the write only by a concurrent writer, which the folder locks exclude.)
 pub fn free_stem(dir: &Path, stem: &str, suffixes: &[&str]) -> String {
     let free = |s: &str| {
         suffixes
@@ -223,14 +216,15 @@ mod tests {
     #[test]
     fn numbered_paths_never_name_an_existing_file() {
         let dir = tempfile::tempdir().unwrap();
-        let first = numbered_path(dir.path(), "report", "html");
+        let html = |stem: String| dir.path().join(format!("{stem}.html"));
+        let first = html(free_stem(dir.path(), "report", &[".html"]));
         assert_eq!(first, dir.path().join("report.html"));
         std::fs::write(&first, b"1").unwrap();
-        let second = numbered_path(dir.path(), "report", "html");
+        let second = html(free_stem(dir.path(), "report", &[".html"]));
         assert_eq!(second, dir.path().join("report-2.html"));
         std::fs::write(&second, b"2").unwrap();
         assert_eq!(
-            numbered_path(dir.path(), "report", "html"),
+            html(free_stem(dir.path(), "report", &[".html"])),
             dir.path().join("report-3.html")
         );
         assert_eq!(

@@ -207,7 +207,7 @@ impl GenerateTab {
         };
         // The run writes the folder as typed, resolved against the working directory shown
         // under the fields; the other tabs are offered it by this absolute name.
-        let dir = absolute(&o.calib_dir);
+        let dir = super::resolve_path(&o.calib_dir);
         let config = CalibrateConfig {
             model: o.model.clone(),
             num_images: o.num_images,
@@ -835,11 +835,6 @@ impl GenerateTab {
             });
         });
     }
-}
-
-/// `path` resolved against the base folder (no disk access).
-fn absolute(path: &str) -> PathBuf {
-    super::resolve_path(path, super::base_folder())
 }
 
 /// Writes the run's report for `dir` under `wanted`'s name, numbered when taken (on a helper

@@ -32,11 +32,8 @@ pub const MIN_WINDOW_SIZE: [f32; 2] = [1000.0, 650.0];
 /// share a name. A relative `input` is taken from the base folder. The writer numbers it
 /// ([`numbered_report`]) when that name is taken.
 pub fn report_path(input: &std::path::Path, stem: &str, ext: &str) -> PathBuf {
-    let input = if input.is_absolute() {
-        input.to_owned()
-    } else {
-        base_folder().join(input)
-    };
+    // Joining an absolute path replaces the base.
+    let input = base_folder().join(input);
     let name = input
         .file_name()
         .map_or_else(|| "sd3lab".to_owned(), |n| n.to_string_lossy().into_owned());
@@ -550,9 +547,13 @@ pub fn base_folder() -> &'static std::path::Path {
     BASE.get_or_init(|| std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")))
 }
 
-/// `typed` as a path: a relative one is taken from `base` (the folder the tabs show as their
-/// base); an empty one stays empty, so the caller can say that nothing was given.
-pub fn resolve_path(typed: &str, base: &std::path::Path) -> PathBuf {
+/// A path typed into a tab: a relative one is taken from [`base_folder`] (shown under the
+/// tabs' path fields); an empty one stays empty, so the caller can say that nothing was given.
+pub fn resolve_path(typed: &str) -> PathBuf {
+    resolve_against(typed, base_folder())
+}
+
+fn resolve_against(typed: &str, base: &std::path::Path) -> PathBuf {
     let p = PathBuf::from(typed.trim());
     if p.is_absolute() || p.as_os_str().is_empty() {
         p
@@ -1211,11 +1212,11 @@ mod tests {
     fn relative_paths_are_taken_from_the_base_and_counts_take_their_plural() {
         let base = std::path::Path::new("/work/base");
         assert_eq!(
-            resolve_path("runs/a", base),
+            resolve_against("runs/a", base),
             PathBuf::from("/work/base/runs/a")
         );
-        assert_eq!(resolve_path(" /abs/b ", base), PathBuf::from("/abs/b"));
-        assert_eq!(resolve_path("", base), PathBuf::new());
+        assert_eq!(resolve_against(" /abs/b ", base), PathBuf::from("/abs/b"));
+        assert_eq!(resolve_against("", base), PathBuf::new());
         assert_eq!(count(1, "sample"), "1 sample");
         assert_eq!(count(0, "sample"), "0 samples");
         assert_eq!(count(2, "layer"), "2 layers");

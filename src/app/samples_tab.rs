@@ -144,15 +144,10 @@ fn open_folder(dir: &Path) -> Result<CalibrationSet, String> {
 }
 
 impl SamplesTab {
-    /// The folder relative paths are taken from.
-    pub fn base(&self) -> PathBuf {
-        super::base_folder().to_path_buf()
-    }
-
-    /// Indexes `o.calib_dir` (resolved against [`Self::base`]) on a helper thread. The
+    /// Indexes `o.calib_dir` (resolved against the base folder) on a helper thread. The
     /// previous folder's messages go: they are about another folder.
     pub fn open(&mut self, o: &Options) {
-        let dir = resolve(&o.calib_dir, &self.base());
+        let dir = resolve(&o.calib_dir);
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.opening = Some(rx);
         self.opened_dir = Some(dir.clone());

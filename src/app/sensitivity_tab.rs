@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::feedback::Place;
 use super::worker::{Command, Event};
-use super::{PickKind, Picker, Shared, Tab, Task, base_folder, count, labelled, widgets};
+use super::{PickKind, Picker, Shared, Tab, Task, count, labelled, resolve_path, widgets};
 use crate::calib::Bucket;
 use crate::job::CancelToken;
 use crate::model::config::ModelDtype;
@@ -186,12 +186,6 @@ const EXPORT: Place = Place::new(Tab::Sensitivity, "export");
 const SAVE_PLAN: Place = Place::new(Tab::Sensitivity, "plan save");
 const FOLDER_LINK: Place = Place::new(Tab::Sensitivity, "open folder");
 
-/// `path` as typed, made absolute against the base folder (a relative default such as
-/// `calibration_data` means the one in the folder the app was started from).
-pub fn resolve(path: &str) -> PathBuf {
-    super::resolve_path(path, base_folder())
-}
-
 /// The report file to read for what was typed or picked: a sweep's folder means its
 /// `sensitivity.json` (as `sd3lab report sensitivity` takes either). Touches the disk.
 pub fn report_json(path: &Path) -> Result<PathBuf, String> {
@@ -226,7 +220,7 @@ impl SensitivityTab {
     /// Reads a report (a `sensitivity.json`, or a sweep's folder) on a helper thread; a
     /// relative path is taken from the base folder.
     pub fn open(&mut self, path: &str) {
-        let path = resolve(path);
+        let path = resolve_path(path);
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.loading = Some(rx);
         std::thread::spawn(move || {
@@ -316,13 +310,13 @@ impl SensitivityTab {
         }
         let config = SensitivityConfig {
             model: o.model.clone(),
-            calib_dir: resolve(&o.calib_dir),
+            calib_dir: resolve_path(&o.calib_dir),
             bits: o.bits.clone(),
             group_size: o.group_size,
             max_images: (o.max_images > 0).then_some(o.max_images),
             step_stride: (o.step_stride > 1).then_some(o.step_stride),
             layers: (!o.layers.trim().is_empty()).then(|| o.layers.trim().to_owned()),
-            output_dir: resolve(&o.output_dir),
+            output_dir: resolve_path(&o.output_dir),
             use_cache: true,
             dtype: ModelDtype::default_for_backend(),
             scope: o.scope,
@@ -520,11 +514,11 @@ impl SensitivityTab {
                 ui.add(egui::TextEdit::singleline(&mut o.calib_dir).desired_width(130.0))
                     .on_hover_text(format!(
                         "the calibration set the sweep measures on; a relative path is taken from {}",
-                        base_folder().display()
+                        super::base_folder().display()
                     ))
             });
             if let Some(fresh) = &shared.fresh_calibration
-                && resolve(&o.calib_dir) != *fresh
+                && resolve_path(&o.calib_dir) != *fresh
             {
                 let text = format!("Use the set just generated: {}", fresh.display());
                 if ui

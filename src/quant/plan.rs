@@ -398,10 +398,13 @@ pub fn pareto_file_beside(plan_file: &std::path::Path) -> std::path::PathBuf {
     plan_file.with_file_name("pareto.csv")
 }
 
+/// What [`pareto_file_named_after`] puts after a plan's stem.
+const PARETO_SUFFIX: &str = ".pareto.csv";
+
 /// The Pareto file the app writes with a plan: named after it (`plan-x.json` →
 /// `plan-x.pareto.csv`), so plans of other objectives saved in one folder keep their own.
 pub fn pareto_file_named_after(plan_file: &std::path::Path) -> std::path::PathBuf {
-    plan_file.with_extension("pareto.csv")
+    plan_file.with_extension(&PARETO_SUFFIX[1..])
 }
 
 /// `dir/<stem>.json`, or `dir/<stem>-2.json`…: the first plan name for which neither the plan
@@ -409,7 +412,7 @@ pub fn pareto_file_named_after(plan_file: &std::path::Path) -> std::path::PathBu
 pub fn numbered_plan_path(dir: &std::path::Path, stem: &str) -> std::path::PathBuf {
     dir.join(format!(
         "{}.json",
-        crate::fsutil::free_stem(dir, stem, &[".json", ".pareto.csv"])
+        crate::fsutil::free_stem(dir, stem, &[".json", PARETO_SUFFIX])
     ))
 }
 
