@@ -200,9 +200,9 @@ pub struct Scorer {
     cfg: MetricsConfig,
     /// Inception and the file its weights came from (when FID, IS or KID are asked for).
     inception: Option<(InceptionV3, PathBuf)>,
-    /// LPIPS (when paired metrics are asked for and its weights are there), else why not.
-    lpips: Option<Lpips>,
-    lpips_missing: Option<String>,
+    /// LPIPS when paired metrics are asked for: the network, or why its weights are missing
+    /// (LPIPS is then left out).
+    lpips: Option<Result<Lpips, String>>,
     /// The second input's files and their (features, logits).
     second: Option<(Vec<PathBuf>, Features, Features)>,
 }
@@ -218,20 +218,19 @@ impl Scorer {
         } else {
             None
         };
-        let (lpips, lpips_missing) = if cfg.paired {
+        let lpips = if cfg.paired {
             match resolve_lpips_weights_in(&cfg.cache_dir) {
-                Ok(w) => (Some(Lpips::load(&w)?), None),
-                Err(e @ WeightsError::Missing { .. }) => (None, Some(e.to_string())),
+                Ok(w) => Some(Ok(Lpips::load(&w)?)),
+                Err(e @ WeightsError::Missing { .. }) => Some(Err(e.to_string())),
                 Err(e) => return Err(e.into()),
             }
         } else {
-            (None, None)
+            None
         };
         Ok(Self {
             cfg: cfg.clone(),
             inception,
             lpips,
-            lpips_missing,
             second: None,
         })
     }
@@ -270,7 +269,6 @@ impl Scorer {
                 first.files,
                 second.files,
                 self.lpips.as_ref(),
-                self.lpips_missing.clone(),
                 cancel,
                 on_event,
             )?);
@@ -375,8 +373,7 @@ impl Scorer {
 fn paired_metrics(
     first: &[PathBuf],
     second: &[PathBuf],
-    lpips: Option<&Lpips>,
-    lpips_missing: Option<String>,
+    lpips: Option<&Result<Lpips, String>>,
     cancel: &CancelToken,
     on_event: &mut dyn FnMut(MetricsEvent),
 ) -> Result<PairedSummary, MetricsError> {
@@ -386,6 +383,11 @@ fn paired_metrics(
             second: second.len(),
         });
     }
+    let (lpips, lpips_missing) = match lpips {
+        Some(Ok(net)) => (Some(net), None),
+        Some(Err(why)) => (None, Some(why.clone())),
+        None => (None, None),
+    };
     let mut per_image = Vec::with_capacity(first.len());
     for (i, (a, b)) in first.iter().zip(second).enumerate() {
         if cancel.is_cancelled() {
