@@ -1,10 +1,13 @@
-//! The desktop app (eframe/egui): a tab bar (Generate · Samples · Sensitivity), a status bar,
+//! The desktop app (eframe/egui): a tab bar (Generate · Samples · Sensitivity · Compare), a
+//! status bar,
 //! state persisted between runs, and one long-lived MLX worker thread ([`worker`]) that runs
 //! every MLX job. The UI thread only sends commands and drains events each frame within a
 //! time budget; it never waits on MLX, nor on disk: reading, scanning, free-space queries and
 //! every export run on helper threads ([`Task`]) and are polled. Also: the screenshot mode
 //! (render a tab, save a PNG, exit) and frame-time statistics.
 
+pub mod compare_tab;
+pub mod compare_view;
 pub mod feedback;
 pub mod generate_tab;
 pub mod preview;
@@ -69,16 +72,18 @@ pub enum Tab {
     Generate,
     Samples,
     Sensitivity,
+    Compare,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 3] = [Tab::Generate, Tab::Samples, Tab::Sensitivity];
+    pub const ALL: [Tab; 4] = [Tab::Generate, Tab::Samples, Tab::Sensitivity, Tab::Compare];
 
     pub fn label(self) -> &'static str {
         match self {
             Self::Generate => "Generate",
             Self::Samples => "Samples",
             Self::Sensitivity => "Sensitivity",
+            Self::Compare => "Compare",
         }
     }
 }
@@ -91,6 +96,7 @@ pub struct Persisted {
     pub generate: generate_tab::Options,
     pub samples: samples_tab::Options,
     pub sensitivity: sensitivity_tab::Options,
+    pub compare: compare_tab::Options,
 }
 
 /// How the app was started (`sd3lab gui …`).
@@ -99,6 +105,10 @@ pub struct GuiOptions {
     pub calib_dir: Option<PathBuf>,
     pub model: Option<String>,
     pub sensitivity: Option<PathBuf>,
+    /// Open this benchmark folder in the Compare tab.
+    pub benchmark: Option<PathBuf>,
+    /// The Compare tab's image view at start.
+    pub compare_view: Option<compare_view::ViewMode>,
     pub tab: Option<Tab>,
     /// Render, save this PNG, exit.
     pub screenshot: Option<PathBuf>,
@@ -122,6 +132,8 @@ impl Default for GuiOptions {
             calib_dir: None,
             model: None,
             sensitivity: None,
+            benchmark: None,
+            compare_view: None,
             tab: None,
             screenshot: None,
             size: [1280.0, 800.0],
@@ -194,6 +206,7 @@ pub struct SdApp {
     pub generate: generate_tab::GenerateTab,
     pub samples: samples_tab::SamplesTab,
     pub sensitivity: sensitivity_tab::SensitivityTab,
+    pub compare: compare_tab::CompareTab,
     backend: String,
     device: String,
     memory: (u64, u64),
@@ -228,6 +241,7 @@ impl SdApp {
             persisted.generate.model = m.clone();
             persisted.samples.model = m.clone();
             persisted.sensitivity.model = m.clone();
+            persisted.compare.model = m.clone();
         }
         if let Some(d) = &options.calib_dir {
             persisted.samples.calib_dir = d.display().to_string();
@@ -253,6 +267,7 @@ impl SdApp {
             generate: generate_tab::GenerateTab::default(),
             samples: samples_tab::SamplesTab::default(),
             sensitivity: sensitivity_tab::SensitivityTab::default(),
+            compare: compare_tab::CompareTab::default(),
             persisted,
             backend: "MLX (starting)".into(),
             device: String::new(),
@@ -272,11 +287,21 @@ impl SdApp {
         if !app.persisted.sensitivity.report_path.is_empty() {
             app.sensitivity.open(&app.persisted.sensitivity.report_path);
         }
+        if let Some(view) = app.options.compare_view {
+            app.persisted.compare.view.mode = view;
+        }
+        if let Some(d) = app.options.benchmark.clone() {
+            app.persisted.compare.benchmark_dir = d.display().to_string();
+        }
+        if !app.persisted.compare.benchmark_dir.is_empty() {
+            app.compare
+                .open(&cc.egui_ctx, &app.persisted.compare.benchmark_dir);
+        }
         app
     }
 
     /// Routes worker events for at most `budget`; true when some are left.
-    fn drain_events(&mut self, budget: Duration) -> bool {
+    fn drain_events(&mut self, ctx: &egui::Context, budget: Duration) -> bool {
         let deadline = Instant::now() + budget;
         while Instant::now() < deadline {
             let Some(event) = self.shared.worker.try_recv() else {
@@ -305,6 +330,7 @@ impl SdApp {
                     self.generate.handle(&other, &mut self.shared);
                     self.sensitivity.handle(&other, &mut self.shared);
                     self.samples.handle(&other, &mut self.shared);
+                    self.compare.handle(ctx, &other, &mut self.shared);
                     if let Some((id, outcome)) = finished {
                         self.shared.jobs.finished(id);
                         if let Some(tab) = tab {
@@ -326,6 +352,8 @@ impl SdApp {
             || self.sensitivity.is_running()
             || self.samples.is_loading()
             || self.sensitivity.is_loading()
+            || self.compare.is_running()
+            || self.compare.is_loading()
     }
 
     fn tab_bar(&mut self, ui: &mut egui::Ui) {
@@ -366,6 +394,7 @@ impl SdApp {
                 Tab::Generate => &self.persisted.generate.model,
                 Tab::Samples => &self.persisted.samples.model,
                 Tab::Sensitivity => &self.persisted.sensitivity.model,
+                Tab::Compare => &self.persisted.compare.model,
             };
             let shown = if model.chars().count() > 40 {
                 format!("model: ...{}", tail_chars(model, 37))
@@ -422,6 +451,9 @@ impl SdApp {
                 Tab::Sensitivity => self
                     .sensitivity
                     .start(&self.persisted.sensitivity, &mut self.shared),
+                Tab::Compare => self
+                    .compare
+                    .start(&self.persisted.compare, &mut self.shared),
                 Tab::Samples => {}
             }
         }
@@ -434,7 +466,10 @@ impl SdApp {
         }
         if let Some(path) = self.options.screenshot.clone() {
             let state = &self.screenshot_state;
-            let ready = self.frames > 8 && !self.busy() && !self.samples.waiting_for_previews();
+            let ready = self.frames > 8
+                && !self.busy()
+                && !self.samples.waiting_for_previews()
+                && !self.compare.waiting_for_images();
             let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
             if *s == ScreenshotState::Waiting && ready {
                 *s = ScreenshotState::Requested;
@@ -470,11 +505,12 @@ impl eframe::App for SdApp {
             self.stats.full_frames_ms.push(cpu as f64 * 1e3);
         }
         let ctx = ui.ctx().clone();
-        let more = self.drain_events(Duration::from_millis(8));
+        let more = self.drain_events(&ctx, Duration::from_millis(8));
         self.generate.poll(&ctx, &mut self.shared);
         self.samples
             .poll(&ctx, &mut self.shared, &self.persisted.samples);
         self.sensitivity.poll(&mut self.shared);
+        self.compare.poll(&ctx, &mut self.shared);
         egui::Panel::top("tabs").show(ui, |ui| self.tab_bar(ui));
         egui::Panel::bottom("status").show(ui, |ui| self.status_bar(ui));
         egui::CentralPanel::default_margins().show(ui, |ui| match self.persisted.tab {
@@ -488,6 +524,9 @@ impl eframe::App for SdApp {
                 self.sensitivity
                     .ui(ui, &mut self.persisted.sensitivity, &mut self.shared)
             }
+            Tab::Compare => self
+                .compare
+                .ui(ui, &mut self.persisted.compare, &mut self.shared),
         });
         self.automation(&ctx);
         if more {
@@ -513,6 +552,7 @@ impl eframe::App for SdApp {
         // Running jobs stop at their next step or layer, so the worker can be joined.
         self.generate.cancel();
         self.sensitivity.cancel();
+        self.compare.cancel();
         self.samples.cancel_download();
         if let Some(path) = &self.options.frame_stats {
             let (p50, p99, max) = self.stats.percentiles();
@@ -660,6 +700,7 @@ pub fn job_outcome(
         }
         Err(JobError::Calibrate(e)) => Err(generate_tab::error_message(e)),
         Err(JobError::Sensitivity(e)) => Err(sensitivity_tab::error_message(e)),
+        Err(JobError::Benchmark(e)) => Err(compare_tab::error_message(e)),
         Err(e @ JobError::PromptFile(_)) => Err(feedback::error_sentence(e)),
     }
 }
@@ -676,6 +717,12 @@ fn summary_text(s: &JobSummary) -> String {
         JobSummary::Sensitivity { layers, report } => {
             format!("{} measured; {}", count(*layers, "layer"), report.display())
         }
+        JobSummary::Benchmark(s) => format!(
+            "{} generated; {} ({:.1} s)",
+            count(s.images_generated, "image"),
+            s.output_dir.display(),
+            s.seconds
+        ),
     }
 }
 

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::bench::{BenchConfig, BenchError, BenchEvent, BenchSummary, run_benchmark};
 use crate::calibrate::{
     CalibrateConfig, CalibrateError, CalibrateEvent, CalibrateSummary, run_calibration,
 };
@@ -40,6 +41,12 @@ pub enum Command {
     Sensitivity {
         id: u64,
         config: SensitivityConfig,
+        cancel: CancelToken,
+    },
+    /// Run (or resume) a benchmark: the Compare tab's job.
+    Benchmark {
+        id: u64,
+        config: BenchConfig,
         cancel: CancelToken,
     },
     /// Decode a calibration sample's latent `x` through `model`'s VAE (resolving the model may
@@ -77,6 +84,11 @@ pub enum Event {
         id: u64,
         event: SensitivityEvent,
     },
+    /// A benchmark's progress; resolving its model reports through [`BenchEvent::Model`].
+    Benchmark {
+        id: u64,
+        event: BenchEvent,
+    },
     /// Resolving the model of job `id` (a calibration run's, before the run; a VAE decode's)
     /// reported this: the fallback to tiny, or download progress.
     Model {
@@ -110,6 +122,7 @@ pub enum JobSummary {
         layers: usize,
         report: PathBuf,
     },
+    Benchmark(Box<BenchSummary>),
 }
 
 /// Why a job failed.
@@ -121,6 +134,8 @@ pub enum JobError {
     Calibrate(CalibrateError),
     #[error(transparent)]
     Sensitivity(SensitivityError),
+    #[error(transparent)]
+    Benchmark(BenchError),
 }
 
 impl JobError {
@@ -129,6 +144,10 @@ impl JobError {
         match self {
             Self::Calibrate(CalibrateError::Source(e)) => Some(e),
             Self::Sensitivity(SensitivityError::Source(e)) => Some(e),
+            Self::Benchmark(BenchError::Calibrate(e)) => match e.as_ref() {
+                CalibrateError::Source(e) => Some(e),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -259,6 +278,30 @@ fn worker_loop(
                 send(Event::Finished {
                     id,
                     cancelled: cancel.is_cancelled(),
+                    result,
+                });
+                send(memory());
+            }
+            Command::Benchmark { id, config, cancel } => {
+                send(Event::Started { id });
+                let result = run_benchmark(&config, &cancel, &mut |event| {
+                    let image_done = matches!(event, BenchEvent::ImageDone { .. });
+                    send(Event::Benchmark { id, event });
+                    if image_done {
+                        send(memory());
+                    }
+                });
+                let result = result
+                    .map(|s| JobSummary::Benchmark(Box::new(s)))
+                    .map_err(JobError::Benchmark);
+                let cancelled = match &result {
+                    Ok(JobSummary::Benchmark(s)) => s.cancelled,
+                    Ok(_) => false,
+                    Err(e) => matches!(e.source_error(), Some(SourceError::Cancelled)),
+                };
+                send(Event::Finished {
+                    id,
+                    cancelled,
                     result,
                 });
                 send(memory());

@@ -14,6 +14,7 @@
 //! provenance. `results`: records, statistics and the files written.
 
 pub mod configuration;
+pub mod folder;
 pub mod reference;
 pub mod results;
 
@@ -33,6 +34,7 @@ use crate::model::pipeline::{Flow, GenerateConfig, Pipeline};
 use crate::quant::QuantMode;
 
 pub use configuration::{Configuration, ConfigurationError, ConfigurationIdentity};
+pub use folder::{BenchFolder, ConfigurationImages, PairedMetric, PromptRow, list_benchmarks};
 pub use reference::{ReferenceError, ReferenceKind, ReferenceSet};
 pub use results::{
     BenchResults, BenchSettings, CONFIGURATION_JSON, ConfigurationInfo, ConfigurationMetrics,
@@ -201,6 +203,8 @@ pub enum BenchError {
         before: String,
         now: String,
     },
+    #[error("{dir} is not a benchmark folder: it has no {RESULTS_JSON}")]
+    NotABenchmark { dir: PathBuf },
     #[error("{dir} holds benchmark images but no {RESULTS_JSON}")]
     ForeignData { dir: PathBuf },
     #[error(transparent)]
@@ -473,7 +477,9 @@ fn run_differences(old: &BenchSettings, new: &BenchSettings) -> Vec<String> {
 }
 
 /// The configuration folders of a benchmark folder: name → its recorded info.
-fn configuration_folders(dir: &Path) -> Result<BTreeMap<String, ConfigurationInfo>, BenchError> {
+pub(crate) fn configuration_folders(
+    dir: &Path,
+) -> Result<BTreeMap<String, ConfigurationInfo>, BenchError> {
     let mut out = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(out);
@@ -492,7 +498,10 @@ fn configuration_folders(dir: &Path) -> Result<BTreeMap<String, ConfigurationInf
 }
 
 /// The finished images of configuration `name`: records whose PNG is there with its size.
-fn read_records(dir: &Path, name: &str) -> Result<BTreeMap<usize, ImageRecord>, BenchError> {
+pub(crate) fn read_records(
+    dir: &Path,
+    name: &str,
+) -> Result<BTreeMap<usize, ImageRecord>, BenchError> {
     let mut out = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(dir.join(name).join("records")) else {
         return Ok(out);

@@ -16,6 +16,12 @@ pub struct GuiArgs {
     /// Open this sweep (its output folder or its sensitivity.json) in the Sensitivity tab.
     #[arg(long)]
     sensitivity: Option<PathBuf>,
+    /// Open this benchmark folder (`sd3lab benchmark`'s output) in the Compare tab.
+    #[arg(long)]
+    benchmark: Option<PathBuf>,
+    /// The Compare tab's image view: side by side, swipe, difference or the grid.
+    #[arg(long, value_enum)]
+    compare_view: Option<sd3lab::app::compare_view::ViewMode>,
     /// The tab to show.
     #[arg(long, value_enum)]
     tab: Option<sd3lab::app::Tab>,
@@ -53,6 +59,8 @@ impl GuiArgs {
             calib_dir: self.calib_dir.clone(),
             model: self.model.clone(),
             sensitivity: self.sensitivity.clone(),
+            benchmark: self.benchmark.clone(),
+            compare_view: self.compare_view,
             tab: self.tab,
             screenshot: self.screenshot.clone(),
             size: [w, h],

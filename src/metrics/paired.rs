@@ -103,6 +103,24 @@ fn check_same_size(a: &RgbView, b: &RgbView) -> Result<(), PairedError> {
     Ok(())
 }
 
+/// Per-pixel absolute difference: the largest |Δ| over R, G and B of each pixel (0..=255),
+/// row-major, `width × height` values. The Compare tab's and the benchmark report's
+/// difference view: a pixel counts as changed when any of its channels changed.
+pub fn abs_difference(a: &RgbView, b: &RgbView) -> Result<Vec<u8>, PairedError> {
+    check_same_size(a, b)?;
+    Ok(a.pixels
+        .chunks_exact(3)
+        .zip(b.pixels.chunks_exact(3))
+        .map(|(p, q)| {
+            p.iter()
+                .zip(q)
+                .map(|(&x, &y)| x.abs_diff(y))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect())
+}
+
 /// PSNR in dB with peak 255: `10·log10(255² / MSE)` over all pixels and channels.
 ///
 /// Identical images have MSE 0 and PSNR `f64::INFINITY` (skimage returns `inf` too). Writers
@@ -302,6 +320,24 @@ mod tests {
                 height: 5
             })
         );
+    }
+
+    #[test]
+    fn the_difference_map_takes_each_pixels_largest_channel_change() {
+        let a = [10u8, 20, 30, 0, 0, 0];
+        let b = [12u8, 15, 30, 255, 0, 1];
+        let (va, vb) = (
+            RgbView::new(2, 1, &a).unwrap(),
+            RgbView::new(2, 1, &b).unwrap(),
+        );
+        assert_eq!(abs_difference(&va, &vb).unwrap(), [5, 255]);
+        assert_eq!(abs_difference(&va, &va).unwrap(), [0, 0]);
+        let c = RgbView::new(1, 2, &b).unwrap();
+        assert!(abs_difference(&va, &c).is_err());
+        let lut = crate::report::colormap::difference_rgb(&[0, 5, 255], 10.0);
+        assert_eq!(&lut[..3], &crate::report::colormap::viridis(0.0));
+        assert_eq!(&lut[3..6], &crate::report::colormap::viridis(50.0 / 255.0));
+        assert_eq!(&lut[6..], &crate::report::colormap::viridis(1.0));
     }
 
     #[test]

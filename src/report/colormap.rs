@@ -28,6 +28,17 @@ pub fn diverging(t: f32) -> [u8; 3] {
     interpolate(&P, (t + 1.0) / 2.0)
 }
 
+/// A difference map as RGB pixels: |Δ| (0..=255) times `gain`, saturating at 255, through
+/// viridis (dark: unchanged; yellow: |Δ|·gain ≥ 255). The colour bar of this view runs from 0
+/// to `255 / gain` levels of |Δ|.
+pub fn difference_rgb(diff: &[u8], gain: f32) -> Vec<u8> {
+    // 256 entries: one per |Δ| level.
+    let lut: Vec<[u8; 3]> = (0..=255u16)
+        .map(|d| viridis(d as f32 * gain / 255.0))
+        .collect();
+    diff.iter().flat_map(|&d| lut[d as usize]).collect()
+}
+
 fn interpolate(points: &[[f32; 3]], t: f32) -> [u8; 3] {
     let t = if t.is_finite() {
         t.clamp(0.0, 1.0)

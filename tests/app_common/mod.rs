@@ -127,3 +127,70 @@ pub fn sweep_fixture(root: &Path, layers: Option<usize>) -> PathBuf {
     }
     p
 }
+
+/// Synthetic Inception weights (the suite's, as `sd3lab metrics weights --synthetic` writes
+/// them) at `<root>/inception.safetensors`.
+pub fn synthetic_inception(root: &Path) -> PathBuf {
+    let out = root.join("inception.safetensors");
+    if !out.is_file() {
+        let stats = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/metrics/inception_bn_stats.npz");
+        sd3lab::metrics::inception::synthetic_weights(20240611, &stats, &out).unwrap();
+    }
+    out
+}
+
+/// The benchmark settings of the fixture run: `images` tiny 64×64 images of 2 steps per
+/// configuration, against the reference set `reference`, into `out`.
+pub fn bench_config(
+    reference: &Path,
+    out: &Path,
+    configurations: &[&str],
+    images: usize,
+) -> sd3lab::bench::BenchConfig {
+    sd3lab::bench::BenchConfig {
+        configurations: configurations.iter().map(|s| s.to_string()).collect(),
+        num_images: images,
+        num_steps: 2,
+        cfg_weight: 5.0,
+        output_dir: out.to_owned(),
+        reference_dir: Some(reference.to_owned()),
+        skip_metrics: false,
+        model: tiny_model(),
+        height: 64,
+        width: 64,
+        dtype: ModelDtype::Float32,
+        warmup: 0,
+        seed: 0,
+        prompt_csv: None,
+        negative_prompt: String::new(),
+        group_size: 64,
+        overwrite: false,
+        allow_mismatch: false,
+        inception_weights: Some(synthetic_inception(out.parent().unwrap())),
+        kid_subset_size: None,
+    }
+}
+
+/// A reference set: `calibrate --images-only` of `images` tiny images (2 steps) into `dir`.
+pub fn reference_set(dir: &Path, images: usize) {
+    let mut cfg = calib_config(dir, images, 2);
+    cfg.images_only = true;
+    run_calibration(&cfg, &CancelToken::new(), &mut |_| {}).unwrap();
+}
+
+/// A finished benchmark of fp32, w8 and w4 (named fp32, w8g64, w4g64; 4 images each, with metrics) at
+/// `<root>/bench`, against the reference `<root>/reference`: fp32's images equal their
+/// reference twins, the quantized ones differ.
+pub fn benchmark_fixture(root: &Path) -> PathBuf {
+    let reference = root.join("reference");
+    reference_set(&reference, 4);
+    let out = root.join("bench");
+    sd3lab::bench::run_benchmark(
+        &bench_config(&reference, &out, &["fp32", "w8", "w4"], 4),
+        &CancelToken::new(),
+        &mut |_| {},
+    )
+    .unwrap();
+    out
+}
