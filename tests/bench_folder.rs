@@ -35,6 +35,18 @@ fn a_benchmark_folder_reads_back_with_images_twins_and_paired_metrics() {
     assert!(worst.windows(2).all(|w| w[0].1 <= w[1].1), "{worst:?}");
     assert!(worst[0].1.is_finite());
     assert!(f.has_metric(PairedMetric::Ssim));
+    // The summary: fp32 weighs 1x fp32, the quantized ones less; every cell filled but LPIPS.
+    let rows = f.summary();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].ratio_fp32, 1.0);
+    assert!(rows[2].ratio_fp32 > rows[1].ratio_fp32 && rows[1].ratio_fp32 > 1.0);
+    let cells = rows[2].cells();
+    assert_eq!(cells.len(), sd3lab::bench::SummaryRow::COLUMNS.len());
+    assert_eq!(cells[0], "w4g64");
+    assert!(cells[1].parse::<f64>().is_ok(), "{cells:?}");
+    assert!(cells[2].contains(" ± "), "{cells:?}");
+    assert_eq!(cells[6], "-");
+    assert_eq!(rows[0].cells()[4], "identical");
     // The folder is listed among its parent's benchmarks.
     assert_eq!(sd3lab::bench::list_benchmarks(root.path()), [dir.clone()]);
 }

@@ -243,6 +243,117 @@ impl BenchFolder {
     }
 }
 
+/// One configuration's line of the summary table (the Compare tab's table, the report's): the
+/// numbers, unformatted; `cells` formats them under [`SummaryRow::COLUMNS`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryRow {
+    pub name: String,
+    pub fid: Option<f64>,
+    /// KID mean and standard deviation.
+    pub kid: Option<(f64, f64)>,
+    /// Inception Score mean and standard deviation.
+    pub isc: Option<(f64, f64)>,
+    /// Mean PSNR over the pairs that differ; `identical` pairs are left out of it.
+    pub psnr: Option<f64>,
+    pub identical: Option<usize>,
+    pub ssim: Option<f64>,
+    pub lpips: Option<f64>,
+    pub weight_bytes: u64,
+    /// The MMDiT's float32 and float16 bytes over this configuration's.
+    pub ratio_fp32: f64,
+    pub ratio_fp16: f64,
+    /// Mean seconds per image (text encoding, denoising, decoding), over the timed images.
+    pub seconds_per_image: Option<f64>,
+    pub peak_mlx_bytes: u64,
+    pub peak_rss_bytes: u64,
+    /// Images generated (and scored, when the metrics cover them).
+    pub images: usize,
+}
+
+impl SummaryRow {
+    /// The table's column headers, in `cells`' order.
+    pub const COLUMNS: [&'static str; 12] = [
+        "configuration",
+        "FID",
+        "KID",
+        "IS",
+        "PSNR (dB)",
+        "SSIM",
+        "LPIPS",
+        "MMDiT weights",
+        "vs fp32",
+        "vs fp16",
+        "s/img",
+        "peak MLX memory",
+    ];
+
+    pub fn of(c: &ConfigurationImages) -> Self {
+        let r = &c.result;
+        let m = r.metrics.as_ref();
+        let bytes = r.info.mmdit_weight_bytes;
+        let ratio = |of: u64| {
+            if bytes == 0 {
+                0.0
+            } else {
+                of as f64 / bytes as f64
+            }
+        };
+        Self {
+            name: c.name.clone(),
+            fid: m.and_then(|m| m.fid),
+            kid: m.and_then(|m| m.kid).map(|k| (k.mean, k.std)),
+            isc: m.and_then(|m| m.isc).map(|k| (k.mean, k.std)),
+            psnr: m.and_then(|m| m.psnr_mean),
+            identical: m.and_then(|m| m.identical_pairs),
+            ssim: m.and_then(|m| m.ssim_mean),
+            lpips: m.and_then(|m| m.lpips_mean),
+            weight_bytes: bytes,
+            ratio_fp32: ratio(r.info.mmdit_weight_bytes_float32),
+            ratio_fp16: ratio(r.info.mmdit_weight_bytes_float16),
+            seconds_per_image: r.latency.as_ref().map(|l| l.total.mean),
+            peak_mlx_bytes: r.peak_memory.mlx_bytes,
+            peak_rss_bytes: r.peak_memory.process_rss_bytes,
+            images: r.images,
+        }
+    }
+
+    /// The row as text, one cell per column ("-" where a value was not measured).
+    pub fn cells(&self) -> Vec<String> {
+        let dash = || "-".to_owned();
+        let pm = |v: Option<(f64, f64)>, digits: usize| {
+            v.map_or_else(dash, |(m, s)| format!("{m:.digits$} ± {s:.digits$}"))
+        };
+        let psnr = match (self.psnr, self.identical) {
+            (Some(p), Some(0) | None) => format!("{p:.2}"),
+            (Some(p), Some(n)) => format!("{p:.2} ({n} identical)"),
+            (None, Some(n)) if n > 0 => "identical".to_owned(),
+            _ => dash(),
+        };
+        vec![
+            self.name.clone(),
+            self.fid.map_or_else(dash, |v| format!("{v:.2}")),
+            pm(self.kid, 4),
+            pm(self.isc, 3),
+            psnr,
+            self.ssim.map_or_else(dash, |v| format!("{v:.4}")),
+            self.lpips.map_or_else(dash, |v| format!("{v:.4}")),
+            crate::report::human_bytes(self.weight_bytes),
+            format!("{:.2}x", self.ratio_fp32),
+            format!("{:.2}x", self.ratio_fp16),
+            self.seconds_per_image
+                .map_or_else(dash, |v| format!("{v:.3}")),
+            crate::report::human_bytes(self.peak_mlx_bytes),
+        ]
+    }
+}
+
+impl BenchFolder {
+    /// The summary table, one row per configuration in the run's order.
+    pub fn summary(&self) -> Vec<SummaryRow> {
+        self.configurations.iter().map(SummaryRow::of).collect()
+    }
+}
+
 /// The benchmark folders directly under `root` (those holding a `results.json`), sorted by
 /// name: the runs a user can pick among in `benchmark_results/`.
 pub fn list_benchmarks(root: &Path) -> Vec<PathBuf> {

@@ -34,7 +34,9 @@ use crate::model::pipeline::{Flow, GenerateConfig, Pipeline};
 use crate::quant::QuantMode;
 
 pub use configuration::{Configuration, ConfigurationError, ConfigurationIdentity};
-pub use folder::{BenchFolder, ConfigurationImages, PairedMetric, PromptRow, list_benchmarks};
+pub use folder::{
+    BenchFolder, ConfigurationImages, PairedMetric, PromptRow, SummaryRow, list_benchmarks,
+};
 pub use reference::{ReferenceError, ReferenceKind, ReferenceSet};
 pub use results::{
     BenchResults, BenchSettings, CONFIGURATION_JSON, ConfigurationInfo, ConfigurationMetrics,
