@@ -703,46 +703,55 @@ impl CompareView {
             }
             ui.separator();
             let focus = o.focus(folder).map(|c| c.name.clone()).unwrap_or_default();
-            ui.label("Focus:");
-            egui::ComboBox::from_id_salt("compare-focus")
-                .selected_text(&focus)
-                .show_ui(ui, |ui| {
-                    for c in &folder.configurations {
-                        ui.selectable_value(&mut o.focus, c.name.clone(), &c.name);
-                    }
-                })
-                .response
-                .on_hover_text(
-                    "The configuration the list is sorted by, and the swipe's, blink's and \
+            super::labelled(ui, "Focus:", |ui| {
+                egui::ComboBox::from_id_salt("compare-focus")
+                    .selected_text(&focus)
+                    .show_ui(ui, |ui| {
+                        for c in &folder.configurations {
+                            ui.selectable_value(&mut o.focus, c.name.clone(), &c.name);
+                        }
+                    })
+                    .response
+            })
+            .on_hover_text(
+                "The configuration the list is sorted by, and the swipe's, blink's and \
                      difference's configuration",
-                );
-            ui.label("Sort:");
+            );
             let sort_text = |s: Option<PairedMetric>| match s {
                 None => "index order".to_owned(),
                 Some(m) => format!("worst {} first", m.name().to_uppercase()),
             };
-            egui::ComboBox::from_id_salt("compare-sort")
-                .selected_text(sort_text(o.sort))
-                .show_ui(ui, |ui| {
-                    ui.selectable_value(&mut o.sort, None, sort_text(None));
-                    for m in PairedMetric::ALL {
-                        ui.add_enabled_ui(folder.has_metric(m), |ui| {
-                            ui.selectable_value(&mut o.sort, Some(m), sort_text(Some(m)))
-                                .on_disabled_hover_text("No image has this metric");
-                        });
-                    }
-                });
+            super::labelled(ui, "Sort:", |ui| {
+                egui::ComboBox::from_id_salt("compare-sort")
+                    .selected_text(sort_text(o.sort))
+                    .show_ui(ui, |ui| {
+                        ui.selectable_value(&mut o.sort, None, sort_text(None));
+                        for m in PairedMetric::ALL {
+                            ui.add_enabled_ui(folder.has_metric(m), |ui| {
+                                ui.selectable_value(&mut o.sort, Some(m), sort_text(Some(m)))
+                                    .on_disabled_hover_text("No image has this metric");
+                            });
+                        }
+                    })
+                    .response
+            });
             ui.separator();
             match o.mode {
                 ViewMode::Grid => {
-                    ui.label("Colour by:");
-                    egui::ComboBox::from_id_salt("compare-grid-metric")
-                        .selected_text(o.grid_metric.name().to_uppercase())
-                        .show_ui(ui, |ui| {
-                            for m in PairedMetric::ALL {
-                                ui.selectable_value(&mut o.grid_metric, m, m.name().to_uppercase());
-                            }
-                        });
+                    super::labelled(ui, "Colour by:", |ui| {
+                        egui::ComboBox::from_id_salt("compare-grid-metric")
+                            .selected_text(o.grid_metric.name().to_uppercase())
+                            .show_ui(ui, |ui| {
+                                for m in PairedMetric::ALL {
+                                    ui.selectable_value(
+                                        &mut o.grid_metric,
+                                        m,
+                                        m.name().to_uppercase(),
+                                    );
+                                }
+                            })
+                            .response
+                    });
                 }
                 mode => {
                     if ui
@@ -776,16 +785,17 @@ impl CompareView {
                             ));
                     }
                     if mode == ViewMode::Diff {
-                        ui.label("Gain:");
-                        egui::ComboBox::from_id_salt("compare-gain")
-                            .selected_text(format!("× {}", o.gain))
-                            .show_ui(ui, |ui| {
-                                for g in GAINS {
-                                    ui.selectable_value(&mut o.gain, g, format!("× {g}"));
-                                }
-                            })
-                            .response
-                            .on_hover_text("|Δ| is multiplied by the gain before colouring");
+                        super::labelled(ui, "Gain:", |ui| {
+                            egui::ComboBox::from_id_salt("compare-gain")
+                                .selected_text(format!("× {}", o.gain))
+                                .show_ui(ui, |ui| {
+                                    for g in GAINS {
+                                        ui.selectable_value(&mut o.gain, g, format!("× {g}"));
+                                    }
+                                })
+                                .response
+                        })
+                        .on_hover_text("|Δ| is multiplied by the gain before colouring");
                     }
                 }
             }
@@ -1276,9 +1286,17 @@ impl CompareView {
                         ui.add_sized([label_w, cell], egui::Label::new(format!("#{i}")))
                             .on_hover_text(tip);
                         let p = self.reference_picture(folder, i, textures, Some(THUMB));
-                        if thumb(ui, &p, cell, text_h, None, "reference")
-                            .on_hover_text(format!("#{i} reference"))
-                            .clicked()
+                        if thumb(
+                            ui,
+                            &p,
+                            cell,
+                            text_h,
+                            None,
+                            "reference",
+                            &format!("#{i} reference"),
+                        )
+                        .on_hover_text(format!("#{i} reference"))
+                        .clicked()
                         {
                             open = Some(i);
                         }
@@ -1289,9 +1307,17 @@ impl CompareView {
                             let text = value
                                 .map(|v| metric.format(v))
                                 .unwrap_or_else(|| "-".into());
-                            if thumb(ui, &p, cell, text_h, colour, &text)
-                                .on_hover_text(format!("#{i} {}: {}", c.name, values_line(c, i)))
-                                .clicked()
+                            if thumb(
+                                ui,
+                                &p,
+                                cell,
+                                text_h,
+                                colour,
+                                &text,
+                                &format!("#{i} {}", c.name),
+                            )
+                            .on_hover_text(format!("#{i} {}: {}", c.name, values_line(c, i)))
+                            .clicked()
                             {
                                 open = Some(i);
                             }
@@ -1327,8 +1353,11 @@ fn thumb(
     text_h: f32,
     frame: Option<egui::Color32>,
     text: &str,
+    name: &str,
 ) -> egui::Response {
     let (rect, r) = ui.allocate_exact_size(egui::vec2(cell, cell + text_h), egui::Sense::click());
+    // Named for screen readers (and the tests): "#3 w4g64".
+    r.widget_info(|| egui::WidgetInfo::labeled(egui::WidgetType::Button, true, name));
     let square = egui::Rect::from_min_size(rect.min, egui::vec2(cell, cell));
     let painter = ui.painter_at(rect);
     let colour = frame.unwrap_or(egui::Color32::from_gray(90));
@@ -1366,6 +1395,30 @@ fn thumb(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thumbnails_are_downscaled_and_full_images_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wide.png");
+        let pixels: Vec<u8> = (0..300 * 200 * 3).map(|i| (i % 251) as u8).collect();
+        image::RgbImage::from_raw(300, 200, pixels)
+            .unwrap()
+            .save(&path)
+            .unwrap();
+        let key = |max_side| ImageKey {
+            path: path.clone(),
+            max_side,
+        };
+        let small = decode(&key(Some(THUMB))).unwrap();
+        // 128 × 85: 64 KiB at most per thumbnail, the bound the module's comment states.
+        assert_eq!(small.size, [128, 85]);
+        assert_eq!(decode(&key(None)).unwrap().size, [300, 200]);
+        let missing = decode(&ImageKey {
+            path: dir.path().join("gone.png"),
+            max_side: None,
+        });
+        assert!(missing.unwrap_err().contains("gone.png"));
+    }
 
     #[test]
     fn layout_fills_the_area_without_overlap() {
