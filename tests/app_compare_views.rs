@@ -118,6 +118,8 @@ fn sorting_by_psnr_lists_the_worst_first() {
         "the fixture's order must differ from index order"
     );
     assert_eq!(h.state().compare.view.order(), want.as_slice());
+    // Choosing the sort selects the worst prompt.
+    assert_eq!(h.state().compare.view.selected, want[0]);
     // The rows are drawn in that order, top to bottom.
     let tops: Vec<f32> = want
         .iter()

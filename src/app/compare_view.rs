@@ -488,6 +488,8 @@ pub struct CompareView {
     diff_missing: bool,
     /// The folder whose failed decodes are remembered (another folder forgets them).
     folder_dir: PathBuf,
+    /// The list's sort and focus last frame: a new sort selects its first (worst) prompt.
+    sorted_by: Option<(Option<PairedMetric>, String)>,
 }
 
 impl Default for CompareView {
@@ -504,6 +506,7 @@ impl Default for CompareView {
             scroll_to_selected: false,
             diff_missing: false,
             folder_dir: PathBuf::new(),
+            sorted_by: None,
         }
     }
 }
@@ -613,6 +616,18 @@ impl CompareView {
         self.diff_missing = false;
         self.swipe_handle = None;
         self.order = prompt_order(folder, o);
+        let sorted_by = Some((o.sort, o.focus.clone()));
+        if self.sorted_by != sorted_by {
+            // Sorted worst first, the worst is what one wants to see first.
+            if self.sorted_by.is_some()
+                && o.sort.is_some()
+                && let Some(&first) = self.order.first()
+            {
+                self.selected = first;
+                self.scroll_to_selected = true;
+            }
+            self.sorted_by = sorted_by;
+        }
         if !self.order.is_empty() && self.selected >= folder.prompts.len() {
             self.selected = 0;
         }
@@ -1357,7 +1372,7 @@ fn thumb(
 ) -> egui::Response {
     let (rect, r) = ui.allocate_exact_size(egui::vec2(cell, cell + text_h), egui::Sense::click());
     // Named for screen readers (and the tests): "#3 w4g64".
-    r.widget_info(|| egui::WidgetInfo::labeled(egui::WidgetType::Button, true, name));
+    r.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Button, true, name));
     let square = egui::Rect::from_min_size(rect.min, egui::vec2(cell, cell));
     let painter = ui.painter_at(rect);
     let colour = frame.unwrap_or(egui::Color32::from_gray(90));
