@@ -385,6 +385,15 @@ impl TextureCache {
         }
     }
 
+    /// The texture for `key` when cached (counting as a use). The Compare view decodes on
+    /// helper threads and inserts when done, so it asks without a way to make one.
+    pub fn get(&mut self, key: &str) -> Option<egui::TextureHandle> {
+        self.clock += 1;
+        let e = self.entries.get_mut(key)?;
+        e.2 = self.clock;
+        Some(e.0.clone())
+    }
+
     pub fn contains(&self, key: &str) -> bool {
         self.entries.contains_key(key)
     }
