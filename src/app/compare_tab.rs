@@ -1064,7 +1064,7 @@ pub fn error_message(e: &BenchError) -> String {
         ),
         BenchError::NoImages => format!("\"{IMAGES_LABEL}\" must be at least 1"),
         BenchError::NeedsReference => format!(
-            "{e}: choose a \"{REFERENCE_LABEL}\" (a calibrate --images-only folder, such as the Generate tab's with \"images only\"), or tick \"{SKIP_METRICS_LABEL}\""
+            "{e}: choose a \"{REFERENCE_LABEL}\" (a set the Generate tab made with \"Images only\", or any image folder), or tick \"{SKIP_METRICS_LABEL}\""
         ),
         BenchError::TooFewImagesForMetrics { .. } => {
             format!("{e}: raise \"{IMAGES_LABEL}\" to 2 or more, or tick \"{SKIP_METRICS_LABEL}\"")
