@@ -578,14 +578,16 @@ impl CompareTab {
                     .show(ui, |ui| self.run_ui(ui, o, shared));
             });
         self.progress_ui(ui, shared);
-        ui.horizontal_wrapped(|ui| {
-            super::message_ui(ui, &self.message);
-            if let Some(path) = self.written.clone()
-                && let Some(e) = widgets::path_link(ui, &path)
-            {
-                shared.errors.report(FOLDER_LINK, e);
-            }
-        });
+        if self.message.is_some() || self.written.is_some() {
+            ui.horizontal_wrapped(|ui| {
+                super::message_ui(ui, &self.message);
+                if let Some(path) = self.written.clone()
+                    && let Some(e) = widgets::path_link(ui, &path)
+                {
+                    shared.errors.report(FOLDER_LINK, e);
+                }
+            });
+        }
         let Some(folder) = self.folder.clone() else {
             ui.separator();
             if self.job.is_some() {
