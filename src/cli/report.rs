@@ -19,6 +19,35 @@ pub enum ReportCommand {
     Samples(ReportSamplesArgs),
     /// A calibration run: its settings and images with prompts (the Generate tab's report).
     Calibration(ReportCalibrationArgs),
+    /// A benchmark folder: its settings, the configurations' summary table, quality against
+    /// weight bytes, latency and memory plots, and each configuration's worst prompts as
+    /// reference / configuration / difference thumbnails (the Compare tab's report), with
+    /// results.json and the summary as CSV beside it.
+    Benchmark(ReportBenchmarkArgs),
+}
+
+#[derive(Args)]
+pub struct ReportBenchmarkArgs {
+    /// Benchmark folder (`sd3lab benchmark`'s output, with its results.json).
+    bench_dir: PathBuf,
+    /// report.html or report.md.
+    #[arg(long)]
+    output: PathBuf,
+    /// How many of each configuration's prompts furthest from the reference to show.
+    #[arg(long, default_value_t = 10)]
+    worst: usize,
+    /// The per-image metric that picks and orders those prompts.
+    #[arg(long, value_enum, default_value = "psnr")]
+    metric: sd3lab::bench::PairedMetric,
+    /// The quality axis of the trade-off plot (default: FID when the run has it, else PSNR).
+    #[arg(long, value_enum)]
+    quality: Option<sd3lab::report::benchmark::QualityMetric>,
+    /// Only this configuration (repeat for several; default: all).
+    #[arg(long = "configuration")]
+    configurations: Vec<String>,
+    /// Also write every figure as SVG and PNG into this folder.
+    #[arg(long)]
+    figures: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -94,6 +123,7 @@ impl ReportSensitivityArgs {
 pub fn run(cmd: &ReportCommand) -> anyhow::Result<ExitCode> {
     let written = match cmd {
         ReportCommand::Sensitivity(args) => return sensitivity(args),
+        ReportCommand::Benchmark(args) => return benchmark(args),
         ReportCommand::Samples(args) => {
             let set = CalibrationSet::open(&args.calib_dir, &OpenOptions::default())?;
             sd3lab::report::write_samples_report(&set, &args.filter.to_filter(), &args.output)?
@@ -117,6 +147,43 @@ fn sensitivity(args: &ReportSensitivityArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(dir) = &args.figures {
         let figs = sd3lab::report::sensitivity_figures(&report, &opts)?;
+        for p in sd3lab::report::export_figures(&figs, dir, (900, 520))? {
+            println!("wrote {}", p.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn benchmark(args: &ReportBenchmarkArgs) -> anyhow::Result<ExitCode> {
+    use sd3lab::report::benchmark::{
+        BenchmarkReportOptions, QualityMetric, benchmark_figures, quality_note,
+        write_benchmark_report,
+    };
+    let folder = sd3lab::bench::BenchFolder::open(&args.bench_dir)?;
+    let opts = BenchmarkReportOptions {
+        worst: args.worst,
+        metric: args.metric,
+        quality: args.quality,
+        configurations: args.configurations.clone(),
+    };
+    let written = write_benchmark_report(&folder, &args.output, &opts)?;
+    for p in &written {
+        println!("wrote {}", p.display());
+    }
+    if let Some(dir) = &args.figures {
+        let mut shown = folder.clone();
+        if !args.configurations.is_empty() {
+            shown
+                .configurations
+                .retain(|c| args.configurations.contains(&c.name));
+        }
+        let quality = args
+            .quality
+            .unwrap_or_else(|| QualityMetric::default_for(&shown.summary()));
+        if let Some(note) = quality_note(&shown, quality) {
+            eprintln!("note: {note}");
+        }
+        let figs = benchmark_figures(&shown, quality);
         for p in sd3lab::report::export_figures(&figs, dir, (900, 520))? {
             println!("wrote {}", p.display());
         }

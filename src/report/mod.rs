@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+pub mod benchmark;
 pub mod colormap;
 
 use crate::calib::Bucket;
@@ -43,6 +45,8 @@ pub enum ReportError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("{path}: a report is written as .html or .md")]
+    Extension { path: PathBuf },
 }
 
 /// One named line.
@@ -442,17 +446,23 @@ where
             let ys = plotted.iter().flat_map(|s| s.points.iter().map(|p| p.1));
             let (x0, x1) = span(xs.chain(plotted_markers.iter().map(|m| m.1.0)));
             let (y0, y1) = span(ys.chain(plotted_markers.iter().map(|m| m.1.1)));
+            // Several markers (a benchmark's configurations) cannot be told apart in a legend
+            // of identical red dots: each is labelled beside its point instead, and the
+            // legend lists the lines only.
+            let label_markers = plotted_markers.len() > 1;
+            let legend_markers: &[(String, (f64, f64))] =
+                if label_markers { &[] } else { &plotted_markers };
             let corner = legend_corner(
                 &plotted,
                 &plotted_markers,
-                legend_size(&plotted, &plotted_markers, root.dim_in_pixel()),
+                legend_size(&plotted, legend_markers, root.dim_in_pixel()),
             );
             // No corner free of data: the legend gets a strip of its own on the right.
             let (chart_area, legend_area) = match corner {
                 Some(_) => (root.clone(), None),
                 None => {
                     let width = root.dim_in_pixel().0;
-                    let strip = legend_strip_width(&plotted, &plotted_markers).min(width / 3);
+                    let strip = legend_strip_width(&plotted, legend_markers).min(width / 3);
                     let (c, l) = root.split_horizontally(width - strip);
                     (c, Some(l))
                 }
@@ -502,11 +512,31 @@ where
                 }
             }
             for (label, p) in &plotted_markers {
-                chart
+                let drawn = chart
                     .draw_series([Circle::new(*p, 6, RED.filled())])
-                    .map_err(err(&title))?
-                    .label(label.clone())
-                    .legend(|(x, y)| Circle::new((x + 9, y), 5, RED.filled()));
+                    .map_err(err(&title))?;
+                if !label_markers {
+                    drawn
+                        .label(label.clone())
+                        .legend(|(x, y)| Circle::new((x + 9, y), 5, RED.filled()));
+                }
+            }
+            if label_markers {
+                // Each label on the side of its point facing the plot's middle, so that none
+                // runs past the plot's edge.
+                let middle = (x0 + x1) / 2.0;
+                let text = TextStyle::from((FONT, SMALL_SIZE).into_font()).color(&BLACK);
+                chart
+                    .draw_series(plotted_markers.iter().map(|(label, p)| {
+                        let (dx, h) = if p.0 > middle {
+                            (-10, HPos::Right)
+                        } else {
+                            (10, HPos::Left)
+                        };
+                        let style = text.pos(Pos::new(h, VPos::Center));
+                        EmptyElement::at(*p) + Text::new(label.clone(), (dx, 0), style)
+                    }))
+                    .map_err(err(&title))?;
             }
             if let Some(corner) = corner
                 && !series.is_empty()
@@ -541,7 +571,7 @@ where
                     area.draw_text(&s.name, &text, (30, y - SMALL_SIZE as i32 / 2))
                         .map_err(err(&title))?;
                 }
-                for (i, (label, _)) in plotted_markers.iter().enumerate() {
+                for (i, (label, _)) in legend_markers.iter().enumerate() {
                     let y = top + row * (plotted.len() + i) as i32;
                     area.draw(&Circle::new((14, y), 5, RED.filled()))
                         .map_err(err(&title))?;
@@ -1017,7 +1047,7 @@ pub fn sensitivity_figures(
     Ok(figs)
 }
 
-fn write(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
@@ -1049,7 +1079,7 @@ pub fn export_figures(
     Ok(out)
 }
 
-fn html_escape(s: &str) -> String {
+pub(crate) fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -1151,17 +1181,17 @@ pub fn base64(bytes: &[u8]) -> String {
 }
 
 /// A report being assembled as HTML or Markdown.
-struct Doc {
-    html: bool,
-    body: String,
+pub(crate) struct Doc {
+    pub(crate) html: bool,
+    pub(crate) body: String,
     /// Where Markdown's PNGs go (`<stem>_files/`), and the files written.
-    files_dir: PathBuf,
-    files_rel: String,
-    written: Vec<PathBuf>,
+    pub(crate) files_dir: PathBuf,
+    pub(crate) files_rel: String,
+    pub(crate) written: Vec<PathBuf>,
 }
 
 impl Doc {
-    fn new(output: &Path, title: &str) -> Self {
+    pub(crate) fn new(output: &Path, title: &str) -> Self {
         let html = output
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("htm"));
@@ -1187,7 +1217,7 @@ impl Doc {
         }
     }
 
-    fn heading(&mut self, text: &str) {
+    pub(crate) fn heading(&mut self, text: &str) {
         if self.html {
             self.body
                 .push_str(&format!("<h2>{}</h2>\n", html_text(text)));
@@ -1196,7 +1226,7 @@ impl Doc {
         }
     }
 
-    fn table(&mut self, header: &[&str], rows: &[Vec<String>]) {
+    pub(crate) fn table(&mut self, header: &[&str], rows: &[Vec<String>]) {
         if self.html {
             self.body.push_str("<table><tr>");
             for h in header {
@@ -1228,7 +1258,7 @@ impl Doc {
         }
     }
 
-    fn figure(&mut self, stem: &str, fig: &Figure) -> Result<(), ReportError> {
+    pub(crate) fn figure(&mut self, stem: &str, fig: &Figure) -> Result<(), ReportError> {
         if self.html {
             self.body.push_str(&format!(
                 "<figure><figcaption>{}</figcaption>\n{}\n</figure>\n",
@@ -1278,7 +1308,7 @@ impl Doc {
         Ok(())
     }
 
-    fn text(&mut self, text: &str) {
+    pub(crate) fn text(&mut self, text: &str) {
         if self.html {
             self.body.push_str(&format!("<p>{}</p>\n", html_text(text)));
         } else {
@@ -1286,7 +1316,7 @@ impl Doc {
         }
     }
 
-    fn finish(mut self, output: &Path) -> Result<Vec<PathBuf>, ReportError> {
+    pub(crate) fn finish(mut self, output: &Path) -> Result<Vec<PathBuf>, ReportError> {
         if self.html {
             self.body.push_str("</body></html>\n");
         }
@@ -1297,7 +1327,7 @@ impl Doc {
 }
 
 /// "`a.csv` and `b.json`": the file names of `paths`, as a report names the files beside it.
-fn file_names(paths: &[PathBuf]) -> String {
+pub(crate) fn file_names(paths: &[PathBuf]) -> String {
     let names: Vec<String> = paths
         .iter()
         .map(|p| {
@@ -1333,7 +1363,7 @@ pub fn human_bytes(b: u64) -> String {
 
 /// Text for HTML: escaped, with `code spans` (as Markdown writes them, which the same texts
 /// are in the Markdown report) as `<code>`, and a backtick left without a partner dropped.
-fn html_text(s: &str) -> String {
+pub(crate) fn html_text(s: &str) -> String {
     let escaped = html_escape(s);
     let parts: Vec<&str> = escaped.split('`').collect();
     let mut out = String::with_capacity(escaped.len());
@@ -1423,7 +1453,7 @@ pub fn numbered_report_path(dir: &Path, stem: &str, ext: &str) -> PathBuf {
 }
 
 /// Writes `<stem>_data.csv` and `<stem>_data.json` beside `output`.
-fn write_data(
+pub(crate) fn write_data(
     output: &Path,
     csv: &str,
     json: &serde_json::Value,
