@@ -254,3 +254,63 @@ fn at_the_smallest_window_the_views_get_room_under_the_summary() {
         "the summary takes {table_bottom} of {hgt}"
     );
 }
+
+#[test]
+fn the_exports_write_the_report_and_the_plots_with_the_configurations() {
+    let dir = fixture();
+    let folder = BenchFolder::open(dir).unwrap();
+    let rows = folder.summary();
+    let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+    let w4_fid = rows[2].cells()[1].clone();
+    let mut h = harness(opened(dir));
+    wait_until(&mut h, "the benchmark to be read", |a| {
+        a.compare.folder.is_some()
+    });
+    let mut export = |h: &mut Harness<'static, SdApp>, button: &str| -> PathBuf {
+        h.state_mut().compare.written = None;
+        h.get_by_label(button).click();
+        wait_until(h, button, |a| {
+            !a.compare.is_loading() && a.compare.written.is_some()
+        });
+        let m = message(h);
+        assert!(m.contains("Ok(\"wrote"), "{button}: {m}");
+        let written = h.state().compare.written.clone().unwrap();
+        assert!(
+            shows(h, &written.display().to_string()),
+            "the written path is a link"
+        );
+        written
+    };
+    for (button, ext) in [("Report (HTML)", "html"), ("Report (Markdown)", "md")] {
+        let path = export(&mut h, button);
+        assert_eq!(path.extension().unwrap(), ext);
+        // Beside the benchmark, named after it.
+        assert_eq!(path.parent(), dir.parent());
+        assert!(
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("bench-benchmark-report"),
+            "{path:?}"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        for name in &names {
+            assert!(text.contains(name), "{ext} names {name}");
+        }
+        assert!(text.contains(&w4_fid), "{ext} has w4g64's FID {w4_fid}");
+    }
+    let figures = export(&mut h, "Plots (PNG + SVG)");
+    assert!(figures.is_dir() && figures.parent() == dir.parent());
+    for stem in ["quality-vs-weights", "latency", "peak-memory"] {
+        let svg = std::fs::read_to_string(figures.join(format!("{stem}.svg"))).unwrap();
+        for name in &names {
+            // fp32's FID is on the quality plot too: every configuration is labelled.
+            assert!(svg.contains(name), "{stem}.svg names {name}");
+        }
+        let png = image::open(figures.join(format!("{stem}.png"))).unwrap();
+        assert_eq!((png.width(), png.height()), (900, 520));
+    }
+    // A second export never replaces the first.
+    let again = export(&mut h, "Plots (PNG + SVG)");
+    assert_ne!(again, figures);
+}

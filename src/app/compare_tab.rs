@@ -20,7 +20,10 @@ use crate::calibrate::CalibrateError;
 use crate::job::CancelToken;
 use crate::metrics::compute::{MetricsError, MetricsEvent};
 use crate::model::config::ModelDtype;
-use crate::report;
+use crate::report::benchmark::{
+    BenchmarkReportOptions, QualityMetric, benchmark_figures, quality_note, write_benchmark_report,
+};
+use crate::report::{self, Figure};
 
 /// Options (persisted).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +50,9 @@ pub struct Options {
     /// `None`: the backend's default (float32 on CPU, float16 on GPU).
     pub dtype: Option<ModelDtype>,
     pub skip_metrics: bool,
+    /// The quality the trade-off plot shows against weight bytes; `None`: FID when measured,
+    /// else PSNR ([`QualityMetric::default_for`]).
+    pub quality: Option<QualityMetric>,
     pub view: ViewOptions,
 }
 
@@ -65,6 +71,7 @@ impl Default for Options {
             size: 512,
             dtype: None,
             skip_metrics: false,
+            quality: None,
             view: ViewOptions::default(),
         }
     }
@@ -237,6 +244,15 @@ impl Progress {
 /// What an export did: the file or folder written with the message, or the error.
 type Written = Result<(PathBuf, String), String>;
 
+/// Which folder (by identity: a re-read is another) and quality figures were made for.
+type FiguresKey = (usize, QualityMetric);
+
+/// A benchmark's figures by file stem, and why the quality plot leaves configurations out.
+struct Figures {
+    figures: Vec<(String, Figure)>,
+    note: Option<String>,
+}
+
 const OPEN: Place = Place::new(Tab::Compare, "open");
 const EXPORT: Place = Place::new(Tab::Compare, "export");
 const FOLDER_LINK: Place = Place::new(Tab::Compare, "open folder");
@@ -267,6 +283,9 @@ pub struct CompareTab {
     writing: Task<Written>,
     /// The file or folder the last export wrote, shown as a link.
     pub written: Option<PathBuf>,
+    /// The figures of the folder shown for a quality, with the plot's note: made again only
+    /// when either changes.
+    figures: Option<(FiguresKey, Arc<Figures>)>,
     pub view: CompareView,
 }
 
@@ -601,14 +620,28 @@ impl CompareTab {
             }
             return;
         };
-        let summary_height = (ui.available_height() * 0.4).max(100.0);
-        egui::CollapsingHeader::new("Summary")
-            .default_open(true)
+        let rows = folder.summary();
+        let quality = o
+            .quality
+            .unwrap_or_else(|| QualityMetric::default_for(&rows));
+        let figures = self.figures_of(&folder, quality);
+        self.export_ui(ui, o, &folder, quality, &figures);
+        // The sections scroll within at most this height: the image views keep the rest.
+        let sections_height = (ui.available_height() * 0.5).max(100.0);
+        egui::ScrollArea::vertical()
+            .id_salt("compare-sections")
+            .max_height(sections_height)
             .show(ui, |ui| {
-                egui::ScrollArea::both()
-                    .id_salt("compare-summary")
-                    .max_height(summary_height)
-                    .show(ui, |ui| self.summary_ui(ui, &folder));
+                egui::CollapsingHeader::new("Summary")
+                    .default_open(true)
+                    .show(ui, |ui| {
+                        egui::ScrollArea::horizontal()
+                            .id_salt("compare-summary")
+                            .show(ui, |ui| self.summary_ui(ui, &folder, &rows));
+                    });
+                egui::CollapsingHeader::new("Plots")
+                    .default_open(true)
+                    .show(ui, |ui| plots_ui(ui, o, &rows, quality, &figures));
             });
         ui.separator();
         self.view.ui(ui, &folder, &mut o.view, shared);
@@ -939,9 +972,96 @@ impl CompareTab {
         }
     }
 
+    /// The figures of `folder` for `quality`, made once per folder read and quality.
+    fn figures_of(&mut self, folder: &Arc<BenchFolder>, quality: QualityMetric) -> Arc<Figures> {
+        let key = (Arc::as_ptr(folder) as usize, quality);
+        match &self.figures {
+            Some((k, f)) if *k == key => f.clone(),
+            _ => {
+                let f = Arc::new(Figures {
+                    figures: benchmark_figures(folder, quality),
+                    note: quality_note(folder, quality),
+                });
+                self.figures = Some((key, f.clone()));
+                f
+            }
+        }
+    }
+
+    /// The export buttons: the plots (PNG + SVG, into a numbered folder beside the
+    /// benchmark) and the report (HTML or Markdown, beside the benchmark, numbered), written
+    /// on a helper thread.
+    fn export_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        o: &Options,
+        folder: &Arc<BenchFolder>,
+        quality: QualityMetric,
+        figures: &Arc<Figures>,
+    ) {
+        let busy = self.writing.is_running();
+        let beside = folder
+            .dir
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let stem = format!("{}-figures-{}", run_name(&folder.dir), quality.name());
+        ui.horizontal_wrapped(|ui| {
+            if let Some(wanted) = super::report_buttons(ui, &folder.dir, "benchmark", busy) {
+                let folder = folder.clone();
+                let opts = BenchmarkReportOptions {
+                    quality: Some(quality),
+                    // The prompts furthest from the reference by the metric the list is
+                    // sorted by.
+                    metric: o.view.sort.unwrap_or_default(),
+                    ..BenchmarkReportOptions::default()
+                };
+                self.message = None;
+                self.writing.spawn(ui.ctx(), move || {
+                    let out = super::numbered_report(&wanted);
+                    write_benchmark_report(&folder, &out, &opts)
+                        .map(|f| {
+                            let text = format!(
+                                "wrote {} (+{})",
+                                out.display(),
+                                count(f.len().saturating_sub(1), "file")
+                            );
+                            (out.clone(), text)
+                        })
+                        .map_err(|e| error_sentence(&e))
+                });
+            }
+            let no_figures = figures.figures.is_empty();
+            if ui
+                .add_enabled(!busy && !no_figures, egui::Button::new("Plots (PNG + SVG)"))
+                .on_hover_text(format!(
+                    "the plots as shown, into the folder {stem}/ in {} (numbered when it exists)",
+                    beside.display()
+                ))
+                .on_disabled_hover_text(if no_figures {
+                    "nothing was measured to plot yet"
+                } else {
+                    "an export is being written"
+                })
+                .clicked()
+            {
+                let (figures, beside, stem) = (figures.clone(), beside.clone(), stem.clone());
+                self.message = None;
+                self.writing.spawn(ui.ctx(), move || {
+                    let dir = crate::fsutil::numbered_folder(&beside, &stem);
+                    report::export_figures(&figures.figures, &dir, (900, 520))
+                        .map(|f| {
+                            let text =
+                                format!("wrote {} in {}", count(f.len(), "file"), dir.display());
+                            (dir.clone(), text)
+                        })
+                        .map_err(|e| error_sentence(&e))
+                });
+            }
+        });
+    }
+
     /// The configurations' table, with notes on what was not measured.
-    fn summary_ui(&mut self, ui: &mut egui::Ui, folder: &BenchFolder) {
-        let rows = folder.summary();
+    fn summary_ui(&mut self, ui: &mut egui::Ui, folder: &BenchFolder, rows: &[SummaryRow]) {
         let s = &folder.results.settings.generation;
         ui.label(format!(
             "{}, {} of {} steps, {}x{}, {} | model {}",
@@ -965,7 +1085,7 @@ impl CompareTab {
                     ui.strong(*c).on_hover_text(tip);
                 }
                 ui.end_row();
-                for row in &rows {
+                for row in rows {
                     for cell in row.cells() {
                         ui.label(cell);
                     }
@@ -973,6 +1093,174 @@ impl CompareTab {
                 }
             });
     }
+}
+
+/// The height of the plots, in points.
+const PLOT_HEIGHT: f32 = 150.0;
+
+/// The quality selector and the figures side by side: quality against weight bytes, latency,
+/// peak memory.
+fn plots_ui(
+    ui: &mut egui::Ui,
+    o: &mut Options,
+    rows: &[SummaryRow],
+    quality: QualityMetric,
+    figures: &Figures,
+) {
+    ui.horizontal_wrapped(|ui| {
+        ui.label("Quality")
+            .on_hover_text("what the first plot shows against the MMDiT's weight bytes");
+        for q in QualityMetric::ALL {
+            let measured = rows.iter().any(|r| q.of(r).is_some());
+            let mut tip = quality_tip(q).to_owned();
+            if !measured {
+                tip.push_str(" (not measured in this run)");
+            }
+            if ui
+                .selectable_label(q == quality, q.label())
+                .on_hover_text(tip)
+                .clicked()
+            {
+                o.quality = Some(q);
+            }
+        }
+    });
+    if let Some(note) = &figures.note {
+        ui.weak(note);
+    }
+    if figures.figures.is_empty() {
+        ui.weak("nothing measured to plot yet");
+        return;
+    }
+    let n = figures.figures.len();
+    ui.columns(n, |cols| {
+        for (col, (stem, fig)) in cols.iter_mut().zip(&figures.figures) {
+            col.label(fig.title());
+            let id = format!("compare-{stem}");
+            match fig {
+                Figure::Lines { .. } => scatter_plot(col, &id, fig),
+                Figure::Bars { .. } => bars_plot(col, &id, fig),
+                Figure::Heatmap { .. } => {}
+            }
+        }
+    });
+}
+
+/// What a quality metric means, for tooltips.
+fn quality_tip(q: QualityMetric) -> &'static str {
+    match q {
+        QualityMetric::Fid => COLUMN_TIPS[1],
+        QualityMetric::Kid => COLUMN_TIPS[2],
+        QualityMetric::Psnr => COLUMN_TIPS[4],
+        QualityMetric::Ssim => COLUMN_TIPS[5],
+        QualityMetric::Lpips => COLUMN_TIPS[6],
+    }
+}
+
+fn colour(i: usize) -> egui::Color32 {
+    let (r, g, b) = report::palette(i);
+    egui::Color32::from_rgb(r, g, b)
+}
+
+/// A line figure as a scatter: each marker a point labelled with its name (the
+/// configurations), each series a line through its points (the trade-off frontier).
+fn scatter_plot(ui: &mut egui::Ui, id: &str, fig: &Figure) {
+    let Figure::Lines {
+        series,
+        markers,
+        x_label,
+        y_label,
+        ..
+    } = fig
+    else {
+        return;
+    };
+    egui_plot::Plot::new(id.to_owned())
+        .height(PLOT_HEIGHT)
+        .x_axis_label(x_label.clone())
+        .y_axis_label(y_label.clone())
+        .allow_scroll(false)
+        .show(ui, |p| {
+            for s in series {
+                let pts: Vec<[f64; 2]> = s.points.iter().map(|&(x, y)| [x, y]).collect();
+                p.line(
+                    egui_plot::Line::new(s.name.clone(), pts)
+                        .color(egui::Color32::GRAY)
+                        .style(egui_plot::LineStyle::dashed_loose()),
+                );
+            }
+            for (i, (label, (x, y))) in markers.iter().enumerate() {
+                p.points(
+                    egui_plot::Points::new(label.clone(), vec![[*x, *y]])
+                        .radius(5.0)
+                        .color(colour(i)),
+                );
+                p.text(
+                    egui_plot::Text::new(
+                        label.clone(),
+                        egui_plot::PlotPoint::new(*x, *y),
+                        format!("  {label}"),
+                    )
+                    .anchor(egui::Align2::LEFT_CENTER)
+                    .color(colour(i)),
+                );
+            }
+        });
+}
+
+/// A bar figure as horizontal bars, the first label on top, each bar's label on its axis.
+fn bars_plot(ui: &mut egui::Ui, id: &str, fig: &Figure) {
+    let Figure::Bars {
+        labels,
+        values,
+        value_label,
+        ..
+    } = fig
+    else {
+        return;
+    };
+    let n = labels.len();
+    // The first label on top: bar i at height n - 1 - i.
+    let bars: Vec<egui_plot::Bar> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            egui_plot::Bar::new((n - 1 - i) as f64, *v)
+                .name(labels[i].clone())
+                .fill(colour(i))
+        })
+        .collect();
+    let names = labels.clone();
+    egui_plot::Plot::new(id.to_owned())
+        .height(PLOT_HEIGHT)
+        .x_axis_label(value_label.clone())
+        .include_x(0.0)
+        .y_grid_spacer(move |_| {
+            (0..n)
+                .map(|i| egui_plot::GridMark {
+                    value: i as f64,
+                    // Labelled whatever their spacing (egui_plot hides labels of marks
+                    // closer than their step size allows).
+                    step_size: 10.0,
+                })
+                .collect()
+        })
+        .y_axis_formatter(move |mark, _| {
+            let i = mark.value.round();
+            if (mark.value - i).abs() > 1e-6 || i < 0.0 || i as usize >= n {
+                return String::new();
+            }
+            names[n - 1 - i as usize].clone()
+        })
+        .allow_scroll(false)
+        .allow_drag(false)
+        .show(ui, |p| {
+            p.bar_chart(
+                egui_plot::BarChart::new(value_label.clone(), bars)
+                    .width(0.7)
+                    .horizontal(),
+            );
+        });
 }
 
 /// What each column of [`SummaryRow::COLUMNS`] means, in its order.
