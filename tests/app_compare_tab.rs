@@ -234,7 +234,7 @@ fn at_the_smallest_window_the_views_get_room_under_the_summary() {
         a.compare.folder.is_some()
     });
     let [w, hgt] = MIN_WINDOW_SIZE;
-    for label in ["Open", "Summary", "w4g64"] {
+    for label in ["Open", "Summary table", "Plots", "w4g64"] {
         let r = h.query_all_by_label(label).next().unwrap().rect();
         assert!(
             r.right() <= w && r.bottom() <= hgt,
@@ -266,7 +266,7 @@ fn the_exports_write_the_report_and_the_plots_with_the_configurations() {
     wait_until(&mut h, "the benchmark to be read", |a| {
         a.compare.folder.is_some()
     });
-    let mut export = |h: &mut Harness<'static, SdApp>, button: &str| -> PathBuf {
+    let export = |h: &mut Harness<'static, SdApp>, button: &str| -> PathBuf {
         h.state_mut().compare.written = None;
         h.get_by_label(button).click();
         wait_until(h, button, |a| {

@@ -53,7 +53,21 @@ pub struct Options {
     /// The quality the trade-off plot shows against weight bytes; `None`: FID when measured,
     /// else PSNR ([`QualityMetric::default_for`]).
     pub quality: Option<QualityMetric>,
+    /// What the area above the image views shows.
+    pub sections: Sections,
     pub view: ViewOptions,
+}
+
+/// What the area between the run controls and the image views shows: one at a time, so the
+/// image views keep most of the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sections {
+    #[default]
+    Table,
+    Plots,
+    /// Nothing: all the room to the image views.
+    Hidden,
 }
 
 impl Default for Options {
@@ -72,6 +86,7 @@ impl Default for Options {
             dtype: None,
             skip_metrics: false,
             quality: None,
+            sections: Sections::Table,
             view: ViewOptions::default(),
         }
     }
@@ -625,24 +640,43 @@ impl CompareTab {
             .quality
             .unwrap_or_else(|| QualityMetric::default_for(&rows));
         let figures = self.figures_of(&folder, quality);
-        self.export_ui(ui, o, &folder, quality, &figures);
         // The sections scroll within at most this height: the image views keep the rest.
         let sections_height = (ui.available_height() * 0.5).max(100.0);
-        egui::ScrollArea::vertical()
-            .id_salt("compare-sections")
-            .max_height(sections_height)
-            .show(ui, |ui| {
-                egui::CollapsingHeader::new("Summary")
-                    .default_open(true)
-                    .show(ui, |ui| {
-                        egui::ScrollArea::horizontal()
-                            .id_salt("compare-summary")
-                            .show(ui, |ui| self.summary_ui(ui, &folder, &rows));
-                    });
-                egui::CollapsingHeader::new("Plots")
-                    .default_open(true)
+        ui.horizontal_wrapped(|ui| {
+            for (s, label, tip) in [
+                (
+                    Sections::Table,
+                    "Summary table",
+                    "the configurations' metrics, weight bytes, latency and memory",
+                ),
+                (
+                    Sections::Plots,
+                    "Plots",
+                    "quality against weight bytes, latency and peak memory",
+                ),
+                (Sections::Hidden, "Hide", "all the room to the images below"),
+            ] {
+                ui.selectable_value(&mut o.sections, s, label)
+                    .on_hover_text(tip);
+            }
+            ui.separator();
+            self.export_ui(ui, o, &folder, quality, &figures);
+        });
+        match o.sections {
+            Sections::Table => {
+                egui::ScrollArea::both()
+                    .id_salt("compare-summary")
+                    .max_height(sections_height)
+                    .show(ui, |ui| self.summary_ui(ui, &folder, &rows));
+            }
+            Sections::Plots => {
+                egui::ScrollArea::vertical()
+                    .id_salt("compare-plots")
+                    .max_height(sections_height)
                     .show(ui, |ui| plots_ui(ui, o, &rows, quality, &figures));
-            });
+            }
+            Sections::Hidden => {}
+        }
         ui.separator();
         self.view.ui(ui, &folder, &mut o.view, shared);
     }
@@ -988,9 +1022,9 @@ impl CompareTab {
         }
     }
 
-    /// The export buttons: the plots (PNG + SVG, into a numbered folder beside the
-    /// benchmark) and the report (HTML or Markdown, beside the benchmark, numbered), written
-    /// on a helper thread.
+    /// The export buttons (in a row the caller lays out): the report (HTML or Markdown,
+    /// beside the benchmark, numbered) and the plots (PNG + SVG, into a numbered folder
+    /// beside the benchmark), written on a helper thread.
     fn export_ui(
         &mut self,
         ui: &mut egui::Ui,
@@ -1005,7 +1039,7 @@ impl CompareTab {
             .parent()
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         let stem = format!("{}-figures-{}", run_name(&folder.dir), quality.name());
-        ui.horizontal_wrapped(|ui| {
+        {
             if let Some(wanted) = super::report_buttons(ui, &folder.dir, "benchmark", busy) {
                 let folder = folder.clone();
                 let opts = BenchmarkReportOptions {
@@ -1057,7 +1091,7 @@ impl CompareTab {
                         .map_err(|e| error_sentence(&e))
                 });
             }
-        });
+        }
     }
 
     /// The configurations' table, with notes on what was not measured.
@@ -1096,7 +1130,7 @@ impl CompareTab {
 }
 
 /// The height of the plots, in points.
-const PLOT_HEIGHT: f32 = 150.0;
+const PLOT_HEIGHT: f32 = 180.0;
 
 /// The quality selector and the figures side by side: quality against weight bytes, latency,
 /// peak memory.
@@ -1175,8 +1209,19 @@ fn scatter_plot(ui: &mut egui::Ui, id: &str, fig: &Figure) {
     else {
         return;
     };
+    // Room right of the rightmost point for its label.
+    let xs = markers.iter().map(|(_, (x, _))| *x);
+    let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+        (a.min(x), b.max(x))
+    });
+    let room = if hi > lo {
+        (hi - lo) * 0.25
+    } else {
+        hi.abs() * 0.25 + 1.0
+    };
     egui_plot::Plot::new(id.to_owned())
         .height(PLOT_HEIGHT)
+        .include_x(if hi.is_finite() { hi + room } else { 0.0 })
         .x_axis_label(x_label.clone())
         .y_axis_label(y_label.clone())
         .allow_scroll(false)
@@ -1231,10 +1276,13 @@ fn bars_plot(ui: &mut egui::Ui, id: &str, fig: &Figure) {
         })
         .collect();
     let names = labels.clone();
+    let max = values.iter().copied().fold(0.0, f64::max);
     egui_plot::Plot::new(id.to_owned())
         .height(PLOT_HEIGHT)
         .x_axis_label(value_label.clone())
         .include_x(0.0)
+        // Room for the values written after the bars.
+        .include_x(max * 1.25)
         .y_grid_spacer(move |_| {
             (0..n)
                 .map(|i| egui_plot::GridMark {
@@ -1260,7 +1308,28 @@ fn bars_plot(ui: &mut egui::Ui, id: &str, fig: &Figure) {
                     .width(0.7)
                     .horizontal(),
             );
+            // Each bar's value after it: the axis alone is too coarse to read them.
+            for (i, v) in values.iter().enumerate() {
+                p.text(
+                    egui_plot::Text::new(
+                        labels[i].clone(),
+                        egui_plot::PlotPoint::new(*v, (n - 1 - i) as f64),
+                        format!(" {}", three_digits(*v)),
+                    )
+                    .anchor(egui::Align2::LEFT_CENTER),
+                );
+            }
         });
+}
+
+/// `v` with three significant digits (at most four decimals): a bar's value beside it.
+fn three_digits(v: f64) -> String {
+    let decimals = if v == 0.0 || !v.is_finite() {
+        0
+    } else {
+        (2.0 - v.abs().log10().floor()).clamp(0.0, 4.0) as usize
+    };
+    format!("{v:.decimals$}")
 }
 
 /// What each column of [`SummaryRow::COLUMNS`] means, in its order.
@@ -1414,6 +1483,15 @@ pub fn error_message(e: &BenchError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bar_values_keep_three_significant_digits() {
+        assert_eq!(three_digits(61.28), "61.3");
+        assert_eq!(three_digits(0.2134), "0.213");
+        assert_eq!(three_digits(1.7068), "1.71");
+        assert_eq!(three_digits(1234.5), "1234");
+        assert_eq!(three_digits(0.0), "0");
+    }
 
     #[test]
     fn presets_are_configurations_the_benchmark_accepts() {
