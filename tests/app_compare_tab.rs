@@ -314,3 +314,57 @@ fn the_exports_write_the_report_and_the_plots_with_the_configurations() {
     let again = export(&mut h, "Plots (PNG + SVG)");
     assert_ne!(again, figures);
 }
+
+#[test]
+fn match_the_reference_fills_the_run_with_its_settings_and_the_run_is_accepted() {
+    let root = tempfile::tempdir().unwrap();
+    let reference = root.path().join("reference");
+    reference_set(&reference, 2);
+    let out = root.path().join("bench");
+    let mut h = harness(options());
+    tiny_run(&mut h, &reference, &out, &["fp32"], 5);
+    {
+        // Settings the reference was not made with: a run would be refused.
+        let o = &mut h.state_mut().persisted.compare;
+        o.num_steps = 7;
+        o.size = 128;
+        o.cfg_weight = 2.0;
+        o.dtype = None;
+    }
+    // The run panel is open: no benchmark folder is shown.
+    h.run_steps(2);
+    h.get_by_label("Match the reference").click();
+    wait_until(&mut h, "the reference to be read", |a| {
+        a.persisted.compare.num_steps == 2
+    });
+    let o = h.state().persisted.compare.clone();
+    assert_eq!((o.num_steps, o.size, o.cfg_weight), (2, 64, 5.0));
+    assert_eq!(o.dtype, Some(ModelDtype::Float32));
+    assert_eq!(o.num_images, 2, "the reference has 2 images");
+    assert!(
+        message(&h).contains("settings of the reference"),
+        "{}",
+        message(&h)
+    );
+    h.get_by_label(START_LABEL).click();
+    h.run_steps(2);
+    wait_until(&mut h, "the benchmark to finish", |a| {
+        !a.compare.is_running()
+    });
+    let m = message(&h);
+    assert!(m.contains("Ok(\"done"), "{m}");
+    assert_eq!(images_in(&out), 2);
+    // A plain folder has no settings to match: said, nothing changed.
+    let plain = root.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    std::fs::copy(reference.join("images/000000.png"), plain.join("a.png")).unwrap();
+    h.state_mut().persisted.compare.reference_dir = plain.display().to_string();
+    h.run_steps(2);
+    h.get_by_label("Match the reference").click();
+    wait_until(
+        &mut h,
+        "the refusal",
+        |a| matches!(&a.compare.message, Some(Err(e)) if e.contains("no manifest")),
+    );
+    assert_eq!(h.state().persisted.compare.num_steps, 2);
+}

@@ -232,6 +232,9 @@ fn the_keyboard_moves_the_selection_but_not_from_a_text_field() {
 #[test]
 fn a_grid_click_opens_the_comparison() {
     let mut h = open(ViewMode::Grid);
+    // The summary table folded away, so that every row of the grid is on screen.
+    h.get_by_label("Hide").click();
+    settle(&mut h);
     let f = folder(&h);
     // Every cell of reference + the three configurations, for each prompt.
     for i in 0..f.prompts.len() {

@@ -48,5 +48,8 @@ fn a_benchmark_folder_reads_back_with_images_twins_and_paired_metrics() {
     assert_eq!(cells[6], "-");
     assert_eq!(rows[0].cells()[4], "identical");
     // The folder is listed among its parent's benchmarks.
-    assert_eq!(sd3lab::bench::list_benchmarks(root.path()), [dir.clone()]);
+    assert_eq!(
+        sd3lab::bench::list_benchmarks(root.path()),
+        std::slice::from_ref(&dir)
+    );
 }

@@ -269,6 +269,59 @@ struct Figures {
 }
 
 const OPEN: Place = Place::new(Tab::Compare, "open");
+const MATCH: Place = Place::new(Tab::Compare, "match the reference");
+
+/// What a reference set's manifest says it was made with: the run settings that must match
+/// for its images to be twins of the benchmark's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReferenceSettings {
+    pub model: String,
+    pub dtype: ModelDtype,
+    pub images: usize,
+    pub num_steps: usize,
+    pub cfg_weight: f32,
+    pub size: usize,
+}
+
+impl ReferenceSettings {
+    /// Reads `dir`'s manifest (touches the disk: call it off the UI thread).
+    pub fn read(dir: &Path) -> Result<Self, String> {
+        let set = crate::bench::ReferenceSet::open(dir)
+            .map_err(|e| super::feedback::error_sentence(&e))?;
+        let Some(g) = set.settings else {
+            return Err(format!(
+                "{} has no manifest with generation settings (a plain image folder): set Model, Steps, CFG and Size to what made its images",
+                dir.display()
+            ));
+        };
+        if g.height != g.width {
+            return Err(format!(
+                "{}: its images are {}x{}; this tab runs square images (use sd3lab benchmark --height --width)",
+                dir.display(),
+                g.width,
+                g.height
+            ));
+        }
+        Ok(Self {
+            model: g.model.name.clone(),
+            dtype: g.dtype,
+            images: set.images.len(),
+            num_steps: g.num_steps,
+            cfg_weight: g.cfg_weight,
+            size: g.width,
+        })
+    }
+
+    /// Sets the run's fields to these settings.
+    pub fn apply(&self, o: &mut Options) {
+        o.model = self.model.clone();
+        o.dtype = Some(self.dtype);
+        o.num_images = self.images;
+        o.num_steps = self.num_steps;
+        o.cfg_weight = self.cfg_weight;
+        o.size = self.size;
+    }
+}
 const EXPORT: Place = Place::new(Tab::Compare, "export");
 const FOLDER_LINK: Place = Place::new(Tab::Compare, "open folder");
 
@@ -298,6 +351,9 @@ pub struct CompareTab {
     writing: Task<Written>,
     /// The file or folder the last export wrote, shown as a link.
     pub written: Option<PathBuf>,
+    /// The reference set's recorded settings, read on a helper thread for *Match the
+    /// reference*.
+    matching: Task<Result<ReferenceSettings, String>>,
     /// The figures of the folder shown for a quality, with the plot's note: made again only
     /// when either changes.
     figures: Option<(FiguresKey, Arc<Figures>)>,
@@ -833,7 +889,43 @@ impl CompareTab {
                 if ui.button("Browse...").on_hover_text("pick the reference folder").clicked() {
                     self.picker.open(Pick::Reference, PickKind::Folder);
                 }
+                if ui
+                    .add_enabled(
+                        !self.matching.is_running() && !o.reference_dir.trim().is_empty(),
+                        egui::Button::new("Match the reference"),
+                    )
+                    .on_hover_text(format!(
+                        "set {MODEL_LABEL}, {DTYPE_LABEL}, {IMAGES_LABEL}, {STEPS_LABEL}, {CFG_LABEL} and {SIZE_LABEL} to what the reference set's manifest says made its images, so each configuration's image i is the twin of reference image i"
+                    ))
+                    .clicked()
+                {
+                    let dir = resolve_path(&o.reference_dir);
+                    self.matching
+                        .spawn(ui.ctx(), move || ReferenceSettings::read(&dir));
+                }
             });
+            if let Some(r) = self.matching.poll() {
+                match r {
+                    Ok(settings) => {
+                        settings.apply(o);
+                        shared.errors.succeeded(MATCH);
+                        self.message = Some(Ok(format!(
+                            "settings of the reference: model {}, {}, {}, {} steps, cfg {}, {}x{}",
+                            settings.model,
+                            settings.dtype.name(),
+                            super::count(settings.images, "image"),
+                            settings.num_steps,
+                            settings.cfg_weight,
+                            settings.size,
+                            settings.size
+                        )));
+                    }
+                    Err(e) => {
+                        self.message = Some(Err(e.clone()));
+                        shared.errors.report(MATCH, e);
+                    }
+                }
+            }
             if let Some(fresh) = &shared.fresh_calibration
                 && resolve_path(&o.reference_dir) != *fresh
             {

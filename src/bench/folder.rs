@@ -331,7 +331,11 @@ impl SummaryRow {
         };
         vec![
             self.name.clone(),
-            self.fid.map_or_else(dash, |v| format!("{v:.2}")),
+            // A FID that rounds to zero may come out of the eigen step as -1e-13: "-0.00"
+            // would read as a negative distance.
+            self.fid.map_or_else(dash, |v| {
+                format!("{:.2}", if v.abs() < 0.005 { 0.0 } else { v })
+            }),
             pm(self.kid, 4),
             pm(self.isc, 3),
             psnr,
