@@ -535,3 +535,31 @@ fn sensitivity_tab_plots_plans_and_exports_from_a_fixture() {
     mask_varying(&mut h);
     h.snapshot("sensitivity_tab");
 }
+
+#[test]
+fn compare_tab_snapshot_of_a_benchmark() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = benchmark_fixture(root.path());
+    let mut h = harness(GuiOptions {
+        benchmark: Some(dir),
+        ..options(Tab::Compare)
+    });
+    wait_until(&mut h, "the benchmark and its images", |a| {
+        a.compare.folder.is_some() && !a.busy() && !a.compare.waiting_for_images()
+    });
+    // Another prompt than the first, against the reference.
+    h.get_by_label_contains("#2  seed 2").click();
+    wait_until(&mut h, "the images", |a| !a.compare.waiting_for_images());
+    mask_varying(&mut h);
+    // Latency and memory vary by machine and run: their columns are masked, from the s/img
+    // header to the right edge, down to the views' toolbar.
+    let header = h.get_by_label("s/img").rect();
+    let views = h.get_by_label("Side by side").rect();
+    let varying = egui::Rect::from_min_max(header.min, egui::pos2(1280.0, views.min.y));
+    h.mask(varying);
+    h.mask(h.get_by_label("Benchmark folder").rect());
+    // Names the user's cache folder.
+    let lpips = h.get_by_label_contains("LPIPS not measured").rect();
+    h.mask(lpips.with_max_x(1280.0));
+    h.snapshot("compare_tab");
+}

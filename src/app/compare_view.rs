@@ -100,11 +100,19 @@ impl Default for ViewOptions {
 }
 
 impl ViewOptions {
-    /// The focus configuration: the one named, or the first when it is not in the folder.
+    /// The focus configuration: the one named; when none is (or it is not in the folder), the
+    /// one furthest from the reference by mean SSIM, or the last without metrics: where a
+    /// user looks first is where quantization hurts most, not at an fp32 twin.
     pub fn focus<'a>(&self, folder: &'a BenchFolder) -> Option<&'a ConfigurationImages> {
-        folder
-            .configuration(&self.focus)
-            .or_else(|| folder.configurations.first())
+        folder.configuration(&self.focus).or_else(|| {
+            folder
+                .configurations
+                .iter()
+                .filter_map(|c| Some((c, c.result.metrics.as_ref()?.ssim_mean?)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(c, _)| c)
+                .or_else(|| folder.configurations.last())
+        })
     }
 
     /// The configurations shown (not hidden), in the folder's order.
