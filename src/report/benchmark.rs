@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::colormap::difference_rgb;
-use super::{Doc, Figure, ReportError, Series, html_escape, write, write_data};
+use super::{Doc, Figure, ReportError, Series, html_escape, write};
 use crate::bench::{BenchFolder, PairedMetric, SummaryRow};
 use crate::image::{PixelFormat, encode_png};
 use crate::metrics::images::{Rgb8Image, load_rgb};
@@ -340,6 +340,25 @@ fn summary_csv(rows: &[SummaryRow]) -> Result<String, ReportError> {
         .into_inner()
         .map_err(|e| ReportError::Draw("the summary CSV".into(), e.to_string()))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The run's `results.json` as the benchmark wrote it, byte for byte (a JSON value written
+/// again would round some floats differently); written again from what was read only when
+/// the file is gone.
+fn results_json(folder: &BenchFolder) -> Result<Vec<u8>, ReportError> {
+    match std::fs::read(folder.dir.join(crate::bench::RESULTS_JSON)) {
+        Ok(bytes) => Ok(bytes),
+        Err(_) => Ok(serde_json::to_string_pretty(&folder.results)?.into_bytes()),
+    }
+}
+
+/// Writes `<stem>_data.csv` (`csv`) and `<stem>_data.json` (`json`, bytes as they are) beside
+/// `output`.
+fn write_data(output: &Path, csv: &str, json: &[u8]) -> Result<Vec<PathBuf>, ReportError> {
+    let (c, j) = super::data_paths(output);
+    write(&c, csv.as_bytes())?;
+    write(&j, json)?;
+    Ok(vec![c, j])
 }
 
 /// Markdown text that shows `s` literally: its markup characters backslash-escaped (inline
@@ -711,11 +730,7 @@ pub fn write_benchmark_report(
         .quality
         .unwrap_or_else(|| QualityMetric::default_for(&rows));
     let figs = benchmark_figures(&shown, quality);
-    let mut written = write_data(
-        output,
-        &summary_csv(&rows)?,
-        &serde_json::to_value(&folder.results)?,
-    )?;
+    let mut written = write_data(output, &summary_csv(&rows)?, &results_json(folder)?)?;
     let mut doc = Doc::new(output, "SD3 Lab benchmark report");
     let settings = settings_rows(&doc, folder);
     doc.table(&["", ""], &settings);

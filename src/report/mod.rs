@@ -1452,20 +1452,27 @@ pub fn numbered_report_path(dir: &Path, stem: &str, ext: &str) -> PathBuf {
     ))
 }
 
-/// Writes `<stem>_data.csv` and `<stem>_data.json` beside `output`.
-pub(crate) fn write_data(
-    output: &Path,
-    csv: &str,
-    json: &serde_json::Value,
-) -> Result<Vec<PathBuf>, ReportError> {
+/// `<stem>_data.csv` and `<stem>_data.json` beside `output`: where a report's data go.
+pub(crate) fn data_paths(output: &Path) -> (PathBuf, PathBuf) {
     let stem = output
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "report".into());
     let dir = output.parent().unwrap_or(Path::new(""));
-    let c = dir.join(format!("{stem}_data.csv"));
+    (
+        dir.join(format!("{stem}_data.csv")),
+        dir.join(format!("{stem}_data.json")),
+    )
+}
+
+/// Writes `<stem>_data.csv` and `<stem>_data.json` beside `output`.
+fn write_data(
+    output: &Path,
+    csv: &str,
+    json: &serde_json::Value,
+) -> Result<Vec<PathBuf>, ReportError> {
+    let (c, j) = data_paths(output);
     write(&c, csv.as_bytes())?;
-    let j = dir.join(format!("{stem}_data.json"));
     let text = serde_json::to_string_pretty(json)?;
     write(&j, text.as_bytes())?;
     Ok(vec![c, j])
