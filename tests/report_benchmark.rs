@@ -259,7 +259,7 @@ fn the_figures_export_as_svg_and_png_with_titles_and_configuration_names() {
         assert_eq!(png.dimensions(), (900, 520));
     }
     let svg = std::fs::read_to_string(dir.path().join("quality-vs-weights.svg")).unwrap();
-    assert!(svg.contains("MMDiT weights (MB)") && svg.contains("FID (lower is better)"));
+    assert!(svg.contains("MMDiT weights (MB)") && svg.contains("FID, lower is better"));
     // PSNR: fp32 is identical to the reference (infinite PSNR), so it is left off and said so.
     let psnr = benchmark_figures(&folder, QualityMetric::Psnr);
     let sd3lab::report::Figure::Lines { markers, .. } = &psnr[0].1 else {
