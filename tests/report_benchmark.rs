@@ -16,15 +16,16 @@ use sd3lab::report::benchmark::{
 };
 
 /// The fixture benchmark, made once for this test binary (it takes ~20 s) in cargo's
-/// temporary folder for integration tests, kept for the process. Tests only read it.
+/// temporary folder for integration tests. Tests only read it. One fixed folder, made afresh
+/// by each run: a static is never dropped, so a folder per run would pile up (~90 MB each).
 fn fixture() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let root = tempfile::Builder::new()
-            .prefix("report-benchmark-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap()
-            .keep();
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-benchmark-fixture");
+        if root.exists() {
+            std::fs::remove_dir_all(&root).unwrap();
+        }
+        std::fs::create_dir_all(&root).unwrap();
         app_common::benchmark_fixture(&root)
     })
 }
