@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::colormap::difference_rgb;
-use super::{Doc, Figure, ReportError, Series, html_escape, write, write_data};
+use super::{Doc, Figure, ReportError, Series, html_escape, write};
 use crate::bench::{BenchFolder, PairedMetric, SummaryRow};
 use crate::image::{PixelFormat, encode_png};
 use crate::metrics::images::{Rgb8Image, load_rgb};
@@ -148,7 +148,7 @@ fn quality_figure(rows: &[SummaryRow], quality: QualityMetric) -> Option<Figure>
     Some(Figure::Lines {
         title: format!("{} vs MMDiT weight size", quality.label()),
         x_label: "MMDiT weights (MB)".into(),
-        y_label: format!("{} ({direction})", quality.label()),
+        y_label: format!("{}, {direction}", quality.label()),
         series: vec![Series {
             name: "frontier: not beaten on both size and quality".into(),
             points: front,
@@ -181,7 +181,7 @@ pub fn quality_note(folder: &BenchFolder, quality: QualityMetric) -> Option<Stri
                     && row.psnr.is_none()
                     && row.identical.is_some_and(|n| n > 0) =>
             {
-                "every image is identical to its reference twin (infinite PSNR)".into()
+                "every image is identical to its reference twin: infinite PSNR".into()
             }
             Some(_) => "not measured".into(),
         }
@@ -342,6 +342,25 @@ fn summary_csv(rows: &[SummaryRow]) -> Result<String, ReportError> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// The run's `results.json` as the benchmark wrote it, byte for byte (a JSON value written
+/// again would round some floats differently); written again from what was read only when
+/// the file is gone.
+fn results_json(folder: &BenchFolder) -> Result<Vec<u8>, ReportError> {
+    match std::fs::read(folder.dir.join(crate::bench::RESULTS_JSON)) {
+        Ok(bytes) => Ok(bytes),
+        Err(_) => Ok(serde_json::to_string_pretty(&folder.results)?.into_bytes()),
+    }
+}
+
+/// Writes `<stem>_data.csv` (`csv`) and `<stem>_data.json` (`json`, bytes as they are) beside
+/// `output`.
+fn write_data(output: &Path, csv: &str, json: &[u8]) -> Result<Vec<PathBuf>, ReportError> {
+    let (c, j) = super::data_paths(output);
+    write(&c, csv.as_bytes())?;
+    write(&j, json)?;
+    Ok(vec![c, j])
+}
+
 /// Markdown text that shows `s` literally: its markup characters backslash-escaped (inline
 /// HTML such as a prompt's `<script>` included), line breaks as spaces. `|` is left to the
 /// table writer in cells (`in_table`), which escapes it itself.
@@ -480,7 +499,8 @@ fn thumbnails(
 ) -> Result<(), ReportError> {
     let mut problems = Vec::new();
     if doc.html {
-        doc.body.push_str("<div class=\"strip\">");
+        doc.body
+            .push_str("<div class=\"strip\" style=\"display:flex;gap:8px\">");
     }
     let mut md_images = Vec::new();
     for t in thumbs {
@@ -711,11 +731,7 @@ pub fn write_benchmark_report(
         .quality
         .unwrap_or_else(|| QualityMetric::default_for(&rows));
     let figs = benchmark_figures(&shown, quality);
-    let mut written = write_data(
-        output,
-        &summary_csv(&rows)?,
-        &serde_json::to_value(&folder.results)?,
-    )?;
+    let mut written = write_data(output, &summary_csv(&rows)?, &results_json(folder)?)?;
     let mut doc = Doc::new(output, "SD3 Lab benchmark report");
     let settings = settings_rows(&doc, folder);
     doc.table(&["", ""], &settings);
@@ -929,6 +945,67 @@ mod tests {
             })
             .collect();
         assert_eq!(QualityMetric::default_for(&none), QualityMetric::Psnr);
+    }
+
+    /// The number in attribute `name="…"` of the SVG element `line`.
+    fn attr(line: &str, name: &str) -> f64 {
+        let start = line.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        let rest = &line[start..];
+        rest[..rest.find('"').unwrap()].parse().unwrap()
+    }
+
+    #[test]
+    fn labelled_points_stay_inside_the_plot_even_when_they_share_one_size() {
+        // Every configuration the same size (an axis of zero width before padding), then
+        // spread out with the long name in the top right corner.
+        let same = [
+            row("fp16-long-name", 4_000_000, Some(0.5), None),
+            row("w8", 4_000_000, Some(2.0), None),
+            row("w4", 4_000_000, Some(9.0), None),
+        ];
+        let spread = [
+            row("fp16-long-name", 8_000_000, Some(9.0), None),
+            row("w8", 4_000_000, Some(2.0), None),
+            row("w4", 1_000_000, Some(0.5), None),
+        ];
+        for rows in [same, spread] {
+            labels_inside(&rows);
+        }
+    }
+
+    fn labels_inside(rows: &[SummaryRow]) {
+        let fig = quality_figure(rows, QualityMetric::Fid).unwrap();
+        let (width, height) = (900, 420);
+        let svg = super::super::render_svg(&fig, (width, height)).unwrap();
+        let lines: Vec<&str> = svg.lines().collect();
+        for r in rows {
+            let at = lines
+                .iter()
+                .position(|l| l.trim() == r.name)
+                .unwrap_or_else(|| panic!("{} not drawn", r.name));
+            // The label's white ground just before its text: inside the plotting area (right
+            // of the y labels' 84 px, left of the 12 px margin), below the title.
+            let ground = lines[at - 2];
+            assert!(ground.starts_with("<rect"), "{ground}");
+            let (x, w) = (attr(ground, "x"), attr(ground, "width"));
+            let (y, h) = (attr(ground, "y"), attr(ground, "height"));
+            assert!(
+                x >= 84.0 && x + w <= (width - 12) as f64,
+                "{}: {ground}",
+                r.name
+            );
+            assert!(
+                y >= 40.0 && y + h <= (height - 52) as f64,
+                "{}: {ground}",
+                r.name
+            );
+        }
+        // The x axis spans the sizes with room on both sides (around the one size when they
+        // are all equal): a tick at 4 MB.
+        assert!(
+            svg.contains(">\n4.0\n<") || svg.contains(">4.0<"),
+            "a tick at 4.0"
+        );
     }
 
     #[test]

@@ -450,6 +450,13 @@ where
             // of identical red dots: each is labelled beside its point instead, and the
             // legend lists the lines only.
             let label_markers = plotted_markers.len() > 1;
+            // Labelled dots get twice the margin, so that a dot and its label at the edge of
+            // the data stay clear of the axes.
+            let widen = |(lo, hi): (f64, f64)| {
+                let pad = if label_markers { (hi - lo) * 0.05 } else { 0.0 };
+                (lo - pad, hi + pad)
+            };
+            let ((x0, x1), (y0, y1)) = (widen((x0, x1)), widen((y0, y1)));
             let legend_markers: &[(String, (f64, f64))] =
                 if label_markers { &[] } else { &plotted_markers };
             let corner = legend_corner(
@@ -522,19 +529,42 @@ where
                 }
             }
             if label_markers {
-                // Each label on the side of its point facing the plot's middle, so that none
-                // runs past the plot's edge.
+                // Each label above its point (below it near the top), on the side facing the
+                // plot's middle, so that none runs past the plot's edge; on a white ground,
+                // readable over the lines through its point.
                 let middle = (x0 + x1) / 2.0;
+                let near_top = y1 - (y1 - y0) * 0.15;
                 let text = TextStyle::from((FONT, SMALL_SIZE).into_font()).color(&BLACK);
                 chart
                     .draw_series(plotted_markers.iter().map(|(label, p)| {
                         let (dx, h) = if p.0 > middle {
-                            (-10, HPos::Right)
+                            (-8, HPos::Right)
                         } else {
-                            (10, HPos::Left)
+                            (8, HPos::Left)
                         };
-                        let style = text.pos(Pos::new(h, VPos::Center));
-                        EmptyElement::at(*p) + Text::new(label.clone(), (dx, 0), style)
+                        let (dy, v) = if p.1 > near_top {
+                            (8, VPos::Top)
+                        } else {
+                            (-8, VPos::Bottom)
+                        };
+                        let style = text.pos(Pos::new(h, v));
+                        let width = label.chars().count() as i32 * SMALL_CHAR_WIDTH as i32;
+                        let (left, right) = if dx < 0 {
+                            (dx - width - 2, dx + 2)
+                        } else {
+                            (dx - 2, dx + width + 2)
+                        };
+                        let (top, bottom) = if dy < 0 {
+                            (dy - SMALL_SIZE as i32 - 2, dy + 2)
+                        } else {
+                            (dy - 2, dy + SMALL_SIZE as i32 + 2)
+                        };
+                        EmptyElement::at(*p)
+                            + Rectangle::new(
+                                [(left, top), (right, bottom)],
+                                WHITE.mix(0.85).filled(),
+                            )
+                            + Text::new(label.clone(), (dx, dy), style)
                     }))
                     .map_err(err(&title))?;
             }
@@ -1452,20 +1482,27 @@ pub fn numbered_report_path(dir: &Path, stem: &str, ext: &str) -> PathBuf {
     ))
 }
 
-/// Writes `<stem>_data.csv` and `<stem>_data.json` beside `output`.
-pub(crate) fn write_data(
-    output: &Path,
-    csv: &str,
-    json: &serde_json::Value,
-) -> Result<Vec<PathBuf>, ReportError> {
+/// `<stem>_data.csv` and `<stem>_data.json` beside `output`: where a report's data go.
+pub(crate) fn data_paths(output: &Path) -> (PathBuf, PathBuf) {
     let stem = output
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "report".into());
     let dir = output.parent().unwrap_or(Path::new(""));
-    let c = dir.join(format!("{stem}_data.csv"));
+    (
+        dir.join(format!("{stem}_data.csv")),
+        dir.join(format!("{stem}_data.json")),
+    )
+}
+
+/// Writes `<stem>_data.csv` and `<stem>_data.json` beside `output`.
+fn write_data(
+    output: &Path,
+    csv: &str,
+    json: &serde_json::Value,
+) -> Result<Vec<PathBuf>, ReportError> {
+    let (c, j) = data_paths(output);
     write(&c, csv.as_bytes())?;
-    let j = dir.join(format!("{stem}_data.json"));
     let text = serde_json::to_string_pretty(json)?;
     write(&j, text.as_bytes())?;
     Ok(vec![c, j])
