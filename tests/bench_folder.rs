@@ -47,6 +47,24 @@ fn a_benchmark_folder_reads_back_with_images_twins_and_paired_metrics() {
     assert!(cells[2].contains(" ± "), "{cells:?}");
     assert_eq!(cells[6], "-");
     assert_eq!(rows[0].cells()[4], "identical");
+    // A reference recorded relative to where the run started (here: the folder holding
+    // `bench/`, not the test's working directory) is found from the benchmark's own folders.
+    let results = dir.join("results.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    v["settings"]["reference"]["dir"] = "reference".into();
+    std::fs::write(&results, v.to_string()).unwrap();
+    let moved = BenchFolder::open(&dir).unwrap();
+    assert!(moved.reference_problem.is_none(), "{:?}", moved.reference_problem);
+    assert_eq!(moved.reference, f.reference);
+    // One that is nowhere is said, and the images are still there.
+    v["settings"]["reference"]["dir"] = "gone-reference".into();
+    std::fs::write(&results, v.to_string()).unwrap();
+    let gone = BenchFolder::open(&dir).unwrap();
+    let problem = gone.reference_problem.expect("the missing reference is said");
+    assert!(problem.contains("gone-reference"), "{problem}");
+    assert!(gone.reference.iter().all(Option::is_none));
+    assert_eq!(gone.configurations[2].images.len(), 4);
     // The folder is listed among its parent's benchmarks.
     assert_eq!(
         sd3lab::bench::list_benchmarks(root.path()),

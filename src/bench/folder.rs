@@ -171,21 +171,19 @@ impl BenchFolder {
         let (reference, reference_problem) = match &results.settings.reference {
             None => (vec![None; prompts.len()], None),
             Some(provenance) => {
-                // A relative reference path was given relative to where the run started; the
-                // folder may have moved with the benchmark: try beside it too.
-                let candidates = [
-                    provenance.dir.clone(),
-                    dir.join(&provenance.dir),
-                    dir.parent()
-                        .map(|p| p.join(&provenance.dir))
-                        .unwrap_or_default(),
-                ];
-                let opened = candidates
-                    .iter()
-                    .filter(|c| !c.as_os_str().is_empty())
-                    .map(|c| ReferenceSet::open(c))
-                    .find(|r| r.is_ok())
-                    .unwrap_or_else(|| ReferenceSet::open(&provenance.dir));
+                // A relative reference path was given relative to where the run started,
+                // usually the folder holding `benchmark_results/`: try it from there (the
+                // current folder), then from the benchmark folder and each folder above it,
+                // so a project moved as a whole, or an app started elsewhere, still finds it.
+                let opened = if provenance.dir.is_absolute() {
+                    ReferenceSet::open(&provenance.dir)
+                } else {
+                    std::iter::once(provenance.dir.clone())
+                        .chain(dir.ancestors().map(|a| a.join(&provenance.dir)))
+                        .map(|c| ReferenceSet::open(&c))
+                        .find(|r| r.is_ok())
+                        .unwrap_or_else(|| ReferenceSet::open(&provenance.dir))
+                };
                 match opened {
                     Ok(set) => {
                         let mut by_index = vec![None; prompts.len()];
@@ -218,21 +216,9 @@ impl BenchFolder {
     /// The image indices that configuration `name` has scored with `metric`, worst first
     /// (ties by index). Images without a value are left out.
     pub fn worst_first(&self, name: &str, metric: PairedMetric) -> Vec<(usize, f64)> {
-        let Some(c) = self.configuration(name) else {
-            return Vec::new();
-        };
-        let mut v: Vec<(usize, f64)> = c
-            .paired
-            .values()
-            .filter_map(|p| Some((p.index, metric.of(p)?)))
-            .collect();
-        v.sort_by(|a, b| {
-            metric
-                .badness(b.1)
-                .total_cmp(&metric.badness(a.1))
-                .then(a.0.cmp(&b.0))
-        });
-        v
+        self.configuration(name)
+            .map(|c| worst_first_of(c.paired.values(), metric))
+            .unwrap_or_default()
     }
 
     /// Whether any configuration has a paired value of `metric`.
@@ -342,8 +328,17 @@ impl SummaryRow {
             self.ssim.map_or_else(dash, |v| format!("{v:.4}")),
             self.lpips.map_or_else(dash, |v| format!("{v:.4}")),
             crate::report::human_bytes(self.weight_bytes),
-            format!("{:.2}x", self.ratio_fp32),
-            format!("{:.2}x", self.ratio_fp16),
+            // No recorded weight bytes (a folder of an older run): no ratio to show.
+            if self.weight_bytes == 0 {
+                dash()
+            } else {
+                format!("{:.2}x", self.ratio_fp32)
+            },
+            if self.weight_bytes == 0 {
+                dash()
+            } else {
+                format!("{:.2}x", self.ratio_fp16)
+            },
             self.seconds_per_image
                 .map_or_else(dash, |v| format!("{v:.3}")),
             crate::report::human_bytes(self.peak_mlx_bytes),
@@ -356,6 +351,25 @@ impl BenchFolder {
     pub fn summary(&self) -> Vec<SummaryRow> {
         self.configurations.iter().map(SummaryRow::of).collect()
     }
+}
+
+/// `(index, value)` of `pairs` by `metric`, worst first in the metric's own direction, ties by
+/// index; pairs without a value are left out.
+pub fn worst_first_of<'a>(
+    pairs: impl IntoIterator<Item = &'a PairedValues>,
+    metric: PairedMetric,
+) -> Vec<(usize, f64)> {
+    let mut v: Vec<(usize, f64)> = pairs
+        .into_iter()
+        .filter_map(|p| Some((p.index, metric.of(p)?)))
+        .collect();
+    v.sort_by(|a, b| {
+        metric
+            .badness(b.1)
+            .total_cmp(&metric.badness(a.1))
+            .then(a.0.cmp(&b.0))
+    });
+    v
 }
 
 /// The benchmark folders directly under `root` (those holding a `results.json`), sorted by
@@ -394,16 +408,29 @@ mod tests {
             pair(2, None, 1.0, Some(0.0)),
         ];
         let order = |m: PairedMetric| {
-            let mut v: Vec<(usize, f64)> = values
-                .iter()
-                .filter_map(|p| Some((p.index, m.of(p)?)))
-                .collect();
-            v.sort_by(|a, b| m.badness(b.1).total_cmp(&m.badness(a.1)));
-            v.into_iter().map(|(i, _)| i).collect::<Vec<_>>()
+            worst_first_of(&values, m)
+                .into_iter()
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
         };
         assert_eq!(order(PairedMetric::Psnr), [1, 0, 2]);
         assert_eq!(order(PairedMetric::Ssim), [0, 1, 2]);
         assert_eq!(order(PairedMetric::Lpips), [1, 0, 2]);
+        // Equal values keep index order.
+        let tied = [
+            pair(5, Some(20.0), 0.5, None),
+            pair(2, Some(20.0), 0.5, None),
+            pair(7, Some(10.0), 0.9, None),
+        ];
+        let idx = |m| {
+            worst_first_of(&tied, m)
+                .into_iter()
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(idx(PairedMetric::Psnr), [7, 2, 5]);
+        assert_eq!(idx(PairedMetric::Ssim), [2, 5, 7]);
+        assert!(idx(PairedMetric::Lpips).is_empty(), "no LPIPS measured");
         assert_eq!(PairedMetric::Psnr.format(f64::INFINITY), "identical");
         assert_eq!(PairedMetric::Lpips.of(&pair(0, None, 1.0, None)), None);
     }
