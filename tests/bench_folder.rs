@@ -55,13 +55,19 @@ fn a_benchmark_folder_reads_back_with_images_twins_and_paired_metrics() {
     v["settings"]["reference"]["dir"] = "reference".into();
     std::fs::write(&results, v.to_string()).unwrap();
     let moved = BenchFolder::open(&dir).unwrap();
-    assert!(moved.reference_problem.is_none(), "{:?}", moved.reference_problem);
+    assert!(
+        moved.reference_problem.is_none(),
+        "{:?}",
+        moved.reference_problem
+    );
     assert_eq!(moved.reference, f.reference);
     // One that is nowhere is said, and the images are still there.
     v["settings"]["reference"]["dir"] = "gone-reference".into();
     std::fs::write(&results, v.to_string()).unwrap();
     let gone = BenchFolder::open(&dir).unwrap();
-    let problem = gone.reference_problem.expect("the missing reference is said");
+    let problem = gone
+        .reference_problem
+        .expect("the missing reference is said");
     assert!(problem.contains("gone-reference"), "{problem}");
     assert!(gone.reference.iter().all(Option::is_none));
     assert_eq!(gone.configurations[2].images.len(), 4);

@@ -250,17 +250,7 @@ fn worker_loop(
             } => {
                 send(Event::Started { id });
                 let result = calibrate(id, config, single_prompt, &cancel, &send);
-                let cancelled = match &result {
-                    Ok(JobSummary::Calibration(s)) => s.cancelled,
-                    Ok(_) => false,
-                    Err(e) => matches!(e.source_error(), Some(SourceError::Cancelled)),
-                };
-                send(Event::Finished {
-                    id,
-                    cancelled,
-                    result,
-                });
-                send(memory());
+                finish(id, result, &cancel, &send);
             }
             Command::Sensitivity { id, config, cancel } => {
                 send(Event::Started { id });
@@ -275,12 +265,7 @@ fn worker_loop(
                             .join(crate::quant::sensitivity::REPORT_JSON),
                     })
                     .map_err(JobError::Sensitivity);
-                send(Event::Finished {
-                    id,
-                    cancelled: cancel.is_cancelled(),
-                    result,
-                });
-                send(memory());
+                finish(id, result, &cancel, &send);
             }
             Command::Benchmark { id, config, cancel } => {
                 send(Event::Started { id });
@@ -294,17 +279,7 @@ fn worker_loop(
                 let result = result
                     .map(|s| JobSummary::Benchmark(Box::new(s)))
                     .map_err(JobError::Benchmark);
-                let cancelled = match &result {
-                    Ok(JobSummary::Benchmark(s)) => s.cancelled,
-                    Ok(_) => false,
-                    Err(e) => matches!(e.source_error(), Some(SourceError::Cancelled)),
-                };
-                send(Event::Finished {
-                    id,
-                    cancelled,
-                    result,
-                });
-                send(memory());
+                finish(id, result, &cancel, &send);
             }
             Command::DecodeLatent {
                 id,
@@ -329,6 +304,29 @@ fn worker_loop(
             }
         }
     }
+}
+
+/// Reports a job's end, and the memory after it. Cancelled: the job says so in its summary
+/// (a calibration or a benchmark stops between images and keeps them; a sweep, between layers,
+/// when its token was cancelled), or a download of its model was stopped.
+fn finish(
+    id: u64,
+    result: Result<JobSummary, JobError>,
+    cancel: &CancelToken,
+    send: &dyn Fn(Event),
+) {
+    let cancelled = match &result {
+        Ok(JobSummary::Calibration(s)) => s.cancelled,
+        Ok(JobSummary::Benchmark(s)) => s.cancelled,
+        Ok(JobSummary::Sensitivity { .. }) => cancel.is_cancelled(),
+        Err(e) => matches!(e.source_error(), Some(SourceError::Cancelled)),
+    };
+    send(Event::Finished {
+        id,
+        cancelled,
+        result,
+    });
+    send(memory());
 }
 
 /// Writes a one-prompt CSV for the calibration job (on the worker: it touches the disk).
