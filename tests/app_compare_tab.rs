@@ -1,16 +1,15 @@
 //! The Compare tab's runs and summary driven headless with egui_kittest: a real tiny benchmark
 //! opened shows its configurations and the numbers of its folder; a benchmark started from the
 //! tab writes its folder and shows it; a run cancelled after its first image keeps its images
-//! and Start resumes it; a folder that is not a benchmark is refused in words; the layout at
-//! the smallest window.
+//! and Start resumes it; a run given Inception weights in the tab computes its metrics; a
+//! folder that is not a benchmark is refused in words; the layout at the smallest window.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use sd3lab::app::compare_tab::{CANCEL_LABEL, START_LABEL};
+use sd3lab::app::compare_tab::{CANCEL_LABEL, INCEPTION_LABEL, START_LABEL};
 use sd3lab::app::{GuiOptions, MIN_WINDOW_SIZE, SdApp, Tab};
 use sd3lab::bench::BenchFolder;
 use sd3lab::model::config::ModelDtype;
@@ -51,6 +50,39 @@ fn shows(h: &Harness<'static, SdApp>, text: &str) -> bool {
 
 fn message(h: &Harness<'static, SdApp>) -> String {
     format!("{:?}", h.state().compare.message)
+}
+
+/// Asserts that the summary table's row of `name` shows `cells` (the folder's own
+/// `SummaryRow::cells`, `name` first) in its own row, left to right: a cell such as `-` or
+/// `1.00x` elsewhere in the window does not count.
+fn row_shows(h: &Harness<'static, SdApp>, name: &str, cells: &[String]) {
+    assert_eq!(cells[0], name);
+    // The table is above the image views, which may name the configuration too.
+    let first = h
+        .query_all_by_label(name)
+        .min_by(|a, b| a.rect().top().total_cmp(&b.rect().top()))
+        .unwrap_or_else(|| panic!("{name} is not shown"));
+    let row = first.rect();
+    let y = row.center().y;
+    let mut left = row.left();
+    for cell in &cells[1..] {
+        let next = h
+            .query_all_by_label(cell)
+            .map(|n| n.rect())
+            .filter(|r| r.top() <= y && y <= r.bottom() && r.left() > left)
+            .min_by(|a, b| a.left().total_cmp(&b.left()))
+            .unwrap_or_else(|| {
+                panic!("{name}'s row lacks {cell:?} right of x = {left} (of {cells:?})")
+            });
+        left = next.left();
+    }
+}
+
+/// Waits until the run clicked has been sent (or has already ended).
+fn wait_started(h: &mut Harness<'static, SdApp>) {
+    wait_until(h, "the benchmark to start", |a| {
+        a.compare.is_running() || a.compare.message.is_some()
+    });
 }
 
 /// Images on disk of the benchmark in `dir`, read independently of the app.
@@ -96,12 +128,11 @@ fn an_opened_benchmark_shows_its_configurations_and_the_folders_numbers() {
     for name in names {
         assert!(shows(&h, name), "{name} is in the table");
     }
-    // Every cell of the summary as the folder's own rows format it (not re-derived).
+    // Every cell of the summary as the folder's own rows format it (not re-derived), in
+    // w4g64's own row.
     let w4 = rows[2].cells();
     assert!(w4[1] != "-", "the fixture has FID");
-    for cell in &w4 {
-        assert!(shows(&h, cell), "the w4g64 cell {cell:?} is shown");
-    }
+    row_shows(&h, "w4g64", &w4);
     // The headers say what they are.
     assert!(shows(&h, "FID") && shows(&h, "vs fp32"));
     // LPIPS has no weights in tests: the tab says why its column is empty.
@@ -150,8 +181,7 @@ fn a_benchmark_started_from_the_tab_writes_its_folder_and_shows_it() {
     tiny_run(&mut h, &reference, &out, &["fp32", "w4"], 2);
     h.run_steps(2);
     h.get_by_label(START_LABEL).click();
-    h.run_steps(2);
-    assert!(h.state().compare.is_running());
+    wait_started(&mut h);
     wait_until(&mut h, "the benchmark to finish", |a| {
         !a.compare.is_running()
     });
@@ -181,20 +211,21 @@ fn a_benchmark_started_from_the_tab_writes_its_folder_and_shows_it() {
 #[test]
 fn a_cancelled_benchmark_keeps_its_images_and_start_resumes_it() {
     let root = tempfile::tempdir().unwrap();
-    let reference = root.path().join("reference");
-    reference_set(&reference, 6);
     let out = root.path().join("bench");
     let mut h = harness(options());
-    tiny_run(&mut h, &reference, &out, &["fp32", "w4"], 6);
+    // No reference (the shipped prompts; metrics skipped) and 24 steps an image: each image
+    // takes long enough that Cancel lands while the run is in its first images.
+    tiny_run(&mut h, Path::new(""), &out, &["fp32", "w4"], 6);
+    h.state_mut().persisted.compare.num_steps = 24;
     h.run_steps(2);
     h.get_by_label(START_LABEL).click();
-    // Cancel as soon as the first image is done (frames as fast as they come: the run
-    // stops after the image being generated then).
-    let start = Instant::now();
-    while h.state().compare.progress.images_done == 0 {
-        assert!(start.elapsed() < Duration::from_secs(240), "no image done");
-        h.step();
-    }
+    wait_started(&mut h);
+    // Cancel as soon as the first image is done: the run stops after the image being
+    // generated then.
+    wait_until(&mut h, "the first image", |a| {
+        a.compare.progress.images_done > 0 || !a.compare.is_running()
+    });
+    assert!(h.state().compare.is_running(), "{}", message(&h));
     h.get_by_label(CANCEL_LABEL).click();
     h.run_steps(2);
     assert!(
@@ -210,8 +241,13 @@ fn a_cancelled_benchmark_keeps_its_images_and_start_resumes_it() {
     assert!(m.contains("Ok(\"cancelled"), "{m}");
     let kept = images_in(&out);
     assert!((1..12).contains(&kept), "{kept} of 12 images kept");
+    // The images kept are shown.
+    let folder = h.state().compare.folder.clone().expect("the run is shown");
+    let shown: usize = folder.configurations.iter().map(|c| c.images.len()).sum();
+    assert_eq!(shown, kept);
     // Starting again into the same folder resumes: only the rest are generated.
     h.get_by_label(START_LABEL).click();
+    wait_started(&mut h);
     wait_until(&mut h, "the resumed benchmark to finish", |a| {
         !a.compare.is_running()
     });
@@ -224,6 +260,45 @@ fn a_cancelled_benchmark_keeps_its_images_and_start_resumes_it() {
     assert_eq!(images_in(&out), 12);
     let folder = h.state().compare.folder.clone().unwrap();
     assert!(folder.configurations.iter().all(|c| c.result.images == 6));
+}
+
+#[test]
+fn a_run_with_inception_weights_typed_in_the_tab_computes_its_metrics() {
+    let root = tempfile::tempdir().unwrap();
+    let reference = root.path().join("reference");
+    reference_set(&reference, 2);
+    let weights = synthetic_inception(root.path());
+    let out = root.path().join("bench");
+    let mut h = harness(options());
+    tiny_run(&mut h, &reference, &out, &["fp32", "w4"], 2);
+    h.state_mut().persisted.compare.skip_metrics = false;
+    h.run_steps(2);
+    let field = h.get_by_label(INCEPTION_LABEL);
+    field.focus();
+    field.type_text(&weights.display().to_string());
+    h.run_steps(1);
+    assert_eq!(
+        h.state().persisted.compare.inception_weights,
+        weights.display().to_string()
+    );
+    h.get_by_label(START_LABEL).click();
+    wait_started(&mut h);
+    wait_until(&mut h, "the benchmark to finish", |a| {
+        !a.compare.is_running()
+    });
+    wait_until(&mut h, "the results to be read", |a| {
+        !a.compare.is_loading()
+    });
+    let m = message(&h);
+    assert!(m.contains("Ok(\"done"), "{m}");
+    let rows = BenchFolder::open(&out).unwrap().summary();
+    let w4 = rows
+        .iter()
+        .find(|r| r.name == "w4g64")
+        .expect("w4g64 ran")
+        .cells();
+    assert!(w4[1] != "-", "w4g64 has a FID: {w4:?}");
+    row_shows(&h, "w4g64", &w4);
 }
 
 #[test]
@@ -347,7 +422,7 @@ fn match_the_reference_fills_the_run_with_its_settings_and_the_run_is_accepted()
         message(&h)
     );
     h.get_by_label(START_LABEL).click();
-    h.run_steps(2);
+    wait_started(&mut h);
     wait_until(&mut h, "the benchmark to finish", |a| {
         !a.compare.is_running()
     });

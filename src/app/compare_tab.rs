@@ -15,10 +15,14 @@ use super::feedback::{Place, error_sentence};
 use super::sensitivity_tab::eta_text;
 use super::worker::{Command, Event};
 use super::{PickKind, Picker, Shared, Tab, Task, count, labelled, resolve_path, widgets};
-use crate::bench::{BenchConfig, BenchError, BenchEvent, BenchFolder, SummaryRow};
+use crate::bench::{
+    BenchConfig, BenchError, BenchEvent, BenchFolder, DEFAULT_WARMUP, RESULTS_ROOT, SummaryRow,
+    default_output_stem,
+};
 use crate::calibrate::CalibrateError;
 use crate::job::CancelToken;
 use crate::metrics::compute::{MetricsError, MetricsEvent};
+use crate::metrics::weights::WeightsError;
 use crate::model::config::ModelDtype;
 use crate::report::benchmark::{
     BenchmarkReportOptions, QualityMetric, benchmark_figures, quality_note, write_benchmark_report,
@@ -49,7 +53,12 @@ pub struct Options {
     pub size: usize,
     /// `None`: the backend's default (float32 on CPU, float16 on GPU).
     pub dtype: Option<ModelDtype>,
+    /// Images per configuration left out of the latency statistics (generated first).
+    pub warmup: usize,
     pub skip_metrics: bool,
+    /// Inception weights for FID/KID/IS (a torch-fidelity .pth or converted .safetensors);
+    /// empty: the user cache (`sd3lab metrics weights --fetch`).
+    pub inception_weights: String,
     /// The quality the trade-off plot shows against weight bytes; `None`: FID when measured,
     /// else PSNR ([`QualityMetric::default_for`]).
     pub quality: Option<QualityMetric>,
@@ -84,7 +93,9 @@ impl Default for Options {
             cfg_weight: 5.0,
             size: 512,
             dtype: None,
+            warmup: DEFAULT_WARMUP,
             skip_metrics: false,
+            inception_weights: String::new(),
             quality: None,
             sections: Sections::Table,
             view: ViewOptions::default(),
@@ -102,12 +113,11 @@ pub const STEPS_LABEL: &str = "Steps";
 pub const CFG_LABEL: &str = "CFG";
 pub const SIZE_LABEL: &str = "Size (px)";
 pub const DTYPE_LABEL: &str = "Dtype";
+pub const WARMUP_LABEL: &str = "Warmup";
 pub const SKIP_METRICS_LABEL: &str = "Skip metrics";
+pub const INCEPTION_LABEL: &str = "Inception weights";
 pub const START_LABEL: &str = "Start benchmark";
 pub const CANCEL_LABEL: &str = "Cancel benchmark";
-
-/// Where benchmarks go by default, and where the runs list looks.
-pub const BENCHMARK_ROOT: &str = "benchmark_results";
 
 /// The configuration presets the tab offers, in run order: the float precisions, then the
 /// uniform widths MLX supports (`bench::Configuration` takes each), widest first.
@@ -128,25 +138,6 @@ fn run_order(configurations: &mut [String]) {
     configurations.sort_by_key(|c| presets.iter().position(|p| p == c).unwrap_or(presets.len()));
 }
 
-/// The name a run's default output folder starts from: the configurations' names joined by
-/// `_` (a plan file by its stem), as `sd3lab benchmark` names its default.
-pub fn default_output_stem(configurations: &[String]) -> String {
-    let names: Vec<String> = configurations
-        .iter()
-        .map(|c| {
-            Path::new(c)
-                .file_stem()
-                .map_or_else(|| c.clone(), |s| s.to_string_lossy().into_owned())
-                .replace(':', "")
-        })
-        .collect();
-    if names.is_empty() {
-        "run".into()
-    } else {
-        names.join("_")
-    }
-}
-
 /// What a file dialog of the tab is choosing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pick {
@@ -154,6 +145,7 @@ enum Pick {
     Reference,
     Output,
     Plan,
+    Inception,
 }
 
 /// A run's progress, from its events: configuration k of n, image i of m, step s of S.
@@ -259,14 +251,20 @@ impl Progress {
 /// What an export did: the file or folder written with the message, or the error.
 type Written = Result<(PathBuf, String), String>;
 
-/// Which folder (by identity: a re-read is another) and quality figures were made for.
-type FiguresKey = (usize, QualityMetric);
+/// Which folder read ([`CompareTab::generation`]: a re-read is another) and quality figures
+/// were made for.
+type FiguresKey = (u64, QualityMetric);
 
 /// A benchmark's figures by file stem, and why the quality plot leaves configurations out.
 struct Figures {
     figures: Vec<(String, Figure)>,
     note: Option<String>,
 }
+
+/// A folder read: the folder, whether it is the run's own read (a run's folder without
+/// results.json yet is no error), and the folder or the error (`None`: a run's folder with
+/// nothing to show yet).
+type Read = (PathBuf, bool, Result<BenchFolder, Option<String>>);
 
 const OPEN: Place = Place::new(Tab::Compare, "open");
 const MATCH: Place = Place::new(Tab::Compare, "match the reference");
@@ -296,7 +294,7 @@ impl ReferenceSettings {
         };
         if g.height != g.width {
             return Err(format!(
-                "{}: its images are {}x{}; this tab runs square images (use sd3lab benchmark --height --width)",
+                "{}: its images are {}x{}, but this tab runs square images only ({SIZE_LABEL} sets both sides): choose a reference set of square images",
                 dir.display(),
                 g.width,
                 g.height
@@ -330,12 +328,27 @@ const FOLDER_LINK: Place = Place::new(Tab::Compare, "open folder");
 pub struct CompareTab {
     /// The benchmark shown.
     pub folder: Option<Arc<BenchFolder>>,
-    loading: Task<(PathBuf, Result<BenchFolder, String>)>,
-    /// A folder to read once the read in flight is done: reads never overlap (the results
-    /// of a run are re-read after every image), and only the latest request waits.
-    pending_open: Option<PathBuf>,
+    /// Bumped at each folder read that succeeds: what the figures cache is keyed on (an
+    /// `Arc`'s address can come back after it is freed).
+    generation: u64,
+    loading: Task<Read>,
+    /// A folder to read once the read in flight is done (and whether it is a run's own read,
+    /// see [`Read`]): reads never overlap (the results of a run are re-read after every
+    /// image), and only the latest request waits.
+    pending_open: Option<(PathBuf, bool)>,
     /// The running benchmark: its id, cancel token and folder.
     job: Option<(u64, CancelToken, PathBuf)>,
+    /// A run without an output folder, before it is sent: its new numbered folder is chosen
+    /// on a helper thread (the UI thread never touches the disk).
+    starting: Task<BenchConfig>,
+    /// The context, for the helper thread of a Start (which is not given one).
+    ctx: Option<egui::Context>,
+    /// The folder shown is the running benchmark's (from Start until the user opens
+    /// another): only then is it re-read as images land.
+    following_run: bool,
+    /// A run's folder, for the fields to show at the next frame (`start` and `poll` have no
+    /// options).
+    show_run: Option<PathBuf>,
     /// Cancel was clicked for the running benchmark.
     cancelling: bool,
     pub progress: Progress,
@@ -363,18 +376,31 @@ pub struct CompareTab {
 impl CompareTab {
     /// Reads a benchmark folder on a helper thread (relative paths from the base folder);
     /// while a read is in flight, the folder is read after it (the latest request only).
+    /// The user's choice: the running benchmark's folder follows the run again, another
+    /// stops following it.
     pub fn open(&mut self, ctx: &egui::Context, path: &str) {
-        self.open_dir(ctx, resolve_path(path));
+        self.user_open(ctx, resolve_path(path));
     }
 
-    fn open_dir(&mut self, ctx: &egui::Context, dir: PathBuf) {
+    fn user_open(&mut self, ctx: &egui::Context, dir: PathBuf) {
+        self.following_run = self.job.as_ref().is_some_and(|(_, _, d)| *d == dir);
+        self.open_dir(ctx, dir, false);
+    }
+
+    /// Reads `dir`; `for_run`: the running (or just ended) benchmark's own read, for which a
+    /// folder without results.json yet is nothing to show rather than an error.
+    fn open_dir(&mut self, ctx: &egui::Context, dir: PathBuf, for_run: bool) {
         if self.loading.is_running() {
-            self.pending_open = Some(dir);
+            self.pending_open = Some((dir, for_run));
             return;
         }
         self.loading.spawn(ctx, move || {
-            let r = BenchFolder::open(&dir).map_err(|e| error_sentence(&e));
-            (dir, r)
+            let r = match BenchFolder::open(&dir) {
+                Ok(f) => Ok(f),
+                Err(BenchError::NotABenchmark { .. }) if for_run => Err(None),
+                Err(e) => Err(Some(error_sentence(&e))),
+            };
+            (dir, for_run, r)
         });
     }
 
@@ -383,8 +409,9 @@ impl CompareTab {
         self.loading.is_running() || self.pending_open.is_some() || self.writing.is_running()
     }
 
+    /// True from Start (while its folder is chosen) to the run's end.
     pub fn is_running(&self) -> bool {
-        self.job.is_some()
+        self.job.is_some() || self.starting.is_running()
     }
 
     /// True while the images shown are being decoded.
@@ -394,6 +421,8 @@ impl CompareTab {
 
     /// Asks the running benchmark to stop after its current image.
     pub fn cancel(&mut self) {
+        // A run not sent yet is not sent.
+        self.starting = Task::default();
         if let Some((_, c, _)) = &self.job {
             c.cancel();
             self.cancelling = true;
@@ -411,11 +440,17 @@ impl CompareTab {
     fn scan_runs(&mut self, ctx: &egui::Context) {
         self.scanned = true;
         self.scanning.spawn(ctx, || {
-            crate::bench::list_benchmarks(&resolve_path(BENCHMARK_ROOT))
+            crate::bench::list_benchmarks(&resolve_path(RESULTS_ROOT))
         });
     }
 
     pub fn poll(&mut self, ctx: &egui::Context, shared: &mut Shared) {
+        if self.ctx.is_none() {
+            self.ctx = Some(ctx.clone());
+        }
+        if let Some(config) = self.starting.poll() {
+            self.launch(config, shared);
+        }
         if let Some(runs) = self.scanning.poll() {
             self.runs = runs;
         }
@@ -432,8 +467,7 @@ impl CompareTab {
                 }
             }
         }
-        if let Some((dir, r)) = self.loading.poll() {
-            let running_here = self.job.as_ref().is_some_and(|(_, _, d)| *d == dir);
+        if let Some((_, _, r)) = self.loading.poll() {
             match r {
                 Ok(folder) => {
                     if self.folder.as_ref().is_none_or(|f| f.dir != folder.dir) {
@@ -441,19 +475,23 @@ impl CompareTab {
                         self.written = None;
                     }
                     self.folder = Some(Arc::new(folder));
+                    self.generation += 1;
                     shared.errors.succeeded(OPEN);
                 }
-                // The running benchmark's folder before its first image: nothing to show yet.
-                Err(_) if running_here => {}
-                Err(e) => {
+                // The run's folder before its first image: nothing to show yet.
+                Err(None) => {}
+                Err(Some(e)) => {
                     self.folder = None;
                     self.message = Some(Err(e.clone()));
                     shared.errors.report(OPEN, e);
                 }
             }
-            if let Some(next) = self.pending_open.take() {
-                self.open_dir(ctx, next);
-            }
+        }
+        // Also when the read's thread died without a result: the waiting read still goes.
+        if !self.loading.is_running()
+            && let Some((next, for_run)) = self.pending_open.take()
+        {
+            self.open_dir(ctx, next, for_run);
         }
     }
 
@@ -472,35 +510,47 @@ impl CompareTab {
             height: o.size,
             width: o.size,
             dtype: o.dtype.unwrap_or_else(ModelDtype::default_for_backend),
-            warmup: 0,
+            warmup: o.warmup,
             seed: 0,
             prompt_csv: None,
             negative_prompt: String::new(),
             group_size: o.group_size,
             overwrite: false,
             allow_mismatch: false,
-            inception_weights: None,
+            inception_weights: (!o.inception_weights.trim().is_empty())
+                .then(|| resolve_path(&o.inception_weights)),
             kid_subset_size: None,
         }
     }
 
     /// Starts a run (queued behind the worker's current job). Into the output folder typed,
     /// where a run with the same settings resumes; without one, into a new numbered folder
-    /// under `benchmark_results/`, which the field then shows so that starting again resumes.
+    /// under `benchmark_results/` (chosen on a helper thread), which the field then shows so
+    /// that starting again resumes.
     pub fn start(&mut self, o: &Options, shared: &mut Shared) {
-        if self.job.is_some() {
+        if self.is_running() {
             return;
         }
-        let output_dir = if o.output_dir.trim().is_empty() {
+        if !o.output_dir.trim().is_empty() {
+            let config = Self::bench_config(o, resolve_path(&o.output_dir));
+            self.launch(config, shared);
+            return;
+        }
+        let mut config = Self::bench_config(o, PathBuf::new());
+        let stem = default_output_stem(&o.configurations);
+        // `poll` runs before any frame's Start: the context is known by then.
+        let ctx = self.ctx.clone().unwrap_or_default();
+        self.message = None;
+        self.starting.spawn(&ctx, move || {
             // One existence check per name tried, once per click.
-            crate::fsutil::numbered_folder(
-                &resolve_path(BENCHMARK_ROOT),
-                &default_output_stem(&o.configurations),
-            )
-        } else {
-            resolve_path(&o.output_dir)
-        };
-        let config = Self::bench_config(o, output_dir.clone());
+            config.output_dir = crate::fsutil::numbered_folder(&resolve_path(RESULTS_ROOT), &stem);
+            config
+        });
+    }
+
+    /// Sends a run to the worker; the tab shows its folder and follows it.
+    fn launch(&mut self, config: BenchConfig, shared: &mut Shared) {
+        let output_dir = config.output_dir.clone();
         let id = shared.next_job_id();
         let cancel = CancelToken::new();
         if shared.worker.send(Command::Benchmark {
@@ -515,6 +565,8 @@ impl CompareTab {
                 self.folder = None;
                 self.written = None;
             }
+            self.show_run = Some(output_dir.clone());
+            self.following_run = true;
             self.job = Some((id, cancel, output_dir));
             self.cancelling = false;
             self.progress = Progress {
@@ -589,8 +641,10 @@ impl CompareTab {
                         p.images_done += 1;
                         p.image = None;
                         p.config_eta = Some(*eta_seconds);
-                        // Show the results as they come.
-                        self.open_dir(ctx, dir);
+                        // Show the results as they come, unless another benchmark is shown.
+                        if self.following_run {
+                            self.open_dir(ctx, dir, true);
+                        }
                     }
                     BenchEvent::ConfigDone { .. } => p.image = None,
                     BenchEvent::Metrics {
@@ -599,7 +653,9 @@ impl CompareTab {
                     } => p.metrics = Some(metrics_text(configuration, event)),
                     BenchEvent::MetricsDone { .. } => {
                         p.metrics = None;
-                        self.open_dir(ctx, dir);
+                        if self.following_run {
+                            self.open_dir(ctx, dir, true);
+                        }
                     }
                 }
                 let f = self.progress.fraction();
@@ -615,9 +671,9 @@ impl CompareTab {
                 shared.running = None;
                 self.model_notice.job_ended();
                 self.message = Some(super::job_outcome(*cancelled, result));
-                // A cancelled run kept the images it finished: show them too.
-                if result.is_ok() {
-                    self.open_dir(ctx, dir);
+                // A cancelled or failed run kept the images it finished: show them too.
+                if self.following_run {
+                    self.open_dir(ctx, dir, true);
                 }
                 self.scan_runs(ctx);
             }
@@ -629,6 +685,37 @@ impl CompareTab {
         if !self.scanned {
             self.scan_runs(ui.ctx());
         }
+        // A run just sent: the fields show its folder (once; the user may change them).
+        if let Some(dir) = self.show_run.take() {
+            let dir = dir.display().to_string();
+            o.benchmark_dir = dir.clone();
+            if o.output_dir.trim().is_empty() {
+                o.output_dir = dir;
+            }
+        }
+        // Here rather than in the run panel, which may be folded.
+        if let Some(r) = self.matching.poll() {
+            match r {
+                Ok(settings) => {
+                    settings.apply(o);
+                    shared.errors.succeeded(MATCH);
+                    self.message = Some(Ok(format!(
+                        "settings of the reference: model {}, {}, {}, {} steps, cfg {}, {}x{}",
+                        settings.model,
+                        settings.dtype.name(),
+                        super::count(settings.images, "image"),
+                        settings.num_steps,
+                        settings.cfg_weight,
+                        settings.size,
+                        settings.size
+                    )));
+                }
+                Err(e) => {
+                    self.message = Some(Err(e.clone()));
+                    shared.errors.report(MATCH, e);
+                }
+            }
+        }
         if let Some((pick, p)) = self.picker.poll() {
             let text = p.display().to_string();
             match pick {
@@ -637,6 +724,7 @@ impl CompareTab {
                     self.message = None;
                     self.open(ui.ctx(), &text);
                 }
+                Pick::Inception => o.inception_weights = text,
                 Pick::Reference => o.reference_dir = text,
                 Pick::Output => o.output_dir = text,
                 Pick::Plan => {
@@ -645,16 +733,6 @@ impl CompareTab {
                         run_order(&mut o.configurations);
                     }
                 }
-            }
-        }
-        // The running benchmark is the one shown, and the folder a second Start resumes.
-        if let Some((_, _, dir)) = &self.job {
-            let dir = dir.display().to_string();
-            if o.benchmark_dir != dir {
-                o.benchmark_dir = dir.clone();
-            }
-            if o.output_dir.trim().is_empty() {
-                o.output_dir = dir;
             }
         }
         self.toolbar_ui(ui, o);
@@ -765,7 +843,7 @@ impl CompareTab {
             }
             let l = ui.label("Runs").on_hover_text(format!(
                 "the benchmarks under {}",
-                resolve_path(BENCHMARK_ROOT).display()
+                resolve_path(RESULTS_ROOT).display()
             ));
             let shown = resolve_path(&o.benchmark_dir);
             let selected = self
@@ -778,7 +856,7 @@ impl CompareTab {
                 .selected_text(selected)
                 .show_ui(ui, |ui| {
                     if self.runs.is_empty() {
-                        ui.weak(format!("no benchmark in {BENCHMARK_ROOT}/ yet"));
+                        ui.weak(format!("no benchmark in {RESULTS_ROOT}/ yet"));
                     }
                     for r in &self.runs {
                         if ui
@@ -795,11 +873,11 @@ impl CompareTab {
             if let Some(r) = chosen {
                 o.benchmark_dir = r.display().to_string();
                 self.message = None;
-                self.open_dir(ui.ctx(), r);
+                self.user_open(ui.ctx(), r);
             }
             if ui
                 .small_button("Refresh")
-                .on_hover_text(format!("look again for benchmarks in {BENCHMARK_ROOT}/"))
+                .on_hover_text(format!("look again for benchmarks in {RESULTS_ROOT}/"))
                 .clicked()
             {
                 self.scan_runs(ui.ctx());
@@ -811,7 +889,7 @@ impl CompareTab {
 
     /// The options of `sd3lab benchmark`, and Start / Cancel.
     fn run_ui(&mut self, ui: &mut egui::Ui, o: &mut Options, shared: &mut Shared) {
-        let running = self.job.is_some();
+        let running = self.is_running();
         ui.add_enabled_ui(!running, |ui| {
             ui.horizontal_wrapped(|ui| {
                 ui.label(CONFIGURATIONS_LABEL).on_hover_text(
@@ -904,28 +982,6 @@ impl CompareTab {
                         .spawn(ui.ctx(), move || ReferenceSettings::read(&dir));
                 }
             });
-            if let Some(r) = self.matching.poll() {
-                match r {
-                    Ok(settings) => {
-                        settings.apply(o);
-                        shared.errors.succeeded(MATCH);
-                        self.message = Some(Ok(format!(
-                            "settings of the reference: model {}, {}, {}, {} steps, cfg {}, {}x{}",
-                            settings.model,
-                            settings.dtype.name(),
-                            super::count(settings.images, "image"),
-                            settings.num_steps,
-                            settings.cfg_weight,
-                            settings.size,
-                            settings.size
-                        )));
-                    }
-                    Err(e) => {
-                        self.message = Some(Err(e.clone()));
-                        shared.errors.report(MATCH, e);
-                    }
-                }
-            }
             if let Some(fresh) = &shared.fresh_calibration
                 && resolve_path(&o.reference_dir) != *fresh
             {
@@ -943,10 +999,10 @@ impl CompareTab {
                     ui.add(
                         egui::TextEdit::singleline(&mut o.output_dir)
                             .desired_width(220.0)
-                            .hint_text(format!("new folder in {BENCHMARK_ROOT}/")),
+                            .hint_text(format!("new folder in {RESULTS_ROOT}/")),
                     )
                     .on_hover_text(format!(
-                        "where images and results.json go; empty: a new folder in {BENCHMARK_ROOT}/ named after the configurations. Starting again into a folder holding a run with the same settings resumes it"
+                        "where images and results.json go; empty: a new folder in {RESULTS_ROOT}/ named after the configurations. Starting again into a folder holding a run with the same settings resumes it"
                     ))
                 });
                 if ui.button("Browse...").on_hover_text("pick the output folder").clicked() {
@@ -956,7 +1012,7 @@ impl CompareTab {
                     && ui
                         .small_button("New folder")
                         .on_hover_text(format!(
-                            "empty the field: the next run goes to a new folder in {BENCHMARK_ROOT}/"
+                            "empty the field: the next run goes to a new folder in {RESULTS_ROOT}/"
                         ))
                         .clicked()
                 {
@@ -1019,10 +1075,43 @@ impl CompareTab {
                     &mut o.size,
                     16..=2048,
                 );
+                widgets::number_field(
+                    ui,
+                    WARMUP_LABEL,
+                    "the first N images of each configuration are left out of the latency statistics (they are kept and scored)",
+                    &mut o.warmup,
+                    0..=100_000,
+                );
             });
-            ui.checkbox(&mut o.skip_metrics, SKIP_METRICS_LABEL).on_hover_text(
-                "only images, latency and memory: no FID/KID/IS/PSNR/SSIM/LPIPS (and no reference needed)",
-            );
+            ui.horizontal_wrapped(|ui| {
+                ui.checkbox(&mut o.skip_metrics, SKIP_METRICS_LABEL).on_hover_text(
+                    "only images, latency and memory: no FID/KID/IS/PSNR/SSIM/LPIPS (and no reference needed)",
+                );
+                ui.add_enabled_ui(!o.skip_metrics, |ui| {
+                    labelled(ui, INCEPTION_LABEL, |ui| {
+                        ui.add(
+                            egui::TextEdit::singleline(&mut o.inception_weights)
+                                .desired_width(220.0)
+                                .hint_text("the user cache"),
+                        )
+                        .on_hover_text(
+                            "the Inception network's weights for FID/KID/IS: torch-fidelity's .pth or its converted .safetensors; empty: the user cache, filled by `sd3lab metrics weights --fetch`",
+                        )
+                    });
+                    if ui
+                        .button("Browse...")
+                        .on_hover_text("pick the Inception weights file")
+                        .clicked()
+                    {
+                        self.picker.open(
+                            Pick::Inception,
+                            PickKind::File {
+                                filter: ("Inception weights", &["pth", "safetensors"]),
+                            },
+                        );
+                    }
+                });
+            });
         });
         ui.horizontal_wrapped(|ui| {
             if ui
@@ -1100,7 +1189,7 @@ impl CompareTab {
 
     /// The figures of `folder` for `quality`, made once per folder read and quality.
     fn figures_of(&mut self, folder: &Arc<BenchFolder>, quality: QualityMetric) -> Arc<Figures> {
-        let key = (Arc::as_ptr(folder) as usize, quality);
+        let key = (self.generation, quality);
         match &self.figures {
             Some((k, f)) if *k == key => f.clone(),
             _ => {
@@ -1207,8 +1296,8 @@ impl CompareTab {
         egui::Grid::new("compare-summary-table")
             .striped(true)
             .show(ui, |ui| {
-                for (c, tip) in SummaryRow::COLUMNS.iter().zip(COLUMN_TIPS) {
-                    ui.strong(*c).on_hover_text(tip);
+                for c in SummaryRow::COLUMNS {
+                    ui.strong(c).on_hover_text(column_tip(c));
                 }
                 ui.end_row();
                 for row in rows {
@@ -1274,12 +1363,17 @@ fn plots_ui(
 
 /// What a quality metric means, for tooltips.
 fn quality_tip(q: QualityMetric) -> &'static str {
+    column_tip(quality_column(q))
+}
+
+/// The summary column of a quality metric.
+fn quality_column(q: QualityMetric) -> &'static str {
     match q {
-        QualityMetric::Fid => COLUMN_TIPS[1],
-        QualityMetric::Kid => COLUMN_TIPS[2],
-        QualityMetric::Psnr => COLUMN_TIPS[4],
-        QualityMetric::Ssim => COLUMN_TIPS[5],
-        QualityMetric::Lpips => COLUMN_TIPS[6],
+        QualityMetric::Fid => "FID",
+        QualityMetric::Kid => "KID",
+        QualityMetric::Psnr => "PSNR (dB)",
+        QualityMetric::Ssim => "SSIM",
+        QualityMetric::Lpips => "LPIPS",
     }
 }
 
@@ -1424,21 +1518,65 @@ fn three_digits(v: f64) -> String {
     format!("{v:.decimals$}")
 }
 
-/// What each column of [`SummaryRow::COLUMNS`] means, in its order.
-const COLUMN_TIPS: [&str; 12] = [
-    "the configuration: a float precision, wNgG (N bits, groups of G weights) or a plan file's name",
-    "Fréchet Inception Distance to the reference set: how far the images' Inception feature statistics are from the reference's; lower is better (unreliable with few images)",
-    "Kernel Inception Distance (mean ± std over subsets): like FID, unbiased with few images; lower is better",
-    "Inception Score of the configuration's images (mean ± std over splits): higher means more confident, more varied classes",
-    "peak signal-to-noise ratio against each image's reference twin, in dB, over the pairs that differ; higher is better (identical pairs are counted apart)",
-    "structural similarity against the reference twin (1 = identical); higher is better",
-    "learned perceptual distance (LPIPS) against the reference twin; lower is better",
-    "bytes of the MMDiT's weights (quantized weights with their scales and biases)",
-    "compression ratio: the float32 MMDiT's bytes over this configuration's",
-    "compression ratio: the float16 MMDiT's bytes over this configuration's",
-    "mean seconds per image (text encoding, denoising, decoding)",
-    "the most memory MLX held while generating",
+/// What each column of [`SummaryRow::COLUMNS`] means, by its name.
+const COLUMN_TIPS: [(&str, &str); 12] = [
+    (
+        "configuration",
+        "the configuration: a float precision, wNgG (N bits, groups of G weights) or a plan file's name",
+    ),
+    (
+        "FID",
+        "Fréchet Inception Distance to the reference set: how far the images' Inception feature statistics are from the reference's; lower is better (unreliable with few images)",
+    ),
+    (
+        "KID",
+        "Kernel Inception Distance (mean ± std over subsets): like FID, unbiased with few images; lower is better",
+    ),
+    (
+        "IS",
+        "Inception Score of the configuration's images (mean ± std over splits): higher means more confident, more varied classes",
+    ),
+    (
+        "PSNR (dB)",
+        "peak signal-to-noise ratio against each image's reference twin, in dB, over the pairs that differ; higher is better (identical pairs are counted apart)",
+    ),
+    (
+        "SSIM",
+        "structural similarity against the reference twin (1 = identical); higher is better",
+    ),
+    (
+        "LPIPS",
+        "learned perceptual distance (LPIPS) against the reference twin; lower is better",
+    ),
+    (
+        "MMDiT weights",
+        "bytes of the MMDiT's weights (quantized weights with their scales and biases)",
+    ),
+    (
+        "vs fp32",
+        "compression ratio: the float32 MMDiT's bytes over this configuration's",
+    ),
+    (
+        "vs fp16",
+        "compression ratio: the float16 MMDiT's bytes over this configuration's",
+    ),
+    (
+        "s/img",
+        "mean seconds per image (text encoding, denoising, decoding)",
+    ),
+    (
+        "peak MLX memory",
+        "the most memory MLX held while generating",
+    ),
 ];
+
+/// What the summary's column `name` means (empty for a column without a tip).
+fn column_tip(name: &str) -> &'static str {
+    COLUMN_TIPS
+        .iter()
+        .find(|(c, _)| *c == name)
+        .map_or("", |(_, tip)| tip)
+}
 
 /// Why some of the table's cells are empty: metrics skipped or not computed yet (`running`:
 /// the benchmark is running now), LPIPS weights missing, the reference gone.
@@ -1528,28 +1666,25 @@ pub fn error_message(e: &BenchError) -> String {
             plain(&e.to_string())
         ),
         BenchError::RunDiffers { .. } => format!(
-            "{}: to resume it, set the fields back to its settings; to start a new run, choose another \"{OUTPUT_LABEL}\" (empty: a new folder in {BENCHMARK_ROOT}/)",
+            "{}: to resume it, set the fields back to its settings; to start a new run, choose another \"{OUTPUT_LABEL}\" (empty: a new folder in {RESULTS_ROOT}/)",
             plain(&e.to_string())
         ),
         BenchError::ConfigurationDiffers { .. } | BenchError::ForeignData { .. } => format!(
-            "{}: choose another \"{OUTPUT_LABEL}\" (empty: a new folder in {BENCHMARK_ROOT}/)",
+            "{}: choose another \"{OUTPUT_LABEL}\" (empty: a new folder in {RESULTS_ROOT}/)",
             plain(&e.to_string())
         ),
         BenchError::Lock(_) => format!(
             "{}: another benchmark is writing there; wait for it, or choose another \"{OUTPUT_LABEL}\"",
             error_sentence(e)
         ),
-        BenchError::Metrics(m)
-            if matches!(
-                **m,
-                MetricsError::Weights(crate::metrics::weights::WeightsError::Missing { .. })
-            ) =>
-        {
-            format!(
-                "{}: fetch them once with `sd3lab metrics weights --fetch`, or tick \"{SKIP_METRICS_LABEL}\"",
-                error_sentence(e)
-            )
-        }
+        BenchError::Metrics(m) => match m.as_ref() {
+            MetricsError::Weights(WeightsError::Missing { cache, .. }) => format!(
+                "{}: choose a weights file in \"{INCEPTION_LABEL}\" (torch-fidelity's .pth or a converted .safetensors), or fetch them once with `sd3lab metrics weights --fetch`, which puts them in {}; or tick \"{SKIP_METRICS_LABEL}\"",
+                error_sentence(e),
+                cache.display()
+            ),
+            _ => error_sentence(e),
+        },
         BenchError::Calibrate(c) => match c.as_ref() {
             CalibrateError::Source(s) => super::model_error_message(s, MODEL_LABEL),
             CalibrateError::Settings(_) => format!(
@@ -1583,6 +1718,38 @@ mod tests {
         assert_eq!(three_digits(1.7068), "1.71");
         assert_eq!(three_digits(1234.5), "1234");
         assert_eq!(three_digits(0.0), "0");
+    }
+
+    #[test]
+    fn every_summary_column_and_quality_has_its_tip() {
+        let named: Vec<&str> = COLUMN_TIPS.iter().map(|(c, _)| *c).collect();
+        assert_eq!(named, SummaryRow::COLUMNS);
+        for q in QualityMetric::ALL {
+            assert!(
+                SummaryRow::COLUMNS.contains(&quality_column(q)),
+                "{q:?}: {}",
+                quality_column(q)
+            );
+            assert!(!quality_tip(q).is_empty(), "{q:?}");
+        }
+        assert!(quality_tip(QualityMetric::Kid).starts_with("Kernel Inception Distance"));
+        assert!(quality_tip(QualityMetric::Lpips).contains("LPIPS"));
+    }
+
+    #[test]
+    fn a_missing_inception_weights_refusal_names_the_field_and_the_cache() {
+        let m = error_message(&BenchError::Metrics(Box::new(MetricsError::Weights(
+            WeightsError::Missing {
+                what: "Inception",
+                cache: "/cache/metrics".into(),
+            },
+        ))));
+        assert!(m.contains(INCEPTION_LABEL), "{m}");
+        assert!(
+            m.contains("sd3lab metrics weights --fetch") && m.contains("/cache/metrics"),
+            "{m}"
+        );
+        assert!(m.contains(SKIP_METRICS_LABEL), "{m}");
     }
 
     #[test]

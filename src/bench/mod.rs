@@ -44,6 +44,34 @@ pub use results::{
     PairedValues, RESULTS_JSON, RESULTS_SCHEMA, Records, ReferenceProvenance,
 };
 
+/// Images per configuration generated first and left out of the latency statistics, unless
+/// told otherwise (`sd3lab benchmark --warmup` and the Compare tab's default).
+pub const DEFAULT_WARMUP: usize = 1;
+
+/// Where benchmarks go by default (under the base folder), and where the Compare tab lists
+/// them.
+pub const RESULTS_ROOT: &str = "benchmark_results";
+
+/// The name a run's default output folder (under [`RESULTS_ROOT`]) starts from: the
+/// configurations' names joined by `_`, a plan file by its stem, `:` left out (`w4:g32` ->
+/// `w4g32`); `run` without configurations.
+pub fn default_output_stem(configurations: &[String]) -> String {
+    let names: Vec<String> = configurations
+        .iter()
+        .map(|c| {
+            Path::new(c)
+                .file_stem()
+                .map_or_else(|| c.clone(), |s| s.to_string_lossy().into_owned())
+                .replace(':', "")
+        })
+        .collect();
+    if names.is_empty() {
+        "run".into()
+    } else {
+        names.join("_")
+    }
+}
+
 /// Settings of a benchmark run (`sd3lab benchmark`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchConfig {

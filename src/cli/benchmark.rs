@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use sd3lab::bench::{BenchConfig, BenchError, BenchEvent, BenchSummary, run_benchmark};
+use sd3lab::bench::{
+    BenchConfig, BenchError, BenchEvent, BenchSummary, RESULTS_ROOT, default_output_stem,
+    run_benchmark,
+};
 use sd3lab::model::config::ModelDtype;
 
 use super::{ModelEvents, bar_style, cancel_on_ctrl_c, source_error};
@@ -49,7 +52,7 @@ pub struct BenchmarkArgs {
     #[arg(long, value_enum)]
     dtype: Option<ModelDtype>,
     /// Images per configuration generated first and left out of the latency statistics.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = sd3lab::bench::DEFAULT_WARMUP)]
     warmup: usize,
     /// Seed of image 0 when the reference has no manifest (image i uses seed + i).
     #[arg(long, default_value_t = 0)]
@@ -92,17 +95,7 @@ impl BenchmarkArgs {
             (!self.skip_metrics && default_reference.is_dir()).then_some(default_reference)
         });
         let output_dir = self.output_dir.clone().unwrap_or_else(|| {
-            let names: Vec<String> = self
-                .configs
-                .iter()
-                .map(|c| {
-                    std::path::Path::new(c)
-                        .file_stem()
-                        .map_or_else(|| c.clone(), |s| s.to_string_lossy().into_owned())
-                        .replace(':', "")
-                })
-                .collect();
-            PathBuf::from("benchmark_results").join(names.join("_"))
+            PathBuf::from(RESULTS_ROOT).join(default_output_stem(&self.configs))
         });
         BenchConfig {
             configurations: self.configs.clone(),
