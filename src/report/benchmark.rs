@@ -703,13 +703,16 @@ fn quality_of(shown: &BenchFolder, opts: &BenchmarkReportOptions) -> QualityMetr
         .unwrap_or_else(|| QualityMetric::default_for(&shown.summary()))
 }
 
+/// Figures by file stem, and the note on what the quality plot leaves out.
+pub type FiguresWithNote = (Vec<(String, Figure)>, Option<String>);
+
 /// The report's figures for `opts` (its configurations, its quality axis or the default) and
 /// the note on what the quality plot leaves out ([`quality_note`]): what the report shows and
 /// `sd3lab report benchmark --figures` exports.
 pub fn figures_for(
     folder: &BenchFolder,
     opts: &BenchmarkReportOptions,
-) -> Result<(Vec<(String, Figure)>, Option<String>), ReportError> {
+) -> Result<FiguresWithNote, ReportError> {
     let shown = checked(folder, opts)?;
     let quality = quality_of(&shown, opts);
     Ok((
