@@ -140,7 +140,7 @@ fn the_difference_of_identical_images_is_zero() {
             .state()
             .compare
             .view
-            .difference(&f, 0, name, gain)
+            .difference(&f, 0, name)
             .unwrap_or_else(|| panic!("{name}'s difference was not computed"))
             .clone()
             .unwrap();
@@ -169,6 +169,29 @@ fn the_difference_of_identical_images_is_zero() {
         }
     }
     h.get_by_label_contains(&format!("|Δ| (0-255) × gain {gain}"));
+    // Another gain recolours the same |Δ|: not computed again.
+    let before = h
+        .state()
+        .compare
+        .view
+        .difference(&f, 0, "w4g64")
+        .unwrap()
+        .clone()
+        .unwrap();
+    let other = if gain == 2.0 { 4.0 } else { 2.0 };
+    h.state_mut().persisted.compare.view.gain = other;
+    settle(&mut h);
+    h.get_by_label_contains(&format!("|Δ| (0-255) × gain {other}"));
+    let after = h
+        .state()
+        .compare
+        .view
+        .difference(&f, 0, "w4g64")
+        .unwrap()
+        .clone()
+        .unwrap();
+    assert!(Arc::ptr_eq(&before, &after));
+    assert!(!h.state().compare.view.waiting_for_images());
 }
 
 #[test]

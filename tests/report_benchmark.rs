@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 
 use sd3lab::bench::{BenchFolder, PairedMetric, SummaryRow};
 use sd3lab::report::benchmark::{
-    BenchmarkReportOptions, QualityMetric, THUMBNAIL_SIZE, benchmark_figures, quality_note,
-    write_benchmark_report,
+    BENCHMARK_FIGURE_SIZE, BenchmarkReportOptions, QualityMetric, THUMBNAIL_SIZE,
+    benchmark_figures, figures_for, quality_note, write_benchmark_report,
 };
 
 /// The fixture benchmark, made once for this test binary (it takes ~20 s) in cargo's
@@ -62,6 +62,17 @@ fn decode_png(path: &Path) -> image::RgbImage {
     image::open(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .into_rgb8()
+}
+
+/// A PNG that shows something: more than one colour.
+fn assert_not_blank(path: &Path) {
+    let img = decode_png(path);
+    let first = *img.get_pixel(0, 0);
+    assert!(
+        img.pixels().any(|p| *p != first),
+        "{} is one colour",
+        path.display()
+    );
 }
 
 #[test]
@@ -193,7 +204,7 @@ fn the_markdown_report_writes_its_figures_and_thumbnails_as_pngs_that_decode() {
     for link in &links {
         let path = out_dir.path().join(link);
         assert!(written.contains(&path), "{link} not reported");
-        decode_png(&path);
+        assert_not_blank(&path);
     }
     let figure = decode_png(&out_dir.path().join("bench_files/quality-vs-weights.png"));
     assert_eq!(figure.dimensions(), (900, 420));
@@ -248,7 +259,7 @@ fn the_figures_export_as_svg_and_png_with_titles_and_configuration_names() {
     let stems: Vec<&str> = figs.iter().map(|f| f.0.as_str()).collect();
     assert_eq!(stems, ["quality-vs-weights", "latency", "peak-memory"]);
     let dir = scratch();
-    let written = sd3lab::report::export_figures(&figs, dir.path(), (900, 520)).unwrap();
+    let written = sd3lab::report::export_figures(&figs, dir.path(), BENCHMARK_FIGURE_SIZE).unwrap();
     assert_eq!(written.len(), 6);
     for (stem, fig) in &figs {
         let svg = std::fs::read_to_string(dir.path().join(format!("{stem}.svg"))).unwrap();
@@ -257,7 +268,8 @@ fn the_figures_export_as_svg_and_png_with_titles_and_configuration_names() {
             assert!(svg.contains(&r.name), "{stem}: {}", r.name);
         }
         let png = decode_png(&dir.path().join(format!("{stem}.png")));
-        assert_eq!(png.dimensions(), (900, 520));
+        assert_eq!(png.dimensions(), BENCHMARK_FIGURE_SIZE);
+        assert_not_blank(&dir.path().join(format!("{stem}.png")));
     }
     let svg = std::fs::read_to_string(dir.path().join("quality-vs-weights.svg")).unwrap();
     assert!(svg.contains("MMDiT weights (MB)") && svg.contains("FID, lower is better"));
@@ -335,6 +347,29 @@ fn the_cli_writes_the_report_and_figures_and_refuses_what_it_cannot_read_or_writ
     assert_eq!(image_headings(w4).len(), 3);
     // The PSNR plot leaves fp32 out, and the CLI says why.
     assert!(String::from_utf8_lossy(&out.stderr).contains("fp32"));
+
+    // A configuration the folder does not have is refused, naming it and the ones it has;
+    // so is showing no worst prompts. Nothing is written.
+    let refused = out_dir.path().join("refused.html");
+    for (args, says) in [
+        (
+            vec!["--configuration", "w4g64", "--configuration", "w3g64"],
+            vec!["w3g64", "fp32, w8g64, w4g64"],
+        ),
+        (vec!["--worst", "0"], vec!["at least 1"]),
+    ] {
+        let mut all = vec!["report", "benchmark", &bench, "--output"];
+        all.push(refused.to_str().unwrap());
+        all.extend(args.iter().copied());
+        let out = run(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        for s in says {
+            assert!(stderr.contains(s), "{args:?}: {stderr}");
+        }
+        assert!(!refused.exists());
+        assert!(!out_dir.path().join("refused_data.csv").exists());
+    }
 
     // A folder that is not a benchmark.
     let empty = out_dir.path().join("empty");
@@ -432,4 +467,131 @@ fn prompts_are_escaped_and_an_unreadable_image_is_named_not_fatal() {
         "raw HTML in the Markdown"
     );
     assert!(md.contains("\\<script\\>alert(\"x\")\\</script\\> \\& \\*bold\\* \\[link\\](y)"));
+}
+
+#[test]
+fn the_figures_follow_the_reports_configurations_and_quality() {
+    let folder = BenchFolder::open(fixture()).unwrap();
+    let opts = BenchmarkReportOptions {
+        configurations: vec!["w8g64".into(), "w4g64".into()],
+        quality: Some(QualityMetric::Psnr),
+        ..Default::default()
+    };
+    let (figs, note) = figures_for(&folder, &opts).unwrap();
+    let sd3lab::report::Figure::Lines { markers, .. } = &figs[0].1 else {
+        panic!("lines")
+    };
+    let names: Vec<&str> = markers.iter().map(|m| m.0.as_str()).collect();
+    assert_eq!(names, ["w8g64", "w4g64"]);
+    // fp32 (infinite PSNR) is not shown, so nothing is left off the plot.
+    assert_eq!(note, None);
+    let (_, note) = figures_for(
+        &folder,
+        &BenchmarkReportOptions {
+            quality: Some(QualityMetric::Psnr),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(note.unwrap().contains("fp32"));
+    let err = figures_for(
+        &folder,
+        &BenchmarkReportOptions {
+            configurations: vec!["nope".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("nope") && err.contains("fp32, w8g64, w4g64"),
+        "{err}"
+    );
+}
+
+/// `worst_first` orders by each metric's own direction: checked against the values of
+/// `per_image.csv`, sorted here worst first (PSNR and SSIM ascending, "inf" the best PSNR).
+#[test]
+fn worst_first_follows_per_image_csv_for_psnr_and_ssim() {
+    let folder = BenchFolder::open(fixture()).unwrap();
+    let mut reader = csv::Reader::from_path(fixture().join("per_image.csv")).unwrap();
+    let header = reader.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (c_conf, c_index, c_psnr, c_ssim) = (
+        col("configuration"),
+        col("index"),
+        col("psnr_db"),
+        col("ssim"),
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let mut checked = 0;
+    for c in &folder.configurations {
+        for (metric, column) in [(PairedMetric::Psnr, c_psnr), (PairedMetric::Ssim, c_ssim)] {
+            let mut want: Vec<(usize, f64)> = rows
+                .iter()
+                .filter(|r| &r[c_conf] == c.name.as_str() && !r[column].is_empty())
+                .map(|r| {
+                    let v = match &r[column] {
+                        "inf" => f64::INFINITY,
+                        v => v.parse().unwrap(),
+                    };
+                    (r[c_index].parse().unwrap(), v)
+                })
+                .collect();
+            want.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            let got = folder.worst_first(&c.name, metric);
+            assert_eq!(got.len(), want.len(), "{} {metric:?}", c.name);
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.0, w.0, "{} {metric:?}: {got:?} vs {want:?}", c.name);
+                assert!(
+                    g.1 == w.1 || (g.1 - w.1).abs() < 1e-5,
+                    "{} {metric:?}: {got:?} vs {want:?}",
+                    c.name
+                );
+            }
+            checked += want.len();
+        }
+    }
+    // 3 configurations × 4 images × 2 metrics.
+    assert_eq!(checked, 24);
+}
+
+#[test]
+fn identical_pairs_are_never_among_the_worst() {
+    let dir = scratch();
+    let bench = dir.path().join("bench");
+    copy_dir(fixture(), &bench);
+    // w4g64's worst image recorded as identical to its twin (PSNR null: infinite).
+    let folder = BenchFolder::open(&bench).unwrap();
+    let order = folder.worst_first("w4g64", PairedMetric::Psnr);
+    let (index, _) = order[0];
+    let metrics = bench.join("w4g64").join("metrics.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    let entry = json["per_image"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|p| p["index"] == index)
+        .unwrap();
+    entry["psnr"] = serde_json::Value::Null;
+    std::fs::write(&metrics, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    let folder = BenchFolder::open(&bench).unwrap();
+    assert_eq!(
+        folder.worst_first("w4g64", PairedMetric::Psnr).last(),
+        Some(&(index, f64::INFINITY))
+    );
+    let out = dir.path().join("r.html");
+    write_benchmark_report(&folder, &out, &BenchmarkReportOptions::default()).unwrap();
+    let html = std::fs::read_to_string(&out).unwrap();
+    let w4 = section(&html, "<h2>w4g64: ", "<h2>");
+    let shown = image_headings(w4);
+    let want: Vec<usize> = order[1..].iter().map(|p| p.0).collect();
+    assert_eq!(shown, want);
+    assert!(w4.contains("1 identical to their twins left out"), "{w4}");
+    assert!(!w4.contains(" inf"), "{w4}");
+    // fp32: every image identical, no worst list at all.
+    let fp32 = section(&html, "<h2>fp32: ", "<h2>");
+    assert!(fp32.contains("Every image is identical"), "{fp32}");
+    assert!(image_headings(fp32).is_empty());
 }

@@ -22,7 +22,7 @@ use super::Shared;
 use super::preview::TextureCache;
 use crate::bench::{BenchFolder, ConfigurationImages, PairedMetric};
 use crate::metrics::images::load_rgb;
-use crate::metrics::paired::{RgbView, abs_difference};
+use crate::report::benchmark::{difference_image, fit_within};
 use crate::report::colormap::difference_rgb;
 
 /// What the image area shows.
@@ -62,7 +62,7 @@ pub const THUMB: u32 = 128;
 /// Decodes running at once (the machine's cores are shared with the worker's job).
 const MAX_DECODES: usize = 3;
 
-/// Difference maps kept (each is 4 bytes per pixel: |Δ| and its colours).
+/// Difference maps kept (|Δ|, one byte per pixel; their colours at each gain are textures).
 const DIFF_CACHE: usize = 12;
 
 /// Half a blink: the reference, then the focus configuration, this long each.
@@ -169,6 +169,50 @@ enum Picture {
 
 type Decoded = (ImageKey, Result<egui::ColorImage, String>);
 
+/// A helper thread's answer for `key`: sent by [`Reply::send`], or, when the thread panics
+/// before it does, an error sent as the guard drops; so the key always leaves the waiting
+/// set (`in_flight`, `pending`) and the screenshot never waits forever.
+struct Reply<K: Clone, T> {
+    tx: crossbeam_channel::Sender<(K, Result<T, String>)>,
+    key: K,
+    ctx: egui::Context,
+    sent: bool,
+}
+
+impl<K: Clone, T> Reply<K, T> {
+    fn new(
+        tx: crossbeam_channel::Sender<(K, Result<T, String>)>,
+        key: K,
+        ctx: egui::Context,
+    ) -> Self {
+        Self {
+            tx,
+            key,
+            ctx,
+            sent: false,
+        }
+    }
+
+    fn send(mut self, result: Result<T, String>) {
+        self.sent = true;
+        // The view may be gone (the tab closed): nobody to tell.
+        let _ = self.tx.send((self.key.clone(), result));
+        self.ctx.request_repaint();
+    }
+}
+
+impl<K: Clone, T> Drop for Reply<K, T> {
+    fn drop(&mut self) {
+        if !self.sent {
+            let _ = self.tx.send((
+                self.key.clone(),
+                Err("the helper thread failed (panicked); see the log".to_owned()),
+            ));
+            self.ctx.request_repaint();
+        }
+    }
+}
+
 /// PNG decoding on helper threads, at most [`MAX_DECODES`] at once, into the texture cache.
 /// Each frame asks again for what it shows; what is asked and not cached is queued, newest
 /// frame's requests only, so scrolled-past thumbnails are never decoded.
@@ -209,11 +253,7 @@ fn decode(key: &ImageKey) -> Result<egui::ColorImage, String> {
         Some(side) if w.max(h) > side => {
             let buffer = image::RgbImage::from_raw(w, h, rgb.data)
                 .ok_or_else(|| format!("{}: pixels do not fit its size", key.path.display()))?;
-            let (tw, th) = if w >= h {
-                (side, (h * side / w).max(1))
-            } else {
-                ((w * side / h).max(1), side)
-            };
+            let (tw, th) = fit_within(w, h, side);
             let small = image::imageops::thumbnail(&buffer, tw, th);
             Ok(egui::ColorImage::from_rgb(
                 [tw as usize, th as usize],
@@ -287,26 +327,25 @@ impl Images {
             if !self.in_flight.insert(key.clone()) {
                 continue;
             }
-            let (tx, ctx) = (self.tx.clone(), ctx.clone());
+            let reply = Reply::new(self.tx.clone(), key, ctx.clone());
             std::thread::spawn(move || {
-                let result = decode(&key);
-                let _ = tx.send((key, result));
-                ctx.request_repaint();
+                let result = decode(&reply.key);
+                reply.send(result);
             });
         }
     }
 }
 
-/// A difference map of one image against its reference twin at one gain.
+/// A difference map of one image (one prompt of one configuration) against its reference
+/// twin. Not of the gain: a new gain recolours the map, it does not decode again.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct DiffKey {
     reference: PathBuf,
     image: PathBuf,
-    gain_bits: u32,
 }
 
-/// |configuration − reference| of one image (`metrics::paired::abs_difference`) and its
-/// colours at the gain (`report::colormap::difference_rgb`).
+/// |configuration − reference| of one image (`report::benchmark::difference_image`, as the
+/// report's); coloured per gain by `report::colormap::difference_rgb` when drawn.
 #[derive(Debug, Clone)]
 pub struct Difference {
     pub width: usize,
@@ -315,30 +354,24 @@ pub struct Difference {
     pub diff: Vec<u8>,
     /// The largest |Δ| of the image (0: identical).
     pub max: u8,
-    pub rgb: Vec<u8>,
 }
 
 fn difference(key: &DiffKey) -> Result<Difference, String> {
-    let sentence = |e: &(dyn std::error::Error + 'static)| super::feedback::error_sentence(e);
-    let a = load_rgb(&key.reference).map_err(|e| sentence(&e))?;
-    let b = load_rgb(&key.image).map_err(|e| sentence(&e))?;
-    fn view(i: &crate::metrics::images::Rgb8Image) -> Result<RgbView<'_>, String> {
-        RgbView::new(i.width, i.height, &i.data).map_err(|e| super::feedback::error_sentence(&e))
-    }
-    let diff = abs_difference(&view(&b)?, &view(&a)?).map_err(|e| sentence(&e))?;
-    let rgb = difference_rgb(&diff, f32::from_bits(key.gain_bits));
+    let (w, h, diff) = difference_image(&key.reference, &key.image)
+        .map_err(|e| super::feedback::error_sentence(&e))?;
     Ok(Difference {
-        width: a.width as usize,
-        height: a.height as usize,
+        width: w as usize,
+        height: h as usize,
         max: diff.iter().copied().max().unwrap_or(0),
         diff,
-        rgb,
     })
 }
 
 type DiffDone = (DiffKey, Result<Arc<Difference>, String>);
 
-/// Difference maps computed on helper threads, the last [`DIFF_CACHE`] kept.
+/// Difference maps computed on helper threads, at most [`MAX_DECODES`] at once (a map asked
+/// for while they run is asked again next frame: only what is still shown then starts), the
+/// last [`DIFF_CACHE`] kept.
 struct Differences {
     tx: crossbeam_channel::Sender<DiffDone>,
     rx: crossbeam_channel::Receiver<DiffDone>,
@@ -374,19 +407,21 @@ impl Differences {
         }
     }
 
-    /// The map of `key`, started on a helper thread when missing (None while computed).
+    /// The map of `key`, started on a helper thread when missing and a thread is free (None
+    /// until computed).
     fn get(
         &mut self,
         ctx: &egui::Context,
         key: DiffKey,
     ) -> Option<&Result<Arc<Difference>, String>> {
-        if !self.done.contains_key(&key) && self.pending.insert(key.clone()) {
-            let (tx, ctx, job) = (self.tx.clone(), ctx.clone(), key.clone());
+        if !self.done.contains_key(&key)
+            && self.pending.len() < MAX_DECODES
+            && self.pending.insert(key.clone())
+        {
+            let reply = Reply::new(self.tx.clone(), key.clone(), ctx.clone());
             std::thread::spawn(move || {
-                let result = difference(&job).map(Arc::new);
-                let key = job;
-                let _ = tx.send((key, result));
-                ctx.request_repaint();
+                let result = difference(&reply.key).map(Arc::new);
+                reply.send(result);
             });
         }
         self.done.get(&key)
@@ -586,23 +621,21 @@ impl CompareView {
         self.zoom.scale
     }
 
-    /// The difference map of image `index` of configuration `config` at `gain`, once computed.
+    /// The difference map of image `index` of configuration `config`, once computed.
     pub fn difference(
         &self,
         folder: &BenchFolder,
         index: usize,
         config: &str,
-        gain: f32,
     ) -> Option<&Result<Arc<Difference>, String>> {
-        let key = Self::diff_key(folder, index, config, gain)?;
+        let key = Self::diff_key(folder, index, config)?;
         self.diffs.done.get(&key)
     }
 
-    fn diff_key(folder: &BenchFolder, index: usize, config: &str, gain: f32) -> Option<DiffKey> {
+    fn diff_key(folder: &BenchFolder, index: usize, config: &str) -> Option<DiffKey> {
         Some(DiffKey {
             reference: folder.reference.get(index)?.clone()?,
             image: folder.configuration(config)?.images.get(&index)?.clone(),
-            gain_bits: gain.to_bits(),
         })
     }
 
@@ -688,15 +721,11 @@ impl CompareView {
             self.blink = !self.blink;
         }
         if (down || up) && !self.order.is_empty() {
-            let at = self
-                .order
-                .iter()
-                .position(|&i| i == self.selected)
-                .unwrap_or(0);
-            let to = if down {
-                (at + 1).min(self.order.len() - 1)
-            } else {
-                at.saturating_sub(1)
+            // From a selection not in the list, either key goes to its first prompt.
+            let to = match self.order.iter().position(|&i| i == self.selected) {
+                None => 0,
+                Some(at) if down => (at + 1).min(self.order.len() - 1),
+                Some(at) => at.saturating_sub(1),
             };
             self.selected = self.order[to];
             self.scroll_to_selected = true;
@@ -1138,7 +1167,7 @@ impl CompareView {
             return;
         };
         let gain = o.gain;
-        let key = Self::diff_key(folder, i, &focus.name, gain);
+        let key = Self::diff_key(folder, i, &focus.name);
         let picture = match &key {
             None if !focus.images.contains_key(&i) => {
                 Picture::Missing(format!("{}: not generated yet", focus.name))
@@ -1160,8 +1189,13 @@ impl CompareView {
                         key.reference.display(),
                         key.image.display()
                     );
+                    // Coloured at this gain here: a 512² map is a millisecond's work, and the
+                    // texture of each gain stays in the cache.
                     Picture::Ready(textures.get_or_insert(ui.ctx(), &name, FULL_OPTIONS, || {
-                        egui::ColorImage::from_rgb([d.width, d.height], &d.rgb)
+                        egui::ColorImage::from_rgb(
+                            [d.width, d.height],
+                            &difference_rgb(&d.diff, gain),
+                        )
                     }))
                 }
             },
@@ -1441,6 +1475,26 @@ mod tests {
             max_side: None,
         });
         assert!(missing.unwrap_err().contains("gone.png"));
+    }
+
+    #[test]
+    fn a_helper_thread_that_panics_still_releases_its_key() {
+        let (tx, rx) = crossbeam_channel::unbounded::<(u32, Result<u8, String>)>();
+        let ctx = egui::Context::default();
+        let reply = Reply::new(tx.clone(), 7, ctx.clone());
+        let joined = std::thread::spawn(move || {
+            let _held = reply;
+            panic!("decoder bug");
+        })
+        .join();
+        assert!(joined.is_err());
+        let (key, result) = rx.try_recv().expect("an answer despite the panic");
+        assert_eq!(key, 7);
+        assert!(result.unwrap_err().contains("panicked"));
+        // A thread that answers sends its answer once, and nothing more on drop.
+        Reply::new(tx, 8, ctx).send(Ok(3));
+        assert_eq!(rx.try_recv().unwrap(), (8, Ok(3)));
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]

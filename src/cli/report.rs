@@ -33,7 +33,8 @@ pub struct ReportBenchmarkArgs {
     /// report.html or report.md.
     #[arg(long)]
     output: PathBuf,
-    /// How many of each configuration's prompts furthest from the reference to show.
+    /// How many of each configuration's prompts furthest from the reference to show (at
+    /// least 1).
     #[arg(long, default_value_t = 10)]
     worst: usize,
     /// The per-image metric that picks and orders those prompts.
@@ -42,7 +43,8 @@ pub struct ReportBenchmarkArgs {
     /// The quality axis of the trade-off plot (default: FID when the run has it, else PSNR).
     #[arg(long, value_enum)]
     quality: Option<sd3lab::report::benchmark::QualityMetric>,
-    /// Only this configuration (repeat for several; default: all).
+    /// Only this configuration (repeat for several; default: all); a name the folder does not
+    /// have is refused.
     #[arg(long = "configuration")]
     configurations: Vec<String>,
     /// Also write every figure as SVG and PNG into this folder.
@@ -156,8 +158,7 @@ fn sensitivity(args: &ReportSensitivityArgs) -> anyhow::Result<ExitCode> {
 
 fn benchmark(args: &ReportBenchmarkArgs) -> anyhow::Result<ExitCode> {
     use sd3lab::report::benchmark::{
-        BenchmarkReportOptions, QualityMetric, benchmark_figures, quality_note,
-        write_benchmark_report,
+        BENCHMARK_FIGURE_SIZE, BenchmarkReportOptions, figures_for, write_benchmark_report,
     };
     let folder = sd3lab::bench::BenchFolder::open(&args.bench_dir)?;
     let opts = BenchmarkReportOptions {
@@ -171,20 +172,11 @@ fn benchmark(args: &ReportBenchmarkArgs) -> anyhow::Result<ExitCode> {
         println!("wrote {}", p.display());
     }
     if let Some(dir) = &args.figures {
-        let mut shown = folder.clone();
-        if !args.configurations.is_empty() {
-            shown
-                .configurations
-                .retain(|c| args.configurations.contains(&c.name));
-        }
-        let quality = args
-            .quality
-            .unwrap_or_else(|| QualityMetric::default_for(&shown.summary()));
-        if let Some(note) = quality_note(&shown, quality) {
+        let (figs, note) = figures_for(&folder, &opts)?;
+        if let Some(note) = note {
             eprintln!("note: {note}");
         }
-        let figs = benchmark_figures(&shown, quality);
-        for p in sd3lab::report::export_figures(&figs, dir, (900, 520))? {
+        for p in sd3lab::report::export_figures(&figs, dir, BENCHMARK_FIGURE_SIZE)? {
             println!("wrote {}", p.display());
         }
     }

@@ -14,8 +14,8 @@ use super::colormap::difference_rgb;
 use super::{Doc, Figure, ReportError, Series, html_escape, write};
 use crate::bench::{BenchFolder, PairedMetric, SummaryRow};
 use crate::image::{PixelFormat, encode_png};
-use crate::metrics::images::{Rgb8Image, load_rgb};
-use crate::metrics::paired::{RgbView, abs_difference};
+use crate::metrics::images::{ImagesError, Rgb8Image, load_rgb};
+use crate::metrics::paired::{PairedError, RgbView, abs_difference};
 
 /// The image-quality number a benchmark's trade-off plot shows against weight bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -289,11 +289,66 @@ pub const DIFFERENCE_GAIN: f32 = 8.0;
 /// The longest side of a report's thumbnails, in pixels.
 pub const THUMBNAIL_SIZE: u32 = 256;
 
+/// The size (pixels) the benchmark's figures are exported at, by the CLI and the Compare tab.
+pub const BENCHMARK_FIGURE_SIZE: (u32, u32) = (900, 520);
+
+/// Why a difference picture could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DifferenceError {
+    #[error(transparent)]
+    Read(#[from] ImagesError),
+    #[error("{} against {}: {source}", image.display(), reference.display())]
+    Compare {
+        reference: PathBuf,
+        image: PathBuf,
+        source: PairedError,
+    },
+}
+
+/// |`image` − `reference`| of two PNGs (`metrics::paired::abs_difference`: the largest channel
+/// |Δ| of each pixel, row-major): (width, height, |Δ|). The Compare tab's difference view and
+/// the report's difference thumbnails both come from here, so they agree.
+pub fn difference_image(
+    reference: &Path,
+    image: &Path,
+) -> Result<(u32, u32, Vec<u8>), DifferenceError> {
+    let a = load_rgb(reference)?;
+    let b = load_rgb(image)?;
+    let compare = |source| DifferenceError::Compare {
+        reference: reference.to_owned(),
+        image: image.to_owned(),
+        source,
+    };
+    let va = RgbView::new(a.width, a.height, &a.data).map_err(compare)?;
+    let vb = RgbView::new(b.width, b.height, &b.data).map_err(compare)?;
+    let diff = abs_difference(&vb, &va).map_err(compare)?;
+    Ok((a.width, a.height, diff))
+}
+
+/// The size of a `w` × `h` image fitted within `max` × `max`: a larger one shrunk to `max` on
+/// its longest side (the other rounded, at least 1), a smaller one enlarged by the largest whole
+/// factor that fits (so its pixels stay whole blocks). Computed in u64: `h * max` overflows u32
+/// for huge images.
+pub fn fit_within(w: u32, h: u32, max: u32) -> (u32, u32) {
+    let longest = u64::from(w.max(h).max(1));
+    let max64 = u64::from(max);
+    if longest > max64 {
+        let side = |x: u32| ((u64::from(x) * max64 + longest / 2) / longest).clamp(1, max64) as u32;
+        (side(w), side(h))
+    } else {
+        let k = (max64 / longest).max(1) as u32;
+        (w.saturating_mul(k), h.saturating_mul(k))
+    }
+}
+
 /// The report's summary CSV: the table's numbers unformatted, one row per configuration.
-fn summary_csv(rows: &[SummaryRow]) -> Result<String, ReportError> {
+fn summary_csv(rows: &[SummaryRow], path: &Path) -> Result<String, ReportError> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
-    let csv_err = |e: csv::Error| ReportError::Draw("the summary CSV".into(), e.to_string());
+    let csv_err = |e: csv::Error| ReportError::Csv {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
     w.write_record([
         "configuration",
         "fid",
@@ -336,27 +391,36 @@ fn summary_csv(rows: &[SummaryRow]) -> Result<String, ReportError> {
         ])
         .map_err(csv_err)?;
     }
-    let bytes = w
-        .into_inner()
-        .map_err(|e| ReportError::Draw("the summary CSV".into(), e.to_string()))?;
+    let bytes = w.into_inner().map_err(|e| ReportError::Csv {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The run's `results.json` as the benchmark wrote it, byte for byte (a JSON value written
 /// again would round some floats differently); written again from what was read only when
-/// the file is gone.
+/// the file is gone. Any other read error is the caller's.
 fn results_json(folder: &BenchFolder) -> Result<Vec<u8>, ReportError> {
-    match std::fs::read(folder.dir.join(crate::bench::RESULTS_JSON)) {
+    let path = folder.dir.join(crate::bench::RESULTS_JSON);
+    match std::fs::read(&path) {
         Ok(bytes) => Ok(bytes),
-        Err(_) => Ok(serde_json::to_string_pretty(&folder.results)?.into_bytes()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(serde_json::to_string_pretty(&folder.results)?.into_bytes())
+        }
+        Err(source) => Err(ReportError::Io { path, source }),
     }
 }
 
-/// Writes `<stem>_data.csv` (`csv`) and `<stem>_data.json` (`json`, bytes as they are) beside
-/// `output`.
-fn write_data(output: &Path, csv: &str, json: &[u8]) -> Result<Vec<PathBuf>, ReportError> {
+/// Writes `<stem>_data.csv` (the summary of `rows`) and `<stem>_data.json` (`json`, bytes as
+/// they are) beside `output`.
+fn write_data(
+    output: &Path,
+    rows: &[SummaryRow],
+    json: &[u8],
+) -> Result<Vec<PathBuf>, ReportError> {
     let (c, j) = super::data_paths(output);
-    write(&c, csv.as_bytes())?;
+    write(&c, summary_csv(rows, &c)?.as_bytes())?;
     write(&j, json)?;
     Ok(vec![c, j])
 }
@@ -435,21 +499,11 @@ fn code(doc: &Doc, name: &str) -> String {
 /// ones enlarged by a whole factor (nearest: each pixel a crisp block, so a tiny model's
 /// 64×64 images can be read pixel by pixel). Returns (width, height, RGB).
 fn thumbnail(img: &Rgb8Image) -> (u32, u32, Vec<u8>) {
-    let longest = img.width.max(img.height);
-    let (w, h, filter) = if longest > THUMBNAIL_SIZE {
-        let scale = THUMBNAIL_SIZE as f64 / longest as f64;
-        (
-            ((img.width as f64 * scale).round() as u32).max(1),
-            ((img.height as f64 * scale).round() as u32).max(1),
-            image::imageops::FilterType::Triangle,
-        )
+    let (w, h) = fit_within(img.width, img.height, THUMBNAIL_SIZE);
+    let filter = if img.width.max(img.height) > THUMBNAIL_SIZE {
+        image::imageops::FilterType::Triangle
     } else {
-        let k = (THUMBNAIL_SIZE / longest).max(1);
-        (
-            img.width * k,
-            img.height * k,
-            image::imageops::FilterType::Nearest,
-        )
+        image::imageops::FilterType::Nearest
     };
     if (w, h) == (img.width, img.height) {
         return (w, h, img.data.clone());
@@ -564,23 +618,15 @@ fn worst_thumbnails(folder: &BenchFolder, ci: usize, name: &str, index: usize) -
         .reference_problem
         .clone()
         .unwrap_or_else(|| "the run has no reference image for it".into());
-    let reference = read(
-        folder.reference.get(index).and_then(|r| r.as_ref()),
-        &missing_reference,
-    );
-    let image = read(
-        c.and_then(|c| c.images.get(&index)),
-        "the image was not generated",
-    );
-    let difference = match (&reference, &image) {
-        (Ok(a), Ok(b)) => RgbView::new(a.width, a.height, &a.data)
-            .and_then(|va| {
-                let vb = RgbView::new(b.width, b.height, &b.data)?;
-                abs_difference(&va, &vb)
-            })
-            .map(|diff| Rgb8Image {
-                width: a.width,
-                height: a.height,
+    let reference_path = folder.reference.get(index).and_then(|r| r.as_ref());
+    let image_path = c.and_then(|c| c.images.get(&index));
+    let reference = read(reference_path, &missing_reference);
+    let image = read(image_path, "the image was not generated");
+    let difference = match (reference_path, image_path, &reference, &image) {
+        (Some(r), Some(i), Ok(_), Ok(_)) => difference_image(r, i)
+            .map(|(width, height, diff)| Rgb8Image {
+                width,
+                height,
                 data: difference_rgb(&diff, DIFFERENCE_GAIN),
             })
             .map_err(|e| e.to_string()),
@@ -611,20 +657,68 @@ fn worst_thumbnails(folder: &BenchFolder, ci: usize, name: &str, index: usize) -
     ]
 }
 
-/// `folder` with only the configurations `names` (all when empty), and the names it does not
-/// have.
-fn shown_configurations(folder: &BenchFolder, names: &[String]) -> (BenchFolder, Vec<String>) {
-    let mut shown = folder.clone();
-    if names.is_empty() {
-        return (shown, Vec::new());
-    }
-    shown.configurations.retain(|c| names.contains(&c.name));
-    let unknown = names
+/// `folder` with only the configurations `names` (all when empty); a name the folder does not
+/// have is refused (a typo would otherwise give a report of nothing).
+fn shown_configurations(
+    folder: &BenchFolder,
+    names: &[String],
+) -> Result<BenchFolder, ReportError> {
+    let unknown: Vec<String> = names
         .iter()
         .filter(|n| folder.configuration(n).is_none())
         .cloned()
         .collect();
-    (shown, unknown)
+    if !unknown.is_empty() {
+        return Err(ReportError::UnknownConfiguration {
+            unknown,
+            available: folder
+                .configurations
+                .iter()
+                .map(|c| c.name.clone())
+                .collect(),
+        });
+    }
+    let mut shown = folder.clone();
+    if !names.is_empty() {
+        shown.configurations.retain(|c| names.contains(&c.name));
+    }
+    Ok(shown)
+}
+
+/// Checks `opts` against `folder`: every configuration named must be in it, `worst` at least 1.
+/// Returns the folder with only the configurations shown.
+fn checked(
+    folder: &BenchFolder,
+    opts: &BenchmarkReportOptions,
+) -> Result<BenchFolder, ReportError> {
+    if opts.worst == 0 {
+        return Err(ReportError::NoWorst);
+    }
+    shown_configurations(folder, &opts.configurations)
+}
+
+/// The quality axis `opts` asks for, or the default for the configurations of `shown`.
+fn quality_of(shown: &BenchFolder, opts: &BenchmarkReportOptions) -> QualityMetric {
+    opts.quality
+        .unwrap_or_else(|| QualityMetric::default_for(&shown.summary()))
+}
+
+/// Figures by file stem, and the note on what the quality plot leaves out.
+pub type FiguresWithNote = (Vec<(String, Figure)>, Option<String>);
+
+/// The report's figures for `opts` (its configurations, its quality axis or the default) and
+/// the note on what the quality plot leaves out ([`quality_note`]): what the report shows and
+/// `sd3lab report benchmark --figures` exports.
+pub fn figures_for(
+    folder: &BenchFolder,
+    opts: &BenchmarkReportOptions,
+) -> Result<FiguresWithNote, ReportError> {
+    let shown = checked(folder, opts)?;
+    let quality = quality_of(&shown, opts);
+    Ok((
+        benchmark_figures(&shown, quality),
+        quality_note(&shown, quality),
+    ))
 }
 
 /// The run's settings as rows of the report's first table.
@@ -725,13 +819,11 @@ pub fn write_benchmark_report(
             path: output.to_owned(),
         });
     }
-    let (shown, unknown) = shown_configurations(folder, &opts.configurations);
+    let shown = checked(folder, opts)?;
     let rows = shown.summary();
-    let quality = opts
-        .quality
-        .unwrap_or_else(|| QualityMetric::default_for(&rows));
+    let quality = quality_of(&shown, opts);
     let figs = benchmark_figures(&shown, quality);
-    let mut written = write_data(output, &summary_csv(&rows)?, &results_json(folder)?)?;
+    let mut written = write_data(output, &rows, &results_json(folder)?)?;
     let mut doc = Doc::new(output, "SD3 Lab benchmark report");
     let settings = settings_rows(&doc, folder);
     doc.table(&["", ""], &settings);
@@ -753,13 +845,6 @@ pub fn write_benchmark_report(
             }
             doc.body.push('\n');
         }
-    }
-    if !unknown.is_empty() {
-        let text = format!(
-            "Asked for, but not in this benchmark: {}.",
-            lit(&doc, &unknown.join(", "))
-        );
-        paragraph(&mut doc, &text);
     }
 
     heading(&mut doc, 2, "Summary");
@@ -789,13 +874,22 @@ pub fn write_benchmark_report(
         if c.paired.is_empty() {
             continue;
         }
-        let order = shown.worst_first(&c.name, opts.metric);
+        let all = shown.worst_first(&c.name, opts.metric);
+        // Identical pairs (infinite PSNR) are never among the worst.
+        let order: Vec<(usize, f64)> = all.iter().copied().filter(|(_, v)| v.is_finite()).collect();
         let title = format!(
             "{}: the prompts furthest from the reference by {}",
             lit(&doc, &c.name),
             opts.metric.label()
         );
         heading(&mut doc, 2, &title);
+        if order.is_empty() && !all.is_empty() {
+            paragraph(
+                &mut doc,
+                "Every image is identical to its reference twin (infinite PSNR).",
+            );
+            continue;
+        }
         if order.is_empty() {
             let text = format!(
                 "No image has a {} value{}.",
@@ -810,19 +904,18 @@ pub fn write_benchmark_report(
             paragraph(&mut doc, &text);
             continue;
         }
-        if order.iter().all(|(_, v)| v.is_infinite()) {
-            paragraph(
-                &mut doc,
-                "Every image is identical to its reference twin (infinite PSNR).",
-            );
-            continue;
-        }
         let shown_n = order.len().min(opts.worst);
+        let identical = all.len() - order.len();
+        let identical = if identical > 0 {
+            format!(" ({identical} identical to their twins left out)")
+        } else {
+            String::new()
+        };
         let text = format!(
-            "The {shown_n} worst of {} images, worst first. Difference: per pixel, the largest \
-             |Δ| over R, G and B, times {DIFFERENCE_GAIN}, through viridis (dark: unchanged; \
-             yellow: |Δ| of {:.0} levels of 255 or more).",
-            order.len(),
+            "The {shown_n} worst of {} images{identical}, worst first. Difference: per pixel, \
+             the largest |Δ| over R, G and B, times {DIFFERENCE_GAIN}, through viridis (dark: \
+             unchanged; yellow: |Δ| of {:.0} levels of 255 or more).",
+            all.len(),
             255.0 / DIFFERENCE_GAIN
         );
         let text = lit(&doc, &text);
@@ -1035,5 +1128,19 @@ mod tests {
         };
         let (w, h, _) = thumbnail(&big);
         assert_eq!((w, h), (256, 128));
+    }
+
+    #[test]
+    fn fit_within_keeps_the_aspect_without_overflowing() {
+        // 300 × 200 into 128: 200·128/300 = 85.3, rounded.
+        assert_eq!(fit_within(300, 200, 128), (128, 85));
+        assert_eq!(fit_within(200, 300, 128), (85, 128));
+        // h · max would overflow u32 (100 000 · 100 000 > 4.29e9).
+        assert_eq!(fit_within(100_000, 100_000, 100_000 - 1), (99_999, 99_999));
+        assert_eq!(fit_within(4_000_000_000, 3_000_000_000, 256), (256, 192));
+        // A sliver keeps at least one pixel; a small image grows by a whole factor.
+        assert_eq!(fit_within(10_000, 1, 100), (100, 1));
+        assert_eq!(fit_within(64, 48, 256), (256, 192));
+        assert_eq!(fit_within(100, 60, 256), (200, 120));
     }
 }

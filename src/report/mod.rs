@@ -47,6 +47,19 @@ pub enum ReportError {
     },
     #[error("{path}: a report is written as .html or .md")]
     Extension { path: PathBuf },
+    #[error("{}: writing the CSV: {reason}", path.display())]
+    Csv { path: PathBuf, reason: String },
+    #[error(
+        "no configuration {} in this benchmark (it has: {})",
+        unknown.join(", "),
+        if available.is_empty() { "none".to_owned() } else { available.join(", ") }
+    )]
+    UnknownConfiguration {
+        unknown: Vec<String>,
+        available: Vec<String>,
+    },
+    #[error("the number of worst prompts to show must be at least 1")]
+    NoWorst,
 }
 
 /// One named line.
