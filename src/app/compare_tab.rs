@@ -1263,13 +1263,16 @@ impl CompareTab {
                 self.message = None;
                 self.writing.spawn(ui.ctx(), move || {
                     let dir = crate::fsutil::numbered_folder(&beside, &stem);
-                    report::export_figures(&figures.figures, &dir, (900, 520))
-                        .map(|f| {
-                            let text =
-                                format!("wrote {} in {}", count(f.len(), "file"), dir.display());
-                            (dir.clone(), text)
-                        })
-                        .map_err(|e| error_sentence(&e))
+                    report::export_figures(
+                        &figures.figures,
+                        &dir,
+                        crate::report::benchmark::BENCHMARK_FIGURE_SIZE,
+                    )
+                    .map(|f| {
+                        let text = format!("wrote {} in {}", count(f.len(), "file"), dir.display());
+                        (dir.clone(), text)
+                    })
+                    .map_err(|e| error_sentence(&e))
                 });
             }
         }
