@@ -1148,21 +1148,17 @@ impl CompareTab {
 
     /// The running benchmark's progress (outside the run panel, which may be folded).
     fn progress_ui(&mut self, ui: &mut egui::Ui, shared: &mut Shared) {
-        if super::model_notice_ui(ui, &self.model_notice) {
-            self.cancel_job(shared);
-        }
-        let Some((id, _, _)) = &self.job else {
-            return;
-        };
-        if self.cancelling {
-            ui.label("cancelling... the benchmark stops after the current image");
-        }
-        if let Some(waiting) = shared.jobs.waiting_behind(*id) {
-            ui.label(waiting);
-            return;
-        }
-        if self.model_notice.download.is_some() {
-            return;
+        match super::job_status_ui(
+            ui,
+            &self.model_notice,
+            self.job.as_ref().map(|j| j.0),
+            self.cancelling,
+            ("benchmark", "the current image"),
+            shared,
+        ) {
+            super::JobStatus::CancelClicked => return self.cancel_job(shared),
+            super::JobStatus::Done => return,
+            super::JobStatus::ShowProgress => {}
         }
         let p = &self.progress;
         if p.preparing {

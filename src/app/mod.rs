@@ -813,6 +813,48 @@ pub fn model_notice_ui(ui: &mut egui::Ui, notice: &ModelNotice) -> bool {
     cancel
 }
 
+/// What a tab's running job shows before its own progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    /// No job, or it is queued or downloading its model: nothing more to show.
+    Done,
+    /// *Cancel download* was clicked: the tab cancels its job.
+    CancelClicked,
+    /// The job is running: the tab shows its progress.
+    ShowProgress,
+}
+
+/// The first lines of a tab's job, the same in every tab: the model's notice (warning,
+/// download bar with *Cancel download*), "cancelling... the `what` stops after `after`", or what
+/// it is queued behind.
+pub fn job_status_ui(
+    ui: &mut egui::Ui,
+    notice: &ModelNotice,
+    job: Option<u64>,
+    cancelling: bool,
+    (what, after): (&str, &str),
+    shared: &Shared,
+) -> JobStatus {
+    if model_notice_ui(ui, notice) {
+        return JobStatus::CancelClicked;
+    }
+    let Some(id) = job else {
+        return JobStatus::Done;
+    };
+    if cancelling {
+        ui.label(format!("cancelling... the {what} stops after {after}"));
+    }
+    if let Some(waiting) = shared.jobs.waiting_behind(id) {
+        ui.label(waiting);
+        return JobStatus::Done;
+    }
+    if notice.download.is_some() {
+        JobStatus::Done
+    } else {
+        JobStatus::ShowProgress
+    }
+}
+
 /// The "Export: Report (HTML) / Report (Markdown)" buttons of a tab (disabled while `busy`):
 /// the report file a click asks for, `<calib folder>-<stem>-report.html|.md` beside
 /// `calib_dir` ([`report_path`]). The tab writes it on a helper thread ([`Task`]), under the

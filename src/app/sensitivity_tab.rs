@@ -623,32 +623,32 @@ impl SensitivityTab {
                 self.cancel_job(shared);
             }
         });
-        if super::model_notice_ui(ui, &self.model_notice) {
-            self.cancel_job(shared);
-        }
-        let Some((id, _, _)) = &self.job else {
-            return;
-        };
-        if self.cancelling {
-            ui.label("cancelling... the sweep stops after the current layer");
-        }
-        if let Some(waiting) = shared.jobs.waiting_behind(*id) {
-            ui.label(waiting);
-            return;
-        }
-        if self.model_notice.download.is_none() {
-            let p = &self.progress;
-            if p.preparing {
-                ui.label("loading the model, the samples and their float outputs...");
-            } else {
-                let mut text = format!("{} of {} measured", p.done, count(p.layers, "layer"));
-                if let Some(eta) = p.eta() {
-                    text.push_str(&format!(", {eta}"));
+        match super::job_status_ui(
+            ui,
+            &self.model_notice,
+            self.job.as_ref().map(|j| j.0),
+            self.cancelling,
+            ("sweep", "the current layer"),
+            shared,
+        ) {
+            super::JobStatus::CancelClicked => self.cancel_job(shared),
+            super::JobStatus::Done => {}
+            super::JobStatus::ShowProgress => {
+                let p = &self.progress;
+                if p.preparing {
+                    ui.label("loading the model, the samples and their float outputs...");
+                } else {
+                    let mut text = format!("{} of {} measured", p.done, count(p.layers, "layer"));
+                    if let Some(eta) = p.eta() {
+                        text.push_str(&format!(", {eta}"));
+                    }
+                    ui.add(
+                        egui::ProgressBar::new(p.done as f32 / p.layers.max(1) as f32).text(text),
+                    );
                 }
-                ui.add(egui::ProgressBar::new(p.done as f32 / p.layers.max(1) as f32).text(text));
-            }
-            if !p.last.is_empty() {
-                ui.label(format!("last: {} ({:.1} s)", p.last, p.seconds));
+                if !p.last.is_empty() {
+                    ui.label(format!("last: {} ({:.1} s)", p.last, p.seconds));
+                }
             }
         }
     }
