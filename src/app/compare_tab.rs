@@ -156,10 +156,9 @@ pub struct Progress {
     pub configurations: Vec<String>,
     pub num_images: usize,
     pub num_steps: usize,
-    /// The configuration running: its index, name, and images finished (this run and before).
+    /// The configuration running: its index and name.
     pub config_index: usize,
     pub configuration: String,
-    pub config_done: usize,
     /// Loading (and quantizing) the configuration's model.
     pub loading: bool,
     /// The image being generated and its step; `throwaway`: a resumed configuration's
@@ -341,8 +340,6 @@ pub struct CompareTab {
     /// A run without an output folder, before it is sent: its new numbered folder is chosen
     /// on a helper thread (the UI thread never touches the disk).
     starting: Task<BenchConfig>,
-    /// The context, for the helper thread of a Start (which is not given one).
-    ctx: Option<egui::Context>,
     /// The folder shown is the running benchmark's (from Start until the user opens
     /// another): only then is it re-read as images land.
     following_run: bool,
@@ -445,9 +442,6 @@ impl CompareTab {
     }
 
     pub fn poll(&mut self, ctx: &egui::Context, shared: &mut Shared) {
-        if self.ctx.is_none() {
-            self.ctx = Some(ctx.clone());
-        }
         if let Some(config) = self.starting.poll() {
             self.launch(config, shared);
         }
@@ -455,17 +449,13 @@ impl CompareTab {
             self.runs = runs;
         }
         if let Some(outcome) = self.writing.poll() {
-            match outcome {
-                Ok((path, text)) => {
-                    self.written = Some(path);
-                    self.message = Some(Ok(text));
-                    shared.errors.succeeded(EXPORT);
-                }
-                Err(e) => {
-                    self.message = Some(Err(e.clone()));
-                    shared.errors.report(EXPORT, e);
-                }
-            }
+            super::show_written(
+                outcome,
+                EXPORT,
+                &mut self.written,
+                &mut self.message,
+                &mut shared.errors,
+            );
         }
         if let Some((_, _, r)) = self.loading.poll() {
             match r {
@@ -527,7 +517,7 @@ impl CompareTab {
     /// where a run with the same settings resumes; without one, into a new numbered folder
     /// under `benchmark_results/` (chosen on a helper thread), which the field then shows so
     /// that starting again resumes.
-    pub fn start(&mut self, o: &Options, shared: &mut Shared) {
+    pub fn start(&mut self, ctx: &egui::Context, o: &Options, shared: &mut Shared) {
         if self.is_running() {
             return;
         }
@@ -538,10 +528,8 @@ impl CompareTab {
         }
         let mut config = Self::bench_config(o, PathBuf::new());
         let stem = default_output_stem(&o.configurations);
-        // `poll` runs before any frame's Start: the context is known by then.
-        let ctx = self.ctx.clone().unwrap_or_default();
         self.message = None;
-        self.starting.spawn(&ctx, move || {
+        self.starting.spawn(ctx, move || {
             // One existence check per name tried, once per click.
             config.output_dir = crate::fsutil::numbered_folder(&resolve_path(RESULTS_ROOT), &stem);
             config
@@ -613,12 +601,10 @@ impl CompareTab {
                     BenchEvent::ConfigStarted {
                         configuration,
                         index,
-                        done,
                         ..
                     } => {
                         p.config_index = *index;
                         p.configuration = configuration.clone();
-                        p.config_done = *done;
                         p.loading = true;
                         p.image = None;
                         p.config_eta = None;
@@ -637,7 +623,6 @@ impl CompareTab {
                     }
                     BenchEvent::Step { step, .. } => p.step = *step,
                     BenchEvent::ImageDone { eta_seconds, .. } => {
-                        p.config_done += 1;
                         p.images_done += 1;
                         p.image = None;
                         p.config_eta = Some(*eta_seconds);
@@ -695,10 +680,10 @@ impl CompareTab {
         }
         // Here rather than in the run panel, which may be folded.
         if let Some(r) = self.matching.poll() {
+            shared.errors.record(MATCH, &r);
             match r {
                 Ok(settings) => {
                     settings.apply(o);
-                    shared.errors.succeeded(MATCH);
                     self.message = Some(Ok(format!(
                         "settings of the reference: model {}, {}, {}, {} steps, cfg {}, {}x{}",
                         settings.model,
@@ -710,10 +695,7 @@ impl CompareTab {
                         settings.size
                     )));
                 }
-                Err(e) => {
-                    self.message = Some(Err(e.clone()));
-                    shared.errors.report(MATCH, e);
-                }
+                Err(e) => self.message = Some(Err(e)),
             }
         }
         if let Some((pick, p)) = self.picker.poll() {
@@ -917,13 +899,11 @@ impl CompareTab {
                 }
             });
             ui.horizontal_wrapped(|ui| {
-                ui.label("Group size").on_hover_text(
+                widgets::group_size_field(
+                    ui,
+                    &mut o.group_size,
                     "weights of the wN presets sharing one scale and bias (plan files carry their own)",
                 );
-                for g in crate::quant::SUPPORTED_GROUPS {
-                    ui.selectable_value(&mut o.group_size, g, g.to_string())
-                        .on_hover_text(format!("{g} weights share one scale and bias"));
-                }
                 ui.separator();
                 if ui
                     .button("Add plan file...")
@@ -1129,7 +1109,7 @@ impl CompareTab {
                 })
                 .clicked()
             {
-                self.start(o, shared);
+                self.start(ui.ctx(), o, shared);
             }
             let label = if self.cancelling {
                 "cancelling..."

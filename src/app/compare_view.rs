@@ -971,20 +971,25 @@ impl CompareView {
     /// Draws `picture` in `slot` at the shared zoom and pan; returns the slot's response.
     fn draw(&mut self, ui: &mut egui::Ui, slot: egui::Rect, picture: &Picture, id: egui::Id) {
         let r = ui.interact(slot, id, egui::Sense::click_and_drag());
-        let painter = ui.painter_at(slot);
-        painter.rect_filled(slot, 0.0, egui::Color32::from_gray(24));
+        if let Picture::Ready(t) = picture {
+            self.zoom.interact(ui, &r, slot, t.size_vec2());
+        }
+        self.paint(ui, slot, slot, picture);
+    }
+
+    /// Paints `picture`, placed in `slot` by the shared zoom, within `clip` (the swipe's left
+    /// part, or the whole slot): the image, or a placeholder saying why there is none.
+    fn paint(&self, ui: &egui::Ui, slot: egui::Rect, clip: egui::Rect, picture: &Picture) {
+        let painter = ui.painter_at(clip);
+        painter.rect_filled(clip, 0.0, egui::Color32::from_gray(24));
         match picture {
             Picture::Ready(t) => {
-                let size = t.size_vec2();
-                self.zoom.interact(ui, &r, slot, size);
-                let at = self.zoom.placement(slot, size);
+                let at = self.zoom.placement(slot, t.size_vec2());
                 let uv = egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
                 painter.image(t.id(), at, uv, egui::Color32::WHITE);
             }
-            Picture::Pending => {
-                placeholder(&painter, slot, "decoding...");
-            }
-            Picture::Missing(why) => placeholder(&painter, slot, why),
+            Picture::Pending => placeholder(&painter, clip, "decoding..."),
+            Picture::Missing(why) => placeholder(&painter, clip, why),
         }
     }
 
@@ -1113,19 +1118,7 @@ impl CompareView {
         self.draw(ui, slot, &config, ui.scope_id().with("compare-swipe"));
         let x = slot.left() + self.swipe * slot.width();
         let left = egui::Rect::from_min_max(slot.min, egui::pos2(x, slot.bottom()));
-        {
-            let painter = ui.painter_at(left);
-            painter.rect_filled(left, 0.0, egui::Color32::from_gray(24));
-            match &reference {
-                Picture::Ready(t) => {
-                    let at = self.zoom.placement(slot, t.size_vec2());
-                    let uv = egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
-                    painter.image(t.id(), at, uv, egui::Color32::WHITE);
-                }
-                Picture::Pending => placeholder(&painter, left, "decoding..."),
-                Picture::Missing(why) => placeholder(&painter, left, why),
-            }
-        }
+        self.paint(ui, slot, left, &reference);
         let stroke = egui::Stroke::new(2.0, egui::Color32::WHITE);
         ui.painter().vline(x, slot.y_range(), stroke);
         let handle = egui::Rect::from_center_size(

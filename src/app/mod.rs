@@ -453,7 +453,7 @@ impl SdApp {
                     .start(&self.persisted.sensitivity, &mut self.shared),
                 Tab::Compare => self
                     .compare
-                    .start(&self.persisted.compare, &mut self.shared),
+                    .start(ctx, &self.persisted.compare, &mut self.shared),
                 Tab::Samples => {}
             }
         }
@@ -811,6 +811,22 @@ pub fn model_notice_ui(ui: &mut egui::Ui, notice: &ModelNotice) -> bool {
         cancel = ui.button("Cancel download").clicked();
     });
     cancel
+}
+
+/// A save's or an export's outcome in a tab: the file or folder written (the tab shows it as
+/// a link) and the message, or the error; filed in the error log under `place`.
+pub fn show_written(
+    outcome: Result<(PathBuf, String), String>,
+    place: feedback::Place,
+    written: &mut Option<PathBuf>,
+    message: &mut Option<Result<String, String>>,
+    errors: &mut feedback::ErrorLog,
+) {
+    errors.record(place, &outcome);
+    *message = Some(outcome.map(|(path, text)| {
+        *written = Some(path);
+        text
+    }));
 }
 
 /// What a tab's running job shows before its own progress.

@@ -268,17 +268,13 @@ impl SensitivityTab {
 
     pub fn poll(&mut self, shared: &mut Shared) {
         if let Some((place, outcome)) = self.writing.poll() {
-            match outcome {
-                Ok((path, text)) => {
-                    self.written = Some(path);
-                    self.message = Some(Ok(text));
-                    shared.errors.succeeded(place);
-                }
-                Err(e) => {
-                    self.message = Some(Err(e.clone()));
-                    shared.errors.report(place, e);
-                }
-            }
+            super::show_written(
+                outcome,
+                place,
+                &mut self.written,
+                &mut self.message,
+                &mut shared.errors,
+            );
         }
         if let Some(rx) = &self.loading
             && let Ok((path, r)) = rx.try_recv()
@@ -550,13 +546,11 @@ impl SensitivityTab {
                 }
             });
             ui.horizontal_wrapped(|ui| {
-                ui.label("Group size").on_hover_text(
+                widgets::group_size_field(
+                    ui,
+                    &mut o.group_size,
                     "weights sharing one scale and bias; a layer whose input width it does not divide stays float",
                 );
-                for g in crate::quant::SUPPORTED_GROUPS {
-                    ui.selectable_value(&mut o.group_size, g, g.to_string())
-                        .on_hover_text(format!("{g} weights share one scale and bias"));
-                }
             });
             widgets::number_field(
                 ui,

@@ -139,3 +139,13 @@ pub fn open_in_file_browser(path: &Path) -> Result<(), String> {
             )
         })
 }
+
+/// The "Group size" choice of the quantization group sizes MLX supports; `tip` says what it
+/// applies to in the tab.
+pub fn group_size_field(ui: &mut egui::Ui, group_size: &mut i32, tip: &str) {
+    ui.label("Group size").on_hover_text(tip);
+    for g in crate::quant::SUPPORTED_GROUPS {
+        ui.selectable_value(group_size, g, g.to_string())
+            .on_hover_text(format!("{g} weights share one scale and bias"));
+    }
+}

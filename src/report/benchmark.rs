@@ -314,15 +314,19 @@ pub fn difference_image(
 ) -> Result<(u32, u32, Vec<u8>), DifferenceError> {
     let a = load_rgb(reference)?;
     let b = load_rgb(image)?;
-    let compare = |source| DifferenceError::Compare {
+    let diff = difference_of(&a, &b).map_err(|source| DifferenceError::Compare {
         reference: reference.to_owned(),
         image: image.to_owned(),
         source,
-    };
-    let va = RgbView::new(a.width, a.height, &a.data).map_err(compare)?;
-    let vb = RgbView::new(b.width, b.height, &b.data).map_err(compare)?;
-    let diff = abs_difference(&vb, &va).map_err(compare)?;
+    })?;
     Ok((a.width, a.height, diff))
+}
+
+/// |`image` − `reference`| of two decoded images (see [`difference_image`]).
+fn difference_of(reference: &Rgb8Image, image: &Rgb8Image) -> Result<Vec<u8>, PairedError> {
+    let va = RgbView::new(reference.width, reference.height, &reference.data)?;
+    let vb = RgbView::new(image.width, image.height, &image.data)?;
+    abs_difference(&vb, &va)
 }
 
 /// The size of a `w` × `h` image fitted within `max` × `max`: a larger one shrunk to `max` on
@@ -622,14 +626,22 @@ fn worst_thumbnails(folder: &BenchFolder, ci: usize, name: &str, index: usize) -
     let image_path = c.and_then(|c| c.images.get(&index));
     let reference = read(reference_path, &missing_reference);
     let image = read(image_path, "the image was not generated");
+    // From the two images just read, not read again.
     let difference = match (reference_path, image_path, &reference, &image) {
-        (Some(r), Some(i), Ok(_), Ok(_)) => difference_image(r, i)
-            .map(|(width, height, diff)| Rgb8Image {
-                width,
-                height,
+        (Some(r), Some(i), Ok(a), Ok(b)) => difference_of(a, b)
+            .map(|diff| Rgb8Image {
+                width: a.width,
+                height: a.height,
                 data: difference_rgb(&diff, DIFFERENCE_GAIN),
             })
-            .map_err(|e| e.to_string()),
+            .map_err(|source| {
+                DifferenceError::Compare {
+                    reference: r.clone(),
+                    image: i.clone(),
+                    source,
+                }
+                .to_string()
+            }),
         _ => Err("needs both images".into()),
     };
     let png = |img: &Result<Rgb8Image, String>, what: &str| {
