@@ -1,0 +1,4 @@
+//! Fault tests: calibrate.
+
+#[allow(unused_imports)]
+use crate::common;

@@ -1,0 +1,4 @@
+//! Fault tests: destinations.
+
+#[allow(unused_imports)]
+use crate::common;

@@ -1,0 +1,4 @@
+//! Fault tests: sensitivity.
+
+#[allow(unused_imports)]
+use crate::common;
