@@ -6,13 +6,94 @@ use std::path::{Component, Path, PathBuf};
 
 /// Replaces `path` with `bytes` atomically: readers see the old file or the new one, never a
 /// half-written one, and a failure (full disk, …) leaves the old file untouched.
+///
+/// `path` may be a symbolic link: its target is replaced (see [`destination`]). A folder, FIFO,
+/// device or socket is refused before anything is written.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = temp_file_beside(path)?;
     tmp.write_all(bytes)?;
     tmp.flush()?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
+    persist(tmp, path)
+}
+
+/// Renames a temporary file made by [`temp_file_beside`]`(path)` onto `path`'s [`destination`]:
+/// through a symbolic link to its target, never replacing the link itself.
+pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> std::io::Result<()> {
+    let target = destination(path)?;
+    tmp.persist(&target).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// How many symbolic links [`destination`] follows before giving up (Linux's own limit).
+const MAX_LINKS: usize = 40;
+
+/// The file an atomic write to `path` replaces: `path`, or the end of its chain of symbolic
+/// links (a dangling link names the file to create). Refused, with an error that says what the
+/// path is: a folder, a FIFO, a device or a socket (atomic replacement would turn any of them
+/// into a regular file), and a chain of links that does not end.
+///
+/// Outputs call this before any work so that a bad destination fails at once.
+pub fn destination(path: &Path) -> std::io::Result<PathBuf> {
+    use std::io::{Error, ErrorKind};
+    let mut current = path.to_owned();
+    for _ in 0..MAX_LINKS {
+        let meta = match std::fs::symlink_metadata(&current) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(current),
+            Err(e) => return Err(e),
+        };
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            let link = std::fs::read_link(&current)?;
+            current = match current.parent() {
+                Some(parent) if link.is_relative() => parent.join(link),
+                _ => link,
+            };
+            continue;
+        }
+        if kind.is_file() {
+            return Ok(current);
+        }
+        let what = if kind.is_dir() {
+            "a folder"
+        } else {
+            special_file_kind(&kind)
+        };
+        let shown = if current == path {
+            String::new()
+        } else {
+            format!(" (through a symbolic link to {})", current.display())
+        };
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("is {what}{shown}, not a regular file; choose a file path"),
+        ));
+    }
+    Err(Error::new(
+        ErrorKind::InvalidInput,
+        format!("has more than {MAX_LINKS} levels of symbolic links"),
+    ))
+}
+
+/// "a FIFO", "a device", … for a file type that is neither a file, a folder nor a link.
+fn special_file_kind(kind: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if kind.is_block_device() || kind.is_char_device() {
+            return "a device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = kind;
+    "not a regular file"
 }
 
 /// `dir/stem`, or `dir/stem-2`, `dir/stem-3`…: the first folder name not taken (a folder of
@@ -42,7 +123,11 @@ pub fn free_stem(dir: &Path, stem: &str, suffixes: &[&str]) -> String {
 
 /// A hidden temporary file in `path`'s folder (so that renaming it onto `path` is atomic), with
 /// ordinary file permissions. It is deleted if dropped before `persist`.
+///
+/// `path` is first resolved by [`destination`] (refusing folders, FIFOs and devices), so that the
+/// temporary file lies beside the file it will replace; rename it there with [`persist`].
 pub fn temp_file_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let path = destination(path)?;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -147,6 +232,11 @@ impl FolderLock {
             path: dir.join(LOCK_FILE),
             source,
         };
+        if let Ok(meta) = std::fs::metadata(dir)
+            && !meta.is_dir()
+        {
+            return Err(LockError::NotAFolder(dir.to_owned()));
+        }
         std::fs::create_dir_all(dir).map_err(io)?;
         let path = dir.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
@@ -189,6 +279,8 @@ impl FolderLock {
 pub enum LockError {
     #[error("{dir} is being written by another sd3lab process{}", .pid.map_or(String::new(), |p| format!(" (pid {p})")))]
     Held { dir: PathBuf, pid: Option<u32> },
+    #[error("{0} is a file, not a folder; choose a folder for the output")]
+    NotAFolder(PathBuf),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -212,6 +304,8 @@ pub enum PathError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
+    use std::os::unix::fs::FileTypeExt;
 
     #[test]
     fn numbered_paths_never_name_an_existing_file() {
@@ -243,6 +337,63 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn atomic_writes_go_through_links_and_refuse_special_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("sub/real.txt");
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(&real, b"old").unwrap();
+        let link = dir.path().join("link.txt");
+        std::os::unix::fs::symlink("sub/real.txt", &link).unwrap();
+        write_atomic(&link, b"new").unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(std::fs::read(&real).unwrap(), b"new");
+        // No temporary file left beside the link or the target.
+        let temps = |d: &Path| {
+            std::fs::read_dir(d)
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(".tmp")
+                })
+                .count()
+        };
+        assert_eq!(temps(dir.path()) + temps(&dir.path().join("sub")), 0);
+        // A dangling link names the file to create.
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink("sub/created.txt", &dangling).unwrap();
+        write_atomic(&dangling, b"x").unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("sub/created.txt")).unwrap(),
+            b"x"
+        );
+
+        let folder = write_atomic(&dir.path().join("sub"), b"x").unwrap_err();
+        assert!(folder.to_string().contains("is a folder"), "{folder}");
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path this test owns.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let err = write_atomic(&fifo, b"x").unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
+        assert!(
+            std::fs::symlink_metadata(&fifo)
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+        let err = destination(Path::new("/dev/null")).unwrap_err();
+        assert!(err.to_string().contains("a device"), "{err}");
+        // A loop of links ends in an error, not a hang.
+        std::os::unix::fs::symlink("loop-b", dir.path().join("loop-a")).unwrap();
+        std::os::unix::fs::symlink("loop-a", dir.path().join("loop-b")).unwrap();
+        assert!(write_atomic(&dir.path().join("loop-a"), b"x").is_err());
+    }
+
     #[test]
     fn a_folder_lock_refuses_a_second_writer_until_released() {
         let dir = tempfile::tempdir().unwrap();
@@ -258,6 +409,12 @@ mod tests {
         }
         drop(first);
         FolderLock::acquire(dir.path()).unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(matches!(
+            FolderLock::acquire(&file),
+            Err(LockError::NotAFolder(p)) if p == file
+        ));
     }
 
     #[test]

@@ -386,7 +386,7 @@ impl NpzWriter {
         let mut tmp = buf.into_inner().map_err(|e| io(e.into_error()))?;
         tmp.flush().map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(&path).map_err(|e| io(e.error))?;
+        crate::fsutil::persist(tmp, &path).map_err(io)?;
         Ok(())
     }
 }

@@ -291,9 +291,9 @@ fn download_checked(
         });
     }
     tmp.as_file().sync_all().map_err(io(target))?;
-    tmp.persist(target).map_err(|e| WeightsError::Io {
+    crate::fsutil::persist(tmp, target).map_err(|source| WeightsError::Io {
         path: target.to_owned(),
-        source: e.error,
+        source,
     })?;
     Ok(())
 }

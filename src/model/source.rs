@@ -554,9 +554,9 @@ pub fn download_sd3_medium_into(
             });
         }
         tmp.as_file().sync_all().map_err(io(&target))?;
-        tmp.persist(&target).map_err(|e| SourceError::Io {
+        crate::fsutil::persist(tmp, &target).map_err(|source| SourceError::Io {
             path: target.clone(),
-            source: e.error,
+            source,
         })?;
         revisions.insert(repo, commit);
     }

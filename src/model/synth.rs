@@ -98,8 +98,7 @@ pub fn write_safetensors_with(
     write_data(&mut w)?;
     let tmp = w.into_inner().map_err(|e| e.into_error())?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::fsutil::persist(tmp, path)
 }
 
 /// Writes `specs` as a float16 `.safetensors` file at `path` (atomically).
