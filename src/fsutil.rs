@@ -288,6 +288,20 @@ pub enum LockError {
     },
 }
 
+/// `name` if it is one plain file or folder name, to be joined to a folder: not empty, not `.`
+/// or `..`, without a separator (`/`, or `\` which is one on Windows) or a NUL. For names
+/// that come from outside (a server's header, a manifest, a file), so that joining them can
+/// never leave the folder or name something else.
+pub fn single_component(name: &str) -> Result<&str, PathError> {
+    if name.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+        return Err(PathError::NotOneName(name.to_owned()));
+    }
+    Ok(name)
+}
+
 /// Why a path may not be used inside a [`DataRoot`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -299,10 +313,28 @@ pub enum PathError {
     ParentDir(String),
     #[error("'{path}' leaves the data folder through a symbolic link (to {target})")]
     LeavesThroughLink { path: PathBuf, target: PathBuf },
+    #[error("{0:?} is not a single file name (it is empty, '.', '..', or holds '/', '\\' or NUL)")]
+    NotOneName(String),
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn single_component_takes_plain_names_only() {
+        use super::{PathError, single_component};
+        for good in ["sd3_medium.safetensors", "a..b", ".hidden", "0123abc"] {
+            assert_eq!(single_component(good), Ok(good));
+        }
+        assert_eq!(single_component(""), Err(PathError::Empty));
+        for bad in [".", "..", "a/b", "../x", "/abs", "a\\b", "a\0b", "x/"] {
+            assert_eq!(
+                single_component(bad),
+                Err(PathError::NotOneName(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
+    }
+
     use super::*;
     #[cfg(unix)]
     use std::os::unix::fs::FileTypeExt;

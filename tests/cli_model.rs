@@ -325,3 +325,309 @@ fn generate_with_real_w4_quantization_reports_the_weight_bytes() {
         stderr(&o)
     );
 }
+
+/// `generate` on `model` (64×64, one step), expected to fail cleanly: exit status 1 (not a
+/// panic's 101, not a signal such as SIGSEGV or SIGABRT), no panic message, and every `expect`
+/// text in its error.
+fn refused_cleanly(cache: &Path, model: &Path, what: &str, expect: &[&str]) {
+    let out = cache.join("hostile.png");
+    let o = sd3lab(
+        cache,
+        &[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a red fox",
+            "--num-steps",
+            "1",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{what}: {:?}\n{err}", o.status);
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    for e in expect {
+        assert!(err.contains(e), "{what}: expected {e:?} in\n{err}");
+    }
+    assert!(!out.exists(), "{what}: an image was written");
+}
+
+/// A fresh tiny model directory with its checkpoint's tensors edited by `edit`.
+fn with_checkpoint(dir: &Path, edit: impl FnOnce(&mut Vec<sd3lab::model::synth::TensorSpec>)) {
+    use sd3lab::model::synth;
+    let config = sd3lab::model::Preset::Tiny.config(None);
+    sd3lab::model::source::write_model_dir(dir, &config, 3).unwrap();
+    let mut specs = synth::mmdit_specs(&config.mmdit);
+    specs.extend(synth::vae_decoder_specs(&config.vae));
+    edit(&mut specs);
+    synth::write_safetensors(&dir.join("sd3_medium.safetensors"), &specs, 3).unwrap();
+}
+
+fn set_shape(specs: &mut [sd3lab::model::synth::TensorSpec], key: &str, shape: &[usize]) {
+    let at = specs
+        .iter()
+        .position(|s| s.name == key)
+        .unwrap_or_else(|| panic!("no {key}"));
+    specs[at].shape = shape.to_vec();
+}
+
+/// Issue 17 item 7: hostile checkpoints (a tensor of the wrong rank, a zero width, a block
+/// numbered 10⁹, a zero patch) are refused naming the file and the key, never with a panic or
+/// an abort.
+#[test]
+fn hostile_checkpoints_are_refused_naming_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = |k: &str| format!("model.diffusion_model.{k}");
+    let d = |k: &str| format!("first_stage_model.decoder.{k}");
+    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<_>)>, String)> = vec![
+        (
+            "patch embedding of rank 1",
+            Box::new(move |s| set_shape(s, &m("x_embedder.proj.weight"), &[128])),
+            m("x_embedder.proj.weight"),
+        ),
+        (
+            "zero hidden size",
+            Box::new(move |s| set_shape(s, &m("x_embedder.proj.weight"), &[0, 16, 2, 2])),
+            m("x_embedder.proj.weight"),
+        ),
+        (
+            "zero patch size",
+            Box::new(move |s| set_shape(s, &m("x_embedder.proj.weight"), &[128, 16, 0, 0])),
+            m("x_embedder.proj.weight"),
+        ),
+        (
+            "position table of rank 1",
+            Box::new(move |s| set_shape(s, &m("pos_embed"), &[4096 * 128])),
+            m("pos_embed"),
+        ),
+        (
+            "position table of rank 0",
+            Box::new(move |s| set_shape(s, &m("pos_embed"), &[])),
+            m("pos_embed"),
+        ),
+        (
+            "MLP of rank 1",
+            Box::new(move |s| set_shape(s, &m("joint_blocks.0.x_block.mlp.fc1.weight"), &[512])),
+            m("joint_blocks.0.x_block.mlp.fc1.weight"),
+        ),
+        (
+            "a joint block numbered 10⁹",
+            Box::new(move |s| {
+                s.push(sd3lab::model::synth::TensorSpec::new(
+                    m("joint_blocks.1000000000.x_block.attn.qkv.weight"),
+                    &[6, 2],
+                    sd3lab::model::synth::Init::Small,
+                ))
+            }),
+            m("joint_blocks.1000000000"),
+        ),
+        (
+            "VAE input convolution of rank 1",
+            Box::new(move |s| set_shape(s, &d("conv_in.weight"), &[32])),
+            d("conv_in.weight"),
+        ),
+        (
+            "VAE output convolution of rank 0",
+            Box::new(move |s| set_shape(s, &d("conv_out.weight"), &[])),
+            d("conv_out.weight"),
+        ),
+        (
+            "VAE shortcut of rank 1",
+            Box::new(move |s| {
+                s.push(sd3lab::model::synth::TensorSpec::new(
+                    d("up.0.block.0.nin_shortcut.weight"),
+                    &[32],
+                    sd3lab::model::synth::Init::Small,
+                ))
+            }),
+            d("up.0.block.0.nin_shortcut.weight"),
+        ),
+    ];
+    for (i, (what, edit, key)) in cases.iter().enumerate() {
+        let model = dir.path().join(format!("m{i}"));
+        with_checkpoint(&model, |s| edit(s));
+        refused_cleanly(
+            dir.path(),
+            &model,
+            what,
+            &["sd3_medium.safetensors", key.as_str()],
+        );
+    }
+}
+
+/// Issue 17 item 7: hostile CLIP `config.json` files (10⁹ layers, no heads, heads that do not
+/// divide the width, a zero width, too few positions for 77 tokens, sizes past 32 bits) are
+/// refused naming the file and the key, before anything is allocated for them.
+#[test]
+fn hostile_clip_configs_are_refused_naming_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, serde_json::Value); 7] = [
+        ("num_hidden_layers", 1_000_000_000u64.into()),
+        ("num_attention_heads", 0.into()),
+        ("num_attention_heads", 5.into()),
+        ("hidden_size", 0.into()),
+        ("max_position_embeddings", 10.into()),
+        ("vocab_size", 0.into()),
+        ("hidden_size", (1u64 << 40).into()),
+    ];
+    for (i, (key, value)) in cases.into_iter().enumerate() {
+        let model = dir.path().join(format!("m{i}"));
+        sd3lab::model::source::write_model_dir(
+            &model,
+            &sd3lab::model::Preset::Tiny.config(None),
+            3,
+        )
+        .unwrap();
+        let path = model.join("clip_g/config.json");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        json[key] = value.clone();
+        std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        refused_cleanly(
+            dir.path(),
+            &model,
+            &format!("{key} = {value}"),
+            &["clip_g/config.json", key],
+        );
+    }
+}
+
+/// Issue 17 item 7: a token id past the text encoder's embedding table (read out of bounds
+/// before: a crash, or for small overshoots an image from whatever memory followed) is refused
+/// naming the vocabulary file, the token and the table.
+#[test]
+fn token_ids_past_the_embedding_table_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = sd3lab::model::Preset::Tiny.config(None);
+    // A small overshoot (a few rows) and a huge one (past i32: a negative index once cast).
+    for (i, id) in [config.clip_l.vocab_size as u64 + 3, u32::MAX as u64]
+        .into_iter()
+        .enumerate()
+    {
+        let model = dir.path().join(format!("m{i}"));
+        sd3lab::model::source::write_model_dir(&model, &config, 3).unwrap();
+        let path = model.join("tokenizer_l/vocab.json");
+        let mut vocab: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        vocab.insert("red</w>".into(), id.into());
+        std::fs::write(&path, serde_json::to_vec(&vocab).unwrap()).unwrap();
+        refused_cleanly(
+            dir.path(),
+            &model,
+            &format!("id {id}"),
+            &["tokenizer_l/vocab.json", "red</w>", &id.to_string()],
+        );
+    }
+    // The embedding table itself smaller than the vocabulary (config and weights agreeing).
+    let model = dir.path().join("small-table");
+    sd3lab::model::source::write_model_dir(&model, &config, 3).unwrap();
+    let small = sd3lab::model::ClipConfig {
+        vocab_size: 300,
+        ..config.clip_g.clone()
+    };
+    sd3lab::model::synth::write_clip(&model.join("clip_g"), &small, 5).unwrap();
+    refused_cleanly(
+        dir.path(),
+        &model,
+        "a 300-row embedding table",
+        &["tokenizer_g/vocab.json", "300", "clip_g"],
+    );
+}
+
+/// Issue 17 item 10: an OS error is printed once, not once in its context's message and again
+/// as that message's cause (anyhow's `{:#}` chain prints both).
+#[test]
+fn an_os_error_appears_once_in_the_printed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // The cache folder is a file: creating the tiny model's folder in it fails.
+    let cache = dir.path().join("cache-is-a-file");
+    std::fs::write(&cache, b"not a folder").unwrap();
+    let o = sd3lab(
+        &cache,
+        &[
+            "generate",
+            "--model",
+            "tiny",
+            "--prompt",
+            "x",
+            "--output",
+            dir.path().join("x.png").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("cache-is-a-file"), "{err}");
+    let os = "(os error ";
+    assert_eq!(err.matches(os).count(), 1, "{err}");
+}
+
+/// Issue 17 item 10: control bytes in a file name (here an ANSI colour sequence) are escaped
+/// in the printed error, not sent to the terminal.
+#[test]
+fn control_bytes_in_names_are_escaped_in_the_printed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = sd3lab(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            "model\x1b[31mred\u{9b}2J",
+            "--prompt",
+            "x",
+            "--output",
+            dir.path().join("x.png").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains(r"model\x1b[31mred\u{9b}2J"), "{err}");
+    assert!(!err.chars().any(|c| c.is_control() && c != '\n'), "{err:?}");
+}
+
+/// Issue 17 item 7: a depth of 10⁹ blocks (which would be allocated block by block until the
+/// memory ran out) is refused at once by `model synth` and `model layers`; `model synth` into
+/// a file is refused before anything is written.
+#[test]
+fn model_commands_refuse_absurd_depths_and_a_file_as_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m");
+    for args in [
+        vec!["model", "layers", "--depth", "1000000000"],
+        vec![
+            "model",
+            "synth",
+            "--depth",
+            "1000000000",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    ] {
+        let o = sd3lab(dir.path(), &args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("depth is 1000000000"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    assert!(!out.exists());
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"keep").unwrap();
+    let o = sd3lab(
+        dir.path(),
+        &["model", "synth", "--output", file.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is a file, not a folder"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+}

@@ -8,11 +8,25 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// Serves `root/<repo>/resolve/main/<file>` from `files[repo]`; requires `token` if given.
+/// The revision the test server says it serves (a commit id: 40 hexadecimal digits).
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// Serves `root/<repo>/resolve/main/<file>` from `files[repo]` with [`COMMIT`] as its
+/// revision; requires `token` if given.
 fn serve(
     files: Vec<(String, PathBuf)>,
     token: Option<String>,
     seen_auth: Arc<Mutex<Vec<String>>>,
+) -> String {
+    serve_commit(files, token, seen_auth, Some(COMMIT.to_owned()))
+}
+
+/// [`serve`] with `commit` as the `x-repo-commit` header (`None`: no such header).
+fn serve_commit(
+    files: Vec<(String, PathBuf)>,
+    token: Option<String>,
+    seen_auth: Arc<Mutex<Vec<String>>>,
+    commit: Option<String>,
 ) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -46,8 +60,12 @@ fn serve(
                 (true, Some(p)) => ("200 OK", std::fs::read(p).unwrap()),
                 (true, None) => ("404 Not Found", Vec::new()),
             };
+            let commit_header = commit
+                .as_ref()
+                .map(|c| format!("x-repo-commit: {c}\r\n"))
+                .unwrap_or_default();
             let head = format!(
-                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nx-repo-commit: 0123456789abcdef\r\nconnection: close\r\n\r\n",
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\n{commit_header}connection: close\r\n\r\n",
                 body.len()
             );
             let _ = stream.write_all(head.as_bytes());
@@ -115,14 +133,17 @@ fn downloads_into_the_hub_cache_then_generates() {
         String::from_utf8_lossy(&ok.stderr)
     );
     assert!(root.path().join("out.png").is_file());
-    let snapshot = hub.join("models--argmaxinc--mlx-stable-diffusion-3-medium/snapshots/0123456789abcdef/sd3_medium.safetensors");
+    let snapshot = hub
+        .join("models--argmaxinc--mlx-stable-diffusion-3-medium/snapshots")
+        .join(COMMIT)
+        .join("sd3_medium.safetensors");
     assert_eq!(
         std::fs::read(&snapshot).unwrap(),
         std::fs::read(model.join("sd3_medium.safetensors")).unwrap()
     );
     assert_eq!(
         std::fs::read_to_string(hub.join("models--argmaxinc--stable-diffusion/refs/main")).unwrap(),
-        "0123456789abcdef"
+        COMMIT
     );
     assert!(seen.lock().unwrap().iter().any(|a| a == "Bearer secret"));
 
@@ -244,4 +265,55 @@ fn resolve_reports_download_progress_and_a_cancelled_download_leaves_no_file() {
     })
     .unwrap();
     assert!(again.is_empty(), "{again:?}");
+}
+
+/// Issue 17 item 6: the server's revision header becomes a folder name in the cache, so it must
+/// be a commit id (40 hexadecimal digits). A hostile one (`../../../escaped`, an absolute path,
+/// a nested path, an empty or missing one) is refused naming the header, and nothing is written
+/// anywhere, inside the cache or out.
+#[test]
+fn a_hostile_revision_header_is_refused_and_nothing_is_written() {
+    use sd3lab::job::CancelToken;
+    use sd3lab::model::source::{ModelLocations, SourceError, resolve_in};
+
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("model");
+    sd3lab::model::source::write_model_dir(&model, &sd3lab::model::Preset::Tiny.config(None), 8)
+        .unwrap();
+    let model_files = files_under(&model);
+    for commit in [
+        Some("../../../escaped"),
+        Some("../../../escaped/0123456789abcdef0123456789abcdef0123"),
+        Some("/tmp/sd3lab-absolute-revision"),
+        Some("0123456789abcdef0123456789abcdef0123456/"),
+        Some("0123456789ABCDEFG123456789abcdef01234567"),
+        Some("abc"),
+        Some(""),
+        None,
+    ] {
+        let at = ModelLocations {
+            hub_cache: root.path().join("hub"),
+            cache_dir: root.path().join("sd3lab"),
+            endpoint: serve_commit(
+                published(&model),
+                None,
+                Arc::new(Mutex::new(Vec::new())),
+                commit.map(str::to_owned),
+            ),
+            token: None,
+        };
+        let err = resolve_in("sd3-medium", &at, &CancelToken::new(), &mut |_| {}).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, SourceError::Download { .. }) && text.contains("x-repo-commit"),
+            "{commit:?}: {text}"
+        );
+        if let Some(c) = commit.filter(|c| !c.is_empty()) {
+            assert!(text.contains(c), "{commit:?}: {text}");
+        }
+        let mut written = files_under(root.path());
+        written.retain(|p| !model_files.contains(p));
+        assert_eq!(written, Vec::<PathBuf>::new(), "{commit:?}");
+        assert!(!Path::new("/tmp/sd3lab-absolute-revision").exists());
+    }
 }

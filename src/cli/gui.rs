@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
 
 #[derive(Args)]
@@ -76,6 +77,17 @@ impl GuiArgs {
 /// `sd3lab gui`.
 pub fn run(args: &GuiArgs) -> anyhow::Result<ExitCode> {
     let options = args.to_config()?;
+    // The files written on exit: a FIFO, a device or a folder is refused before the window
+    // opens, not after the session.
+    for (flag, path) in [
+        ("--screenshot", &options.screenshot),
+        ("--frame-stats", &options.frame_stats),
+    ] {
+        if let Some(path) = path {
+            sd3lab::fsutil::destination(path)
+                .with_context(|| format!("{flag} {}", path.display()))?;
+        }
+    }
     anyhow::ensure!(
         sd3lab::app::display_available(),
         "no display found (neither DISPLAY nor WAYLAND_DISPLAY is set); run it in a desktop session, or under `xvfb-run -a`"

@@ -180,3 +180,77 @@ fn bar_style(template: &str) -> indicatif::ProgressStyle {
     indicatif::ProgressStyle::with_template(template)
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
 }
+
+/// An error as the CLI prints it: the messages of its chain joined by `: `, each cause left out
+/// when its text is already in what is printed (a library error whose message includes its
+/// source's, as `"{path}: {source}"` does, would otherwise print the OS error twice), and
+/// control characters escaped (a file name can hold terminal escape sequences).
+pub fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let message = cause.to_string();
+        if text.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    escape_control(&text)
+}
+
+/// `text` with every control or bidirectional-override character but the line break written
+/// as an escape (`\x1b`, `\u{9b}`, `\u{202e}`), so that printing it cannot move the cursor,
+/// recolour the terminal or reorder what follows.
+pub fn escape_control(text: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c == '\n' || !(c.is_control() || bidi) {
+            out.push(c);
+        } else if (c as u32) < 0x80 {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct WithSource {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_printed_once() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let os_text = io.to_string();
+        let err = anyhow::Error::new(WithSource {
+            path: "/m/vocab.json".into(),
+            source: io,
+        })
+        .context("loading model 'm'");
+        let text = error_text(&err);
+        assert_eq!(text, format!("loading model 'm': /m/vocab.json: {os_text}"));
+        // A cause whose text is new is kept.
+        let err = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_text(&err), "outer: inner");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_but_line_breaks_kept() {
+        assert_eq!(
+            escape_control("a\x1b[31mb\tc\u{9b}d\u{202e}e\nf"),
+            "a\\x1b[31mb\\x09c\\u{9b}d\\u{202e}e\nf"
+        );
+    }
+}

@@ -95,6 +95,8 @@ impl SynthArgs {
 
 fn synth(args: &SynthArgs) -> anyhow::Result<ExitCode> {
     let config = args.to_config()?;
+    // One writer per folder; a file in the way is refused before anything is written.
+    let _lock = sd3lab::fsutil::FolderLock::acquire(&args.output)?;
     let start = std::time::Instant::now();
     sd3lab::model::source::write_model_dir(&args.output, &config, args.seed)
         .with_context(|| format!("writing the checkpoint into {}", args.output.display()))?;

@@ -58,6 +58,12 @@ impl ClipTextModel {
 
     /// Builds the model from tensors named as DiffusionKit maps them (see [`remap_clip_key`]).
     pub fn from_store(config: &ClipConfig, store: &mut TensorStore) -> Result<Self, WeightsError> {
+        config
+            .validate()
+            .map_err(|source| WeightsError::ClipConfig {
+                path: store.path().to_owned(),
+                source,
+            })?;
         let w = config.width;
         let eps = config.layer_norm_eps;
         let ln = |store: &mut TensorStore, name: &str| -> Result<LayerNorm, WeightsError> {
@@ -192,12 +198,7 @@ pub fn remap_clip_key(key: &str) -> String {
         .replace("mlp.fc2", "linear2")
 }
 
-/// Why a `config.json` does not describe a CLIP text encoder.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClipConfigError {
-    #[error("missing integer '{key}'")]
-    MissingInteger { key: &'static str },
-}
+pub use super::config::ClipConfigError;
 
 /// Reads a Hugging Face `CLIPTextConfig` (`config.json`) as DiffusionKit does: the MLP is
 /// 4 × width, the projection exists for `*WithProjection` architectures.
@@ -214,11 +215,12 @@ pub fn clip_config_from_hf(json: &serde_json::Value) -> Result<ClipConfig, ClipC
         .and_then(|a| a.as_str())
         .is_some_and(|a| a.contains("WithProjection"));
     let width = int("hidden_size")?;
-    Ok(ClipConfig {
+    let config = ClipConfig {
         num_layers: int("num_hidden_layers")?,
         width,
         num_heads: int("num_attention_heads")?,
-        mlp_dim: 4 * width,
+        // Saturating: an absurd width is refused by `validate` (naming it), not overflowed.
+        mlp_dim: width.saturating_mul(4),
         vocab_size: int("vocab_size")?,
         max_length: int("max_position_embeddings")?,
         hidden_act: json
@@ -235,7 +237,10 @@ pub fn clip_config_from_hf(json: &serde_json::Value) -> Result<ClipConfig, ClipC
             .get("layer_norm_eps")
             .and_then(|v| v.as_f64())
             .unwrap_or(1e-5) as f32,
-    })
+    };
+    // Checked here, before any caller allocates per layer or divides by the heads.
+    config.validate()?;
+    Ok(config)
 }
 
 /// The Hugging Face `config.json` for a configuration (what the synthetic writer emits).

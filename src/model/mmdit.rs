@@ -523,10 +523,7 @@ pub fn mmdit_from_tensors(
     config: &MmditConfig,
     dtype: Dtype,
 ) -> Result<Mmdit, WeightsError> {
-    let remapped = super::weights::remap_mmdit(raw).map_err(|source| WeightsError::Mlx {
-        key: "attn.qkv split".into(),
-        source,
-    })?;
+    let remapped = super::weights::remap_mmdit(path, raw)?;
     let mut store = TensorStore::new(path, remapped, dtype);
     let model = Mmdit::from_store(config, &mut store)?;
     store.finish()?;

@@ -43,8 +43,40 @@ pub enum PipelineError {
         width: usize,
         context: usize,
     },
+    #[error(
+        "{vocab}: token {token:?} has id {id}, past the {rows} rows of the embedding table ('token_embedding.weight') in {weights}"
+    )]
+    TokenPastTable {
+        vocab: std::path::PathBuf,
+        token: String,
+        id: u32,
+        rows: usize,
+        weights: std::path::PathBuf,
+    },
     #[error("MLX error: {0}")]
     Mlx(#[from] mlx_rs::error::Exception),
+}
+
+/// Fails when `tokenizer` can produce an id past `clip`'s embedding table: looking it up would
+/// read outside the table (a crash, or an image from whatever memory follows it).
+fn check_token_ids(
+    tokenizer: &ClipTokenizer,
+    tokenizer_dir: &std::path::Path,
+    clip: &ClipTextModel,
+    clip_dir: &std::path::Path,
+) -> Result<(), PipelineError> {
+    let (token, id) = tokenizer.largest_id();
+    let rows = clip.config.vocab_size;
+    if (id as usize) < rows {
+        return Ok(());
+    }
+    Err(PipelineError::TokenPastTable {
+        vocab: tokenizer_dir.join(super::tokenizer::VOCAB_FILE),
+        token: token.to_owned(),
+        id,
+        rows,
+        weights: clip_dir.join(super::clip::WEIGHTS_FILE),
+    })
 }
 
 /// What to generate.
@@ -216,8 +248,12 @@ impl Pipeline {
         let raw = super::weights::load_safetensors(&files.checkpoint)?;
         super::weights::check_checkpoint_keys(&files.checkpoint, &raw)?;
         let (mmdit_cfg, vae_cfg) = infer_config_from(&files.checkpoint, &raw)?;
+        let tokenizer_l = ClipTokenizer::load(&files.tokenizer_l, Padding::Eos)?;
+        let tokenizer_g = ClipTokenizer::load(&files.tokenizer_g, Padding::Zero)?;
         let clip_l = load_clip(&files.clip_l, dtype)?;
         let clip_g = load_clip(&files.clip_g, dtype)?;
+        check_token_ids(&tokenizer_l, &files.tokenizer_l, &clip_l, &files.clip_l)?;
+        check_token_ids(&tokenizer_g, &files.tokenizer_g, &clip_g, &files.clip_g)?;
         let pooled = clip_l.config.pooled_dim() + clip_g.config.pooled_dim();
         if pooled != mmdit_cfg.pooled_dim {
             return Err(PipelineError::PooledWidth {
@@ -237,8 +273,6 @@ impl Pipeline {
         let mmdit = mmdit_from_tensors(&files.checkpoint, &raw, &mmdit_cfg, dtype)?;
         let vae = vae_decoder_from_tensors(&files.checkpoint, &raw, &vae_cfg, dtype)?;
         drop(raw);
-        let tokenizer_l = ClipTokenizer::load(&files.tokenizer_l, Padding::Eos)?;
-        let tokenizer_g = ClipTokenizer::load(&files.tokenizer_g, Padding::Zero)?;
         let config = Sd3Config {
             mmdit: mmdit_cfg,
             clip_l: clip_l.config.clone(),

@@ -200,11 +200,23 @@ impl ModelLocations {
     }
 }
 
-/// The snapshot folder of `repo` in the hub cache (the revision `refs/main` points to).
+/// Whether `rev` is a Git commit id as the hub names snapshots: 40 lower-case hexadecimal
+/// digits. A revision from outside (the server's `x-repo-commit` header, a `refs/main` file)
+/// becomes a folder name in the cache only if it is one, so it can never name another folder.
+pub fn is_commit_id(rev: &str) -> bool {
+    rev.len() == 40 && rev.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The snapshot folder of `repo` in the hub cache (the revision `refs/main` points to); none
+/// when `refs/main` holds no commit id (such a cache is treated as not holding the model).
 fn hf_snapshot(cache: &Path, repo: &str) -> Option<PathBuf> {
     let dir = cache.join(format!("models--{}", repo.replace('/', "--")));
     let rev = std::fs::read_to_string(dir.join("refs/main")).ok()?;
-    let snap = dir.join("snapshots").join(rev.trim());
+    let rev = rev.trim();
+    if !is_commit_id(rev) {
+        return None;
+    }
+    let snap = dir.join("snapshots").join(rev);
     snap.is_dir().then_some(snap)
 }
 
@@ -375,68 +387,175 @@ pub fn infer_config(checkpoint: &Path) -> Result<(MmditConfig, VaeDecoderConfig)
     infer_config_from(checkpoint, &super::weights::load_safetensors(checkpoint)?)
 }
 
-/// [`infer_config`] on a checkpoint's already loaded (lazy) tensors.
+/// [`infer_config`] on a checkpoint's already loaded (lazy) tensors. Every shape read is
+/// checked for its rank first, and the configuration is validated (sizes in bounds, heads that
+/// divide the width, blocks numbered 0 to depth − 1) before anything is built from it; errors
+/// name the checkpoint and the tensor the offending size came from.
 pub fn infer_config_from(
     checkpoint: &Path,
     raw: &std::collections::HashMap<String, mlx_rs::Array>,
 ) -> Result<(MmditConfig, VaeDecoderConfig), WeightsError> {
-    let shape = |k: &str| -> Result<Vec<usize>, WeightsError> {
-        raw.get(k)
-            .map(|a| a.shape().iter().map(|&d| d as usize).collect())
-            .ok_or_else(|| WeightsError::Missing {
-                path: checkpoint.to_owned(),
-                key: k.to_owned(),
-            })
+    // The shape of `key`, which must have rank `rank`, as sizes (a negative MLX dimension,
+    // which no valid file has, reads as 0 and is refused by the validation).
+    let shape = |key: &str, rank: usize| -> Result<Vec<usize>, WeightsError> {
+        let a = raw.get(key).ok_or_else(|| WeightsError::Missing {
+            path: checkpoint.to_owned(),
+            key: key.to_owned(),
+        })?;
+        let dims = super::weights::shape_of_rank(checkpoint, key, a, rank)?;
+        Ok(dims
+            .iter()
+            .map(|&d| usize::try_from(d).unwrap_or(0))
+            .collect())
     };
     let m = |k: &str| format!("{MMDIT_PREFIX}{k}");
-    let x = shape(&m("x_embedder.proj.weight"))?;
-    let pos = shape(&m("pos_embed"))?;
-    let depth = raw
-        .keys()
-        .filter_map(|k| k.strip_prefix(&m("joint_blocks.")))
-        .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
-        .max()
-        .map_or(0, |d| d + 1);
+    let (x_key, pos_key, fc1_key) = (
+        m("x_embedder.proj.weight"),
+        m("pos_embed"),
+        m("joint_blocks.0.x_block.mlp.fc1.weight"),
+    );
+    let (y_key, context_key, t_key) = (
+        m("y_embedder.mlp.0.weight"),
+        m("context_embedder.weight"),
+        m("t_embedder.mlp.0.weight"),
+    );
+    let x = shape(&x_key, 4)?;
+    let pos = shape(&pos_key, 3)?;
+    let depth = block_count(checkpoint, raw, &m("joint_blocks."))?;
     let hidden = x[0];
+    let inferred = |key: &str, source| WeightsError::Inferred {
+        path: checkpoint.to_owned(),
+        key: key.to_owned(),
+        source,
+    };
+    // Divisions below need a width; its bounds are checked with the rest.
+    if hidden == 0 {
+        return Err(inferred(
+            &x_key,
+            super::config::ConfigError::ZeroSize {
+                depth,
+                hidden_size: 0,
+                num_heads: 0,
+            },
+        ));
+    }
     let max = (pos[1] as f64).sqrt().round() as usize;
+    if max.checked_mul(max) != Some(pos[1]) {
+        return Err(WeightsError::Invalid {
+            path: checkpoint.to_owned(),
+            reason: format!(
+                "tensor '{pos_key}' has {} positions, not a square number",
+                pos[1]
+            ),
+        });
+    }
+    let fc1 = shape(&fc1_key, 2)?;
     let mmdit = MmditConfig {
         depth,
         hidden_size: hidden,
         num_heads: (hidden / 64).max(1),
-        mlp_ratio: shape(&m("joint_blocks.0.x_block.mlp.fc1.weight"))?[0] / hidden,
+        mlp_ratio: fc1[0] / hidden,
         patch_size: x[2],
         latent_channels: x[1],
         max_latent_resolution: max,
-        pooled_dim: shape(&m("y_embedder.mlp.0.weight"))?[1],
-        context_dim: shape(&m("context_embedder.weight"))?[1],
-        frequency_dim: shape(&m("t_embedder.mlp.0.weight"))?[1],
+        pooled_dim: shape(&y_key, 2)?[1],
+        context_dim: shape(&context_key, 2)?[1],
+        frequency_dim: shape(&t_key, 2)?[1],
         layer_norm_eps: 1e-6,
     };
+    let first_block = m("joint_blocks.0");
+    mmdit.validate().map_err(|e| {
+        let key = match e.field() {
+            "max_latent_resolution" => &pos_key,
+            "mlp_ratio" => &fc1_key,
+            "pooled_dim" => &y_key,
+            "context_dim" => &context_key,
+            "frequency_dim" => &t_key,
+            "depth" => &first_block,
+            // The width, the heads (derived from it), the patch and the latent channels.
+            _ => &x_key,
+        }
+        .clone();
+        inferred(&key, e)
+    })?;
     let d = |k: &str| format!("{VAE_DECODER_PREFIX}{k}");
+    let up_key = |i: usize| d(&format!("up.{i}.block.0.conv2.weight"));
     let mut block_out_channels = Vec::new();
-    while raw.contains_key(&d(&format!(
-        "up.{}.block.0.conv2.weight",
-        block_out_channels.len()
-    ))) {
-        block_out_channels.push(
-            shape(&d(&format!(
-                "up.{}.block.0.conv2.weight",
-                block_out_channels.len()
-            )))?[0],
-        );
+    while raw.contains_key(&up_key(block_out_channels.len())) {
+        block_out_channels.push(shape(&up_key(block_out_channels.len()), 4)?[0]);
     }
     let layers_per_block = (0..)
         .take_while(|j| raw.contains_key(&d(&format!("up.0.block.{j}.conv1.weight"))))
         .count();
-    let conv_in = shape(&d("conv_in.weight"))?;
+    let (conv_in_key, conv_out_key) = (d("conv_in.weight"), d("conv_out.weight"));
     let vae = VaeDecoderConfig {
-        latent_channels: conv_in[1],
-        out_channels: shape(&d("conv_out.weight"))?[0],
+        latent_channels: shape(&conv_in_key, 4)?[1],
+        out_channels: shape(&conv_out_key, 4)?[0],
         block_out_channels,
         layers_per_block,
         ..VaeDecoderConfig::sd3()
     };
+    vae.validate().map_err(|e| {
+        let key = match e.field() {
+            "latent_channels" => conv_in_key.clone(),
+            "out_channels" => conv_out_key.clone(),
+            "layers_per_block" => d("up.0.block.0.conv1.weight"),
+            _ => up_key(0),
+        };
+        inferred(&key, e)
+    })?;
+    if vae.latent_channels != mmdit.latent_channels {
+        return Err(WeightsError::Invalid {
+            path: checkpoint.to_owned(),
+            reason: format!(
+                "tensor '{conv_in_key}' takes {} latent channels, but '{x_key}' gives {}",
+                vae.latent_channels, mmdit.latent_channels
+            ),
+        });
+    }
     Ok((mmdit, vae))
+}
+
+/// The number of blocks `prefix<i>.…` in `raw`, which must be numbered 0 to n − 1 (so a key
+/// numbered 10⁹ cannot make the model allocate 10⁹ blocks: it is refused, named).
+fn block_count(
+    path: &Path,
+    raw: &std::collections::HashMap<String, mlx_rs::Array>,
+    prefix: &str,
+) -> Result<usize, WeightsError> {
+    let mut seen = std::collections::BTreeMap::new();
+    for key in raw.keys() {
+        let Some(rest) = key.strip_prefix(prefix) else {
+            continue;
+        };
+        let index = rest.split('.').next().and_then(|i| i.parse::<usize>().ok());
+        match index {
+            Some(i) => {
+                seen.entry(i).or_insert(key);
+            }
+            None => {
+                return Err(WeightsError::Invalid {
+                    path: path.to_owned(),
+                    reason: format!("tensor '{key}' has no block number after '{prefix}'"),
+                });
+            }
+        }
+    }
+    let Some((&last, &last_key)) = seen.iter().next_back() else {
+        return Err(WeightsError::Missing {
+            path: path.to_owned(),
+            key: format!("{prefix}0.…"),
+        });
+    };
+    if let Some(gap) = (0..=last).find(|i| !seen.contains_key(i)) {
+        return Err(WeightsError::Invalid {
+            path: path.to_owned(),
+            reason: format!(
+                "tensor '{last_key}' is of block {last}, but there is no block {gap}: blocks must be numbered from 0 without gaps"
+            ),
+        });
+    }
+    Ok(last + 1)
 }
 
 /// Files of the two repositories, as `(repository, path in the repository)`.
@@ -517,12 +636,50 @@ pub fn download_sd3_medium_into(
                 reason: format!("HTTP {status}"),
             });
         }
-        let commit = response
-            .headers()
-            .get("x-repo-commit")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .unwrap_or_else(|| "main".to_owned());
+        // The revision names the snapshot folder: checked before anything is created.
+        let commit = match response.headers().get("x-repo-commit") {
+            None => {
+                return Err(SourceError::Download {
+                    url,
+                    reason: "the server sent no x-repo-commit header (the file's revision), \
+                             so this is not a Hugging Face endpoint"
+                        .into(),
+                });
+            }
+            Some(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        };
+        if !is_commit_id(&commit) {
+            return Err(SourceError::Download {
+                url,
+                reason: format!(
+                    "the server's x-repo-commit header {commit:?} is not a commit id \
+                     (40 hexadecimal digits); it is not used as a folder name"
+                ),
+            });
+        }
+        if let Some(earlier) = revisions.get(repo)
+            && *earlier != commit
+        {
+            return Err(SourceError::Download {
+                url,
+                reason: format!(
+                    "the server's x-repo-commit header says revision {commit}, but {repo}'s \
+                     earlier files came from {earlier}: the repository changed during the download; \
+                     run it again"
+                ),
+            });
+        }
+        // The published names are constants; checked anyway, as every name joined to a
+        // folder here is.
+        if let Some(bad) = file
+            .split('/')
+            .find(|part| crate::fsutil::single_component(part).is_err())
+        {
+            return Err(SourceError::Download {
+                url,
+                reason: format!("{file:?}: {bad:?} is not a single file name"),
+            });
+        }
         let total = crate::download::content_length(&response);
         let repo_dir = cache.join(format!("models--{}", repo.replace('/', "--")));
         let target = repo_dir.join("snapshots").join(&commit).join(&file);
@@ -630,6 +787,48 @@ mod tests {
             !text.contains("--model"),
             "no flag of ours in a library message: {text}"
         );
+    }
+
+    #[test]
+    fn a_refs_main_that_is_no_commit_id_is_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = root.path().join("hub");
+        // A complete model outside the cache, both repositories' refs/main leading to it.
+        let outside = root.path().join("outside");
+        write_model_dir(&outside, &Preset::Tiny.config(None), 1).unwrap();
+        let refs = |repo: &str| {
+            cache
+                .join(format!("models--{}", repo.replace('/', "--")))
+                .join("refs")
+        };
+        for repo in [HF_MMDIT_REPO, HF_TEXT_REPO] {
+            std::fs::create_dir_all(refs(repo)).unwrap();
+            std::fs::create_dir_all(refs(repo).with_file_name("snapshots")).unwrap();
+            std::fs::write(refs(repo).join("main"), "../../../outside\n").unwrap();
+        }
+        assert!(
+            matches!(sd3_medium_in(&cache), Err(SourceError::NotCached { .. })),
+            "a revision with '..' was followed out of the cache"
+        );
+        // The same files under a commit id are the cached model.
+        let commit = "89abcdef".repeat(5);
+        for repo in [HF_MMDIT_REPO, HF_TEXT_REPO] {
+            let snap = refs(repo).with_file_name("snapshots").join(&commit);
+            write_model_dir(&snap, &Preset::Tiny.config(None), 1).unwrap();
+            std::fs::write(refs(repo).join("main"), format!("{commit}\n")).unwrap();
+        }
+        let files = sd3_medium_in(&cache).unwrap();
+        assert!(files.checkpoint.starts_with(&cache), "{files:?}");
+        assert!(is_commit_id(&commit));
+        for bad in [
+            "",
+            "main",
+            &commit[1..],
+            &commit.to_uppercase(),
+            &format!("{commit}/"),
+        ] {
+            assert!(!is_commit_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -155,6 +155,16 @@ impl ClipTokenizer {
         })
     }
 
+    /// The token with the largest id (every id this tokenizer can produce is at most this;
+    /// padding's 0 included). Ties, which a valid vocabulary has none of, go to the first name.
+    pub fn largest_id(&self) -> (&str, u32) {
+        self.vocab
+            .iter()
+            .map(|(t, &id)| (t.as_str(), id))
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0)))
+            .unwrap_or(("", 0))
+    }
+
     pub fn bos(&self) -> u32 {
         self.bos
     }

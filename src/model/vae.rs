@@ -118,6 +118,10 @@ impl VaeDecoder {
         config: &VaeDecoderConfig,
         store: &mut TensorStore,
     ) -> Result<Self, WeightsError> {
+        config.validate().map_err(|source| WeightsError::Config {
+            path: store.path().to_owned(),
+            source,
+        })?;
         let groups = config.norm_groups as i32;
         let gn =
             |store: &mut TensorStore, name: &str, c: usize| -> Result<GroupNorm, WeightsError> {
@@ -264,13 +268,19 @@ pub fn to_u8_images(x: &Array) -> MlxResult<Vec<(u32, u32, Vec<u8>)>> {
 /// `first_stage_model.decoder.`: renames to its module names, moves conv weights from OIHW to
 /// OHWI and squeezes the 1×1 shortcut and attention weights.
 pub fn remap_vae_decoder(
+    path: &std::path::Path,
     raw: &std::collections::HashMap<String, Array>,
-) -> MlxResult<std::collections::HashMap<String, Array>> {
+) -> Result<std::collections::HashMap<String, Array>, WeightsError> {
     let mut out = std::collections::HashMap::new();
     for (key, v) in raw {
         let v = v.clone();
         let Some(k) = key.strip_prefix(super::weights::VAE_DECODER_PREFIX) else {
             continue;
+        };
+        let mlx = |source| WeightsError::MlxTensor {
+            path: path.to_owned(),
+            key: key.clone(),
+            source,
         };
         let k = k
             .replace("up", "up_blocks")
@@ -290,9 +300,12 @@ pub fn remap_vae_decoder(
         let is_weight = k.ends_with("weight");
         // 1×1 convolutions (shortcut, attention projections) become Linear weights.
         let v = if k.contains("conv_shortcut.weight") || k.contains("proj.weight") {
-            v.reshape(&[v.shape()[0], v.shape()[1]])?
+            // `(out, in, 1, 1)`; the store checks the `(out, in)` it becomes.
+            let shape = super::weights::shape_of_rank(path, key, &v, 4)?;
+            let (o, i) = (shape[0], shape[1]);
+            v.reshape(&[o, i]).map_err(mlx)?
         } else if is_weight && v.ndim() == 4 && (k.contains("upsample") || k.contains("conv")) {
-            v.transpose_axes(&[0, 2, 3, 1])?
+            v.transpose_axes(&[0, 2, 3, 1]).map_err(mlx)?
         } else {
             v
         };
@@ -322,10 +335,7 @@ pub fn vae_decoder_from_tensors(
     config: &VaeDecoderConfig,
     dtype: Dtype,
 ) -> Result<VaeDecoder, WeightsError> {
-    let tensors = remap_vae_decoder(raw).map_err(|source| WeightsError::Mlx {
-        key: "VAE decoder remap".into(),
-        source,
-    })?;
+    let tensors = remap_vae_decoder(path, raw)?;
     let mut store = TensorStore::new(path, tensors, dtype);
     let model = VaeDecoder::from_store(config, &mut store)?;
     store.finish()?;

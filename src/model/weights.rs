@@ -35,11 +35,54 @@ pub enum WeightsError {
         path: PathBuf,
         source: super::clip::ClipConfigError,
     },
+    #[error("{path}: tensor '{key}' has rank {found} (shape {shape:?}), expected rank {expected}")]
+    Rank {
+        path: PathBuf,
+        key: String,
+        expected: usize,
+        found: usize,
+        shape: Vec<i32>,
+    },
+    /// A size inferred from a tensor's shape that no working model has.
+    #[error("{path}: tensor '{key}': {source}")]
+    Inferred {
+        path: PathBuf,
+        key: String,
+        source: super::config::ConfigError,
+    },
     #[error("MLX error while preparing '{key}': {source}")]
     Mlx {
         key: String,
         source: mlx_rs::error::Exception,
     },
+    /// An MLX error on a tensor of a checkpoint (named with its file).
+    #[error("{path}: MLX error while preparing '{key}': {source}")]
+    MlxTensor {
+        path: PathBuf,
+        key: String,
+        source: mlx_rs::error::Exception,
+    },
+}
+
+/// `a`'s shape if it has rank `rank`, else the error naming the file and the key.
+pub fn shape_of_rank<'a>(
+    path: &Path,
+    key: &str,
+    a: &'a Array,
+    rank: usize,
+) -> Result<&'a [i32], WeightsError> {
+    let shape = a.shape();
+    if shape.len() == rank {
+        Ok(shape)
+    } else {
+        Err(WeightsError::Rank {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            expected: rank,
+            found: shape.len(),
+            shape: shape.to_vec(),
+        })
+    }
 }
 
 /// Loads every tensor of a `.safetensors` file (lazily).
@@ -97,10 +140,12 @@ impl TensorStore {
         if a.dtype() == self.dtype {
             Ok(a)
         } else {
-            a.as_dtype(self.dtype).map_err(|source| WeightsError::Mlx {
-                key: key.to_owned(),
-                source,
-            })
+            a.as_dtype(self.dtype)
+                .map_err(|source| WeightsError::MlxTensor {
+                    path: self.path.clone(),
+                    key: key.to_owned(),
+                    source,
+                })
         }
     }
 
@@ -158,15 +203,22 @@ pub const VAE_DECODER_PREFIX: &str = "first_stage_model.decoder.";
 /// DiffusionKit's `mmdit_state_dict_adjustments`, with a real prefix strip: renames the
 /// Stability layout to DiffusionKit's module names, splits `attn.qkv` into q/k/v (dropping the
 /// k bias, to which softmax is invariant), takes `pos_embed[0]`, and moves the patch
-/// convolution's weight from OIHW to OHWI. Tensors outside the MMDiT are left out.
+/// convolution's weight from OIHW to OHWI. Tensors outside the MMDiT are left out. `path`
+/// (the checkpoint) names the file in errors: a tensor of a rank these steps cannot take.
 pub fn remap_mmdit(
+    path: &Path,
     raw: &HashMap<String, Array>,
-) -> Result<HashMap<String, Array>, mlx_rs::error::Exception> {
+) -> Result<HashMap<String, Array>, WeightsError> {
     let mut out = HashMap::with_capacity(raw.len());
     for (key, value) in raw {
         let value = value.clone();
         let Some(k) = key.strip_prefix(MMDIT_PREFIX) else {
             continue;
+        };
+        let mlx = |source| WeightsError::MlxTensor {
+            path: path.to_owned(),
+            key: key.clone(),
+            source,
         };
         if k.contains("teacher_model.") {
             continue;
@@ -181,7 +233,17 @@ pub fn remap_mmdit(
             .replace(".attn.ln_q.", ".qk_norm.q_norm.")
             .replace(".attn.ln_k.", ".qk_norm.k_norm.");
         if k.contains("attn.qkv") {
-            let parts = value.split_equal(3, 0)?;
+            // Split in three along the first axis; the registry checks the parts' shapes.
+            if value.ndim() == 0 || value.shape()[0] % 3 != 0 {
+                return Err(WeightsError::Invalid {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "tensor '{key}' has shape {:?}; its first axis must hold q, k and v (a multiple of 3)",
+                        value.shape()
+                    ),
+                });
+            }
+            let parts = value.split_equal(3, 0).map_err(mlx)?;
             for (name, part) in ["q", "k", "v"].iter().zip(parts) {
                 let nk = k.replace("attn.qkv", &format!("attn.{name}_proj"));
                 if nk.contains("k_proj.bias") {
@@ -193,13 +255,15 @@ pub fn remap_mmdit(
         }
         let k = k.replace("attn.proj", "attn.o_proj");
         if k == "pos_embed" {
-            let shape = value.shape().to_vec();
-            let table = value.reshape(&shape[1..])?;
+            // `(1, positions, hidden)`: the table is its only entry.
+            let shape = shape_of_rank(path, key, &value, 3)?.to_vec();
+            let table = value.reshape(&shape[1..]).map_err(mlx)?;
             out.insert("x_pos_embedder.pos_embed.weight".to_owned(), table);
             continue;
         }
         if k == "x_embedder.proj.weight" {
-            out.insert(k, value.transpose_axes(&[0, 2, 3, 1])?);
+            shape_of_rank(path, key, &value, 4)?;
+            out.insert(k, value.transpose_axes(&[0, 2, 3, 1]).map_err(mlx)?);
             continue;
         }
         out.insert(k, value);

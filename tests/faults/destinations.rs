@@ -1,4 +1,178 @@
-//! Fault tests: destinations.
+//! Fault tests: destinations (issue 17 item 5). An output that is a symbolic link is written
+//! through to its target (the link stays a link); a FIFO, a device or a folder is refused with a
+//! message that says what it is, a non-zero exit and without blocking on the FIFO, and the
+//! special file is left as it was.
 
-#[allow(unused_imports)]
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
 use crate::common;
+
+/// Runs `cmd`, failing the test if it has not finished within `limit` (a writer blocked
+/// opening a FIFO never would).
+fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sd3lab");
+    let start = Instant::now();
+    while child.try_wait().expect("wait for sd3lab").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let o = child.wait_with_output().expect("collect sd3lab");
+            panic!(
+                "sd3lab did not finish in {limit:?} (blocked?):\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collect sd3lab")
+}
+
+/// `generate` on the built-in tiny model (64×64, one step) with `--output output`, its model
+/// cache in `cache`.
+fn generate(cache: &Path, output: &Path) -> Output {
+    let mut cmd = common::sd3lab_command(
+        cache,
+        &[
+            "generate",
+            "--model",
+            "tiny",
+            "--prompt",
+            "a red fox",
+            "--num-steps",
+            "1",
+            "--height",
+            "64",
+            "--width",
+            "64",
+        ],
+    );
+    cmd.arg("--output").arg(output);
+    output_within(cmd, Duration::from_secs(300))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn is_png(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.starts_with(b"\x89PNG\r\n\x1a\n"))
+}
+
+#[test]
+fn generate_writes_through_a_symbolic_link_to_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let (link, target) = (dir.path().join("out.png"), dir.path().join("real.png"));
+    std::fs::write(&target, b"old contents").unwrap();
+    std::os::unix::fs::symlink("real.png", &link).unwrap();
+    let o = generate(dir.path(), &link);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link was replaced by a file"
+    );
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("real.png"));
+    assert!(is_png(&target), "the target does not hold the image");
+
+    // A dangling link names the file to create.
+    let (link, target) = (dir.path().join("new.png"), dir.path().join("made.png"));
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let o = generate(dir.path(), &link);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert!(is_png(&target));
+}
+
+/// Makes a FIFO at `path` with mkfifo(1) (the crate has no libc binding of its own).
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().expect("mkfifo");
+    assert!(status.success());
+}
+
+#[test]
+fn generate_refuses_a_fifo_a_device_and_a_folder_without_blocking() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.png");
+    mkfifo(&fifo);
+    let folder = dir.path().join("folder.png");
+    std::fs::create_dir(&folder).unwrap();
+    let via_link = dir.path().join("null.png");
+    std::os::unix::fs::symlink("/dev/null", &via_link).unwrap();
+    for (output, what) in [
+        (fifo.as_path(), "a FIFO"),
+        (Path::new("/dev/null"), "a device"),
+        (via_link.as_path(), "a device"),
+        (folder.as_path(), "a folder"),
+    ] {
+        let o = generate(dir.path(), output);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{}: {err}", output.display());
+        assert!(
+            err.contains(&output.display().to_string()) && err.contains(what),
+            "{}: {err}",
+            output.display()
+        );
+    }
+    // Nothing was replaced.
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    assert!(std::fs::symlink_metadata(&via_link).unwrap().is_symlink());
+    assert!(folder.is_dir() && std::fs::read_dir(&folder).unwrap().next().is_none());
+}
+
+/// A bad destination fails before any work: the model is not even resolved (the built-in tiny
+/// model, written into the cache on first use, is not written).
+#[test]
+#[ignore = "needs `sd3lab::fsutil::destination(&args.output)` (and `--latent-out`) at the start of src/cli/generate.rs, which another helper owns"]
+fn generate_refuses_a_bad_destination_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.png");
+    mkfifo(&fifo);
+    let cache = dir.path().join("cache");
+    let o = generate(&cache, &fifo);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        !cache.join("models").exists(),
+        "the model was resolved before the destination was checked"
+    );
+}
+
+/// The app's files written on exit (`gui --screenshot`, `--frame-stats`) are checked before
+/// the window opens (here there is no display: the destination is refused first).
+#[test]
+fn gui_refuses_a_fifo_screenshot_before_opening_a_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("shot.png");
+    mkfifo(&fifo);
+    for flag in ["--screenshot", "--frame-stats"] {
+        let mut cmd = common::sd3lab_command(dir.path(), &["gui", flag]);
+        cmd.arg(&fifo)
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY");
+        let o = output_within(cmd, Duration::from_secs(60));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{flag}: {err}");
+        assert!(
+            err.contains(flag) && err.contains("a FIFO") && !err.contains("no display"),
+            "{flag}: {err}"
+        );
+    }
+}
