@@ -385,7 +385,8 @@ fn hostile_checkpoints_are_refused_naming_the_file_and_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let m = |k: &str| format!("model.diffusion_model.{k}");
     let d = |k: &str| format!("first_stage_model.decoder.{k}");
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<_>)>, String)> = vec![
+    type Edit = Box<dyn Fn(&mut Vec<sd3lab::model::synth::TensorSpec>)>;
+    let cases: Vec<(&str, Edit, String)> = vec![
         (
             "patch embedding of rank 1",
             Box::new(move |s| set_shape(s, &m("x_embedder.proj.weight"), &[128])),
