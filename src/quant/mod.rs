@@ -43,6 +43,33 @@ fn default_group() -> i32 {
     64
 }
 
+/// Whether writing `output` would replace the file `input`: the same file once symbolic links,
+/// `.` and `..` are resolved (and, for existing files, the same inode: a hard link). An output
+/// that does not exist yet is compared by its folder's canonical path.
+pub fn same_file(output: &Path, input: &Path) -> bool {
+    let resolve = |p: &Path| -> Option<std::path::PathBuf> {
+        let p = crate::fsutil::destination(p).ok()?;
+        if let Ok(c) = p.canonicalize() {
+            return Some(c);
+        }
+        let parent = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Some(parent.canonicalize().ok()?.join(p.file_name()?))
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(a), Ok(b)) = (std::fs::metadata(output), std::fs::metadata(input))
+            && (a.dev(), a.ino()) == (b.dev(), b.ino())
+        {
+            return true;
+        }
+    }
+    matches!((resolve(output), resolve(input)), (Some(a), Some(b)) if a == b)
+}
+
 /// Bits per weight that a group's float16 scale and bias add: `32 / group_size`.
 pub fn scale_overhead_bits(group_size: i32) -> f64 {
     32.0 / group_size.max(1) as f64
