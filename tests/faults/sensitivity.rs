@@ -378,8 +378,8 @@ fn a_resume_over_regenerated_calibration_data_is_refused_not_mixed() {
     assert!(read(&json) != first);
 }
 
-/// Rewrites `x` of a sample file with one NaN and one infinity (the project's npz writer).
-fn poison(sample: &Path) {
+/// Rewrites `x` of a sample file through `change` (with the project's npz writer).
+fn rewrite_x(sample: &Path, change: &dyn Fn(&mut sd3lab::calib::NpyData)) {
     use sd3lab::calib::npz::{NpzReader, write_npz};
     let mut npz = NpzReader::open(sample).unwrap();
     let names: Vec<String> = npz.names();
@@ -388,17 +388,7 @@ fn poison(sample: &Path) {
         let key = n.trim_end_matches(".npy").to_owned();
         let mut a = npz.read(n).unwrap();
         if key == "x" {
-            match &mut a.data {
-                sd3lab::calib::NpyData::Float32(v) => {
-                    v[3] = f32::NAN;
-                    v[10] = f32::INFINITY;
-                }
-                sd3lab::calib::NpyData::Float16(v) => {
-                    v[3] = half::f16::NAN;
-                    v[10] = half::f16::INFINITY;
-                }
-                other => panic!("x is {:?}", other.dtype()),
-            }
+            change(&mut a.data);
         }
         arrays.push((key, a));
     }
@@ -412,7 +402,18 @@ fn non_finite_calibration_samples_are_refused_naming_the_file_and_key() {
     let root = tempfile::tempdir().unwrap();
     let calib = calibrate(root.path(), "cal", 0, &[]);
     let sample = calib.join("samples/000001_001.npz");
-    poison(&sample);
+    // One NaN and one infinity.
+    rewrite_x(&sample, &|data| match data {
+        sd3lab::calib::NpyData::Float32(v) => {
+            v[3] = f32::NAN;
+            v[10] = f32::INFINITY;
+        }
+        sd3lab::calib::NpyData::Float16(v) => {
+            v[3] = half::f16::NAN;
+            v[10] = half::f16::INFINITY;
+        }
+        other => panic!("x is {:?}", other.dtype()),
+    });
     let stderr = failed(cli(
         root.path(),
         &sweep_args("cal", "out", "2,4"),
@@ -426,6 +427,25 @@ fn non_finite_calibration_samples_are_refused_naming_the_file_and_key() {
     );
     // Nothing measured, so nothing written: no result with a null or a capped SQNR.
     assert!(!root.path().join("out/sensitivity.json").exists());
+
+    // Finite inputs the float model overflows on (as float16 does with a huge CFG weight):
+    // refused too, naming the sample, rather than measured against NaN.
+    let calib = calibrate(root.path(), "cal-huge", 0, &[]);
+    rewrite_x(&calib.join("samples/000000_002.npz"), &|data| match data {
+        sd3lab::calib::NpyData::Float32(v) => v.iter_mut().for_each(|x| *x = 3e38),
+        sd3lab::calib::NpyData::Float16(v) => v.iter_mut().for_each(|x| *x = half::f16::MAX),
+        other => panic!("x is {:?}", other.dtype()),
+    });
+    let stderr = failed(cli(
+        root.path(),
+        &sweep_args("cal-huge", "out-huge", "2,4"),
+        &["--layers", "^final_layer"],
+    ));
+    assert!(
+        stderr.contains("000000_002.npz: the float model's output on this sample is not finite"),
+        "{stderr}"
+    );
+    assert!(!root.path().join("out-huge/sensitivity.json").exists());
 }
 
 #[test]
