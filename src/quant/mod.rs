@@ -47,27 +47,45 @@ fn default_group() -> i32 {
 /// `.` and `..` are resolved (and, for existing files, the same inode: a hard link). An output
 /// that does not exist yet is compared by its folder's canonical path.
 pub fn same_file(output: &Path, input: &Path) -> bool {
-    let resolve = |p: &Path| -> Option<std::path::PathBuf> {
-        let p = crate::fsutil::destination(p).ok()?;
-        if let Ok(c) = p.canonicalize() {
-            return Some(c);
-        }
-        let parent = p
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        Some(parent.canonicalize().ok()?.join(p.file_name()?))
-    };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        if let (Ok(a), Ok(b)) = (std::fs::metadata(output), std::fs::metadata(input))
-            && (a.dev(), a.ino()) == (b.dev(), b.ino())
-        {
-            return true;
-        }
+    FileIdentity::of(output).same(&FileIdentity::of(input))
+}
+
+/// What [`same_file`] compares, resolved once (to compare one path with many).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileIdentity {
+    /// The canonical path (of the folder, joined with the name, for a file not made yet).
+    path: Option<std::path::PathBuf>,
+    /// Device and inode of an existing file.
+    inode: Option<(u64, u64)>,
+}
+
+impl FileIdentity {
+    pub fn of(p: &Path) -> Self {
+        let path = (|| {
+            let p = crate::fsutil::destination(p).ok()?;
+            if let Ok(c) = p.canonicalize() {
+                return Some(c);
+            }
+            let parent = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            Some(parent.canonicalize().ok()?.join(p.file_name()?))
+        })();
+        #[cfg(unix)]
+        let inode = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+        };
+        #[cfg(not(unix))]
+        let inode = None;
+        Self { path, inode }
     }
-    matches!((resolve(output), resolve(input)), (Some(a), Some(b)) if a == b)
+
+    pub fn same(&self, other: &Self) -> bool {
+        (self.inode.is_some() && self.inode == other.inode)
+            || (self.path.is_some() && self.path == other.path)
+    }
 }
 
 /// Bits per weight that a group's float16 scale and bias add: `32 / group_size`.

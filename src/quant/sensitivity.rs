@@ -163,7 +163,8 @@ impl SensitivityReport {
     }
 }
 
-/// What the results depend on (a rerun with other settings starts over).
+/// What the results depend on: a rerun with other settings, or over other data, is refused
+/// (see [`settings_differences`]) unless it starts over.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSettings {
     pub model: String,

@@ -121,6 +121,12 @@ impl Staged {
     /// Refuses what cannot be written: a destination that is a folder, FIFO or device (through
     /// symbolic links), a folder on the way that is a file, an output that is an input.
     pub fn check(&self) -> Result<(), ReportError> {
+        use crate::quant::FileIdentity;
+        let inputs: Vec<(&PathBuf, FileIdentity)> = self
+            .inputs
+            .iter()
+            .map(|i| (i, FileIdentity::of(i)))
+            .collect();
         for (path, _) in &self.files {
             crate::fsutil::destination(path).map_err(|source| ReportError::Io {
                 path: path.clone(),
@@ -139,14 +145,11 @@ impl Staged {
                     Err(_) => folder = f.parent(),
                 }
             }
-            if let Some(input) = self
-                .inputs
-                .iter()
-                .find(|i| crate::quant::same_file(path, i))
-            {
+            let output = FileIdentity::of(path);
+            if let Some((input, _)) = inputs.iter().find(|(_, id)| output.same(id)) {
                 return Err(ReportError::OutputIsInput {
                     path: path.clone(),
-                    input: input.clone(),
+                    input: (*input).clone(),
                 });
             }
         }
