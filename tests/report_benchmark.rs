@@ -402,6 +402,51 @@ fn the_cli_writes_the_report_and_figures_and_refuses_what_it_cannot_read_or_writ
         stderr.contains("r.pdf") && stderr.contains(".html or .md"),
         "{stderr}"
     );
+
+    // A figures folder that is a file: refused before anything is written (the report and
+    // its data used to be written first).
+    let taken = out_dir.path().join("taken");
+    std::fs::write(&taken, b"").unwrap();
+    let fresh = out_dir.path().join("fresh.html");
+    let out = run(&[
+        "report",
+        "benchmark",
+        &bench,
+        "--output",
+        fresh.to_str().unwrap(),
+        "--figures",
+        taken.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is a file, not a folder"), "{stderr}");
+    assert!(!fresh.exists());
+    assert!(!out_dir.path().join("fresh_data.csv").exists());
+    assert!(!out_dir.path().join("fresh_data.json").exists());
+    // An output that is one of the report's inputs (here through a symbolic link): refused,
+    // the input untouched, nothing written.
+    #[cfg(unix)]
+    {
+        let results = Path::new(&bench).join("results.json");
+        let before = std::fs::read(&results).unwrap();
+        let link = out_dir.path().join("link.html");
+        std::os::unix::fs::symlink(&results, &link).unwrap();
+        let out = run(&[
+            "report",
+            "benchmark",
+            &bench,
+            "--output",
+            link.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("is one of this report's inputs"),
+            "{stderr}"
+        );
+        assert!(std::fs::read(&results).unwrap() == before);
+        assert!(!out_dir.path().join("link_data.csv").exists());
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -54,6 +54,7 @@ fn config(model: &str, calib: &Path, out: &Path, use_cache: bool) -> Sensitivity
         dtype: ModelDtype::Float32,
         scope: Scope::Model,
         batch_size: 4,
+        overwrite: false,
     }
 }
 
@@ -211,6 +212,8 @@ fn reruns_resume_and_bad_inputs_fail_clearly() {
     sd3lab::model::source::write_model_dir(&other, &c, 1).unwrap();
     let mut bad = cfg.clone();
     bad.model = other.display().to_string();
+    // (Into `out`, a run of another model is refused first: see tests/faults/sensitivity.rs.)
+    bad.output_dir = root.path().join("other-out");
     assert!(err(bad).contains("another model"));
 
     // The CLI words the same refusals with its flags, and warns when `auto` falls back to the

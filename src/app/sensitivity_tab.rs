@@ -317,6 +317,7 @@ impl SensitivityTab {
             dtype: ModelDtype::default_for_backend(),
             scope: o.scope,
             batch_size: 4,
+            overwrite: false,
         };
         let id = shared.next_job_id();
         let cancel = CancelToken::new();

@@ -35,6 +35,10 @@ pub struct PlanArgs {
     /// At most this many held-out samples for --validate.
     #[arg(long)]
     validate_samples: Option<usize>,
+    /// Plan from a sweep that did not finish (cancelled, killed or failed): its unmeasured
+    /// layers stay float. Without it such a sweep is refused, naming the missing layers.
+    #[arg(long)]
+    allow_incomplete: bool,
 }
 
 /// How many layers get each bit width, e.g. `12×w4, 3×w8`.
@@ -49,8 +53,24 @@ fn bits_summary<'a>(layers: impl Iterator<Item = &'a sd3lab::quant::LayerQuant>)
 /// `sd3lab plan`: writes the plan and pareto.csv beside it.
 pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     use sd3lab::quant::plan::{build_plan, build_plan_per_bucket};
+    // Before any work: where the plan goes, and that it is not the sweep it is made from.
+    let pareto = sd3lab::quant::plan::pareto_file_beside(&args.output);
+    sd3lab::quant::plan::check_plan_outputs(&args.sensitivity, &args.output, &pareto)
+        .map_err(|e| anyhow::anyhow!("--output: {e}"))?;
     let report =
         sd3lab::quant::sensitivity::read_report(&args.sensitivity).map_err(sensitivity_error)?;
+    if let Err(e) = sd3lab::quant::plan::require_complete(&report) {
+        if !args.allow_incomplete {
+            anyhow::bail!(
+                "{}: {e}; resume the sweep (the same `sd3lab sensitivity` command), or pass --allow-incomplete to plan from the measured layers only (the others stay float)",
+                args.sensitivity.display()
+            );
+        }
+        eprintln!(
+            "warning: {}: {e}; planning from the measured layers only (the others stay float)",
+            args.sensitivity.display()
+        );
+    }
     let build = if args.per_bucket {
         build_plan_per_bucket
     } else {
@@ -72,7 +92,6 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
             .extra
             .insert("validation".into(), serde_json::to_value(&validation)?);
     }
-    let pareto = sd3lab::quant::plan::pareto_file_beside(&args.output);
     sd3lab::quant::plan::write_plan_files(&args.output, &pareto, &built, args.objective)?;
     if !built.plan.buckets.is_empty() {
         println!(

@@ -140,25 +140,33 @@ pub fn run(cmd: &ReportCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The report and its figures are rendered and checked in full before the first file is
+/// written: a request that fails writes nothing.
 fn sensitivity(args: &ReportSensitivityArgs) -> anyhow::Result<ExitCode> {
     let opts = args.to_config()?;
-    let report = sd3lab::quant::sensitivity::read_report(&args.json_path())?;
-    let written = sd3lab::report::write_sensitivity_report(&report, &args.output, &opts)?;
-    for p in &written {
-        println!("wrote {}", p.display());
-    }
+    let json = args.json_path();
+    let report = sd3lab::quant::sensitivity::read_report(&json)?;
+    let mut staged = sd3lab::report::sensitivity_report_files(&report, &args.output, &opts)
+        .map_err(|e| match e {
+            sd3lab::report::ReportError::NoSuchBits { .. } => {
+                anyhow::anyhow!("{}: --bits: {e}", json.display())
+            }
+            other => other.into(),
+        })?;
+    staged.input(&json);
     if let Some(dir) = &args.figures {
         let figs = sd3lab::report::sensitivity_figures(&report, &opts)?;
-        for p in sd3lab::report::export_figures(&figs, dir, (900, 520))? {
-            println!("wrote {}", p.display());
-        }
+        sd3lab::report::stage_figures(&figs, dir, (900, 520), &mut staged)?;
+    }
+    for p in staged.commit()? {
+        println!("wrote {}", p.display());
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn benchmark(args: &ReportBenchmarkArgs) -> anyhow::Result<ExitCode> {
     use sd3lab::report::benchmark::{
-        BENCHMARK_FIGURE_SIZE, BenchmarkReportOptions, figures_for, write_benchmark_report,
+        BENCHMARK_FIGURE_SIZE, BenchmarkReportOptions, benchmark_report_files, figures_for,
     };
     let folder = sd3lab::bench::BenchFolder::open(&args.bench_dir)?;
     let opts = BenchmarkReportOptions {
@@ -167,18 +175,17 @@ fn benchmark(args: &ReportBenchmarkArgs) -> anyhow::Result<ExitCode> {
         quality: args.quality,
         configurations: args.configurations.clone(),
     };
-    let written = write_benchmark_report(&folder, &args.output, &opts)?;
-    for p in &written {
-        println!("wrote {}", p.display());
-    }
+    // Rendered and checked in full before the first file is written.
+    let mut staged = benchmark_report_files(&folder, &args.output, &opts)?;
     if let Some(dir) = &args.figures {
         let (figs, note) = figures_for(&folder, &opts)?;
         if let Some(note) = note {
             eprintln!("note: {note}");
         }
-        for p in sd3lab::report::export_figures(&figs, dir, BENCHMARK_FIGURE_SIZE)? {
-            println!("wrote {}", p.display());
-        }
+        sd3lab::report::stage_figures(&figs, dir, BENCHMARK_FIGURE_SIZE, &mut staged)?;
+    }
+    for p in staged.commit()? {
+        println!("wrote {}", p.display());
     }
     Ok(ExitCode::SUCCESS)
 }

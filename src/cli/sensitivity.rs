@@ -45,6 +45,10 @@ pub struct SensitivityArgs {
     dtype: Option<ModelDtype>,
     #[arg(long)]
     output_dir: PathBuf,
+    /// Start over in an output folder that holds a run with other settings or over other
+    /// calibration data (otherwise refused, listing the differences).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 impl SensitivityArgs {
@@ -62,6 +66,7 @@ impl SensitivityArgs {
             dtype: self.dtype.unwrap_or_else(ModelDtype::default_for_backend),
             scope: self.scope,
             batch_size: self.batch_size as usize,
+            overwrite: self.overwrite,
         }
     }
 }
@@ -69,6 +74,20 @@ impl SensitivityArgs {
 /// `sd3lab sensitivity`: exit 130 when cancelled (the layers measured so far are kept).
 pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
     let config = args.to_config();
+    let bits = sd3lab::quant::sensitivity::normalized_bits(&args.bits);
+    if bits.len() < args.bits.len() {
+        let list = |b: &[i32]| {
+            b.iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        eprintln!(
+            "note: --bits {} repeats a bit width: measuring {} once each",
+            list(&args.bits),
+            list(&bits)
+        );
+    }
     let cancel = cancel_on_ctrl_c();
     // Shown once the sweep is planned; until then the model's download bar may be on screen.
     let bar = indicatif::ProgressBar::hidden();
@@ -139,6 +158,12 @@ pub(super) fn sensitivity_error(e: SensitivityError) -> anyhow::Error {
             "{e} (run the sensitivity sweep with --max-images or --step-stride, or calibrate more images)"
         ),
         SensitivityError::Source(e) => source_error(*e),
+        SensitivityError::SettingsDiffer { .. } | SensitivityError::UnreadablePrevious { .. } => {
+            anyhow::anyhow!("{e}; pass --overwrite to start over, or choose another --output-dir")
+        }
+        SensitivityError::NonFiniteOutput { .. } => anyhow::anyhow!(
+            "{e} (with --layers or --bits), or measure in float32 (--dtype float32)"
+        ),
         other => other.into(),
     }
 }

@@ -151,6 +151,17 @@ pub enum PlanError {
         bucket: Bucket,
         source: Box<PlanError>,
     },
+    #[error(
+        "the sensitivity run did not finish: {missing} layer(s) not measured (of {}): {}{}",
+        missing + measured,
+        first.join(", "),
+        if *missing > first.len() { ", …" } else { "" }
+    )]
+    Incomplete {
+        missing: usize,
+        measured: usize,
+        first: Vec<String>,
+    },
 }
 
 impl PlanError {
@@ -162,7 +173,7 @@ impl PlanError {
                 Some(*minimum)
             }
             Self::Bucket { source, .. } => source.lowest_target(),
-            Self::NoResults { .. } | Self::NoBucketResults => None,
+            Self::NoResults { .. } | Self::NoBucketResults | Self::Incomplete { .. } => None,
         }
     }
 }
@@ -391,6 +402,54 @@ pub enum PlanFilesError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{path} is the plan's input ({input}): writing there would replace it; choose another output"
+    )]
+    OutputIsInput {
+        path: std::path::PathBuf,
+        input: std::path::PathBuf,
+    },
+    #[error("the plan and its Pareto front would both be written to {0}")]
+    SameOutputs(std::path::PathBuf),
+}
+
+/// Checks a plan's outputs before any work: each must be a file that can be replaced (not a
+/// folder, FIFO or device), neither may be the sensitivity report read (`input`, resolved
+/// through links and `.`/`..`), and they must differ.
+pub fn check_plan_outputs(
+    input: &std::path::Path,
+    plan_file: &std::path::Path,
+    pareto: &std::path::Path,
+) -> Result<(), PlanFilesError> {
+    for path in [plan_file, pareto] {
+        crate::fsutil::destination(path).map_err(|source| PlanFilesError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        if super::same_file(path, input) {
+            return Err(PlanFilesError::OutputIsInput {
+                path: path.to_owned(),
+                input: input.to_owned(),
+            });
+        }
+    }
+    if super::same_file(plan_file, pareto) || plan_file == pareto {
+        return Err(PlanFilesError::SameOutputs(plan_file.to_owned()));
+    }
+    Ok(())
+}
+
+/// Refuses a report whose last run did not finish (cancelled, killed or failed): a plan from
+/// it would leave the layers it has not measured float, off the budget.
+pub fn require_complete(report: &SensitivityReport) -> Result<(), PlanError> {
+    if report.pending.is_empty() {
+        return Ok(());
+    }
+    Err(PlanError::Incomplete {
+        missing: report.pending.len(),
+        measured: report.layers.len(),
+        first: report.pending.iter().take(5).cloned().collect(),
+    })
 }
 
 /// The Pareto file `sd3lab plan` writes beside its plan: `pareto.csv` in the plan's folder.
@@ -617,6 +676,7 @@ mod plan_error_tests {
                 .collect(),
         };
         SensitivityReport {
+            pending: Vec::new(),
             schema: "sd3lab.sensitivity/1".into(),
             settings: RunSettings {
                 model: "tiny".into(),
@@ -629,6 +689,7 @@ mod plan_error_tests {
                 dtype: crate::model::config::ModelDtype::Float32,
                 samples: Vec::new(),
                 metric_scope: Scope::Layer,
+                inputs: None,
             },
             layers: vec![layer("a"), layer("b")],
         }

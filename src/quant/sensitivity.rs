@@ -101,6 +101,18 @@ pub struct SensitivityConfig {
     pub scope: Scope,
     /// Calibration samples evaluated together in one forward (same shapes only).
     pub batch_size: usize,
+    /// Start over in an output folder that holds a run with other settings or other data
+    /// (otherwise refused, with the differences listed).
+    pub overwrite: bool,
+}
+
+/// `bits` sorted and without repeats: `4,2,2` measures 2 and 4 once each, in that order, and
+/// counts as the same run as `2,4`.
+pub fn normalized_bits(bits: &[i32]) -> Vec<i32> {
+    let mut v = bits.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// SQNR reported when a quantized layer does not move the output at all (JSON has no infinity).
@@ -134,7 +146,15 @@ pub struct SensitivityReport {
     pub schema: String,
     pub settings: RunSettings,
     pub layers: Vec<LayerResult>,
+    /// Layers the last run was asked for and has not measured yet: a run that was cancelled,
+    /// killed or failed leaves them here (empty, and absent from the file, once it finished).
+    /// Files written before this field existed read as complete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
 }
+
+/// The schema name of `sensitivity.json`.
+pub const REPORT_SCHEMA: &str = "sd3lab.sensitivity/1";
 
 impl SensitivityReport {
     /// The lowest bit width the run measured: the default bit width of figures and rankings.
@@ -143,7 +163,8 @@ impl SensitivityReport {
     }
 }
 
-/// What the results depend on (a rerun with other settings starts over).
+/// What the results depend on: a rerun with other settings, or over other data, is refused
+/// (see [`settings_differences`]) unless it starts over.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSettings {
     pub model: String,
@@ -156,6 +177,152 @@ pub struct RunSettings {
     pub dtype: ModelDtype,
     pub samples: Vec<String>,
     pub metric_scope: Scope,
+    /// What the inputs were, so that a resume over regenerated data (same file names, new
+    /// contents) or another checkpoint is refused rather than mixed with earlier results.
+    /// Absent from files written before it existed: such a run is not resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<InputIdentity>,
+}
+
+/// The identity of a run's inputs: the calibration manifest's generation record and every
+/// used file's size and modification time (cheap to check; a file rewritten since has a new
+/// modification time even when its size is unchanged).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputIdentity {
+    /// The calibration manifest's `generation` record (null when it has none).
+    pub calibration: serde_json::Value,
+    /// The MMDiT checkpoint.
+    pub checkpoint: FileStamp,
+    /// The selected sample files, in `samples` order.
+    pub sample_files: Vec<FileStamp>,
+}
+
+/// A file's size and modification time (nanoseconds since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub file: String,
+    pub bytes: u64,
+    pub modified_ns: u64,
+}
+
+impl FileStamp {
+    /// Reads `path`'s size and modification time; `file` is the name recorded.
+    pub fn of(path: &Path, file: &str) -> Result<Self, SensitivityError> {
+        let meta = std::fs::metadata(path).map_err(|source| SensitivityError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        // A file system without modification times records 0: the size is still checked.
+        let modified_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Ok(Self {
+            file: file.to_owned(),
+            bytes: meta.len(),
+            modified_ns,
+        })
+    }
+}
+
+/// What differs between a previous run's settings and this one's, one `name: old → new` each
+/// (empty: the same run, which may be resumed). Settings are compared as what they mean:
+/// calibration folders by canonical path, bit widths as sorted sets, a stride of 1 as none.
+pub fn settings_differences(old: &RunSettings, new: &RunSettings) -> Vec<String> {
+    fn cmp(d: &mut Vec<String>, name: &str, a: String, b: String) {
+        if a != b {
+            d.push(format!("{name}: {a} → {b}"));
+        }
+    }
+    let mut d = Vec::new();
+    let dir = |p: &Path| {
+        p.canonicalize()
+            .unwrap_or_else(|_| p.to_owned())
+            .display()
+            .to_string()
+    };
+    let opt = |v: Option<usize>| v.map_or("all".to_owned(), |v| v.to_string());
+    let stride = |v: Option<usize>| opt(v.filter(|&k| k > 1));
+    cmp(&mut d, "model", old.model.clone(), new.model.clone());
+    if old.model_config != new.model_config {
+        d.push("model configuration: differs".into());
+    }
+    cmp(
+        &mut d,
+        "calibration folder",
+        dir(&old.calib_dir),
+        dir(&new.calib_dir),
+    );
+    cmp(
+        &mut d,
+        "bits",
+        format!("{:?}", normalized_bits(&old.bits)),
+        format!("{:?}", normalized_bits(&new.bits)),
+    );
+    cmp(
+        &mut d,
+        "group size",
+        old.group_size.to_string(),
+        new.group_size.to_string(),
+    );
+    cmp(
+        &mut d,
+        "step stride",
+        stride(old.step_stride),
+        stride(new.step_stride),
+    );
+    cmp(
+        &mut d,
+        "dtype",
+        old.dtype.name().into(),
+        new.dtype.name().into(),
+    );
+    cmp(
+        &mut d,
+        "scope",
+        old.metric_scope.to_string(),
+        new.metric_scope.to_string(),
+    );
+    if old.samples != new.samples {
+        d.push(format!(
+            "samples: {} → {} (max images: {} → {})",
+            old.samples.len(),
+            new.samples.len(),
+            opt(old.max_images),
+            opt(new.max_images)
+        ));
+    }
+    match (&old.inputs, &new.inputs) {
+        (Some(a), Some(b)) => {
+            if a.calibration != b.calibration {
+                d.push("calibration data: generated again with other settings (the manifest's generation record differs)".into());
+            }
+            if a.checkpoint != b.checkpoint {
+                d.push(format!(
+                    "checkpoint: {} changed (size or modification time)",
+                    b.checkpoint.file
+                ));
+            }
+            let changed: Vec<&str> = a
+                .sample_files
+                .iter()
+                .zip(&b.sample_files)
+                .filter(|(x, y)| x != y)
+                .map(|(_, y)| y.file.as_str())
+                .collect();
+            if !changed.is_empty() {
+                d.push(format!(
+                    "calibration data: {} sample file(s) rewritten since (size or modification time), first {}",
+                    changed.len(),
+                    changed[0]
+                ));
+            }
+        }
+        (None, _) => d.push("inputs: not recorded (written by an earlier version)".into()),
+        (Some(_), None) => d.push("inputs: not recorded".into()),
+    }
+    d
 }
 
 /// Progress of a run.
@@ -224,6 +391,39 @@ pub enum SensitivityError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("{path}: not a sensitivity report (schema {schema:?}, expected {REPORT_SCHEMA:?})")]
+    WrongSchema { path: PathBuf, schema: String },
+    #[error(transparent)]
+    Lock(#[from] crate::fsutil::LockError),
+    #[error(
+        "{dir} already holds a sensitivity run with different settings or data ({differences})"
+    )]
+    SettingsDiffer { dir: PathBuf, differences: String },
+    /// The output folder's `sensitivity.json` cannot be read as a report: resuming would
+    /// discard it.
+    #[error("{path} exists but cannot be resumed: {reason}")]
+    UnreadablePrevious { path: PathBuf, reason: String },
+    #[error(
+        "{path}: {key} holds {count} non-finite value(s) (NaN or infinity), first at index {first}; the sample cannot be measured"
+    )]
+    NonFiniteSample {
+        path: PathBuf,
+        key: String,
+        count: usize,
+        first: usize,
+    },
+    #[error(
+        "{path}: the float model's output on this sample is not finite (NaN or infinity) in {dtype}; nothing can be measured against it"
+    )]
+    NonFiniteReference { path: PathBuf, dtype: String },
+    #[error(
+        "{layer} at {bits} bits: the quantized model's output on {path} is not finite (NaN or infinity); leave this layer or bit width out"
+    )]
+    NonFiniteOutput {
+        layer: String,
+        bits: i32,
+        path: PathBuf,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -252,6 +452,8 @@ fn boxed<E>(e: E) -> Box<E> {
 /// the CFG pair).
 pub(crate) struct SampleBatch {
     pub(crate) buckets: Vec<Bucket>,
+    /// Each record's sample file (for errors).
+    pub(crate) paths: Vec<PathBuf>,
     pub(crate) x: Array,
     pub(crate) context: Array,
     pub(crate) pooled: Array,
@@ -400,6 +602,7 @@ pub(crate) fn load_batches(
     let dtype = m.dtype();
     struct Record {
         bucket: Bucket,
+        path: PathBuf,
         x: Array,
         context: Array,
         pooled: Array,
@@ -436,8 +639,19 @@ pub(crate) fn load_batches(
         modulation.eval()?;
         let out = m.forward_from(0, img.clone(), txt.clone(), &modulation, latent_hw)?;
         let reference = per_record(&[out], records.len())?;
+        // Every measurement compares with these: a non-finite one would give NaN metrics.
+        if let Some(j) = reference
+            .iter()
+            .position(|r| r.iter().any(|v| !v.is_finite()))
+        {
+            return Err(SensitivityError::NonFiniteReference {
+                path: records[j].path.clone(),
+                dtype: format!("{dtype:?}"),
+            });
+        }
         Ok(Some(SampleBatch {
             buckets: records.iter().map(|r| r.bucket).collect(),
+            paths: records.iter().map(|r| r.path.clone()).collect(),
             x,
             context,
             pooled,
@@ -454,8 +668,17 @@ pub(crate) fn load_batches(
         }
         let load = |k: SampleKey| -> Result<Array, SensitivityError> {
             let a = set.load(meta, k).map_err(boxed)?;
+            check_finite(&a, &meta.path, k.name())?;
             Ok(crate::model::tensor_io::from_npy(&a, dtype).map_err(boxed)?)
         };
+        if !meta.timestep.is_finite() {
+            return Err(SensitivityError::NonFiniteSample {
+                path: meta.path.clone(),
+                key: "timestep".into(),
+                count: 1,
+                first: 0,
+            });
+        }
         let x = load(SampleKey::X)?;
         let context = load(SampleKey::Conditioning)?;
         let pooled = load(SampleKey::PooledConditioning)?;
@@ -484,6 +707,7 @@ pub(crate) fn load_batches(
         };
         let record = Record {
             bucket: meta.bucket,
+            path: meta.path.clone(),
             x,
             context,
             pooled,
@@ -499,6 +723,40 @@ pub(crate) fn load_batches(
     }
     batches.extend(flush(&mut pending)?);
     Ok(batches)
+}
+
+/// Refuses an array with NaN or infinite values (`key` of sample file `path`).
+fn check_finite(
+    a: &crate::calib::NpyArray,
+    path: &Path,
+    key: &str,
+) -> Result<(), SensitivityError> {
+    use crate::calib::npy::NpyData;
+    let bad: Vec<usize> = match &a.data {
+        NpyData::Float32(v) => positions(v.iter().map(|x| x.is_finite())),
+        NpyData::Float64(v) => positions(v.iter().map(|x| x.is_finite())),
+        NpyData::Float16(v) => positions(v.iter().map(|x| x.is_finite())),
+        NpyData::Bfloat16(v) => positions(v.iter().map(|x| x.is_finite())),
+        // Integers and booleans are always finite.
+        _ => Vec::new(),
+    };
+    match bad.first() {
+        None => Ok(()),
+        Some(&first) => Err(SensitivityError::NonFiniteSample {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            count: bad.len(),
+            first,
+        }),
+    }
+}
+
+/// The indices where `finite` is false.
+fn positions(finite: impl Iterator<Item = bool>) -> Vec<usize> {
+    finite
+        .enumerate()
+        .filter_map(|(i, ok)| (!ok).then_some(i))
+        .collect()
 }
 
 /// What one stage holds for every batch while its layers are measured.
@@ -849,6 +1107,19 @@ pub fn write_report(dir: &Path, report: &SensitivityReport) -> Result<(), Sensit
         path: dir.to_owned(),
         source,
     })?;
+    // JSON has no NaN or infinity (serde_json writes null, which no reader accepts): the
+    // sweep refuses non-finite inputs and outputs before they reach a result.
+    if let Some((l, r)) = report.layers.iter().find_map(|l| {
+        l.results
+            .iter()
+            .find(|r| !(r.mse.is_finite() && r.sqnr_db.is_finite() && r.cosine.is_finite()))
+            .map(|r| (l, r))
+    }) {
+        return Err(SensitivityError::Bug(format!(
+            "a non-finite result for {} at {} bits ({}): mse {}, sqnr {}, cosine {}",
+            l.name, r.bits, r.bucket, r.mse, r.sqnr_db, r.cosine
+        )));
+    }
     // Plain structs with string keys: serializing cannot fail.
     let json = serde_json::to_string_pretty(report)
         .expect("a sensitivity report serializes (plain structs, string map keys)");
@@ -867,9 +1138,73 @@ pub fn read_report(path: &Path) -> Result<SensitivityReport, SensitivityError> {
         path: path.to_owned(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|source| SensitivityError::NotAReport {
-        path: path.to_owned(),
-        source,
+    let report: SensitivityReport =
+        serde_json::from_str(&text).map_err(|source| SensitivityError::NotAReport {
+            path: path.to_owned(),
+            source,
+        })?;
+    if report.schema != REPORT_SCHEMA {
+        return Err(SensitivityError::WrongSchema {
+            path: path.to_owned(),
+            schema: report.schema,
+        });
+    }
+    Ok(report)
+}
+
+/// The model as recorded: a model folder by its canonical path (`./m` and `m` are one model),
+/// a built-in name as is.
+fn model_identity(name: &str) -> String {
+    match name {
+        "tiny" | "sd3-medium" | "auto" => name.to_owned(),
+        path => Path::new(path)
+            .canonicalize()
+            .map_or_else(|_| path.to_owned(), |p| p.display().to_string()),
+    }
+}
+
+/// Removes the temporary files (`.sd3lab-*.tmp`) a killed run's atomic writes left in the
+/// output folder: only a writer holding the folder's lock calls this, so none is in use.
+fn remove_temporary_files(dir: &Path) -> Result<(), SensitivityError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".sd3lab-") && name.ends_with(".tmp") {
+            std::fs::remove_file(e.path()).map_err(|source| SensitivityError::Io {
+                path: e.path(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The report a previous run left in the output folder: None when there is none; an error
+/// when there is a file that is not one (resuming would discard it).
+fn read_previous(path: &Path) -> Result<Option<SensitivityReport>, SensitivityError> {
+    match std::fs::read_to_string(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(SensitivityError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    }
+    read_report(path).map(Some).map_err(|e| match e {
+        SensitivityError::NotAReport { path, source } => SensitivityError::UnreadablePrevious {
+            path,
+            reason: format!("not a sensitivity report ({source})"),
+        },
+        SensitivityError::WrongSchema { path, schema } => SensitivityError::UnreadablePrevious {
+            path,
+            reason: format!("schema {schema:?}, not {REPORT_SCHEMA:?}"),
+        },
+        other => other,
     })
 }
 
@@ -901,12 +1236,39 @@ fn validate_config(cfg: &SensitivityConfig) -> Result<Option<regex::Regex>, Sens
 }
 
 /// Runs (or resumes) a sensitivity sweep.
+///
+/// The output folder is locked for the whole run (a second writer is refused at once). A
+/// folder holding a run with other settings or over other data is refused with the
+/// differences listed, unless `overwrite`; a run with the same settings and data resumes
+/// after its measured layers, and its file ends equal, byte for byte, to an uninterrupted
+/// run's.
 pub fn run_sensitivity(
     cfg: &SensitivityConfig,
     cancel: &CancelToken,
     on_event: &mut dyn FnMut(SensitivityEvent),
 ) -> Result<SensitivityReport, SensitivityError> {
+    let cfg = &SensitivityConfig {
+        bits: normalized_bits(&cfg.bits),
+        // A stride of 1 is every step.
+        step_stride: cfg.step_stride.filter(|&k| k > 1),
+        ..cfg.clone()
+    };
     let regex = validate_config(cfg)?;
+    // Before any work: the output folder (a file there is refused) and its two files.
+    let _lock = crate::fsutil::FolderLock::acquire(&cfg.output_dir)?;
+    let json_path = cfg.output_dir.join(REPORT_JSON);
+    for path in [&json_path, &cfg.output_dir.join(REPORT_CSV)] {
+        crate::fsutil::destination(path).map_err(|source| SensitivityError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    remove_temporary_files(&cfg.output_dir)?;
+    let previous = if cfg.overwrite {
+        None
+    } else {
+        read_previous(&json_path)?
+    };
     let files = crate::model::source::resolve(&cfg.model, cancel, &mut |e| {
         on_event(SensitivityEvent::Model(e))
     })
@@ -940,27 +1302,53 @@ pub fn run_sensitivity(
         return Err(SensitivityError::NoSamples(set.dir().to_owned()));
     }
     let settings = RunSettings {
-        model: files.name.clone(),
+        model: model_identity(&files.name),
         model_config: mmdit_cfg.clone(),
-        calib_dir: cfg.calib_dir.clone(),
+        // `./cal` and `cal` are one folder.
+        calib_dir: cfg
+            .calib_dir
+            .canonicalize()
+            .unwrap_or_else(|_| cfg.calib_dir.clone()),
         bits: cfg.bits.clone(),
         group_size: cfg.group_size,
-        max_images: cfg.max_images,
+        // A limit at or above the folder's images selects them all.
+        max_images: cfg.max_images.filter(|&n| n < set.num_images()),
         step_stride: cfg.step_stride,
         dtype: cfg.dtype,
         samples: metas.iter().map(|m| m.file.clone()).collect(),
         metric_scope: cfg.scope,
+        inputs: Some(InputIdentity {
+            calibration: set
+                .manifest()
+                .and_then(|m| m.extra.get("generation").cloned())
+                .unwrap_or(serde_json::Value::Null),
+            checkpoint: FileStamp::of(&files.checkpoint, &files.checkpoint.display().to_string())?,
+            sample_files: metas
+                .iter()
+                .map(|m| FileStamp::of(&m.path, &m.file))
+                .collect::<Result<_, _>>()?,
+        }),
     };
-    let json_path = cfg.output_dir.join(REPORT_JSON);
-    let mut report = match std::fs::read_to_string(&json_path)
-        .ok()
-        .and_then(|t| serde_json::from_str::<SensitivityReport>(&t).ok())
-    {
-        Some(previous) if previous.settings == settings => previous,
-        _ => SensitivityReport {
-            schema: "sd3lab.sensitivity/1".into(),
+    let mut report = match previous {
+        Some(previous) => {
+            let d = settings_differences(&previous.settings, &settings);
+            if !d.is_empty() {
+                return Err(SensitivityError::SettingsDiffer {
+                    dir: cfg.output_dir.clone(),
+                    differences: d.join("; "),
+                });
+            }
+            // The same run: keep its results, under this run's (equal) settings.
+            SensitivityReport {
+                settings,
+                ..previous
+            }
+        }
+        None => SensitivityReport {
+            schema: REPORT_SCHEMA.into(),
             settings,
             layers: Vec::new(),
+            pending: Vec::new(),
         },
     };
     let done: Vec<String> = report.layers.iter().map(|l| l.name.clone()).collect();
@@ -969,6 +1357,7 @@ pub fn run_sensitivity(
         .enumerate()
         .filter(|(_, l)| !done.contains(&l.name))
         .collect();
+    report.pending = todo.iter().map(|(_, l)| l.name.clone()).collect();
     on_event(SensitivityEvent::Preparing {
         samples: metas.len(),
     });
@@ -1024,6 +1413,7 @@ pub fn run_sensitivity(
                 report
                     .layers
                     .sort_by_key(|l| order.get(&l.name).copied().unwrap_or(usize::MAX));
+                report.pending.retain(|n| n != &layer.name);
                 write_report(&cfg.output_dir, &report)?;
                 on_event(SensitivityEvent::LayerDone {
                     index: *index,
@@ -1112,6 +1502,15 @@ fn measure_layer(
             .and_then(|o| per_record(&o, b.len()));
             match out {
                 Ok(out) => {
+                    // A NaN or infinite output has no MSE or SQNR (JSON would hold null).
+                    if let Some(j) = out.iter().position(|q| q.iter().any(|v| !v.is_finite())) {
+                        outcome = Err(SensitivityError::NonFiniteOutput {
+                            layer: layer.name.clone(),
+                            bits,
+                            path: b.paths[j].clone(),
+                        });
+                        break;
+                    }
                     for (j, q) in out.iter().enumerate() {
                         groups.add(b.buckets[j], &reference[j], q);
                     }
@@ -1252,6 +1651,66 @@ mod tests {
         assert!((rows[2].sqnr_db - 10.0 * 6f64.log10()).abs() < 1e-12);
         assert_eq!((rows[0].sqnr_db, rows[0].cosine), (MAX_SQNR_DB, 1.0));
         assert_eq!(rows[2].n_samples, 2);
+    }
+
+    fn fixture() -> SensitivityReport {
+        serde_json::from_str(include_str!("../../tests/fixtures/sensitivity-tiny.json")).unwrap()
+    }
+
+    #[test]
+    fn a_non_finite_result_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut report = fixture();
+        let layer = report
+            .layers
+            .iter_mut()
+            .find(|l| !l.results.is_empty())
+            .unwrap();
+        layer.results[0].mse = f64::NAN;
+        let e = write_report(dir.path(), &report).unwrap_err();
+        assert!(e.to_string().contains("non-finite result"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn settings_are_compared_by_meaning() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("cal")).unwrap();
+        let mut a = fixture().settings;
+        a.calib_dir = root.path().join("cal");
+        a.bits = vec![4, 2];
+        a.step_stride = Some(1);
+        a.inputs = Some(InputIdentity {
+            calibration: serde_json::json!({"seed": 0}),
+            checkpoint: FileStamp {
+                file: "m.safetensors".into(),
+                bytes: 1,
+                modified_ns: 1,
+            },
+            sample_files: vec![FileStamp {
+                file: "samples/000000_000.npz".into(),
+                bytes: 10,
+                modified_ns: 5,
+            }],
+        });
+        let mut b = a.clone();
+        b.calib_dir = root.path().join("cal/../cal/.");
+        b.bits = vec![2, 4, 2];
+        b.step_stride = None;
+        assert_eq!(settings_differences(&a, &b), Vec::<String>::new());
+        b.bits = vec![2, 8];
+        b.inputs.as_mut().unwrap().sample_files[0].modified_ns = 6;
+        let d = settings_differences(&a, &b);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert_eq!(d[0], "bits: [2, 4] → [2, 8]");
+        assert!(d[1].contains("1 sample file(s) rewritten since"), "{d:?}");
+        b.inputs = None;
+        assert!(
+            settings_differences(&a, &b)
+                .iter()
+                .any(|d| d.starts_with("inputs: not recorded"))
+        );
+        assert_eq!(normalized_bits(&[8, 2, 2, 4]), [2, 4, 8]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::colormap::difference_rgb;
-use super::{Doc, Figure, ReportError, Series, html_escape, write};
+use super::{Doc, Figure, ReportError, Series, Staged, html_escape};
 use crate::bench::{BenchFolder, PairedMetric, SummaryRow};
 use crate::image::{PixelFormat, encode_png};
 use crate::metrics::images::{ImagesError, Rgb8Image, load_rgb};
@@ -416,16 +416,17 @@ fn results_json(folder: &BenchFolder) -> Result<Vec<u8>, ReportError> {
     }
 }
 
-/// Writes `<stem>_data.csv` (the summary of `rows`) and `<stem>_data.json` (`json`, bytes as
-/// they are) beside `output`.
-fn write_data(
+/// Stages `<stem>_data.csv` (the summary of `rows`) and `<stem>_data.json` (`json`, bytes as
+/// they are) beside `output`; returns their paths.
+fn stage_data(
+    staged: &mut Staged,
     output: &Path,
     rows: &[SummaryRow],
-    json: &[u8],
+    json: Vec<u8>,
 ) -> Result<Vec<PathBuf>, ReportError> {
     let (c, j) = super::data_paths(output);
-    write(&c, summary_csv(rows, &c)?.as_bytes())?;
-    write(&j, json)?;
+    staged.add(c.clone(), summary_csv(rows, &c)?.into_bytes());
+    staged.add(j.clone(), json);
     Ok(vec![c, j])
 }
 
@@ -578,8 +579,7 @@ fn thumbnails(
         } else {
             if written.insert(t.file.clone()) {
                 let path = doc.files_dir.join(&t.file);
-                write(&path, png)?;
-                doc.written.push(path);
+                doc.staged.add(path, png.clone());
             }
             md_images.push(format!(
                 "![{}]({}/{})",
@@ -816,12 +816,22 @@ fn notes(folder: &BenchFolder) -> Vec<String> {
 /// Writes a benchmark report: `output` ending `.html` (self-contained: SVG figures inline,
 /// thumbnails as base64 PNGs) or `.md` (PNG figures and thumbnails in `<stem>_files/`), with
 /// `<stem>_data.json` (the run's `results.json`) and `<stem>_data.csv` (the summary table)
-/// beside it. Returns every file written.
+/// beside it. Returns every file written; on an error, nothing is written.
 pub fn write_benchmark_report(
     folder: &BenchFolder,
     output: &Path,
     opts: &BenchmarkReportOptions,
 ) -> Result<Vec<PathBuf>, ReportError> {
+    benchmark_report_files(folder, output, opts)?.commit()
+}
+
+/// The files of [`write_benchmark_report`], checked and rendered but not written (add the
+/// figures with [`super::stage_figures`], then commit).
+pub fn benchmark_report_files(
+    folder: &BenchFolder,
+    output: &Path,
+    opts: &BenchmarkReportOptions,
+) -> Result<Staged, ReportError> {
     let ext = output
         .extension()
         .and_then(|e| e.to_str())
@@ -835,8 +845,20 @@ pub fn write_benchmark_report(
     let rows = shown.summary();
     let quality = quality_of(&shown, opts);
     let figs = benchmark_figures(&shown, quality);
-    let mut written = write_data(output, &rows, &results_json(folder)?)?;
     let mut doc = Doc::new(output, "SD3 Lab benchmark report");
+    // What the report reads: no output may replace it.
+    for file in [crate::bench::RESULTS_JSON, crate::bench::PER_IMAGE_CSV] {
+        doc.staged.input(&folder.dir.join(file));
+    }
+    for path in folder
+        .reference
+        .iter()
+        .flatten()
+        .chain(folder.configurations.iter().flat_map(|c| c.images.values()))
+    {
+        doc.staged.input(path);
+    }
+    let written = stage_data(&mut doc.staged, output, &rows, results_json(folder)?)?;
     let settings = settings_rows(&doc, folder);
     doc.table(&["", ""], &settings);
     let notes = notes(&shown);
@@ -961,8 +983,7 @@ pub fn write_benchmark_report(
         names.get(1).cloned().unwrap_or_default()
     );
     paragraph(&mut doc, &text);
-    written.extend(doc.finish(output)?);
-    Ok(written)
+    Ok(doc.finish(output))
 }
 
 #[cfg(test)]

@@ -60,6 +60,133 @@ pub enum ReportError {
     },
     #[error("the number of worst prompts to show must be at least 1")]
     NoWorst,
+    #[error(
+        "{path} is one of this report's inputs ({input}): writing there would replace it; choose another output"
+    )]
+    OutputIsInput { path: PathBuf, input: PathBuf },
+    #[error("{path}: {} is a file, not a folder", folder.display())]
+    NotAFolder { path: PathBuf, folder: PathBuf },
+    #[error(
+        "the sensitivity run has no {bits}-bit results (it measured {})",
+        available.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NoSuchBits { bits: i32, available: Vec<i32> },
+}
+
+/// A report's files, assembled in memory and written only once every one of them is ready and
+/// every destination checked: a request that fails (a bit width the run lacks, a folder where
+/// a file goes, an output that is one of the inputs) writes nothing.
+#[derive(Debug, Default)]
+pub struct Staged {
+    files: Vec<(PathBuf, Vec<u8>)>,
+    inputs: Vec<PathBuf>,
+}
+
+impl Staged {
+    /// Records that the report reads `path`: no output may replace it.
+    pub fn input(&mut self, path: &Path) {
+        self.inputs.push(path.to_owned());
+    }
+
+    /// Reads an input file (recorded as one).
+    pub fn read_input(&mut self, path: &Path) -> Result<Vec<u8>, ReportError> {
+        self.input(path);
+        std::fs::read(path).map_err(|source| ReportError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Adds a file to write (a second one for the same path replaces the first).
+    pub fn add(&mut self, path: PathBuf, bytes: Vec<u8>) {
+        match self.files.iter_mut().find(|(p, _)| *p == path) {
+            Some(f) => f.1 = bytes,
+            None => self.files.push((path, bytes)),
+        }
+    }
+
+    /// The files to write, in order.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|(p, _)| p.clone()).collect()
+    }
+
+    /// Moves `other`'s files and inputs into this one.
+    pub fn extend(&mut self, other: Staged) {
+        self.inputs.extend(other.inputs);
+        for (p, b) in other.files {
+            self.add(p, b);
+        }
+    }
+
+    /// Refuses what cannot be written: a destination that is a folder, FIFO or device (through
+    /// symbolic links), a folder on the way that is a file, an output that is an input.
+    pub fn check(&self) -> Result<(), ReportError> {
+        use crate::quant::FileIdentity;
+        let inputs: Vec<(&PathBuf, FileIdentity)> = self
+            .inputs
+            .iter()
+            .map(|i| (i, FileIdentity::of(i)))
+            .collect();
+        for (path, _) in &self.files {
+            crate::fsutil::destination(path).map_err(|source| ReportError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let mut folder = path.parent();
+            while let Some(f) = folder.filter(|f| !f.as_os_str().is_empty()) {
+                match std::fs::metadata(f) {
+                    Ok(m) if m.is_dir() => break,
+                    Ok(_) => {
+                        return Err(ReportError::NotAFolder {
+                            path: path.clone(),
+                            folder: f.to_owned(),
+                        });
+                    }
+                    Err(_) => folder = f.parent(),
+                }
+            }
+            let output = FileIdentity::of(path);
+            if let Some((input, _)) = inputs.iter().find(|(_, id)| output.same(id)) {
+                return Err(ReportError::OutputIsInput {
+                    path: path.clone(),
+                    input: (*input).clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks, then writes every file (each atomically). Should a write fail midway (a full
+    /// disk), the files and folders this call created are removed again. Returns the paths.
+    pub fn commit(self) -> Result<Vec<PathBuf>, ReportError> {
+        self.check()?;
+        let mut created_files = Vec::new();
+        let mut created_dirs = Vec::new();
+        for (path, bytes) in &self.files {
+            let mut missing = Vec::new();
+            let mut folder = path.parent();
+            while let Some(f) = folder.filter(|f| !f.as_os_str().is_empty() && !f.exists()) {
+                missing.push(f.to_owned());
+                folder = f.parent();
+            }
+            let existed = std::fs::symlink_metadata(path).is_ok();
+            if let Err(e) = write(path, bytes) {
+                // Best effort: what cannot be removed is left as it is.
+                for f in created_files.iter().rev() {
+                    let _ = std::fs::remove_file(f);
+                }
+                for d in missing.iter().chain(created_dirs.iter().rev()) {
+                    let _ = std::fs::remove_dir(d);
+                }
+                return Err(e);
+            }
+            created_dirs.extend(missing.into_iter().rev());
+            if !existed {
+                created_files.push(path.clone());
+            }
+        }
+        Ok(self.paths())
+    }
 }
 
 /// One named line.
@@ -662,14 +789,15 @@ where
                 .disable_mesh()
                 .x_labels(n_cols)
                 .y_labels(n_rows.min(60))
+                // `.get`: an empty heatmap (no layer to show) still draws its axes.
                 .x_label_formatter(&|x| {
                     at(*x, n_cols)
-                        .map(|i| cols_c[i].clone())
+                        .and_then(|i| cols_c.get(i).cloned())
                         .unwrap_or_default()
                 })
                 .y_label_formatter(&|y| {
                     at(*y, n_rows)
-                        .map(|i| rows_c[n_rows - 1 - i].clone())
+                        .and_then(|i| rows_c.get(n_rows - 1 - i).cloned())
                         .unwrap_or_default()
                 })
                 .label_style((FONT, SMALL_SIZE))
@@ -1020,9 +1148,17 @@ pub struct SensitivityReportOptions {
 impl SensitivityReportOptions {
     /// The bit width of the heatmap and the ranking: the chosen one, else the lowest measured.
     fn shown_bits(&self, report: &SensitivityReport) -> Result<i32, ReportError> {
-        self.bits
+        let bits = self
+            .bits
             .or_else(|| report.lowest_bits())
-            .ok_or(ReportError::NoBitWidths)
+            .ok_or(ReportError::NoBitWidths)?;
+        if !report.settings.bits.contains(&bits) {
+            return Err(ReportError::NoSuchBits {
+                bits,
+                available: crate::quant::sensitivity::normalized_bits(&report.settings.bits),
+            });
+        }
+        Ok(bits)
     }
 }
 
@@ -1105,21 +1241,40 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     })
 }
 
-/// Writes every figure as `<dir>/<stem>.svg` and `.png`; returns the paths.
+/// Writes every figure as `<dir>/<stem>.svg` and `.png`; returns the paths. On an error,
+/// nothing is written.
 pub fn export_figures(
     figs: &[(String, Figure)],
     dir: &Path,
     size: (u32, u32),
 ) -> Result<Vec<PathBuf>, ReportError> {
-    let mut out = Vec::new();
+    let mut staged = Staged::default();
+    stage_figures(figs, dir, size, &mut staged)?;
+    staged.commit()
+}
+
+/// Renders every figure as `<dir>/<stem>.svg` and `.png` into `staged`.
+pub fn stage_figures(
+    figs: &[(String, Figure)],
+    dir: &Path,
+    size: (u32, u32),
+    staged: &mut Staged,
+) -> Result<(), ReportError> {
+    if let Ok(meta) = std::fs::metadata(dir)
+        && !meta.is_dir()
+    {
+        return Err(ReportError::NotAFolder {
+            path: dir.to_owned(),
+            folder: dir.to_owned(),
+        });
+    }
     for (stem, fig) in figs {
         let svg = dir.join(format!("{stem}.svg"));
-        write(&svg, render_svg(fig, size)?.as_bytes())?;
+        staged.add(svg, render_svg(fig, size)?.into_bytes());
         let png = dir.join(format!("{stem}.png"));
-        write(&png, &render_png(fig, size)?)?;
-        out.extend([svg, png]);
+        staged.add(png, render_png(fig, size)?);
     }
-    Ok(out)
+    Ok(())
 }
 
 pub(crate) fn html_escape(s: &str) -> String {
@@ -1130,22 +1285,34 @@ pub(crate) fn html_escape(s: &str) -> String {
 
 /// Writes a sensitivity report: `output` ending in `.html` (self-contained, SVG inline) or
 /// `.md` (PNG figures in `<stem>_files/`), with `<stem>_data.csv` and `<stem>_data.json`
-/// beside it. Returns every file written.
+/// beside it. Returns every file written; on an error, nothing is written.
 pub fn write_sensitivity_report(
     report: &SensitivityReport,
     output: &Path,
     opts: &SensitivityReportOptions,
 ) -> Result<Vec<PathBuf>, ReportError> {
+    sensitivity_report_files(report, output, opts)?.commit()
+}
+
+/// The files of [`write_sensitivity_report`], checked and rendered but not written (add the
+/// figures with [`stage_figures`] and [`Staged::input`] the report file read, then commit).
+pub fn sensitivity_report_files(
+    report: &SensitivityReport,
+    output: &Path,
+    opts: &SensitivityReportOptions,
+) -> Result<Staged, ReportError> {
+    check_extension(output)?;
+    let bits = opts.shown_bits(report)?;
     let figs = sensitivity_figures(report, opts)?;
     let json = serde_json::to_value(report)?;
-    let mut written = write_data(
+    let mut doc = Doc::new(output, "SD3 Lab sensitivity report");
+    let written = stage_data(
+        &mut doc.staged,
         output,
         &crate::quant::sensitivity::report_csv(report),
         &json,
     )?;
     let s = &report.settings;
-    let bits = opts.shown_bits(report)?;
-    let mut doc = Doc::new(output, "SD3 Lab sensitivity report");
     doc.table(
         &["", ""],
         &[
@@ -1184,8 +1351,7 @@ pub fn write_sensitivity_report(
         "The data are in {} beside this report.",
         file_names(&written)
     ));
-    written.extend(doc.finish(output)?);
-    Ok(written)
+    Ok(doc.finish(output))
 }
 
 /// Per-bucket counts as a bar figure (the Samples tab's report).
@@ -1230,7 +1396,9 @@ pub(crate) struct Doc {
     /// Where Markdown's PNGs go (`<stem>_files/`), and the files written.
     pub(crate) files_dir: PathBuf,
     pub(crate) files_rel: String,
-    pub(crate) written: Vec<PathBuf>,
+    /// Everything the report writes (its figures, thumbnails and data; the document itself
+    /// last) and reads.
+    pub(crate) staged: Staged,
 }
 
 impl Doc {
@@ -1256,7 +1424,7 @@ impl Doc {
             body,
             files_dir: dir.join(format!("{stem}_files")),
             files_rel: format!("{stem}_files"),
-            written: Vec::new(),
+            staged: Staged::default(),
         }
     }
 
@@ -1310,8 +1478,7 @@ impl Doc {
             ));
         } else {
             let png = self.files_dir.join(format!("{stem}.png"));
-            write(&png, &render_png(fig, (900, 420))?)?;
-            self.written.push(png);
+            self.staged.add(png, render_png(fig, (900, 420))?);
             self.body.push_str(&format!(
                 "![{}]({}/{stem}.png)\n\n",
                 fig.title(),
@@ -1323,10 +1490,7 @@ impl Doc {
 
     /// An image file: embedded (HTML) or copied beside (Markdown).
     fn image(&mut self, path: &Path, caption: &str) -> Result<(), ReportError> {
-        let bytes = std::fs::read(path).map_err(|source| ReportError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = self.staged.read_input(path)?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -1339,8 +1503,7 @@ impl Doc {
             ));
         } else {
             let dest = self.files_dir.join(&name);
-            write(&dest, &bytes)?;
-            self.written.push(dest);
+            self.staged.add(dest, bytes);
             self.body.push_str(&format!(
                 "![{}]({}/{name}) {}\n\n",
                 caption.replace(']', ")"),
@@ -1359,13 +1522,13 @@ impl Doc {
         }
     }
 
-    pub(crate) fn finish(mut self, output: &Path) -> Result<Vec<PathBuf>, ReportError> {
+    /// The document's files, the document itself last; nothing is written yet.
+    pub(crate) fn finish(mut self, output: &Path) -> Staged {
         if self.html {
             self.body.push_str("</body></html>\n");
         }
-        write(output, self.body.as_bytes())?;
-        self.written.push(output.to_owned());
-        Ok(self.written)
+        self.staged.add(output.to_owned(), self.body.into_bytes());
+        self.staged
     }
 }
 
@@ -1508,17 +1671,33 @@ pub(crate) fn data_paths(output: &Path) -> (PathBuf, PathBuf) {
     )
 }
 
-/// Writes `<stem>_data.csv` and `<stem>_data.json` beside `output`.
-fn write_data(
+/// Stages `<stem>_data.csv` and `<stem>_data.json` beside `output`; returns their paths.
+fn stage_data(
+    staged: &mut Staged,
     output: &Path,
     csv: &str,
     json: &serde_json::Value,
 ) -> Result<Vec<PathBuf>, ReportError> {
     let (c, j) = data_paths(output);
-    write(&c, csv.as_bytes())?;
+    staged.add(c.clone(), csv.as_bytes().to_vec());
     let text = serde_json::to_string_pretty(json)?;
-    write(&j, text.as_bytes())?;
+    staged.add(j.clone(), text.into_bytes());
     Ok(vec![c, j])
+}
+
+/// Refuses an output that is neither `.html` nor `.md`.
+fn check_extension(output: &Path) -> Result<(), ReportError> {
+    let ext = output
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase());
+    if matches!(ext.as_deref(), Some("html" | "htm" | "md")) {
+        Ok(())
+    } else {
+        Err(ReportError::Extension {
+            path: output.to_owned(),
+        })
+    }
 }
 
 /// The Samples tab's report: a calibration folder's summary, per-bucket counts, the timestep
@@ -1528,9 +1707,14 @@ pub fn write_samples_report(
     filter: &crate::calib::SampleFilter,
     output: &Path,
 ) -> Result<Vec<PathBuf>, ReportError> {
+    check_extension(output)?;
     let selected = set.select(filter);
     let listing = crate::calib::listing::Listing::new(set, filter, &selected);
     let mut doc = Doc::new(output, "SD3 Lab calibration samples");
+    doc.staged.input(&crate::calib::Manifest::path(set.dir()));
+    for m in &selected {
+        doc.staged.input(&m.path);
+    }
     let s = &listing.summary;
     doc.table(
         &["", ""],
@@ -1610,19 +1794,19 @@ pub fn write_samples_report(
         ));
     }
     let json = serde_json::to_value(&listing)?;
-    let mut written = write_data(output, &csv, &json)?;
+    let data = stage_data(&mut doc.staged, output, &csv, &json)?;
     doc.text(&format!(
         "The selected samples are in {} beside this report (the JSON has the schema of the samples listing's JSON export).",
-        file_names(&written)
+        file_names(&data)
     ));
-    written.extend(doc.finish(output)?);
-    Ok(written)
+    doc.finish(output).commit()
 }
 
 /// The Generate tab's report: a calibration run's settings (from its manifest) and its images
 /// with their prompts; the image list as CSV/JSON beside it.
 pub fn write_calibration_report(dir: &Path, output: &Path) -> Result<Vec<PathBuf>, ReportError> {
     use crate::calibrate::GenerationSettings;
+    check_extension(output)?;
     let manifest_path = crate::calib::Manifest::path(dir);
     let manifest = crate::calib::Manifest::read(dir)
         .map_err(Box::new)?
@@ -1637,6 +1821,7 @@ pub fn write_calibration_report(dir: &Path, output: &Path) -> Result<Vec<PathBuf
             source,
         })?;
     let mut doc = Doc::new(output, "SD3 Lab calibration run");
+    doc.staged.input(&crate::calib::Manifest::path(dir));
     let field = |f: fn(&GenerationSettings) -> String| g.as_ref().map_or(String::new(), f);
     doc.table(
         &["", ""],
@@ -1693,13 +1878,13 @@ pub fn write_calibration_report(dir: &Path, output: &Path) -> Result<Vec<PathBuf
         ));
         rows.push(serde_json::json!({"image": i, "file": rel, "seed": seed, "prompt": prompt}));
     }
-    let mut written = write_data(
+    stage_data(
+        &mut doc.staged,
         output,
         &csv,
         &serde_json::json!({"manifest": manifest, "images": rows}),
     )?;
-    written.extend(doc.finish(output)?);
-    Ok(written)
+    doc.finish(output).commit()
 }
 
 #[cfg(test)]
@@ -1875,12 +2060,42 @@ mod tests {
             write_sensitivity_report(&report, &out, &opts),
             Err(ReportError::NoBitWidths)
         ));
-        // A chosen width is shown whatever the settings list.
+        assert!(!out.exists());
+        // A chosen width must be one the run measured (an unmeasured one used to panic halfway
+        // through writing the report): refused, and nothing written.
+        report.settings.bits = vec![2, 4];
         let opts = SensitivityReportOptions {
             bits: Some(4),
             ..opts
         };
         assert_eq!(opts.shown_bits(&report).unwrap(), 4);
+        let opts = SensitivityReportOptions {
+            bits: Some(8),
+            ..opts
+        };
+        let e = write_sensitivity_report(&report, &out, &opts).unwrap_err();
+        assert!(
+            matches!(&e, ReportError::NoSuchBits { bits: 8, available } if available == &[2, 4]),
+            "{e:?}"
+        );
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_empty_heatmap_renders_instead_of_panicking() {
+        let heat = Figure::Heatmap {
+            title: "nothing to show".into(),
+            rows: Vec::new(),
+            cols: Vec::new(),
+            values: Vec::new(),
+            value_label: "dB".into(),
+        };
+        assert!(
+            render_svg(&heat, (640, 400))
+                .unwrap()
+                .contains("nothing to show")
+        );
+        assert!(!render_png(&heat, (640, 400)).unwrap().is_empty());
     }
 
     #[test]
