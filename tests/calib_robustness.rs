@@ -515,10 +515,17 @@ fn an_absurd_manifest_step_count_is_flagged_and_not_used() {
     )
     .unwrap();
     let set = open(dir.path());
-    one_problem(&set, "manifest.json", "num_steps = 1000000000000000 is not a step count");
+    one_problem(
+        &set,
+        "manifest.json",
+        "num_steps = 1000000000000000 is not a step count",
+    );
     // Inferred from the files instead: the buckets are the right ones.
     assert_eq!(set.num_steps(), 3);
-    let late = set.samples().iter().filter(|s| s.bucket == sd3lab::calib::Bucket::Late);
+    let late = set
+        .samples()
+        .iter()
+        .filter(|s| s.bucket == sd3lab::calib::Bucket::Late);
     assert_eq!(late.count(), 2);
     assert!(strict(dir.path()).contains("not a step count"));
 }
@@ -593,10 +600,15 @@ fn control_characters_in_file_names_are_escaped_on_the_terminal() {
             "raw control bytes: {text:?}"
         );
     }
-    assert!(stdout.contains(r"000000_001\u{1b}]0;pwned\u{7}.npz"), "{stdout}");
+    assert!(
+        stdout.contains(r"000000_001\u{1b}]0;pwned\u{7}.npz"),
+        "{stdout}"
+    );
     assert!(stderr.contains(r"000000_002\u{1b}[2J.npz"), "{stderr}");
     let out = samples_cli(dir.path(), &["--strict"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && !stderr.contains('\u{1b}'), "{stderr:?}");
+    assert!(
+        !out.status.success() && !stderr.contains('\u{1b}'),
+        "{stderr:?}"
+    );
 }
-

@@ -193,7 +193,10 @@ fn writes_the_seed_layout_that_sd3lab_and_numpy_read() {
         "{err}"
     );
     let err = refused(&["--num-images", "0"]);
-    assert!(err.contains("0 is out of range: 1 to 100000 images"), "{err}");
+    assert!(
+        err.contains("0 is out of range: 1 to 100000 images"),
+        "{err}"
+    );
     // `auto` without sd3-medium in the (empty) Hugging Face cache: the run's model event is
     // printed as a warning with the CLI's hint, before the refusal.
     let o = cli(
@@ -557,7 +560,11 @@ fn a_prompt_csv_that_is_a_folder_or_fifo_says_what_it_is() {
     let cache = tempfile::tempdir().unwrap();
     let dir = cache.path().join("calib");
     let folder = cache.path().display().to_string();
-    let o = calibrate_cli(cache.path(), &dir, &["--num-images", "1", "--prompt-csv", &folder]);
+    let o = calibrate_cli(
+        cache.path(),
+        &dir,
+        &["--num-images", "1", "--prompt-csv", &folder],
+    );
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{stderr}");
     assert!(
@@ -579,6 +586,8 @@ fn a_prompt_csv_that_is_a_folder_or_fifo_says_what_it_is() {
 }
 
 /// Runs `cmd` and returns its output and its peak resident set in bytes (wait4's rusage).
+// The child is reaped by wait4 (which `Child::wait` cannot do with its rusage).
+#[allow(clippy::zombie_processes)]
 fn output_and_peak_rss(mut cmd: Command) -> (std::process::ExitStatus, u64) {
     let child = cmd
         .stdout(std::process::Stdio::null())
@@ -630,8 +639,7 @@ fn a_ten_megabyte_prompt_costs_kilobytes_not_gigabytes() {
     assert!(status.success());
     assert!(rss < 600 << 20, "peak RSS {} MB", rss >> 20);
     let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     // The prompt used (and recorded) is the cut one.
     let prompt = m["generation"]["prompts"][0].as_str().unwrap();
     assert_eq!(prompt.len(), sd3lab::calib::prompts::MAX_PROMPT_CHARS);
@@ -664,7 +672,11 @@ fn non_finite_latents_are_warned_and_found_by_check_values() {
         "{stderr}"
     );
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(summary["warnings"].as_array().unwrap().len(), 1, "{summary}");
+    assert_eq!(
+        summary["warnings"].as_array().unwrap().len(),
+        1,
+        "{summary}"
+    );
     let d = dir.display().to_string();
     let o = cli(
         cache.path(),
@@ -685,8 +697,22 @@ fn non_finite_latents_are_warned_and_found_by_check_values() {
     let o = cli(
         cache.path(),
         &[
-            "generate", "--model", "tiny", "--prompt", "a cat", "--num-steps", "3", "--height",
-            "64", "--width", "64", "--dtype", "float16", "--cfg-weight", "100000", "--output",
+            "generate",
+            "--model",
+            "tiny",
+            "--prompt",
+            "a cat",
+            "--num-steps",
+            "3",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--dtype",
+            "float16",
+            "--cfg-weight",
+            "100000",
+            "--output",
         ],
     )
     .arg(cache.path().join("g.png"))
@@ -695,7 +721,10 @@ fn non_finite_latents_are_warned_and_found_by_check_values() {
     .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
-    assert!(stderr.contains("warning: the latent is not finite"), "{stderr}");
+    assert!(
+        stderr.contains("warning: the latent is not finite"),
+        "{stderr}"
+    );
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(doc["warnings"].as_array().unwrap().len(), 1);
 }

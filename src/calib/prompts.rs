@@ -53,11 +53,7 @@ pub fn parse_prompts(text: &str, name: &str) -> Result<Vec<String>, PromptError>
 /// [`parse_prompts`] keeping the first `limit` prompts only (a run of N images uses N), each
 /// cut to [`MAX_PROMPT_CHARS`]: memory follows what is used, not the file. Every row is still
 /// checked, so a file that is refused whole is refused whatever the limit.
-pub fn parse_prompts_limited(
-    text: &str,
-    name: &str,
-    limit: usize,
-) -> Result<Prompts, PromptError> {
+pub fn parse_prompts_limited(text: &str, name: &str, limit: usize) -> Result<Prompts, PromptError> {
     let err = |reason: String| PromptError::Format {
         path: name.to_owned(),
         reason,
@@ -195,7 +191,10 @@ pub fn read_prompts(path: &Path, limit: usize) -> Result<Prompts, PromptError> {
     let mut bytes = Vec::new();
     // The file may grow between the check and the read: read one byte past the bound at most.
     std::io::Read::read_to_end(
-        &mut std::io::Read::take(std::fs::File::open(path).map_err(io)?, MAX_PROMPT_FILE_BYTES + 1),
+        &mut std::io::Read::take(
+            std::fs::File::open(path).map_err(io)?,
+            MAX_PROMPT_FILE_BYTES + 1,
+        ),
         &mut bytes,
     )
     .map_err(io)?;

@@ -88,7 +88,11 @@ impl ResumePlan {
     /// Writes the manifest of the images before `start` with the run's settings, before the
     /// first step: a run killed during its first image leaves a manifest (`n_completed: 0`)
     /// that the rerun continues and readers understand, never step files without one.
-    pub fn begin(&mut self, dir: &Path, settings: &GenerationSettings) -> Result<(), CalibrateError> {
+    pub fn begin(
+        &mut self,
+        dir: &Path,
+        settings: &GenerationSettings,
+    ) -> Result<(), CalibrateError> {
         self.record(dir, settings, self.start)
     }
 

@@ -135,9 +135,7 @@ impl CalibrateConfig {
                 .map(|i| prompts[i % prompts.len()].clone())
                 .collect(),
             // In range: checked above.
-            seeds: (0..self.num_images)
-                .map(|i| self.seed + i as u32)
-                .collect(),
+            seeds: (0..self.num_images).map(|i| self.seed + i as u32).collect(),
         };
         Ok(ValidatedCalibration {
             config: self.clone(),
@@ -237,13 +235,24 @@ mod tests {
         };
         let e = cfg(&|c| c.num_steps = 2_000_000);
         assert!(
-            matches!(e, CalibrateError::TooManySteps { num_steps: 2_000_000, max: MAX_NUM_STEPS }),
+            matches!(
+                e,
+                CalibrateError::TooManySteps {
+                    num_steps: 2_000_000,
+                    max: MAX_NUM_STEPS
+                }
+            ),
             "{e}"
         );
-        assert!(e.to_string().contains("2000000 steps is more than the 10000"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("2000000 steps is more than the 10000"),
+            "{e}"
+        );
         let e = cfg(&|c| c.num_images = 100_000_000);
         assert!(
-            e.to_string().contains("100000000 images is more than the 100000"),
+            e.to_string()
+                .contains("100000000 images is more than the 100000"),
             "{e}"
         );
         // Seed + i past 2^32 - 1 would silently wrap to seed 0.

@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use sd3lab::calibrate::{
-    CalibrateConfig, CalibrateError, CalibrateEvent, MAX_NUM_IMAGES, MAX_NUM_STEPS,
-    run_calibration,
+    CalibrateConfig, CalibrateError, CalibrateEvent, MAX_NUM_IMAGES, MAX_NUM_STEPS, run_calibration,
 };
 use sd3lab::model::config::ModelDtype;
 
@@ -106,8 +105,12 @@ pub(super) fn parse_seed(s: &str) -> Result<u32, String> {
         .trim()
         .parse()
         .map_err(|_| format!("'{s}' is not a whole number"))?;
-    u32::try_from(n)
-        .map_err(|_| format!("{n} is out of range: seeds are 0 to {} (as numpy's)", u32::MAX))
+    u32::try_from(n).map_err(|_| {
+        format!(
+            "{n} is out of range: seeds are 0 to {} (as numpy's)",
+            u32::MAX
+        )
+    })
 }
 
 /// The library's refusal in this command's terms: which flag overrides it.

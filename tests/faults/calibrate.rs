@@ -165,7 +165,11 @@ fn assert_same_files(dir: &Path, reference: &Path, context: &str) {
 fn wait_for(child: &mut Child, path: &Path) -> bool {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !path.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         if child.try_wait().unwrap().is_some() {
             return false;
         }
@@ -183,7 +187,7 @@ impl Rng {
         let seed = std::env::var("SD3LAB_FAULT_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(0x5d3_1ab_17);
+            .unwrap_or(0x5d31_ab17);
         (Self(seed.max(1)), seed)
     }
 
@@ -224,7 +228,11 @@ fn a_second_calibrate_into_a_folder_being_written_is_refused_and_readers_are_not
     // A reader does not wait for the writer (stopped while holding the lock).
     let reader = run(
         &s.cache,
-        &["samples".into(), "--calib-dir".into(), dir.display().to_string()],
+        &[
+            "samples".into(),
+            "--calib-dir".into(),
+            dir.display().to_string(),
+        ],
     );
     assert!(
         reader.status.code().is_some(),
