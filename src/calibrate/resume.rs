@@ -332,6 +332,27 @@ mod tests {
     }
 
     #[test]
+    fn a_run_killed_in_its_first_image_resumes_from_its_early_manifest() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        let s = settings(2);
+        let mut plan = ResumePlan::fresh();
+        plan.prepare(dir).unwrap();
+        plan.begin(dir, &s).unwrap();
+        let m = Manifest::read(dir).unwrap().unwrap();
+        assert_eq!((m.n_completed, m.num_steps), (Some(0), Some(3)));
+        // Killed after two steps of image 0: its files are there, no image is finished.
+        for k in 0..2 {
+            let p = dir.join(sample_file_name(0, k, 3));
+            std::fs::write(p, b"npz").unwrap();
+        }
+        let plan = ResumePlan::from_existing(dir, &s, false).unwrap();
+        assert_eq!(plan.start, 0);
+        plan.prepare(dir).unwrap();
+        assert!(names(dir, "samples").is_empty());
+    }
+
+    #[test]
     fn other_settings_are_refused_with_what_differs_unless_overwriting() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path();
