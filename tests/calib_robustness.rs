@@ -89,10 +89,19 @@ fn strict(dir: &Path) -> String {
     }
 }
 
-/// Asserts exactly one problem, about `file`, whose message contains `needle`.
+/// The problem every set without a manifest has (its own test below).
+const NO_MANIFEST: &str = "missing: the sample files have no manifest";
+
+/// Asserts exactly one problem besides a missing manifest, about `file`, whose message
+/// contains `needle`.
 fn one_problem(set: &CalibrationSet, file: &str, needle: &str) {
-    assert_eq!(set.problems().len(), 1, "{:#?}", set.problems());
-    let msg = set.problems()[0].to_string();
+    let problems: Vec<_> = set
+        .problems()
+        .iter()
+        .filter(|p| !p.message.starts_with(NO_MANIFEST))
+        .collect();
+    assert_eq!(problems.len(), 1, "{:#?}", set.problems());
+    let msg = problems[0].to_string();
     assert!(msg.contains(file), "problem should name {file}: {msg}");
     assert!(msg.contains(needle), "problem should say '{needle}': {msg}");
 }
@@ -373,6 +382,11 @@ fn metadata_reads_do_not_inflate_large_members() {
         *b ^= 0x5a;
     }
     std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(
+        dir.path().join("manifest.json"),
+        r#"{"n_completed": 1, "num_steps": 1}"#,
+    )
+    .unwrap();
     let set = CalibrationSet::open(
         dir.path(),
         &OpenOptions {
@@ -441,4 +455,160 @@ fn samples_command_reports_and_exits_by_strictness() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("000001_002.npz"), "{stderr}");
+}
+
+/// `sd3lab samples --calib-dir DIR extra…`.
+fn samples_cli(dir: &Path, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sd3lab"))
+        .args(["samples", "--calib-dir"])
+        .arg(dir)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn sample_files_without_a_manifest_are_a_problem_and_fail_strict() {
+    // What a run killed during its first image left before runs wrote their manifest first:
+    // 2 of 4 steps, which read as a complete one-image set of 2 steps.
+    let dir = good_set(1, 2);
+    let set = open(dir.path());
+    assert_eq!(set.problems().len(), 1, "{:#?}", set.problems());
+    let msg = set.problems()[0].to_string();
+    assert!(
+        msg.contains("manifest.json") && msg.contains("step count (2)") && msg.contains("inferred"),
+        "{msg}"
+    );
+    assert!(strict(dir.path()).contains("no manifest"));
+    let out = samples_cli(dir.path(), &["--strict"]);
+    assert!(!out.status.success());
+    // With the manifest a run writes, the same files are no problem.
+    std::fs::write(
+        dir.path().join("manifest.json"),
+        r#"{"n_completed": 1, "num_steps": 2}"#,
+    )
+    .unwrap();
+    assert!(open(dir.path()).problems().is_empty());
+}
+
+#[test]
+fn sample_files_the_manifest_does_not_list_are_reported() {
+    let dir = good_set(2, 2);
+    // The manifest of a run with image 0 finished; image 1's files are an unfinished image.
+    std::fs::write(
+        dir.path().join("manifest.json"),
+        r#"{"n_completed": 1, "num_steps": 2, "sample_files": ["samples/000000_000.npz", "./samples/000000_001.npz"]}"#,
+    )
+    .unwrap();
+    let set = open(dir.path());
+    assert_eq!(set.samples().len(), 2);
+    one_problem(&set, "samples", "2 sample file(s) are not listed");
+    assert!(set.problems()[0].message.contains("000001_000.npz"));
+}
+
+#[test]
+fn an_absurd_manifest_step_count_is_flagged_and_not_used() {
+    let dir = good_set(2, 3);
+    std::fs::write(
+        dir.path().join("manifest.json"),
+        r#"{"n_completed": 2, "num_steps": 1000000000000000}"#,
+    )
+    .unwrap();
+    let set = open(dir.path());
+    one_problem(
+        &set,
+        "manifest.json",
+        "num_steps = 1000000000000000 is not a step count",
+    );
+    // Inferred from the files instead: the buckets are the right ones.
+    assert_eq!(set.num_steps(), 3);
+    let late = set
+        .samples()
+        .iter()
+        .filter(|s| s.bucket == sd3lab::calib::Bucket::Late);
+    assert_eq!(late.count(), 2);
+    assert!(strict(dir.path()).contains("not a step count"));
+}
+
+#[test]
+fn check_values_reports_non_finite_tensors_by_file_and_key() {
+    let dir = good_set(2, 2);
+    std::fs::write(
+        dir.path().join("manifest.json"),
+        r#"{"n_completed": 2, "num_steps": 2}"#,
+    )
+    .unwrap();
+    // Image 1, step 0: a latent with one NaN and one infinity, the rest as a run writes it.
+    let path = dir.path().join("samples/000001_000.npz");
+    let mut x = vec![0.5f32; 16];
+    x[3] = f32::NAN;
+    x[9] = f32::INFINITY;
+    let x = NpyArray::new(vec![1, 2, 2, 4], NpyData::Float32(x)).unwrap();
+    let t = NpyArray::scalar(NpyData::Float32(vec![1000.0])).unwrap();
+    let s = NpyArray::new(vec![1], NpyData::Float32(vec![1.0])).unwrap();
+    let c = f32s(&[2, 10, 8], 0.5);
+    let p = f32s(&[2, 4], 0.25);
+    let k = NpyArray::scalar(NpyData::Int64(vec![0])).unwrap();
+    let arrays = [
+        ("x", &x),
+        ("timestep", &t),
+        ("sigma", &s),
+        ("conditioning", &c),
+        ("pooled_conditioning", &p),
+        ("step_index", &k),
+    ];
+    write_npz(&path, &arrays, false).unwrap();
+    // Indexing reads headers only: no problem without the check.
+    let out = samples_cli(dir.path(), &["--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["problems"].as_array().unwrap().len(), 0, "{doc}");
+    let out = samples_cli(dir.path(), &["--json", "--check-values"]);
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = doc["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{doc}");
+    let msg = problems[0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("000001_000.npz") && msg.contains("'x' holds 2 non-finite"),
+        "{msg}"
+    );
+    let out = samples_cli(dir.path(), &["--check-values", "--strict"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("000001_000.npz"));
+}
+
+#[test]
+fn control_characters_in_file_names_are_escaped_on_the_terminal() {
+    let dir = good_set(1, 2);
+    // A good record and a junk one, both named with an escape sequence and a bell.
+    let evil = "000000_001\u{1b}]0;pwned\u{7}.npz";
+    std::fs::rename(
+        dir.path().join("samples/000000_001.npz"),
+        dir.path().join("samples").join(evil),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("samples/000000_002\u{1b}[2J.npz"), b"junk").unwrap();
+    let out = samples_cli(dir.path(), &[]);
+    assert!(out.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    for text in [&stdout, &stderr] {
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "raw control bytes: {text:?}"
+        );
+    }
+    assert!(
+        stdout.contains(r"000000_001\u{1b}]0;pwned\u{7}.npz"),
+        "{stdout}"
+    );
+    assert!(stderr.contains(r"000000_002\u{1b}[2J.npz"), "{stderr}");
+    let out = samples_cli(dir.path(), &["--strict"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && !stderr.contains('\u{1b}'),
+        "{stderr:?}"
+    );
 }

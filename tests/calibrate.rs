@@ -193,7 +193,10 @@ fn writes_the_seed_layout_that_sd3lab_and_numpy_read() {
         "{err}"
     );
     let err = refused(&["--num-images", "0"]);
-    assert!(err.contains("--num-images must be at least 1"), "{err}");
+    assert!(
+        err.contains("0 is out of range: 1 to 100000 images"),
+        "{err}"
+    );
     // `auto` without sd3-medium in the (empty) Hugging Face cache: the run's model event is
     // printed as a warning with the CLI's hint, before the refusal.
     let o = cli(
@@ -463,4 +466,265 @@ fn cancel_discards_the_current_image_and_resume_completes() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("no manifest.json"), "{err}");
+}
+
+/// `calibrate` on the tiny model, 64², with `extra` arguments; its output.
+fn calibrate_cli(cache: &Path, dir: &Path, extra: &[&str]) -> std::process::Output {
+    let d = dir.display().to_string();
+    let mut args = vec![
+        "calibrate",
+        "--model",
+        "tiny",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--calib-dir",
+        &d,
+    ];
+    args.extend_from_slice(extra);
+    cli(cache, &args).output().unwrap()
+}
+
+#[test]
+fn numeric_options_are_bounded_as_users_write_them() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("calib");
+    let refused = |command: &str, extra: &[&str], needle: &str| {
+        let mut args = vec![command, "--model", "tiny"];
+        if command == "generate" {
+            args.extend(["--prompt", "a cat", "--output", "x.png"]);
+        }
+        if command == "benchmark" {
+            args.extend(["--config", "fp32", "--skip-metrics"]);
+        }
+        if command == "calibrate" {
+            args.extend(["--calib-dir", dir.to_str().unwrap()]);
+        }
+        if !extra.contains(&"--num-images") && command == "calibrate" {
+            args.extend(["--num-images", "1"]);
+        }
+        args.extend_from_slice(extra);
+        let t = Instant::now();
+        let o = cli(cache.path(), &args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{command} {extra:?}: {stderr}");
+        assert!(stderr.contains(needle), "{command} {extra:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("unexpected argument"),
+            "{stderr}"
+        );
+        // Refused while parsing: no model loaded, no schedule allocated.
+        assert!(t.elapsed() < Duration::from_secs(5), "{command} {extra:?}");
+    };
+    for command in ["calibrate", "generate", "benchmark"] {
+        refused(
+            command,
+            &["--num-steps", "4294967296"],
+            "4294967296 is out of range: 1 to 10000 steps",
+        );
+        refused(
+            command,
+            &["--num-steps", "2000000"],
+            "2000000 is out of range: 1 to 10000 steps",
+        );
+        refused(
+            command,
+            &["--seed", "-1"],
+            "-1 is out of range: seeds are 0 to 4294967295",
+        );
+        refused(
+            command,
+            &["--seed", "4294967296"],
+            "4294967296 is out of range: seeds are 0",
+        );
+    }
+    for command in ["calibrate", "benchmark"] {
+        refused(
+            command,
+            &["--num-images", "100000000"],
+            "100000000 is out of range: 1 to 100000 images",
+        );
+    }
+    // Image i uses seed + i: the last seed must fit (the library says so, the app included).
+    refused(
+        "calibrate",
+        &["--seed", "4294967295", "--num-images", "2"],
+        "needs seeds up to 4294967296",
+    );
+    assert!(!dir.join("samples").exists(), "nothing written");
+}
+
+#[test]
+fn a_prompt_csv_that_is_a_folder_or_fifo_says_what_it_is() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("calib");
+    let folder = cache.path().display().to_string();
+    let o = calibrate_cli(
+        cache.path(),
+        &dir,
+        &["--num-images", "1", "--prompt-csv", &folder],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is a folder, not a prompt file") && !stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    let fifo = cache.path().join("prompts.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let o = calibrate_cli(
+        cache.path(),
+        &dir,
+        &["--num-images", "1", "--prompt-csv", fifo.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(stderr.contains("is a FIFO (named pipe)"), "{stderr}");
+}
+
+/// Runs `cmd` and returns its output and its peak resident set in bytes (wait4's rusage).
+// The child is reaped by wait4 (which `Child::wait` cannot do with its rusage).
+#[allow(clippy::zombie_processes)]
+fn output_and_peak_rss(mut cmd: Command) -> (std::process::ExitStatus, u64) {
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: rusage is plain integers; wait4 on our own child's pid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    use std::os::unix::process::ExitStatusExt;
+    (
+        std::process::ExitStatus::from_raw(status),
+        usage.ru_maxrss as u64 * 1024,
+    )
+}
+
+#[test]
+fn a_ten_megabyte_prompt_costs_kilobytes_not_gigabytes() {
+    let cache = tempfile::tempdir().unwrap();
+    let csv = cache.path().join("big.csv");
+    // One 10 MB piece without whitespace: the tokenizer's slowest and hungriest input (1.3 GB
+    // and half a minute when it reached the tokenizer whole).
+    std::fs::write(&csv, format!("prompt\n{}\n", "!".repeat(10_000_000))).unwrap();
+    let dir = cache.path().join("calib");
+    let d = dir.display().to_string();
+    let args = [
+        "calibrate",
+        "--model",
+        "tiny",
+        "--dtype",
+        "float32",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--num-images",
+        "2",
+        "--num-steps",
+        "1",
+        "--images-only",
+        "--calib-dir",
+        &d,
+        "--prompt-csv",
+        csv.to_str().unwrap(),
+    ];
+    let (status, rss) = output_and_peak_rss(cli(cache.path(), &args));
+    assert!(status.success());
+    assert!(rss < 600 << 20, "peak RSS {} MB", rss >> 20);
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    // The prompt used (and recorded) is the cut one.
+    let prompt = m["generation"]["prompts"][0].as_str().unwrap();
+    assert_eq!(prompt.len(), sd3lab::calib::prompts::MAX_PROMPT_CHARS);
+}
+
+#[test]
+fn non_finite_latents_are_warned_and_found_by_check_values() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("calib");
+    // float16 with a huge CFG weight overflows on the tiny model.
+    let o = calibrate_cli(
+        cache.path(),
+        &dir,
+        &[
+            "--num-images",
+            "1",
+            "--num-steps",
+            "3",
+            "--dtype",
+            "float16",
+            "--cfg-weight",
+            "100000",
+            "--json",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: image 0: the latent is not finite"),
+        "{stderr}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        summary["warnings"].as_array().unwrap().len(),
+        1,
+        "{summary}"
+    );
+    let d = dir.display().to_string();
+    let o = cli(
+        cache.path(),
+        &["samples", "--calib-dir", &d, "--check-values", "--json"],
+    )
+    .output()
+    .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let problems = doc["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| {
+            let m = p["message"].as_str().unwrap();
+            m.contains("samples/000000_") && m.contains("'x' holds")
+        }),
+        "{doc}"
+    );
+    // The same settings in float32 stay finite: no warning.
+    let o = cli(
+        cache.path(),
+        &[
+            "generate",
+            "--model",
+            "tiny",
+            "--prompt",
+            "a cat",
+            "--num-steps",
+            "3",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--dtype",
+            "float16",
+            "--cfg-weight",
+            "100000",
+            "--output",
+        ],
+    )
+    .arg(cache.path().join("g.png"))
+    .arg("--json")
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: the latent is not finite"),
+        "{stderr}"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["warnings"].as_array().unwrap().len(), 1);
 }

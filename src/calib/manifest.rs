@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use super::CalibError;
 
+/// The most denoising steps a run may take (`sd3lab calibrate` refuses more); a manifest
+/// saying more is damaged. SD3 uses 28–50 steps and the benchmark 100; a schedule of millions
+/// of steps allocates gigabytes of per-step arrays before the first step runs.
+pub const MAX_NUM_STEPS: usize = 10_000;
+
 /// File name of the manifest inside a calibration directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 

@@ -8,6 +8,16 @@ use std::path::Path;
 /// The shipped prompt set (CSV with `prompt,category`).
 pub const BUILTIN_PROMPTS_CSV: &str = include_str!("../../assets/prompts.csv");
 
+/// The largest prompt file read: a prompt list is kilobytes to a few megabytes (COCO-30k's
+/// captions are about 3 MB); anything larger is refused before it is read.
+pub const MAX_PROMPT_FILE_BYTES: u64 = 64 << 20;
+
+/// The most characters kept of one prompt. CLIP reads 77 tokens (75 and the two markers) after
+/// collapsing whitespace; a longer prompt is cut here, when read, so that a 10 MB prompt costs
+/// kilobytes (and the tokenizer's merges stay quick), not gigabytes. Whitespace runs of a cut
+/// prompt are collapsed first, as the tokenizer does, so that padding cannot push words out.
+pub const MAX_PROMPT_CHARS: usize = 4096;
+
 /// Why a prompt file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {
@@ -18,10 +28,32 @@ pub enum PromptError {
     },
     #[error("{path}: {reason}")]
     Format { path: String, reason: String },
+    #[error("{path} is {what}, not a prompt file (a CSV file with a 'prompt' column)")]
+    NotAFile { path: String, what: &'static str },
+    #[error(
+        "{path} is {bytes} bytes, more than the {max} a prompt file may be",
+        max = MAX_PROMPT_FILE_BYTES
+    )]
+    TooLarge { path: String, bytes: u64 },
+}
+
+/// Prompts read from a file, with what the user should know about them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompts {
+    pub prompts: Vec<String>,
+    /// Prompts that were cut to [`MAX_PROMPT_CHARS`].
+    pub notes: Vec<String>,
 }
 
 /// Parses CSV text (see the module docs). `name` is used in error messages.
 pub fn parse_prompts(text: &str, name: &str) -> Result<Vec<String>, PromptError> {
+    parse_prompts_limited(text, name, usize::MAX).map(|p| p.prompts)
+}
+
+/// [`parse_prompts`] keeping the first `limit` prompts only (a run of N images uses N), each
+/// cut to [`MAX_PROMPT_CHARS`]: memory follows what is used, not the file. Every row is still
+/// checked, so a file that is refused whole is refused whatever the limit.
+pub fn parse_prompts_limited(text: &str, name: &str, limit: usize) -> Result<Prompts, PromptError> {
     let err = |reason: String| PromptError::Format {
         path: name.to_owned(),
         reason,
@@ -31,62 +63,173 @@ pub fn parse_prompts(text: &str, name: &str) -> Result<Vec<String>, PromptError>
         .has_headers(false)
         .flexible(true)
         .from_reader(text.as_bytes());
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    for (i, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| err(format!("row {}: {e}", i + 1)))?;
-        let fields: Vec<String> = record.iter().map(str::to_owned).collect();
-        if fields.iter().all(|f| f.trim().is_empty()) {
+    // Read row by row: one record at a time in memory, never the whole table.
+    let mut record = csv::StringRecord::new();
+    let mut row = 0usize;
+    // The header's column of prompts, or `None` for a single column without header; decided
+    // by the first non-blank row (kept, shortened, for the error message).
+    let mut layout: Option<(Option<usize>, String)> = None;
+    let mut prompts = Vec::new();
+    let mut cut = Vec::new();
+    let mut found = 0usize;
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(true) => row += 1,
+            Ok(false) => break,
+            Err(e) => return Err(err(format!("row {}: {e}", row + 1))),
+        }
+        let filled = record.iter().filter(|f| !f.trim().is_empty()).count();
+        if filled == 0 {
             continue;
         }
-        rows.push(fields);
-    }
-    let Some(first) = rows.first() else {
-        return Err(err("the file holds no prompts".into()));
-    };
-    let column = first
-        .iter()
-        .position(|h| h.trim().eq_ignore_ascii_case("prompt"));
-    let prompts: Vec<String> = match column {
-        Some(c) => rows[1..]
-            .iter()
-            .filter_map(|r| r.get(c))
-            .map(|p| p.trim().to_owned())
-            .filter(|p| !p.is_empty())
-            .collect(),
-        None if rows
-            .iter()
-            .all(|r| r.iter().filter(|f| !f.trim().is_empty()).count() <= 1) =>
+        let prompt = match &layout {
+            None => {
+                let column = record
+                    .iter()
+                    .position(|h| h.trim().eq_ignore_ascii_case("prompt"));
+                let header: String = record.iter().collect::<Vec<_>>().join(", ");
+                let header = header.chars().take(200).collect();
+                layout = Some((column, header));
+                match column {
+                    Some(_) => continue,
+                    None => record.iter().find(|f| !f.trim().is_empty()),
+                }
+            }
+            Some((Some(c), _)) => record.get(*c).filter(|p| !p.trim().is_empty()),
+            Some((None, _)) => record.iter().find(|f| !f.trim().is_empty()),
+        };
+        if let Some((None, header)) = &layout
+            && filled > 1
         {
-            rows.iter()
-                .filter_map(|r| r.iter().find(|f| !f.trim().is_empty()))
-                .map(|p| p.trim().to_owned())
-                .collect()
-        }
-        None => {
             return Err(err(format!(
-                "no 'prompt' column in the header ({}) and more than one column",
-                first.join(", ")
+                "no 'prompt' column in the header ({header}) and more than one column"
             )));
         }
-    };
-    if prompts.is_empty() {
-        return Err(err("the 'prompt' column is empty".into()));
+        let Some(prompt) = prompt else { continue };
+        found += 1;
+        if prompts.len() < limit {
+            let (kept, was_cut) = shorten(prompt.trim());
+            if was_cut {
+                cut.push(found - 1);
+            }
+            prompts.push(kept);
+        }
     }
-    Ok(prompts)
+    match layout {
+        None => return Err(err("the file holds no prompts".into())),
+        Some((Some(_), _)) if found == 0 => {
+            return Err(err("the 'prompt' column is empty".into()));
+        }
+        _ => {}
+    }
+    let notes = if cut.is_empty() {
+        Vec::new()
+    } else {
+        let shown: Vec<String> = cut.iter().take(10).map(usize::to_string).collect();
+        vec![format!(
+            "{name}: {} prompt(s) longer than {MAX_PROMPT_CHARS} characters were cut to that \
+             length (CLIP reads 77 tokens): prompt {}{}",
+            cut.len(),
+            shown.join(", "),
+            if cut.len() > shown.len() { ", …" } else { "" }
+        )]
+    };
+    Ok(Prompts { prompts, notes })
 }
 
-/// Reads prompts from a CSV file.
-pub fn read_prompts(path: &Path) -> Result<Vec<String>, PromptError> {
+/// `prompt` as used: unchanged when at most [`MAX_PROMPT_CHARS`] long, else its words joined
+/// by single spaces (as the tokenizer sees them) and cut to that many characters. The second
+/// value says whether it was cut.
+fn shorten(prompt: &str) -> (String, bool) {
+    if prompt.len() <= MAX_PROMPT_CHARS || prompt.chars().count() <= MAX_PROMPT_CHARS {
+        return (prompt.to_owned(), false);
+    }
+    let mut kept = String::with_capacity(MAX_PROMPT_CHARS + 8);
+    let mut chars = 0usize;
+    'words: for word in prompt.split_whitespace() {
+        if chars > 0 {
+            if chars == MAX_PROMPT_CHARS {
+                break;
+            }
+            kept.push(' ');
+            chars += 1;
+        }
+        for c in word.chars() {
+            if chars == MAX_PROMPT_CHARS {
+                break 'words;
+            }
+            kept.push(c);
+            chars += 1;
+        }
+    }
+    let was_cut = kept.len() < prompt.len();
+    (kept, was_cut)
+}
+
+/// Reads prompts from a CSV file: the first `limit` prompts (see [`parse_prompts_limited`]).
+/// A folder, FIFO or device is refused without opening it (reading a FIFO would wait for a
+/// writer), and so is a file larger than [`MAX_PROMPT_FILE_BYTES`].
+pub fn read_prompts(path: &Path, limit: usize) -> Result<Prompts, PromptError> {
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| PromptError::Io {
+    let io = |source| PromptError::Io {
         path: name.clone(),
         source,
-    })?;
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(PromptError::NotAFile {
+            path: name,
+            what: file_kind(&meta.file_type()),
+        });
+    }
+    if meta.len() > MAX_PROMPT_FILE_BYTES {
+        return Err(PromptError::TooLarge {
+            path: name,
+            bytes: meta.len(),
+        });
+    }
+    let mut bytes = Vec::new();
+    // The file may grow between the check and the read: read one byte past the bound at most.
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            std::fs::File::open(path).map_err(io)?,
+            MAX_PROMPT_FILE_BYTES + 1,
+        ),
+        &mut bytes,
+    )
+    .map_err(io)?;
+    if bytes.len() as u64 > MAX_PROMPT_FILE_BYTES {
+        return Err(PromptError::TooLarge {
+            path: name,
+            bytes: bytes.len() as u64,
+        });
+    }
     let text = String::from_utf8(bytes).map_err(|e| PromptError::Format {
         path: name.clone(),
         reason: format!("not UTF-8: {e}"),
     })?;
-    parse_prompts(&text, &name)
+    parse_prompts_limited(&text, &name, limit)
+}
+
+/// What a path that is not a regular file is, in words.
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    if kind.is_dir() {
+        return "a folder";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if kind.is_block_device() || kind.is_char_device() {
+            return "a device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    "not a regular file"
 }
 
 /// The shipped prompt set.
@@ -127,6 +270,67 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn only_the_prompts_used_are_kept_and_every_row_is_still_checked() {
+        let text = "prompt\na\nb\nc\nd\n";
+        let p = parse_prompts_limited(text, "t.csv", 2).unwrap();
+        assert_eq!(p.prompts, ["a", "b"]);
+        // A bad row after the limit still refuses the file, as without a limit.
+        let e = parse_prompts_limited("a\nb\nc,d\n", "t.csv", 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than one column"), "{e}");
+    }
+
+    #[test]
+    fn a_huge_prompt_is_cut_when_read_with_its_words_kept_and_said() {
+        // 10 MB on one line: words separated by long whitespace runs, as CLIP sees them.
+        let words = ["a", "red", "fox"].repeat(500_000).join(" \t   ");
+        assert!(words.len() > 10_000_000);
+        let text = format!("prompt\n\"{words}\"\nshort one\n");
+        let p = parse_prompts_limited(&text, "big.csv", 10).unwrap();
+        assert_eq!(p.prompts.len(), 2);
+        let cut = &p.prompts[0];
+        assert_eq!(cut.chars().count(), MAX_PROMPT_CHARS);
+        assert!(cut.starts_with("a red fox a red fox"), "{}", &cut[..40]);
+        assert_eq!(p.prompts[1], "short one");
+        assert!(
+            p.notes.len() == 1 && p.notes[0].contains("big.csv") && p.notes[0].contains("prompt 0"),
+            "{:?}",
+            p.notes
+        );
+        // One huge piece without whitespace (the tokenizer's slowest case) is cut too.
+        let bang = format!("{}\n", "!".repeat(10_000_000));
+        let p = parse_prompts_limited(&bang, "bang.csv", 1).unwrap();
+        assert_eq!(p.prompts[0].len(), MAX_PROMPT_CHARS);
+        // A prompt at the bound is kept as it is, spaces included.
+        let exact = format!("x{}y", "  ".repeat((MAX_PROMPT_CHARS - 2) / 2));
+        let p = parse_prompts_limited(&exact, "ok.csv", 1).unwrap();
+        assert_eq!((p.prompts[0].as_str(), p.notes.len()), (exact.as_str(), 0));
+    }
+
+    #[test]
+    fn folders_fifos_and_oversized_files_are_refused_saying_what_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = read_prompts(dir.path(), 1).unwrap_err().to_string();
+        assert!(e.contains("is a folder, not a prompt file"), "{e}");
+        #[cfg(unix)]
+        {
+            let fifo = dir.path().join("pipe.csv");
+            let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+            // SAFETY: mkfifo with a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            // Refused without opening it (opening would wait for a writer forever).
+            let e = read_prompts(&fifo, 1).unwrap_err().to_string();
+            assert!(e.contains("pipe.csv is a FIFO (named pipe)"), "{e}");
+        }
+        let big = dir.path().join("big.csv");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_PROMPT_FILE_BYTES + 1).unwrap();
+        let e = read_prompts(&big, 1).unwrap_err().to_string();
+        assert!(e.contains("big.csv") && e.contains("more than"), "{e}");
     }
 
     #[test]

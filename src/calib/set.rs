@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::CalibError;
-use super::manifest::Manifest;
+use super::manifest::{MAX_NUM_STEPS, Manifest};
 use super::npy::NpyArray;
 use super::npz::{DEFAULT_MAX_ARRAY_BYTES, NpzReader};
 use super::sample::{Bucket, SampleFileInfo, SampleKey, TensorInfo, read_sample_info};
@@ -160,10 +160,21 @@ impl CalibrationSet {
             mismatch.is_none()
         });
 
-        let manifest_steps = manifest
-            .as_ref()
-            .and_then(|m| m.num_steps)
-            .map(|n| n as usize);
+        // A step count past any run's is a damaged manifest: it would put every step in the
+        // early bucket. Said, and the count is inferred from the files instead.
+        let manifest_steps = match manifest.as_ref().and_then(|m| m.num_steps) {
+            Some(n) if n > MAX_NUM_STEPS as u64 || n == 0 => {
+                problems.push(Problem {
+                    file: Some(Manifest::path(dir)),
+                    message: format!(
+                        "num_steps = {n} is not a step count (a run takes 1 to {MAX_NUM_STEPS} \
+                         steps); the step count is inferred from the files"
+                    ),
+                });
+                None
+            }
+            n => n.map(|n| n as usize),
+        };
         good.retain(|(_, info)| {
             let bad = if info.step_index < 0 {
                 Some(format!("step_index {} is negative", info.step_index))
@@ -191,6 +202,19 @@ impl CalibrationSet {
                 .max()
                 .unwrap_or(0)
         });
+        // Without a manifest the step count and the images are guesses from the files: a run
+        // killed during its first image (before runs wrote their manifest first) leaves step
+        // files that look like a complete set with fewer steps, and the buckets come out wrong.
+        if manifest.is_none() && !good.is_empty() {
+            problems.push(Problem {
+                file: Some(Manifest::path(dir)),
+                message: format!(
+                    "missing: the sample files have no manifest from the run that wrote them, \
+                     so the step count ({num_steps}) and the images are inferred from the files \
+                     and may be wrong (an interrupted run leaves such files)"
+                ),
+            });
+        }
 
         // Image-major order: a new image starts where step_index does not increase.
         let mut samples = Vec::with_capacity(good.len());
@@ -300,6 +324,40 @@ impl CalibrationSet {
         Ok(npz.read(&sample.tensors[&key].member)?)
     }
 
+    /// Reads every tensor of `samples` and reports each one holding NaN or infinity (file and
+    /// key), and each that cannot be read. Reads whole files: slow on a large set, so opt-in
+    /// (`sd3lab samples --check-values`); `on_sample` sees each sample as it is done.
+    pub fn check_values(
+        &self,
+        samples: &[&SampleMeta],
+        on_sample: &mut dyn FnMut(usize),
+    ) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for (i, sample) in samples.iter().enumerate() {
+            for key in SampleKey::ALL {
+                let problem = match self.load(sample, key) {
+                    Ok(array) => non_finite(&array.data).map(|(count, first)| {
+                        format!(
+                            "'{}' holds {count} non-finite value(s) of {} (NaN or infinity; the \
+                             first at element {first})",
+                            sample.tensors[&key].member,
+                            array.data.len()
+                        )
+                    }),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(message) = problem {
+                    problems.push(Problem {
+                        file: Some(sample.path.clone()),
+                        message,
+                    });
+                }
+            }
+            on_sample(i + 1);
+        }
+        problems
+    }
+
     /// The final image of `image`, if the generator wrote it (`images/NNNNNN.png` or
     /// `images/image_N.png`).
     pub fn image_png(&self, image: usize) -> Option<PathBuf> {
@@ -337,6 +395,7 @@ fn resolve_files(
     let root = DataRoot::new(dir);
     if let Some(list) = manifest.and_then(|m| m.sample_files.as_ref()) {
         let manifest_path = Manifest::path(dir);
+        unlisted_files(dir, list, problems);
         let mut files = Vec::with_capacity(list.len());
         for rel in list {
             match root.resolve(rel) {
@@ -406,6 +465,41 @@ fn resolve_files(
         return Ok(in_samples);
     }
     list_npz(dir)
+}
+
+/// Reports the `samples/*.npz` files the manifest does not list (an unfinished image's, or
+/// another run's): they are not part of the set, and nothing else would say they are there.
+fn unlisted_files(dir: &Path, list: &[String], problems: &mut Vec<Problem>) {
+    let Ok(entries) = std::fs::read_dir(dir.join("samples")) else {
+        return;
+    };
+    // `./samples/x.npz` and `samples/x.npz` name the same file.
+    let normal = |p: &Path| -> PathBuf {
+        p.components()
+            .filter(|c| *c != std::path::Component::CurDir)
+            .collect()
+    };
+    let listed: std::collections::HashSet<PathBuf> =
+        list.iter().map(|rel| normal(Path::new(rel))).collect();
+    let mut unlisted: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".npz") && !n.starts_with('.'))
+        .filter(|n| !listed.contains(&Path::new("samples").join(n)))
+        .collect();
+    if unlisted.is_empty() {
+        return;
+    }
+    unlisted.sort();
+    problems.push(Problem {
+        file: Some(dir.join("samples")),
+        message: format!(
+            "{} sample file(s) are not listed in manifest.json sample_files (an unfinished \
+             image's?) and were left out, the first {:?}",
+            unlisted.len(),
+            unlisted[0]
+        ),
+    });
 }
 
 /// Reads every file's metadata on `options.threads` threads, keeping the input order.
@@ -501,5 +595,22 @@ fn check_against_manifest(
                 ),
             });
         }
+    }
+}
+
+/// How many elements of `data` are NaN or infinite, and the first one's index; `None` when all
+/// are finite (integer data always is).
+fn non_finite(data: &super::NpyData) -> Option<(usize, usize)> {
+    use super::NpyData as D;
+    fn scan<T: Copy>(v: &[T], finite: impl Fn(T) -> bool) -> Option<(usize, usize)> {
+        let first = v.iter().position(|&x| !finite(x))?;
+        Some((v[first..].iter().filter(|&&x| !finite(x)).count(), first))
+    }
+    match data {
+        D::Float16(v) => scan(v, |x| x.is_finite()),
+        D::Bfloat16(v) => scan(v, |x| x.is_finite()),
+        D::Float32(v) => scan(v, f32::is_finite),
+        D::Float64(v) => scan(v, f64::is_finite),
+        _ => None,
     }
 }

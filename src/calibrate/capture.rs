@@ -85,6 +85,8 @@ pub struct CapturedImage {
     /// Seconds spent writing samples, and denoising without that.
     pub capture_seconds: f64,
     pub denoising_seconds: f64,
+    /// The first step index whose latent was not finite (`num_steps`: only the final latent).
+    pub non_finite_step: Option<usize>,
 }
 
 /// How capturing an image ended.
@@ -123,7 +125,18 @@ pub fn capture_image(
     };
     let mut writer = SampleWriter::new(dir, image);
     let mut failure: Option<CalibrateError> = None;
+    let mut non_finite_step = None;
     let result = pipe.generate(&request, &mut |s| {
+        if non_finite_step.is_none() {
+            match all_finite(s.x) {
+                Ok(true) => {}
+                Ok(false) => non_finite_step = Some(s.step_index),
+                Err(e) => {
+                    failure = Some(e.into());
+                    return Flow::Cancel;
+                }
+            }
+        }
         if !cfg.images_only
             && let Err(e) = writer.record(s)
         {
@@ -149,6 +162,9 @@ pub fn capture_image(
         clean_leftovers(dir, image)?;
         return Ok(CaptureOutcome::Cancelled);
     };
+    if non_finite_step.is_none() && !all_finite(&generated.latent)? {
+        non_finite_step = Some(cfg.num_steps);
+    }
     let (w, h, rgb) = &generated.image;
     let png = dir.join(image_file_name(image));
     write_png(&png, *w, *h, PixelFormat::Rgb, rgb).map_err(io_err(&png))?;
@@ -159,7 +175,22 @@ pub fn capture_image(
         // The pipeline times each step including the capture callback.
         denoising_seconds: generated.times.per_step.iter().sum::<f64>() - writer.seconds,
         sample_files: writer.written,
+        non_finite_step,
     }))
+}
+
+/// Whether every element of `a` is finite (no NaN, no infinity): a float16 run with a large
+/// CFG weight overflows, and its samples would poison every statistic computed from them.
+pub fn all_finite(a: &mlx_rs::Array) -> Result<bool, mlx_rs::error::Exception> {
+    let finite = a.is_finite()?.all(None)?;
+    finite.eval()?;
+    // A bool reduction always holds one bool; anything else would be MLX's bug, said as such.
+    match finite.try_as_slice::<bool>() {
+        Ok([value]) => Ok(*value),
+        _ => Err(mlx_rs::error::Exception::from(
+            "is_finite().all() did not give one bool",
+        )),
+    }
 }
 
 #[cfg(test)]

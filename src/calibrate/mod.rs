@@ -23,14 +23,21 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::calib::Manifest;
+use crate::fsutil::FolderLock;
 use crate::job::CancelToken;
 use crate::model::config::{ModelDtype, Sd3Config};
 use crate::model::pipeline::Pipeline;
 
-pub use capture::{CaptureOutcome, CapturedImage, SampleWriter, capture_image};
+pub use capture::{CaptureOutcome, CapturedImage, SampleWriter, all_finite, capture_image};
 pub use disk::{check_disk, estimate_bytes_per_image, free_bytes};
 pub use resume::{ResumePlan, differences as setting_differences};
 pub use validate::ValidatedCalibration;
+
+pub use crate::calib::manifest::MAX_NUM_STEPS;
+
+/// The most images a run may ask for (COCO-30k and 50k-image FID sets fit). Every image's
+/// prompt and seed are held and recorded in the manifest, so the count bounds memory too.
+pub const MAX_NUM_IMAGES: usize = 100_000;
 
 /// Settings of a calibration run (`sd3lab calibrate`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +147,9 @@ pub enum CalibrateEvent {
         seconds: f64,
         eta_seconds: f64,
         peak_memory_bytes: u64,
+        /// Set when the latent went non-finite (NaN or infinity) during this image: what to
+        /// tell the user (the image is kept, but its samples and PNG hold garbage).
+        non_finite: Option<String>,
     },
 }
 
@@ -160,6 +170,8 @@ pub struct CalibrateSummary {
     pub denoising_seconds: f64,
     pub capture_seconds: f64,
     pub notes: Vec<String>,
+    /// What went wrong without stopping the run: images whose latent went non-finite.
+    pub warnings: Vec<String>,
 }
 
 /// Why a run could not start or finish. The refusals say what is wrong, not how to override
@@ -168,6 +180,19 @@ pub struct CalibrateSummary {
 pub enum CalibrateError {
     #[error("the number of images must be at least 1")]
     NoImages,
+    #[error("{num_images} images is more than the {max} a run may hold")]
+    TooManyImages { num_images: usize, max: usize },
+    #[error("{num_steps} steps is more than the {max} a run may take")]
+    TooManySteps { num_steps: usize, max: usize },
+    #[error(
+        "seed {seed} with {num_images} images needs seeds up to {last}, past the largest seed \
+         {max} (seeds are 0..=4294967295, image i uses seed + i)",
+        last = *seed as u64 + *num_images as u64 - 1,
+        max = u32::MAX
+    )]
+    SeedRange { seed: u32, num_images: usize },
+    #[error(transparent)]
+    Lock(#[from] crate::fsutil::LockError),
     #[error(transparent)]
     Settings(#[from] crate::model::pipeline::GenerateConfigError),
     #[error("{dir} already holds a calibration run with different settings ({differences})")]
@@ -253,6 +278,9 @@ pub fn run_calibration(
     let started = Instant::now();
     let run = cfg.validate_with(cancel, &mut |e| on_event(CalibrateEvent::Model(e)))?;
     let dir = &cfg.calib_dir;
+    // One writer per folder for the whole run: two runs into one folder would otherwise mix
+    // their images under one manifest. Released by the OS however the process ends.
+    let _lock = FolderLock::acquire(dir)?;
     let mut plan = ResumePlan::from_existing(dir, &run.settings, cfg.overwrite)?;
     plan.prepare(dir)?;
     let start = plan.start;
@@ -279,12 +307,16 @@ pub fn run_calibration(
         denoising_seconds: 0.0,
         capture_seconds: 0.0,
         notes: run.notes.clone(),
+        warnings: Vec::new(),
     };
     if start >= cfg.num_images {
         summary.seconds = started.elapsed().as_secs_f64();
         return Ok(summary);
     }
 
+    // The settings are on disk before the first step: a run killed during its first image
+    // leaves a folder the rerun continues (and `samples` reads), not anonymous step files.
+    plan.begin(dir, &run.settings)?;
     let t = Instant::now();
     let pipe = Pipeline::load(&run.files, cfg.dtype.mlx())?;
     on_event(CalibrateEvent::ModelLoaded {
@@ -312,11 +344,20 @@ pub fn run_calibration(
         summary.denoising_seconds += captured.denoising_seconds;
         summary.image_seconds.push(seconds);
         let mean = summary.image_seconds.iter().sum::<f64>() / summary.image_seconds.len() as f64;
+        let non_finite = captured.non_finite_step.map(|step| {
+            format!(
+                "image {image}: the latent is not finite (NaN or infinity) from step index {step} \
+                 on; its samples and PNG hold no usable numbers (a lower CFG weight or float32 \
+                 avoids the overflow)"
+            )
+        });
+        summary.warnings.extend(non_finite.clone());
         on_event(CalibrateEvent::ImageDone {
             image,
             seconds,
             eta_seconds: mean * (cfg.num_images - image - 1) as f64,
             peak_memory_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
+            non_finite,
         });
     }
     summary.seconds = started.elapsed().as_secs_f64();

@@ -85,6 +85,17 @@ impl ResumePlan {
         clean_leftovers(dir, self.start)
     }
 
+    /// Writes the manifest of the images before `start` with the run's settings, before the
+    /// first step: a run killed during its first image leaves a manifest (`n_completed: 0`)
+    /// that the rerun continues and readers understand, never step files without one.
+    pub fn begin(
+        &mut self,
+        dir: &Path,
+        settings: &GenerationSettings,
+    ) -> Result<(), CalibrateError> {
+        self.record(dir, settings, self.start)
+    }
+
     /// Records finished image `image` (its sample files `written`) and rewrites the manifest
     /// atomically: a run killed at any point resumes after the last recorded image.
     pub fn finish_image(
@@ -95,16 +106,32 @@ impl ResumePlan {
         written: Vec<String>,
     ) -> Result<(), CalibrateError> {
         self.sample_files.extend(written);
-        self.manifest.n_completed = Some(image as u64 + 1);
+        self.record(dir, settings, image + 1)
+    }
+
+    /// Rewrites the manifest atomically with `completed` images finished.
+    fn record(
+        &mut self,
+        dir: &Path,
+        settings: &GenerationSettings,
+        completed: usize,
+    ) -> Result<(), CalibrateError> {
+        self.manifest.n_completed = Some(completed as u64);
         self.manifest.num_steps = Some(settings.num_steps as u64);
         self.manifest.sample_files = Some(self.sample_files.clone());
         let mut recorded = settings.clone();
-        recorded.prompts.truncate(image + 1);
-        recorded.seeds.truncate(image + 1);
+        recorded.prompts.truncate(completed);
+        recorded.seeds.truncate(completed);
         recorded.record_in(&mut self.manifest)?;
         self.manifest.write(dir)?;
         Ok(())
     }
+}
+
+/// Whether `name` is a temporary file of an atomic write (`fsutil::temp_file_beside`) that a
+/// killed run left behind.
+fn is_temporary(name: &str) -> bool {
+    name.starts_with(".sd3lab-") && name.ends_with(".tmp")
 }
 
 /// The image a sample or image file name belongs to (`000012_007.npz`, `000012.png` → 12).
@@ -166,8 +193,17 @@ pub fn differences(old: &GenerationSettings, new: &GenerationSettings) -> Vec<St
     d
 }
 
-/// Removes temporary files and the files of images `>= from` (an interrupted image).
+/// Removes temporary files and the files of images `>= from` (an interrupted image). Called
+/// under the folder's lock only: another writer's temporary files would be live ones.
 pub(super) fn clean_leftovers(dir: &Path, from: usize) -> Result<(), CalibrateError> {
+    // The manifest's temporary files lie in the folder itself.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if is_temporary(&e.file_name().to_string_lossy()) && e.path().is_file() {
+                std::fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
+            }
+        }
+    }
     for sub in ["samples", "images"] {
         let d = dir.join(sub);
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -175,7 +211,7 @@ pub(super) fn clean_leftovers(dir: &Path, from: usize) -> Result<(), CalibrateEr
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".sd3lab-") || image_of(&name).is_some_and(|i| i >= from) {
+            if is_temporary(&name) || image_of(&name).is_some_and(|i| i >= from) {
                 std::fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
             }
         }
@@ -259,7 +295,8 @@ mod tests {
             plan.finish_image(dir, &s, i, written).unwrap();
         }
         touch_images(dir, 3);
-        std::fs::write(dir.join("samples/.sd3lab-tmp123"), b"partial").unwrap();
+        std::fs::write(dir.join("samples/.sd3lab-tmp123.tmp"), b"partial").unwrap();
+        std::fs::write(dir.join(".sd3lab-manifest1.tmp"), b"partial").unwrap();
         // A key written by another tool survives the resume.
         let mut m = Manifest::read(dir).unwrap().unwrap();
         m.extra.insert("note".into(), serde_json::json!("kept"));
@@ -288,6 +325,31 @@ mod tests {
             ]
         );
         assert_eq!(names(dir, "images"), ["000000.png", "000001.png"]);
+        assert!(
+            !dir.join(".sd3lab-manifest1.tmp").exists(),
+            "a killed run's temporary manifest is removed too"
+        );
+    }
+
+    #[test]
+    fn a_run_killed_in_its_first_image_resumes_from_its_early_manifest() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path();
+        let s = settings(2);
+        let mut plan = ResumePlan::fresh();
+        plan.prepare(dir).unwrap();
+        plan.begin(dir, &s).unwrap();
+        let m = Manifest::read(dir).unwrap().unwrap();
+        assert_eq!((m.n_completed, m.num_steps), (Some(0), Some(3)));
+        // Killed after two steps of image 0: its files are there, no image is finished.
+        for k in 0..2 {
+            let p = dir.join(sample_file_name(0, k, 3));
+            std::fs::write(p, b"npz").unwrap();
+        }
+        let plan = ResumePlan::from_existing(dir, &s, false).unwrap();
+        assert_eq!(plan.start, 0);
+        plan.prepare(dir).unwrap();
+        assert!(names(dir, "samples").is_empty());
     }
 
     #[test]

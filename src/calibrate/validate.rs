@@ -3,7 +3,10 @@
 
 use std::path::Path;
 
-use super::{CalibrateConfig, CalibrateError, GenerationSettings, ModelIdentity};
+use super::{
+    CalibrateConfig, CalibrateError, GenerationSettings, MAX_NUM_IMAGES, MAX_NUM_STEPS,
+    ModelIdentity,
+};
 use crate::calib::prompts::{builtin_prompts, read_prompts};
 use crate::model::config::Sd3Config;
 use crate::model::pipeline::{GenerateConfig, PipelineError};
@@ -40,12 +43,38 @@ impl CalibrateConfig {
         cancel: &crate::job::CancelToken,
         on_model: &mut dyn FnMut(crate::model::source::SourceEvent),
     ) -> Result<ValidatedCalibration, CalibrateError> {
+        // The counts first, before anything is allocated per image or per step.
         if self.num_images == 0 {
             return Err(CalibrateError::NoImages);
         }
+        if self.num_images > MAX_NUM_IMAGES {
+            return Err(CalibrateError::TooManyImages {
+                num_images: self.num_images,
+                max: MAX_NUM_IMAGES,
+            });
+        }
+        if self.num_steps > MAX_NUM_STEPS {
+            return Err(CalibrateError::TooManySteps {
+                num_steps: self.num_steps,
+                max: MAX_NUM_STEPS,
+            });
+        }
+        // Image i uses seed + i: the last seed must not wrap around to 0.
+        if self.seed as u64 + self.num_images as u64 - 1 > u32::MAX as u64 {
+            return Err(CalibrateError::SeedRange {
+                seed: self.seed,
+                num_images: self.num_images,
+            });
+        }
         let mut notes = Vec::new();
         let (prompts, prompt_source) = match &self.prompt_csv {
-            Some(p) if p.is_file() => (read_prompts(p)?, p.display().to_string()),
+            // Anything there (a folder, a FIFO, a file) is read or refused by read_prompts;
+            // only a path with nothing behind it falls back to the shipped prompts.
+            Some(p) if std::fs::metadata(p).is_ok() => {
+                let read = read_prompts(p, self.num_images)?;
+                notes.extend(read.notes);
+                (read.prompts, p.display().to_string())
+            }
             Some(p) => {
                 notes.push(format!(
                     "{} does not exist: using the {} prompts shipped in assets/prompts.csv",
@@ -105,9 +134,8 @@ impl CalibrateConfig {
             prompts: (0..self.num_images)
                 .map(|i| prompts[i % prompts.len()].clone())
                 .collect(),
-            seeds: (0..self.num_images)
-                .map(|i| self.seed.wrapping_add(i as u32))
-                .collect(),
+            // In range: checked above.
+            seeds: (0..self.num_images).map(|i| self.seed + i as u32).collect(),
         };
         Ok(ValidatedCalibration {
             config: self.clone(),
@@ -127,7 +155,8 @@ mod tests {
 
     fn config(model: &Path, dir: &Path) -> CalibrateConfig {
         CalibrateConfig {
-            seed: u32::MAX,
+            // The last seeds there are: image 2 uses the largest.
+            seed: u32::MAX - 2,
             ..crate::calibrate::test_config(&model.display().to_string(), dir)
         }
     }
@@ -151,7 +180,7 @@ mod tests {
         cfg.prompt_csv = Some(csv.clone());
         let run = cfg.validate().unwrap();
         assert_eq!(run.settings.prompts, ["a fox", "a cat", "a fox"]);
-        assert_eq!(run.settings.seeds, [u32::MAX, 0, 1], "seeds wrap around");
+        assert_eq!(run.settings.seeds, [u32::MAX - 2, u32::MAX - 1, u32::MAX]);
         assert_eq!(run.settings.prompt_source, csv.display().to_string());
         assert!(
             run.notes.iter().any(|n| n.contains("prompts are reused")),
@@ -193,5 +222,59 @@ mod tests {
         assert!(err(&|c| c.cfg_weight = f32::NAN).contains("cfg_weight must be a finite number"));
         let missing = err(&|c| c.model = root.path().join("nothing").display().to_string());
         assert!(missing.contains("nothing"), "{missing}");
+    }
+
+    #[test]
+    fn counts_and_seeds_are_bounded_before_anything_is_allocated() {
+        let root = tempfile::tempdir().unwrap();
+        // No model at all: the bounds are checked before the model is resolved.
+        let cfg = |f: &dyn Fn(&mut CalibrateConfig)| {
+            let mut c = config(&root.path().join("no-model"), &root.path().join("calib"));
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        let e = cfg(&|c| c.num_steps = 2_000_000);
+        assert!(
+            matches!(
+                e,
+                CalibrateError::TooManySteps {
+                    num_steps: 2_000_000,
+                    max: MAX_NUM_STEPS
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("2000000 steps is more than the 10000"),
+            "{e}"
+        );
+        let e = cfg(&|c| c.num_images = 100_000_000);
+        assert!(
+            e.to_string()
+                .contains("100000000 images is more than the 100000"),
+            "{e}"
+        );
+        // Seed + i past 2^32 - 1 would silently wrap to seed 0.
+        let e = cfg(&|c| {
+            c.seed = u32::MAX - 1;
+            c.num_images = 3;
+        })
+        .to_string();
+        assert!(
+            e.contains("seed 4294967294 with 3 images needs seeds up to 4294967296"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_prompt_csv_that_is_a_folder_or_fifo_is_refused_saying_so() {
+        let root = tempfile::tempdir().unwrap();
+        let model = model_dir(root.path());
+        let mut cfg = config(&model, &root.path().join("calib"));
+        cfg.prompt_csv = Some(root.path().to_owned());
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("is a folder, not a prompt file"), "{e}");
+        assert!(!e.contains("does not exist"), "{e}");
     }
 }

@@ -23,9 +23,9 @@ pub struct BenchmarkArgs {
     /// several configurations, run one after another.
     #[arg(long = "config", required = true)]
     configs: Vec<String>,
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, default_value_t = 150, value_parser = super::calibrate::parse_num_images)]
     num_images: usize,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = super::calibrate::parse_num_steps)]
     num_steps: usize,
     #[arg(long, alias = "cfg-weight", default_value_t = 7.5)]
     cfg_scale: f32,
@@ -55,7 +55,12 @@ pub struct BenchmarkArgs {
     #[arg(long, default_value_t = sd3lab::bench::DEFAULT_WARMUP)]
     warmup: usize,
     /// Seed of image 0 when the reference has no manifest (image i uses seed + i).
-    #[arg(long, default_value_t = 0)]
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_parser = super::calibrate::parse_seed,
+        allow_hyphen_values = true
+    )]
     seed: u32,
     /// Prompts when the reference has no manifest (image i uses prompt i); the shipped set
     /// when the file does not exist.

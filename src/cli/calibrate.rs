@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use sd3lab::calibrate::{CalibrateConfig, CalibrateError, CalibrateEvent, run_calibration};
+use sd3lab::calibrate::{
+    CalibrateConfig, CalibrateError, CalibrateEvent, MAX_NUM_IMAGES, MAX_NUM_STEPS, run_calibration,
+};
 use sd3lab::model::config::ModelDtype;
 
 use super::{ModelEvents, bar_style, cancel_on_ctrl_c, source_error};
@@ -13,9 +15,9 @@ use super::{ModelEvents, bar_style, cancel_on_ctrl_c, source_error};
 #[derive(Args)]
 pub struct CalibrateArgs {
     /// Images to generate (image i uses prompt i mod len(prompts) and seed --seed + i).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_num_images)]
     num_images: usize,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = parse_num_steps)]
     num_steps: usize,
     #[arg(long, default_value_t = 7.5)]
     cfg_weight: f32,
@@ -25,7 +27,8 @@ pub struct CalibrateArgs {
     /// prompt set is used.
     #[arg(long, default_value = "all_prompts.csv")]
     prompt_csv: PathBuf,
-    #[arg(long, default_value_t = 0)]
+    /// Seed of image 0 (0 to 4294967295, as numpy's; image i uses seed + i).
+    #[arg(long, default_value_t = 0, value_parser = parse_seed, allow_hyphen_values = true)]
     seed: u32,
     /// tiny, sd3-medium, auto, or a directory in the published layout.
     #[arg(long, default_value = "auto")]
@@ -72,6 +75,42 @@ impl CalibrateArgs {
             images_only: self.images_only,
         }
     }
+}
+
+/// `--num-steps`: 1 to [`MAX_NUM_STEPS`], refused as typed before anything is allocated.
+pub(super) fn parse_num_steps(s: &str) -> Result<usize, String> {
+    parse_count(s, MAX_NUM_STEPS, "steps")
+}
+
+/// `--num-images`: 1 to [`MAX_NUM_IMAGES`].
+pub(super) fn parse_num_images(s: &str) -> Result<usize, String> {
+    parse_count(s, MAX_NUM_IMAGES, "images")
+}
+
+/// A count from 1 to `max`; any integer, however large or negative, gets the range in words.
+fn parse_count(s: &str, max: usize, what: &str) -> Result<usize, String> {
+    let n: i128 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number of {what}"))?;
+    match usize::try_from(n) {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("{n} is out of range: 1 to {max} {what}")),
+    }
+}
+
+/// `--seed`: numpy's seeds, 0 to 2³²−1; `-1` is a value out of range, not an unknown flag.
+pub(super) fn parse_seed(s: &str) -> Result<u32, String> {
+    let n: i128 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
+    u32::try_from(n).map_err(|_| {
+        format!(
+            "{n} is out of range: seeds are 0 to {} (as numpy's)",
+            u32::MAX
+        )
+    })
 }
 
 /// The library's refusal in this command's terms: which flag overrides it.
@@ -134,8 +173,12 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
             image,
             seconds,
             peak_memory_bytes,
+            non_finite,
             ..
         } => {
+            if let Some(warning) = non_finite {
+                multi.suspend(|| eprintln!("warning: {warning}"));
+            }
             images.set_position(image as u64 + 1);
             images.set_message(format!(
                 "{seconds:.2} s/img, peak {:.2} GB",
@@ -172,6 +215,13 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
                 ""
             }
         );
+        if !summary.warnings.is_empty() {
+            eprintln!(
+                "warning: {} image(s) hold non-finite numbers (see above); `sd3lab samples \
+                 --check-values` lists the files",
+                summary.warnings.len()
+            );
+        }
     }
     Ok(if summary.cancelled {
         ExitCode::from(130)

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
+use sd3lab::calibrate::all_finite;
 use sd3lab::model::config::ModelDtype;
 use sd3lab::model::pipeline::{Flow, GenerateConfig, Pipeline};
 use sd3lab::quant::QuantConfig;
@@ -21,9 +22,15 @@ pub struct GenerateArgs {
     prompt: String,
     #[arg(long, default_value = "")]
     negative_prompt: String,
-    #[arg(long, default_value_t = 0)]
+    /// 0 to 4294967295 (numpy's seeds).
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_parser = super::calibrate::parse_seed,
+        allow_hyphen_values = true
+    )]
     seed: u32,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = super::calibrate::parse_num_steps)]
     num_steps: usize,
     #[arg(long, default_value_t = 7.5)]
     cfg_weight: f32,
@@ -120,12 +127,44 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     }
     let (load_seconds, vae_cfg) = (pipe.load_seconds, pipe.config.vae.clone());
     // One image: each model is released once done with, as DiffusionKit's low-memory mode does.
+    // The first step whose latent is not finite (float16 overflows with a large CFG weight).
+    let mut non_finite_step: Option<usize> = None;
+    let mut check_failed = None;
     let result = pipe.generate_releasing(&cfg, &mut |s| {
         bar.set_position(s.step_index as u64);
+        if non_finite_step.is_none() {
+            match all_finite(s.x) {
+                Ok(true) => {}
+                Ok(false) => non_finite_step = Some(s.step_index),
+                Err(e) => {
+                    check_failed = Some(e);
+                    return Flow::Cancel;
+                }
+            }
+        }
         Flow::Continue
     });
     bar.finish_and_clear();
+    if let Some(e) = check_failed {
+        return Err(e.into());
+    }
     let generated = result?.context("generation was cancelled")?;
+    if non_finite_step.is_none() && !all_finite(&generated.latent)? {
+        non_finite_step = Some(cfg.num_steps);
+    }
+    let warnings: Vec<String> = non_finite_step
+        .map(|step| {
+            format!(
+                "the latent is not finite (NaN or infinity) from step index {step} on: the image \
+                 holds no usable pixels (a lower --cfg-weight or --dtype float32 avoids the \
+                 overflow)"
+            )
+        })
+        .into_iter()
+        .collect();
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
     let (w, h, rgb) = &generated.image;
     sd3lab::image::write_png(&args.output, *w, *h, sd3lab::image::PixelFormat::Rgb, rgb)
         .with_context(|| format!("writing {}", args.output.display()))?;
@@ -145,6 +184,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
             "latent_out": args.latent_out,
             "seconds": {"load": load_seconds, "text_encoding": t.text_encoding, "denoising": t.denoising, "per_step": t.per_step, "decoding": t.decoding},
             "peak_memory_bytes": {"mlx": peak_mlx, "process_rss": peak_rss},
+            "warnings": warnings,
             "quant": {"spec": args.quant, "mode": args.quant_mode, "quantized_layers": quant_report.quantized.len(), "skipped": quant_report.skipped, "mmdit_bytes_before": quant_report.bytes_before, "mmdit_bytes_after": quant_report.bytes_after},
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);

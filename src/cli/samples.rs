@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use sd3lab::calib::listing::Listing;
+use sd3lab::calib::listing::{Listing, ProblemEntry};
 use sd3lab::calib::{Bucket, CalibrationSet, OpenOptions, SampleFilter, SampleMeta};
 
 #[derive(Args)]
@@ -22,6 +22,10 @@ pub struct SamplesArgs {
     /// Fail on the first bad file instead of skipping it.
     #[arg(long)]
     strict: bool,
+    /// Also read every tensor of the selected samples and report those holding NaN or infinity
+    /// (reads whole files: slow on a large set).
+    #[arg(long)]
+    check_values: bool,
 }
 
 impl SamplesArgs {
@@ -37,9 +41,30 @@ impl SamplesArgs {
 /// `sd3lab samples`: the table (or `sd3lab.samples/1` JSON) and a summary; problems on stderr.
 pub fn run(args: &SamplesArgs) -> anyhow::Result<ExitCode> {
     let (options, filter) = args.to_config();
-    let set = CalibrationSet::open(&args.calib_dir, &options)?;
+    // The error names files: escaped like everything else this command prints.
+    let set = CalibrationSet::open(&args.calib_dir, &options)
+        .map_err(|e| anyhow::anyhow!("{}", terminal_safe(&e.to_string())))?;
     let selected = set.select(&filter);
-    let listing = Listing::new(&set, &filter, &selected);
+    let mut listing = Listing::new(&set, &filter, &selected);
+    let value_problems = if args.check_values {
+        set.check_values(&selected, &mut |_| {})
+    } else {
+        Vec::new()
+    };
+    if args.strict && !value_problems.is_empty() {
+        anyhow::bail!(
+            "{} problem(s) in {} (strict mode); first: {}",
+            value_problems.len(),
+            terminal_safe(&set.dir().display().to_string()),
+            terminal_safe(&value_problems[0].to_string())
+        );
+    }
+    listing
+        .problems
+        .extend(value_problems.iter().map(|p| ProblemEntry {
+            file: p.file.clone(),
+            message: p.to_string(),
+        }));
     if args.json {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         serde_json::to_writer(&mut out, &listing)?;
@@ -48,10 +73,24 @@ pub fn run(args: &SamplesArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     print_table(&set, &listing, &selected)?;
-    for p in set.problems() {
-        eprintln!("problem: {p}");
+    for p in set.problems().iter().chain(&value_problems) {
+        eprintln!("problem: {}", terminal_safe(&p.to_string()));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `text` with its control characters (escape sequences, bells, carriage returns from file
+/// names) written as `\u{1b}`-style escapes: a file name cannot drive the terminal.
+fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The selected samples, one a line, then the folder's and the selection's summary.
@@ -71,11 +110,20 @@ fn print_table(
         writeln!(
             out,
             "{:>6} {:>5} {:<6} {:>10.4} {:>10.6}  {}",
-            s.image, s.step, s.bucket, s.timestep, s.sigma, s.file
+            s.image,
+            s.step,
+            s.bucket,
+            s.timestep,
+            s.sigma,
+            terminal_safe(&s.file)
         )?;
     }
     writeln!(out)?;
-    writeln!(out, "directory   {}", set.dir().display())?;
+    writeln!(
+        out,
+        "directory   {}",
+        terminal_safe(&set.dir().display().to_string())
+    )?;
     let manifest = match set.manifest() {
         Some(m) => {
             let show = |v: Option<u64>| v.map_or("absent".to_owned(), |n| n.to_string());
@@ -111,7 +159,7 @@ fn print_table(
         buckets.join(", "),
         summary.bytes as f64 / 1e6
     )?;
-    writeln!(out, "problems    {}", set.problems().len())
+    writeln!(out, "problems    {}", listing.problems.len())
 }
 
 /// Which samples of a calibration folder (`samples`, `report samples`).
