@@ -248,23 +248,8 @@ impl FolderLock {
             .map_err(io)?;
         #[cfg(unix)]
         {
-            use std::io::{Read, Seek};
-            use std::os::unix::io::AsRawFd;
-            // SAFETY: flock on a file descriptor this function owns.
-            let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if locked != 0 {
-                let err = std::io::Error::last_os_error();
-                if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                    return Err(io(err));
-                }
-                let mut text = String::new();
-                // The holder's pid is informative only: unreadable means unknown.
-                let _ = file.read_to_string(&mut text);
-                return Err(LockError::Held {
-                    dir: dir.to_owned(),
-                    pid: text.trim().parse().ok(),
-                });
-            }
+            use std::io::Seek;
+            lock_now(&mut file, dir)?;
             file.set_len(0).map_err(io)?;
             file.rewind().map_err(io)?;
             write!(file, "{}", std::process::id()).map_err(io)?;
@@ -272,6 +257,54 @@ impl FolderLock {
         }
         Ok(Self { _file: file })
     }
+
+    /// Fails as [`FolderLock::acquire`] would (a file where the folder should be, another
+    /// writer holding it) without creating or keeping anything: a job checks this before its
+    /// slow preparation (resolving or downloading a model), then takes the lock for real.
+    pub fn check(dir: &Path) -> Result<(), LockError> {
+        if let Ok(meta) = std::fs::metadata(dir)
+            && !meta.is_dir()
+        {
+            return Err(LockError::NotAFolder(dir.to_owned()));
+        }
+        let path = dir.join(LOCK_FILE);
+        match std::fs::File::open(&path) {
+            // Taken and released at once (closing the file releases it).
+            #[cfg(unix)]
+            Ok(mut file) => lock_now(&mut file, dir),
+            #[cfg(not(unix))]
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(LockError::Io { path, source }),
+        }
+    }
+}
+
+/// An exclusive flock on `file` without waiting; `Held` (with the pid written in the file) when
+/// another open file description holds it.
+#[cfg(unix)]
+fn lock_now(file: &mut std::fs::File, dir: &Path) -> Result<(), LockError> {
+    use std::io::Read;
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a file descriptor the caller owns.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        return Err(LockError::Io {
+            path: dir.join(LOCK_FILE),
+            source: err,
+        });
+    }
+    let mut text = String::new();
+    // The holder's pid is informative only: unreadable means unknown.
+    let _ = file.read_to_string(&mut text);
+    Err(LockError::Held {
+        dir: dir.to_owned(),
+        pid: text.trim().parse().ok(),
+    })
 }
 
 /// Why a folder could not be locked.
@@ -439,7 +472,15 @@ mod tests {
             }
             other => panic!("expected Held, got {other:?}"),
         }
+        // `check` sees the holder without taking or creating anything.
+        assert!(matches!(
+            FolderLock::check(dir.path()),
+            Err(LockError::Held { pid: Some(p), .. }) if p == std::process::id()
+        ));
         drop(first);
+        FolderLock::check(dir.path()).unwrap();
+        FolderLock::check(&dir.path().join("not-yet")).unwrap();
+        assert!(!dir.path().join("not-yet").exists());
         FolderLock::acquire(dir.path()).unwrap();
         let file = dir.path().join("file");
         std::fs::write(&file, b"").unwrap();

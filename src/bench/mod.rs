@@ -661,6 +661,8 @@ pub fn run_benchmark(
     on_event: &mut dyn FnMut(BenchEvent),
 ) -> Result<BenchSummary, BenchError> {
     let started = Instant::now();
+    // A folder being written, or a file in its place, is refused before the model is resolved.
+    FolderLock::check(&cfg.output_dir)?;
     let run = cfg.validate_with(cancel, &mut |e| on_event(BenchEvent::Model(e)))?;
     let dir = cfg.output_dir.clone();
     let _lock = FolderLock::acquire(&dir)?;

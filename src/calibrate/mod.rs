@@ -276,6 +276,8 @@ pub fn run_calibration(
     on_event: &mut dyn FnMut(CalibrateEvent),
 ) -> Result<CalibrateSummary, CalibrateError> {
     let started = Instant::now();
+    // A folder being written, or a file in its place, is refused before the model is resolved.
+    FolderLock::check(&cfg.calib_dir)?;
     let run = cfg.validate_with(cancel, &mut |e| on_event(CalibrateEvent::Model(e)))?;
     let dir = &cfg.calib_dir;
     // One writer per folder for the whole run: two runs into one folder would otherwise mix

@@ -71,6 +71,7 @@ struct GenerateJob {
 
 impl GenerateArgs {
     fn to_config(&self) -> anyhow::Result<GenerateJob> {
+        self.check_destinations()?;
         Ok(GenerateJob {
             request: GenerateConfig {
                 prompt: self.prompt.clone(),
@@ -84,6 +85,32 @@ impl GenerateArgs {
             dtype: self.dtype.unwrap_or_else(ModelDtype::default_for_backend),
             quant: QuantConfig::parse(&self.quant, self.group_size)?,
         })
+    }
+}
+
+impl GenerateArgs {
+    /// The image and latent destinations, checked before the model is resolved: a folder, FIFO
+    /// or device is refused, and the latent may not replace the image.
+    fn check_destinations(&self) -> anyhow::Result<()> {
+        let outputs = [
+            ("--output", Some(&self.output)),
+            ("--latent-out", self.latent_out.as_ref()),
+        ];
+        for (flag, path) in outputs {
+            if let Some(path) = path {
+                sd3lab::fsutil::destination(path)
+                    .with_context(|| format!("{flag} {}", path.display()))?;
+            }
+        }
+        if let Some(latent) = &self.latent_out
+            && sd3lab::quant::same_file(latent, &self.output)
+        {
+            anyhow::bail!(
+                "--latent-out {} is the same file as --output; give the latent another name",
+                latent.display()
+            );
+        }
+        Ok(())
     }
 }
 

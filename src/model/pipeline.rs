@@ -126,6 +126,8 @@ impl std::fmt::Display for ImageSide {
 pub enum GenerateConfigError {
     #[error("num_steps must be at least 1")]
     NoSteps,
+    #[error("num_steps {value} is above the maximum of {max}")]
+    TooManySteps { value: usize, max: usize },
     #[error("{side} {value} must be a positive multiple of 16")]
     SizeNotMultiple { side: ImageSide, value: usize },
     #[error("{side} {value} is above this model's maximum of {max_pixels} pixels")]
@@ -143,6 +145,14 @@ impl GenerateConfig {
     pub fn validate(&self, max_latent: usize) -> Result<(), GenerateConfigError> {
         if self.num_steps == 0 {
             return Err(GenerateConfigError::NoSteps);
+        }
+        // The sampler allocates its schedule up front: bounded before anything is built.
+        let max = crate::calib::manifest::MAX_NUM_STEPS;
+        if self.num_steps > max {
+            return Err(GenerateConfigError::TooManySteps {
+                value: self.num_steps,
+                max,
+            });
         }
         for (side, value) in [
             (ImageSide::Height, self.height),
@@ -528,6 +538,14 @@ mod tests {
         };
         assert_eq!(cfg(|_| {}), Ok(()));
         assert_eq!(cfg(|c| c.num_steps = 0), Err(GenerateConfigError::NoSteps));
+        assert_eq!(
+            cfg(|c| c.num_steps = 10_001),
+            Err(GenerateConfigError::TooManySteps {
+                value: 10_001,
+                max: 10_000
+            })
+        );
+        assert_eq!(cfg(|c| c.num_steps = 10_000), Ok(()));
         let err = cfg(|c| c.height = 17).unwrap_err();
         assert_eq!(
             err,

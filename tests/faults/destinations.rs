@@ -141,7 +141,6 @@ fn generate_refuses_a_fifo_a_device_and_a_folder_without_blocking() {
 /// A bad destination fails before any work: the model is not even resolved (the built-in tiny
 /// model, written into the cache on first use, is not written).
 #[test]
-#[ignore = "needs `sd3lab::fsutil::destination(&args.output)` (and `--latent-out`) at the start of src/cli/generate.rs, which another helper owns"]
 fn generate_refuses_a_bad_destination_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("pipe.png");
@@ -153,6 +152,31 @@ fn generate_refuses_a_bad_destination_before_any_work() {
         !cache.join("models").exists(),
         "the model was resolved before the destination was checked"
     );
+}
+
+/// `--latent-out` naming the image's own file (directly or through a link) is refused before
+/// any work, and the image already there is kept.
+#[test]
+fn generate_refuses_a_latent_that_would_replace_its_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("out.png");
+    std::fs::write(&image, b"earlier image").unwrap();
+    let link = dir.path().join("link.npy");
+    std::os::unix::fs::symlink("out.png", &link).unwrap();
+    for latent in [&image, &link] {
+        let cache = dir.path().join("cache");
+        let mut cmd = common::sd3lab_command(&cache, &["generate", "--model", "tiny"]);
+        cmd.args(["--prompt", "x", "--num-steps", "1", "--output"])
+            .arg(&image)
+            .arg("--latent-out")
+            .arg(latent);
+        let o = output_within(cmd, Duration::from_secs(60));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("same file as --output"), "{err}");
+        assert!(!cache.join("models").exists(), "work began: {err}");
+        assert_eq!(std::fs::read(&image).unwrap(), b"earlier image");
+    }
 }
 
 /// The app's files written on exit (`gui --screenshot`, `--frame-stats`) are checked before
@@ -174,5 +198,48 @@ fn gui_refuses_a_fifo_screenshot_before_opening_a_window() {
             err.contains(flag) && err.contains("a FIFO") && !err.contains("no display"),
             "{flag}: {err}"
         );
+    }
+}
+
+/// `calibrate` and `benchmark` refuse a file where their output folder should be, before any work: the
+/// model is not resolved (the tiny model is not even written into the cache) and the file is
+/// kept as it was.
+#[test]
+fn folder_writers_refuse_a_file_as_their_output_folder_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-folder");
+    std::fs::write(&file, b"kept").unwrap();
+    let file_arg = file.display().to_string();
+    let common_args = ["--model", "tiny", "--num-images", "1", "--num-steps", "1"];
+    // (`sensitivity`'s own test is in faults::sensitivity: it needs a calibration set.)
+    let cases: [(&str, Vec<&str>); 2] = [
+        ("calibrate", vec!["--calib-dir", &file_arg]),
+        (
+            "benchmark",
+            vec![
+                "--config",
+                "fp32",
+                "--skip-metrics",
+                "--output-dir",
+                &file_arg,
+            ],
+        ),
+    ];
+    for (command, args) in cases {
+        let cache = dir.path().join(format!("cache-{command}"));
+        let mut cmd = common::sd3lab_command(&cache, &[command]);
+        cmd.args(common_args).args(&args);
+        let o = output_within(cmd, Duration::from_secs(120));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{command}: {err}");
+        assert!(
+            err.contains("is a file, not a folder") && err.contains("not-a-folder"),
+            "{command}: {err}"
+        );
+        assert!(
+            !cache.join("models").exists(),
+            "{command} resolved the model first: {err}"
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), b"kept", "{command}");
     }
 }
