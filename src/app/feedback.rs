@@ -325,6 +325,31 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_from_file_names_are_escaped_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a\x1b[2Jb\u{202e}c");
+        let err = std::fs::read(&path).unwrap_err();
+        #[derive(Debug, thiserror::Error)]
+        #[error("{path}: {source}")]
+        struct Wrapped {
+            path: String,
+            source: std::io::Error,
+        }
+        let text = error_sentence(&Wrapped {
+            path: path.display().to_string(),
+            source: err,
+        });
+        assert!(
+            text.ends_with("a\\x1b[2Jb\\u{202e}c: does not exist"),
+            "{text:?}"
+        );
+        // A text made elsewhere is escaped when logged.
+        let mut log = ErrorLog::default();
+        log.report(Place::new(Tab::Samples, "open"), "x\x07y\u{9b}z");
+        assert_eq!(log.latest().unwrap().text, "x\\x07y\\u{9b}z");
+    }
+
+    #[test]
     fn the_board_says_what_a_queued_job_waits_behind() {
         let mut b = JobBoard::default();
         b.submit(1, Tab::Generate, "calibration run");

@@ -1645,3 +1645,28 @@ fn heatmap(ui: &mut egui::Ui, fig: &report::Figure) {
         response.on_hover_text_at_pointer(text);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_over_another_run_names_the_tabs_controls_not_cli_flags() {
+        let differ = error_message(&SensitivityError::SettingsDiffer {
+            dir: "runs/s".into(),
+            differences: "bits: [2] → [4]".into(),
+        });
+        assert!(
+            differ.contains(START_OVER_LABEL) && differ.contains("bits: [2] -> [4]"),
+            "{differ}"
+        );
+        let unreadable = error_message(&SensitivityError::UnreadablePrevious {
+            path: "runs/s/sensitivity.json".into(),
+            reason: "not JSON".into(),
+        });
+        assert!(unreadable.contains(START_OVER_LABEL), "{unreadable}");
+        for m in [differ, unreadable] {
+            assert!(!m.contains("--") && !m.contains('→'), "{m}");
+        }
+    }
+}
