@@ -17,3 +17,4 @@ pub mod quant;
 pub mod report;
 pub mod rng;
 pub mod runtime;
+pub mod text;

@@ -52,11 +52,12 @@ pub struct ErrorLog {
 }
 
 impl ErrorLog {
-    /// Records an error (it replaces an older one).
+    /// Records an error (it replaces an older one), its control characters escaped: the text
+    /// quotes file names, which can hold escape sequences or bidirectional overrides.
     pub fn report(&mut self, place: Place, text: impl Into<String>) {
         self.latest = Some(AppError {
             place,
-            text: text.into(),
+            text: crate::text::escape_control(&text.into()),
             at: SystemTime::now(),
         });
     }
@@ -88,7 +89,8 @@ impl ErrorLog {
 
 /// An error's text with the OS's wording of the I/O error behind it (found in its source
 /// chain) replaced by a sentence: "No such file or directory (os error 2)" becomes "does not
-/// exist", "Is a directory (os error 21)" becomes "is a folder, not a file".
+/// exist", "Is a directory (os error 21)" becomes "is a folder, not a file". Control
+/// characters (from a file name) are escaped, as the CLI prints them.
 pub fn error_sentence(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
@@ -105,7 +107,7 @@ pub fn error_sentence(error: &(dyn std::error::Error + 'static)) -> String {
         }
         source = e.source();
     }
-    text
+    crate::text::escape_control(&text)
 }
 
 /// An I/O error as the end of a sentence whose subject is the path it concerns.
@@ -320,6 +322,31 @@ mod tests {
                 .ends_with("is a file, not a folder")
         );
         assert_eq!(folder_problem(dir.path()), None);
+    }
+
+    #[test]
+    fn control_characters_from_file_names_are_escaped_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a\x1b[2Jb\u{202e}c");
+        let err = std::fs::read(&path).unwrap_err();
+        #[derive(Debug, thiserror::Error)]
+        #[error("{path}: {source}")]
+        struct Wrapped {
+            path: String,
+            source: std::io::Error,
+        }
+        let text = error_sentence(&Wrapped {
+            path: path.display().to_string(),
+            source: err,
+        });
+        assert!(
+            text.ends_with("a\\x1b[2Jb\\u{202e}c: does not exist"),
+            "{text:?}"
+        );
+        // A text made elsewhere is escaped when logged.
+        let mut log = ErrorLog::default();
+        log.report(Place::new(Tab::Samples, "open"), "x\x07y\u{9b}z");
+        assert_eq!(log.latest().unwrap().text, "x\\x07y\\u{9b}z");
     }
 
     #[test]

@@ -658,7 +658,7 @@ impl GenerateTab {
                      free space on the output folder's disk",
                 );
                 if let Some(p) = &s.folder_problem {
-                    ui.colored_label(egui::Color32::from_rgb(200, 40, 40), format!("error: {p}"));
+                    super::error_label(ui, &format!("error: {p}"));
                 }
             }
             None => {
@@ -726,7 +726,7 @@ impl GenerateTab {
                 });
             }
             Some(Err(e)) => {
-                ui.colored_label(egui::Color32::from_rgb(200, 40, 40), format!("error: {e}"));
+                super::error_label(ui, &format!("error: {e}"));
             }
             None => {}
         }

@@ -788,7 +788,7 @@ pub fn model_notice_ui(ui: &mut egui::Ui, notice: &ModelNotice) -> bool {
     if let Some(w) = &notice.warning {
         ui.colored_label(
             egui::Color32::from_rgb(190, 120, 0),
-            format!("warning: {w}"),
+            crate::text::escape_control(&format!("warning: {w}")),
         );
     }
     let Some((file, done, total)) = &notice.download else {
@@ -962,17 +962,28 @@ impl<T: Send + 'static> Task<T> {
     }
 }
 
-/// A job's or an action's outcome: the message, or the error in red.
+/// A job's or an action's outcome: the message, or the error in red (control characters
+/// escaped in both: they quote file names).
 pub fn message_ui(ui: &mut egui::Ui, message: &Option<Result<String, String>>) {
     match message {
         Some(Ok(m)) => {
-            ui.label(m);
+            ui.label(crate::text::escape_control(m));
         }
         Some(Err(e)) => {
-            ui.colored_label(egui::Color32::from_rgb(200, 40, 40), format!("error: {e}"));
+            error_label(ui, &format!("error: {e}"));
         }
         None => {}
     }
+}
+
+/// An error in red, its control characters escaped: every error the app draws goes through
+/// here (or through the error log, which escapes too), so a file name holding an escape
+/// sequence or a bidirectional override is shown as `\x1b`, `\u{202e}`, never raw.
+pub fn error_label(ui: &mut egui::Ui, text: &str) -> egui::Response {
+    ui.colored_label(
+        egui::Color32::from_rgb(200, 40, 40),
+        crate::text::escape_control(text),
+    )
 }
 
 /// A labelled input: the label is tied to the widget for screen readers (and kittest).

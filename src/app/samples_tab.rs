@@ -360,7 +360,7 @@ impl SamplesTab {
             self.selected = Some(0);
         }
         if let Some(e) = &self.error {
-            ui.colored_label(egui::Color32::from_rgb(200, 40, 40), format!("error: {e}"));
+            super::error_label(ui, &format!("error: {e}"));
         }
         if super::model_notice_ui(ui, &self.model_notice) {
             self.cancel_download();
@@ -517,7 +517,7 @@ impl SamplesTab {
                     }
                 }
                 Some(Err(e)) => {
-                    ui.colored_label(egui::Color32::from_rgb(200, 40, 40), format!("error: {e}"));
+                    super::error_label(ui, &format!("error: {e}"));
                 }
                 None => {}
             }
@@ -696,7 +696,7 @@ impl SamplesTab {
                     );
                 }
                 Some(Err(e)) => {
-                    ui.colored_label(egui::Color32::from_rgb(200, 40, 40), e);
+                    super::error_label(ui, e);
                 }
                 None => {
                     ui.horizontal(|ui| {

@@ -11,7 +11,7 @@ use crossbeam_channel::Receiver;
 use serde::{Deserialize, Serialize};
 
 use super::feedback::Place;
-use super::worker::{Command, Event};
+use super::worker::{Command, Event, JobError};
 use super::{PickKind, Picker, Shared, Tab, Task, count, labelled, resolve_path, widgets};
 use crate::calib::Bucket;
 use crate::job::CancelToken;
@@ -19,7 +19,7 @@ use crate::model::config::ModelDtype;
 use crate::model::registry::LayerKind;
 use crate::quant::plan::{
     BuiltPlan, Objective, PlanError, build_plan, numbered_plan_path, pareto_file_named_after,
-    write_plan_files,
+    require_complete, write_plan_files,
 };
 use crate::quant::sensitivity::{
     REPORT_JSON, Scope, SensitivityConfig, SensitivityError, SensitivityEvent, SensitivityReport,
@@ -103,6 +103,11 @@ pub const LAYERS_LABEL: &str = "Layers (regex)";
 pub const CALIB_LABEL: &str = "Calibration folder";
 pub const MAX_IMAGES_LABEL: &str = "Max images (0 = all)";
 pub const STEP_STRIDE_LABEL: &str = "Step stride";
+/// The button a refused sweep offers (a folder holding another run, or an unreadable one).
+pub const START_OVER_LABEL: &str = "Start over (replace the earlier sweep)";
+/// The choice that lets a plan from a sweep that did not finish be saved.
+pub const INCOMPLETE_PLAN_LABEL: &str =
+    "Plan from the measured layers only (the missing ones stay at full precision)";
 
 /// Rows of the heatmap view (and of its export): the most sensitive filtered layers.
 const HEATMAP_ROWS: usize = 40;
@@ -170,11 +175,28 @@ pub struct SensitivityTab {
     pub written: Option<PathBuf>,
     /// The model's warning and download progress for the current (or last) sweep.
     pub model_notice: super::ModelNotice,
-    plan: Option<((u64, Objective), Result<BuiltPlan, PlanError>)>,
+    plan: Option<ShownPlan>,
+    /// "Plan from the measured layers only" was ticked for the shown report (cleared when
+    /// another report is shown): a plan from a sweep that did not finish is saved only then.
+    incomplete_ok: bool,
+    /// The sweep the output folder's earlier run refused (other settings or data, or an
+    /// unreadable report there), which *Start over* runs again replacing that run. Offered
+    /// only while the options still give these settings.
+    refused: Option<SensitivityConfig>,
+    /// The settings of the sweep sent to the worker (for `refused`).
+    running_config: Option<SensitivityConfig>,
     picker: Picker<Pick>,
     /// Saving the plan, exporting figures or a report, on a helper thread: the place, the
     /// file or folder written, or the error.
     writing: Task<Written>,
+}
+
+/// The plan built for the plan builder's budget and objective (the key, in millionths of a
+/// bit), and why the report's sweep is unfinished ([`require_complete`]'s refusal), if it is.
+struct ShownPlan {
+    key: (u64, Objective),
+    built: Result<BuiltPlan, PlanError>,
+    incomplete: Option<PlanError>,
 }
 
 /// What a save or an export did: where (the error log's place), and the file or folder
@@ -214,6 +236,26 @@ pub fn plan_stem(objective: Objective, target_bits: f64) -> String {
         Objective::Mse => "mse",
     };
     format!("plan-{objective}-{target_bits:.2}bits")
+}
+
+/// The sweep the options describe, as the worker runs it: relative folders taken from the
+/// base folder, never replacing an earlier run of other settings (see *Start over*).
+pub fn sweep_config(o: &Options) -> SensitivityConfig {
+    SensitivityConfig {
+        model: o.model.clone(),
+        calib_dir: resolve_path(&o.calib_dir),
+        bits: o.bits.clone(),
+        group_size: o.group_size,
+        max_images: (o.max_images > 0).then_some(o.max_images),
+        step_stride: (o.step_stride > 1).then_some(o.step_stride),
+        layers: (!o.layers.trim().is_empty()).then(|| o.layers.trim().to_owned()),
+        output_dir: resolve_path(&o.output_dir),
+        use_cache: true,
+        dtype: ModelDtype::default_for_backend(),
+        scope: o.scope,
+        batch_size: 4,
+        overwrite: false,
+    }
 }
 
 impl SensitivityTab {
@@ -286,6 +328,7 @@ impl SensitivityTab {
                     // about that one.
                     if self.report_file.as_ref() != Some(&path) {
                         self.written = None;
+                        self.incomplete_ok = false;
                     }
                     self.report = Some(report);
                     self.report_file = Some(path);
@@ -300,28 +343,33 @@ impl SensitivityTab {
         }
     }
 
+    /// Starts (or resumes) the sweep of the options: a folder holding another run is refused
+    /// by the library, and the tab then offers *Start over*.
     pub fn start(&mut self, o: &Options, shared: &mut Shared) {
+        self.submit(sweep_config(o), shared);
+    }
+
+    /// *Start over* clicked: the refused sweep again, replacing the folder's earlier run.
+    fn start_over(&mut self, shared: &mut Shared) {
+        if let Some(refused) = self.refused.clone() {
+            self.submit(
+                SensitivityConfig {
+                    overwrite: true,
+                    ..refused
+                },
+                shared,
+            );
+        }
+    }
+
+    fn submit(&mut self, config: SensitivityConfig, shared: &mut Shared) {
         if self.job.is_some() {
             return;
         }
-        let config = SensitivityConfig {
-            model: o.model.clone(),
-            calib_dir: resolve_path(&o.calib_dir),
-            bits: o.bits.clone(),
-            group_size: o.group_size,
-            max_images: (o.max_images > 0).then_some(o.max_images),
-            step_stride: (o.step_stride > 1).then_some(o.step_stride),
-            layers: (!o.layers.trim().is_empty()).then(|| o.layers.trim().to_owned()),
-            output_dir: resolve_path(&o.output_dir),
-            use_cache: true,
-            dtype: ModelDtype::default_for_backend(),
-            scope: o.scope,
-            batch_size: 4,
-            overwrite: false,
-        };
         let id = shared.next_job_id();
         let cancel = CancelToken::new();
         let json = config.output_dir.join(REPORT_JSON);
+        let config_sent = config.clone();
         if shared.worker.send(Command::Sensitivity {
             id,
             config,
@@ -336,7 +384,10 @@ impl SensitivityTab {
                 self.report = None;
                 self.report_file = None;
                 self.plan = None;
+                self.incomplete_ok = false;
             }
+            self.refused = None;
+            self.running_config = Some(config_sent);
             self.job = Some((id, cancel, json));
             self.cancelling = false;
             self.progress = Progress {
@@ -401,6 +452,16 @@ impl SensitivityTab {
                 self.model_notice.job_ended();
                 let context = json.display().to_string();
                 self.set_message(super::job_outcome(*cancelled, result), &context);
+                // The folder holds another run (or one that cannot be read): the settings
+                // refused, for Start over to replace it with, never on its own.
+                self.refused = match result {
+                    Err(JobError::Sensitivity(
+                        SensitivityError::SettingsDiffer { .. }
+                        | SensitivityError::UnreadablePrevious { .. },
+                    )) => self.running_config.take(),
+                    _ => None,
+                };
+                self.running_config = None;
                 // A cancelled sweep kept the layers it measured: show them too.
                 if result.is_ok() {
                     self.open(&context);
@@ -493,10 +554,39 @@ impl SensitivityTab {
             .default_open(true)
             .show(ui, |ui| self.sweep_ui(ui, o, shared));
         super::message_ui(ui, &self.message);
+        self.start_over_ui(ui, o, shared);
         if let Some(path) = self.written.clone()
             && let Some(e) = widgets::path_link(ui, &path)
         {
             shared.errors.report(FOLDER_LINK, e);
+        }
+    }
+
+    /// Beside the refusal of a sweep over a folder holding another run: *Start over*, which
+    /// runs the refused settings again replacing that run. One deliberate click, offered only
+    /// while the error is shown and the options still give the settings refused (other
+    /// settings are checked against the folder again by Start).
+    fn start_over_ui(&mut self, ui: &mut egui::Ui, o: &Options, shared: &mut Shared) {
+        let Some(refused) = &self.refused else {
+            return;
+        };
+        if self.job.is_some()
+            || !matches!(self.message, Some(Err(_)))
+            || sweep_config(o) != *refused
+        {
+            return;
+        }
+        let dir = refused.output_dir.display().to_string();
+        if ui
+            .button(START_OVER_LABEL)
+            .on_hover_text(format!(
+                "Measure these settings from the first layer, replacing {REPORT_JSON} and {} in {}: the earlier sweep's results there are lost. To keep them, choose another \"Output folder\" instead.",
+                crate::quant::sensitivity::REPORT_CSV,
+                crate::text::escape_control(&dir)
+            ))
+            .clicked()
+        {
+            self.start_over(shared);
         }
     }
 
@@ -905,11 +995,50 @@ impl SensitivityTab {
                 .on_hover_text(metric_tip(Metric::Mse));
         });
         let key = ((o.target_bits * 1e6).round() as u64, o.objective);
-        if self.plan.as_ref().is_none_or(|(k, _)| *k != key) {
-            let built = build_plan(report, o.target_bits, &[], o.objective);
-            self.plan = Some((key, built));
+        if self.plan.as_ref().is_none_or(|p| p.key != key) {
+            self.plan = Some(ShownPlan {
+                key,
+                built: build_plan(report, o.target_bits, &[], o.objective),
+                incomplete: require_complete(report).err(),
+            });
         }
-        let Some((_, built)) = &self.plan else { return };
+        let Some(ShownPlan {
+            built, incomplete, ..
+        }) = &self.plan
+        else {
+            return;
+        };
+        // A sweep that did not finish (cancelled, killed, failed, or still running): its
+        // missing layers stay float in any plan from it, outside the budget. Said here, and
+        // a plan from it is saved only by a deliberate choice (as `sd3lab plan` wants
+        // --allow-incomplete).
+        if let Some(PlanError::Incomplete {
+            missing,
+            measured,
+            first,
+        }) = incomplete
+        {
+            let running = self.job.as_ref().map(|j| &j.2) == self.report_file.as_ref();
+            let state = if running {
+                "This sweep is still running"
+            } else {
+                "This sweep did not finish"
+            };
+            let more = if *missing > first.len() { ", ..." } else { "" };
+            ui.colored_label(
+                egui::Color32::from_rgb(190, 120, 0),
+                format!(
+                    "{state}: {missing} of {} are missing; a plan leaves them at full precision (float), outside its budget. Start / Resume sweep with its settings measures them.",
+                    count(missing + measured, "layer")
+                ),
+            )
+            .on_hover_text(format!("missing: {}{more}", first.join(", ")));
+            ui.checkbox(&mut self.incomplete_ok, INCOMPLETE_PLAN_LABEL)
+                .on_hover_text(
+                    "Save plans from the layers measured so far; the missing layers are left out of the plan and stay at full precision",
+                );
+        }
+        let saveable = incomplete.is_none() || self.incomplete_ok;
         match built {
             Ok(b) => {
                 let hist = crate::quant::bits_histogram(b.plan.layers.values());
@@ -938,7 +1067,7 @@ impl SensitivityTab {
                 ui.weak("no results to plan with yet");
             }
             Err(e) => {
-                ui.colored_label(egui::Color32::from_rgb(200, 40, 40), e.to_string());
+                super::error_label(ui, &e.to_string());
             }
         }
         let folder = self
@@ -947,25 +1076,35 @@ impl SensitivityTab {
             .and_then(|f| f.parent())
             .map(Path::to_path_buf);
         ui.horizontal_wrapped(|ui| {
-            let busy = self.writing.is_running();
+            let busy = self.writing.is_running() || !saveable;
             let stem = plan_stem(o.objective, o.target_bits);
-            if ui
+            // Why the save buttons are greyed out for a sweep that did not finish.
+            let unfinished = |r: egui::Response| {
+                if saveable {
+                    r
+                } else {
+                    r.on_disabled_hover_text(format!(
+                        "this sweep did not finish: tick \"{INCOMPLETE_PLAN_LABEL}\" to save a plan from it"
+                    ))
+                }
+            };
+            let save = ui
                 .add_enabled(!busy && folder.is_some(), egui::Button::new("Save plan"))
                 .on_hover_text(format!(
                     "write {stem}.json (numbered if it exists) and its Pareto front {stem}.pareto.csv beside the report{}",
                     folder
                         .as_ref()
                         .map_or(String::new(), |f| format!(", in {}", f.display()))
-                ))
-                .clicked()
-            {
+                ));
+            if unfinished(save).clicked() {
                 self.save_plan(ui.ctx(), o, None);
             }
-            if ui
+            let save_as = ui
                 .add_enabled(!busy, egui::Button::new("Save as..."))
-                .on_hover_text("choose where the plan goes (its Pareto front goes beside it, NAME.pareto.csv)")
-                .clicked()
-            {
+                .on_hover_text(
+                    "choose where the plan goes (its Pareto front goes beside it, NAME.pareto.csv)",
+                );
+            if unfinished(save_as).clicked() {
                 self.picker.open(
                     Pick::Plan,
                     PickKind::Save {
@@ -981,9 +1120,25 @@ impl SensitivityTab {
     /// plan` writes, on a helper thread: to `chosen` (a Save as), else beside the report as
     /// `plan-<objective>-<budget>.json`, numbered rather than overwriting.
     fn save_plan(&mut self, ctx: &egui::Context, o: &Options, chosen: Option<PathBuf>) {
-        let Some((_, Ok(b))) = &self.plan else {
+        let Some(ShownPlan {
+            built: Ok(b),
+            incomplete,
+            ..
+        }) = &self.plan
+        else {
             self.message = Some(Err("no plan to save".into()));
             return;
+        };
+        // A sweep that did not finish: saved only by the choice the plan builder offers.
+        let missing = match incomplete {
+            Some(PlanError::Incomplete { missing, .. }) if self.incomplete_ok => Some(*missing),
+            Some(e) => {
+                self.message = Some(Err(format!(
+                    "{e}; tick \"{INCOMPLETE_PLAN_LABEL}\" to save a plan from the measured layers, or resume the sweep"
+                )));
+                return;
+            }
+            None => None,
         };
         let folder = self
             .report_file
@@ -1007,7 +1162,13 @@ impl SensitivityTab {
             let csv = pareto_file_named_after(&path);
             let outcome = write_plan_files(&path, &csv, &built, objective)
                 .map(|()| {
-                    let text = format!("saved {} and {}", path.display(), csv.display());
+                    let mut text = format!("saved {} and {}", path.display(), csv.display());
+                    if let Some(n) = missing {
+                        text.push_str(&format!(
+                            "; from a sweep that did not finish: the {} not measured stay at full precision",
+                            count(n, "layer")
+                        ));
+                    }
                     (path.clone(), text)
                 })
                 .map_err(|e| super::feedback::error_sentence(&e));
@@ -1221,7 +1382,17 @@ pub fn error_message(e: &SensitivityError) -> String {
             "{e}; check \"{CALIB_LABEL}\", \"{MAX_IMAGES_LABEL}\" and \"{STEP_STRIDE_LABEL}\""
         ),
         SensitivityError::Source(e) => super::model_error_message(e, MODEL_LABEL),
-        other => other.to_string(),
+        SensitivityError::SettingsDiffer { dir, differences } => format!(
+            "{} already holds a sensitivity sweep with other settings or over other data ({}); click \"{START_OVER_LABEL}\" to replace it, or choose another \"Output folder\" to keep it",
+            dir.display(),
+            // The app's font has no arrow glyph.
+            differences.replace('→', "->")
+        ),
+        SensitivityError::UnreadablePrevious { .. } => format!(
+            "{e}; click \"{START_OVER_LABEL}\" to replace it, or choose another \"Output folder\""
+        ),
+        // Raw OS texts ("Is a directory (os error 21)") become sentences.
+        other => super::feedback::error_sentence(other),
     }
 }
 
@@ -1472,5 +1643,30 @@ fn heatmap(ui: &mut egui::Ui, fig: &report::Figure) {
     {
         let text = heatmap_cell_text(&rows[r], &cols[c], values[r][c], value_label);
         response.on_hover_text_at_pointer(text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_over_another_run_names_the_tabs_controls_not_cli_flags() {
+        let differ = error_message(&SensitivityError::SettingsDiffer {
+            dir: "runs/s".into(),
+            differences: "bits: [2] → [4]".into(),
+        });
+        assert!(
+            differ.contains(START_OVER_LABEL) && differ.contains("bits: [2] -> [4]"),
+            "{differ}"
+        );
+        let unreadable = error_message(&SensitivityError::UnreadablePrevious {
+            path: "runs/s/sensitivity.json".into(),
+            reason: "not JSON".into(),
+        });
+        assert!(unreadable.contains(START_OVER_LABEL), "{unreadable}");
+        for m in [differ, unreadable] {
+            assert!(!m.contains("--") && !m.contains('→'), "{m}");
+        }
     }
 }

@@ -65,7 +65,7 @@ where
         };
         ui.data_mut(|d| d.insert_temp(id, (text, value.to_string())));
         if let Some(p) = problem {
-            ui.colored_label(egui::Color32::from_rgb(200, 40, 40), p);
+            super::error_label(ui, &p);
         }
         response
     })

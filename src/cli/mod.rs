@@ -197,26 +197,7 @@ pub fn error_text(err: &anyhow::Error) -> String {
         }
         text.push_str(&message);
     }
-    escape_control(&text)
-}
-
-/// `text` with every control or bidirectional-override character but the line break written
-/// as an escape (`\x1b`, `\u{9b}`, `\u{202e}`), so that printing it cannot move the cursor,
-/// recolour the terminal or reorder what follows.
-pub fn escape_control(text: &str) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        if c == '\n' || !(c.is_control() || bidi) {
-            out.push(c);
-        } else if (c as u32) < 0x80 {
-            let _ = write!(out, "\\x{:02x}", c as u32);
-        } else {
-            let _ = write!(out, "\\u{{{:x}}}", c as u32);
-        }
-    }
-    out
+    sd3lab::text::escape_control(&text)
 }
 
 #[cfg(test)]
@@ -244,13 +225,5 @@ mod tests {
         // A cause whose text is new is kept.
         let err = anyhow::anyhow!("inner").context("outer");
         assert_eq!(error_text(&err), "outer: inner");
-    }
-
-    #[test]
-    fn control_characters_are_escaped_but_line_breaks_kept() {
-        assert_eq!(
-            escape_control("a\x1b[31mb\tc\u{9b}d\u{202e}e\nf"),
-            "a\\x1b[31mb\\x09c\\u{9b}d\\u{202e}e\nf"
-        );
     }
 }
