@@ -2,9 +2,36 @@
 //! and what coverage-guided fuzzing kept) and `fuzz/artifacts/<target>/` (crashes found, kept
 //! as regression inputs once fixed) goes through the same `sd3lab::fuzzing::<target>` function
 //! the nightly fuzz target calls. A parser may refuse an input; it must not panic on it (an
-//! abort or a crash ends this test binary, which fails the test as well).
+//! abort or a crash ends this test binary, which fails the test as well). As under libFuzzer's
+//! `-malloc_limit_mb=1024`, an input may not make the process reserve much memory: the address
+//! space is limited to what it holds at the start plus [`HEADROOM`], so an allocation sized by
+//! a hostile header fails (and aborts) here even where the OS would overcommit it.
 
 use std::path::{Path, PathBuf};
+
+/// What the replay may add to the address space the process holds when it starts.
+const HEADROOM: u64 = 2 << 30;
+
+/// Limits the address space to its current size plus [`HEADROOM`] (once per process).
+fn limit_address_space() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+        let vm_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmSize in /proc/self/status");
+        let limit = vm_kib * 1024 + HEADROOM;
+        let rlim = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: setrlimit reads a valid rlimit struct; it only lowers this process's soft limit.
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlim) };
+        assert_eq!(rc, 0, "setrlimit(RLIMIT_AS): {}", std::io::Error::last_os_error());
+    });
+}
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -45,6 +72,7 @@ fn inputs(dir: &Path) -> Vec<(String, PathBuf)> {
 
 /// Runs every input through its target; returns the files that panicked.
 fn replay(inputs: &[(String, PathBuf)]) -> Vec<String> {
+    limit_address_space();
     let mut failed = Vec::new();
     for (target, path) in inputs {
         let run = sd3lab::fuzzing::target(target).expect("checked by inputs()");
