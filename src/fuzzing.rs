@@ -13,8 +13,11 @@ use std::sync::OnceLock;
 
 use crate::calib::{npy, npz};
 
+/// A fuzz target: feeds one input to a parser.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name: the folder names under `fuzz/corpus/` and `fuzz/artifacts/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("npy", npy),
     ("npz", npz),
     ("manifest", manifest),
@@ -28,7 +31,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 ];
 
 /// The target named `name`.
-pub fn target(name: &str) -> Option<fn(&[u8])> {
+pub fn target(name: &str) -> Option<Target> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 

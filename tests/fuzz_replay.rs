@@ -29,7 +29,12 @@ fn limit_address_space() {
         };
         // SAFETY: setrlimit reads a valid rlimit struct; it only lowers this process's soft limit.
         let rc = unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlim) };
-        assert_eq!(rc, 0, "setrlimit(RLIMIT_AS): {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "setrlimit(RLIMIT_AS): {}",
+            std::io::Error::last_os_error()
+        );
     });
 }
 
