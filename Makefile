@@ -3,7 +3,7 @@
 CARGO ?= cargo
 SETUP_FLAGS ?=
 
-.PHONY: setup build run test doctor bench-blas fmt lint
+.PHONY: setup build run test doctor bench-blas fmt lint fuzz
 
 setup:
 	scripts/setup.sh $(SETUP_FLAGS)
@@ -27,6 +27,11 @@ test: build
 # Reference BLAS vs OpenBLAS, side by side in one run (builds a second, reference-BLAS binary).
 bench-blas: build
 	scripts/bench-blas.sh
+
+# Coverage-guided fuzzing of every parser of outside data (nightly + cargo-fuzz only for this:
+# the product stays on stable). RUNS=N executions per target; see docs/FUZZING.md.
+fuzz: setup
+	fuzz/run.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -9,6 +9,8 @@ pub mod calib;
 pub mod calibrate;
 pub mod download;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod job;
 pub mod metrics;

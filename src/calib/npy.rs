@@ -633,6 +633,9 @@ impl NpyArray {
     }
 }
 
+/// The most [`read_data`] reserves before reading (16 MiB).
+const MAX_UPFRONT_RESERVE: u64 = 16 << 20;
+
 /// Reads the data that follows `header` from `r`, refusing arrays above `limit` bytes and
 /// checking that the stream holds exactly the data the header announces. Memory use is
 /// bounded by the announced size, whatever the stream would inflate to.
@@ -652,7 +655,9 @@ pub fn read_data<R: Read>(r: &mut R, header: &NpyHeader, limit: u64) -> Result<N
             limit,
         });
     }
-    let mut buf = Vec::with_capacity(bytes as usize);
+    // Grow with the data actually read: the announced size is only a claim (a 100-byte file
+    // may announce 4 GiB), so it bounds the reservation instead of making it.
+    let mut buf = Vec::with_capacity(bytes.min(MAX_UPFRONT_RESERVE) as usize);
     let found = r.take(bytes).read_to_end(&mut buf)? as u64;
     if found < bytes {
         return Err(NpyError::Truncated {

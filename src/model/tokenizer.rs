@@ -93,10 +93,14 @@ impl ClipTokenizer {
             .enumerate()
             .map(|(i, pair)| (pair, i))
             .collect();
-        let splitter = regex::Regex::new(
-            r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
-        )
-        .expect("the pre-tokenizer pattern is a constant that compiles");
+        // Compiled once per process (its Unicode classes take milliseconds); clones share it.
+        static SPLITTER: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+            regex::Regex::new(
+                r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
+            )
+            .expect("the pre-tokenizer pattern is a constant that compiles")
+        });
+        let splitter = SPLITTER.clone();
         Ok(Self {
             vocab,
             ranks,

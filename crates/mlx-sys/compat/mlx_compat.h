@@ -1,5 +1,6 @@
 /* Force-included (-include) into every mlx-c translation unit and into bindgen's parse.
- * It fills two gaps of GCC 12 / x86_64 without touching the vendored mlx-c sources. */
+ * It fills two gaps of GCC 12 / x86_64 and closes a format-string hole, without touching the
+ * vendored mlx-c sources. */
 #ifndef SD3LAB_MLX_COMPAT_H
 #define SD3LAB_MLX_COMPAT_H
 
@@ -49,5 +50,13 @@ std::string format(std::string_view fmt, Args&&... args) {
 } // namespace std
 #endif
 #endif
+
+/* 3. mlx-c reports every C++ exception with mlx_error(e.what()): the message becomes a printf
+ *    format, and MLX builds messages from file contents (a safetensors dtype such as
+ *    "%s%n" gave a segmentation fault; found by fuzzing, see docs/FUZZING.md). Every one of
+ *    mlx-c's calls passes a single string, so pass it through "%s". */
+#include "../vendor/mlx-c/mlx/c/error.h"
+#undef mlx_error
+#define mlx_error(...) _mlx_error(__FILE__, __LINE__, "%s", __VA_ARGS__)
 
 #endif
