@@ -52,7 +52,9 @@ pub struct ClipTokenizer {
     eos: u32,
     pub max_length: usize,
     pub padding: Padding,
-    splitter: regex::Regex,
+    /// One compiled pattern for the process, shared by reference: its match caches live in the
+    /// regex's own pool, so a new tokenizer does not rebuild them (a clone would).
+    splitter: &'static regex::Regex,
     byte_encoder: [char; 256],
 }
 
@@ -93,14 +95,14 @@ impl ClipTokenizer {
             .enumerate()
             .map(|(i, pair)| (pair, i))
             .collect();
-        // Compiled once per process (its Unicode classes take milliseconds); clones share it.
+        // Compiled once per process (its Unicode classes take milliseconds).
         static SPLITTER: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
             regex::Regex::new(
                 r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
             )
             .expect("the pre-tokenizer pattern is a constant that compiles")
         });
-        let splitter = SPLITTER.clone();
+        let splitter: &'static regex::Regex = &SPLITTER;
         Ok(Self {
             vocab,
             ranks,
