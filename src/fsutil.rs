@@ -17,6 +17,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     persist(tmp, path)
 }
 
+/// As [`write_atomic`], but a symbolic link at `path` is replaced itself, never followed: for a
+/// file the program names itself in a shared folder (the system's temporary folder), where a
+/// link planted by another user must not redirect the write. The file is private (`rw-------`).
+pub fn write_atomic_replacing_link(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".sd3lab-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.flush()?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// Renames a temporary file made by [`temp_file_beside`]`(path)` onto `path`'s [`destination`]:
 /// through a symbolic link to its target, never replacing the link itself.
 pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> std::io::Result<()> {
@@ -239,13 +258,15 @@ impl FolderLock {
         }
         std::fs::create_dir_all(dir).map_err(io)?;
         let path = dir.join(LOCK_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        // A link or FIFO planted as the lock file is refused, never followed or waited on.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        }
+        let mut file = options.open(&path).map_err(io)?;
         #[cfg(unix)]
         {
             use std::io::Seek;
@@ -268,7 +289,14 @@ impl FolderLock {
             return Err(LockError::NotAFolder(dir.to_owned()));
         }
         let path = dir.join(LOCK_FILE);
-        match std::fs::File::open(&path) {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        }
+        match options.open(&path) {
             // Taken and released at once (closing the file releases it).
             #[cfg(unix)]
             Ok(mut file) => lock_now(&mut file, dir),

@@ -9,7 +9,6 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use crate::calib::{npy, npz};
 
@@ -37,15 +36,16 @@ pub fn target(name: &str) -> Option<Target> {
 
 /// A folder private to this process, removed by the OS's temp cleaning only: fuzzing runs
 /// millions of inputs and must not create a folder per input.
-fn scratch() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        tempfile::Builder::new()
+fn scratch() -> PathBuf {
+    // One folder per thread (the stable replay runs targets on parallel test threads), removed
+    // when the thread ends.
+    thread_local! {
+        static DIR: tempfile::TempDir = tempfile::Builder::new()
             .prefix("sd3lab-fuzz-")
             .tempdir()
-            .expect("a temporary folder for the fuzz inputs")
-    })
-    .path()
+            .expect("a temporary folder for the fuzz inputs");
+    }
+    DIR.with(|dir| dir.path().to_owned())
 }
 
 /// Writes `data` to `name` in the scratch folder (plain write: the readers are under test,

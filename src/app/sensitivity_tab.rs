@@ -18,8 +18,8 @@ use crate::job::CancelToken;
 use crate::model::config::ModelDtype;
 use crate::model::registry::LayerKind;
 use crate::quant::plan::{
-    BuiltPlan, Objective, PlanError, build_plan, numbered_plan_path, pareto_file_named_after,
-    require_complete, write_plan_files,
+    BuiltPlan, Objective, PlanError, build_plan, check_plan_outputs, numbered_plan_path,
+    pareto_file_named_after, require_complete, write_plan_files,
 };
 use crate::quant::sensitivity::{
     REPORT_JSON, Scope, SensitivityConfig, SensitivityError, SensitivityEvent, SensitivityReport,
@@ -1154,13 +1154,19 @@ impl SensitivityTab {
             return;
         };
         let (built, objective) = (b.clone(), o.objective);
+        let input = self.report_file.clone();
         let stem = plan_stem(o.objective, o.target_bits);
         self.message = None;
         self.message_context = o.report_path.clone();
         self.writing.spawn(ctx, move || {
             let path = chosen.unwrap_or_else(|| numbered_plan_path(&folder, &stem));
             let csv = pareto_file_named_after(&path);
-            let outcome = write_plan_files(&path, &csv, &built, objective)
+            // A chosen name may be the sweep the plan comes from: refused, as `plan` refuses it.
+            let checked = input
+                .as_deref()
+                .map_or(Ok(()), |input| check_plan_outputs(input, &path, &csv));
+            let outcome = checked
+                .and_then(|()| write_plan_files(&path, &csv, &built, objective))
                 .map(|()| {
                     let mut text = format!("saved {} and {}", path.display(), csv.display());
                     if let Some(n) = missing {

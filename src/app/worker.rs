@@ -338,7 +338,9 @@ fn single_prompt_csv(prompt: &str) -> std::io::Result<PathBuf> {
     let bytes = w
         .into_inner()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    crate::fsutil::write_atomic(&path, &bytes)?;
+    // In the shared temporary folder under a predictable name: a link planted there by another
+    // user is replaced, never followed.
+    crate::fsutil::write_atomic_replacing_link(&path, &bytes)?;
     Ok(path)
 }
 

@@ -189,7 +189,9 @@ pub fn error_text(err: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in err.chain() {
         let message = cause.to_string();
-        if text.contains(&message) {
+        // A cause an error already shows ends its message ("{path}: {source}"); one that only
+        // appears somewhere inside it (a short word) is still printed.
+        if text.ends_with(&message) {
             continue;
         }
         if !text.is_empty() {

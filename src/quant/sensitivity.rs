@@ -197,6 +197,19 @@ pub struct InputIdentity {
     pub sample_files: Vec<FileStamp>,
 }
 
+/// A calibration manifest's `generation` record without what grows as the calibration run goes
+/// on (every finished image's prompt and seed) or changes with the tool (`tool_version`):
+/// extending or finishing a calibration run is not other data. The files actually read are
+/// identified by their [`FileStamp`]s.
+fn settings_of_generation(mut record: serde_json::Value) -> serde_json::Value {
+    if let Some(fields) = record.as_object_mut() {
+        for key in ["prompts", "seeds", "tool_version"] {
+            fields.remove(key);
+        }
+    }
+    record
+}
+
 /// A file's size and modification time (nanoseconds since the Unix epoch).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileStamp {
@@ -1321,6 +1334,7 @@ pub fn run_sensitivity(
             calibration: set
                 .manifest()
                 .and_then(|m| m.extra.get("generation").cloned())
+                .map(settings_of_generation)
                 .unwrap_or(serde_json::Value::Null),
             checkpoint: FileStamp::of(&files.checkpoint, &files.checkpoint.display().to_string())?,
             sample_files: metas

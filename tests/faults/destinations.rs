@@ -96,6 +96,25 @@ fn mkfifo(path: &Path) {
     assert!(status.success());
 }
 
+/// A character device to use as a destination: one made in `dir` (a copy of /dev/null's
+/// numbers) where this process may (root, as in CI), so that a regression could never replace
+/// the machine's own /dev/null; otherwise /dev/null itself, which a non-root process cannot
+/// replace anyway.
+fn device(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("device.png");
+    let made = Command::new("mknod")
+        .arg(&path)
+        .args(["c", "1", "3"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if made {
+        path
+    } else {
+        Path::new("/dev/null").to_owned()
+    }
+}
+
 #[test]
 fn generate_refuses_a_fifo_a_device_and_a_folder_without_blocking() {
     use std::os::unix::fs::FileTypeExt;
@@ -105,10 +124,11 @@ fn generate_refuses_a_fifo_a_device_and_a_folder_without_blocking() {
     let folder = dir.path().join("folder.png");
     std::fs::create_dir(&folder).unwrap();
     let via_link = dir.path().join("null.png");
-    std::os::unix::fs::symlink("/dev/null", &via_link).unwrap();
+    let device = device(dir.path());
+    std::os::unix::fs::symlink(&device, &via_link).unwrap();
     for (output, what) in [
         (fifo.as_path(), "a FIFO"),
-        (Path::new("/dev/null"), "a device"),
+        (device.as_path(), "a device"),
         (via_link.as_path(), "a device"),
         (folder.as_path(), "a folder"),
     ] {
@@ -129,7 +149,7 @@ fn generate_refuses_a_fifo_a_device_and_a_folder_without_blocking() {
             .is_fifo()
     );
     assert!(
-        std::fs::metadata("/dev/null")
+        std::fs::metadata(&device)
             .unwrap()
             .file_type()
             .is_char_device()
