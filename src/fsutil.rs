@@ -26,8 +26,8 @@ pub fn write_atomic_replacing_link(path: &Path, bytes: &[u8]) -> std::io::Result
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
-        .prefix(".sd3lab-")
-        .suffix(".tmp")
+        .prefix(TEMP_PREFIX)
+        .suffix(TEMP_SUFFIX)
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.flush()?;
@@ -35,6 +35,34 @@ pub fn write_atomic_replacing_link(path: &Path, bytes: &[u8]) -> std::io::Result
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
+
+/// Whether a file name is one of this program's temporary files of an atomic write
+/// ([`temp_file_beside`]): what a killed run leaves behind.
+pub fn is_temporary_name(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX)
+}
+
+/// Removes the temporary files ([`is_temporary_name`]) a killed run left in `dir` and its
+/// folders, `depth` levels down (1: `dir` only). Links are not followed. Only a writer holding
+/// the folder's [`FolderLock`] calls this, so none of them is in use. The error names the file.
+pub fn remove_temporary_files(dir: &Path, depth: usize) -> Result<(), (PathBuf, std::io::Error)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let Ok(kind) = e.file_type() else { continue };
+        if kind.is_dir() && depth > 1 {
+            remove_temporary_files(&e.path(), depth - 1)?;
+        } else if kind.is_file() && is_temporary_name(&e.file_name().to_string_lossy()) {
+            std::fs::remove_file(e.path()).map_err(|err| (e.path(), err))?;
+        }
+    }
+    Ok(())
+}
+
+/// The name of every temporary file [`temp_file_beside`] makes: `.sd3lab-<random>.tmp`.
+const TEMP_PREFIX: &str = ".sd3lab-";
+const TEMP_SUFFIX: &str = ".tmp";
 
 /// Renames a temporary file made by [`temp_file_beside`]`(path)` onto `path`'s [`destination`]:
 /// through a symbolic link to its target, never replacing the link itself.
@@ -152,8 +180,8 @@ pub fn temp_file_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile>
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
-        .prefix(".sd3lab-")
-        .suffix(".tmp")
+        .prefix(TEMP_PREFIX)
+        .suffix(TEMP_SUFFIX)
         .tempfile_in(dir)?;
     make_readable(tmp.as_file())?;
     Ok(tmp)

@@ -559,26 +559,6 @@ pub(crate) fn read_records(
     Ok(out)
 }
 
-/// Removes the temporary files of atomic writes (`.sd3lab-*.tmp`, see
-/// `fsutil::temp_file_beside`) that a killed run left in `dir` and its folders, `depth` levels
-/// down (`<config>/records/` is two). Links are not followed.
-fn remove_temporary_files(dir: &Path, depth: usize) -> Result<(), BenchError> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for e in entries.flatten() {
-        let Ok(kind) = e.file_type() else { continue };
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if kind.is_dir() && depth > 1 {
-            remove_temporary_files(&e.path(), depth - 1)?;
-        } else if kind.is_file() && name.starts_with(".sd3lab-") && name.ends_with(".tmp") {
-            std::fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
-        }
-    }
-    Ok(())
-}
-
 /// Removes a previous benchmark's files from `dir` (only files this module writes).
 fn remove_previous(dir: &Path) -> Result<(), BenchError> {
     for name in configuration_folders(dir)?.keys() {
@@ -667,7 +647,8 @@ pub fn run_benchmark(
     let dir = cfg.output_dir.clone();
     let _lock = FolderLock::acquire(&dir)?;
     // Under the lock, so no live writer's: the temporary files a killed run left.
-    remove_temporary_files(&dir, 3)?;
+    // `<config>/records/` is two levels down.
+    crate::fsutil::remove_temporary_files(&dir, 3).map_err(|(path, e)| io_err(&path)(e))?;
     if cfg.overwrite {
         remove_previous(&dir)?;
     }

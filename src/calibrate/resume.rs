@@ -128,12 +128,6 @@ impl ResumePlan {
     }
 }
 
-/// Whether `name` is a temporary file of an atomic write (`fsutil::temp_file_beside`) that a
-/// killed run left behind.
-fn is_temporary(name: &str) -> bool {
-    name.starts_with(".sd3lab-") && name.ends_with(".tmp")
-}
-
 /// The image a sample or image file name belongs to (`000012_007.npz`, `000012.png` → 12).
 fn image_of(file_name: &str) -> Option<usize> {
     file_name.split(['_', '.']).next()?.parse().ok()
@@ -199,7 +193,9 @@ pub(super) fn clean_leftovers(dir: &Path, from: usize) -> Result<(), CalibrateEr
     // The manifest's temporary files lie in the folder itself.
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
-            if is_temporary(&e.file_name().to_string_lossy()) && e.path().is_file() {
+            if crate::fsutil::is_temporary_name(&e.file_name().to_string_lossy())
+                && e.path().is_file()
+            {
                 std::fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
             }
         }
@@ -211,7 +207,8 @@ pub(super) fn clean_leftovers(dir: &Path, from: usize) -> Result<(), CalibrateEr
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if is_temporary(&name) || image_of(&name).is_some_and(|i| i >= from) {
+            if crate::fsutil::is_temporary_name(&name) || image_of(&name).is_some_and(|i| i >= from)
+            {
                 std::fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
             }
         }

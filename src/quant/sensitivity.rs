@@ -1176,25 +1176,6 @@ fn model_identity(name: &str) -> String {
     }
 }
 
-/// Removes the temporary files (`.sd3lab-*.tmp`) a killed run's atomic writes left in the
-/// output folder: only a writer holding the folder's lock calls this, so none is in use.
-fn remove_temporary_files(dir: &Path) -> Result<(), SensitivityError> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(".sd3lab-") && name.ends_with(".tmp") {
-            std::fs::remove_file(e.path()).map_err(|source| SensitivityError::Io {
-                path: e.path(),
-                source,
-            })?;
-        }
-    }
-    Ok(())
-}
-
 /// The report a previous run left in the output folder: None when there is none; an error
 /// when there is a file that is not one (resuming would discard it).
 fn read_previous(path: &Path) -> Result<Option<SensitivityReport>, SensitivityError> {
@@ -1276,7 +1257,8 @@ pub fn run_sensitivity(
             source,
         })?;
     }
-    remove_temporary_files(&cfg.output_dir)?;
+    crate::fsutil::remove_temporary_files(&cfg.output_dir, 1)
+        .map_err(|(path, source)| SensitivityError::Io { path, source })?;
     let previous = if cfg.overwrite {
         None
     } else {
