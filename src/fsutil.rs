@@ -72,6 +72,51 @@ pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> std::io::Result<()>
     Ok(())
 }
 
+/// Whether writing `output` would replace the file `input`: the same file once symbolic links,
+/// `.` and `..` are resolved (and, for existing files, the same inode: a hard link). An output
+/// that does not exist yet is compared by its folder's canonical path.
+pub fn same_file(output: &Path, input: &Path) -> bool {
+    FileIdentity::of(output).same(&FileIdentity::of(input))
+}
+
+/// What [`same_file`] compares, resolved once (to compare one path with many).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileIdentity {
+    /// The canonical path (of the folder, joined with the name, for a file not made yet).
+    path: Option<std::path::PathBuf>,
+    /// Device and inode of an existing file.
+    inode: Option<(u64, u64)>,
+}
+
+impl FileIdentity {
+    pub fn of(p: &Path) -> Self {
+        let path = (|| {
+            let p = destination(p).ok()?;
+            if let Ok(c) = p.canonicalize() {
+                return Some(c);
+            }
+            let parent = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            Some(parent.canonicalize().ok()?.join(p.file_name()?))
+        })();
+        #[cfg(unix)]
+        let inode = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+        };
+        #[cfg(not(unix))]
+        let inode = None;
+        Self { path, inode }
+    }
+
+    pub fn same(&self, other: &Self) -> bool {
+        (self.inode.is_some() && self.inode == other.inode)
+            || (self.path.is_some() && self.path == other.path)
+    }
+}
+
 /// How many symbolic links [`destination`] follows before giving up (Linux's own limit).
 const MAX_LINKS: usize = 40;
 

@@ -103,7 +103,7 @@ impl GenerateArgs {
             }
         }
         if let Some(latent) = &self.latent_out
-            && sd3lab::quant::same_file(latent, &self.output)
+            && sd3lab::fsutil::same_file(latent, &self.output)
         {
             anyhow::bail!(
                 "--latent-out {} is the same file as --output; give the latent another name",

@@ -426,14 +426,14 @@ pub fn check_plan_outputs(
             path: path.to_owned(),
             source,
         })?;
-        if super::same_file(path, input) {
+        if crate::fsutil::same_file(path, input) {
             return Err(PlanFilesError::OutputIsInput {
                 path: path.to_owned(),
                 input: input.to_owned(),
             });
         }
     }
-    if super::same_file(plan_file, pareto) || plan_file == pareto {
+    if crate::fsutil::same_file(plan_file, pareto) || plan_file == pareto {
         return Err(PlanFilesError::SameOutputs(plan_file.to_owned()));
     }
     Ok(())

@@ -121,7 +121,7 @@ impl Staged {
     /// Refuses what cannot be written: a destination that is a folder, FIFO or device (through
     /// symbolic links), a folder on the way that is a file, an output that is an input.
     pub fn check(&self) -> Result<(), ReportError> {
-        use crate::quant::FileIdentity;
+        use crate::fsutil::FileIdentity;
         let inputs: Vec<(&PathBuf, FileIdentity)> = self
             .inputs
             .iter()
