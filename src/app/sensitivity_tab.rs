@@ -117,7 +117,10 @@ const RANKING_ROWS: usize = 15;
 /// Sweep progress.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
+    /// Layers to measure (for a linearized sweep: batches to probe, every layer at once).
     pub layers: usize,
+    /// Whether the work is counted in probed batches (linearized) rather than layers.
+    pub batches: bool,
     pub done: usize,
     /// Layers already measured when this run started (a resumed sweep skips them).
     pub done_before: usize,
@@ -253,8 +256,11 @@ pub fn sweep_config(o: &Options) -> SensitivityConfig {
         use_cache: true,
         dtype: ModelDtype::default_for_backend(),
         scope: o.scope,
-        batch_size: 4,
+        // A linearized pass over one record has the least noise for the work on a CPU.
+        batch_size: if o.scope == Scope::Linearized { 1 } else { 4 },
         overwrite: false,
+        probes: None,
+        probe_seed: 0,
     }
 }
 
@@ -436,6 +442,26 @@ impl SensitivityTab {
                         self.progress.seconds = *seconds;
                         // Show the results as they come.
                         self.open(&json.display().to_string());
+                    }
+                    SensitivityEvent::Probing {
+                        batches,
+                        already_done,
+                        ..
+                    } => {
+                        self.progress.batches = true;
+                        self.progress.layers = *batches;
+                        self.progress.done = *already_done;
+                        self.progress.done_before = *already_done;
+                        self.progress.measuring_since = Some(Instant::now());
+                    }
+                    SensitivityEvent::BatchDone {
+                        done,
+                        batches,
+                        seconds,
+                    } => {
+                        self.progress.done = *done;
+                        self.progress.last = format!("batch {done} of {batches}");
+                        self.progress.seconds = *seconds;
                     }
                 }
                 let f = self.progress.done as f32 / self.progress.layers.max(1) as f32;
@@ -667,9 +693,10 @@ impl SensitivityTab {
                 ui.label("Scope").on_hover_text(
                     "where the error is measured: the model's output, the block's output, or the layer's own output",
                 );
-                for s in [Scope::Model, Scope::Block, Scope::Layer] {
+                for s in [Scope::Model, Scope::Linearized, Scope::Block, Scope::Layer] {
                     let tip = match s {
                         Scope::Model => "the error of the whole model's output (what an image sees)",
+                        Scope::Linearized => "the model output's error to first order, every layer at once from a few gradient probes per sample (ranks like model at a fraction of its time; estimates with a standard error)",
                         Scope::Block => "the error of the layer's transformer block's output (faster)",
                         Scope::Layer => "the error of the layer's own output (fastest, least faithful)",
                     };
@@ -723,7 +750,15 @@ impl SensitivityTab {
                 if p.preparing {
                     ui.label("loading the model, the samples and their float outputs...");
                 } else {
-                    let mut text = format!("{} of {} measured", p.done, count(p.layers, "layer"));
+                    let mut text = if p.batches {
+                        format!(
+                            "{} of {} probed (every layer at once)",
+                            p.done,
+                            count(p.layers, "sample batch")
+                        )
+                    } else {
+                        format!("{} of {} measured", p.done, count(p.layers, "layer"))
+                    };
                     if let Some(eta) = p.eta() {
                         text.push_str(&format!(", {eta}"));
                     }

@@ -7,7 +7,8 @@ use clap::Args;
 
 use sd3lab::model::config::ModelDtype;
 use sd3lab::quant::sensitivity::{
-    REPORT_CSV, REPORT_JSON, SensitivityConfig, SensitivityError, SensitivityEvent, run_sensitivity,
+    REPORT_CSV, REPORT_JSON, Scope, SensitivityConfig, SensitivityError, SensitivityEvent,
+    run_sensitivity,
 };
 
 use super::{ModelEvents, bar_style, cancel_on_ctrl_c, source_error};
@@ -31,13 +32,22 @@ pub struct SensitivityArgs {
     /// Only layers whose name matches this regular expression.
     #[arg(long)]
     layers: Option<String>,
-    /// Where the error is measured: the MMDiT's output (model), the output of the layer's own
-    /// block (block) or of the layer itself (layer); block and layer are fast proxies.
+    /// Where the error is measured: the MMDiT's output (model), the same to first order from
+    /// gradient probes, every layer at once (linearized), the output of the layer's own block
+    /// (block) or of the layer itself (layer); block and layer are fast proxies.
     #[arg(long, value_enum, default_value = "model")]
-    scope: sd3lab::quant::sensitivity::Scope,
-    /// Calibration samples evaluated together in one forward.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
-    batch_size: u64,
+    scope: Scope,
+    /// Calibration samples evaluated together in one forward [default: 4; linearized: 1, the
+    /// least noise for the work on a CPU].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    batch_size: Option<u64>,
+    /// Linearized scope: random probes (forward/backward passes) per sample batch [default:
+    /// enough for 16 passes in all].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    probes: Option<u64>,
+    /// Linearized scope: the seed of the probes.
+    #[arg(long, default_value_t = 0)]
+    probe_seed: u64,
     /// The naive oracle: a full forward per layer, bit width and sample.
     #[arg(long)]
     no_cache: bool,
@@ -65,8 +75,17 @@ impl SensitivityArgs {
             use_cache: !self.no_cache,
             dtype: self.dtype.unwrap_or_else(ModelDtype::default_for_backend),
             scope: self.scope,
-            batch_size: self.batch_size as usize,
+            batch_size: self.batch_size.map_or(
+                if self.scope == Scope::Linearized {
+                    1
+                } else {
+                    4
+                },
+                |b| b as usize,
+            ),
             overwrite: self.overwrite,
+            probes: self.probes.map(|k| k as usize),
+            probe_seed: self.probe_seed,
         }
     }
 }
@@ -118,6 +137,23 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
         SensitivityEvent::LayerDone { name, seconds, .. } => {
             bar.inc(1);
             bar.set_message(format!("{name} ({seconds:.1} s)"));
+        }
+        SensitivityEvent::Probing {
+            batches,
+            already_done,
+            probes,
+        } => {
+            bar.set_style(bar_style(
+                "sample batches [{bar:30}] {pos}/{len} {msg} ETA {eta}",
+            ));
+            bar.set_length(batches as u64);
+            bar.set_position(already_done as u64);
+            bar.reset_eta();
+            bar.suspend(|| eprintln!("every layer at once: {batches} sample batches × {probes} probes (forward + backward each; {already_done} batches already done)"));
+        }
+        SensitivityEvent::BatchDone { done, seconds, .. } => {
+            bar.set_position(done as u64);
+            bar.set_message(format!("({seconds:.1} s per batch)"));
         }
     });
     model_events.finish();

@@ -11,7 +11,8 @@
 //!
 //! They are used only where the array lives on the CPU, is float32 and row-contiguous; anything
 //! else (Metal, float16, views) takes MLX's own operation. Calling one evaluates its input, so
-//! they must not be used inside `mlx::compile` or a transform.
+//! they must not be used inside `mlx::compile` or a transform: code traced by one holds a
+//! [`PlainMlx`] guard, which switches them off on its thread.
 
 use std::ffi::c_void;
 
@@ -27,6 +28,9 @@ const PARALLEL_MIN: usize = 1 << 16;
 /// with plain MLX).
 pub fn applies(x: &Array) -> bool {
     use std::sync::OnceLock;
+    if PLAIN_MLX.with(|d| d.get() > 0) {
+        return false;
+    }
     static ACTIVE: OnceLock<bool> = OnceLock::new();
     // The default device is set once at start-up and never changed after. On ARM, MLX's CPU
     // code is NEON-vectorised already (and sums in vector lanes, an order these kernels do not
@@ -40,6 +44,30 @@ pub fn applies(x: &Array) -> bool {
             )
     });
     active && x.dtype() == Dtype::Float32
+}
+
+thread_local! {
+    /// How many [`PlainMlx`] guards are alive on this thread.
+    static PLAIN_MLX: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// While alive, these kernels are off on this thread and every operation is MLX's own: for
+/// code traced by an MLX transform (`vjp`, `jvp`), since these kernels evaluate their input
+/// and have no gradient.
+#[must_use = "the kernels are off only while the guard lives"]
+pub struct PlainMlx(std::marker::PhantomData<*const ()>);
+
+impl PlainMlx {
+    pub fn enter() -> Self {
+        PLAIN_MLX.with(|d| d.set(d.get() + 1));
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl Drop for PlainMlx {
+    fn drop(&mut self) {
+        PLAIN_MLX.with(|d| d.set(d.get().saturating_sub(1)));
+    }
 }
 
 /// Softmax over the last axis, computed in place in `x`'s buffer when `x` is a fresh

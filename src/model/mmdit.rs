@@ -644,3 +644,47 @@ impl Mmdit {
         self.arrays().iter().map(|a| a.nbytes()).sum()
     }
 }
+
+impl Mmdit {
+    /// A copy that shares every array but the weights of `ids`, which are `weights` (in that
+    /// order): how a transform (`vjp`, `jvp`) sees the model as a function of those weights.
+    pub fn with_weights(&self, ids: &[LayerId], weights: &[Array]) -> MlxResult<Self> {
+        let mut m = self.clone();
+        for (&id, w) in ids.iter().zip(weights) {
+            let linear = m.linear_mut(id).ok_or_else(|| {
+                mlx_rs::error::Exception::custom(format!("the model has no layer {}", id.name()))
+            })?;
+            linear.weight = w.clone();
+        }
+        Ok(m)
+    }
+
+    /// The float weights of `ids`, in that order (an error names a layer the model lacks).
+    pub fn weights_of(&self, ids: &[LayerId]) -> MlxResult<Vec<Array>> {
+        let mut m = self.clone();
+        ids.iter()
+            .map(|&id| {
+                m.linear_mut(id).map(|l| l.weight.clone()).ok_or_else(|| {
+                    mlx_rs::error::Exception::custom(format!(
+                        "the model has no layer {}",
+                        id.name()
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// The denoiser from its raw inputs: the adaLN modulation is computed here from `pooled`
+    /// and `timestep` rather than cached, so that a transform differentiates through it (the
+    /// embedders and adaLN Linears then get their gradient).
+    pub fn denoise(
+        &self,
+        x: &Array,
+        context: &Array,
+        pooled: &Array,
+        timestep: &Array,
+    ) -> MlxResult<Array> {
+        let modulation = self.modulation(pooled, timestep)?;
+        self.forward(x, context, &modulation)
+    }
+}

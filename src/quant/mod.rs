@@ -9,9 +9,11 @@
 //! one MMDiT per bucket (sharing every array they have in common) and switches at bucket
 //! boundaries.
 //!
-//! `sensitivity`: the per-layer, per-bit sweep. `plan`: exact mixed-precision plans and their
+//! `sensitivity`: the per-layer, per-bit sweep; `linearized`: its first-order scope (gradient
+//! probes, every layer at once). `plan`: exact mixed-precision plans and their
 //! validation.
 
+pub mod linearized;
 pub mod plan;
 pub mod sensitivity;
 pub mod validate;

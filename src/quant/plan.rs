@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::calib::Bucket;
 
-use super::sensitivity::{Scope, SensitivityReport};
+use super::sensitivity::SensitivityReport;
 use super::{LayerQuant, QuantPlan, scale_overhead_bits};
 
 /// One option for one layer.
@@ -242,13 +242,13 @@ pub fn build_plan_per_bucket(
 
 /// The model-output error a layer map predicts if per-layer errors add up (independent
 /// errors: MSEs add, and noise powers add, so SQNR = −10·log10 Σ 10^(−SQNRᵢ/10)); only for a
-/// `model`-scope report. `(mse, sqnr_db)`.
+/// `model`-scope report or a `linearized` one (its estimate of the same). `(mse, sqnr_db)`.
 pub fn additive_prediction(
     report: &SensitivityReport,
     layers: &BTreeMap<String, LayerQuant>,
     bucket: Bucket,
 ) -> Option<(f64, f64)> {
-    if report.settings.metric_scope != Scope::Model {
+    if !report.settings.metric_scope.is_model_output() {
         return None;
     }
     let (mut mse, mut noise) = (0.0, 0.0);
@@ -510,6 +510,7 @@ pub fn write_plan_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::sensitivity::Scope;
 
     /// A small deterministic pseudo-random instance.
     fn instance(seed: u64, n: usize) -> Vec<Vec<Choice>> {
@@ -668,8 +669,9 @@ mod plan_error_tests {
                         group_size: 64,
                         bucket,
                         mse: 1.0 / bits as f64,
+                        mse_stderr: None,
                         sqnr_db: 6.0 * bits as f64,
-                        cosine: 1.0,
+                        cosine: Some(1.0),
                         n_samples: 1,
                     })
                 })
@@ -690,6 +692,7 @@ mod plan_error_tests {
                 samples: Vec::new(),
                 metric_scope: Scope::Layer,
                 inputs: None,
+                probes: None,
             },
             layers: vec![layer("a"), layer("b")],
         }

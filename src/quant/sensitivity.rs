@@ -62,6 +62,9 @@ pub enum Scope {
     Block,
     /// The layer's own output on its float input (the fastest proxy).
     Layer,
+    /// The MMDiT's output to first order, estimated for every layer and bit width at once
+    /// from a few gradient probes per sample ([`super::linearized`]).
+    Linearized,
 }
 
 impl Scope {
@@ -70,7 +73,14 @@ impl Scope {
             Self::Model => "model",
             Self::Block => "block",
             Self::Layer => "layer",
+            Self::Linearized => "linearized",
         }
+    }
+
+    /// Whether the results are (estimates of) the error of the MMDiT's output, which add up
+    /// over layers to first order.
+    pub fn is_model_output(self) -> bool {
+        matches!(self, Self::Model | Self::Linearized)
     }
 }
 
@@ -104,6 +114,11 @@ pub struct SensitivityConfig {
     /// Start over in an output folder that holds a run with other settings or other data
     /// (otherwise refused, with the differences listed).
     pub overwrite: bool,
+    /// `linearized` scope: random probes per forward/backward pass (`None`: enough for
+    /// [`super::linearized::PROBE_BUDGET`] passes in all).
+    pub probes: Option<usize>,
+    /// `linearized` scope: the seed of the probes.
+    pub probe_seed: u64,
 }
 
 /// `bits` sorted and without repeats: `4,2,2` measures 2 and 4 once each, in that order, and
@@ -125,8 +140,15 @@ pub struct BucketResult {
     pub group_size: i32,
     pub bucket: Bucket,
     pub mse: f64,
+    /// The standard error of `mse` when it is an estimate (`linearized` scope); absent when
+    /// measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mse_stderr: Option<f64>,
     pub sqnr_db: f64,
-    pub cosine: f64,
+    /// Mean over samples of the cosine between the float and quantized outputs; absent in
+    /// `linearized` reports (the probes estimate the error's size, not its direction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cosine: Option<f64>,
     pub n_samples: usize,
 }
 
@@ -182,6 +204,9 @@ pub struct RunSettings {
     /// Absent from files written before it existed: such a run is not resumed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<InputIdentity>,
+    /// The probes of a `linearized` run (absent for the other scopes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<super::linearized::ProbeSettings>,
 }
 
 /// The identity of a run's inputs: the calibration manifest's generation record and every
@@ -297,6 +322,21 @@ pub fn settings_differences(old: &RunSettings, new: &RunSettings) -> Vec<String>
         old.metric_scope.to_string(),
         new.metric_scope.to_string(),
     );
+    if old.probes != new.probes {
+        let show = |p: &Option<super::linearized::ProbeSettings>| {
+            p.as_ref().map_or("none".to_owned(), |p| {
+                format!(
+                    "{} per pass, seed {}, batch size {}",
+                    p.per_pass, p.seed, p.batch_size
+                )
+            })
+        };
+        d.push(format!(
+            "probes: {} → {}",
+            show(&old.probes),
+            show(&new.probes)
+        ));
+    }
     if old.samples != new.samples {
         d.push(format!(
             "samples: {} → {} (max images: {} → {})",
@@ -357,6 +397,19 @@ pub enum SensitivityEvent {
         name: String,
         seconds: f64,
     },
+    /// `linearized` scope: every layer is estimated from `batches` forward/backward passes of
+    /// `probes` probes each; `already_done` of them were run before (resumed).
+    Probing {
+        batches: usize,
+        already_done: usize,
+        probes: usize,
+    },
+    /// `linearized` scope: batch `done` of `batches` probed (all layers at once).
+    BatchDone {
+        done: usize,
+        batches: usize,
+        seconds: f64,
+    },
 }
 
 /// Why a run failed. The messages name no front end's controls: the CLI and the app add
@@ -373,6 +426,11 @@ pub enum SensitivityError {
         "the naive path (without the stage cache) is the oracle of the model scope only, not of the {0} scope"
     )]
     NaiveNeedsModelScope(Scope),
+    #[error(
+        "{0} probes per batch: the linearized scope takes 1 to {max}",
+        max = super::linearized::MAX_PROBES
+    )]
+    ProbesOutOfRange(usize),
     #[error("layer pattern {pattern:?}: {source}")]
     BadLayerPattern {
         pattern: String,
@@ -485,6 +543,11 @@ impl SampleBatch {
     fn len(&self) -> usize {
         self.buckets.len()
     }
+
+    /// Drops the block inputs kept for the staged sweep (not needed by a full forward).
+    pub(crate) fn release_state(&mut self) {
+        self.state = None;
+    }
 }
 
 /// Splits outputs with 2·n leading rows into one flat vector per record.
@@ -543,8 +606,9 @@ impl Acc {
             group_size,
             bucket,
             mse,
+            mse_stderr: None,
             sqnr_db,
-            cosine: self.cosine / self.samples.max(1) as f64,
+            cosine: Some(self.cosine / self.samples.max(1) as f64),
             n_samples: self.samples,
         }
     }
@@ -603,14 +667,15 @@ fn swap_weight(m: &mut Mmdit, id: LayerId, w: Array) -> Result<Array, Sensitivit
     Ok(std::mem::replace(&mut l.weight, w))
 }
 
-/// Loads records into batches of up to `batch_size` records of equal shapes and computes
-/// the float model outputs.
+/// Loads records into batches of up to `batch_size` records of equal shapes (and, with
+/// `split_buckets`, of one step bucket) and computes the float model outputs.
 pub(crate) fn load_batches(
     m: &Mmdit,
     set: &CalibrationSet,
     metas: &[&SampleMeta],
     batch_size: usize,
     cancel: &CancelToken,
+    split_buckets: bool,
 ) -> Result<Vec<SampleBatch>, SensitivityError> {
     let dtype = m.dtype();
     struct Record {
@@ -727,7 +792,9 @@ pub(crate) fn load_batches(
             timestep: meta.timestep as f32,
         };
         let fits = pending.first().is_none_or(|p| {
-            p.x.shape() == record.x.shape() && p.context.shape() == record.context.shape()
+            p.x.shape() == record.x.shape()
+                && p.context.shape() == record.context.shape()
+                && (!split_buckets || p.bucket == record.bucket)
         });
         if !fits || pending.len() >= batch_size.max(1) {
             batches.extend(flush(&mut pending)?);
@@ -870,7 +937,7 @@ enum Measured {
 impl Measured {
     fn of(scope: Scope, id: LayerId) -> Self {
         match (scope, Stage::of(id)) {
-            (Scope::Model, _) | (Scope::Block, Stage::Final) => Self::Model,
+            (Scope::Model | Scope::Linearized, _) | (Scope::Block, Stage::Final) => Self::Model,
             (Scope::Block, Stage::Block(k)) => Self::Block(k),
             (Scope::Block, Stage::Embed) if id == LayerId::ContextEmbedder => Self::Context,
             (Scope::Block, Stage::Embed) => Self::Conditioning,
@@ -1091,12 +1158,12 @@ fn advance(
 /// The rows of `sensitivity.csv`.
 pub fn report_csv(report: &SensitivityReport) -> String {
     let mut csv = String::from(
-        "name,block,kind,params,bits,group_size,bucket,mse,sqnr_db,cosine,n_samples\n",
+        "name,block,kind,params,bits,group_size,bucket,mse,sqnr_db,cosine,n_samples,mse_stderr\n",
     );
     for l in &report.layers {
         for r in &l.results {
             csv.push_str(&format!(
-                "{},{},{},{},{},{},{},{:e},{},{},{}\n",
+                "{},{},{},{},{},{},{},{:e},{},{},{},{}\n",
                 l.name,
                 l.block.map_or(String::new(), |b| b.to_string()),
                 l.kind.name(),
@@ -1106,8 +1173,9 @@ pub fn report_csv(report: &SensitivityReport) -> String {
                 r.bucket,
                 r.mse,
                 r.sqnr_db,
-                r.cosine,
-                r.n_samples
+                r.cosine.map_or(String::new(), |c| c.to_string()),
+                r.n_samples,
+                r.mse_stderr.map_or(String::new(), |e| format!("{e:e}")),
             ));
         }
     }
@@ -1125,12 +1193,17 @@ pub fn write_report(dir: &Path, report: &SensitivityReport) -> Result<(), Sensit
     if let Some((l, r)) = report.layers.iter().find_map(|l| {
         l.results
             .iter()
-            .find(|r| !(r.mse.is_finite() && r.sqnr_db.is_finite() && r.cosine.is_finite()))
+            .find(|r| {
+                !(r.mse.is_finite()
+                    && r.sqnr_db.is_finite()
+                    && r.cosine.is_none_or(f64::is_finite)
+                    && r.mse_stderr.is_none_or(f64::is_finite))
+            })
             .map(|r| (l, r))
     }) {
         return Err(SensitivityError::Bug(format!(
-            "a non-finite result for {} at {} bits ({}): mse {}, sqnr {}, cosine {}",
-            l.name, r.bits, r.bucket, r.mse, r.sqnr_db, r.cosine
+            "a non-finite result for {} at {} bits ({}): mse {}, sqnr {}, cosine {:?}, standard error {:?}",
+            l.name, r.bits, r.bucket, r.mse, r.sqnr_db, r.cosine, r.mse_stderr
         )));
     }
     // Plain structs with string keys: serializing cannot fail.
@@ -1216,6 +1289,11 @@ fn validate_config(cfg: &SensitivityConfig) -> Result<Option<regex::Regex>, Sens
     if !cfg.use_cache && cfg.scope != Scope::Model {
         return Err(SensitivityError::NaiveNeedsModelScope(cfg.scope));
     }
+    if let Some(k) = cfg.probes
+        && !(1..=super::linearized::MAX_PROBES).contains(&k)
+    {
+        return Err(SensitivityError::ProbesOutOfRange(k));
+    }
     match &cfg.layers {
         Some(r) => {
             regex::Regex::new(r)
@@ -1260,6 +1338,8 @@ pub fn run_sensitivity(
     crate::fsutil::remove_temporary_files(&cfg.output_dir, 1)
         .map_err(|(path, source)| SensitivityError::Io { path, source })?;
     let previous = if cfg.overwrite {
+        // An unfinished linearized run's sums go with the run they belong to.
+        super::linearized::remove_state(&cfg.output_dir)?;
         None
     } else {
         read_previous(&json_path)?
@@ -1324,6 +1404,16 @@ pub fn run_sensitivity(
                 .map(|m| FileStamp::of(&m.path, &m.file))
                 .collect::<Result<_, _>>()?,
         }),
+        probes: (cfg.scope == Scope::Linearized).then(|| {
+            let batch_size = cfg.batch_size.max(1);
+            super::linearized::ProbeSettings {
+                per_pass: cfg
+                    .probes
+                    .unwrap_or_else(|| super::linearized::auto_probes(metas.len(), batch_size)),
+                seed: cfg.probe_seed,
+                batch_size,
+            }
+        }),
     };
     let mut report = match previous {
         Some(previous) => {
@@ -1347,6 +1437,15 @@ pub fn run_sensitivity(
             pending: Vec::new(),
         },
     };
+    if cfg.scope == Scope::Linearized {
+        let inputs = super::linearized::SweepInputs {
+            set: &set,
+            metas: &metas,
+            layers: &registry,
+            cfg,
+        };
+        return super::linearized::sweep(&mmdit, inputs, report, cancel, on_event);
+    }
     let done: Vec<String> = report.layers.iter().map(|l| l.name.clone()).collect();
     let todo: Vec<(usize, &LinearLayer)> = registry
         .iter()
@@ -1359,7 +1458,7 @@ pub fn run_sensitivity(
     });
     // The naive oracle runs one record at a time (a full forward per layer, bits and sample).
     let batch_size = if cfg.use_cache { cfg.batch_size } else { 1 };
-    let mut batches = load_batches(&mmdit, &set, &metas, batch_size, cancel)?;
+    let mut batches = load_batches(&mmdit, &set, &metas, batch_size, cancel, false)?;
     if !cfg.use_cache {
         for b in &mut batches {
             b.state = None;

@@ -101,7 +101,7 @@ pub fn validate_plan(
             if cancel.is_cancelled() {
                 break;
             }
-            for b in load_batches(&float, &set, chunk, batch_size, cancel)? {
+            for b in load_batches(&float, &set, chunk, batch_size, cancel, false)? {
                 let m = quantized.modulation(&b.pooled, &b.timestep)?;
                 let out = quantized.forward(&b.x, &b.context, &m)?;
                 let out = super::sensitivity::per_record(&[out], b.buckets.len())?;
@@ -138,7 +138,8 @@ pub fn validate_plan(
             n_samples: r.n_samples,
             mse: r.mse,
             sqnr_db: r.sqnr_db,
-            cosine: r.cosine,
+            // Measured here (a real forward of the quantized model), never estimated.
+            cosine: r.cosine.unwrap_or(f64::NAN),
             predicted_mse: prediction.map(|p| p.0),
             predicted_sqnr_db: prediction.map(|p| p.1).filter(|v| v.is_finite()),
         });

@@ -1,0 +1,510 @@
+//! The `linearized` sensitivity scope: every layer's error at the MMDiT's output, to first
+//! order, estimated from gradient probes (Hutchinson's estimator) for all layers and bit widths
+//! at once.
+//!
+//! For a layer with weight W and quantization error ΔW_b = Q_b(W) − W, the output moves to
+//! first order by J ΔW_b (J: the Jacobian of the output with respect to W). For a probe v of
+//! independent standard normal values over the output and g_v = ∂(v·f)/∂W = Jᵀv, which one
+//! backward pass gives for every layer at once, E[(g_v · ΔW_b)²] = ‖J ΔW_b‖². Each (layer, bits)
+//! then costs one dot product. The sum over a group's samples divided by its output elements
+//! estimates the `model` scope's `mse` (what a layer's error has grown to at the output, which
+//! the `block` and `layer` proxies miss); `sqnr_db` follows from it and the float outputs'
+//! energy; `cosine` is not estimated (the probes measure the error's size, not its direction).
+//!
+//! Noise: for Gaussian v, Var[(v·a)²] = 2‖a‖⁴, so the mean of K probes has a relative standard
+//! error of √(2/K) per pass; a group's `mse_stderr` sums the passes' variances (estimated from
+//! their own means). Accuracy follows the number of passes in all: by default each batch gets
+//! enough probes for [`PROBE_BUDGET`] passes over the run.
+//!
+//! Batches: a pass over several records (of one step bucket) with independent probe values per
+//! record estimates the sum of their squared errors (the cross terms vanish in expectation),
+//! with the noise of one estimate of that sum. On a CPU, where a batch costs what its records
+//! cost one at a time, batch size 1 gives the least noise for the work.
+//!
+//! Memory: a backward pass holds the activations of one batch's forward (the graph MLX builds),
+//! one gradient per measured layer (the measured weights' size, in the model's dtype) and,
+//! for the whole run, each layer's MLX-packed weight at every bit width (bits/16 of a float16
+//! weight each, plus scales and biases).
+//!
+//! Resume: after every batch the running sums are saved in [`STATE_FILE`] (atomically);
+//! a rerun with the same settings continues after the last saved batch, and its
+//! `sensitivity.json` equals an uninterrupted run's byte for byte (the probes depend only on
+//! the seed, the batch and the probe index).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use mlx_rs::{Array, Dtype};
+use serde::{Deserialize, Serialize};
+
+use crate::calib::{Bucket, CalibrationSet, SampleMeta};
+use crate::job::CancelToken;
+use crate::model::cpu_kernels::PlainMlx;
+use crate::model::mmdit::Mmdit;
+use crate::model::nn::{MlxResult, QuantizedWeight, to_vec_f32};
+use crate::model::registry::{LayerId, LinearLayer};
+use crate::rng::NumpyRandomState;
+
+use super::sensitivity::{
+    BucketResult, LayerResult, MAX_SQNR_DB, RunSettings, SampleBatch, SensitivityConfig,
+    SensitivityError, SensitivityEvent, SensitivityReport, load_batches, settings_differences,
+    write_report,
+};
+use super::{LayerQuant, quantize_weight};
+
+/// Forward/backward passes in all that the default number of probes aims at: about 16 gave a
+/// Spearman ρ of 0.98 against the exact `model` ranking in the prototype measurements
+/// (issue 18), and accuracy follows the total.
+pub const PROBE_BUDGET: usize = 16;
+
+/// The most probes per batch a run accepts.
+pub const MAX_PROBES: usize = 4096;
+
+/// The running sums of an unfinished `linearized` run, beside `sensitivity.json`.
+pub const STATE_FILE: &str = "sensitivity.linearized-state.json";
+
+const STATE_SCHEMA: &str = "sd3lab.linearized-state/1";
+
+/// How a `linearized` run draws its probes (part of its settings: another value is another
+/// run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSettings {
+    /// Probes (forward/backward passes) per batch.
+    pub per_pass: usize,
+    pub seed: u64,
+    /// Calibration records per batch.
+    pub batch_size: usize,
+}
+
+/// The default probes per batch: enough for [`PROBE_BUDGET`] passes over `records` records
+/// in batches of `batch_size`, at least one.
+pub fn auto_probes(records: usize, batch_size: usize) -> usize {
+    let batches = records.div_ceil(batch_size.max(1)).max(1);
+    PROBE_BUDGET.div_ceil(batches).max(1)
+}
+
+/// Probe `k` of batch `batch`: `len` standard normal values, as
+/// `numpy.random.RandomState(s).randn(len)` gives them, where `s` is the low 32 bits of
+/// splitmix64 over the run's seed, the batch and the probe index (reproducible anywhere).
+pub fn probe_values(seed: u64, batch: usize, k: usize, len: usize) -> Vec<f32> {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let s = mix(mix(mix(seed) ^ batch as u64) ^ k as u64);
+    NumpyRandomState::new(s as u32)
+        .randn(len)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect()
+}
+
+/// The inputs of one denoiser call: latent `(B, h, w, C)`, text `(B, T, D)`, pooled text
+/// `(B, P)` and one timestep per row.
+#[derive(Clone, Copy)]
+pub struct DenoiserInputs<'a> {
+    pub x: &'a Array,
+    pub context: &'a Array,
+    pub pooled: &'a Array,
+    pub timestep: &'a Array,
+}
+
+impl<'a> DenoiserInputs<'a> {
+    fn of(b: &'a SampleBatch) -> Self {
+        Self {
+            x: &b.x,
+            context: &b.context,
+            pooled: &b.pooled,
+            timestep: &b.timestep,
+        }
+    }
+}
+
+/// `∂(v·f)/∂W` for the weights `weights` of layers `ids` (the model's own, in that order),
+/// where `f` is the denoiser's output on `inputs` and `v` is `cotangent` (same shape as the
+/// output): one forward and one backward pass, with the adaLN modulation computed inside.
+pub fn output_gradients(
+    m: &Mmdit,
+    ids: &[LayerId],
+    weights: &[Array],
+    inputs: DenoiserInputs<'_>,
+    cotangent: &Array,
+) -> MlxResult<Vec<Array>> {
+    // The project's CPU kernels evaluate their input and have no gradient.
+    let _plain = PlainMlx::enter();
+    let f = |w: &[Array]| -> MlxResult<Vec<Array>> {
+        Ok(vec![m.with_weights(ids, w)?.denoise(
+            inputs.x,
+            inputs.context,
+            inputs.pooled,
+            inputs.timestep,
+        )?])
+    };
+    let (_, grads) = mlx_rs::transforms::fallible_vjp(f, weights, std::slice::from_ref(cotangent))?;
+    Ok(grads)
+}
+
+/// One step bucket's totals over the probed records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct Totals {
+    /// Σ y² of the float outputs.
+    energy: f64,
+    elements: usize,
+    samples: usize,
+}
+
+/// A (layer, bits, bucket)'s running sums: the estimated squared error and its variance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct Sums {
+    err: f64,
+    var: f64,
+}
+
+/// What [`STATE_FILE`] holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct State {
+    schema: String,
+    settings: RunSettings,
+    /// The measured layers, in order.
+    layers: Vec<String>,
+    batches_done: usize,
+    totals: BTreeMap<Bucket, Totals>,
+    /// `[layer][bits]` sums by bucket.
+    sums: Vec<Vec<BTreeMap<Bucket, Sums>>>,
+}
+
+impl State {
+    fn new(settings: RunSettings, layers: Vec<String>, bits: usize) -> Self {
+        let sums = vec![vec![BTreeMap::new(); bits]; layers.len()];
+        Self {
+            schema: STATE_SCHEMA.into(),
+            settings,
+            layers,
+            batches_done: 0,
+            totals: BTreeMap::new(),
+            sums,
+        }
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SensitivityError + '_ {
+    move |source| SensitivityError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The saved state of an earlier, unfinished run of the same settings; `None` when there is
+/// none. A state file that cannot be read, or that belongs to other settings, is refused
+/// (resuming would discard it; `--overwrite` starts over).
+fn read_state(
+    path: &Path,
+    settings: &RunSettings,
+    layers: &[String],
+    bits: usize,
+    dir: &Path,
+) -> Result<Option<State>, SensitivityError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(path)(e)),
+    };
+    let unreadable = |reason: String| SensitivityError::UnreadablePrevious {
+        path: path.to_owned(),
+        reason,
+    };
+    let state: State = serde_json::from_str(&text)
+        .map_err(|e| unreadable(format!("not a linearized run's state ({e})")))?;
+    if state.schema != STATE_SCHEMA {
+        return Err(unreadable(format!(
+            "schema {:?}, not {STATE_SCHEMA:?}",
+            state.schema
+        )));
+    }
+    let d = settings_differences(&state.settings, settings);
+    if !d.is_empty() {
+        return Err(SensitivityError::SettingsDiffer {
+            dir: dir.to_owned(),
+            differences: d.join("; "),
+        });
+    }
+    if state.layers != layers
+        || state.sums.len() != layers.len()
+        || state.sums.iter().any(|s| s.len() != bits)
+    {
+        return Err(unreadable(
+            "it measured other layers than these settings select".into(),
+        ));
+    }
+    Ok(Some(state))
+}
+
+fn write_state(path: &Path, state: &State) -> Result<(), SensitivityError> {
+    // Plain structs with string map keys: serializing cannot fail.
+    let json = serde_json::to_string(state)
+        .expect("a linearized state serializes (plain structs, string map keys)");
+    crate::fsutil::write_atomic(path, json.as_bytes()).map_err(io_error(path))
+}
+
+/// Removes a state file left by an earlier run (starting over).
+pub(crate) fn remove_state(dir: &Path) -> Result<(), SensitivityError> {
+    let path = dir.join(STATE_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error(&path)(e)),
+    }
+}
+
+/// Everything the sweep needs besides the model.
+pub(crate) struct SweepInputs<'a> {
+    pub set: &'a CalibrationSet,
+    pub metas: &'a [&'a SampleMeta],
+    pub layers: &'a [LinearLayer],
+    pub cfg: &'a SensitivityConfig,
+}
+
+/// Runs (or resumes) a `linearized` sweep: `report` holds this run's settings (with
+/// [`ProbeSettings`]) and, when an earlier run finished, its results.
+pub(crate) fn sweep(
+    mmdit: &Mmdit,
+    inputs: SweepInputs<'_>,
+    mut report: SensitivityReport,
+    cancel: &CancelToken,
+    on_event: &mut dyn FnMut(SensitivityEvent),
+) -> Result<SensitivityReport, SensitivityError> {
+    let SweepInputs {
+        set,
+        metas,
+        layers,
+        cfg,
+    } = inputs;
+    let dir = &cfg.output_dir;
+    let probes =
+        report.settings.probes.clone().ok_or_else(|| {
+            SensitivityError::Bug("a linearized run without probe settings".into())
+        })?;
+    if report.pending.is_empty() && !report.layers.is_empty() {
+        return Ok(report); // finished earlier
+    }
+    // Layers whose input is not a multiple of the group size stay float: nothing to measure.
+    let measured: Vec<&LinearLayer> = layers
+        .iter()
+        .filter(|l| l.in_features.is_multiple_of(cfg.group_size as usize))
+        .collect();
+    let names: Vec<String> = measured.iter().map(|l| l.name.clone()).collect();
+    let ids: Vec<LayerId> = measured.iter().map(|l| l.id).collect();
+    let bits = &report.settings.bits;
+    let state_path = dir.join(STATE_FILE);
+    if cfg.overwrite {
+        remove_state(dir)?;
+    }
+    let mut state = match read_state(&state_path, &report.settings, &names, bits.len(), dir)? {
+        Some(s) => s,
+        None => State::new(report.settings.clone(), names.clone(), bits.len()),
+    };
+    // The folder says what it holds from the start: every layer pending.
+    report.layers.clear();
+    report.pending = layers.iter().map(|l| l.name.clone()).collect();
+    write_report(dir, &report)?;
+
+    on_event(SensitivityEvent::Preparing {
+        samples: metas.len(),
+    });
+    // One step bucket per batch (its estimate is the batch's sum).
+    let mut sorted = metas.to_vec();
+    sorted.sort_by_key(|m| m.bucket);
+    let mut batches = load_batches(mmdit, set, &sorted, probes.batch_size, cancel, true)?;
+    for b in &mut batches {
+        b.release_state();
+    }
+    if cancel.is_cancelled() {
+        return Ok(report);
+    }
+    on_event(SensitivityEvent::Planned {
+        layers: layers.len(),
+        already_done: 0,
+        bits: bits.len(),
+        samples: metas.len(),
+    });
+    on_event(SensitivityEvent::Probing {
+        batches: batches.len(),
+        already_done: state.batches_done.min(batches.len()),
+        probes: probes.per_pass,
+    });
+    let weights = mmdit.weights_of(&ids)?;
+    let mut quantized: Vec<Vec<QuantizedWeight>> = Vec::with_capacity(weights.len());
+    for w in &weights {
+        let mut per_bits = Vec::with_capacity(bits.len());
+        for &b in bits {
+            let q = quantize_weight(
+                w,
+                LayerQuant {
+                    bits: b,
+                    group_size: cfg.group_size,
+                },
+            )?;
+            mlx_rs::transforms::eval([&q.packed, &q.scales, &q.biases])?;
+            per_bits.push(q);
+        }
+        quantized.push(per_bits);
+    }
+    let dtype = mmdit.dtype();
+    for (bi, b) in batches.iter().enumerate().skip(state.batches_done) {
+        let t = Instant::now();
+        let mut squares = vec![vec![0f64; bits.len()]; ids.len()];
+        for k in 0..probes.per_pass {
+            if cancel.is_cancelled() {
+                return Ok(report); // the state holds every finished batch
+            }
+            let shape = b.x.shape().to_vec();
+            let len = shape.iter().map(|&d| d as usize).product();
+            let v = Array::from_slice(&probe_values(probes.seed, bi, k, len), &shape)
+                .as_dtype(dtype)?;
+            let grads = output_gradients(mmdit, &ids, &weights, DenoiserInputs::of(b), &v)?;
+            let dots = error_dots(grads, &weights, &quantized, cfg.group_size)?;
+            if let Some(i) = dots.iter().position(|d| !d.is_finite()) {
+                return Err(SensitivityError::NonFiniteOutput {
+                    layer: names[i / bits.len()].clone(),
+                    bits: bits[i % bits.len()],
+                    path: b.paths[0].clone(),
+                });
+            }
+            for (i, d) in dots.iter().enumerate() {
+                squares[i / bits.len()][i % bits.len()] += (*d as f64) * (*d as f64);
+            }
+        }
+        let kf = probes.per_pass as f64;
+        let bucket = b.buckets[0];
+        for (li, per_bits) in squares.iter().enumerate() {
+            for (bj, &sq) in per_bits.iter().enumerate() {
+                let mean = sq / kf;
+                for g in [bucket, Bucket::All] {
+                    let s = state.sums[li][bj].entry(g).or_default();
+                    s.err += mean;
+                    s.var += 2.0 * mean * mean / kf;
+                }
+            }
+        }
+        for (j, reference) in b.reference.iter().enumerate() {
+            let energy: f64 = reference.iter().map(|&y| (y as f64) * (y as f64)).sum();
+            for g in [b.buckets[j], Bucket::All] {
+                let t = state.totals.entry(g).or_default();
+                t.energy += energy;
+                t.elements += reference.len();
+                t.samples += 1;
+            }
+        }
+        state.batches_done = bi + 1;
+        write_state(&state_path, &state)?;
+        on_event(SensitivityEvent::BatchDone {
+            done: bi + 1,
+            batches: batches.len(),
+            seconds: t.elapsed().as_secs_f64(),
+        });
+    }
+    report.layers = layers
+        .iter()
+        .map(|l| LayerResult {
+            name: l.name.clone(),
+            block: l.block,
+            kind: l.kind,
+            params: l.params,
+            results: names
+                .iter()
+                .position(|n| n == &l.name)
+                .map(|li| results(&state, li, bits, cfg.group_size))
+                .unwrap_or_default(),
+        })
+        .collect();
+    report.pending.clear();
+    write_report(dir, &report)?;
+    remove_state(dir)?;
+    Ok(report)
+}
+
+/// `g · (Q_b(W) − W)` for every layer (gradient `g`, weight `W`) and bit width `b`, in
+/// `[layer][bits]` order, summed in float32.
+fn error_dots(
+    grads: Vec<Array>,
+    weights: &[Array],
+    quantized: &[Vec<QuantizedWeight>],
+    group_size: i32,
+) -> Result<Vec<f32>, SensitivityError> {
+    let mut dots = Vec::new();
+    for ((g, w), qs) in grads.into_iter().zip(weights).zip(quantized) {
+        let g = g.as_dtype(Dtype::Float32)?;
+        let w = w.as_dtype(Dtype::Float32)?;
+        for q in qs {
+            let dq = mlx_rs::ops::dequantize(&q.packed, &q.scales, &q.biases, group_size, q.bits)?
+                .as_dtype(Dtype::Float32)?;
+            dots.push(g.multiply(dq.subtract(&w)?)?.sum(None)?);
+        }
+    }
+    if dots.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One evaluation: MLX frees each gradient once its dot products are done.
+    Ok(to_vec_f32(&mlx_rs::ops::stack(&dots, 0)?)?)
+}
+
+/// One layer's results from the sums: per bit width, each group the run saw.
+fn results(state: &State, li: usize, bits: &[i32], group_size: i32) -> Vec<BucketResult> {
+    let mut out = Vec::new();
+    for (bj, &b) in bits.iter().enumerate() {
+        for g in Bucket::GROUPS {
+            let (Some(s), Some(t)) = (state.sums[li][bj].get(&g), state.totals.get(&g)) else {
+                continue;
+            };
+            let n = t.elements.max(1) as f64;
+            let sqnr_db = if s.err > 0.0 {
+                (10.0 * (t.energy / s.err).log10()).min(MAX_SQNR_DB)
+            } else {
+                MAX_SQNR_DB
+            };
+            out.push(BucketResult {
+                bits: b,
+                group_size,
+                bucket: g,
+                mse: s.err / n,
+                mse_stderr: Some(s.var.sqrt() / n),
+                sqnr_db,
+                cosine: None,
+                n_samples: t.samples,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_are_reproducible_standard_normal_and_differ_by_batch_and_index() {
+        let a = probe_values(7, 0, 0, 20_000);
+        assert_eq!(a, probe_values(7, 0, 0, 20_000));
+        assert_ne!(a, probe_values(7, 1, 0, 20_000));
+        assert_ne!(a, probe_values(7, 0, 1, 20_000));
+        assert_ne!(a, probe_values(8, 0, 0, 20_000));
+        let n = a.len() as f64;
+        let mean = a.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = a.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        assert!(mean.abs() < 0.03, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.05, "variance {var}");
+    }
+
+    #[test]
+    fn default_probes_spend_the_budget_over_the_batches() {
+        assert_eq!(auto_probes(1, 1), PROBE_BUDGET);
+        assert_eq!(auto_probes(8, 1), 2);
+        assert_eq!(auto_probes(8, 4), 8);
+        assert_eq!(auto_probes(5, 1), 4);
+        assert_eq!(auto_probes(100, 1), 1);
+        assert_eq!(auto_probes(0, 0), PROBE_BUDGET);
+    }
+}
