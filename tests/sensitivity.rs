@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use sd3lab::calib::Bucket;
-use sd3lab::calibrate::{CalibrateConfig, run_calibration};
 use sd3lab::job::CancelToken;
 use sd3lab::model::config::ModelDtype;
 use sd3lab::quant::sensitivity::{
@@ -16,28 +15,7 @@ use sd3lab::quant::sensitivity::{
 mod common;
 
 fn setup(root: &Path) -> (String, std::path::PathBuf) {
-    let model = root.join("model");
-    sd3lab::model::source::write_model_dir(&model, &sd3lab::model::Preset::Tiny.config(None), 5)
-        .unwrap();
-    let calib = root.join("calib");
-    let cfg = CalibrateConfig {
-        model: model.display().to_string(),
-        num_images: 2,
-        num_steps: 3,
-        cfg_weight: 5.0,
-        calib_dir: calib.clone(),
-        prompt_csv: None,
-        seed: 0,
-        height: 64,
-        width: 64,
-        dtype: ModelDtype::Float32,
-        negative_prompt: String::new(),
-        overwrite: false,
-        force: false,
-        images_only: false,
-    };
-    run_calibration(&cfg, &CancelToken::new(), &mut |_| {}).unwrap();
-    (model.display().to_string(), calib)
+    common::tiny_model_and_calibration(root, 2, 3)
 }
 
 fn config(model: &str, calib: &Path, out: &Path, use_cache: bool) -> SensitivityConfig {
@@ -55,10 +33,12 @@ fn config(model: &str, calib: &Path, out: &Path, use_cache: bool) -> Sensitivity
         scope: Scope::Model,
         batch_size: 4,
         overwrite: false,
+        probes: None,
+        probe_seed: 0,
     }
 }
 
-fn all_rows(r: &SensitivityReport) -> Vec<(String, i32, Bucket, f64, f64, f64)> {
+fn all_rows(r: &SensitivityReport) -> Vec<(String, i32, Bucket, f64, f64, Option<f64>)> {
     r.layers
         .iter()
         .flat_map(|l| {
@@ -145,11 +125,9 @@ fn cached_equals_naive_and_bits_order_the_error() {
     // The CSV holds the same rows.
     let csv = std::fs::read_to_string(root.path().join("cached/sensitivity.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + a.len());
-    assert!(
-        csv.starts_with(
-            "name,block,kind,params,bits,group_size,bucket,mse,sqnr_db,cosine,n_samples"
-        )
-    );
+    assert!(csv.starts_with(
+        "name,block,kind,params,bits,group_size,bucket,mse,sqnr_db,cosine,n_samples,mse_stderr\n"
+    ));
 }
 
 #[test]
@@ -340,16 +318,16 @@ fn proxy_scopes_measure_their_own_outputs_and_rank_like_the_model() {
     let own = rank_agreement(&m, &m);
     assert!(
         own.iter()
-            .all(|(_, rho, n)| (rho - 1.0).abs() < 1e-12 && *n > 10)
+            .all(|a| (a.spearman - 1.0).abs() < 1e-12 && a.layers > 10 && a.top_overlap == 10)
     );
     for proxy in [&b, &l] {
         let agreement = rank_agreement(&m, proxy);
         assert_eq!(
-            agreement.iter().map(|a| a.0).collect::<Vec<_>>(),
+            agreement.iter().map(|a| a.bits).collect::<Vec<_>>(),
             vec![2, 4, 8]
         );
         // Measured here: block ≈ 0.80, layer ≈ 0.60 at 2 bits (31 layers).
-        let (_, rho2, n2) = agreement[0];
+        let (rho2, n2) = (agreement[0].spearman, agreement[0].layers);
         assert!(
             rho2 > 0.5 && n2 > 10,
             "{}: rho {rho2} over {n2} layers at 2 bits",
@@ -372,10 +350,11 @@ fn proxy_scopes_measure_their_own_outputs_and_rank_like_the_model() {
     let rows = v["agreement"].as_array().unwrap();
     assert_eq!(rows.len(), 3);
     let expected = rank_agreement(&m, &b);
-    for (row, (bits, rho, n)) in rows.iter().zip(expected) {
-        assert_eq!(row["bits"], bits);
-        assert_eq!(row["layers"], n);
-        assert!((row["spearman"].as_f64().unwrap() - rho).abs() < 1e-12);
+    for (row, a) in rows.iter().zip(expected) {
+        assert_eq!(row["bits"], a.bits);
+        assert_eq!(row["layers"], a.layers);
+        assert_eq!(row["top10_overlap"], a.top_overlap);
+        assert!((row["spearman"].as_f64().unwrap() - a.spearman).abs() < 1e-12);
     }
     // The naive path only exists for the model scope.
     let mut c = config(&model, &calib, &root.path().join("x"), false);
@@ -495,7 +474,7 @@ fn sweep_metrics_match_numpy_on_dumped_outputs() {
         for (what, ours, theirs) in [
             ("mse", r.mse, o["mse"].as_f64().unwrap()),
             ("sqnr_db", r.sqnr_db, o["sqnr_db"].as_f64().unwrap()),
-            ("cosine", r.cosine, o["cosine"].as_f64().unwrap()),
+            ("cosine", r.cosine.unwrap(), o["cosine"].as_f64().unwrap()),
         ] {
             assert!(
                 (ours - theirs).abs() <= 1e-9 * theirs.abs().max(1e-30),

@@ -1,4 +1,5 @@
-//! `sd3lab rank-agreement`: how well proxy scopes rank layers like the reference run.
+//! `sd3lab rank-agreement`: how well proxy scopes rank layers like the reference run (Spearman's
+//! rho, and how many of its 10 most sensitive layers they find).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,13 +25,14 @@ pub fn run(args: &RankAgreementArgs) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for p in &args.proxies {
         let proxy = read_report(p)?;
-        for (bits, rho, layers) in rank_agreement(&reference, &proxy) {
+        for a in rank_agreement(&reference, &proxy) {
             rows.push(serde_json::json!({
                 "proxy": p.display().to_string(),
                 "scope": proxy.settings.metric_scope,
-                "bits": bits,
-                "spearman": if rho.is_finite() { serde_json::json!(rho) } else { serde_json::Value::Null },
-                "layers": layers,
+                "bits": a.bits,
+                "spearman": if a.spearman.is_finite() { serde_json::json!(a.spearman) } else { serde_json::Value::Null },
+                "layers": a.layers,
+                "top10_overlap": a.top_overlap,
             }));
         }
     }
@@ -45,19 +47,20 @@ pub fn run(args: &RankAgreementArgs) -> anyhow::Result<ExitCode> {
         );
     } else {
         println!(
-            "{:<40} {:<6} {:>4} {:>9} {:>7}",
-            "proxy", "scope", "bits", "spearman", "layers"
+            "{:<40} {:<10} {:>4} {:>9} {:>7} {:>6}",
+            "proxy", "scope", "bits", "spearman", "layers", "top-10"
         );
         for r in &rows {
             println!(
-                "{:<40} {:<6} {:>4} {:>9} {:>7}",
+                "{:<40} {:<10} {:>4} {:>9} {:>7} {:>6}",
                 r["proxy"].as_str().unwrap_or(""),
                 r["scope"].as_str().unwrap_or(""),
                 r["bits"],
                 r["spearman"]
                     .as_f64()
                     .map_or("n/a".into(), |v| format!("{v:.3}")),
-                r["layers"]
+                r["layers"],
+                r["top10_overlap"]
             );
         }
     }

@@ -286,7 +286,7 @@ fn silu_one(x: f32) -> f32 {
 /// Runs `f` compiled for AVX2 + FMA when the CPU has them (the formulas are inlined into it
 /// and vectorised), else as plain code.
 #[inline(always)]
-fn with_simd<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         #[target_feature(enable = "avx2,fma")]

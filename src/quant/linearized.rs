@@ -42,7 +42,7 @@ use crate::calib::{Bucket, CalibrationSet, SampleMeta};
 use crate::job::CancelToken;
 use crate::model::cpu_kernels::PlainMlx;
 use crate::model::mmdit::Mmdit;
-use crate::model::nn::{MlxResult, QuantizedWeight, to_vec_f32};
+use crate::model::nn::{MlxResult, to_vec_f32};
 use crate::model::registry::{LayerId, LinearLayer};
 use crate::rng::NumpyRandomState;
 
@@ -336,20 +336,20 @@ pub(crate) fn sweep(
         probes: probes.per_pass,
     });
     let weights = mmdit.weights_of(&ids)?;
-    let mut quantized: Vec<Vec<QuantizedWeight>> = Vec::with_capacity(weights.len());
+    let mut quantized: Vec<Vec<GroupQuant>> = Vec::with_capacity(weights.len());
     for w in &weights {
-        let mut per_bits = Vec::with_capacity(bits.len());
-        for &b in bits {
-            let q = quantize_weight(
-                w,
-                LayerQuant {
-                    bits: b,
-                    group_size: cfg.group_size,
-                },
-            )?;
-            mlx_rs::transforms::eval([&q.packed, &q.scales, &q.biases])?;
-            per_bits.push(q);
-        }
+        let per_bits = bits
+            .iter()
+            .map(|&b| {
+                GroupQuant::new(
+                    w,
+                    LayerQuant {
+                        bits: b,
+                        group_size: cfg.group_size,
+                    },
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         quantized.push(per_bits);
     }
     let dtype = mmdit.dtype();
@@ -374,7 +374,7 @@ pub(crate) fn sweep(
                 });
             }
             for (i, d) in dots.iter().enumerate() {
-                squares[i / bits.len()][i % bits.len()] += (*d as f64) * (*d as f64);
+                squares[i / bits.len()][i % bits.len()] += d * d;
             }
         }
         let kf = probes.per_pass as f64;
@@ -426,29 +426,259 @@ pub(crate) fn sweep(
     Ok(report)
 }
 
+/// A weight's affine quantization at one bit width, as MLX computes it (`mx.quantize`): per
+/// group of `group_size` consecutive inputs a scale and a bias (MLX's own, as float32);
+/// `q = clamp(round((w − bias) / scale), 0, 2^bits − 1)` and `Q(w) = q · scale + bias`.
+pub struct GroupQuant {
+    bins: f32,
+    scales: Vec<f32>,
+    biases: Vec<f32>,
+}
+
+impl GroupQuant {
+    /// MLX's scales and biases of `weight` at `q`.
+    pub fn new(weight: &Array, q: LayerQuant) -> Result<Self, SensitivityError> {
+        let packed = quantize_weight(weight, q)?;
+        Ok(Self {
+            bins: ((1u32 << q.bits) - 1) as f32,
+            scales: to_vec_f32(&packed.scales)?,
+            biases: to_vec_f32(&packed.biases)?,
+        })
+    }
+}
+
+/// Whether `a` (evaluated) is row-contiguous, and whether it is column-contiguous (a transposed
+/// view of a row-contiguous buffer, as MLX returns the gradient of `x · Wᵀ` with respect to W).
+fn layout(a: &Array) -> (bool, bool) {
+    let (mut rows, mut cols) = (false, false);
+    // SAFETY: `a` is a valid array and the flags valid out-pointers.
+    let (r, c) = unsafe {
+        (
+            mlx_sys::_mlx_array_is_row_contiguous(&mut rows, a.as_ptr()),
+            mlx_sys::_mlx_array_is_col_contiguous(&mut cols, a.as_ptr()),
+        )
+    };
+    (r == 0 && rows, c == 0 && cols)
+}
+
+/// `a` in `dtype`, evaluated and row-contiguous (copied when it is a strided view).
+fn contiguous(a: &Array, dtype: Dtype) -> MlxResult<Array> {
+    let a = a.as_dtype(dtype)?;
+    a.eval()?;
+    if layout(&a).0 {
+        return Ok(a);
+    }
+    // A reshape of a strided view copies it into a fresh row-contiguous array.
+    let flat = a.reshape(&[-1])?;
+    flat.eval()?;
+    Ok(flat)
+}
+
+/// `Σ g · (Q(w) − w)` over one quantization group, in eight lanes so that it is vectorised.
+#[inline(always)]
+fn group_error_dot<G, W>(gs: &[G], ws: &[W], q: &GroupQuant, group: usize) -> f64
+where
+    G: Copy + Into<f32>,
+    W: Copy + Into<f32>,
+{
+    let (s, b, bins) = (q.scales[group], q.biases[group], q.bins);
+    let mut lanes = [0f32; 8];
+    let add = |lane: &mut f32, gi: G, wi: W| {
+        let (gi, wi): (f32, f32) = (gi.into(), wi.into());
+        let level = ((wi - b) / s).round_ties_even().clamp(0.0, bins);
+        *lane += gi * (level * s + b - wi);
+    };
+    let (gc, wc) = (gs.chunks_exact(8), ws.chunks_exact(8));
+    let (gr, wr) = (gc.remainder(), wc.remainder());
+    for (g8, w8) in gc.zip(wc) {
+        for i in 0..8 {
+            add(&mut lanes[i], g8[i], w8[i]);
+        }
+    }
+    for (&gi, &wi) in gr.iter().zip(wr) {
+        add(&mut lanes[0], gi, wi);
+    }
+    lanes.iter().map(|&l| l as f64).sum()
+}
+
+/// Sums `work(range)` (one value per bit width) over `0..items` split between the cores.
+fn on_every_core(
+    items: usize,
+    outputs: usize,
+    small: bool,
+    work: impl Fn(std::ops::Range<usize>) -> Vec<f64> + Sync,
+) -> Vec<f64> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads == 1 || small {
+        return work(0..items);
+    }
+    let per = items.div_ceil(threads);
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let range = (t * per).min(items)..((t + 1) * per).min(items);
+                scope.spawn(move || work(range))
+            })
+            .collect();
+        let mut total = vec![0f64; outputs];
+        for h in handles {
+            // A panic in the loop is a bug: re-raise it here.
+            let part = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            for (a, p) in total.iter_mut().zip(part) {
+                *a += p;
+            }
+        }
+        total
+    })
+}
+
+/// `Σ g · (Q_b(w) − w)` over one weight for each bit width `b` in `quants`, both row-major, on
+/// every core (the weight and gradient read once for all bit widths; MLX's CPU element-wise
+/// operations run on one thread).
+fn error_dots_of<T>(g: &[T], w: &[T], quants: &[GroupQuant], group_size: usize) -> Vec<f64>
+where
+    T: Copy + Into<f32> + Sync,
+{
+    let groups = w.len() / group_size.max(1);
+    on_every_core(groups, quants.len(), w.len() < 1 << 16, |range| {
+        crate::model::cpu_kernels::with_simd(
+            #[inline(always)]
+            || {
+                let mut acc = vec![0f64; quants.len()];
+                for group in range {
+                    let span = group * group_size..(group + 1) * group_size;
+                    for (a, q) in acc.iter_mut().zip(quants) {
+                        *a += group_error_dot(&g[span.clone()], &w[span.clone()], q, group);
+                    }
+                }
+                acc
+            },
+        )
+    })
+}
+
+/// As [`error_dots_of`] for a float32 gradient stored column-major (`g[i][j]` at
+/// `gt[j · rows + i]`, the transposed view MLX's matmul gradient is) and a row-major weight
+/// `(rows, cols)`: eight rows at a time, each quantization group's gradient gathered into a
+/// small row-major buffer, instead of a copy of the whole gradient (which took MLX longer than
+/// the dot products).
+fn error_dots_columns(
+    gt: &[f32],
+    w: &[f32],
+    (rows, cols): (usize, usize),
+    quants: &[GroupQuant],
+    group_size: usize,
+) -> Vec<f64> {
+    const TILE: usize = 8;
+    let per_row = cols / group_size.max(1);
+    on_every_core(
+        rows.div_ceil(TILE),
+        quants.len(),
+        w.len() < 1 << 16,
+        |tiles| {
+            crate::model::cpu_kernels::with_simd(
+                #[inline(always)]
+                || {
+                    let mut acc = vec![0f64; quants.len()];
+                    let mut buf = vec![0f32; TILE * group_size];
+                    for tile in tiles {
+                        let i0 = tile * TILE;
+                        let n = TILE.min(rows - i0);
+                        for gc in 0..per_row {
+                            for jj in 0..group_size {
+                                let base = (gc * group_size + jj) * rows + i0;
+                                for (r, &v) in gt[base..base + n].iter().enumerate() {
+                                    buf[r * group_size + jj] = v;
+                                }
+                            }
+                            for r in 0..n {
+                                let i = i0 + r;
+                                let gs = &buf[r * group_size..(r + 1) * group_size];
+                                let ws = &w[i * cols + gc * group_size..][..group_size];
+                                for (a, q) in acc.iter_mut().zip(quants) {
+                                    *a += group_error_dot(gs, ws, q, i * per_row + gc);
+                                }
+                            }
+                        }
+                    }
+                    acc
+                },
+            )
+        },
+    )
+}
+
+/// The float32 data of an evaluated column-contiguous 2-D array, in column-major order.
+fn column_major_f32(a: &Array) -> Option<&[f32]> {
+    if a.dtype() != Dtype::Float32 || a.ndim() != 2 || !layout(a).1 || a.size() == 0 {
+        return None;
+    }
+    // SAFETY: `a` is evaluated float32, so MLX returns the start of its data (or null).
+    let ptr = unsafe { mlx_sys::mlx_array_data_float32(a.as_ptr()) };
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: a column-contiguous array's `size` elements lie densely from its data pointer
+    // (column-major), in a buffer `a` keeps alive for the returned borrow.
+    Some(unsafe { std::slice::from_raw_parts(ptr, a.size()) })
+}
+
 /// `g · (Q_b(W) − W)` for every layer (gradient `g`, weight `W`) and bit width `b`, in
-/// `[layer][bits]` order, summed in float32.
+/// `[layer][bits]` order.
 fn error_dots(
     grads: Vec<Array>,
     weights: &[Array],
-    quantized: &[Vec<QuantizedWeight>],
+    quantized: &[Vec<GroupQuant>],
     group_size: i32,
-) -> Result<Vec<f32>, SensitivityError> {
+) -> Result<Vec<f64>, SensitivityError> {
     let mut dots = Vec::new();
-    for ((g, w), qs) in grads.into_iter().zip(weights).zip(quantized) {
-        let g = g.as_dtype(Dtype::Float32)?;
-        let w = w.as_dtype(Dtype::Float32)?;
-        for q in qs {
-            let dq = mlx_rs::ops::dequantize(&q.packed, &q.scales, &q.biases, group_size, q.bits)?
-                .as_dtype(Dtype::Float32)?;
-            dots.push(g.multiply(dq.subtract(&w)?)?.sum(None)?);
+    let group_size = group_size as usize;
+    for ((g, w), quants) in grads.into_iter().zip(weights).zip(quantized) {
+        let dtype = w.dtype();
+        g.eval()?;
+        if dtype == Dtype::Float32
+            && let Some(gt) = column_major_f32(&g)
+        {
+            let w = contiguous(w, dtype)?;
+            let ws = w
+                .try_as_slice::<f32>()
+                .map_err(|e| SensitivityError::Bug(format!("reading a weight: {e}")))?;
+            let shape = (g.shape()[0] as usize, g.shape()[1] as usize);
+            dots.extend(error_dots_columns(gt, ws, shape, quants, group_size));
+            continue;
         }
+        let (g, w) = (contiguous(&g, dtype)?, contiguous(w, dtype)?);
+        let slices = |e| SensitivityError::Bug(format!("reading a gradient: {e}"));
+        let d = match dtype {
+            Dtype::Float16 => error_dots_of(
+                g.try_as_slice::<half::f16>().map_err(slices)?,
+                w.try_as_slice::<half::f16>().map_err(slices)?,
+                quants,
+                group_size,
+            ),
+            Dtype::Bfloat16 => error_dots_of(
+                g.try_as_slice::<half::bf16>().map_err(slices)?,
+                w.try_as_slice::<half::bf16>().map_err(slices)?,
+                quants,
+                group_size,
+            ),
+            _ => {
+                let (g, w) = (
+                    contiguous(&g, Dtype::Float32)?,
+                    contiguous(&w, Dtype::Float32)?,
+                );
+                error_dots_of(
+                    g.try_as_slice::<f32>().map_err(slices)?,
+                    w.try_as_slice::<f32>().map_err(slices)?,
+                    quants,
+                    group_size,
+                )
+            }
+        };
+        dots.extend(d);
     }
-    if dots.is_empty() {
-        return Ok(Vec::new());
-    }
-    // One evaluation: MLX frees each gradient once its dot products are done.
-    Ok(to_vec_f32(&mlx_rs::ops::stack(&dots, 0)?)?)
+    Ok(dots)
 }
 
 /// One layer's results from the sums: per bit width, each group the run saw.
@@ -496,6 +726,49 @@ mod tests {
         let var = a.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
         assert!(mean.abs() < 0.03, "mean {mean}");
         assert!((var - 1.0).abs() < 0.05, "variance {var}");
+    }
+
+    #[test]
+    fn the_quantization_error_is_mlx_s_and_both_gradient_layouts_agree() {
+        // 301 rows (not a multiple of the 8-row tile), enough elements for every core.
+        let (rows, cols) = (301usize, 256usize);
+        let mut rng = NumpyRandomState::new(11);
+        let wv: Vec<f32> = rng.randn(rows * cols).iter().map(|&v| v as f32).collect();
+        let gv: Vec<f32> = rng.randn(rows * cols).iter().map(|&v| v as f32).collect();
+        let w = Array::from_slice(&wv, &[rows as i32, cols as i32]);
+        let gt: Vec<f32> = (0..rows * cols)
+            .map(|k| gv[(k % rows) * cols + k / rows])
+            .collect();
+        for bits in crate::quant::SUPPORTED_BITS {
+            let lq = LayerQuant {
+                bits,
+                group_size: 64,
+            };
+            let q = GroupQuant::new(&w, lq).unwrap();
+            let mlx_error = to_vec_f32(
+                &crate::quant::fake_quantize(&w, lq)
+                    .unwrap()
+                    .subtract(&w)
+                    .unwrap(),
+            )
+            .unwrap();
+            let reference: f64 = gv
+                .iter()
+                .zip(&mlx_error)
+                .map(|(&g, &e)| g as f64 * e as f64)
+                .sum();
+            let rows_major = error_dots_of(&gv, &wv, std::slice::from_ref(&q), 64)[0];
+            let columns =
+                error_dots_columns(&gt, &wv, (rows, cols), std::slice::from_ref(&q), 64)[0];
+            assert!(
+                (rows_major - reference).abs() <= 1e-4 * reference.abs(),
+                "{bits} bits: {rows_major} vs MLX's {reference}"
+            );
+            assert!(
+                (columns - rows_major).abs() <= 1e-9 * rows_major.abs(),
+                "{bits} bits: column-major {columns} vs row-major {rows_major}"
+            );
+        }
     }
 
     #[test]

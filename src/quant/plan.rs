@@ -510,7 +510,6 @@ pub fn write_plan_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::sensitivity::Scope;
 
     /// A small deterministic pseudo-random instance.
     fn instance(seed: u64, n: usize) -> Vec<Vec<Choice>> {
@@ -690,7 +689,7 @@ mod plan_error_tests {
                 step_stride: None,
                 dtype: crate::model::config::ModelDtype::Float32,
                 samples: Vec::new(),
-                metric_scope: Scope::Layer,
+                metric_scope: crate::quant::sensitivity::Scope::Layer,
                 inputs: None,
                 probes: None,
             },

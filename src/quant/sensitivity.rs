@@ -1623,12 +1623,24 @@ fn measure_layer(
     Ok(results)
 }
 
-/// Spearman rank correlation between two sensitivity reports' layer rankings, per bit width
-/// (by SQNR of the `all` bucket over the layers both measured). `(bits, rho, layers)`.
-pub fn rank_agreement(
-    reference: &SensitivityReport,
-    proxy: &SensitivityReport,
-) -> Vec<(i32, f64, usize)> {
+/// How two sweeps rank layers at one bit width (the `all` bucket's SQNR, over the layers both
+/// measured).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Agreement {
+    pub bits: i32,
+    /// Spearman's rho of the two rankings.
+    pub spearman: f64,
+    pub layers: usize,
+    /// How many of the reference's [`TOP_LAYERS`] most sensitive layers (lowest SQNR) are
+    /// among the other's (out of `min(TOP_LAYERS, layers)`): the layers a plan keeps wide.
+    pub top_overlap: usize,
+}
+
+/// The size of the most-sensitive set [`Agreement::top_overlap`] compares.
+pub const TOP_LAYERS: usize = 10;
+
+/// The rank agreement between two sensitivity reports, per bit width both measured.
+pub fn rank_agreement(reference: &SensitivityReport, proxy: &SensitivityReport) -> Vec<Agreement> {
     let sqnr = |r: &SensitivityReport, bits: i32| -> HashMap<String, f64> {
         r.layers
             .iter()
@@ -1650,7 +1662,19 @@ pub fn rank_agreement(
         names.sort();
         let xs: Vec<f64> = names.iter().map(|n| a[*n]).collect();
         let ys: Vec<f64> = names.iter().map(|n| b[*n]).collect();
-        out.push((bits, spearman(&xs, &ys), names.len()));
+        let top = |v: &[f64]| -> Vec<usize> {
+            let mut idx: Vec<usize> = (0..v.len()).collect();
+            idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]).then(i.cmp(&j)));
+            idx.truncate(TOP_LAYERS);
+            idx
+        };
+        let (ta, tb) = (top(&xs), top(&ys));
+        out.push(Agreement {
+            bits,
+            spearman: spearman(&xs, &ys),
+            layers: names.len(),
+            top_overlap: ta.iter().filter(|i| tb.contains(i)).count(),
+        });
     }
     out
 }
@@ -1744,7 +1768,7 @@ mod tests {
         assert_eq!(rows[1].mse, 0.5);
         assert_eq!(rows[2].mse, 0.25);
         assert!((rows[2].sqnr_db - 10.0 * 6f64.log10()).abs() < 1e-12);
-        assert_eq!((rows[0].sqnr_db, rows[0].cosine), (MAX_SQNR_DB, 1.0));
+        assert_eq!((rows[0].sqnr_db, rows[0].cosine), (MAX_SQNR_DB, Some(1.0)));
         assert_eq!(rows[2].n_samples, 2);
     }
 

@@ -51,3 +51,35 @@ pub fn sd3lab_command(cache: &Path, args: &[&str]) -> Command {
         .env("HF_HUB_CACHE", cache.join("no-hub"));
     c
 }
+
+/// A tiny model (seed 5) in `root/model` and its calibration data in `root/calib`
+/// (`num_images` × `num_steps` at 64×64, float32): the model path and the folder.
+pub fn tiny_model_and_calibration(
+    root: &Path,
+    num_images: usize,
+    num_steps: usize,
+) -> (String, PathBuf) {
+    use sd3lab::calibrate::{CalibrateConfig, run_calibration};
+    let model = root.join("model");
+    sd3lab::model::source::write_model_dir(&model, &sd3lab::model::Preset::Tiny.config(None), 5)
+        .unwrap();
+    let calib = root.join("calib");
+    let cfg = CalibrateConfig {
+        model: model.display().to_string(),
+        num_images,
+        num_steps,
+        cfg_weight: 5.0,
+        calib_dir: calib.clone(),
+        prompt_csv: None,
+        seed: 0,
+        height: 64,
+        width: 64,
+        dtype: sd3lab::model::config::ModelDtype::Float32,
+        negative_prompt: String::new(),
+        overwrite: false,
+        force: false,
+        images_only: false,
+    };
+    run_calibration(&cfg, &sd3lab::job::CancelToken::new(), &mut |_| {}).unwrap();
+    (model.display().to_string(), calib)
+}

@@ -158,6 +158,8 @@ fn a_second_sensitivity_writer_is_refused_at_once_naming_the_folder_and_pid() {
         scope: Default::default(),
         batch_size: 4,
         overwrite: false,
+        probes: None,
+        probe_seed: 0,
     };
     let e = sd3lab::quant::sensitivity::run_sensitivity(
         &cfg,
@@ -482,6 +484,8 @@ fn plan_refuses_its_own_input_and_an_unfinished_sweep_unless_allowed() {
         scope: Default::default(),
         batch_size: 4,
         overwrite: false,
+        probes: None,
+        probe_seed: 0,
     };
     let report = run_sensitivity(&cfg, &cancel, &mut |e| {
         if let SensitivityEvent::LayerDone { .. } = e {
