@@ -10,7 +10,9 @@
 #      and 22 (42 layers: every layer would take hours here), linearized on every layer (16
 #      probes); Spearman over the 42 common layers, and the exact sweep's time for every layer
 #      extrapolated from its measured rate (layers of blocks 2, 12, 22 average the depth).
-# Usage: scripts/bench-sensitivity-linearized.sh   (tables on stdout; PARTS="1 2" to choose)
+#   3. as 2 with 4 records (2 images × 2 steps) and the default probes (4 per record, 16 passes):
+#      the exact sweep's cost grows with the records, the linearized one's with the passes.
+# Usage: scripts/bench-sensitivity-linearized.sh   (tables on stdout; PARTS="1 2 3" to choose)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release/sd3lab
@@ -31,7 +33,7 @@ calib() { # model, folder, images, steps
   [ -f "$2/manifest.json" ] || "$bin" calibrate --model "$1" --num-images "$3" --num-steps "$4" \
     --height 128 --width 128 --calib-dir "$2" --prompt-csv /nonexistent.csv >/dev/null 2>&1
 }
-parts=${PARTS:-1 2}
+parts=${PARTS:-1 2 3}
 if [[ " $parts " == *" 1 "* ]]; then
   m=target/bench-model/medium-d4
   [ -f "$m/sd3_medium.safetensors" ] || "$bin" model synth --preset medium-shaped --depth 4 --seed 0 --output "$m"
@@ -53,6 +55,14 @@ if [[ " $parts " == *" 2 "* ]]; then
   timed full-exact "${common[@]}" --scope model --layers 'blocks\.(2|12|22)\.' --output-dir "$out/full-exact"
   timed full-linearized "${common[@]}" --scope linearized --probes 16 --output-dir "$out/full-linearized"
   "$bin" rank-agreement --json "$out/full-exact/sensitivity.json" "$out/full-linearized/sensitivity.json" >"$out/full-agreement.json"
+fi
+if [[ " $parts " == *" 3 "* ]]; then
+  m=target/bench-model/sd3-medium
+  calib "$m" "$out/calib-full4" 2 2
+  common=(sensitivity --model "$m" --calib-dir "$out/calib-full4" --bits 2,4 --dtype float32)
+  timed full4-exact "${common[@]}" --scope model --layers 'blocks\.(2|12|22)\.' --output-dir "$out/full4-exact"
+  timed full4-linearized "${common[@]}" --scope linearized --output-dir "$out/full4-linearized"
+  "$bin" rank-agreement --json "$out/full4-exact/sensitivity.json" "$out/full4-linearized/sensitivity.json" >"$out/full4-agreement.json"
 fi
 python3 - "$out" "$parts" <<'PY'
 import json, os, sys
@@ -110,5 +120,22 @@ if "2" in parts:
     print("\n| bits | Spearman (42 common layers) | top-10 overlap |")
     print("|---|---|---|")
     for b, a in sorted(agreement("full").items()):
+        print(f"| {b} | **{a['spearman']:.3f}** | {a['top10_overlap']}/10 |")
+if "3" in parts:
+    ex, li = report("full4-exact"), report("full4-linearized")
+    n_ex = len([l for l in ex["layers"] if l["results"]])
+    n_li = len([l for l in li["layers"] if l["results"]])
+    rate = sweep_s("full4-exact") / n_ex
+    k = li["settings"]["probes"]["per_pass"]
+    print(f"\n3. full-depth synthetic SD3-medium, 128², {len(li['settings']['samples'])} records, bits 2,4; linearized {k} probes per record (default)")
+    print("\n| sweep | layers | whole command (s) | sweep alone (s) |")
+    print("|---|---|---|---|")
+    print(f"| exact (blocks 2, 12, 22) | {n_ex} | {t['full4-exact']:.1f} | {sweep_s('full4-exact'):.1f} |")
+    print(f"| exact, every layer (extrapolated: {rate:.1f} s per layer) | {n_li} | | {rate * n_li:.0f} |")
+    print(f"| linearized, every layer | {n_li} | {t['full4-linearized']:.1f} | {sweep_s('full4-linearized'):.1f} |")
+    print(f"| **time ratio, every layer** | | | **{rate * n_li / sweep_s('full4-linearized'):.1f}×** |")
+    print("\n| bits | Spearman (42 common layers) | top-10 overlap |")
+    print("|---|---|---|")
+    for b, a in sorted(agreement("full4").items()):
         print(f"| {b} | **{a['spearman']:.3f}** | {a['top10_overlap']}/10 |")
 PY

@@ -366,13 +366,45 @@ fn it_ranks_layers_like_the_exact_model_scope() {
 }
 
 #[test]
-fn plan_validate_measures_a_plan_built_from_a_linearized_report() {
+fn plan_refines_with_exact_measurements_and_validates_a_linearized_plan() {
     let root = tempfile::tempdir().unwrap();
     let (model, calib) = common::tiny_model_and_calibration(root.path(), 2, 2);
     let mut cfg = config(&model, &calib, &root.path().join("lin"));
     cfg.max_images = Some(1);
     cfg.bits = vec![2, 4, 8];
-    run_sensitivity(&cfg, &CancelToken::new(), &mut |_| {}).unwrap();
+    let lin = run_sensitivity(&cfg, &CancelToken::new(), &mut |_| {}).unwrap();
+    // The exact sweep of two layers, same data and settings, refines the estimates.
+    let two = r"^(final_layer\.linear|multimodal_transformer_blocks\.0\.image_transformer_block\.mlp\.fc2)$";
+    let mut exact_cfg = config(&model, &calib, &root.path().join("exact"));
+    exact_cfg.scope = Scope::Model;
+    exact_cfg.max_images = Some(1);
+    exact_cfg.layers = Some(two.into());
+    let exact = run_sensitivity(&exact_cfg, &CancelToken::new(), &mut |_| {}).unwrap();
+    let mut refined = lin.clone();
+    assert_eq!(
+        sd3lab::quant::linearized::refine(&mut refined, &exact).unwrap(),
+        2
+    );
+    for l in &refined.layers {
+        let want = match exact.layers.iter().find(|e| e.name == l.name) {
+            Some(e) => &e.results,
+            None => {
+                &lin.layers
+                    .iter()
+                    .find(|e| e.name == l.name)
+                    .unwrap()
+                    .results
+            }
+        };
+        assert_eq!(&l.results, want, "{}", l.name);
+    }
+    // Another run (other bit widths) is refused, saying why.
+    let mut other_cfg = exact_cfg.clone();
+    other_cfg.bits = vec![2, 4];
+    other_cfg.output_dir = root.path().join("other");
+    let other = run_sensitivity(&other_cfg, &CancelToken::new(), &mut |_| {}).unwrap();
+    let e = sd3lab::quant::linearized::refine(&mut lin.clone(), &other).unwrap_err();
+    assert!(e.to_string().contains("bits"), "{e}");
     let plan = root.path().join("plan.json");
     let out = common::sd3lab_command(
         root.path(),
@@ -380,6 +412,8 @@ fn plan_validate_measures_a_plan_built_from_a_linearized_report() {
             "plan",
             "--sensitivity",
             root.path().join("lin/sensitivity.json").to_str().unwrap(),
+            "--refine",
+            root.path().join("exact/sensitivity.json").to_str().unwrap(),
             "--target-bits",
             "4",
             "--validate",
@@ -389,6 +423,68 @@ fn plan_validate_measures_a_plan_built_from_a_linearized_report() {
     )
     .output()
     .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 layers' estimates replaced"));
+
+    // The CLI's sweep says how to measure its 10 most sensitive layers exactly, and the
+    // pattern it prints selects them.
+    let cli = common::sd3lab_command(
+        root.path(),
+        &[
+            "sensitivity",
+            "--model",
+            &model,
+            "--calib-dir",
+            calib.to_str().unwrap(),
+            "--max-images",
+            "1",
+            "--bits",
+            "2,4,8",
+            "--dtype",
+            "float32",
+            "--scope",
+            "linearized",
+            "--output-dir",
+            root.path().join("cli").to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let said = String::from_utf8_lossy(&cli.stdout);
+    assert!(cli.status.success(), "{said}");
+    let pattern = said
+        .split("--layers '")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .unwrap_or_else(|| panic!("no --layers suggestion in {said}"));
+    let top = sd3lab::quant::sensitivity::most_sensitive(&lin, 2, 10);
+    assert_eq!(top.len(), 10);
+    let re = regex::Regex::new(pattern).unwrap();
+    let selected: Vec<String> = lin
+        .layers
+        .iter()
+        .filter(|l| re.is_match(&l.name))
+        .map(|l| l.name.clone())
+        .collect();
+    let mut expected = top.clone();
+    expected.sort_by_key(|n| lin.layers.iter().position(|l| &l.name == n));
+    assert_eq!(selected, expected);
+    // The most sensitive layer has the lowest SQNR of all at 2 bits.
+    assert!(
+        lin.layers
+            .iter()
+            .filter(|l| !l.results.is_empty())
+            .all(|l| {
+                let first = lin.layers.iter().find(|x| x.name == top[0]).unwrap();
+                let at = |x: &sd3lab::quant::sensitivity::LayerResult| {
+                    x.results
+                        .iter()
+                        .find(|r| r.bits == 2 && r.bucket == Bucket::All)
+                        .unwrap()
+                        .sqnr_db
+                };
+                at(first) <= at(l)
+            })
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

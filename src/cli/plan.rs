@@ -35,6 +35,11 @@ pub struct PlanArgs {
     /// At most this many held-out samples for --validate.
     #[arg(long)]
     validate_samples: Option<usize>,
+    /// An exact `--scope model` sweep of some layers, over the same data and settings as a
+    /// `--scope linearized` --sensitivity report: its measurements replace those layers'
+    /// estimates before planning.
+    #[arg(long)]
+    refine: Option<PathBuf>,
     /// Plan from a sweep that did not finish (cancelled, killed or failed): its unmeasured
     /// layers stay float. Without it such a sweep is refused, naming the missing layers.
     #[arg(long)]
@@ -57,8 +62,22 @@ pub fn run(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     let pareto = sd3lab::quant::plan::pareto_file_beside(&args.output);
     sd3lab::quant::plan::check_plan_outputs(&args.sensitivity, &args.output, &pareto)
         .map_err(|e| anyhow::anyhow!("--output: {e}"))?;
-    let report =
+    let mut report =
         sd3lab::quant::sensitivity::read_report(&args.sensitivity).map_err(sensitivity_error)?;
+    if let Some(exact_path) = &args.refine {
+        sd3lab::quant::plan::check_plan_outputs(exact_path, &args.output, &pareto)
+            .map_err(|e| anyhow::anyhow!("--output: {e}"))?;
+        let exact =
+            sd3lab::quant::sensitivity::read_report(exact_path).map_err(sensitivity_error)?;
+        let n = sd3lab::quant::linearized::refine(&mut report, &exact).map_err(|e| {
+            anyhow::anyhow!(
+                "--refine {} into {}: {e}",
+                exact_path.display(),
+                args.sensitivity.display()
+            )
+        })?;
+        eprintln!("{n} layers' estimates replaced by the exact sweep's measurements");
+    }
     if let Err(e) = sd3lab::quant::plan::require_complete(&report) {
         if !args.allow_incomplete {
             anyhow::bail!(

@@ -168,6 +168,24 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
         args.output_dir.join(REPORT_JSON).display(),
         args.output_dir.join(REPORT_CSV).display()
     );
+    // The workflow's next step: the exact sweep on the layers that decide a plan.
+    if report.settings.metric_scope == Scope::Linearized
+        && report.pending.is_empty()
+        && let Some(bits) = report.lowest_bits()
+    {
+        let top = sd3lab::quant::sensitivity::most_sensitive(
+            &report,
+            bits,
+            sd3lab::quant::sensitivity::TOP_LAYERS,
+        );
+        if !top.is_empty() {
+            println!(
+                "to measure the {} most sensitive layers at {bits} bits exactly (then `plan --refine`), rerun with --scope model --output-dir OTHER --layers '{}'",
+                top.len(),
+                sd3lab::quant::sensitivity::layers_pattern(&top)
+            );
+        }
+    }
     Ok(if cancel.is_cancelled() {
         ExitCode::from(130)
     } else {

@@ -47,7 +47,7 @@ use crate::model::registry::{LayerId, LinearLayer};
 use crate::rng::NumpyRandomState;
 
 use super::sensitivity::{
-    BucketResult, LayerResult, MAX_SQNR_DB, RunSettings, SampleBatch, SensitivityConfig,
+    BucketResult, LayerResult, MAX_SQNR_DB, RunSettings, SampleBatch, Scope, SensitivityConfig,
     SensitivityError, SensitivityEvent, SensitivityReport, load_batches, settings_differences,
     write_report,
 };
@@ -356,7 +356,9 @@ pub(crate) fn sweep(
     for (bi, b) in batches.iter().enumerate().skip(state.batches_done) {
         let t = Instant::now();
         let mut squares = vec![vec![0f64; bits.len()]; ids.len()];
-        for k in 0..probes.per_pass {
+        // Nothing to differentiate when every selected layer stays float.
+        let passes = if ids.is_empty() { 0 } else { probes.per_pass };
+        for k in 0..passes {
             if cancel.is_cancelled() {
                 return Ok(report); // the state holds every finished batch
             }
@@ -679,6 +681,50 @@ fn error_dots(
         dots.extend(d);
     }
     Ok(dots)
+}
+
+/// Replaces the estimates of the layers an exact `model` sweep of the same run measured with
+/// its measurements (the workflow: rank every layer with the linearized sweep, measure exactly
+/// the few that decide the plan, plan from both). Both estimate the same quantity, the model
+/// output's MSE, so the merged report plans and predicts as one. Returns how many layers were
+/// replaced.
+pub fn refine(
+    report: &mut SensitivityReport,
+    exact: &SensitivityReport,
+) -> Result<usize, SensitivityError> {
+    let refuse = |reason: String| Err(SensitivityError::CannotRefine(reason));
+    if report.settings.metric_scope != Scope::Linearized {
+        return refuse(format!(
+            "the report to refine is a {} sweep, not a linearized one",
+            report.settings.metric_scope
+        ));
+    }
+    if exact.settings.metric_scope != Scope::Model {
+        return refuse(format!(
+            "the refining report is a {} sweep, not an exact model one",
+            exact.settings.metric_scope
+        ));
+    }
+    let comparable = RunSettings {
+        metric_scope: report.settings.metric_scope,
+        probes: report.settings.probes.clone(),
+        ..exact.settings.clone()
+    };
+    let d = settings_differences(&report.settings, &comparable);
+    if !d.is_empty() {
+        return refuse(format!(
+            "the two sweeps are not over the same model, data and settings ({})",
+            d.join("; ")
+        ));
+    }
+    let mut replaced = 0;
+    for measured in exact.layers.iter().filter(|l| !l.results.is_empty()) {
+        if let Some(l) = report.layers.iter_mut().find(|l| l.name == measured.name) {
+            l.results = measured.results.clone();
+            replaced += 1;
+        }
+    }
+    Ok(replaced)
 }
 
 /// One layer's results from the sums: per bit width, each group the run saw.

@@ -431,6 +431,9 @@ pub enum SensitivityError {
         max = super::linearized::MAX_PROBES
     )]
     ProbesOutOfRange(usize),
+    /// Refining a linearized report with an exact one (see `linearized::refine`).
+    #[error("cannot refine: {0}")]
+    CannotRefine(String),
     #[error("layer pattern {pattern:?}: {source}")]
     BadLayerPattern {
         pattern: String,
@@ -1634,6 +1637,32 @@ pub struct Agreement {
     /// How many of the reference's [`TOP_LAYERS`] most sensitive layers (lowest SQNR) are
     /// among the other's (out of `min(TOP_LAYERS, layers)`): the layers a plan keeps wide.
     pub top_overlap: usize,
+}
+
+/// The `n` layers with the lowest `all`-bucket SQNR at `bits`, most sensitive first (ties by
+/// name).
+pub fn most_sensitive(report: &SensitivityReport, bits: i32, n: usize) -> Vec<String> {
+    let mut rows: Vec<(&str, f64)> = report
+        .layers
+        .iter()
+        .filter_map(|l| {
+            l.results
+                .iter()
+                .find(|r| r.bits == bits && r.bucket == Bucket::All)
+                .map(|r| (l.name.as_str(), r.sqnr_db))
+        })
+        .collect();
+    rows.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(b.0)));
+    rows.into_iter()
+        .take(n)
+        .map(|(name, _)| name.to_owned())
+        .collect()
+}
+
+/// A `--layers` pattern that selects exactly `names`.
+pub fn layers_pattern(names: &[String]) -> String {
+    let alternatives: Vec<String> = names.iter().map(|n| regex::escape(n)).collect();
+    format!("^({})$", alternatives.join("|"))
 }
 
 /// The size of the most-sensitive set [`Agreement::top_overlap`] compares.
