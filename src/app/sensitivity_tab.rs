@@ -941,17 +941,42 @@ impl SensitivityTab {
                     "most sensitive layers at {} bits ({})",
                     o.plot_bits, o.bucket
                 ));
+                // Estimates (linearized sweeps) carry a standard error.
+                let stderr = |name: &str| {
+                    report
+                        .layers
+                        .iter()
+                        .find(|l| l.name == name)
+                        .and_then(|l| {
+                            l.results
+                                .iter()
+                                .find(|r| r.bits == o.plot_bits && r.bucket == o.bucket)
+                        })
+                        .and_then(|r| o.metric.stderr_of(r))
+                };
+                let estimated = ranked
+                    .iter()
+                    .take(RANKING_ROWS)
+                    .any(|(name, _)| stderr(name).is_some());
                 egui::Grid::new("ranking").striped(true).show(ui, |ui| {
                     ui.label("#");
                     ui.label("layer");
                     ui.label(o.metric.label())
                         .on_hover_text(metric_tip(o.metric));
+                    if estimated {
+                        ui.label("±").on_hover_text(
+                            "the estimate's standard error (linearized sweep): layers closer than this are ordered by chance",
+                        );
+                    }
                     ui.label("plot");
                     ui.end_row();
                     for (i, (name, v)) in ranked.iter().take(RANKING_ROWS).enumerate() {
                         ui.label((i + 1).to_string());
                         let label = ui.label(name);
                         ui.label(format!("{v:.4}"));
+                        if estimated {
+                            ui.label(stderr(name).map_or(String::new(), |e| format!("{e:.2}")));
+                        }
                         let mut on = o.pinned.contains(name);
                         if ui
                             .checkbox(&mut on, "")

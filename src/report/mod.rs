@@ -948,6 +948,16 @@ impl Metric {
         }
     }
 
+    /// The standard error of an estimated result in this metric's units (`linearized`
+    /// reports): the MSE's own, or for SQNR its first-order image, 10/ln 10 · σ/MSE dB.
+    pub fn stderr_of(self, r: &crate::quant::sensitivity::BucketResult) -> Option<f64> {
+        let se = r.mse_stderr?;
+        match self {
+            Self::Mse => Some(se),
+            Self::Sqnr => (r.mse > 0.0).then(|| 10.0 / std::f64::consts::LN_10 * se / r.mse),
+        }
+    }
+
     /// Orders "more sensitive first".
     fn worse_first(self, a: f64, b: f64) -> std::cmp::Ordering {
         match self {
