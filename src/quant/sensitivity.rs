@@ -1639,10 +1639,9 @@ pub struct Agreement {
     pub top_overlap: usize,
 }
 
-/// The `n` layers with the lowest `all`-bucket SQNR at `bits`, most sensitive first (ties by
-/// name).
-pub fn most_sensitive(report: &SensitivityReport, bits: i32, n: usize) -> Vec<String> {
-    let mut rows: Vec<(&str, f64)> = report
+/// Each layer's `all`-bucket SQNR at `bits` (layers without that result left out).
+fn all_bucket_sqnr(report: &SensitivityReport, bits: i32) -> Vec<(&str, f64)> {
+    report
         .layers
         .iter()
         .filter_map(|l| {
@@ -1651,7 +1650,13 @@ pub fn most_sensitive(report: &SensitivityReport, bits: i32, n: usize) -> Vec<St
                 .find(|r| r.bits == bits && r.bucket == Bucket::All)
                 .map(|r| (l.name.as_str(), r.sqnr_db))
         })
-        .collect();
+        .collect()
+}
+
+/// The `n` layers with the lowest `all`-bucket SQNR at `bits`, most sensitive first (ties by
+/// name).
+pub fn most_sensitive(report: &SensitivityReport, bits: i32, n: usize) -> Vec<String> {
+    let mut rows = all_bucket_sqnr(report, bits);
     rows.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(b.0)));
     rows.into_iter()
         .take(n)
@@ -1671,14 +1676,9 @@ pub const TOP_LAYERS: usize = 10;
 /// The rank agreement between two sensitivity reports, per bit width both measured.
 pub fn rank_agreement(reference: &SensitivityReport, proxy: &SensitivityReport) -> Vec<Agreement> {
     let sqnr = |r: &SensitivityReport, bits: i32| -> HashMap<String, f64> {
-        r.layers
-            .iter()
-            .filter_map(|l| {
-                l.results
-                    .iter()
-                    .find(|x| x.bits == bits && x.bucket == Bucket::All)
-                    .map(|x| (l.name.clone(), x.sqnr_db))
-            })
+        all_bucket_sqnr(r, bits)
+            .into_iter()
+            .map(|(name, v)| (name.to_owned(), v))
             .collect()
     };
     let mut out = Vec::new();
