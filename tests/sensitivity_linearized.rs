@@ -316,6 +316,36 @@ fn it_ranks_layers_like_the_exact_model_scope() {
         assert!(a.spearman >= 0.85, "{a:?}");
         assert!(a.top_overlap >= 7, "{a:?}");
     }
+    // Batches of 2 records (one step bucket each): every bucket's rows, whose records add up
+    // to `all`'s, and a ranking that still agrees.
+    let mut batched = config(&model, &calib, &root.path().join("batched"));
+    batched.bits = vec![2, 4];
+    batched.batch_size = 2;
+    let batched = run_sensitivity(&batched, &CancelToken::new(), &mut |_| {}).unwrap();
+    let rows = &batched
+        .layers
+        .iter()
+        .find(|l| !l.results.is_empty())
+        .unwrap()
+        .results;
+    let n = |b: Bucket| {
+        rows.iter()
+            .find(|r| r.bits == 2 && r.bucket == b)
+            .map(|r| r.n_samples)
+            .unwrap()
+    };
+    assert_eq!(
+        (
+            n(Bucket::Early),
+            n(Bucket::Mid),
+            n(Bucket::Late),
+            n(Bucket::All)
+        ),
+        (2, 2, 2, 6)
+    );
+    for a in rank_agreement(&exact, &batched) {
+        assert!(a.spearman >= 0.8, "batch size 2: {a:?}");
+    }
     // Estimates carry their standard error and no cosine; measured results the reverse.
     let row = &lin
         .layers
@@ -589,6 +619,30 @@ fn a_cancelled_run_resumes_to_the_same_file_and_other_settings_are_refused() {
         std::fs::read(dir.join("sensitivity.json")).unwrap(),
         std::fs::read(whole_dir.join("sensitivity.json")).unwrap()
     );
+
+    // A finished run asked for layers it did not estimate is refused, not silently kept.
+    let mut wider = cfg.clone();
+    wider.layers = None;
+    let mut narrower = cfg.clone();
+    narrower.layers = Some("^final_layer".into());
+    let narrow_dir = root.path().join("narrow");
+    narrower.output_dir = narrow_dir.clone();
+    run_sensitivity(&narrower, &CancelToken::new(), &mut |_| {}).unwrap();
+    wider.output_dir = narrow_dir;
+    match run_sensitivity(&wider, &CancelToken::new(), &mut |_| {}) {
+        Err(SensitivityError::SettingsDiffer { differences, .. }) => {
+            assert!(differences.contains("layers"), "{differences}")
+        }
+        r => panic!("{r:?}"),
+    }
+    // Probes with another scope are refused.
+    let mut exact = cfg.clone();
+    exact.scope = Scope::Model;
+    exact.probes = Some(4);
+    assert!(matches!(
+        run_sensitivity(&exact, &CancelToken::new(), &mut |_| {}),
+        Err(SensitivityError::ProbesNeedLinearized(Scope::Model))
+    ));
 
     // Probes out of range are refused before any work.
     let mut bad = cfg.clone();

@@ -256,8 +256,7 @@ pub fn sweep_config(o: &Options) -> SensitivityConfig {
         use_cache: true,
         dtype: ModelDtype::default_for_backend(),
         scope: o.scope,
-        // A linearized pass over one record has the least noise for the work on a CPU.
-        batch_size: if o.scope == Scope::Linearized { 1 } else { 4 },
+        batch_size: o.scope.default_batch_size(),
         overwrite: false,
         probes: None,
         probe_seed: 0,
@@ -975,7 +974,10 @@ impl SensitivityTab {
                         let label = ui.label(name);
                         ui.label(format!("{v:.4}"));
                         if estimated {
-                            ui.label(stderr(name).map_or(String::new(), |e| format!("{e:.2}")));
+                            ui.label(stderr(name).map_or(String::new(), |e| match o.metric {
+                                Metric::Mse => format!("{e:.2e}"),
+                                Metric::Sqnr => format!("{e:.2}"),
+                            }));
                         }
                         let mut on = o.pinned.contains(name);
                         if ui

@@ -75,14 +75,9 @@ impl SensitivityArgs {
             use_cache: !self.no_cache,
             dtype: self.dtype.unwrap_or_else(ModelDtype::default_for_backend),
             scope: self.scope,
-            batch_size: self.batch_size.map_or(
-                if self.scope == Scope::Linearized {
-                    1
-                } else {
-                    4
-                },
-                |b| b as usize,
-            ),
+            batch_size: self
+                .batch_size
+                .map_or(self.scope.default_batch_size(), |b| b as usize),
             overwrite: self.overwrite,
             probes: self.probes.map(|k| k as usize),
             probe_seed: self.probe_seed,
@@ -180,7 +175,7 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
         );
         if !top.is_empty() {
             println!(
-                "to measure the {} most sensitive layers at {bits} bits exactly (then `plan --refine`), rerun with --scope model --output-dir OTHER --layers '{}'",
+                "to measure the {} most sensitive layers (at {bits} bits) exactly, then `plan --refine`: rerun with the same flags but --scope model --output-dir OTHER --layers '{}'",
                 top.len(),
                 sd3lab::quant::sensitivity::layers_pattern(&top)
             );
@@ -196,6 +191,9 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
 /// A sensitivity error in the CLI's terms: the flags that change what the library refused.
 pub(super) fn sensitivity_error(e: SensitivityError) -> anyhow::Error {
     match e {
+        SensitivityError::ProbesNeedLinearized(scope) => anyhow::anyhow!(
+            "--probes and --probe-seed are for --scope linearized, not --scope {scope}"
+        ),
         SensitivityError::NaiveNeedsModelScope(scope) => anyhow::anyhow!(
             "the naive path (--no-cache) is the oracle of --scope model only, not of --scope {scope}"
         ),

@@ -23,8 +23,8 @@
 //!
 //! Memory: a backward pass holds the activations of one batch's forward (the graph MLX builds),
 //! one gradient per measured layer (the measured weights' size, in the model's dtype) and,
-//! for the whole run, each layer's MLX-packed weight at every bit width (bits/16 of a float16
-//! weight each, plus scales and biases).
+//! for the whole run, each layer's per-group scales and biases at every bit width (float32; two
+//! sets for a float16 or bfloat16 model, see [`GroupQuant`]).
 //!
 //! Resume: after every batch the running sums are saved in [`STATE_FILE`] (atomically);
 //! a rerun with the same settings continues after the last saved batch, and its
@@ -47,7 +47,7 @@ use crate::model::registry::{LayerId, LinearLayer};
 use crate::rng::NumpyRandomState;
 
 use super::sensitivity::{
-    BucketResult, LayerResult, MAX_SQNR_DB, RunSettings, SampleBatch, Scope, SensitivityConfig,
+    BucketResult, LayerResult, RunSettings, SampleBatch, Scope, SensitivityConfig,
     SensitivityError, SensitivityEvent, SensitivityReport, load_batches, settings_differences,
     write_report,
 };
@@ -288,7 +288,25 @@ pub(crate) fn sweep(
             SensitivityError::Bug("a linearized run without probe settings".into())
         })?;
     if report.pending.is_empty() && !report.layers.is_empty() {
-        return Ok(report); // finished earlier
+        // Finished earlier: the same run, unless this selection has layers it did not
+        // estimate (a linearized run cannot add layers without probing again).
+        let missing: Vec<&str> = layers
+            .iter()
+            .filter(|l| !report.layers.iter().any(|r| r.name == l.name))
+            .map(|l| l.name.as_str())
+            .collect();
+        if let Some(first) = missing.first() {
+            return Err(SensitivityError::SettingsDiffer {
+                dir: cfg.output_dir.clone(),
+                differences: format!(
+                    "layers: the finished linearized run estimated {} layers, not the {} more this selection has (first {first})",
+                    report.layers.len(),
+                    missing.len()
+                ),
+            });
+        }
+        remove_state(&cfg.output_dir)?;
+        return Ok(report);
     }
     // Layers whose input is not a multiple of the group size stay float: nothing to measure.
     let measured: Vec<&LinearLayer> = layers
@@ -369,10 +387,10 @@ pub(crate) fn sweep(
             let grads = output_gradients(mmdit, &ids, &weights, DenoiserInputs::of(b), &v)?;
             let dots = error_dots(grads, &weights, &quantized, cfg.group_size)?;
             if let Some(i) = dots.iter().position(|d| !d.is_finite()) {
-                return Err(SensitivityError::NonFiniteOutput {
+                return Err(SensitivityError::NonFiniteGradient {
                     layer: names[i / bits.len()].clone(),
                     bits: bits[i % bits.len()],
-                    path: b.paths[0].clone(),
+                    paths: b.paths.clone(),
                 });
             }
             for (i, d) in dots.iter().enumerate() {
@@ -387,7 +405,9 @@ pub(crate) fn sweep(
                 for g in [bucket, Bucket::All] {
                     let s = state.sums[li][bj].entry(g).or_default();
                     s.err += mean;
-                    s.var += 2.0 * mean * mean / kf;
+                    // Var[(v·a)²] = 2‖a‖⁴ for Gaussian v and E[mean²] = ‖a‖⁴(1 + 2/K):
+                    // 2·mean²/(K + 2) estimates the mean's variance 2‖a‖⁴/K without bias.
+                    s.var += 2.0 * mean * mean / (kf + 2.0);
                 }
             }
         }
@@ -431,20 +451,46 @@ pub(crate) fn sweep(
 /// A weight's affine quantization at one bit width, as MLX computes it (`mx.quantize`): per
 /// group of `group_size` consecutive inputs a scale and a bias (MLX's own, as float32);
 /// `q = clamp(round((w − bias) / scale), 0, 2^bits − 1)` and `Q(w) = q · scale + bias`.
+///
+/// MLX picks the levels with the float32 scale and bias it computes, then stores them in the
+/// weight's dtype and dequantizes with the stored ones in that dtype's arithmetic: for a float16
+/// or bfloat16 weight the levels come from the float32 values (MLX's scales of the weight cast
+/// to float32, which it represents exactly) and `Q(w)` from the rounded ones, rounded as MLX
+/// rounds (checked against MLX in the tests below).
 pub struct GroupQuant {
     bins: f32,
-    scales: Vec<f32>,
-    biases: Vec<f32>,
+    /// The scales and biases the levels are chosen with.
+    select: (Vec<f32>, Vec<f32>),
+    /// The scales and biases `Q(w)` is computed with (the same for a float32 weight).
+    dequantize: (Vec<f32>, Vec<f32>),
+    /// Rounds to the weight's dtype: MLX dequantizes a float16 or bfloat16 weight in that
+    /// dtype's arithmetic (`q · scale` rounded, then `+ bias` rounded).
+    round: fn(f32) -> f32,
 }
 
 impl GroupQuant {
     /// MLX's scales and biases of `weight` at `q`.
     pub fn new(weight: &Array, q: LayerQuant) -> Result<Self, SensitivityError> {
-        let packed = quantize_weight(weight, q)?;
+        let read = |w: &Array| -> Result<(Vec<f32>, Vec<f32>), SensitivityError> {
+            let packed = quantize_weight(w, q)?;
+            Ok((to_vec_f32(&packed.scales)?, to_vec_f32(&packed.biases)?))
+        };
+        let dequantize = read(weight)?;
+        let select = if weight.dtype() == Dtype::Float32 {
+            dequantize.clone()
+        } else {
+            read(&weight.as_dtype(Dtype::Float32)?)?
+        };
+        let round: fn(f32) -> f32 = match weight.dtype() {
+            Dtype::Float16 => |x| half::f16::from_f32(x).to_f32(),
+            Dtype::Bfloat16 => |x| half::bf16::from_f32(x).to_f32(),
+            _ => |x| x,
+        };
         Ok(Self {
             bins: ((1u32 << q.bits) - 1) as f32,
-            scales: to_vec_f32(&packed.scales)?,
-            biases: to_vec_f32(&packed.biases)?,
+            select,
+            dequantize,
+            round,
         })
     }
 }
@@ -470,10 +516,9 @@ fn contiguous(a: &Array, dtype: Dtype) -> MlxResult<Array> {
     if layout(&a).0 {
         return Ok(a);
     }
-    // A reshape of a strided view copies it into a fresh row-contiguous array.
-    let flat = a.reshape(&[-1])?;
-    flat.eval()?;
-    Ok(flat)
+    let copy = a.contiguous()?;
+    copy.eval()?;
+    Ok(copy)
 }
 
 /// `Σ g · (Q(w) − w)` over one quantization group, in eight lanes so that it is vectorised.
@@ -483,12 +528,14 @@ where
     G: Copy + Into<f32>,
     W: Copy + Into<f32>,
 {
-    let (s, b, bins) = (q.scales[group], q.biases[group], q.bins);
+    let (s, b, bins) = (q.select.0[group], q.select.1[group], q.bins);
+    let (ds, db) = (q.dequantize.0[group], q.dequantize.1[group]);
     let mut lanes = [0f32; 8];
     let add = |lane: &mut f32, gi: G, wi: W| {
         let (gi, wi): (f32, f32) = (gi.into(), wi.into());
         let level = ((wi - b) / s).round_ties_even().clamp(0.0, bins);
-        *lane += gi * (level * s + b - wi);
+        // In the weight's dtype, as MLX computes it: the product rounded, then the sum.
+        *lane += gi * ((q.round)((q.round)(level * ds) + db) - wi);
     };
     let (gc, wc) = (gs.chunks_exact(8), ws.chunks_exact(8));
     let (gr, wr) = (gc.remainder(), wc.remainder());
@@ -611,9 +658,12 @@ fn error_dots_columns(
     )
 }
 
-/// The float32 data of an evaluated column-contiguous 2-D array, in column-major order.
+/// The float32 data of a column-contiguous 2-D array (evaluated here), in column-major order.
 fn column_major_f32(a: &Array) -> Option<&[f32]> {
-    if a.dtype() != Dtype::Float32 || a.ndim() != 2 || !layout(a).1 || a.size() == 0 {
+    if a.dtype() != Dtype::Float32 || a.ndim() != 2 || a.eval().is_err() {
+        return None;
+    }
+    if !layout(a).1 || a.size() == 0 {
         return None;
     }
     // SAFETY: `a` is evaluated float32, so MLX returns the start of its data (or null).
@@ -736,11 +786,7 @@ fn results(state: &State, li: usize, bits: &[i32], group_size: i32) -> Vec<Bucke
                 continue;
             };
             let n = t.elements.max(1) as f64;
-            let sqnr_db = if s.err > 0.0 {
-                (10.0 * (t.energy / s.err).log10()).min(MAX_SQNR_DB)
-            } else {
-                MAX_SQNR_DB
-            };
+            let sqnr_db = super::sensitivity::sqnr_db(t.energy, s.err);
             out.push(BucketResult {
                 bits: b,
                 group_size,
@@ -813,6 +859,40 @@ mod tests {
             assert!(
                 (columns - rows_major).abs() <= 1e-9 * rows_major.abs(),
                 "{bits} bits: column-major {columns} vs row-major {rows_major}"
+            );
+        }
+        // Half-precision weights: MLX chooses the levels with float32 scales and dequantizes
+        // with the stored (rounded) ones; the dot products follow it.
+        for (dtype, bits) in [
+            (Dtype::Float16, 8),
+            (Dtype::Bfloat16, 8),
+            (Dtype::Bfloat16, 4),
+        ] {
+            let lq = LayerQuant {
+                bits,
+                group_size: 64,
+            };
+            let w = w.as_dtype(dtype).unwrap();
+            let q = GroupQuant::new(&w, lq).unwrap();
+            let mlx_error = to_vec_f32(
+                &crate::quant::fake_quantize(&w, lq)
+                    .unwrap()
+                    .as_dtype(Dtype::Float32)
+                    .unwrap()
+                    .subtract(w.as_dtype(Dtype::Float32).unwrap())
+                    .unwrap(),
+            )
+            .unwrap();
+            let reference: f64 = gv
+                .iter()
+                .zip(&mlx_error)
+                .map(|(&g, &e)| g as f64 * e as f64)
+                .sum();
+            let wh = to_vec_f32(&w).unwrap();
+            let ours = error_dots_of(&gv, &wh, std::slice::from_ref(&q), 64)[0];
+            assert!(
+                (ours - reference).abs() <= 1e-3 * reference.abs(),
+                "{dtype:?} {bits} bits: {ours} vs MLX's {reference}"
             );
         }
     }

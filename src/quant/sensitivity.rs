@@ -77,6 +77,16 @@ impl Scope {
         }
     }
 
+    /// Calibration records per forward when not chosen: 4 (batching helps a GPU), 1 for a
+    /// linearized sweep (a pass over several records estimates their sum with the noise of
+    /// one, and on a CPU costs as much as running them one by one).
+    pub fn default_batch_size(self) -> usize {
+        match self {
+            Self::Linearized => 1,
+            _ => 4,
+        }
+    }
+
     /// Whether the results are (estimates of) the error of the MMDiT's output, which add up
     /// over layers to first order.
     pub fn is_model_output(self) -> bool {
@@ -132,6 +142,15 @@ pub fn normalized_bits(bits: &[i32]) -> Vec<i32> {
 
 /// SQNR reported when a quantized layer does not move the output at all (JSON has no infinity).
 pub const MAX_SQNR_DB: f64 = 300.0;
+
+/// `10·log10(energy / err)` in dB, [`MAX_SQNR_DB`] when the error is zero (or the ratio beyond).
+pub(crate) fn sqnr_db(energy: f64, err: f64) -> f64 {
+    if err > 0.0 {
+        (10.0 * (energy / err).log10()).min(MAX_SQNR_DB)
+    } else {
+        MAX_SQNR_DB
+    }
+}
 
 /// One row of results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -431,6 +450,8 @@ pub enum SensitivityError {
         max = super::linearized::MAX_PROBES
     )]
     ProbesOutOfRange(usize),
+    #[error("probes are for the linearized scope, not the {0} scope")]
+    ProbesNeedLinearized(Scope),
     /// Refining a linearized report with an exact one (see `linearized::refine`).
     #[error("cannot refine: {0}")]
     CannotRefine(String),
@@ -497,6 +518,15 @@ pub enum SensitivityError {
         layer: String,
         bits: i32,
         path: PathBuf,
+    },
+    #[error(
+        "{layer} at {bits} bits: the output's gradient on {} is not finite (NaN or infinity), so its first-order error cannot be estimated; use float32 or leave this layer or bit width out",
+        paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NonFiniteGradient {
+        layer: String,
+        bits: i32,
+        paths: Vec<PathBuf>,
     },
     #[error("{path}: {source}")]
     Io {
@@ -599,11 +629,7 @@ impl Acc {
 
     pub(crate) fn result(&self, bits: i32, group_size: i32, bucket: Bucket) -> BucketResult {
         let mse = self.err / self.elements.max(1) as f64;
-        let sqnr_db = if self.err > 0.0 {
-            (10.0 * (self.reference / self.err).log10()).min(MAX_SQNR_DB)
-        } else {
-            MAX_SQNR_DB
-        };
+        let sqnr_db = sqnr_db(self.reference, self.err);
         BucketResult {
             bits,
             group_size,
@@ -1296,6 +1322,9 @@ fn validate_config(cfg: &SensitivityConfig) -> Result<Option<regex::Regex>, Sens
         && !(1..=super::linearized::MAX_PROBES).contains(&k)
     {
         return Err(SensitivityError::ProbesOutOfRange(k));
+    }
+    if cfg.scope != Scope::Linearized && (cfg.probes.is_some() || cfg.probe_seed != 0) {
+        return Err(SensitivityError::ProbesNeedLinearized(cfg.scope));
     }
     match &cfg.layers {
         Some(r) => {
