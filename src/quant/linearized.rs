@@ -317,9 +317,6 @@ pub(crate) fn sweep(
     let ids: Vec<LayerId> = measured.iter().map(|l| l.id).collect();
     let bits = &report.settings.bits;
     let state_path = dir.join(STATE_FILE);
-    if cfg.overwrite {
-        remove_state(dir)?;
-    }
     let mut state = match read_state(&state_path, &report.settings, &names, bits.len(), dir)? {
         Some(s) => s,
         None => State::new(report.settings.clone(), names.clone(), bits.len()),
@@ -376,12 +373,12 @@ pub(crate) fn sweep(
         let mut squares = vec![vec![0f64; bits.len()]; ids.len()];
         // Nothing to differentiate when every selected layer stays float.
         let passes = if ids.is_empty() { 0 } else { probes.per_pass };
+        let shape = b.x.shape().to_vec();
+        let len = shape.iter().map(|&d| d as usize).product();
         for k in 0..passes {
             if cancel.is_cancelled() {
                 return Ok(report); // the state holds every finished batch
             }
-            let shape = b.x.shape().to_vec();
-            let len = shape.iter().map(|&d| d as usize).product();
             let v = Array::from_slice(&probe_values(probes.seed, bi, k, len), &shape)
                 .as_dtype(dtype)?;
             let grads = output_gradients(mmdit, &ids, &weights, DenoiserInputs::of(b), &v)?;
@@ -495,30 +492,21 @@ impl GroupQuant {
     }
 }
 
-/// Whether `a` (evaluated) is row-contiguous, and whether it is column-contiguous (a transposed
-/// view of a row-contiguous buffer, as MLX returns the gradient of `x · Wᵀ` with respect to W).
-fn layout(a: &Array) -> (bool, bool) {
-    let (mut rows, mut cols) = (false, false);
-    // SAFETY: `a` is a valid array and the flags valid out-pointers.
-    let (r, c) = unsafe {
-        (
-            mlx_sys::_mlx_array_is_row_contiguous(&mut rows, a.as_ptr()),
-            mlx_sys::_mlx_array_is_col_contiguous(&mut cols, a.as_ptr()),
-        )
-    };
-    (r == 0 && rows, c == 0 && cols)
+/// Whether `a` (evaluated) is column-contiguous: a transposed view of a row-contiguous buffer,
+/// as MLX returns the gradient of `x · Wᵀ` with respect to W.
+fn column_contiguous(a: &Array) -> bool {
+    let mut cols = false;
+    // SAFETY: `a` is a valid array and `cols` a valid out-pointer.
+    let status = unsafe { mlx_sys::_mlx_array_is_col_contiguous(&mut cols, a.as_ptr()) };
+    status == 0 && cols
 }
 
 /// `a` in `dtype`, evaluated and row-contiguous (copied when it is a strided view).
 fn contiguous(a: &Array, dtype: Dtype) -> MlxResult<Array> {
-    let a = a.as_dtype(dtype)?;
+    // MLX's `contiguous` shares the buffer of an array that already is one.
+    let a = a.as_dtype(dtype)?.contiguous()?;
     a.eval()?;
-    if layout(&a).0 {
-        return Ok(a);
-    }
-    let copy = a.contiguous()?;
-    copy.eval()?;
-    Ok(copy)
+    Ok(a)
 }
 
 /// `Σ g · (Q(w) − w)` over one quantization group, in eight lanes so that it is vectorised.
@@ -663,7 +651,7 @@ fn column_major_f32(a: &Array) -> Option<&[f32]> {
     if a.dtype() != Dtype::Float32 || a.ndim() != 2 || a.eval().is_err() {
         return None;
     }
-    if !layout(a).1 || a.size() == 0 {
+    if !column_contiguous(a) || a.size() == 0 {
         return None;
     }
     // SAFETY: `a` is evaluated float32, so MLX returns the start of its data (or null).
@@ -700,6 +688,10 @@ fn error_dots(
             dots.extend(error_dots_columns(gt, ws, shape, quants, group_size));
             continue;
         }
+        let dtype = match dtype {
+            Dtype::Float16 | Dtype::Bfloat16 => dtype,
+            _ => Dtype::Float32,
+        };
         let (g, w) = (contiguous(&g, dtype)?, contiguous(w, dtype)?);
         let slices = |e| SensitivityError::Bug(format!("reading a gradient: {e}"));
         let d = match dtype {
@@ -715,18 +707,12 @@ fn error_dots(
                 quants,
                 group_size,
             ),
-            _ => {
-                let (g, w) = (
-                    contiguous(&g, Dtype::Float32)?,
-                    contiguous(&w, Dtype::Float32)?,
-                );
-                error_dots_of(
-                    g.try_as_slice::<f32>().map_err(slices)?,
-                    w.try_as_slice::<f32>().map_err(slices)?,
-                    quants,
-                    group_size,
-                )
-            }
+            _ => error_dots_of(
+                g.try_as_slice::<f32>().map_err(slices)?,
+                w.try_as_slice::<f32>().map_err(slices)?,
+                quants,
+                group_size,
+            ),
         };
         dots.extend(d);
     }
@@ -831,24 +817,24 @@ mod tests {
         let gt: Vec<f32> = (0..rows * cols)
             .map(|k| gv[(k % rows) * cols + k / rows])
             .collect();
+        // Σ g · (MLX's fake-quantized w − w), in float64.
+        let mlx_dot = |w: &Array, lq: LayerQuant| -> f64 {
+            let w32 = w.as_dtype(Dtype::Float32).unwrap();
+            let q = crate::quant::fake_quantize(w, lq).unwrap();
+            let error =
+                to_vec_f32(&q.as_dtype(Dtype::Float32).unwrap().subtract(&w32).unwrap()).unwrap();
+            gv.iter()
+                .zip(&error)
+                .map(|(&g, &e)| g as f64 * e as f64)
+                .sum()
+        };
         for bits in crate::quant::SUPPORTED_BITS {
             let lq = LayerQuant {
                 bits,
                 group_size: 64,
             };
             let q = GroupQuant::new(&w, lq).unwrap();
-            let mlx_error = to_vec_f32(
-                &crate::quant::fake_quantize(&w, lq)
-                    .unwrap()
-                    .subtract(&w)
-                    .unwrap(),
-            )
-            .unwrap();
-            let reference: f64 = gv
-                .iter()
-                .zip(&mlx_error)
-                .map(|(&g, &e)| g as f64 * e as f64)
-                .sum();
+            let reference = mlx_dot(&w, lq);
             let rows_major = error_dots_of(&gv, &wv, std::slice::from_ref(&q), 64)[0];
             let columns =
                 error_dots_columns(&gt, &wv, (rows, cols), std::slice::from_ref(&q), 64)[0];
@@ -874,20 +860,7 @@ mod tests {
             };
             let w = w.as_dtype(dtype).unwrap();
             let q = GroupQuant::new(&w, lq).unwrap();
-            let mlx_error = to_vec_f32(
-                &crate::quant::fake_quantize(&w, lq)
-                    .unwrap()
-                    .as_dtype(Dtype::Float32)
-                    .unwrap()
-                    .subtract(w.as_dtype(Dtype::Float32).unwrap())
-                    .unwrap(),
-            )
-            .unwrap();
-            let reference: f64 = gv
-                .iter()
-                .zip(&mlx_error)
-                .map(|(&g, &e)| g as f64 * e as f64)
-                .sum();
+            let reference = mlx_dot(&w, lq);
             let wh = to_vec_f32(&w).unwrap();
             let ours = error_dots_of(&gv, &wh, std::slice::from_ref(&q), 64)[0];
             assert!(
