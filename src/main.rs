@@ -13,7 +13,13 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {}", cli::error_text(&err));
-            ExitCode::FAILURE
+            // A rank that failed because another one did says so in its status, so that a
+            // launcher reports the rank that failed first.
+            if cli::is_lost_peer(&err) {
+                ExitCode::from(sd3lab::dist::group::EXIT_PEER_LOST as u8)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

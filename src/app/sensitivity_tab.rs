@@ -462,6 +462,8 @@ impl SensitivityTab {
                         self.progress.last = format!("batch {done} of {batches}");
                         self.progress.seconds = *seconds;
                     }
+                    // The app runs sweeps whole: distributed runs are the CLI's.
+                    SensitivityEvent::JobProgress { .. } => {}
                 }
                 let f = self.progress.done as f32 / self.progress.layers.max(1) as f32;
                 shared.jobs.progress(id, f);

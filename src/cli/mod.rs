@@ -12,6 +12,8 @@ mod demo;
 mod doctor;
 mod generate;
 mod gui;
+mod launch;
+mod merge;
 mod metrics;
 mod model;
 mod plan;
@@ -51,6 +53,11 @@ enum Command {
     Sensitivity(sensitivity::SensitivityArgs),
     /// A mixed-precision plan from a sensitivity run, optimal under an average-bits budget.
     Plan(plan::PlanArgs),
+    /// Start the ranks of a distributed run (MLX's ring backend), locally or over ssh:
+    /// `sd3lab launch --local 2 -- sd3lab sensitivity …`.
+    Launch(launch::LaunchArgs),
+    /// Join the finished parts of a sensitivity run split with --shard R/N.
+    Merge(merge::MergeArgs),
     /// Spearman rank agreement between sensitivity runs' layer rankings, per bit width.
     RankAgreement(rank_agreement::RankAgreementArgs),
     /// Open the desktop app (also what `sd3lab` alone does when a display is available).
@@ -76,12 +83,28 @@ impl Cli {
             Some(Command::Metrics(args)) => metrics::run(&args),
             Some(Command::Sensitivity(args)) => sensitivity::run(&args),
             Some(Command::Plan(args)) => plan::run(&args),
+            Some(Command::Launch(args)) => launch::run(&args),
+            Some(Command::Merge(args)) => merge::run(&args),
             Some(Command::RankAgreement(args)) => rank_agreement::run(&args),
             Some(Command::Gui(args)) => gui::run(&args),
             Some(Command::Report(cmd)) => report::run(&cmd),
             None => demo::default_action(),
         }
     }
+}
+
+/// Whether `err` is a collective that failed because another rank did.
+pub fn is_lost_peer(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<sd3lab::dist::DistError>(),
+            Some(sd3lab::dist::DistError::Collective { .. })
+        ) || matches!(
+            e.downcast_ref::<sd3lab::quant::sensitivity::SensitivityError>(),
+            Some(sd3lab::quant::sensitivity::SensitivityError::Dist(d))
+                if matches!(**d, sd3lab::dist::DistError::Collective { .. })
+        )
+    })
 }
 
 /// Resolves `--model` for a command: warnings on stderr, a bytes bar while sd3-medium

@@ -8,7 +8,7 @@ use clap::Args;
 use sd3lab::model::config::ModelDtype;
 use sd3lab::quant::sensitivity::{
     REPORT_CSV, REPORT_JSON, Scope, SensitivityConfig, SensitivityError, SensitivityEvent,
-    run_sensitivity,
+    run_sensitivity_distributed,
 };
 
 use super::{ModelEvents, bar_style, cancel_on_ctrl_c, source_error};
@@ -59,6 +59,12 @@ pub struct SensitivityArgs {
     /// calibration data (otherwise refused, listing the differences).
     #[arg(long)]
     overwrite: bool,
+    /// Measure only part R of N of the layers (chosen by a cost model, the same on every
+    /// machine) into OUTPUT_DIR/shard-R-of-N/, without any network; `sd3lab merge
+    /// OUTPUT_DIR` joins the finished parts. Under `mlx.launch` or `sd3lab launch` the ranks
+    /// split the work by themselves and rank 0 writes the merged files.
+    #[arg(long, value_name = "R/N")]
+    shard: Option<sd3lab::dist::Shard>,
 }
 
 impl SensitivityArgs {
@@ -88,6 +94,24 @@ impl SensitivityArgs {
 /// `sd3lab sensitivity`: exit 130 when cancelled (the layers measured so far are kept).
 pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
     let config = args.to_config();
+    // Launched as a rank of a ring (mlx.launch / sd3lab launch): join it before any work.
+    let group = sd3lab::dist::RingGroup::from_env()?;
+    let dist = match (&group, args.shard) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "--shard is for runs without a launcher; under mlx.launch or sd3lab launch the ranks split the work themselves"
+        ),
+        (Some(g), None) => sd3lab::dist::Distribution::of_group(g),
+        (None, Some(shard)) => sd3lab::dist::Distribution { shard, group: None },
+        (None, None) => sd3lab::dist::Distribution::whole(),
+    };
+    let shard = dist.shard;
+    // Ranks' output goes to logs and launchers' pipes: plain lines, no bars.
+    let plain = shard.is_part();
+    let tag = if shard.is_part() {
+        format!("[rank {shard}] ")
+    } else {
+        String::new()
+    };
     let bits = sd3lab::quant::sensitivity::normalized_bits(&args.bits);
     if bits.len() < args.bits.len() {
         let list = |b: &[i32]| {
@@ -109,7 +133,8 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
     let mut model_events = ModelEvents::new();
     let started = std::time::Instant::now();
     let mut sweep_started = None;
-    let report = run_sensitivity(&config, &cancel, &mut |e| match e {
+    let mut done_here = 0;
+    let report = run_sensitivity_distributed(&config, dist, &cancel, &mut |e| match e {
         SensitivityEvent::Model(e) => model_events.show(e),
         SensitivityEvent::Preparing { samples } => {
             model_events.finish();
@@ -124,14 +149,29 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
             samples,
         } => {
             sweep_started = Some(std::time::Instant::now());
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            if !plain {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
             bar.set_length(layers as u64);
             bar.set_position(already_done as u64);
-            bar.suspend(|| eprintln!("{layers} layers × {bits} bit widths on {samples} samples ({already_done} layers already done)"));
+            done_here = already_done;
+            bar.suspend(|| eprintln!("{tag}{layers} layers × {bits} bit widths on {samples} samples ({already_done} layers already done)"));
         }
         SensitivityEvent::LayerDone { name, seconds, .. } => {
             bar.inc(1);
             bar.set_message(format!("{name} ({seconds:.1} s)"));
+            done_here += 1;
+            if plain {
+                eprintln!(
+                    "{tag}{name} done ({seconds:.1} s; {done_here} of {} here)",
+                    bar.length().unwrap_or(0)
+                );
+            }
+        }
+        SensitivityEvent::JobProgress { done, total, ranks } => {
+            if shard.rank == 0 {
+                eprintln!("job: {done}/{total} layers measured over {ranks} ranks");
+            }
         }
         SensitivityEvent::Probing {
             batches,
@@ -156,13 +196,26 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
     let report = report.map_err(sensitivity_error)?;
     let total = started.elapsed().as_secs_f64();
     let sweep = sweep_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    // A part without a group, and ranks other than 0, wrote only their part.
+    let merged_here = !shard.is_part() || (group.is_some() && shard.rank == 0);
+    let dir = if merged_here {
+        args.output_dir.clone()
+    } else {
+        sd3lab::quant::shards::shard_dir(&args.output_dir, shard)
+    };
     println!(
-        "{} layers measured in {sweep:.1} s (after {:.1} s loading the model, the samples and their float outputs); wrote {} and {}",
+        "{tag}{} layers measured in {sweep:.1} s (after {:.1} s loading the model, the samples and their float outputs); wrote {} and {}",
         report.layers.len(),
         total - sweep,
-        args.output_dir.join(REPORT_JSON).display(),
-        args.output_dir.join(REPORT_CSV).display()
+        dir.join(REPORT_JSON).display(),
+        dir.join(REPORT_CSV).display()
     );
+    if group.is_none() && shard.is_part() && report.pending.is_empty() && !cancel.is_cancelled() {
+        println!(
+            "part {shard} finished; once every part has, `sd3lab merge {}` writes the merged report",
+            args.output_dir.display()
+        );
+    }
     // The workflow's next step: the exact sweep on the layers that decide a plan.
     if report.settings.metric_scope == Scope::Linearized
         && report.pending.is_empty()

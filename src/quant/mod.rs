@@ -16,6 +16,7 @@
 pub mod linearized;
 pub mod plan;
 pub mod sensitivity;
+pub mod shards;
 pub mod validate;
 
 use std::collections::BTreeMap;

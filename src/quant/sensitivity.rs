@@ -43,6 +43,7 @@ use mlx_rs::Array;
 use serde::{Deserialize, Serialize};
 
 use crate::calib::{Bucket, CalibrationSet, OpenOptions, SampleFilter, SampleKey, SampleMeta};
+use crate::dist::Distribution;
 use crate::job::CancelToken;
 use crate::model::config::ModelDtype;
 use crate::model::mmdit::{Mmdit, Modulation, PostAttention, PreAttention};
@@ -429,6 +430,13 @@ pub enum SensitivityEvent {
         batches: usize,
         seconds: f64,
     },
+    /// A distributed run (a ring group): `done` of the job's `total` layers are finished over
+    /// all `ranks` (counted at every stage of the sweep).
+    JobProgress {
+        done: usize,
+        total: usize,
+        ranks: usize,
+    },
 }
 
 /// Why a run failed. The messages name no front end's controls: the CLI and the app add
@@ -546,6 +554,11 @@ pub enum SensitivityError {
     Weights(#[from] Box<crate::model::weights::WeightsError>),
     #[error(transparent)]
     Source(#[from] Box<crate::model::source::SourceError>),
+    #[error(transparent)]
+    Dist(#[from] Box<crate::dist::DistError>),
+    /// Splitting or merging a run across ranks (see `quant::shards`).
+    #[error(transparent)]
+    Shards(#[from] super::shards::ShardsError),
 }
 
 fn boxed<E>(e: E) -> Box<E> {
@@ -1351,6 +1364,21 @@ pub fn run_sensitivity(
     cancel: &CancelToken,
     on_event: &mut dyn FnMut(SensitivityEvent),
 ) -> Result<SensitivityReport, SensitivityError> {
+    run_sensitivity_distributed(cfg, Distribution::whole(), cancel, on_event)
+}
+
+/// Runs (or resumes) this process's part of a sweep split across ranks (see `quant::shards`):
+/// the layers the cost model gives it, measured into `OUTPUT/shard-R-of-N/` exactly as a
+/// whole run measures them. With a group, the ranks report progress to each other at every
+/// stage and rank 0 writes the merged `sensitivity.json`/`.csv` into the output folder (and
+/// returns the merged report); without one (`--shard R/N`), `merge_shard_folders` does that
+/// once every part has finished. `Distribution::whole()` is [`run_sensitivity`].
+pub fn run_sensitivity_distributed(
+    cfg: &SensitivityConfig,
+    dist: Distribution,
+    cancel: &CancelToken,
+    on_event: &mut dyn FnMut(SensitivityEvent),
+) -> Result<SensitivityReport, SensitivityError> {
     let cfg = &SensitivityConfig {
         bits: normalized_bits(&cfg.bits),
         // A stride of 1 is every step.
@@ -1358,23 +1386,37 @@ pub fn run_sensitivity(
         ..cfg.clone()
     };
     let regex = validate_config(cfg)?;
+    let shard = dist.shard;
+    if shard.is_part() && cfg.scope == Scope::Linearized {
+        return Err(super::shards::ShardsError::LinearizedWhole.into());
+    }
+    // A part's results live in its own folder; rank 0 of a group also writes the merged files.
+    let out_dir = super::shards::shard_dir(&cfg.output_dir, shard);
+    let _merged_lock = match dist.group {
+        Some(g) if g.rank() == 0 => Some(crate::fsutil::FolderLock::acquire(&cfg.output_dir)?),
+        _ => None,
+    };
     // Before any work: the output folder (a file there is refused) and its two files.
-    let _lock = crate::fsutil::FolderLock::acquire(&cfg.output_dir)?;
-    let json_path = cfg.output_dir.join(REPORT_JSON);
-    for path in [&json_path, &cfg.output_dir.join(REPORT_CSV)] {
+    let _lock = crate::fsutil::FolderLock::acquire(&out_dir)?;
+    let json_path = out_dir.join(REPORT_JSON);
+    for path in [&json_path, &out_dir.join(REPORT_CSV)] {
         crate::fsutil::destination(path).map_err(|source| SensitivityError::Io {
             path: path.clone(),
             source,
         })?;
     }
-    crate::fsutil::remove_temporary_files(&cfg.output_dir, 1)
+    crate::fsutil::remove_temporary_files(&out_dir, 1)
         .map_err(|(path, source)| SensitivityError::Io { path, source })?;
     let previous = if cfg.overwrite {
         // An unfinished linearized run's sums go with the run they belong to.
-        super::linearized::remove_state(&cfg.output_dir)?;
+        super::linearized::remove_state(&out_dir)?;
         None
     } else {
-        read_previous(&json_path)?
+        match read_previous(&json_path)? {
+            // A part without results of its own starts from the merged (or whole) run's.
+            None if shard.is_part() => read_previous(&cfg.output_dir.join(REPORT_JSON))?,
+            p => p,
+        }
     };
     let files = crate::model::source::resolve(&cfg.model, cancel, &mut |e| {
         on_event(SensitivityEvent::Model(e))
@@ -1398,6 +1440,8 @@ pub fn run_sensitivity(
             cfg.layers.clone().unwrap_or_default(),
         ));
     }
+    let job_layers = registry.len();
+    let registry = super::shards::layers_of_shard(registry, &mmdit_cfg, cfg, shard);
     let set = CalibrationSet::open(&cfg.calib_dir, &OpenOptions::default()).map_err(boxed)?;
     let filter = SampleFilter {
         max_images: cfg.max_images,
@@ -1456,7 +1500,14 @@ pub fn run_sensitivity(
                     differences: d.join("; "),
                 });
             }
-            // The same run: keep its results, under this run's (equal) settings.
+            // The same run: keep its results (this part's, when split), under this run's
+            // (equal) settings.
+            let mut previous = previous;
+            if shard.is_part() {
+                let mine: Vec<&str> = registry.iter().map(|l| l.name.as_str()).collect();
+                previous.layers.retain(|l| mine.contains(&l.name.as_str()));
+                previous.pending.retain(|n| mine.contains(&n.as_str()));
+            }
             SensitivityReport {
                 settings,
                 ..previous
@@ -1508,8 +1559,27 @@ pub fn run_sensitivity(
         .chain(std::iter::once(Stage::Final))
         .collect();
     let last_needed = todo.iter().map(|(_, l)| Stage::of(l.id)).max();
+    let mut committed = 0;
     for stage in stages {
-        if cancel.is_cancelled() || last_needed.is_none_or(|last| stage > last) {
+        if cancel.is_cancelled() {
+            // A rank that stops leaves the group: the others fail at their next collective.
+            return Ok(report);
+        }
+        if let Some(g) = dist.group {
+            // Every rank reports at every stage, whatever its own work there.
+            let done = g
+                .sum("the progress count", &[report.layers.len() as u32])
+                .map_err(boxed)?;
+            on_event(SensitivityEvent::JobProgress {
+                done: done.first().copied().unwrap_or(0) as usize,
+                total: job_layers,
+                ranks: g.size(),
+            });
+        }
+        if last_needed.is_none_or(|last| stage > last) {
+            if dist.group.is_some() {
+                continue;
+            }
             break;
         }
         let here: Vec<&(usize, &LinearLayer)> = todo
@@ -1541,13 +1611,15 @@ pub fn run_sensitivity(
                     .layers
                     .sort_by_key(|l| order.get(&l.name).copied().unwrap_or(usize::MAX));
                 report.pending.retain(|n| n != &layer.name);
-                write_report(&cfg.output_dir, &report)?;
+                write_report(&out_dir, &report)?;
                 on_event(SensitivityEvent::LayerDone {
                     index: *index,
                     id: layer.id,
                     name: layer.name.clone(),
                     seconds: t.elapsed().as_secs_f64(),
                 });
+                committed += 1;
+                crate::dist::group::test_fault_point(shard.rank, committed);
             }
             computed = data.next;
         }
@@ -1557,10 +1629,26 @@ pub fn run_sensitivity(
             advance(&mmdit, &mut batches, k, computed)?;
         }
     }
-    if todo.is_empty() {
-        write_report(&cfg.output_dir, &report)?;
+    if cancel.is_cancelled() {
+        return Ok(report);
     }
-    Ok(report)
+    if todo.is_empty() {
+        write_report(&out_dir, &report)?;
+    }
+    match dist.group {
+        Some(g) => {
+            let merged = super::shards::merge_over_group(g, report, &cfg.output_dir)?;
+            if g.rank() == 0 {
+                on_event(SensitivityEvent::JobProgress {
+                    done: merged.layers.len(),
+                    total: job_layers,
+                    ranks: g.size(),
+                });
+            }
+            Ok(merged)
+        }
+        None => Ok(report),
+    }
 }
 
 /// Measures one layer at every bit width.
