@@ -62,7 +62,9 @@ pub fn run(args: &LaunchArgs) -> anyhow::Result<ExitCode> {
         }
         LaunchEvent::Exited { rank, code } if code != Some(0) => eprintln!(
             "rank {rank} {}",
-            code.map_or("was killed by a signal".to_owned(), |c| format!("exited with status {c}"))
+            code.map_or("was killed by a signal".to_owned(), |c| format!(
+                "exited with status {c}"
+            ))
         ),
         LaunchEvent::Exited { .. } => {}
         LaunchEvent::Stopping { failed_rank } => {

@@ -315,7 +315,11 @@ impl Collective for RingGroup {
         let out = self.run(what, |g, s| unsafe {
             raw_op(|res| mlx_sys::mlx_distributed_all_sum(res, x.as_ptr(), g, s.as_ptr()))
         })?;
-        Ok(out.as_slice::<i64>().iter().map(|&v| v.max(0) as u64).collect())
+        Ok(out
+            .as_slice::<i64>()
+            .iter()
+            .map(|&v| v.max(0) as u64)
+            .collect())
     }
 
     fn gather(&self, what: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>, DistError> {

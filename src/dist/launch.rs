@@ -57,10 +57,18 @@ pub enum LaunchEvent {
         log: PathBuf,
     },
     /// One line of a rank's output (stdout or stderr).
-    Line { rank: usize, line: String },
-    Exited { rank: usize, code: Option<i32> },
+    Line {
+        rank: usize,
+        line: String,
+    },
+    Exited {
+        rank: usize,
+        code: Option<i32>,
+    },
     /// A rank failed: the others are being stopped.
-    Stopping { failed_rank: usize },
+    Stopping {
+        failed_rank: usize,
+    },
 }
 
 /// How every rank ended (`None`: killed by a signal).
@@ -93,7 +101,9 @@ impl LaunchOutcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("no command to launch: put it after `--`, e.g. `sd3lab launch --local 2 -- sd3lab sensitivity …`")]
+    #[error(
+        "no command to launch: put it after `--`, e.g. `sd3lab launch --local 2 -- sd3lab sensitivity …`"
+    )]
     NoCommand,
     #[error("a launch needs 1 to {max} ranks, not {0}", max = super::MAX_RANKS)]
     BadRankCount(usize),
@@ -159,11 +169,17 @@ fn free_local_ports(n: usize) -> std::io::Result<Vec<u16>> {
         .collect()
 }
 
-/// The ring hostfile (MLX's format) and, per rank, the ssh host (`None`: run locally).
-pub fn ring_layout(
-    hosts: &Hosts,
-    starting_port: u16,
-) -> Result<(Vec<Vec<String>>, Vec<Option<String>>), LaunchError> {
+/// Where the ranks of a launch run and listen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingLayout {
+    /// MLX's ring hostfile: one list of `ip:port` addresses per rank.
+    pub ring: Vec<Vec<String>>,
+    /// Per rank, the ssh host (`None`: run on this machine).
+    pub ssh: Vec<Option<String>>,
+}
+
+/// The ring hostfile and how each rank is started.
+pub fn ring_layout(hosts: &Hosts, starting_port: u16) -> Result<RingLayout, LaunchError> {
     match hosts {
         Hosts::Local(n) => {
             if *n == 0 || *n > super::MAX_RANKS {
@@ -173,10 +189,13 @@ pub fn ring_layout(
                 path: "127.0.0.1".into(),
                 source,
             })?;
-            Ok((
-                ports.iter().map(|p| vec![format!("127.0.0.1:{p}")]).collect(),
-                vec![None; *n],
-            ))
+            Ok(RingLayout {
+                ring: ports
+                    .iter()
+                    .map(|p| vec![format!("127.0.0.1:{p}")])
+                    .collect(),
+                ssh: vec![None; *n],
+            })
         }
         Hosts::File(entries) => {
             let ring = entries
@@ -188,7 +207,7 @@ pub fn ring_layout(
                 .iter()
                 .map(|h| (!is_this_machine(&h.ssh)).then(|| h.ssh.clone()))
                 .collect();
-            Ok((ring, ssh))
+            Ok(RingLayout { ring, ssh })
         }
     }
 }
@@ -287,8 +306,14 @@ fn terminate(child: &mut Child) {
     }
 }
 
+/// How long the other ranks get to notice a failed rank themselves (their next collective
+/// fails, and their logs say so) before they are stopped.
+const FAILURE_GRACE: Duration = Duration::from_secs(3);
+/// SIGTERM, then SIGKILL this much later.
+const KILL_AFTER: Duration = Duration::from_secs(5);
+
 /// Starts every rank, streams their output, and waits for all of them. The first failure
-/// stops the others (SIGTERM, then SIGKILL after 5 s); `cancel` stops all.
+/// stops the others ([`FAILURE_GRACE`], then SIGTERM, then SIGKILL); `cancel` stops all.
 pub fn launch(
     cfg: &LaunchConfig,
     cancel: &CancelToken,
@@ -303,7 +328,7 @@ pub fn launch(
     {
         command[0] = me.display().to_string();
     }
-    let (ring, ssh) = ring_layout(&cfg.hosts, cfg.starting_port)?;
+    let RingLayout { ring, ssh } = ring_layout(&cfg.hosts, cfg.starting_port)?;
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| LaunchError::Io { path, source }
@@ -378,7 +403,7 @@ pub fn launch(
     drop(tx);
     let mut codes: Vec<Option<Option<i32>>> = vec![None; ranks.len()];
     let mut stopping_since: Option<Instant> = None;
-    let mut killed = false;
+    let mut terminated = false;
     while codes.iter().any(|c| c.is_none()) {
         while let Ok((rank, line)) = rx.recv_timeout(Duration::from_millis(100)) {
             on_event(LaunchEvent::Line { rank, line });
@@ -400,19 +425,26 @@ pub fn launch(
             }
         }
         if cancel.is_cancelled() && stopping_since.is_none() {
-            stopping_since = Some(Instant::now());
+            // Ranks started locally got the Ctrl-C themselves: no grace period.
+            stopping_since = Some(
+                Instant::now()
+                    .checked_sub(FAILURE_GRACE)
+                    .unwrap_or_else(Instant::now),
+            );
         }
-        if let Some(since) = stopping_since {
+        if let Some(since) = stopping_since
+            && since.elapsed() >= FAILURE_GRACE
+        {
             for (rank, r) in ranks.iter_mut().enumerate() {
                 if codes[rank].is_none() {
-                    if since.elapsed() > Duration::from_secs(5) {
+                    if since.elapsed() >= FAILURE_GRACE + KILL_AFTER {
                         let _ = r.child.kill();
-                    } else if !killed {
+                    } else if !terminated {
                         terminate(&mut r.child);
                     }
                 }
             }
-            killed = true;
+            terminated = true;
         }
     }
     for r in ranks {
@@ -445,7 +477,7 @@ mod tests {
         .unwrap();
         let hosts = read_hostfile(&p).unwrap();
         assert_eq!(hosts.len(), 2);
-        let (ring, ssh) = ring_layout(&Hosts::File(hosts), 5000).unwrap();
+        let RingLayout { ring, ssh } = ring_layout(&Hosts::File(hosts), 5000).unwrap();
         assert_eq!(ring, vec![vec!["10.0.0.1:5000"], vec!["127.0.0.1:5001"]]);
         assert_eq!(ssh, vec![Some("mac1".to_owned()), None]);
         std::fs::write(&p, r#"[{"ssh": "mac1"}]"#).unwrap();
@@ -458,7 +490,7 @@ mod tests {
 
     #[test]
     fn local_layout_has_distinct_ports() {
-        let (ring, ssh) = ring_layout(&Hosts::Local(3), 0).unwrap();
+        let RingLayout { ring, ssh } = ring_layout(&Hosts::Local(3), 0).unwrap();
         assert_eq!(ssh, vec![None, None, None]);
         let mut ports: Vec<&String> = ring.iter().map(|r| &r[0]).collect();
         ports.sort();
@@ -483,7 +515,10 @@ mod tests {
         // What a POSIX shell makes of it: the words come back unchanged.
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("printf '%s\\n' {}", shell_quote("it's (a|b) $HOME")))
+            .arg(format!(
+                "printf '%s\\n' {}",
+                shell_quote("it's (a|b) $HOME")
+            ))
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "it's (a|b) $HOME\n");

@@ -32,13 +32,17 @@ pub enum ShardsError {
         "{dir} holds parts of runs split {counts} ways: keep one run's shard folders (remove the others)"
     )]
     MixedCounts { dir: PathBuf, counts: String },
-    #[error("{dir}: parts {missing} of {size} are missing (run them with --shard R/{size}, then merge)")]
+    #[error(
+        "{dir}: parts {missing} of {size} are missing (run them with --shard R/{size}, then merge)"
+    )]
     Missing {
         dir: PathBuf,
         missing: String,
         size: usize,
     },
-    #[error("{dir}: part {rank} has {left} layer(s) left to measure: rerun it (it resumes), then merge")]
+    #[error(
+        "{dir}: part {rank} has {left} layer(s) left to measure: rerun it (it resumes), then merge"
+    )]
     Unfinished {
         dir: PathBuf,
         rank: usize,

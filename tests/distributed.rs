@@ -1,0 +1,316 @@
+//! Runs split across processes (loopback only, 2 ranks): `sd3lab launch --local 2`,
+//! `mlx.launch --backend ring -n 2` and `--shard R/N` + `sd3lab merge` give the same files, byte
+//! for byte, as one process; a rank that exits makes the job fail within seconds, a stuck rank
+//! trips the other's watchdog, and a rerun resumes to the same files.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{sd3lab_command, tiny_model_and_calibration};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    model: String,
+    calib: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let (model, calib) = tiny_model_and_calibration(&root, 2, 3);
+        Self {
+            _dir: dir,
+            root,
+            model,
+            calib,
+        }
+    }
+
+    fn sensitivity_args(&self, out: &Path) -> Vec<String> {
+        [
+            "sensitivity",
+            "--model",
+            &self.model,
+            "--calib-dir",
+            &self.calib.display().to_string(),
+            "--bits",
+            "2,4",
+            "--output-dir",
+            &out.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn run(&self, args: &[String], env: &[(&str, &str)]) -> (Output, Duration) {
+        let t = Instant::now();
+        let out = sd3lab_command(&self.root.join("cache"), &strs(args))
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (out, t.elapsed())
+    }
+
+    /// `sd3lab launch --local 2 --log-dir LOGS [extra] -- sd3lab COMMAND…`
+    fn launch(
+        &self,
+        logs: &str,
+        extra: &[&str],
+        command: &[String],
+        env: &[(&str, &str)],
+    ) -> (Output, Duration) {
+        let mut args: Vec<String> = ["launch", "--local", "2", "--log-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(self.root.join(logs).display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push("--".into());
+        args.push("sd3lab".into());
+        args.extend(command.iter().cloned());
+        self.run(&args, env)
+    }
+
+    /// The single-process run's files, the reference of every split run.
+    fn whole_run(&self) -> PathBuf {
+        let one = self.root.join("one");
+        let (out, _) = self.run(&self.sensitivity_args(&one), &[]);
+        assert_ok(&out);
+        one
+    }
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_same_files(a: &Path, b: &Path, names: &[&str]) {
+    for name in names {
+        let (x, y) = (
+            std::fs::read(a.join(name)).unwrap(),
+            std::fs::read(b.join(name)).unwrap(),
+        );
+        assert!(
+            x == y,
+            "{} and {} differ",
+            a.join(name).display(),
+            b.join(name).display()
+        );
+    }
+}
+
+const SENSITIVITY_FILES: [&str; 2] = ["sensitivity.json", "sensitivity.csv"];
+
+#[test]
+fn sensitivity_split_two_ways_equals_one_process() {
+    let f = Fixture::new();
+    let one = f.whole_run();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(one.join("sensitivity.json")).unwrap()).unwrap();
+    let layers = report["layers"].as_array().unwrap().len();
+    assert!(layers > 20, "{layers} layers");
+
+    // sd3lab launch: rank 0 writes the merged files, each rank its part.
+    let two = f.root.join("two");
+    let (out, _) = f.launch("logs", &[], &f.sensitivity_args(&two), &[]);
+    assert_ok(&out);
+    assert_same_files(&one, &two, &SENSITIVITY_FILES);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "job: {layers}/{layers} layers measured over 2 ranks"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("all 2 ranks finished"), "{err}");
+    let mut per_part = 0;
+    for rank in 0..2 {
+        let part: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(two.join(format!("shard-{rank}-of-2/sensitivity.json"))).unwrap(),
+        )
+        .unwrap();
+        let n = part["layers"].as_array().unwrap().len();
+        assert!(n > 0 && n < layers, "rank {rank}: {n} of {layers}");
+        per_part += n;
+        let log = std::fs::read_to_string(f.root.join(format!("logs/rank-{rank}.log"))).unwrap();
+        assert!(log.contains(&format!("[rank {rank}/2]")), "{log}");
+    }
+    assert_eq!(per_part, layers);
+
+    // MLX's own launcher.
+    let mlx_launch = common::python().with_file_name("mlx.launch");
+    let three = f.root.join("three");
+    let out = std::process::Command::new(&mlx_launch)
+        .args(["--backend", "ring", "-n", "2", "--"])
+        .arg(env!("CARGO_BIN_EXE_sd3lab"))
+        .args(f.sensitivity_args(&three))
+        .env("SD3LAB_CACHE_DIR", f.root.join("cache"))
+        .env("HF_HUB_CACHE", f.root.join("cache/no-hub"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} (scripts/setup.sh installs it): {e}",
+                mlx_launch.display()
+            )
+        });
+    assert_ok(&out);
+    assert_same_files(&one, &three, &SENSITIVITY_FILES);
+
+    // --shard parts without any network, then merge.
+    let four = f.root.join("four");
+    let mut part0 = f.sensitivity_args(&four);
+    part0.extend(["--shard".into(), "0/2".into()]);
+    assert_ok(&f.run(&part0, &[]).0);
+    assert!(!four.join("sensitivity.json").exists());
+    let merge = ["merge".to_string(), four.display().to_string()];
+    let (out, _) = f.run(&merge, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("parts 1 of 2 are missing"),
+        "{}",
+        stderr(&out)
+    );
+    let mut part1 = f.sensitivity_args(&four);
+    part1.extend(["--shard".into(), "1/2".into()]);
+    let (out, _) = f.run(&part1, &[]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sd3lab merge"));
+    assert_ok(&f.run(&merge, &[]).0);
+    assert_same_files(&one, &four, &SENSITIVITY_FILES);
+
+    // A part of a run split another way cannot be merged with these.
+    let mut other = f.sensitivity_args(&four);
+    other.extend(["--shard".into(), "2/3".into()]);
+    assert_ok(&f.run(&other, &[]).0);
+    let (out, _) = f.run(&merge, &[]);
+    assert!(
+        stderr(&out).contains("split 2 and 3 ways"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_rank_that_exits_fails_the_job_fast_and_a_rerun_resumes() {
+    let f = Fixture::new();
+    let one = f.whole_run();
+    let two = f.root.join("two");
+    let args = f.sensitivity_args(&two);
+    let (out, took) = f.launch("logs", &[], &args, &[("SD3LAB_TEST_FAULT", "exit-after:3")]);
+    // The launch reports the rank that failed first, with its status, not the survivor.
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("last lines of rank 1's log") && err.contains("test fault"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    // The survivor failed at its next collective, with the peer named as the cause.
+    let log0 = std::fs::read_to_string(f.root.join("logs/rank-0.log")).unwrap();
+    assert!(log0.contains("another rank failed"), "{log0}");
+    assert!(!two.join("sensitivity.json").exists());
+    let part1: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(two.join("shard-1-of-2/sensitivity.json")).unwrap())
+            .unwrap();
+    assert_eq!(part1["layers"].as_array().unwrap().len(), 3);
+
+    // The rerun measures only what is missing and ends with the same files.
+    let (out, _) = f.launch("logs", &[], &args, &[]);
+    assert_ok(&out);
+    let log1 = std::fs::read_to_string(f.root.join("logs/rank-1.log")).unwrap();
+    assert!(log1.contains("(3 layers already done)"), "{log1}");
+    assert_same_files(&one, &two, &SENSITIVITY_FILES);
+}
+
+#[test]
+fn a_stuck_rank_trips_the_watchdog() {
+    let f = Fixture::new();
+    let two = f.root.join("two");
+    let (out, took) = f.launch(
+        "logs",
+        &["--collective-timeout", "3"],
+        &f.sensitivity_args(&two),
+        &[("SD3LAB_TEST_FAULT", "stall-after:2")],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("waited 3 s for the other ranks"), "{err}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+}
+
+#[test]
+fn bad_launch_environments_are_refused_clearly() {
+    let f = Fixture::new();
+    let out_dir = f.root.join("x");
+    let args = f.sensitivity_args(&out_dir);
+    let (out, _) = f.run(&args, &[("MLX_RANK", "0")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("MLX_RANK is set but MLX_HOSTFILE is not"),
+        "{}",
+        stderr(&out)
+    );
+    let hostfile = f.root.join("hosts.json");
+    std::fs::write(&hostfile, "[[\"127.0.0.1\"]]").unwrap();
+    let (out, _) = f.run(
+        &args,
+        &[
+            ("MLX_RANK", "0"),
+            ("MLX_HOSTFILE", hostfile.to_str().unwrap()),
+        ],
+    );
+    assert!(
+        stderr(&out).contains("hosts.json") && stderr(&out).contains("not ip:port"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(&hostfile, "[[\"127.0.0.1:1\"],[\"127.0.0.1:2\"]]").unwrap();
+    let (out, _) = f.run(
+        &args,
+        &[
+            ("MLX_RANK", "2"),
+            ("MLX_HOSTFILE", hostfile.to_str().unwrap()),
+        ],
+    );
+    assert!(
+        stderr(&out).contains("MLX_RANK=2 but the hostfile"),
+        "{}",
+        stderr(&out)
+    );
+    // The linearized scope is not split by layer; a bad --shard is a usage error.
+    let mut lin = args.clone();
+    lin.extend([
+        "--scope".into(),
+        "linearized".into(),
+        "--shard".into(),
+        "0/2".into(),
+    ]);
+    let (out, _) = f.run(&lin, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("run it whole"), "{}", stderr(&out));
+    let mut bad = args;
+    bad.extend(["--shard".into(), "2/2".into()]);
+    let (out, _) = f.run(&bad, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("RANK/RANKS"), "{}", stderr(&out));
+    assert!(!out_dir.join("sensitivity.json").exists());
+}
