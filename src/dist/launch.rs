@@ -135,6 +135,14 @@ pub fn read_hostfile(path: &Path) -> Result<Vec<HostEntry>, LaunchError> {
         Object { hosts: Vec<HostEntry> },
         List(Vec<HostEntry>),
     }
+    // A list of lists is the ring hostfile a launcher writes, not the one it reads.
+    if let Ok(serde_json::Value::Array(items)) = serde_json::from_str(&text)
+        && items.iter().any(|i| !i.is_object())
+    {
+        return Err(bad(
+            "expected mlx.launch's format, {\"hosts\": [{\"ssh\": \"mac1\", \"ips\": [\"10.0.0.1\"]}, …]}, not a list of address lists (MLX's ring hostfile, which the launch writes itself)".into(),
+        ));
+    }
     let hosts = match serde_json::from_str::<File>(&text) {
         Ok(File::Object { hosts }) | Ok(File::List(hosts)) => hosts,
         Err(e) => {
