@@ -292,7 +292,10 @@ impl GenerateTab {
                         p.images_done = *start_image;
                     }
                     // The worker forwards these as `Event::Model` (the tab's model notice).
-                    CalibrateEvent::Model(_) | CalibrateEvent::ModelLoaded { .. } => {}
+                    // The app runs calibration whole: distributed runs are the CLI's.
+                    CalibrateEvent::Model(_)
+                    | CalibrateEvent::ModelLoaded { .. }
+                    | CalibrateEvent::JobProgress { .. } => {}
                     CalibrateEvent::ImageStarted { image, prompt } => {
                         p.image = *image;
                         p.step = 0;

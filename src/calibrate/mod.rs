@@ -14,6 +14,7 @@
 
 mod capture;
 mod disk;
+pub mod parts;
 mod resume;
 mod validate;
 
@@ -151,6 +152,13 @@ pub enum CalibrateEvent {
         /// tell the user (the image is kept, but its samples and PNG hold garbage).
         non_finite: Option<String>,
     },
+    /// A distributed run (a ring group): `done` of the job's `total` images are finished over
+    /// all `ranks` (counted after every round of one image per rank).
+    JobProgress {
+        done: usize,
+        total: usize,
+        ranks: usize,
+    },
 }
 
 /// How a run ended.
@@ -172,6 +180,9 @@ pub struct CalibrateSummary {
     pub notes: Vec<String>,
     /// What went wrong without stopping the run: images whose latent went non-finite.
     pub warnings: Vec<String>,
+    /// A distributed run whose parts ran on other machines: which files to copy here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collect_note: Option<String>,
 }
 
 /// Why a run could not start or finish. The refusals say what is wrong, not how to override
@@ -228,6 +239,22 @@ pub enum CalibrateError {
     TensorIo(Box<crate::model::tensor_io::TensorIoError>),
     #[error("MLX error: {0}")]
     Mlx(#[from] mlx_rs::error::Exception),
+    #[error("{path}: not a calibration part's record: {problem}")]
+    BadPart { path: PathBuf, problem: String },
+    #[error("part {rank} ran with other settings than part 0 ({differences})")]
+    PartsDiffer { rank: usize, differences: String },
+    #[error(
+        "{dir}: part {rank} has {left} image(s) left to generate: rerun it (it resumes), then merge"
+    )]
+    PartUnfinished {
+        dir: PathBuf,
+        rank: usize,
+        left: usize,
+    },
+    #[error(transparent)]
+    Dist(#[from] Box<crate::dist::DistError>),
+    #[error(transparent)]
+    Parts(#[from] Box<crate::dist::shard::PartsError>),
 }
 
 /// Boxes the large error types of the layers below (errors are rare; the happy path stays small).
@@ -310,6 +337,7 @@ pub fn run_calibration(
         capture_seconds: 0.0,
         notes: run.notes.clone(),
         warnings: Vec::new(),
+        collect_note: None,
     };
     if start >= cfg.num_images {
         summary.seconds = started.elapsed().as_secs_f64();

@@ -110,7 +110,7 @@ impl ResumePlan {
     }
 
     /// Rewrites the manifest atomically with `completed` images finished.
-    fn record(
+    pub(super) fn record(
         &mut self,
         dir: &Path,
         settings: &GenerationSettings,
@@ -129,7 +129,7 @@ impl ResumePlan {
 }
 
 /// The image a sample or image file name belongs to (`000012_007.npz`, `000012.png` → 12).
-fn image_of(file_name: &str) -> Option<usize> {
+pub(super) fn image_of(file_name: &str) -> Option<usize> {
     file_name.split(['_', '.']).next()?.parse().ok()
 }
 

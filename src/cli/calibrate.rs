@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::Args;
 
 use sd3lab::calibrate::{
-    CalibrateConfig, CalibrateError, CalibrateEvent, MAX_NUM_IMAGES, MAX_NUM_STEPS, run_calibration,
+    CalibrateConfig, CalibrateError, CalibrateEvent, MAX_NUM_IMAGES, MAX_NUM_STEPS,
+    parts::run_calibration_distributed,
 };
 use sd3lab::model::config::ModelDtype;
 
@@ -54,6 +55,12 @@ pub struct CalibrateArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Generate only images R, R+N, R+2N, … (part R of N) into this folder, without any
+    /// network; its record goes to CALIB_DIR/shard-R-of-N/ and `sd3lab merge CALIB_DIR` writes
+    /// the manifest once every part has finished. Under `mlx.launch` or `sd3lab launch` the
+    /// ranks split the images by themselves and rank 0 writes the manifest.
+    #[arg(long, value_name = "R/N")]
+    shard: Option<sd3lab::dist::Shard>,
 }
 
 impl CalibrateArgs {
@@ -133,10 +140,12 @@ fn with_flag_hint(e: CalibrateError) -> anyhow::Error {
 /// `sd3lab calibrate`: exit 130 when cancelled (Ctrl-C), after keeping the finished images.
 pub fn run(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
     let config = args.to_config();
+    let split = super::Split::new(args.shard)?;
+    let tag = split.tag();
     // Ctrl-C: finish the current step, discard the unfinished image, keep the manifest consistent.
     let cancel = cancel_on_ctrl_c();
     let multi = indicatif::MultiProgress::new();
-    if args.json {
+    if args.json || split.is_part() {
         multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let images = multi.add(indicatif::ProgressBar::new(args.num_images as u64));
@@ -184,9 +193,17 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
                 "{seconds:.2} s/img, peak {:.2} GB",
                 peak_memory_bytes as f64 / 1e9
             ));
+            if split.is_part() {
+                eprintln!("{tag}image {image} done ({seconds:.2} s)");
+            }
+        }
+        CalibrateEvent::JobProgress { done, total, ranks } => {
+            if split.shard().rank == 0 {
+                eprintln!("job: {done}/{total} images generated over {ranks} ranks");
+            }
         }
     };
-    let result = run_calibration(&config, &cancel, &mut on_event);
+    let result = run_calibration_distributed(&config, split.distribution(), &cancel, &mut on_event);
     model_events.finish();
     steps.finish_and_clear();
     images.finish_and_clear();
@@ -215,6 +232,15 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
                 ""
             }
         );
+        if split.needs_merge() && !summary.cancelled {
+            println!(
+                "{tag}part finished; once every part has, `sd3lab merge {}` writes the manifest",
+                args.calib_dir.display()
+            );
+        }
+        if let Some(note) = &summary.collect_note {
+            println!("note: {note}");
+        }
         if !summary.warnings.is_empty() {
             eprintln!(
                 "warning: {} image(s) hold non-finite numbers (see above); `sd3lab samples \

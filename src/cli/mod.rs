@@ -93,6 +93,69 @@ impl Cli {
     }
 }
 
+/// The part of a job this process runs: the whole job, a `--shard R/N` part, or a rank of the
+/// ring group `mlx.launch` / `sd3lab launch` started it in (joined here, before any work).
+pub(super) struct Split {
+    group: Option<sd3lab::dist::RingGroup>,
+    shard: sd3lab::dist::Shard,
+}
+
+impl Split {
+    pub(super) fn new(shard: Option<sd3lab::dist::Shard>) -> anyhow::Result<Self> {
+        let group = sd3lab::dist::RingGroup::from_env()?;
+        let shard = match (&group, shard) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "--shard is for runs without a launcher; under mlx.launch or sd3lab launch the ranks split the work themselves"
+            ),
+            (Some(g), None) => sd3lab::dist::Shard {
+                rank: sd3lab::dist::Collective::rank(g),
+                size: sd3lab::dist::Collective::size(g),
+            },
+            (None, Some(s)) => s,
+            (None, None) => sd3lab::dist::Shard::WHOLE,
+        };
+        Ok(Self { group, shard })
+    }
+
+    pub(super) fn distribution(&self) -> sd3lab::dist::Distribution<'_> {
+        sd3lab::dist::Distribution {
+            shard: self.shard,
+            group: self
+                .group
+                .as_ref()
+                .map(|g| g as &dyn sd3lab::dist::Collective),
+        }
+    }
+
+    pub(super) fn shard(&self) -> sd3lab::dist::Shard {
+        self.shard
+    }
+
+    /// A part's output goes to logs and launchers' pipes: plain lines, no bars.
+    pub(super) fn is_part(&self) -> bool {
+        self.shard.is_part()
+    }
+
+    /// `[rank R/N] ` before a part's lines.
+    pub(super) fn tag(&self) -> String {
+        if self.is_part() {
+            format!("[rank {}] ", self.shard)
+        } else {
+            String::new()
+        }
+    }
+
+    /// Whether this process writes the job's merged files (a whole run, or rank 0 of a group).
+    pub(super) fn writes_merged(&self) -> bool {
+        !self.is_part() || (self.group.is_some() && self.shard.rank == 0)
+    }
+
+    /// A `--shard` part (no group): its files wait for `sd3lab merge`.
+    pub(super) fn needs_merge(&self) -> bool {
+        self.is_part() && self.group.is_none()
+    }
+}
+
 /// Whether `err` is a collective that failed because another rank did.
 pub fn is_lost_peer(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {

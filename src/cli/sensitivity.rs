@@ -94,24 +94,10 @@ impl SensitivityArgs {
 /// `sd3lab sensitivity`: exit 130 when cancelled (the layers measured so far are kept).
 pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
     let config = args.to_config();
-    // Launched as a rank of a ring (mlx.launch / sd3lab launch): join it before any work.
-    let group = sd3lab::dist::RingGroup::from_env()?;
-    let dist = match (&group, args.shard) {
-        (Some(_), Some(_)) => anyhow::bail!(
-            "--shard is for runs without a launcher; under mlx.launch or sd3lab launch the ranks split the work themselves"
-        ),
-        (Some(g), None) => sd3lab::dist::Distribution::of_group(g),
-        (None, Some(shard)) => sd3lab::dist::Distribution { shard, group: None },
-        (None, None) => sd3lab::dist::Distribution::whole(),
-    };
-    let shard = dist.shard;
-    // Ranks' output goes to logs and launchers' pipes: plain lines, no bars.
-    let plain = shard.is_part();
-    let tag = if shard.is_part() {
-        format!("[rank {shard}] ")
-    } else {
-        String::new()
-    };
+    let split = super::Split::new(args.shard)?;
+    let shard = split.shard();
+    let plain = split.is_part();
+    let tag = split.tag();
     let bits = sd3lab::quant::sensitivity::normalized_bits(&args.bits);
     if bits.len() < args.bits.len() {
         let list = |b: &[i32]| {
@@ -134,61 +120,63 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let mut sweep_started = None;
     let mut done_here = 0;
-    let report = run_sensitivity_distributed(&config, dist, &cancel, &mut |e| match e {
-        SensitivityEvent::Model(e) => model_events.show(e),
-        SensitivityEvent::Preparing { samples } => {
-            model_events.finish();
-            bar.suspend(|| {
-                eprintln!("loading {samples} calibration samples and their float outputs")
-            });
-        }
-        SensitivityEvent::Planned {
-            layers,
-            already_done,
-            bits,
-            samples,
-        } => {
-            sweep_started = Some(std::time::Instant::now());
-            if !plain {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    let report = run_sensitivity_distributed(&config, split.distribution(), &cancel, &mut |e| {
+        match e {
+            SensitivityEvent::Model(e) => model_events.show(e),
+            SensitivityEvent::Preparing { samples } => {
+                model_events.finish();
+                bar.suspend(|| {
+                    eprintln!("loading {samples} calibration samples and their float outputs")
+                });
             }
-            bar.set_length(layers as u64);
-            bar.set_position(already_done as u64);
-            done_here = already_done;
-            bar.suspend(|| eprintln!("{tag}{layers} layers × {bits} bit widths on {samples} samples ({already_done} layers already done)"));
-        }
-        SensitivityEvent::LayerDone { name, seconds, .. } => {
-            bar.inc(1);
-            bar.set_message(format!("{name} ({seconds:.1} s)"));
-            done_here += 1;
-            if plain {
-                eprintln!(
-                    "{tag}{name} done ({seconds:.1} s; {done_here} of {} here)",
-                    bar.length().unwrap_or(0)
-                );
+            SensitivityEvent::Planned {
+                layers,
+                already_done,
+                bits,
+                samples,
+            } => {
+                sweep_started = Some(std::time::Instant::now());
+                if !plain {
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                }
+                bar.set_length(layers as u64);
+                bar.set_position(already_done as u64);
+                done_here = already_done;
+                bar.suspend(|| eprintln!("{tag}{layers} layers × {bits} bit widths on {samples} samples ({already_done} layers already done)"));
             }
-        }
-        SensitivityEvent::JobProgress { done, total, ranks } => {
-            if shard.rank == 0 {
-                eprintln!("job: {done}/{total} layers measured over {ranks} ranks");
+            SensitivityEvent::LayerDone { name, seconds, .. } => {
+                bar.inc(1);
+                bar.set_message(format!("{name} ({seconds:.1} s)"));
+                done_here += 1;
+                if plain {
+                    eprintln!(
+                        "{tag}{name} done ({seconds:.1} s; {done_here} of {} here)",
+                        bar.length().unwrap_or(0)
+                    );
+                }
             }
-        }
-        SensitivityEvent::Probing {
-            batches,
-            already_done,
-            probes,
-        } => {
-            bar.set_style(bar_style(
-                "sample batches [{bar:30}] {pos}/{len} {msg} ETA {eta}",
-            ));
-            bar.set_length(batches as u64);
-            bar.set_position(already_done as u64);
-            bar.reset_eta();
-            bar.suspend(|| eprintln!("every layer at once: {batches} sample batches × {probes} probes (forward + backward each; {already_done} batches already done)"));
-        }
-        SensitivityEvent::BatchDone { done, seconds, .. } => {
-            bar.set_position(done as u64);
-            bar.set_message(format!("({seconds:.1} s per batch)"));
+            SensitivityEvent::JobProgress { done, total, ranks } => {
+                if shard.rank == 0 {
+                    eprintln!("job: {done}/{total} layers measured over {ranks} ranks");
+                }
+            }
+            SensitivityEvent::Probing {
+                batches,
+                already_done,
+                probes,
+            } => {
+                bar.set_style(bar_style(
+                    "sample batches [{bar:30}] {pos}/{len} {msg} ETA {eta}",
+                ));
+                bar.set_length(batches as u64);
+                bar.set_position(already_done as u64);
+                bar.reset_eta();
+                bar.suspend(|| eprintln!("every layer at once: {batches} sample batches × {probes} probes (forward + backward each; {already_done} batches already done)"));
+            }
+            SensitivityEvent::BatchDone { done, seconds, .. } => {
+                bar.set_position(done as u64);
+                bar.set_message(format!("({seconds:.1} s per batch)"));
+            }
         }
     });
     model_events.finish();
@@ -197,8 +185,7 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
     let total = started.elapsed().as_secs_f64();
     let sweep = sweep_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
     // A part without a group, and ranks other than 0, wrote only their part.
-    let merged_here = !shard.is_part() || (group.is_some() && shard.rank == 0);
-    let dir = if merged_here {
+    let dir = if split.writes_merged() {
         args.output_dir.clone()
     } else {
         sd3lab::quant::shards::shard_dir(&args.output_dir, shard)
@@ -210,7 +197,7 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
         dir.join(REPORT_JSON).display(),
         dir.join(REPORT_CSV).display()
     );
-    if group.is_none() && shard.is_part() && report.pending.is_empty() && !cancel.is_cancelled() {
+    if split.needs_merge() && report.pending.is_empty() && !cancel.is_cancelled() {
         println!(
             "part {shard} finished; once every part has, `sd3lab merge {}` writes the merged report",
             args.output_dir.display()

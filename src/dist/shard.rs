@@ -2,6 +2,8 @@
 //! longest-processing-time-first for items whose cost differs (layers), so that ranks finish
 //! together. Both depend only on the item list and `n`: every rank computes the same split.
 
+use std::path::{Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
 
 /// The most ranks a job may be split into.
@@ -75,6 +77,78 @@ impl std::str::FromStr for Shard {
         let size = n.trim().parse().map_err(|_| bad())?;
         Self::new(rank, size).map_err(|_| bad())
     }
+}
+
+/// Why the parts of a split run in a folder cannot be merged.
+#[derive(Debug, thiserror::Error)]
+pub enum PartsError {
+    #[error("{dir} holds no shard folders (shard-R-of-N) with a {file}")]
+    NoParts { dir: PathBuf, file: String },
+    #[error(
+        "{dir} holds parts of runs split {counts} ways: keep one run's shard folders (remove the others)"
+    )]
+    MixedCounts { dir: PathBuf, counts: String },
+    #[error(
+        "{dir}: parts {missing} of {size} are missing (run them with --shard R/{size}, or copy their shard folders here from the machines that ran them, then merge)"
+    )]
+    Missing {
+        dir: PathBuf,
+        missing: String,
+        size: usize,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The `file` of every part of the one split run in `dir` (its `shard-R-of-N` folders), by
+/// rank: all N of them, or why not.
+pub fn find_parts(dir: &Path, file: &str) -> Result<Vec<PathBuf>, PartsError> {
+    let io = |source| PartsError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut found: Vec<(Shard, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        if let Some(shard) = entry.file_name().to_str().and_then(Shard::from_folder_name) {
+            let path = entry.path().join(file);
+            if path.is_file() {
+                found.push((shard, path));
+            }
+        }
+    }
+    let Some(size) = found.first().map(|(s, _)| s.size) else {
+        return Err(PartsError::NoParts {
+            dir: dir.to_owned(),
+            file: file.to_owned(),
+        });
+    };
+    let mut counts: Vec<usize> = found.iter().map(|(s, _)| s.size).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    if counts.len() > 1 {
+        let counts: Vec<String> = counts.iter().map(|c| c.to_string()).collect();
+        return Err(PartsError::MixedCounts {
+            dir: dir.to_owned(),
+            counts: counts.join(" and "),
+        });
+    }
+    found.sort_by_key(|(s, _)| s.rank);
+    let missing: Vec<String> = (0..size)
+        .filter(|r| !found.iter().any(|(s, _)| s.rank == *r))
+        .map(|r| r.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(PartsError::Missing {
+            dir: dir.to_owned(),
+            missing: missing.join(", "),
+            size,
+        });
+    }
+    Ok(found.into_iter().map(|(_, p)| p).collect())
 }
 
 /// The rank each item goes to, balancing the summed cost: items in decreasing cost (ties by

@@ -26,20 +26,8 @@ pub enum ShardsError {
         "the linearized scope estimates every layer from the same gradient passes: run it whole (a split by layer would repeat all of them on every rank)"
     )]
     LinearizedWhole,
-    #[error("{0} holds no shard folders (shard-R-of-N) with a sensitivity.json")]
-    NoShards(PathBuf),
-    #[error(
-        "{dir} holds parts of runs split {counts} ways: keep one run's shard folders (remove the others)"
-    )]
-    MixedCounts { dir: PathBuf, counts: String },
-    #[error(
-        "{dir}: parts {missing} of {size} are missing (run them with --shard R/{size}, then merge)"
-    )]
-    Missing {
-        dir: PathBuf,
-        missing: String,
-        size: usize,
-    },
+    #[error(transparent)]
+    Parts(#[from] crate::dist::shard::PartsError),
     #[error(
         "{dir}: part {rank} has {left} layer(s) left to measure: rerun it (it resumes), then merge"
     )]
@@ -175,58 +163,15 @@ pub fn merge_over_group(
 /// `sd3lab merge` for sensitivity: the finished parts in `output_dir`'s `shard-R-of-N` folders
 /// (all N of one split) merged into `output_dir/sensitivity.json` and `.csv`.
 pub fn merge_shard_folders(output_dir: &Path) -> Result<SensitivityReport, SensitivityError> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| SensitivityError::Io { path, source }
-    };
-    let mut found: Vec<(Shard, PathBuf)> = Vec::new();
-    for entry in std::fs::read_dir(output_dir).map_err(io(output_dir))? {
-        let entry = entry.map_err(io(output_dir))?;
-        let name = entry.file_name();
-        if let Some(shard) = name.to_str().and_then(Shard::from_folder_name) {
-            let json = entry.path().join(REPORT_JSON);
-            if json.is_file() {
-                found.push((shard, json));
-            }
-        }
-    }
-    let Some(size) = found.first().map(|(s, _)| s.size) else {
-        return Err(ShardsError::NoShards(output_dir.to_owned()).into());
-    };
-    let mut counts: Vec<usize> = found.iter().map(|(s, _)| s.size).collect();
-    counts.sort_unstable();
-    counts.dedup();
-    if counts.len() > 1 {
-        return Err(ShardsError::MixedCounts {
-            dir: output_dir.to_owned(),
-            counts: counts
-                .iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(" and "),
-        }
-        .into());
-    }
-    found.sort_by_key(|(s, _)| s.rank);
-    let missing: Vec<String> = (0..size)
-        .filter(|r| !found.iter().any(|(s, _)| s.rank == *r))
-        .map(|r| r.to_string())
-        .collect();
-    if !missing.is_empty() {
-        return Err(ShardsError::Missing {
-            dir: output_dir.to_owned(),
-            missing: missing.join(", "),
-            size,
-        }
-        .into());
-    }
+    let found =
+        crate::dist::shard::find_parts(output_dir, REPORT_JSON).map_err(ShardsError::from)?;
     let mut parts = Vec::new();
-    for (shard, json) in &found {
+    for (rank, json) in found.iter().enumerate() {
         let part = read_report(json)?;
         if !part.pending.is_empty() {
             return Err(ShardsError::Unfinished {
                 dir: output_dir.to_owned(),
-                rank: shard.rank,
+                rank,
                 left: part.pending.len(),
             }
             .into());
