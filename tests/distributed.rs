@@ -314,3 +314,233 @@ fn bad_launch_environments_are_refused_clearly() {
     assert!(stderr(&out).contains("RANK/RANKS"), "{}", stderr(&out));
     assert!(!out_dir.join("sensitivity.json").exists());
 }
+
+/// Every file under `dir` (relative paths, sorted) except the lock and the parts' own folders.
+fn run_files(dir: &Path) -> Vec<PathBuf> {
+    fn walk(root: &Path, d: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == ".sd3lab.lock" || name.starts_with("shard-") {
+                continue;
+            }
+            if e.path().is_dir() {
+                walk(root, &e.path(), out);
+            } else {
+                out.push(e.path().strip_prefix(root).unwrap().to_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn calibrate_args(f: &Fixture, dir: &Path, images: usize) -> Vec<String> {
+    let images = images.to_string();
+    [
+        "calibrate",
+        "--model",
+        &f.model,
+        "--num-images",
+        &images,
+        "--num-steps",
+        "3",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--dtype",
+        "float32",
+        "--calib-dir",
+        &dir.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn calibration_split_two_ways_equals_one_process() {
+    let f = Fixture::new();
+    let one = f.root.join("c-one");
+    assert_ok(&f.run(&calibrate_args(&f, &one, 4), &[]).0);
+    let files = run_files(&one);
+    assert_eq!(files.len(), 4 * 3 + 4 + 1, "{files:?}");
+
+    let two = f.root.join("c-two");
+    let (out, _) = f.launch("logs", &[], &calibrate_args(&f, &two, 4), &[]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("job: 4/4 images generated over 2 ranks"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(run_files(&two), files);
+    assert_same_files(
+        &one,
+        &two,
+        &strs(
+            &files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>(),
+        ),
+    );
+
+    // A part killed after its first image: the job fails, the rerun generates only the rest.
+    let three = f.root.join("c-three");
+    let args = calibrate_args(&f, &three, 4);
+    let (out, _) = f.launch("logs", &[], &args, &[("SD3LAB_TEST_FAULT", "exit-after:1")]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    assert!(!three.join("manifest.json").exists());
+    let (out, _) = f.launch("logs", &[], &args, &[]);
+    assert_ok(&out);
+    let log1 = std::fs::read_to_string(f.root.join("logs/rank-1.log")).unwrap();
+    assert!(
+        log1.contains("image 3 done") && !log1.contains("image 1 done"),
+        "{log1}"
+    );
+    assert_eq!(run_files(&three), files);
+    assert_same_files(
+        &one,
+        &three,
+        &strs(
+            &files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>(),
+        ),
+    );
+
+    // --shard parts, then merge; a whole rerun then has nothing left to do.
+    let four = f.root.join("c-four");
+    for part in ["1/2", "0/2"] {
+        let mut a = calibrate_args(&f, &four, 4);
+        a.extend(["--shard".into(), part.into()]);
+        assert_ok(&f.run(&a, &[]).0);
+    }
+    assert!(!four.join("manifest.json").exists());
+    let (out, _) = f.run(&["merge".into(), four.display().to_string()], &[]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("merged 4 of 4 images"));
+    assert_same_files(
+        &one,
+        &four,
+        &strs(
+            &files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>(),
+        ),
+    );
+    let (out, _) = f.run(&calibrate_args(&f, &four, 4), &[]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("4 of 4 images complete (0 written now"));
+}
+
+/// `results.json` without what is measured (latency, memory): what must not depend on how the
+/// run was split.
+fn deterministic_results(dir: &Path) -> serde_json::Value {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
+    for c in v["configurations"].as_array_mut().unwrap() {
+        let c = c.as_object_mut().unwrap();
+        assert!(c.remove("latency").is_some() && c.remove("peak_memory").is_some());
+    }
+    v
+}
+
+#[test]
+fn benchmark_split_two_ways_matches_one_process() {
+    let f = Fixture::new();
+    let reference = f.root.join("ref");
+    let mut r = calibrate_args(&f, &reference, 3);
+    r.push("--images-only".into());
+    assert_ok(&f.run(&r, &[]).0);
+    let weights = f.root.join("inception.safetensors").display().to_string();
+    assert_ok(
+        &f.run(
+            &[
+                "metrics".into(),
+                "weights".into(),
+                "--synthetic".into(),
+                weights.clone(),
+            ],
+            &[],
+        )
+        .0,
+    );
+    let bench = |out: &Path| -> Vec<String> {
+        [
+            "benchmark",
+            "--model",
+            &f.model,
+            "--dtype",
+            "float32",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--num-images",
+            "3",
+            "--num-steps",
+            "3",
+            "--config",
+            "fp32",
+            "--config",
+            "w4",
+            "--reference-dir",
+            &reference.join("images").display().to_string(),
+            "--inception-weights",
+            &weights,
+            "--output-dir",
+            &out.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let one = f.root.join("b-one");
+    assert_ok(&f.run(&bench(&one), &[]).0);
+    let expected = deterministic_results(&one);
+    assert!(
+        expected["configurations"][1]["metrics"]["fid"]
+            .as_f64()
+            .is_some(),
+        "{expected}"
+    );
+    let pngs: Vec<String> = run_files(&one)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(pngs.len(), 6);
+
+    let two = f.root.join("b-two");
+    let (out, _) = f.launch("logs", &[], &bench(&two), &[]);
+    assert_ok(&out);
+    let err = stderr(&out);
+    assert!(err.contains("job: w4g64: 3/3 images over 2 ranks"), "{err}");
+    assert_same_files(&one, &two, &strs(&pngs));
+    assert_eq!(deterministic_results(&two), expected);
+    let log1 = std::fs::read_to_string(f.root.join("logs/rank-1.log")).unwrap();
+    assert!(
+        log1.contains("fp32: image 1 done") && !log1.contains("image 0 done"),
+        "{log1}"
+    );
+
+    // --shard parts write no summaries; the whole command afterwards only scores and writes.
+    let three = f.root.join("b-three");
+    for part in ["0/2", "1/2"] {
+        let mut a = bench(&three);
+        a.extend(["--shard".into(), part.into()]);
+        assert_ok(&f.run(&a, &[]).0);
+    }
+    assert!(!three.join("results.json").exists());
+    let (out, _) = f.run(&bench(&three), &[]);
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 images generated"));
+    assert_same_files(&one, &three, &strs(&pngs));
+    assert_eq!(deterministic_results(&three), expected);
+}

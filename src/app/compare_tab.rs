@@ -632,6 +632,8 @@ impl CompareTab {
                         }
                     }
                     BenchEvent::ConfigDone { .. } => p.image = None,
+                    // The app runs benchmarks whole: distributed runs are the CLI's.
+                    BenchEvent::JobProgress { .. } => {}
                     BenchEvent::Metrics {
                         configuration,
                         event,

@@ -25,6 +25,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::calibrate::{CalibrateConfig, setting_differences};
+use crate::dist::{Collective, Distribution};
 use crate::fsutil::FolderLock;
 use crate::image::{PixelFormat, write_png};
 use crate::job::CancelToken;
@@ -171,6 +172,14 @@ pub enum BenchEvent {
         configuration: String,
         metrics: Box<ConfigurationMetrics>,
     },
+    /// A distributed run (a ring group): `done` of configuration `configuration`'s
+    /// `num_images` images are finished over all `ranks`.
+    JobProgress {
+        configuration: String,
+        done: usize,
+        num_images: usize,
+        ranks: usize,
+    },
 }
 
 /// How a run ended.
@@ -186,6 +195,8 @@ pub struct BenchSummary {
     /// the harness spent around them (peak resets, PNGs, records, summaries): the overhead.
     pub generation_seconds: f64,
     pub harness_seconds: f64,
+    /// A distributed run whose parts ran on other machines: which files to copy here.
+    pub collect_note: Option<String>,
 }
 
 /// What one configuration's run did.
@@ -202,6 +213,15 @@ struct ConfigurationRun {
 pub enum BenchError {
     #[error("no configuration to benchmark")]
     NoConfigurations,
+    #[error(
+        "a part of a split run cannot start the folder over: remove its files, or start over with a whole run"
+    )]
+    OverwriteWhole,
+    #[error("rank {rank} sent image records that cannot be read: {problem}")]
+    BadRecords { rank: usize, problem: String },
+    /// Kept as the source (not transparent), so that the CLI can tell a lost peer.
+    #[error("{0}")]
+    Dist(#[from] Box<crate::dist::DistError>),
     #[error("the number of images must be at least 1")]
     NoImages,
     #[error(transparent)]
@@ -587,6 +607,9 @@ struct Folder {
     records: Records,
     /// Each configuration's last metrics (`<config>/metrics.json`).
     metrics: BTreeMap<String, ConfigurationMetrics>,
+    /// Whether this process writes `results.json` and `per_image.csv` (not a part of a split
+    /// run other than rank 0).
+    writes_summaries: bool,
 }
 
 impl Folder {
@@ -623,6 +646,9 @@ impl Folder {
     /// Rewrites `results.json` and `per_image.csv` from the records (atomically).
     fn write_summaries(&self) -> Result<BenchResults, BenchError> {
         let results = self.results();
+        if !self.writes_summaries {
+            return Ok(results);
+        }
         results::write_per_image_csv(
             &self.dir.join(PER_IMAGE_CSV),
             &self.order,
@@ -640,22 +666,65 @@ pub fn run_benchmark(
     cancel: &CancelToken,
     on_event: &mut dyn FnMut(BenchEvent),
 ) -> Result<BenchSummary, BenchError> {
+    run_benchmark_distributed(cfg, Distribution::whole(), cancel, on_event)
+}
+
+/// Runs (or resumes) part of a benchmark split across ranks: part R of N generates images R,
+/// R+N, … of every configuration into the shared output folder (the image and record files of
+/// different parts never meet; each image is computed from its prompt and seed alone, so its
+/// PNG is the one a whole run writes). With a group, the ranks start every configuration
+/// together (a barrier, so timed work overlaps as it would on separate machines), report
+/// progress after each, and rank 0 gathers every rank's records, scores the metrics when
+/// every image is in its folder, and writes `results.json`/`per_image.csv`. A `--shard` part
+/// writes no summaries: the same `sd3lab benchmark` command run whole afterwards finds every
+/// image done and writes them (and the metrics).
+pub fn run_benchmark_distributed(
+    cfg: &BenchConfig,
+    dist: Distribution,
+    cancel: &CancelToken,
+    on_event: &mut dyn FnMut(BenchEvent),
+) -> Result<BenchSummary, BenchError> {
     let started = Instant::now();
-    // A folder being written, or a file in its place, is refused before the model is resolved.
-    FolderLock::check(&cfg.output_dir)?;
+    let shard = dist.shard;
+    if shard.is_part() && cfg.overwrite {
+        return Err(BenchError::OverwriteWhole);
+    }
+    // A folder being written, or a file in its place, is refused before the model is resolved
+    // (parts share the folder; rank 0 of a group holds its lock).
+    if !shard.is_part() {
+        FolderLock::check(&cfg.output_dir)?;
+    }
     let run = cfg.validate_with(cancel, &mut |e| on_event(BenchEvent::Model(e)))?;
     let dir = cfg.output_dir.clone();
-    let _lock = FolderLock::acquire(&dir)?;
-    // Under the lock, so no live writer's: the temporary files a killed run left.
-    // `<config>/records/` is two levels down.
-    crate::fsutil::remove_temporary_files(&dir, 3).map_err(|(path, e)| io_err(&path)(e))?;
+    let writes_summaries = !shard.is_part() || dist.group.is_some_and(|g| g.rank() == 0);
+    let _lock = if !shard.is_part() || writes_summaries {
+        Some(FolderLock::acquire(&dir)?)
+    } else {
+        None
+    };
+    let _part_lock = if shard.is_part() {
+        Some(FolderLock::acquire(&dir.join(shard.folder_name()))?)
+    } else {
+        None
+    };
+    if !shard.is_part() {
+        // Under the lock, so no live writer's: the temporary files a killed run left.
+        // `<config>/records/` is two levels down.
+        crate::fsutil::remove_temporary_files(&dir, 3).map_err(|(path, e)| io_err(&path)(e))?;
+    }
     if cfg.overwrite {
         remove_previous(&dir)?;
     }
     let existing = configuration_folders(&dir)?;
-    match BenchResults::read(&dir)? {
+    // The settings of the run the folder holds: its summaries', or its parts' (parts of a
+    // split run write no summaries).
+    let previous = match BenchResults::read(&dir)? {
+        Some(previous) => Some(previous.settings),
+        None => part_settings(&dir)?,
+    };
+    match previous {
         Some(previous) => {
-            let d = run_differences(&previous.settings, &run.settings);
+            let d = run_differences(&previous, &run.settings);
             if !d.is_empty() {
                 return Err(BenchError::RunDiffers {
                     dir,
@@ -663,8 +732,17 @@ pub fn run_benchmark(
                 });
             }
         }
-        None if !existing.is_empty() => return Err(BenchError::ForeignData { dir }),
+        // Parts create the configuration folders before anyone writes the summaries.
+        None if !existing.is_empty() && !shard.is_part() => {
+            return Err(BenchError::ForeignData { dir });
+        }
         None => {}
+    }
+    if shard.is_part() {
+        results::write_json(
+            &dir.join(shard.folder_name()).join(PART_RUN_JSON),
+            &run.settings,
+        )?;
     }
     for c in &run.configurations {
         if let Some(info) = existing.get(&c.name)
@@ -702,6 +780,7 @@ pub fn run_benchmark(
             .collect::<Result<_, BenchError>>()?,
         order,
         infos: existing,
+        writes_summaries,
     };
     let n = cfg.num_images;
     let done: Vec<usize> = run
@@ -727,14 +806,20 @@ pub fn run_benchmark(
         seconds: 0.0,
         generation_seconds: 0.0,
         harness_seconds: 0.0,
+        collect_note: None,
     };
     for (k, c) in run.configurations.iter().enumerate() {
         if cancel.is_cancelled() {
+            // A rank that stops leaves the group: the others fail at their next collective.
             summary.cancelled = true;
             break;
         }
+        if let Some(g) = dist.group {
+            g.barrier(&format!("the start of {}", c.name))
+                .map_err(Box::new)?;
+        }
         let todo: Vec<usize> = (0..n)
-            .filter(|i| !folder.records[&c.name].contains_key(i))
+            .filter(|&i| shard.takes(i) && !folder.records[&c.name].contains_key(&i))
             .collect();
         on_event(BenchEvent::ConfigStarted {
             configuration: c.name.clone(),
@@ -749,6 +834,23 @@ pub fn run_benchmark(
             summary.generation_seconds += done.generation_seconds;
             summary.harness_seconds += done.harness_seconds;
         }
+        if let Some(g) = dist.group
+            && !cancel.is_cancelled()
+        {
+            let mine = folder.records[&c.name]
+                .range(..n)
+                .filter(|(i, _)| shard.takes(**i))
+                .count();
+            let done = g
+                .sum(&format!("the progress count of {}", c.name), &[mine as u32])
+                .map_err(Box::new)?;
+            on_event(BenchEvent::JobProgress {
+                configuration: c.name.clone(),
+                done: done.first().copied().unwrap_or(0) as usize,
+                num_images: n,
+                ranks: g.size(),
+            });
+        }
         if let Some(result) = folder
             .results()
             .configurations
@@ -761,8 +863,32 @@ pub fn run_benchmark(
         }
     }
     summary.cancelled |= cancel.is_cancelled();
+    if summary.cancelled && dist.group.is_some() {
+        summary.seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+    if let Some(g) = dist.group {
+        gather_records(g, &run, &mut folder)?;
+    }
+    if !writes_summaries {
+        summary.seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+    // Images generated on other machines: their records are here, their PNGs not yet.
+    let elsewhere: usize = folder
+        .records
+        .values()
+        .flat_map(|m| m.values())
+        .filter(|r| !dir.join(&r.file).is_file())
+        .count();
+    if elsewhere > 0 {
+        summary.collect_note = Some(format!(
+            "{elsewhere} images were generated on the other machines: copy their configuration folders here (e.g. rsync -a HOST:DIR/ DIR/) and run the same command again to score the metrics"
+        ));
+    }
     if let (Some(metrics), Some(reference)) = (&run.metrics, &run.reference)
         && !summary.cancelled
+        && elsewhere == 0
     {
         summary.cancelled =
             !score_configurations(&run, metrics, reference, &mut folder, cancel, on_event)?;
@@ -770,6 +896,82 @@ pub fn run_benchmark(
     summary.results = folder.write_summaries()?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// What each part of a split run records in its shard folder: the run's settings.
+pub const PART_RUN_JSON: &str = "run.json";
+
+/// The settings the parts of a split run in `dir` recorded (the first found; `None`: no
+/// parts). Parts of another run are told apart by their settings like a previous run.
+fn part_settings(dir: &Path) -> Result<Option<BenchSettings>, BenchError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(crate::dist::Shard::from_folder_name)
+                .is_some()
+        })
+        .map(|e| e.path().join(PART_RUN_JSON))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    match found.first() {
+        Some(path) => Ok(Some(results::read_json(path)?)),
+        None => Ok(None),
+    }
+}
+
+/// The end of a group run: every rank sends the records of its images of this run's
+/// configurations; rank 0 adds those it does not hold (other machines' images).
+fn gather_records(
+    group: &dyn Collective,
+    run: &ValidatedBench,
+    folder: &mut Folder,
+) -> Result<(), BenchError> {
+    let shard = crate::dist::Shard {
+        rank: group.rank(),
+        size: group.size(),
+    };
+    let mine: Vec<&ImageRecord> = run
+        .configurations
+        .iter()
+        .filter_map(|c| folder.records.get(&c.name))
+        .flat_map(|m| m.values())
+        .filter(|r| shard.takes(r.index))
+        .collect();
+    let payload = serde_json::to_vec(&mine).expect("records serialize");
+    let all = group
+        .gather("the merge of the image records", &payload)
+        .map_err(Box::new)?;
+    if group.rank() != 0 {
+        return Ok(());
+    }
+    for (rank, bytes) in all.iter().enumerate() {
+        let records: Vec<ImageRecord> =
+            serde_json::from_slice(bytes).map_err(|e| BenchError::BadRecords {
+                rank,
+                problem: e.to_string(),
+            })?;
+        for r in records {
+            // Only images of this run's configurations, at the index the rank owns.
+            if run.configurations.iter().any(|c| c.name == r.configuration)
+                && r.index % group.size() == rank
+                && r.file == image_file_name(&r.configuration, r.index)
+            {
+                folder
+                    .records
+                    .entry(r.configuration.clone())
+                    .or_default()
+                    .entry(r.index)
+                    .or_insert(r);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The metrics step: each of this run's configurations with all its images against the

@@ -251,7 +251,8 @@ pub enum CalibrateError {
         rank: usize,
         left: usize,
     },
-    #[error(transparent)]
+    /// Kept as the source (not transparent), so that the CLI can tell a lost peer.
+    #[error("{0}")]
     Dist(#[from] Box<crate::dist::DistError>),
     #[error(transparent)]
     Parts(#[from] Box<crate::dist::shard::PartsError>),

@@ -8,7 +8,7 @@ use clap::Args;
 
 use sd3lab::bench::{
     BenchConfig, BenchError, BenchEvent, BenchSummary, RESULTS_ROOT, default_output_stem,
-    run_benchmark,
+    run_benchmark_distributed,
 };
 use sd3lab::model::config::ModelDtype;
 
@@ -74,6 +74,12 @@ pub struct BenchmarkArgs {
     /// Start over in a folder holding a benchmark with other settings.
     #[arg(long)]
     overwrite: bool,
+    /// Generate only images R, R+N, … of every configuration (part R of N) into the output
+    /// folder, without any network; running the same command without --shard afterwards
+    /// finds every image done and writes the results and metrics. Under `mlx.launch` or
+    /// `sd3lab launch` the ranks split the images by themselves and rank 0 writes them.
+    #[arg(long, value_name = "R/N")]
+    shard: Option<sd3lab::dist::Shard>,
     /// Run even though the reference was generated with other settings (recorded in
     /// results.json).
     #[arg(long)]
@@ -186,9 +192,11 @@ fn with_flag_hint(e: BenchError, args: &BenchmarkArgs) -> anyhow::Error {
 /// `sd3lab benchmark`: exit 130 when cancelled (Ctrl-C stops after the current image).
 pub fn run(args: &BenchmarkArgs) -> anyhow::Result<ExitCode> {
     let config = args.to_config();
+    let split = super::Split::new(args.shard)?;
+    let tag = split.tag();
     let cancel = cancel_on_ctrl_c();
     let multi = indicatif::MultiProgress::new();
-    if args.json {
+    if args.json || split.is_part() {
         multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let outer = multi.add(indicatif::ProgressBar::new(0));
@@ -248,6 +256,8 @@ pub fn run(args: &BenchmarkArgs) -> anyhow::Result<ExitCode> {
         }
         BenchEvent::Step { step, .. } => steps.set_position(step as u64),
         BenchEvent::ImageDone {
+            configuration,
+            image,
             seconds,
             peak_mlx_bytes,
             ..
@@ -257,6 +267,19 @@ pub fn run(args: &BenchmarkArgs) -> anyhow::Result<ExitCode> {
                 "{seconds:.2} s/img, MLX {:.2} GB",
                 peak_mlx_bytes as f64 / 1e9
             ));
+            if split.is_part() {
+                eprintln!("{tag}{configuration}: image {image} done ({seconds:.2} s)");
+            }
+        }
+        BenchEvent::JobProgress {
+            configuration,
+            done,
+            num_images,
+            ranks,
+        } => {
+            if split.shard().rank == 0 {
+                eprintln!("job: {configuration}: {done}/{num_images} images over {ranks} ranks");
+            }
         }
         BenchEvent::ConfigDone { .. } => {}
         BenchEvent::Metrics {
@@ -288,15 +311,30 @@ pub fn run(args: &BenchmarkArgs) -> anyhow::Result<ExitCode> {
             multi.suspend(|| eprintln!("{configuration}: metrics done"));
         }
     };
-    let result = run_benchmark(&config, &cancel, &mut on_event);
+    let result = run_benchmark_distributed(&config, split.distribution(), &cancel, &mut on_event);
     model_events.finish();
     steps.finish_and_clear();
     outer.finish_and_clear();
     let summary = result.map_err(|e| with_flag_hint(e, args))?;
-    if args.json {
+    if !split.writes_merged() {
+        println!(
+            "{tag}{} images generated in {:.1} s into {}{}",
+            summary.images_generated,
+            summary.seconds,
+            summary.output_dir.display(),
+            if split.needs_merge() && !summary.cancelled {
+                "; once every part has finished, the same command without --shard writes the results"
+            } else {
+                ""
+            }
+        );
+    } else if args.json {
         println!("{}", serde_json::to_string_pretty(&summary.results)?);
     } else {
         print_summary(&summary);
+    }
+    if let Some(note) = &summary.collect_note {
+        eprintln!("note: {note}");
     }
     Ok(if summary.cancelled {
         ExitCode::from(130)

@@ -158,15 +158,12 @@ impl Split {
 
 /// Whether `err` is a collective that failed because another rank did.
 pub fn is_lost_peer(err: &anyhow::Error) -> bool {
+    use sd3lab::dist::DistError;
     err.chain().any(|e| {
-        matches!(
-            e.downcast_ref::<sd3lab::dist::DistError>(),
-            Some(sd3lab::dist::DistError::Collective { .. })
-        ) || matches!(
-            e.downcast_ref::<sd3lab::quant::sensitivity::SensitivityError>(),
-            Some(sd3lab::quant::sensitivity::SensitivityError::Dist(d))
-                if matches!(**d, sd3lab::dist::DistError::Collective { .. })
-        )
+        let dist = e
+            .downcast_ref::<DistError>()
+            .or_else(|| e.downcast_ref::<Box<DistError>>().map(|b| &**b));
+        matches!(dist, Some(DistError::Collective { .. }))
     })
 }
 

@@ -554,7 +554,8 @@ pub enum SensitivityError {
     Weights(#[from] Box<crate::model::weights::WeightsError>),
     #[error(transparent)]
     Source(#[from] Box<crate::model::source::SourceError>),
-    #[error(transparent)]
+    /// Kept as the source (not transparent), so that the CLI can tell a lost peer.
+    #[error("{0}")]
     Dist(#[from] Box<crate::dist::DistError>),
     /// Splitting or merging a run across ranks (see `quant::shards`).
     #[error(transparent)]
