@@ -296,6 +296,37 @@ fn bad_launch_environments_are_refused_clearly() {
         "{}",
         stderr(&out)
     );
+    // A peer that never starts: the join itself is under the watchdog.
+    let ports: Vec<u16> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    std::fs::write(
+        &hostfile,
+        format!(
+            "[[\"127.0.0.1:{}\"],[\"127.0.0.1:{}\"]]",
+            ports[0], ports[1]
+        ),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let (out, _) = f.run(
+        &args,
+        &[
+            ("MLX_RANK", "0"),
+            ("MLX_HOSTFILE", hostfile.to_str().unwrap()),
+            ("SD3LAB_COLLECTIVE_TIMEOUT", "2"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("joining the ring"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(t.elapsed() < Duration::from_secs(30));
     // The linearized scope is not split by layer; a bad --shard is a usage error.
     let mut lin = args.clone();
     lin.extend([

@@ -708,6 +708,8 @@ pub fn run_benchmark_distributed(
         None
     };
     if !shard.is_part() {
+        // Parts of a split run still writing into the folder would be overrun.
+        crate::dist::shard::check_parts_idle(&dir)?;
         // Under the lock, so no live writer's: the temporary files a killed run left.
         // `<config>/records/` is two levels down.
         crate::fsutil::remove_temporary_files(&dir, 3).map_err(|(path, e)| io_err(&path)(e))?;
@@ -828,28 +830,28 @@ pub fn run_benchmark_distributed(
             done: done[k],
             num_images: n,
         });
+        // A group reports progress after every round of one image per rank, so that no rank
+        // waits for another longer than one image.
+        let rounds = dist.group.map(|group| Rounds {
+            group,
+            shard,
+            num_images: n,
+        });
         if !todo.is_empty() {
-            let done = run_configuration(&run, c, &todo, &mut folder, cancel, on_event)?;
+            let done = run_configuration(
+                &run,
+                c,
+                &todo,
+                rounds.as_ref(),
+                &mut folder,
+                cancel,
+                on_event,
+            )?;
             summary.images_generated += done.images;
             summary.generation_seconds += done.generation_seconds;
             summary.harness_seconds += done.harness_seconds;
-        }
-        if let Some(g) = dist.group
-            && !cancel.is_cancelled()
-        {
-            let mine = folder.records[&c.name]
-                .range(..n)
-                .filter(|(i, _)| shard.takes(**i))
-                .count();
-            let done = g
-                .sum(&format!("the progress count of {}", c.name), &[mine as u32])
-                .map_err(Box::new)?;
-            on_event(BenchEvent::JobProgress {
-                configuration: c.name.clone(),
-                done: done.first().copied().unwrap_or(0) as usize,
-                num_images: n,
-                ranks: g.size(),
-            });
+        } else if let Some(r) = &rounds {
+            r.sync_until(r.count(), &mut 0, &folder, &c.name, on_event)?;
         }
         if let Some(result) = folder
             .results()
@@ -869,6 +871,11 @@ pub fn run_benchmark_distributed(
     }
     if let Some(g) = dist.group {
         gather_records(g, &run, &mut folder)?;
+        if g.rank() == 0 {
+            // Every rank has sent its records, so none writes any more: the temporary files
+            // killed parts left can go.
+            crate::fsutil::remove_temporary_files(&dir, 3).map_err(|(path, e)| io_err(&path)(e))?;
+        }
     }
     if !writes_summaries {
         summary.seconds = started.elapsed().as_secs_f64();
@@ -1042,12 +1049,59 @@ fn score_configurations(
     Ok(true)
 }
 
+/// The progress rounds of a group run: round k holds image k·N + R of each rank R; every rank
+/// takes part in every round's sum, whether it had an image to generate in it or not.
+struct Rounds<'a> {
+    group: &'a dyn Collective,
+    shard: crate::dist::Shard,
+    num_images: usize,
+}
+
+impl Rounds<'_> {
+    fn count(&self) -> usize {
+        self.num_images.div_ceil(self.shard.size)
+    }
+
+    /// Runs the progress sums of rounds `*synced..end` (reporting the job's progress of
+    /// configuration `name`) and moves `synced` on.
+    fn sync_until(
+        &self,
+        end: usize,
+        synced: &mut usize,
+        folder: &Folder,
+        name: &str,
+        on_event: &mut dyn FnMut(BenchEvent),
+    ) -> Result<(), BenchError> {
+        while *synced < end.min(self.count()) {
+            let mine = folder.records.get(name).map_or(0, |m| {
+                m.range(..self.num_images)
+                    .filter(|(i, _)| self.shard.takes(**i))
+                    .count()
+            });
+            let done = self
+                .group
+                .sum(&format!("the progress count of {name}"), &[mine as u32])
+                .map_err(Box::new)?;
+            on_event(BenchEvent::JobProgress {
+                configuration: name.to_owned(),
+                done: done.first().copied().unwrap_or(0) as usize,
+                num_images: self.num_images,
+                ranks: self.group.size(),
+            });
+            *synced += 1;
+        }
+        Ok(())
+    }
+}
+
 /// Loads configuration `c`, generates images `todo` (a resumed configuration first runs
-/// `warmup` throwaway generations so its first timed image is warm), then releases it.
+/// `warmup` throwaway generations so its first timed image is warm), then releases it. With
+/// `rounds`, takes part in every progress round of the configuration.
 fn run_configuration(
     run: &ValidatedBench,
     c: &Configuration,
     todo: &[usize],
+    rounds: Option<&Rounds>,
     folder: &mut Folder,
     cancel: &CancelToken,
     on_event: &mut dyn FnMut(BenchEvent),
@@ -1107,9 +1161,14 @@ fn run_configuration(
 
     let mut seconds_this_run = Vec::new();
     let mut harness_seconds = 0.0;
+    let mut synced = 0;
     for (done, &i) in todo.iter().enumerate() {
         if cancel.is_cancelled() {
             break;
+        }
+        if let Some(r) = rounds {
+            // The rounds before this image's, in which this rank had nothing left to do.
+            r.sync_until(i / r.shard.size, &mut synced, folder, &c.name, on_event)?;
         }
         let req = request(i);
         on_event(BenchEvent::ImageStarted {
@@ -1180,6 +1239,14 @@ fn run_configuration(
             peak_mlx_bytes,
             peak_rss_bytes,
         });
+        if let Some(r) = rounds {
+            r.sync_until(i / r.shard.size + 1, &mut synced, folder, &c.name, on_event)?;
+        }
+    }
+    if let Some(r) = rounds
+        && !cancel.is_cancelled()
+    {
+        r.sync_until(r.count(), &mut synced, folder, &c.name, on_event)?;
     }
     drop(pipe);
     mlx_rs::memory::clear_cache()?;

@@ -54,7 +54,8 @@ impl PartRecord {
     }
 }
 
-fn read_part(path: &Path) -> Result<Option<PartRecord>, CalibrateError> {
+/// Reads a part's record, which must be `expected`'s.
+fn read_part(path: &Path, expected: Shard) -> Result<Option<PartRecord>, CalibrateError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -70,7 +71,30 @@ fn read_part(path: &Path) -> Result<Option<PartRecord>, CalibrateError> {
             problem: format!("schema {:?}, expected {PART_SCHEMA:?}", part.schema),
         });
     }
+    check_part(&part, expected).map_err(|problem| CalibrateError::BadPart {
+        path: path.to_owned(),
+        problem,
+    })?;
     Ok(Some(part))
+}
+
+/// A record is `expected`'s part and holds only images it owns.
+fn check_part(part: &PartRecord, expected: Shard) -> Result<(), String> {
+    if part.shard != expected {
+        return Err(format!(
+            "it records part {}/{}, not {expected}",
+            part.shard.rank, part.shard.size
+        ));
+    }
+    let num_images = part.settings.prompts.len();
+    if let Some(i) = part
+        .images
+        .keys()
+        .find(|&&i| i >= num_images || !expected.takes(i))
+    {
+        return Err(format!("image {i} is not one of part {expected}'s"));
+    }
+    Ok(())
 }
 
 fn write_part(path: &Path, part: &PartRecord) -> Result<(), CalibrateError> {
@@ -84,7 +108,7 @@ fn finished_in_manifest(
     dir: &Path,
     settings: &GenerationSettings,
 ) -> Result<BTreeMap<usize, Vec<String>>, CalibrateError> {
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     let Some(manifest) = Manifest::read(dir)? else {
         return Ok(out);
     };
@@ -98,14 +122,16 @@ fn finished_in_manifest(
             differences: d.join("; "),
         });
     }
-    let n = manifest.n_completed.unwrap_or(0) as usize;
+    let n = (manifest.n_completed.unwrap_or(0) as usize).min(settings.prompts.len());
+    // Every image before `n_completed` is finished (with no samples in a reference set).
+    out.extend((0..n).map(|i| (i, Vec::new())));
     for f in manifest.sample_files.unwrap_or_default() {
         let image = Path::new(&f)
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(image_of);
-        if let Some(i) = image.filter(|&i| i < n) {
-            out.entry(i).or_insert_with(Vec::new).push(f);
+        if let Some(files) = image.and_then(|i| out.get_mut(&i)) {
+            files.push(f);
         }
     }
     Ok(out)
@@ -158,7 +184,7 @@ pub fn run_calibration_distributed(
         settings: run.settings.clone(),
         images: BTreeMap::new(),
     };
-    let mut part = match read_part(&part_path)? {
+    let mut part = match read_part(&part_path, shard)? {
         Some(_) if cfg.overwrite => fresh(),
         Some(previous) => {
             let d = setting_differences(&previous.settings, &run.settings);
@@ -299,14 +325,23 @@ pub fn run_calibration_distributed(
                 .iter()
                 .enumerate()
                 .map(|(rank, bytes)| {
-                    serde_json::from_slice::<PartRecord>(bytes).map_err(|e| {
-                        CalibrateError::BadPart {
-                            path: PathBuf::from(format!("rank {rank}'s record")),
-                            problem: e.to_string(),
-                        }
-                    })
+                    let bad = |problem: String| CalibrateError::BadPart {
+                        path: PathBuf::from(format!("rank {rank}'s record")),
+                        problem,
+                    };
+                    let part = serde_json::from_slice::<PartRecord>(bytes)
+                        .map_err(|e| bad(e.to_string()))?;
+                    let sender = Shard {
+                        rank,
+                        size: shard.size,
+                    };
+                    check_part(&part, sender).map_err(bad)?;
+                    Ok(part)
                 })
-                .collect::<Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>, CalibrateError>>()?;
+            // Every rank has sent its record, so none writes any more: the temporary files
+            // killed parts left can go.
+            crate::fsutil::remove_temporary_files(dir, 2).map_err(|(path, e)| io_err(&path)(e))?;
             let merged = merge_parts(dir, parts)?;
             summary.n_completed = merged.n_completed;
             summary.num_images = merged.num_images;
@@ -403,9 +438,10 @@ pub fn merge_parts(
 /// of one split) merged into `dir/manifest.json`.
 pub fn merge_part_folders(dir: &Path) -> Result<MergedCalibration, CalibrateError> {
     let paths = crate::dist::shard::find_parts(dir, PART_FILE).map_err(Box::new)?;
+    let size = paths.len();
     let mut parts = Vec::new();
     for (rank, path) in paths.iter().enumerate() {
-        let part = read_part(path)?
+        let part = read_part(path, Shard { rank, size })?
             .ok_or_else(|| io_err(path)(std::io::Error::from(std::io::ErrorKind::NotFound)))?;
         let left = part.left();
         if left > 0 {
@@ -417,6 +453,8 @@ pub fn merge_part_folders(dir: &Path) -> Result<MergedCalibration, CalibrateErro
         }
         parts.push(part);
     }
+    crate::dist::shard::check_parts_idle(dir)?;
     let _lock = FolderLock::acquire(dir)?;
+    crate::fsutil::remove_temporary_files(dir, 2).map_err(|(path, e)| io_err(&path)(e))?;
     merge_parts(dir, parts)
 }

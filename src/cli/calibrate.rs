@@ -166,7 +166,9 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
                 for n in notes {
                     eprintln!("note: {n}");
                 }
-                if start_image > 0 {
+                if split.is_part() {
+                    eprintln!("{tag}{start_image} of this part's images already done");
+                } else if start_image > 0 {
                     eprintln!("resuming at image {start_image}");
                 }
                 eprintln!("will write about {:.1} MB", estimate_bytes as f64 / 1e6);

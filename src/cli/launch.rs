@@ -49,28 +49,44 @@ pub fn run(args: &LaunchArgs) -> anyhow::Result<ExitCode> {
         env: Vec::new(),
     };
     let cancel = cancel_on_ctrl_c();
+    // The whole job's progress, from rank 0's `job: …` lines (hidden until the first).
+    let bar = indicatif::ProgressBar::hidden();
+    bar.set_style(super::bar_style("job [{bar:30}] {pos}/{len} ETA {eta}"));
     let outcome = launch(&cfg, &cancel, &mut |e| match e {
         LaunchEvent::Started { rank, host, log } => {
-            eprintln!("rank {rank} started ({host}), log {}", log.display())
+            bar.suspend(|| eprintln!("rank {rank} started ({host}), log {}", log.display()))
         }
         // Rank 0 reports the whole job; the others' errors and warnings are shown too.
-        LaunchEvent::Line { rank: 0, line } => eprintln!("{line}"),
+        LaunchEvent::Line { rank: 0, line } => {
+            if let Some((done, total)) = job_progress(&line) {
+                if bar.is_hidden() {
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                }
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+            bar.suspend(|| eprintln!("{line}"));
+        }
         LaunchEvent::Line { rank, line } => {
             if line.starts_with("error") || line.starts_with("warning") {
-                eprintln!("[rank {rank}] {line}");
+                bar.suspend(|| eprintln!("[rank {rank}] {line}"));
             }
         }
-        LaunchEvent::Exited { rank, code } if code != Some(0) => eprintln!(
-            "rank {rank} {}",
-            code.map_or("was killed by a signal".to_owned(), |c| format!(
-                "exited with status {c}"
-            ))
-        ),
+        LaunchEvent::Exited { rank, code } if code != Some(0) => bar.suspend(|| {
+            eprintln!(
+                "rank {rank} {}",
+                code.map_or("was killed by a signal".to_owned(), |c| format!(
+                    "exited with status {c}"
+                ))
+            )
+        }),
         LaunchEvent::Exited { .. } => {}
         LaunchEvent::Stopping { failed_rank } => {
-            eprintln!("rank {failed_rank} failed: stopping the other ranks")
+            bar.suspend(|| eprintln!("rank {failed_rank} failed: stopping the other ranks"))
         }
-    })?;
+    });
+    bar.finish_and_clear();
+    let outcome = outcome?;
     match outcome.failed() {
         None => {
             eprintln!("all {} ranks finished", outcome.codes.len());
@@ -92,5 +108,33 @@ pub fn run(args: &LaunchArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or(1),
             ))
         }
+    }
+}
+
+/// `done/total` from a rank's `job: …` progress line (`job: 12/60 layers measured over 2
+/// ranks`, `job: w4g64: 3/150 images over 4 ranks`).
+fn job_progress(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("job: ")?;
+    rest.split_whitespace().find_map(|word| {
+        let (d, t) = word.split_once('/')?;
+        Some((d.parse().ok()?, t.parse().ok()?))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn job_progress_lines() {
+        use super::job_progress;
+        assert_eq!(
+            job_progress("job: 12/60 layers measured over 2 ranks"),
+            Some((12, 60))
+        );
+        assert_eq!(
+            job_progress("job: w4g64: 3/150 images over 4 ranks"),
+            Some((3, 150))
+        );
+        assert_eq!(job_progress("[rank 0/2] layer done"), None);
+        assert_eq!(job_progress("job: nothing"), None);
     }
 }

@@ -19,6 +19,7 @@ mod model;
 mod plan;
 mod rank_agreement;
 mod report;
+mod ring_check;
 mod samples;
 mod sensitivity;
 
@@ -56,8 +57,11 @@ enum Command {
     /// Start the ranks of a distributed run (MLX's ring backend), locally or over ssh:
     /// `sd3lab launch --local 2 -- sd3lab sensitivity …`.
     Launch(launch::LaunchArgs),
-    /// Join the finished parts of a sensitivity run split with --shard R/N.
+    /// Join the finished parts of a calibration run or sensitivity sweep split with --shard R/N.
     Merge(merge::MergeArgs),
+    /// Under `sd3lab launch` / `mlx.launch`: check that the ranks reach each other and time
+    /// the collectives (barrier, sum, gather).
+    RingCheck(ring_check::RingCheckArgs),
     /// Spearman rank agreement between sensitivity runs' layer rankings, per bit width.
     RankAgreement(rank_agreement::RankAgreementArgs),
     /// Open the desktop app (also what `sd3lab` alone does when a display is available).
@@ -85,6 +89,7 @@ impl Cli {
             Some(Command::Plan(args)) => plan::run(&args),
             Some(Command::Launch(args)) => launch::run(&args),
             Some(Command::Merge(args)) => merge::run(&args),
+            Some(Command::RingCheck(args)) => ring_check::run(&args),
             Some(Command::RankAgreement(args)) => rank_agreement::run(&args),
             Some(Command::Gui(args)) => gui::run(&args),
             Some(Command::Report(cmd)) => report::run(&cmd),

@@ -90,6 +90,14 @@ pub enum DistError {
         what: String,
         message: String,
     },
+    /// A collective this rank could not even start (not a peer's failure).
+    #[error("rank {rank} of {size}: {what}: {message}")]
+    Local {
+        rank: usize,
+        size: usize,
+        what: String,
+        message: String,
+    },
     #[error("rank {rank} sent {what} that cannot be read: {problem}")]
     BadPayload {
         rank: usize,
@@ -266,17 +274,22 @@ impl RingGroup {
         what: &str,
         op: impl FnOnce(mlx_sys::mlx_distributed_group, &Stream) -> Result<Array, String>,
     ) -> Result<Array, DistError> {
-        let failed = |message: String| DistError::Collective {
+        // Distributed operations have no GPU implementation: MLX's CPU stream.
+        let stream = Stream::cpu();
+        let _armed = self.watchdog.arm(what);
+        let out = op(self.raw, &stream).map_err(|message| DistError::Local {
             rank: self.rank,
             size: self.size,
             what: what.to_owned(),
             message,
-        };
-        // Distributed operations have no GPU implementation: MLX's CPU stream.
-        let stream = Stream::cpu();
-        let _armed = self.watchdog.arm(what);
-        let out = op(self.raw, &stream).map_err(failed)?;
-        out.eval().map_err(|e| failed(e.what().to_owned()))?;
+        })?;
+        // Evaluating is where the ring talks to the peers: a failure here is theirs.
+        out.eval().map_err(|e| DistError::Collective {
+            rank: self.rank,
+            size: self.size,
+            what: what.to_owned(),
+            message: e.what().to_owned(),
+        })?;
         Ok(out)
     }
 }
@@ -312,6 +325,7 @@ impl Collective for RingGroup {
             &values.iter().map(|&v| i64::from(v)).collect::<Vec<_>>(),
             &[values.len() as i32],
         );
+        // SAFETY: `x`, the group and the stream outlive the call, which fills `res`.
         let out = self.run(what, |g, s| unsafe {
             raw_op(|res| mlx_sys::mlx_distributed_all_sum(res, x.as_ptr(), g, s.as_ptr()))
         })?;
@@ -330,12 +344,13 @@ impl Collective for RingGroup {
         let mut padded = bytes.to_vec();
         padded.resize(max, 0);
         let x = Array::from_slice(&padded, &[max as i32]);
+        // SAFETY: `x`, the group and the stream outlive the call, which fills `res`.
         let out = self.run(what, |g, s| unsafe {
             raw_op(|res| mlx_sys::mlx_distributed_all_gather(res, x.as_ptr(), g, s.as_ptr()))
         })?;
         let all = out.as_slice::<u8>();
         if all.len() != max * self.size {
-            return Err(DistError::Collective {
+            return Err(DistError::Local {
                 rank: self.rank,
                 size: self.size,
                 what: what.to_owned(),
@@ -354,6 +369,7 @@ impl RingGroup {
     /// Every rank's `value`, by rank.
     fn all_gather_i64(&self, what: &str, value: i64) -> Result<Vec<i64>, DistError> {
         let x = Array::from_slice(&[value], &[1]);
+        // SAFETY: `x`, the group and the stream outlive the call, which fills `res`.
         let out = self.run(what, |g, s| unsafe {
             raw_op(|res| mlx_sys::mlx_distributed_all_gather(res, x.as_ptr(), g, s.as_ptr()))
         })?;

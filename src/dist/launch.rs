@@ -76,26 +76,30 @@ pub enum LaunchEvent {
 pub struct LaunchOutcome {
     pub codes: Vec<Option<i32>>,
     pub logs: Vec<PathBuf>,
+    /// The ranks that failed, in the order their failures were seen.
+    pub failure_order: Vec<usize>,
+    /// The ranks the launch itself stopped (after another's failure, or on cancel).
+    pub stopped: Vec<bool>,
 }
 
 impl LaunchOutcome {
     /// The rank whose failure ended the job and its exit status, if any rank failed: the
-    /// first (by rank) that failed on its own, rather than because a peer was lost or stalled
+    /// first seen to fail on its own, rather than because a peer was lost or stalled
     /// ([`super::group::EXIT_PEER_LOST`], [`super::group::EXIT_STALLED`]) or because the
-    /// launch stopped it (a signal).
+    /// launch stopped it; a rank killed by someone else's signal (the OOM killer) failed on
+    /// its own.
     pub fn failed(&self) -> Option<(usize, Option<i32>)> {
         use super::group::{EXIT_PEER_LOST, EXIT_STALLED};
-        let failed = || {
-            self.codes
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c != Some(0))
+        let own = |r: usize| match self.codes[r] {
+            Some(c) => c != 0 && c != EXIT_PEER_LOST && c != EXIT_STALLED,
+            None => !self.stopped[r],
         };
-        failed()
-            .find(|(_, c)| c.is_some_and(|c| c != EXIT_PEER_LOST && c != EXIT_STALLED))
-            .or_else(|| failed().find(|(_, c)| c.is_some()))
-            .or_else(|| failed().next())
-            .map(|(r, c)| (r, *c))
+        self.failure_order
+            .iter()
+            .copied()
+            .find(|&r| own(r))
+            .or_else(|| self.failure_order.first().copied())
+            .map(|r| (r, self.codes[r]))
     }
 }
 
@@ -236,7 +240,8 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// The shell script a remote rank runs through ssh: the ring hostfile written to a temporary
-/// file, the environment, the same working directory when it exists there, then the command.
+/// file, the environment, the same working directory (the rank fails when it does not exist
+/// there: relative paths would land elsewhere), then the command.
 pub fn remote_script(
     rank: usize,
     ring_json: &str,
@@ -252,7 +257,7 @@ pub fn remote_script(
         s += &format!(" {k}={}", shell_quote(v));
     }
     let dir = shell_quote(&cwd.display().to_string());
-    s += &format!("; cd {dir} 2>/dev/null; exec");
+    s += &format!("; cd {dir} || exit 1; exec");
     for word in command {
         s.push(' ');
         s += &shell_quote(word);
@@ -412,6 +417,8 @@ pub fn launch(
     let mut codes: Vec<Option<Option<i32>>> = vec![None; ranks.len()];
     let mut stopping_since: Option<Instant> = None;
     let mut terminated = false;
+    let mut failure_order = Vec::new();
+    let mut stopped = vec![false; ranks.len()];
     while codes.iter().any(|c| c.is_none()) {
         while let Ok((rank, line)) = rx.recv_timeout(Duration::from_millis(100)) {
             on_event(LaunchEvent::Line { rank, line });
@@ -422,6 +429,9 @@ pub fn launch(
             }
             if let Ok(Some(status)) = r.child.try_wait() {
                 codes[rank] = Some(status.code());
+                if status.code() != Some(0) {
+                    failure_order.push(rank);
+                }
                 on_event(LaunchEvent::Exited {
                     rank,
                     code: status.code(),
@@ -445,6 +455,7 @@ pub fn launch(
         {
             for (rank, r) in ranks.iter_mut().enumerate() {
                 if codes[rank].is_none() {
+                    stopped[rank] = true;
                     if since.elapsed() >= FAILURE_GRACE + KILL_AFTER {
                         let _ = r.child.kill();
                     } else if !terminated {
@@ -463,10 +474,11 @@ pub fn launch(
     while let Ok((rank, line)) = rx.try_recv() {
         on_event(LaunchEvent::Line { rank, line });
     }
-    // Order failures by rank number for the outcome; the first reported failure came as an event.
     Ok(LaunchOutcome {
         codes: codes.into_iter().map(|c| c.flatten()).collect(),
         logs,
+        failure_order,
+        stopped,
     })
 }
 
@@ -518,7 +530,7 @@ mod tests {
         );
         assert_eq!(
             s,
-            "f=$(mktemp) && printf '%s' '[[\"10.0.0.1:5000\"],[\"10.0.0.2:5001\"]]' > \"$f\" && export MLX_HOSTFILE=\"$f\" MLX_RANK=1 SD3LAB_COLLECTIVE_TIMEOUT=60; cd '/Users/me/my lab' 2>/dev/null; exec /opt/sd3lab --layers 'it'\\''s (a|b)'"
+            "f=$(mktemp) && printf '%s' '[[\"10.0.0.1:5000\"],[\"10.0.0.2:5001\"]]' > \"$f\" && export MLX_HOSTFILE=\"$f\" MLX_RANK=1 SD3LAB_COLLECTIVE_TIMEOUT=60; cd '/Users/me/my lab' || exit 1; exec /opt/sd3lab --layers 'it'\\''s (a|b)'"
         );
         // What a POSIX shell makes of it: the words come back unchanged.
         let out = std::process::Command::new("sh")
@@ -530,5 +542,47 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "it's (a|b) $HOME\n");
+    }
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::*;
+    use crate::dist::group::{EXIT_PEER_LOST, EXIT_STALLED};
+
+    fn outcome(codes: Vec<Option<i32>>, order: Vec<usize>, stopped: Vec<bool>) -> LaunchOutcome {
+        LaunchOutcome {
+            logs: vec![PathBuf::new(); codes.len()],
+            codes,
+            failure_order: order,
+            stopped,
+        }
+    }
+
+    #[test]
+    fn the_rank_that_failed_on_its_own_is_blamed() {
+        // Rank 1 exits with 9, rank 0 then loses its peer: rank 1.
+        let o = outcome(
+            vec![Some(EXIT_PEER_LOST), Some(9)],
+            vec![0, 1],
+            vec![false, false],
+        );
+        assert_eq!(o.failed(), Some((1, Some(9))));
+        // Killed by the OOM killer (a signal the launch did not send), the survivor stalls.
+        let o = outcome(
+            vec![Some(EXIT_STALLED), None],
+            vec![0, 1],
+            vec![false, false],
+        );
+        assert_eq!(o.failed(), Some((1, None)));
+        // Stopped by the launch after rank 0's watchdog: rank 0.
+        let o = outcome(
+            vec![Some(EXIT_STALLED), None],
+            vec![0, 1],
+            vec![false, true],
+        );
+        assert_eq!(o.failed(), Some((0, Some(EXIT_STALLED))));
+        let o = outcome(vec![Some(0), Some(0)], vec![], vec![false, false]);
+        assert_eq!(o.failed(), None);
     }
 }

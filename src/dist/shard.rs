@@ -151,6 +151,25 @@ pub fn find_parts(dir: &Path, file: &str) -> Result<Vec<PathBuf>, PartsError> {
     Ok(found.into_iter().map(|(_, p)| p).collect())
 }
 
+/// Refuses while any part of a split run in `dir` (a `shard-R-of-N` folder) is being written:
+/// a whole run or a merge must not remove its temporary files or redo its items.
+pub fn check_parts_idle(dir: &Path) -> Result<(), crate::fsutil::LockError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        if e.file_name()
+            .to_str()
+            .and_then(Shard::from_folder_name)
+            .is_some()
+            && e.path().is_dir()
+        {
+            crate::fsutil::FolderLock::check(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// The rank each item goes to, balancing the summed cost: items in decreasing cost (ties by
 /// position) each go to the rank with the least cost so far (ties to the lowest rank). Costs
 /// must be finite and non-negative (others count as zero).

@@ -678,6 +678,7 @@ mod plan_error_tests {
         };
         SensitivityReport {
             pending: Vec::new(),
+            job_layers: None,
             schema: "sd3lab.sensitivity/1".into(),
             settings: RunSettings {
                 model: "tiny".into(),

@@ -193,6 +193,10 @@ pub struct SensitivityReport {
     /// Files written before this field existed read as complete.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<String>,
+    /// A part of a split run (`OUTPUT/shard-R-of-N/`): every layer of the whole job, so that
+    /// the merge can check the parts cover it (absent from whole and merged reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_layers: Option<Vec<String>>,
 }
 
 /// The schema name of `sensitivity.json`.
@@ -1441,6 +1445,7 @@ pub fn run_sensitivity_distributed(
             cfg.layers.clone().unwrap_or_default(),
         ));
     }
+    let job_layer_names: Vec<String> = registry.iter().map(|l| l.name.clone()).collect();
     let job_layers = registry.len();
     let registry = super::shards::layers_of_shard(registry, &mmdit_cfg, cfg, shard);
     let set = CalibrationSet::open(&cfg.calib_dir, &OpenOptions::default()).map_err(boxed)?;
@@ -1511,6 +1516,7 @@ pub fn run_sensitivity_distributed(
             }
             SensitivityReport {
                 settings,
+                job_layers: shard.is_part().then(|| job_layer_names.clone()),
                 ..previous
             }
         }
@@ -1519,6 +1525,7 @@ pub fn run_sensitivity_distributed(
             settings,
             layers: Vec::new(),
             pending: Vec::new(),
+            job_layers: shard.is_part().then(|| job_layer_names.clone()),
         },
     };
     if cfg.scope == Scope::Linearized {

@@ -15,8 +15,8 @@ use crate::model::MmditConfig;
 use crate::model::registry::{LayerId, LinearLayer, mmdit_linear_layers};
 
 use super::sensitivity::{
-    REPORT_JSON, Scope, SensitivityConfig, SensitivityError, SensitivityReport, read_report,
-    settings_differences, write_report,
+    REPORT_JSON, RunSettings, Scope, SensitivityConfig, SensitivityError, SensitivityReport,
+    read_report, settings_differences, write_report,
 };
 
 /// Why parts cannot be run or merged.
@@ -40,6 +40,14 @@ pub enum ShardsError {
     Differ { rank: usize, differences: String },
     #[error("layer {0} was measured by two parts")]
     Overlap(String),
+    #[error(
+        "part {rank} split another list of layers than part 0 (other --layers, --scope or --no-cache): run every part with the same flags"
+    )]
+    OtherLayers { rank: usize },
+    #[error(
+        "the parts do not cover the job: {missing} layer(s) missing, first {first} (parts run with other flags?)"
+    )]
+    Uncovered { missing: usize, first: String },
     #[error("part {rank} sent a report that cannot be read: {problem}")]
     BadPayload { rank: usize, problem: String },
 }
@@ -94,9 +102,34 @@ pub fn layers_of_shard(
         .collect()
 }
 
-/// One report from the parts' reports (by rank): equal settings required, layers in the
-/// model's order, what is left to measure kept.
+/// A part's settings as every machine sees them the same: without where the calibration
+/// folder and the checkpoint are and when their files were written (each Mac has its own
+/// paths, downloads and copies); names, sizes and every other setting still count.
+fn portable(settings: &RunSettings) -> RunSettings {
+    let base = |p: &str| {
+        Path::new(p)
+            .file_name()
+            .map_or_else(|| p.to_owned(), |n| n.to_string_lossy().into_owned())
+    };
+    let mut s = settings.clone();
+    s.calib_dir = PathBuf::new();
+    s.model = base(&s.model);
+    if let Some(inputs) = &mut s.inputs {
+        inputs.checkpoint.file = base(&inputs.checkpoint.file);
+        inputs.checkpoint.modified_ns = 0;
+        for f in &mut inputs.sample_files {
+            f.modified_ns = 0;
+        }
+    }
+    s
+}
+
+/// One report from the parts' reports (by rank): the same settings (as [`portable`] compares
+/// them: parts may come from several machines) and together exactly the job's layers, each
+/// once; the layers in the model's order, what is left to measure kept. The merged report
+/// carries part 0's settings.
 pub fn merge_reports(parts: Vec<SensitivityReport>) -> Result<SensitivityReport, SensitivityError> {
+    let job = parts.first().and_then(|p| p.job_layers.clone());
     let mut parts = parts.into_iter();
     let Some(mut merged) = parts.next() else {
         return Err(SensitivityError::Bug("a merge of no parts".into()));
@@ -106,8 +139,12 @@ pub fn merge_reports(parts: Vec<SensitivityReport>) -> Result<SensitivityReport,
         .enumerate()
         .map(|(i, l)| (l.name, i))
         .collect();
+    let reference = portable(&merged.settings);
     for (i, part) in parts.enumerate() {
-        let d = settings_differences(&merged.settings, &part.settings);
+        if part.job_layers != job {
+            return Err(ShardsError::OtherLayers { rank: i + 1 }.into());
+        }
+        let d = settings_differences(&reference, &portable(&part.settings));
         if !d.is_empty() {
             return Err(ShardsError::Differ {
                 rank: i + 1,
@@ -123,9 +160,25 @@ pub fn merge_reports(parts: Vec<SensitivityReport>) -> Result<SensitivityReport,
         }
         merged.pending.extend(part.pending);
     }
+    // Every layer of the job is measured or pending in exactly one part.
+    if let Some(job) = &job {
+        let covered = merged.layers.len() + merged.pending.len();
+        let missing: Vec<&String> = job
+            .iter()
+            .filter(|n| !merged.layers.iter().any(|l| &l.name == *n) && !merged.pending.contains(n))
+            .collect();
+        if covered != job.len() || !missing.is_empty() {
+            return Err(ShardsError::Uncovered {
+                missing: missing.len(),
+                first: missing.first().map(|n| n.to_string()).unwrap_or_default(),
+            }
+            .into());
+        }
+    }
     let rank_of = |name: &str| order.get(name).copied().unwrap_or(usize::MAX);
     merged.layers.sort_by_key(|l| rank_of(&l.name));
     merged.pending.sort_by_key(|n| rank_of(n));
+    merged.job_layers = None;
     Ok(merged)
 }
 
@@ -143,6 +196,10 @@ pub fn merge_over_group(
     if group.rank() != 0 {
         return Ok(part);
     }
+    // Every rank has sent its results, so none writes any more: the temporary files killed
+    // parts left can go.
+    crate::fsutil::remove_temporary_files(output_dir, 2)
+        .map_err(|(path, source)| SensitivityError::Io { path, source })?;
     let parts = all
         .iter()
         .enumerate()
@@ -178,8 +235,94 @@ pub fn merge_shard_folders(output_dir: &Path) -> Result<SensitivityReport, Sensi
         }
         parts.push(part);
     }
+    crate::dist::shard::check_parts_idle(output_dir)?;
     let _lock = crate::fsutil::FolderLock::acquire(output_dir)?;
+    crate::fsutil::remove_temporary_files(output_dir, 2)
+        .map_err(|(path, source)| SensitivityError::Io { path, source })?;
     let merged = merge_reports(parts)?;
     write_report(output_dir, &merged)?;
     Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::sensitivity::{FileStamp, InputIdentity};
+
+    /// The fixture run split in two parts by alternate layers, as on two machines: each with
+    /// its own paths and file times.
+    fn parts() -> (SensitivityReport, Vec<SensitivityReport>) {
+        let mut whole: SensitivityReport =
+            serde_json::from_str(include_str!("../../tests/fixtures/sensitivity-tiny.json"))
+                .unwrap();
+        whole.settings.inputs = Some(InputIdentity {
+            calibration: serde_json::Value::Null,
+            checkpoint: FileStamp {
+                file: "/Users/a/models/tiny/sd3_medium.safetensors".into(),
+                bytes: 100,
+                modified_ns: 1,
+            },
+            sample_files: vec![FileStamp {
+                file: "000000_000.npz".into(),
+                bytes: 10,
+                modified_ns: 2,
+            }],
+        });
+        let names: Vec<String> = whole.layers.iter().map(|l| l.name.clone()).collect();
+        let parts = (0..2)
+            .map(|r| {
+                let mut p = whole.clone();
+                p.layers = whole
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i % 2 == r)
+                    .map(|(_, l)| l.clone())
+                    .collect();
+                p.job_layers = Some(names.clone());
+                if r == 1 {
+                    p.settings.calib_dir = "/Users/b/calib".into();
+                    let inputs = p.settings.inputs.as_mut().unwrap();
+                    inputs.checkpoint.file = "/Users/b/cache/tiny/sd3_medium.safetensors".into();
+                    inputs.checkpoint.modified_ns = 7;
+                    inputs.sample_files[0].modified_ns = 9;
+                }
+                p
+            })
+            .collect();
+        (whole, parts)
+    }
+
+    #[test]
+    fn parts_from_several_machines_merge_into_the_whole_run() {
+        let (whole, parts) = parts();
+        assert_eq!(merge_reports(parts).unwrap(), whole);
+    }
+
+    #[test]
+    fn parts_of_other_runs_or_missing_layers_are_refused() {
+        let (_, mut p) = parts();
+        p[1].settings.bits = vec![2, 8];
+        let e = merge_reports(p).unwrap_err().to_string();
+        assert!(
+            e.contains("part 1 ran with other settings") && e.contains("bits"),
+            "{e}"
+        );
+        let (_, mut p) = parts();
+        p[1].settings.inputs.as_mut().unwrap().sample_files[0].bytes = 11;
+        assert!(merge_reports(p).is_err());
+        let (_, mut p) = parts();
+        p[1].layers.pop();
+        let e = merge_reports(p).unwrap_err().to_string();
+        assert!(e.contains("1 layer(s) missing"), "{e}");
+        let (_, mut p) = parts();
+        p[1].job_layers.as_mut().unwrap().pop();
+        let e = merge_reports(p).unwrap_err().to_string();
+        assert!(e.contains("another list of layers"), "{e}");
+        let (_, mut p) = parts();
+        let first = p[0].layers[0].clone();
+        p[1].layers.push(first);
+        let e = merge_reports(p).unwrap_err().to_string();
+        assert!(e.contains("measured by two parts"), "{e}");
+    }
 }
