@@ -185,6 +185,66 @@ pub struct CalibrateSummary {
     pub collect_note: Option<String>,
 }
 
+impl CalibrateSummary {
+    /// A run's summary before its first image: `n_completed` of `num_images` already finished.
+    fn starting(
+        dir: &Path,
+        n_completed: usize,
+        num_images: usize,
+        estimate_bytes: u64,
+        notes: Vec<String>,
+    ) -> Self {
+        Self {
+            calib_dir: dir.to_owned(),
+            images_written: 0,
+            n_completed,
+            num_images,
+            cancelled: false,
+            estimate_bytes,
+            bytes_written: 0,
+            seconds: 0.0,
+            image_seconds: Vec::new(),
+            denoising_seconds: 0.0,
+            capture_seconds: 0.0,
+            notes,
+            warnings: Vec::new(),
+            collect_note: None,
+        }
+    }
+
+    /// Counts finished image `image` (`seconds` from its start to its record written; `left`
+    /// images still to go for the ETA) and returns the event that reports it.
+    fn add_image(
+        &mut self,
+        image: usize,
+        captured: &CapturedImage,
+        seconds: f64,
+        left: usize,
+    ) -> CalibrateEvent {
+        self.images_written += 1;
+        self.bytes_written += captured.bytes;
+        self.capture_seconds += captured.capture_seconds;
+        self.denoising_seconds += captured.denoising_seconds;
+        self.image_seconds.push(seconds);
+        let mean = self.image_seconds.iter().sum::<f64>() / self.image_seconds.len() as f64;
+        let non_finite = captured.non_finite_step.map(|step| {
+            format!(
+                "image {image}: the latent is not finite (NaN or infinity) from step index {step} \
+                 on; its samples and PNG hold no usable numbers (a lower CFG weight or float32 \
+                 avoids the overflow)"
+            )
+        });
+        self.warnings.extend(non_finite.clone());
+        CalibrateEvent::ImageDone {
+            image,
+            seconds,
+            eta_seconds: mean * left as f64,
+            peak_memory_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
+            non_finite,
+        }
+    }
+}
+
 /// Why a run could not start or finish. The refusals say what is wrong, not how to override
 /// it: the CLI and the app each add that in their own terms (a flag, a checkbox).
 #[derive(Debug, thiserror::Error)]
@@ -324,22 +384,8 @@ pub fn run_calibration(
         estimate_bytes: estimate,
         notes: run.notes.clone(),
     });
-    let mut summary = CalibrateSummary {
-        calib_dir: dir.clone(),
-        images_written: 0,
-        n_completed: start,
-        num_images: cfg.num_images,
-        cancelled: false,
-        estimate_bytes: estimate,
-        bytes_written: 0,
-        seconds: 0.0,
-        image_seconds: Vec::new(),
-        denoising_seconds: 0.0,
-        capture_seconds: 0.0,
-        notes: run.notes.clone(),
-        warnings: Vec::new(),
-        collect_note: None,
-    };
+    let mut summary =
+        CalibrateSummary::starting(dir, start, cfg.num_images, estimate, run.notes.clone());
     if start >= cfg.num_images {
         summary.seconds = started.elapsed().as_secs_f64();
         return Ok(summary);
@@ -366,30 +412,10 @@ pub fn run_calibration(
                 break;
             }
         };
-        plan.finish_image(dir, &run.settings, image, captured.sample_files)?;
-        let seconds = t_image.elapsed().as_secs_f64();
-        summary.images_written += 1;
+        plan.finish_image(dir, &run.settings, image, captured.sample_files.clone())?;
         summary.n_completed = image + 1;
-        summary.bytes_written += captured.bytes;
-        summary.capture_seconds += captured.capture_seconds;
-        summary.denoising_seconds += captured.denoising_seconds;
-        summary.image_seconds.push(seconds);
-        let mean = summary.image_seconds.iter().sum::<f64>() / summary.image_seconds.len() as f64;
-        let non_finite = captured.non_finite_step.map(|step| {
-            format!(
-                "image {image}: the latent is not finite (NaN or infinity) from step index {step} \
-                 on; its samples and PNG hold no usable numbers (a lower CFG weight or float32 \
-                 avoids the overflow)"
-            )
-        });
-        summary.warnings.extend(non_finite.clone());
-        on_event(CalibrateEvent::ImageDone {
-            image,
-            seconds,
-            eta_seconds: mean * (cfg.num_images - image - 1) as f64,
-            peak_memory_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
-            non_finite,
-        });
+        let left = cfg.num_images - image - 1;
+        on_event(summary.add_image(image, &captured, t_image.elapsed().as_secs_f64(), left));
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)

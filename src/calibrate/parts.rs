@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::resume::{ResumePlan, image_of};
+use super::resume::{ResumePlan, image_of, remove_image_files};
 use super::{
     CalibrateConfig, CalibrateError, CalibrateEvent, CalibrateSummary, CaptureOutcome,
     GenerationSettings, capture_image, check_disk, estimate_bytes_per_image, free_bytes, io_err,
@@ -140,20 +140,9 @@ fn finished_in_manifest(
 /// Removes the files of this part's images that are not finished (an interrupted image's).
 /// Other parts' files, live or not, are left alone.
 fn clean_part_leftovers(dir: &Path, part: &PartRecord) -> Result<(), CalibrateError> {
-    for sub in ["samples", "images"] {
-        let d = dir.join(sub);
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if image_of(&name).is_some_and(|i| part.shard.takes(i) && !part.images.contains_key(&i))
-            {
-                std::fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
-            }
-        }
-    }
-    Ok(())
+    remove_image_files(dir, |name| {
+        image_of(name).is_some_and(|i| part.shard.takes(i) && !part.images.contains_key(&i))
+    })
 }
 
 /// [`run_calibration`] for one part of a split run (the whole run when `dist` is whole).
@@ -228,22 +217,8 @@ pub fn run_calibration_distributed(
         notes: run.notes.clone(),
     });
     write_part(&part_path, &part)?;
-    let mut summary = CalibrateSummary {
-        calib_dir: dir.clone(),
-        images_written: 0,
-        n_completed: part.images.len(),
-        num_images: owned,
-        cancelled: false,
-        estimate_bytes: estimate,
-        bytes_written: 0,
-        seconds: 0.0,
-        image_seconds: Vec::new(),
-        denoising_seconds: 0.0,
-        capture_seconds: 0.0,
-        notes: run.notes.clone(),
-        warnings: Vec::new(),
-        collect_note: None,
-    };
+    let mut summary =
+        CalibrateSummary::starting(dir, part.images.len(), owned, estimate, run.notes.clone());
     let pipe = if todo.is_empty() {
         None
     } else {
@@ -277,30 +252,11 @@ pub fn run_calibration_distributed(
                     return Ok(summary);
                 }
             };
-            part.images.insert(image, captured.sample_files);
+            part.images.insert(image, captured.sample_files.clone());
             write_part(&part_path, &part)?;
-            let seconds = t_image.elapsed().as_secs_f64();
-            summary.images_written += 1;
             summary.n_completed = part.images.len();
-            summary.bytes_written += captured.bytes;
-            summary.capture_seconds += captured.capture_seconds;
-            summary.denoising_seconds += captured.denoising_seconds;
-            summary.image_seconds.push(seconds);
-            let mean =
-                summary.image_seconds.iter().sum::<f64>() / summary.image_seconds.len() as f64;
-            let non_finite = captured.non_finite_step.map(|step| {
-                format!(
-                    "image {image}: the latent is not finite (NaN or infinity) from step index {step} on; its samples and PNG hold no usable numbers"
-                )
-            });
-            summary.warnings.extend(non_finite.clone());
-            on_event(CalibrateEvent::ImageDone {
-                image,
-                seconds,
-                eta_seconds: mean * part.left() as f64,
-                peak_memory_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
-                non_finite,
-            });
+            let seconds = t_image.elapsed().as_secs_f64();
+            on_event(summary.add_image(image, &captured, seconds, part.left()));
             committed += 1;
             crate::dist::group::test_fault_point(shard.rank, committed);
         }

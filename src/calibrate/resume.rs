@@ -200,15 +200,23 @@ pub(super) fn clean_leftovers(dir: &Path, from: usize) -> Result<(), CalibrateEr
             }
         }
     }
+    remove_image_files(dir, |name| {
+        crate::fsutil::is_temporary_name(name) || image_of(name).is_some_and(|i| i >= from)
+    })
+}
+
+/// Removes the files in `samples/` and `images/` whose name `remove` picks.
+pub(super) fn remove_image_files(
+    dir: &Path,
+    remove: impl Fn(&str) -> bool,
+) -> Result<(), CalibrateError> {
     for sub in ["samples", "images"] {
         let d = dir.join(sub);
         let Ok(entries) = std::fs::read_dir(&d) else {
             continue;
         };
         for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if crate::fsutil::is_temporary_name(&name) || image_of(&name).is_some_and(|i| i >= from)
-            {
+            if remove(&e.file_name().to_string_lossy()) {
                 std::fs::remove_file(e.path()).map_err(io_err(&e.path()))?;
             }
         }
