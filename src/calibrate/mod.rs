@@ -371,6 +371,8 @@ pub fn run_calibration(
     // One writer per folder for the whole run: two runs into one folder would otherwise mix
     // their images under one manifest. Released by the OS however the process ends.
     let _lock = FolderLock::acquire(dir)?;
+    // Parts of a split run still writing into the folder would lose their images.
+    crate::dist::shard::check_parts_idle(dir)?;
     let mut plan = ResumePlan::from_existing(dir, &run.settings, cfg.overwrite)?;
     plan.prepare(dir)?;
     let start = plan.start;
