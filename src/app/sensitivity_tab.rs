@@ -168,6 +168,9 @@ pub struct SensitivityTab {
     pub report_file: Option<PathBuf>,
     loading: Option<Receiver<(PathBuf, Result<SensitivityReport, String>)>>,
     job: Option<(u64, CancelToken, PathBuf)>,
+    /// The submitted sweep's report, for the Report field to show at the next frame even when
+    /// the sweep has already ended by then (a quick failure).
+    show_in_field: Option<PathBuf>,
     /// Cancel was clicked for the running sweep.
     cancelling: bool,
     pub progress: Progress,
@@ -393,6 +396,7 @@ impl SensitivityTab {
             }
             self.refused = None;
             self.running_config = Some(config_sent);
+            self.show_in_field = Some(json.clone());
             self.job = Some((id, cancel, json));
             self.cancelling = false;
             self.progress = Progress {
@@ -515,11 +519,14 @@ impl SensitivityTab {
                 Pick::Plan => self.save_plan(ui.ctx(), o, Some(PathBuf::from(p))),
             }
         }
-        if let Some((_, _, json)) = &self.job
+        // While a sweep runs (and at the frame after one is submitted) the field shows its report.
+        let shown = self.job.as_ref().map(|(_, _, json)| json);
+        if let Some(json) = shown.or(self.show_in_field.as_ref())
             && o.report_path != json.display().to_string()
         {
             o.report_path = json.display().to_string();
         }
+        self.show_in_field = None;
         // A message about another report (the outcome of an earlier sweep or open) is stale.
         if self.message.is_some()
             && !self.message_context.is_empty()
