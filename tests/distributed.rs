@@ -31,7 +31,7 @@ impl Fixture {
     }
 
     fn sensitivity_args(&self, out: &Path) -> Vec<String> {
-        [
+        strings(&[
             "sensitivity",
             "--model",
             &self.model,
@@ -41,10 +41,7 @@ impl Fixture {
             "2,4",
             "--output-dir",
             &out.display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        ])
     }
 
     fn run(&self, args: &[String], env: &[(&str, &str)]) -> (Output, Duration) {
@@ -64,12 +61,9 @@ impl Fixture {
         command: &[String],
         env: &[(&str, &str)],
     ) -> (Output, Duration) {
-        let mut args: Vec<String> = ["launch", "--local", "2", "--log-dir"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut args = strings(&["launch", "--local", "2", "--log-dir"]);
         args.push(self.root.join(logs).display().to_string());
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(strings(extra));
         args.push("--".into());
         args.push("sd3lab".into());
         args.extend(command.iter().cloned());
@@ -103,8 +97,9 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn assert_same_files(a: &Path, b: &Path, names: &[&str]) {
+fn assert_same_files<P: AsRef<Path>>(a: &Path, b: &Path, names: &[P]) {
     for name in names {
+        let name = name.as_ref();
         let (x, y) = (
             std::fs::read(a.join(name)).unwrap(),
             std::fs::read(b.join(name)).unwrap(),
@@ -116,6 +111,11 @@ fn assert_same_files(a: &Path, b: &Path, names: &[&str]) {
             b.join(name).display()
         );
     }
+}
+
+/// Owned arguments.
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
 }
 
 const SENSITIVITY_FILES: [&str; 2] = ["sensitivity.json", "sensitivity.csv"];
@@ -369,7 +369,7 @@ fn run_files(dir: &Path) -> Vec<PathBuf> {
 
 fn calibrate_args(f: &Fixture, dir: &Path, images: usize) -> Vec<String> {
     let images = images.to_string();
-    [
+    strings(&[
         "calibrate",
         "--model",
         &f.model,
@@ -385,10 +385,7 @@ fn calibrate_args(f: &Fixture, dir: &Path, images: usize) -> Vec<String> {
         "float32",
         "--calib-dir",
         &dir.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ])
 }
 
 #[test]
@@ -408,16 +405,7 @@ fn calibration_split_two_ways_equals_one_process() {
         stderr(&out)
     );
     assert_eq!(run_files(&two), files);
-    assert_same_files(
-        &one,
-        &two,
-        &strs(
-            &files
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>(),
-        ),
-    );
+    assert_same_files(&one, &two, &files);
 
     // A part killed after its first image: the job fails, the rerun generates only the rest.
     let three = f.root.join("c-three");
@@ -433,16 +421,7 @@ fn calibration_split_two_ways_equals_one_process() {
         "{log1}"
     );
     assert_eq!(run_files(&three), files);
-    assert_same_files(
-        &one,
-        &three,
-        &strs(
-            &files
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>(),
-        ),
-    );
+    assert_same_files(&one, &three, &files);
 
     // --shard parts, then merge; a whole rerun then has nothing left to do.
     let four = f.root.join("c-four");
@@ -455,16 +434,7 @@ fn calibration_split_two_ways_equals_one_process() {
     let (out, _) = f.run(&["merge".into(), four.display().to_string()], &[]);
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("merged 4 of 4 images"));
-    assert_same_files(
-        &one,
-        &four,
-        &strs(
-            &files
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>(),
-        ),
-    );
+    assert_same_files(&one, &four, &files);
     let (out, _) = f.run(&calibrate_args(&f, &four, 4), &[]);
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("4 of 4 images complete (0 written now"));
@@ -503,7 +473,7 @@ fn benchmark_split_two_ways_matches_one_process() {
         .0,
     );
     let bench = |out: &Path| -> Vec<String> {
-        [
+        strings(&[
             "benchmark",
             "--model",
             &f.model,
@@ -527,10 +497,7 @@ fn benchmark_split_two_ways_matches_one_process() {
             &weights,
             "--output-dir",
             &out.display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        ])
     };
     let one = f.root.join("b-one");
     assert_ok(&f.run(&bench(&one), &[]).0);
@@ -553,7 +520,7 @@ fn benchmark_split_two_ways_matches_one_process() {
     assert_ok(&out);
     let err = stderr(&out);
     assert!(err.contains("job: w4g64: 3/3 images over 2 ranks"), "{err}");
-    assert_same_files(&one, &two, &strs(&pngs));
+    assert_same_files(&one, &two, &pngs);
     assert_eq!(deterministic_results(&two), expected);
     let log1 = std::fs::read_to_string(f.root.join("logs/rank-1.log")).unwrap();
     assert!(
@@ -572,6 +539,6 @@ fn benchmark_split_two_ways_matches_one_process() {
     let (out, _) = f.run(&bench(&three), &[]);
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 images generated"));
-    assert_same_files(&one, &three, &strs(&pngs));
+    assert_same_files(&one, &three, &pngs);
     assert_eq!(deterministic_results(&three), expected);
 }

@@ -217,8 +217,6 @@ pub enum BenchError {
         "a part of a split run cannot start the folder over: remove its files, or start over with a whole run"
     )]
     OverwriteWhole,
-    #[error("rank {rank} sent image records that cannot be read: {problem}")]
-    BadRecords { rank: usize, problem: String },
     /// Kept as the source (not transparent), so that the CLI can tell a lost peer.
     #[error("{0}")]
     Dist(#[from] Box<crate::dist::DistError>),
@@ -696,8 +694,8 @@ pub fn run_benchmark_distributed(
     }
     let run = cfg.validate_with(cancel, &mut |e| on_event(BenchEvent::Model(e)))?;
     let dir = cfg.output_dir.clone();
-    let writes_summaries = !shard.is_part() || dist.group.is_some_and(|g| g.rank() == 0);
-    let _lock = if !shard.is_part() || writes_summaries {
+    let writes_summaries = dist.writes_merged();
+    let _lock = if writes_summaries {
         Some(FolderLock::acquire(&dir)?)
     } else {
         None
@@ -870,7 +868,7 @@ pub fn run_benchmark_distributed(
         return Ok(summary);
     }
     if let Some(g) = dist.group {
-        gather_records(g, &run, &mut folder)?;
+        gather_records(g, shard, &run, &mut folder)?;
         if g.rank() == 0 {
             // Every rank has sent its records, so none writes any more: the temporary files
             // killed parts left can go.
@@ -911,23 +909,13 @@ pub const PART_RUN_JSON: &str = "run.json";
 /// The settings the parts of a split run in `dir` recorded (the first found; `None`: no
 /// parts). Parts of another run are told apart by their settings like a previous run.
 fn part_settings(dir: &Path) -> Result<Option<BenchSettings>, BenchError> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(None);
-    };
-    let mut found: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(crate::dist::Shard::from_folder_name)
-                .is_some()
-        })
-        .map(|e| e.path().join(PART_RUN_JSON))
-        .filter(|p| p.is_file())
-        .collect();
-    found.sort();
-    match found.first() {
-        Some(path) => Ok(Some(results::read_json(path)?)),
+    let found = crate::dist::shard::part_folders(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, folder)| folder.join(PART_RUN_JSON))
+        .find(|p| p.is_file());
+    match found {
+        Some(path) => Ok(Some(results::read_json(&path)?)),
         None => Ok(None),
     }
 }
@@ -936,13 +924,10 @@ fn part_settings(dir: &Path) -> Result<Option<BenchSettings>, BenchError> {
 /// configurations; rank 0 adds those it does not hold (other machines' images).
 fn gather_records(
     group: &dyn Collective,
+    shard: crate::dist::Shard,
     run: &ValidatedBench,
     folder: &mut Folder,
 ) -> Result<(), BenchError> {
-    let shard = crate::dist::Shard {
-        rank: group.rank(),
-        size: group.size(),
-    };
     let mine: Vec<&ImageRecord> = run
         .configurations
         .iter()
@@ -950,23 +935,20 @@ fn gather_records(
         .flat_map(|m| m.values())
         .filter(|r| shard.takes(r.index))
         .collect();
-    let payload = serde_json::to_vec(&mine).expect("records serialize");
-    let all = group
-        .gather("the merge of the image records", &payload)
-        .map_err(Box::new)?;
-    if group.rank() != 0 {
+    let Some(all) = crate::dist::gather_json::<_, Vec<ImageRecord>>(
+        group,
+        "the merge of the image records",
+        &mine,
+    )
+    .map_err(Box::new)?
+    else {
         return Ok(());
-    }
-    for (rank, bytes) in all.iter().enumerate() {
-        let records: Vec<ImageRecord> =
-            serde_json::from_slice(bytes).map_err(|e| BenchError::BadRecords {
-                rank,
-                problem: e.to_string(),
-            })?;
+    };
+    for (rank, records) in all.into_iter().enumerate() {
         for r in records {
             // Only images of this run's configurations, at the index the rank owns.
             if run.configurations.iter().any(|c| c.name == r.configuration)
-                && r.index % group.size() == rank
+                && r.index % shard.size == rank
                 && r.file == image_file_name(&r.configuration, r.index)
             {
                 folder
@@ -1080,11 +1062,11 @@ impl Rounds<'_> {
             });
             let done = self
                 .group
-                .sum(&format!("the progress count of {name}"), &[mine as u32])
+                .count(&format!("the progress count of {name}"), mine)
                 .map_err(Box::new)?;
             on_event(BenchEvent::JobProgress {
                 configuration: name.to_owned(),
-                done: done.first().copied().unwrap_or(0) as usize,
+                done,
                 num_images: self.num_images,
                 ranks: self.group.size(),
             });

@@ -162,9 +162,10 @@ pub fn run_calibration_distributed(
     let part_path = part_dir.join(PART_FILE);
     let run = cfg.validate_with(cancel, &mut |e| on_event(CalibrateEvent::Model(e)))?;
     // Rank 0 of a group writes the manifest; the parts share the folder, each its own files.
-    let _merged_lock = match dist.group {
-        Some(g) if g.rank() == 0 => Some(FolderLock::acquire(dir)?),
-        _ => None,
+    let _merged_lock = if dist.writes_merged() {
+        Some(FolderLock::acquire(dir)?)
+    } else {
+        None
     };
     let _lock = FolderLock::acquire(&part_dir)?;
     let fresh = || PartRecord {
@@ -262,47 +263,36 @@ pub fn run_calibration_distributed(
         }
         if let Some(g) = dist.group {
             let done = g
-                .sum("the progress count", &[part.images.len() as u32])
+                .count("the progress count", part.images.len())
                 .map_err(Box::new)?;
             on_event(CalibrateEvent::JobProgress {
-                done: done.first().copied().unwrap_or(0) as usize,
+                done,
                 total: cfg.num_images,
                 ranks: g.size(),
             });
         }
     }
-    if let Some(g) = dist.group {
-        let payload = serde_json::to_vec(&part)?;
-        let all = g
-            .gather("the merge of the image records", &payload)
-            .map_err(Box::new)?;
-        if g.rank() == 0 {
-            let parts = all
-                .iter()
-                .enumerate()
-                .map(|(rank, bytes)| {
-                    let bad = |problem: String| CalibrateError::BadPart {
-                        path: PathBuf::from(format!("rank {rank}'s record")),
-                        problem,
-                    };
-                    let part = serde_json::from_slice::<PartRecord>(bytes)
-                        .map_err(|e| bad(e.to_string()))?;
-                    let sender = Shard {
-                        rank,
-                        size: shard.size,
-                    };
-                    check_part(&part, sender).map_err(bad)?;
-                    Ok(part)
-                })
-                .collect::<Result<Vec<_>, CalibrateError>>()?;
-            // Every rank has sent its record, so none writes any more: the temporary files
-            // killed parts left can go.
-            crate::fsutil::remove_temporary_files(dir, 2).map_err(|(path, e)| io_err(&path)(e))?;
-            let merged = merge_parts(dir, parts)?;
-            summary.n_completed = merged.n_completed;
-            summary.num_images = merged.num_images;
-            summary.collect_note = merged.note();
+    if let Some(g) = dist.group
+        && let Some(parts) = crate::dist::gather_json(g, "the merge of the image records", &part)
+            .map_err(Box::new)?
+    {
+        for (rank, part) in parts.iter().enumerate() {
+            let sender = Shard {
+                rank,
+                size: shard.size,
+            };
+            check_part(part, sender).map_err(|problem| CalibrateError::BadPart {
+                path: PathBuf::from(format!("rank {rank}'s record")),
+                problem,
+            })?;
         }
+        // Every rank has sent its record, so none writes any more: the temporary files
+        // killed parts left can go.
+        crate::fsutil::remove_temporary_files(dir, 2).map_err(|(path, e)| io_err(&path)(e))?;
+        let merged = merge_parts(dir, parts)?;
+        summary.n_completed = merged.n_completed;
+        summary.num_images = merged.num_images;
+        summary.collect_note = merged.note();
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)

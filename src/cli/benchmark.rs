@@ -277,9 +277,9 @@ pub fn run(args: &BenchmarkArgs) -> anyhow::Result<ExitCode> {
             num_images,
             ranks,
         } => {
-            if split.shard().rank == 0 {
-                eprintln!("job: {configuration}: {done}/{num_images} images over {ranks} ranks");
-            }
+            split.job_progress(format_args!(
+                "{configuration}: {done}/{num_images} images over {ranks} ranks"
+            ));
         }
         BenchEvent::ConfigDone { .. } => {}
         BenchEvent::Metrics {

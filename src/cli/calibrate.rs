@@ -200,9 +200,9 @@ pub fn run(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
             }
         }
         CalibrateEvent::JobProgress { done, total, ranks } => {
-            if split.shard().rank == 0 {
-                eprintln!("job: {done}/{total} images generated over {ranks} ranks");
-            }
+            split.job_progress(format_args!(
+                "{done}/{total} images generated over {ranks} ranks"
+            ));
         }
     };
     let result = run_calibration_distributed(&config, split.distribution(), &cancel, &mut on_event);

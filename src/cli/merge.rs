@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use sd3lab::calibrate::parts::{PART_FILE, merge_part_folders};
-use sd3lab::dist::Shard;
+use sd3lab::dist::shard::part_folders;
 use sd3lab::quant::sensitivity::{REPORT_CSV, REPORT_JSON};
 
 #[derive(Args)]
@@ -19,15 +19,10 @@ pub struct MergeArgs {
 
 /// Whether any shard folder in `dir` holds `file`.
 fn has_parts_with(dir: &Path, file: &str) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(Shard::from_folder_name)
-                .is_some()
-                && e.path().join(file).is_file()
-        })
-    })
+    part_folders(dir)
+        .unwrap_or_default()
+        .iter()
+        .any(|(_, folder)| folder.join(file).is_file())
 }
 
 pub fn run(args: &MergeArgs) -> anyhow::Result<ExitCode> {

@@ -112,10 +112,7 @@ impl Split {
             (Some(_), Some(_)) => anyhow::bail!(
                 "--shard is for runs without a launcher; under mlx.launch or sd3lab launch the ranks split the work themselves"
             ),
-            (Some(g), None) => sd3lab::dist::Shard {
-                rank: sd3lab::dist::Collective::rank(g),
-                size: sd3lab::dist::Collective::size(g),
-            },
+            (Some(g), None) => sd3lab::dist::Distribution::of_group(g).shard,
             (None, Some(s)) => s,
             (None, None) => sd3lab::dist::Shard::WHOLE,
         };
@@ -152,7 +149,15 @@ impl Split {
 
     /// Whether this process writes the job's merged files (a whole run, or rank 0 of a group).
     pub(super) fn writes_merged(&self) -> bool {
-        !self.is_part() || (self.group.is_some() && self.shard.rank == 0)
+        self.distribution().writes_merged()
+    }
+
+    /// Prints the whole job's progress, `job: {what}` (rank 0 only: the line `sd3lab launch`
+    /// shows and turns into its progress bar).
+    pub(super) fn job_progress(&self, what: std::fmt::Arguments) {
+        if self.shard.rank == 0 {
+            eprintln!("job: {what}");
+        }
     }
 
     /// A `--shard` part (no group): its files wait for `sd3lab merge`.

@@ -119,7 +119,6 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
     let mut model_events = ModelEvents::new();
     let started = std::time::Instant::now();
     let mut sweep_started = None;
-    let mut done_here = 0;
     let report = run_sensitivity_distributed(&config, split.distribution(), &cancel, &mut |e| {
         match e {
             SensitivityEvent::Model(e) => model_events.show(e),
@@ -141,24 +140,23 @@ pub fn run(args: &SensitivityArgs) -> anyhow::Result<ExitCode> {
                 }
                 bar.set_length(layers as u64);
                 bar.set_position(already_done as u64);
-                done_here = already_done;
                 bar.suspend(|| eprintln!("{tag}{layers} layers × {bits} bit widths on {samples} samples ({already_done} layers already done)"));
             }
             SensitivityEvent::LayerDone { name, seconds, .. } => {
                 bar.inc(1);
                 bar.set_message(format!("{name} ({seconds:.1} s)"));
-                done_here += 1;
                 if plain {
                     eprintln!(
-                        "{tag}{name} done ({seconds:.1} s; {done_here} of {} here)",
+                        "{tag}{name} done ({seconds:.1} s; {} of {} here)",
+                        bar.position(),
                         bar.length().unwrap_or(0)
                     );
                 }
             }
             SensitivityEvent::JobProgress { done, total, ranks } => {
-                if shard.rank == 0 {
-                    eprintln!("job: {done}/{total} layers measured over {ranks} ranks");
-                }
+                split.job_progress(format_args!(
+                    "{done}/{total} layers measured over {ranks} ranks"
+                ));
             }
             SensitivityEvent::Probing {
                 batches,

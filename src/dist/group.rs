@@ -37,11 +37,17 @@ pub trait Collective {
     fn size(&self) -> usize;
     /// Element-wise sum of every rank's `values` (same length on every rank).
     fn sum(&self, what: &str, values: &[u32]) -> Result<Vec<u64>, DistError>;
-    /// Every rank's bytes, by rank (lengths may differ: exchanged with a max first, then padded).
+    /// Every rank's bytes, by rank (lengths may differ: every rank's length is gathered first,
+    /// then the bytes padded to the longest).
     fn gather(&self, what: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>, DistError>;
     /// Returns once every rank has called it.
     fn barrier(&self, what: &str) -> Result<(), DistError> {
         self.sum(what, &[1]).map(|_| ())
+    }
+    /// The sum over the ranks of one count each (a job's progress).
+    fn count(&self, what: &str, n: usize) -> Result<usize, DistError> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(self.sum(what, &[n])?.first().copied().unwrap_or(0) as usize)
     }
 }
 
@@ -98,7 +104,7 @@ pub enum DistError {
         what: String,
         message: String,
     },
-    #[error("rank {rank} sent {what} that cannot be read: {problem}")]
+    #[error("{what}: what rank {rank} sent cannot be read: {problem}")]
     BadPayload {
         rank: usize,
         what: String,
@@ -339,15 +345,17 @@ impl Collective for RingGroup {
     fn gather(&self, what: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>, DistError> {
         // all_gather needs one shape on every rank: agree on the longest, pad to it.
         let len = i64::try_from(bytes.len()).unwrap_or(i64::MAX);
-        let lengths = self.all_gather_i64(&format!("{what} (lengths)"), len)?;
+        let lengths = self
+            .all_gather(
+                &format!("{what} (lengths)"),
+                &Array::from_slice(&[len], &[1]),
+            )?
+            .as_slice::<i64>()
+            .to_vec();
         let max = lengths.iter().copied().max().unwrap_or(0).max(1) as usize;
         let mut padded = bytes.to_vec();
         padded.resize(max, 0);
-        let x = Array::from_slice(&padded, &[max as i32]);
-        // SAFETY: `x`, the group and the stream outlive the call, which fills `res`.
-        let out = self.run(what, |g, s| unsafe {
-            raw_op(|res| mlx_sys::mlx_distributed_all_gather(res, x.as_ptr(), g, s.as_ptr()))
-        })?;
+        let out = self.all_gather(what, &Array::from_slice(&padded, &[max as i32]))?;
         let all = out.as_slice::<u8>();
         if all.len() != max * self.size {
             return Err(DistError::Local {
@@ -366,14 +374,12 @@ impl Collective for RingGroup {
 }
 
 impl RingGroup {
-    /// Every rank's `value`, by rank.
-    fn all_gather_i64(&self, what: &str, value: i64) -> Result<Vec<i64>, DistError> {
-        let x = Array::from_slice(&[value], &[1]);
+    /// Every rank's `x` concatenated along the first axis, by rank (same shape on every rank).
+    fn all_gather(&self, what: &str, x: &Array) -> Result<Array, DistError> {
         // SAFETY: `x`, the group and the stream outlive the call, which fills `res`.
-        let out = self.run(what, |g, s| unsafe {
+        self.run(what, |g, s| unsafe {
             raw_op(|res| mlx_sys::mlx_distributed_all_gather(res, x.as_ptr(), g, s.as_ptr()))
-        })?;
-        Ok(out.as_slice::<i64>().to_vec())
+        })
     }
 }
 

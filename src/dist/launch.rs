@@ -420,8 +420,12 @@ pub fn launch(
     let mut failure_order = Vec::new();
     let mut stopped = vec![false; ranks.len()];
     while codes.iter().any(|c| c.is_none()) {
-        while let Ok((rank, line)) = rx.recv_timeout(Duration::from_millis(100)) {
-            on_event(LaunchEvent::Line { rank, line });
+        // Wait for output at most 100 ms, then take what is queued: a rank that never stops
+        // printing cannot keep the others' exits from being seen.
+        if let Ok(first) = rx.recv_timeout(Duration::from_millis(100)) {
+            for (rank, line) in std::iter::once(first).chain(rx.try_iter()) {
+                on_event(LaunchEvent::Line { rank, line });
+            }
         }
         for (rank, r) in ranks.iter_mut().enumerate() {
             if codes[rank].is_some() {

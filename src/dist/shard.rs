@@ -103,23 +103,33 @@ pub enum PartsError {
     },
 }
 
+/// The `shard-R-of-N` folders in `dir`, of any split, by number of ranks then rank.
+pub fn part_folders(dir: &Path) -> std::io::Result<Vec<(Shard, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(shard) = entry.file_name().to_str().and_then(Shard::from_folder_name)
+            && entry.path().is_dir()
+        {
+            found.push((shard, entry.path()));
+        }
+    }
+    found.sort_by_key(|(s, _)| (s.size, s.rank));
+    Ok(found)
+}
+
 /// The `file` of every part of the one split run in `dir` (its `shard-R-of-N` folders), by
 /// rank: all N of them, or why not.
 pub fn find_parts(dir: &Path, file: &str) -> Result<Vec<PathBuf>, PartsError> {
-    let io = |source| PartsError::Io {
-        path: dir.to_owned(),
-        source,
-    };
-    let mut found: Vec<(Shard, PathBuf)> = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
-        if let Some(shard) = entry.file_name().to_str().and_then(Shard::from_folder_name) {
-            let path = entry.path().join(file);
-            if path.is_file() {
-                found.push((shard, path));
-            }
-        }
-    }
+    let found: Vec<(Shard, PathBuf)> = part_folders(dir)
+        .map_err(|source| PartsError::Io {
+            path: dir.to_owned(),
+            source,
+        })?
+        .into_iter()
+        .map(|(shard, folder)| (shard, folder.join(file)))
+        .filter(|(_, path)| path.is_file())
+        .collect();
     let Some(size) = found.first().map(|(s, _)| s.size) else {
         return Err(PartsError::NoParts {
             dir: dir.to_owned(),
@@ -136,7 +146,6 @@ pub fn find_parts(dir: &Path, file: &str) -> Result<Vec<PathBuf>, PartsError> {
             counts: counts.join(" and "),
         });
     }
-    found.sort_by_key(|(s, _)| s.rank);
     let missing: Vec<String> = (0..size)
         .filter(|r| !found.iter().any(|(s, _)| s.rank == *r))
         .map(|r| r.to_string())
@@ -154,18 +163,8 @@ pub fn find_parts(dir: &Path, file: &str) -> Result<Vec<PathBuf>, PartsError> {
 /// Refuses while any part of a split run in `dir` (a `shard-R-of-N` folder) is being written:
 /// a whole run or a merge must not remove its temporary files or redo its items.
 pub fn check_parts_idle(dir: &Path) -> Result<(), crate::fsutil::LockError> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for e in entries.flatten() {
-        if e.file_name()
-            .to_str()
-            .and_then(Shard::from_folder_name)
-            .is_some()
-            && e.path().is_dir()
-        {
-            crate::fsutil::FolderLock::check(&e.path())?;
-        }
+    for (_, folder) in part_folders(dir).unwrap_or_default() {
+        crate::fsutil::FolderLock::check(&folder)?;
     }
     Ok(())
 }

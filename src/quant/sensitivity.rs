@@ -1397,9 +1397,10 @@ pub fn run_sensitivity_distributed(
     }
     // A part's results live in its own folder; rank 0 of a group also writes the merged files.
     let out_dir = super::shards::shard_dir(&cfg.output_dir, shard);
-    let _merged_lock = match dist.group {
-        Some(g) if g.rank() == 0 => Some(crate::fsutil::FolderLock::acquire(&cfg.output_dir)?),
-        _ => None,
+    let _merged_lock = if shard.is_part() && dist.writes_merged() {
+        Some(crate::fsutil::FolderLock::acquire(&cfg.output_dir)?)
+    } else {
+        None
     };
     // Before any work: the output folder (a file there is refused) and its two files.
     let _lock = crate::fsutil::FolderLock::acquire(&out_dir)?;
@@ -1576,10 +1577,10 @@ pub fn run_sensitivity_distributed(
         if let Some(g) = dist.group {
             // Every rank reports at every stage, whatever its own work there.
             let done = g
-                .sum("the progress count", &[report.layers.len() as u32])
+                .count("the progress count", report.layers.len())
                 .map_err(boxed)?;
             on_event(SensitivityEvent::JobProgress {
-                done: done.first().copied().unwrap_or(0) as usize,
+                done,
                 total: job_layers,
                 ranks: g.size(),
             });

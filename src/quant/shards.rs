@@ -48,8 +48,6 @@ pub enum ShardsError {
         "the parts do not cover the job: {missing} layer(s) missing, first {first} (parts run with other flags?)"
     )]
     Uncovered { missing: usize, first: String },
-    #[error("part {rank} sent a report that cannot be read: {problem}")]
-    BadPayload { rank: usize, problem: String },
 }
 
 /// Where a part keeps its results: the output folder itself for a whole run.
@@ -189,29 +187,15 @@ pub fn merge_over_group(
     part: SensitivityReport,
     output_dir: &Path,
 ) -> Result<SensitivityReport, SensitivityError> {
-    let payload = serde_json::to_vec(&part).expect("a sensitivity report serializes");
-    let all = group
-        .gather("the merge of the layer results", &payload)
-        .map_err(Box::new)?;
-    if group.rank() != 0 {
+    let Some(parts) = crate::dist::gather_json(group, "the merge of the layer results", &part)
+        .map_err(Box::new)?
+    else {
         return Ok(part);
-    }
+    };
     // Every rank has sent its results, so none writes any more: the temporary files killed
     // parts left can go.
     crate::fsutil::remove_temporary_files(output_dir, 2)
         .map_err(|(path, source)| SensitivityError::Io { path, source })?;
-    let parts = all
-        .iter()
-        .enumerate()
-        .map(|(rank, bytes)| {
-            serde_json::from_slice::<SensitivityReport>(bytes).map_err(|e| {
-                SensitivityError::from(ShardsError::BadPayload {
-                    rank,
-                    problem: e.to_string(),
-                })
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     let merged = merge_reports(parts)?;
     write_report(output_dir, &merged)?;
     Ok(merged)
