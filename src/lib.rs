@@ -7,6 +7,7 @@ pub mod app;
 pub mod bench;
 pub mod calib;
 pub mod calibrate;
+pub mod demo;
 pub mod dist;
 pub mod download;
 pub mod fsutil;

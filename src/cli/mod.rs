@@ -22,6 +22,7 @@ mod report;
 mod ring_check;
 mod samples;
 mod sensitivity;
+mod shapes;
 
 #[derive(Parser)]
 #[command(

@@ -20,6 +20,10 @@ pub enum ModelCommand {
     Synth(SynthArgs),
     /// Load a model completely and report load time and memory (for benchmarks).
     Load(LoadArgs),
+    /// Write the demo model's captioned pictures of shapes (its training or held-out data).
+    Shapes(super::shapes::ShapesArgs),
+    /// Score a benchmark's pictures of demo captions with the pixel judge.
+    Judge(super::shapes::JudgeArgs),
 }
 
 #[derive(Args)]
@@ -154,6 +158,8 @@ pub fn run(cmd: &ModelCommand) -> anyhow::Result<ExitCode> {
         ModelCommand::Layers(args) => layers(args),
         ModelCommand::Synth(args) => synth(args),
         ModelCommand::Load(args) => load(args),
+        ModelCommand::Shapes(args) => super::shapes::shapes(args),
+        ModelCommand::Judge(args) => super::shapes::judge(args),
     }
 }
 
