@@ -232,6 +232,59 @@ fn vae_decoder_matches_diffusionkit() {
 }
 
 #[test]
+fn vae_encoder_matches_diffusionkit() {
+    use sd3lab::model::synth::vae_encoder_specs;
+    use sd3lab::model::vae::{VaeEncoderConfig, vae_encoder_from_tensors};
+
+    let tiny = VaeEncoderConfig::for_decoder(&sd3lab::model::Preset::Tiny.config(None).vae);
+    let other = VaeEncoderConfig {
+        block_out_channels: vec![16, 32, 32],
+        layers_per_block: 2,
+        norm_groups: 4,
+        ..tiny.clone()
+    };
+    for (name, cfg) in [("tiny", tiny), ("3-levels", other)] {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = dir.path().join("sd3_medium.safetensors");
+        write_safetensors(&ckpt, &vae_encoder_specs(&cfg), 4).unwrap();
+        let cfg_file = dir.path().join("vae.json");
+        std::fs::write(&cfg_file, serde_json::to_string(&cfg).unwrap()).unwrap();
+        common::run_oracle(
+            "dk_oracle.py",
+            &[
+                "vae_encoder".as_ref(),
+                ckpt.as_os_str(),
+                cfg_file.as_os_str(),
+                dir.path().as_os_str(),
+            ],
+        );
+        let raw = sd3lab::model::weights::load_safetensors(&ckpt).unwrap();
+        let encoder = vae_encoder_from_tensors(&ckpt, &raw, &cfg, Dtype::Float32).unwrap();
+        let image = to_mlx(&common::read_npy(&dir.path().join("encoder_image.npy")));
+        let moments = encoder.forward(&image).unwrap();
+        let want = common::read_npy(&dir.path().join("encoder_moments.npy"));
+        // 40×24 → 40/2^(levels-1) rows, the odd sizes rounding down as the padding gives.
+        assert_eq!(
+            moments
+                .shape()
+                .iter()
+                .map(|&d| d as usize)
+                .collect::<Vec<_>>(),
+            want.shape
+        );
+        let err = relative_error(&moments, &want);
+        eprintln!("{name}: VAE encoder relative error {err:.2e}");
+        assert!(
+            err <= TOLERANCE,
+            "{name}: VAE encoder relative error {err:.2e}"
+        );
+        let (mean, logvar) = encoder.moments(&image).unwrap();
+        assert_eq!(mean.shape()[3] as usize, cfg.latent_channels);
+        assert_eq!(logvar.shape(), mean.shape());
+    }
+}
+
+#[test]
 fn whole_generation_matches_diffusionkit() {
     use sd3lab::model::pipeline::{Flow, GenerateConfig, Pipeline};
     use sd3lab::model::source::{ModelFiles, write_model_dir};

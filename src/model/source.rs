@@ -367,6 +367,10 @@ pub fn write_model_dir(dir: &Path, config: &Sd3Config, seed: u64) -> std::io::Re
     std::fs::create_dir_all(dir)?;
     let mut specs = mmdit_specs(&config.mmdit);
     specs.extend(vae_decoder_specs(&config.vae));
+    // The published file holds the encoder too (used here only to train the demo model).
+    specs.extend(vae_encoder_specs(
+        &super::vae::VaeEncoderConfig::for_decoder(&config.vae),
+    ));
     write_safetensors(&dir.join(CHECKPOINT_FILE), &specs, seed)?;
     write_clip(&dir.join("clip_l"), &config.clip_l, seed ^ 0x11)?;
     write_clip(&dir.join("clip_g"), &config.clip_g, seed ^ 0x22)?;

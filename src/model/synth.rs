@@ -311,69 +311,115 @@ pub fn write_clip(dir: &Path, cfg: &super::config::ClipConfig, seed: u64) -> std
     write_safetensors(&dir.join(super::clip::WEIGHTS_FILE), &clip_specs(cfg), seed)
 }
 
-/// The VAE decoder's tensors in Stability's layout (`first_stage_model.decoder.*`).
-pub fn vae_decoder_specs(cfg: &super::config::VaeDecoderConfig) -> Vec<TensorSpec> {
-    let p = super::weights::VAE_DECODER_PREFIX;
-    let mut v = Vec::new();
-    let conv = |v: &mut Vec<TensorSpec>, name: String, cin: usize, cout: usize, k: usize| {
-        v.push(TensorSpec::new(
+/// The VAE's tensors under one prefix, by Stability's names.
+struct VaeSpecs {
+    prefix: &'static str,
+    v: Vec<TensorSpec>,
+}
+
+impl VaeSpecs {
+    fn conv(&mut self, name: &str, cin: usize, cout: usize, k: usize) {
+        let p = self.prefix;
+        self.v.push(TensorSpec::new(
             format!("{p}{name}.weight"),
             &[cout, cin, k, k],
             Init::Weight {
                 fan_in: cin * k * k,
             },
         ));
-        v.push(TensorSpec::new(
+        self.v.push(TensorSpec::new(
             format!("{p}{name}.bias"),
             &[cout],
             Init::Small,
         ));
-    };
-    let norm = |v: &mut Vec<TensorSpec>, name: String, c: usize| {
-        v.push(TensorSpec::new(
+    }
+
+    fn norm(&mut self, name: &str, c: usize) {
+        let p = self.prefix;
+        self.v.push(TensorSpec::new(
             format!("{p}{name}.weight"),
             &[c],
             Init::One,
         ));
-        v.push(TensorSpec::new(
+        self.v.push(TensorSpec::new(
             format!("{p}{name}.bias"),
             &[c],
             Init::Small,
         ));
-    };
-    let resnet = |v: &mut Vec<TensorSpec>, name: String, cin: usize, cout: usize| {
-        norm(v, format!("{name}.norm1"), cin);
-        conv(v, format!("{name}.conv1"), cin, cout, 3);
-        norm(v, format!("{name}.norm2"), cout);
-        conv(v, format!("{name}.conv2"), cout, cout, 3);
+    }
+
+    fn resnet(&mut self, name: &str, cin: usize, cout: usize) {
+        self.norm(&format!("{name}.norm1"), cin);
+        self.conv(&format!("{name}.conv1"), cin, cout, 3);
+        self.norm(&format!("{name}.norm2"), cout);
+        self.conv(&format!("{name}.conv2"), cout, cout, 3);
         if cin != cout {
-            conv(v, format!("{name}.nin_shortcut"), cin, cout, 1);
+            self.conv(&format!("{name}.nin_shortcut"), cin, cout, 1);
         }
+    }
+
+    fn mid(&mut self, c: usize) {
+        self.resnet("mid.block_1", c, c);
+        self.norm("mid.attn_1.norm", c);
+        for proj in ["q", "k", "v", "proj_out"] {
+            self.conv(&format!("mid.attn_1.{proj}"), c, c, 1);
+        }
+        self.resnet("mid.block_2", c, c);
+    }
+}
+
+/// The VAE decoder's tensors in Stability's layout (`first_stage_model.decoder.*`).
+pub fn vae_decoder_specs(cfg: &super::config::VaeDecoderConfig) -> Vec<TensorSpec> {
+    let mut s = VaeSpecs {
+        prefix: super::weights::VAE_DECODER_PREFIX,
+        v: Vec::new(),
     };
     let chans = &cfg.block_out_channels;
     let top = *chans.last().unwrap_or(&1);
-    conv(&mut v, "conv_in".into(), cfg.latent_channels, top, 3);
-    resnet(&mut v, "mid.block_1".into(), top, top);
-    norm(&mut v, "mid.attn_1.norm".into(), top);
-    for proj in ["q", "k", "v", "proj_out"] {
-        conv(&mut v, format!("mid.attn_1.{proj}"), top, top, 1);
-    }
-    resnet(&mut v, "mid.block_2".into(), top, top);
+    s.conv("conv_in", cfg.latent_channels, top, 3);
+    s.mid(top);
     for (i, &cout) in chans.iter().enumerate() {
         let cin = chans.get(i + 1).copied().unwrap_or(top);
         for j in 0..cfg.layers_per_block {
-            resnet(
-                &mut v,
-                format!("up.{i}.block.{j}"),
+            s.resnet(
+                &format!("up.{i}.block.{j}"),
                 if j == 0 { cin } else { cout },
                 cout,
             );
         }
         if i > 0 {
-            conv(&mut v, format!("up.{i}.upsample.conv"), cout, cout, 3);
+            s.conv(&format!("up.{i}.upsample.conv"), cout, cout, 3);
         }
     }
-    norm(&mut v, "norm_out".into(), chans[0]);
-    conv(&mut v, "conv_out".into(), chans[0], cfg.out_channels, 3);
-    v
+    s.norm("norm_out", chans[0]);
+    s.conv("conv_out", chans[0], cfg.out_channels, 3);
+    s.v
+}
+
+/// The VAE encoder's tensors in Stability's layout (`first_stage_model.encoder.*`).
+pub fn vae_encoder_specs(cfg: &super::vae::VaeEncoderConfig) -> Vec<TensorSpec> {
+    let mut s = VaeSpecs {
+        prefix: super::weights::VAE_ENCODER_PREFIX,
+        v: Vec::new(),
+    };
+    let chans = &cfg.block_out_channels;
+    let (first, top) = (*chans.first().unwrap_or(&1), *chans.last().unwrap_or(&1));
+    s.conv("conv_in", 3, first, 3);
+    for (i, &cout) in chans.iter().enumerate() {
+        let cin = if i == 0 { first } else { chans[i - 1] };
+        for j in 0..cfg.layers_per_block {
+            s.resnet(
+                &format!("down.{i}.block.{j}"),
+                if j == 0 { cin } else { cout },
+                cout,
+            );
+        }
+        if i + 1 < chans.len() {
+            s.conv(&format!("down.{i}.downsample.conv"), cout, cout, 3);
+        }
+    }
+    s.mid(top);
+    s.norm("norm_out", top);
+    s.conv("conv_out", top, 2 * cfg.latent_channels, 3);
+    s.v
 }

@@ -1,8 +1,12 @@
-//! SD3's VAE decoder (16 latent channels → RGB), as DiffusionKit's `VAEDecoder` computes it:
-//! conv_in, mid (resnet, single-head attention, resnet), up blocks from the lowest resolution
-//! with nearest ×2 upsampling, GroupNorm (PyTorch-compatible, 32 groups, eps 1e-5) + SiLU +
-//! conv_out. Images come out as `clip(x/2 + 0.5, 0, 1) · 255` truncated to u8.
+//! SD3's VAE as DiffusionKit computes it. The decoder (16 latent channels → RGB, DiffusionKit's
+//! `VAEDecoder`): conv_in, mid (resnet, single-head attention, resnet), up blocks from the
+//! lowest resolution with nearest ×2 upsampling, GroupNorm (PyTorch-compatible, 32 groups,
+//! eps 1e-5) + SiLU + conv_out; images come out as `clip(x/2 + 0.5, 0, 1) · 255` truncated to
+//! u8. The encoder (RGB in [-1, 1] → the latent's mean and log-variance, `VAEEncoder`):
+//! conv_in, down blocks each halving the resolution with a stride-2 convolution after padding
+//! one row and column at the bottom and right, the same mid block, conv_out.
 
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{Array, Dtype};
 
 use super::config::VaeDecoderConfig;
@@ -122,70 +126,20 @@ impl VaeDecoder {
             path: store.path().to_owned(),
             source,
         })?;
-        let groups = config.norm_groups as i32;
-        let gn =
-            |store: &mut TensorStore, name: &str, c: usize| -> Result<GroupNorm, WeightsError> {
-                Ok(GroupNorm {
-                    groups,
-                    weight: store.take(&format!("{name}.weight"), &[c as i32])?,
-                    bias: store.take(&format!("{name}.bias"), &[c as i32])?,
-                    eps: 1e-5,
-                })
-            };
-        let conv = |store: &mut TensorStore,
-                    name: &str,
-                    cin: usize,
-                    cout: usize|
-         -> Result<Conv2d, WeightsError> {
-            Ok(Conv2d {
-                weight: store.take(&format!("{name}.weight"), &[cout as i32, 3, 3, cin as i32])?,
-                bias: Some(store.take(&format!("{name}.bias"), &[cout as i32])?),
-                stride: 1,
-                padding: 1,
-            })
-        };
-        let resnet = |store: &mut TensorStore,
-                      name: &str,
-                      cin: usize,
-                      cout: usize|
-         -> Result<ResnetBlock, WeightsError> {
-            Ok(ResnetBlock {
-                norm1: gn(store, &format!("{name}.norm1"), cin)?,
-                conv1: conv(store, &format!("{name}.conv1"), cin, cout)?,
-                norm2: gn(store, &format!("{name}.norm2"), cout)?,
-                conv2: conv(store, &format!("{name}.conv2"), cout, cout)?,
-                conv_shortcut: if cin != cout {
-                    Some(store.linear(&format!("{name}.conv_shortcut"), cout, cin)?)
-                } else {
-                    None
-                },
-            })
+        let b = Builder {
+            groups: config.norm_groups as i32,
         };
         let chans = &config.block_out_channels;
-        let top = *chans.last().ok_or_else(|| WeightsError::Invalid {
-            path: store.path().to_owned(),
-            reason: "the VAE needs at least one block".into(),
-        })?;
-        let conv_in = conv(store, "conv_in", config.latent_channels, top)?;
-        let attention = VaeAttention {
-            group_norm: gn(store, "mid_blocks.1.group_norm", top)?,
-            query_proj: store.linear("mid_blocks.1.query_proj", top, top)?,
-            key_proj: store.linear("mid_blocks.1.key_proj", top, top)?,
-            value_proj: store.linear("mid_blocks.1.value_proj", top, top)?,
-            out_proj: store.linear("mid_blocks.1.out_proj", top, top)?,
-        };
-        let mid = (
-            resnet(store, "mid_blocks.0", top, top)?,
-            attention,
-            resnet(store, "mid_blocks.2", top, top)?,
-        );
+        let top = top_channels(store, chans)?;
+        let conv_in = b.conv(store, "conv_in", config.latent_channels, top, 1, 1)?;
+        let mid = b.mid(store, top)?;
         let mut up_blocks = Vec::with_capacity(chans.len());
         for (i, &cout) in chans.iter().enumerate() {
             // up.i receives the output of up.(i+1) (or of the mid block for the last one).
             let cin = chans.get(i + 1).copied().unwrap_or(top);
             let mut resnets = Vec::with_capacity(config.layers_per_block);
             for j in 0..config.layers_per_block {
-                resnets.push(resnet(
+                resnets.push(b.resnet(
                     store,
                     &format!("up_blocks.{i}.resnets.{j}"),
                     if j == 0 { cin } else { cout },
@@ -193,14 +147,14 @@ impl VaeDecoder {
                 )?);
             }
             let upsample = if i > 0 {
-                Some(conv(store, &format!("up_blocks.{i}.upsample"), cout, cout)?)
+                Some(b.conv(store, &format!("up_blocks.{i}.upsample"), cout, cout, 1, 1)?)
             } else {
                 None
             };
             up_blocks.push(UpBlock { resnets, upsample });
         }
-        let conv_norm_out = gn(store, "conv_norm_out", chans[0])?;
-        let conv_out = conv(store, "conv_out", chans[0], config.out_channels)?;
+        let conv_norm_out = b.group_norm(store, "conv_norm_out", chans[0])?;
+        let conv_out = b.conv(store, "conv_out", chans[0], config.out_channels, 1, 1)?;
         Ok(Self {
             config: config.clone(),
             conv_in,
@@ -241,6 +195,274 @@ impl VaeDecoder {
     }
 }
 
+/// The VAE's layers read from a [`TensorStore`] by their DiffusionKit names.
+struct Builder {
+    groups: i32,
+}
+
+impl Builder {
+    fn group_norm(
+        &self,
+        store: &mut TensorStore,
+        name: &str,
+        c: usize,
+    ) -> Result<GroupNorm, WeightsError> {
+        Ok(GroupNorm {
+            groups: self.groups,
+            weight: store.take(&format!("{name}.weight"), &[c as i32])?,
+            bias: store.take(&format!("{name}.bias"), &[c as i32])?,
+            eps: 1e-5,
+        })
+    }
+
+    /// A 3×3 convolution.
+    fn conv(
+        &self,
+        store: &mut TensorStore,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        stride: i32,
+        padding: i32,
+    ) -> Result<Conv2d, WeightsError> {
+        Ok(Conv2d {
+            weight: store.take(&format!("{name}.weight"), &[cout as i32, 3, 3, cin as i32])?,
+            bias: Some(store.take(&format!("{name}.bias"), &[cout as i32])?),
+            stride,
+            padding,
+        })
+    }
+
+    fn resnet(
+        &self,
+        store: &mut TensorStore,
+        name: &str,
+        cin: usize,
+        cout: usize,
+    ) -> Result<ResnetBlock, WeightsError> {
+        Ok(ResnetBlock {
+            norm1: self.group_norm(store, &format!("{name}.norm1"), cin)?,
+            conv1: self.conv(store, &format!("{name}.conv1"), cin, cout, 1, 1)?,
+            norm2: self.group_norm(store, &format!("{name}.norm2"), cout)?,
+            conv2: self.conv(store, &format!("{name}.conv2"), cout, cout, 1, 1)?,
+            conv_shortcut: if cin != cout {
+                Some(store.linear(&format!("{name}.conv_shortcut"), cout, cin)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// The mid block (resnet, attention, resnet) at `c` channels.
+    fn mid(
+        &self,
+        store: &mut TensorStore,
+        c: usize,
+    ) -> Result<(ResnetBlock, VaeAttention, ResnetBlock), WeightsError> {
+        let attention = VaeAttention {
+            group_norm: self.group_norm(store, "mid_blocks.1.group_norm", c)?,
+            query_proj: store.linear("mid_blocks.1.query_proj", c, c)?,
+            key_proj: store.linear("mid_blocks.1.key_proj", c, c)?,
+            value_proj: store.linear("mid_blocks.1.value_proj", c, c)?,
+            out_proj: store.linear("mid_blocks.1.out_proj", c, c)?,
+        };
+        Ok((
+            self.resnet(store, "mid_blocks.0", c, c)?,
+            attention,
+            self.resnet(store, "mid_blocks.2", c, c)?,
+        ))
+    }
+}
+
+/// The last (widest) block's channels.
+fn top_channels(store: &TensorStore, chans: &[usize]) -> Result<usize, WeightsError> {
+    chans.last().copied().ok_or_else(|| WeightsError::Invalid {
+        path: store.path().to_owned(),
+        reason: "the VAE needs at least one block".into(),
+    })
+}
+
+/// The encoder's sizes. Not part of [`super::Sd3Config`]: generating never runs the encoder,
+/// only training the demo model does.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VaeEncoderConfig {
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub norm_groups: usize,
+    /// Latent channels: the encoder outputs twice as many (mean and log-variance).
+    pub latent_channels: usize,
+}
+
+impl VaeEncoderConfig {
+    /// The encoder published with a decoder: the same channels and groups, one resnet fewer per
+    /// block (SD3: 3 in the decoder, 2 in the encoder), at least one.
+    pub fn for_decoder(decoder: &VaeDecoderConfig) -> Self {
+        Self {
+            block_out_channels: decoder.block_out_channels.clone(),
+            layers_per_block: decoder.layers_per_block.saturating_sub(1).max(1),
+            norm_groups: decoder.norm_groups,
+            latent_channels: decoder.latent_channels,
+        }
+    }
+
+    /// As a decoder configuration (for its checks of the shared sizes).
+    fn as_decoder(&self) -> VaeDecoderConfig {
+        VaeDecoderConfig {
+            latent_channels: self.latent_channels,
+            block_out_channels: self.block_out_channels.clone(),
+            layers_per_block: self.layers_per_block,
+            norm_groups: self.norm_groups,
+            ..VaeDecoderConfig::sd3()
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DownBlock {
+    pub resnets: Vec<ResnetBlock>,
+    /// Stride 2, no padding; the input gets one row and column of zeros at the bottom and right.
+    pub downsample: Option<Conv2d>,
+}
+
+/// The encoder.
+#[derive(Debug, Clone)]
+pub struct VaeEncoder {
+    pub config: VaeEncoderConfig,
+    pub conv_in: Conv2d,
+    /// From full resolution down.
+    pub down_blocks: Vec<DownBlock>,
+    pub mid: (ResnetBlock, VaeAttention, ResnetBlock),
+    pub conv_norm_out: GroupNorm,
+    pub conv_out: Conv2d,
+}
+
+impl VaeEncoder {
+    /// Builds the encoder from tensors named as DiffusionKit maps them (see [`remap_vae_encoder`]).
+    pub fn from_store(
+        config: &VaeEncoderConfig,
+        store: &mut TensorStore,
+    ) -> Result<Self, WeightsError> {
+        config
+            .as_decoder()
+            .validate()
+            .map_err(|source| WeightsError::Config {
+                path: store.path().to_owned(),
+                source,
+            })?;
+        let b = Builder {
+            groups: config.norm_groups as i32,
+        };
+        let chans = &config.block_out_channels;
+        let top = top_channels(store, chans)?;
+        let conv_in = b.conv(store, "conv_in", 3, chans[0], 1, 1)?;
+        let mut down_blocks = Vec::with_capacity(chans.len());
+        for (i, &cout) in chans.iter().enumerate() {
+            let cin = if i == 0 { chans[0] } else { chans[i - 1] };
+            let mut resnets = Vec::with_capacity(config.layers_per_block);
+            for j in 0..config.layers_per_block {
+                resnets.push(b.resnet(
+                    store,
+                    &format!("down_blocks.{i}.resnets.{j}"),
+                    if j == 0 { cin } else { cout },
+                    cout,
+                )?);
+            }
+            let downsample = if i + 1 < chans.len() {
+                Some(b.conv(
+                    store,
+                    &format!("down_blocks.{i}.downsample"),
+                    cout,
+                    cout,
+                    2,
+                    0,
+                )?)
+            } else {
+                None
+            };
+            down_blocks.push(DownBlock {
+                resnets,
+                downsample,
+            });
+        }
+        let mid = b.mid(store, top)?;
+        let conv_norm_out = b.group_norm(store, "conv_norm_out", top)?;
+        let conv_out = b.conv(store, "conv_out", top, 2 * config.latent_channels, 1, 1)?;
+        Ok(Self {
+            config: config.clone(),
+            conv_in,
+            down_blocks,
+            mid,
+            conv_norm_out,
+            conv_out,
+        })
+    }
+
+    /// Image (NHWC, about [-1, 1]) → the latent's mean and log-variance concatenated on the
+    /// channel axis (`2 · latent_channels`), as DiffusionKit's `VAEEncoder` returns them.
+    pub fn forward(&self, x: &Array) -> MlxResult<Array> {
+        let mut x = self.conv_in.forward(x)?;
+        for block in &self.down_blocks {
+            for r in &block.resnets {
+                x = r.forward(&x)?;
+            }
+            if let Some(down) = &block.downsample {
+                let widths = [(0, 0), (0, 1), (0, 1), (0, 0)];
+                x = down.forward(&mlx_rs::ops::pad(&x, &widths[..], scalar(0.0), None)?)?;
+            }
+        }
+        x = self.mid.0.forward(&x)?;
+        x = self.mid.1.forward(&x)?;
+        x = self.mid.2.forward(&x)?;
+        self.conv_out
+            .forward(&silu(&self.conv_norm_out.forward(&x)?)?)
+    }
+
+    /// The latent's mean and its log-variance clipped to [-30, 20], as DiffusionKit's
+    /// `encode_image_to_latents` splits them.
+    pub fn moments(&self, x: &Array) -> MlxResult<(Array, Array)> {
+        let h = self.forward(x)?;
+        let c = self.config.latent_channels as i32;
+        let mean = h.index((.., .., .., ..c));
+        let logvar = mlx_rs::ops::clip(h.index((.., .., .., c..)), (scalar(-30.0), scalar(20.0)))?;
+        Ok((mean, logvar))
+    }
+
+    /// Every parameter array.
+    pub fn arrays(&self) -> Vec<&Array> {
+        let mut v = self.conv_in.arrays();
+        for b in &self.down_blocks {
+            for r in &b.resnets {
+                v.extend(r.arrays());
+            }
+            if let Some(d) = &b.downsample {
+                v.extend(d.arrays());
+            }
+        }
+        v.extend(mid_arrays(&self.mid));
+        v.extend(self.conv_norm_out.arrays());
+        v.extend(self.conv_out.arrays());
+        v
+    }
+}
+
+fn mid_arrays(mid: &(ResnetBlock, VaeAttention, ResnetBlock)) -> Vec<&Array> {
+    let mut v = mid.0.arrays();
+    let a = &mid.1;
+    v.extend(a.group_norm.arrays());
+    for l in [&a.query_proj, &a.key_proj, &a.value_proj, &a.out_proj] {
+        v.extend(l.arrays());
+    }
+    v.extend(mid.2.arrays());
+    v
+}
+
+/// The sampler's latent of an encoder mean: `(z - shift_factor) · scaling_factor`
+/// (DiffusionKit's `SD3LatentFormat.process_in`), the inverse of [`unscale_latent`].
+pub fn scale_latent(z: &Array, config: &VaeDecoderConfig) -> MlxResult<Array> {
+    z.subtract(scalar(config.shift_factor))?
+        .multiply(scalar(config.scaling_factor))
+}
+
 /// The sampler's latent as the decoder receives it: `latent / scaling_factor + shift_factor`.
 pub fn unscale_latent(latent: &Array, config: &VaeDecoderConfig) -> MlxResult<Array> {
     latent
@@ -271,10 +493,36 @@ pub fn remap_vae_decoder(
     path: &std::path::Path,
     raw: &std::collections::HashMap<String, Array>,
 ) -> Result<std::collections::HashMap<String, Array>, WeightsError> {
+    remap_vae(path, raw, super::weights::VAE_DECODER_PREFIX, |k| {
+        k.replace("up", "up_blocks")
+            .replace(".up_blockssample.conv.", ".upsample.")
+    })
+}
+
+/// DiffusionKit's `vae_encoder_state_dict_adjustments` for keys under
+/// `first_stage_model.encoder.`: as the decoder's, with `down.i` blocks and their
+/// `downsample.conv`.
+pub fn remap_vae_encoder(
+    path: &std::path::Path,
+    raw: &std::collections::HashMap<String, Array>,
+) -> Result<std::collections::HashMap<String, Array>, WeightsError> {
+    remap_vae(path, raw, super::weights::VAE_ENCODER_PREFIX, |k| {
+        k.replace("down.", "down_blocks.")
+            .replace(".downsample.conv.", ".downsample.")
+    })
+}
+
+/// The renames both halves share after their own (`blocks`), and the weight layouts.
+fn remap_vae(
+    path: &std::path::Path,
+    raw: &std::collections::HashMap<String, Array>,
+    prefix: &str,
+    blocks: impl Fn(&str) -> String,
+) -> Result<std::collections::HashMap<String, Array>, WeightsError> {
     let mut out = std::collections::HashMap::new();
     for (key, v) in raw {
         let v = v.clone();
-        let Some(k) = key.strip_prefix(super::weights::VAE_DECODER_PREFIX) else {
+        let Some(k) = key.strip_prefix(prefix) else {
             continue;
         };
         let mlx = |source| WeightsError::MlxTensor {
@@ -282,8 +530,7 @@ pub fn remap_vae_decoder(
             key: key.clone(),
             source,
         };
-        let k = k
-            .replace("up", "up_blocks")
+        let k = blocks(k)
             .replace("mid", "mid_blocks")
             .replace("mid_blocks.block_1", "mid_blocks.0")
             .replace("mid_blocks.block_2", "mid_blocks.2")
@@ -295,16 +542,14 @@ pub fn remap_vae_decoder(
             .replace(".proj_out", ".out_proj")
             .replace(".block.", ".resnets.")
             .replace(".nin_shortcut.", ".conv_shortcut.")
-            .replace(".up_blockssample.conv.", ".upsample.")
             .replace("norm_out", "conv_norm_out");
-        let is_weight = k.ends_with("weight");
         // 1×1 convolutions (shortcut, attention projections) become Linear weights.
         let v = if k.contains("conv_shortcut.weight") || k.contains("proj.weight") {
             // `(out, in, 1, 1)`; the store checks the `(out, in)` it becomes.
             let shape = super::weights::shape_of_rank(path, key, &v, 4)?;
             let (o, i) = (shape[0], shape[1]);
             v.reshape(&[o, i]).map_err(mlx)?
-        } else if is_weight && v.ndim() == 4 && (k.contains("upsample") || k.contains("conv")) {
+        } else if k.ends_with("weight") && v.ndim() == 4 {
             v.transpose_axes(&[0, 2, 3, 1]).map_err(mlx)?
         } else {
             v
@@ -342,6 +587,20 @@ pub fn vae_decoder_from_tensors(
     Ok(model)
 }
 
+/// Builds the VAE encoder from a checkpoint's already loaded (lazy) tensors.
+pub fn vae_encoder_from_tensors(
+    path: &std::path::Path,
+    raw: &std::collections::HashMap<String, Array>,
+    config: &VaeEncoderConfig,
+    dtype: Dtype,
+) -> Result<VaeEncoder, WeightsError> {
+    let tensors = remap_vae_encoder(path, raw)?;
+    let mut store = TensorStore::new(path, tensors, dtype);
+    let model = VaeEncoder::from_store(config, &mut store)?;
+    store.finish()?;
+    Ok(model)
+}
+
 impl GroupNorm {
     pub fn arrays(&self) -> Vec<&Array> {
         vec![&self.weight, &self.bias]
@@ -365,13 +624,7 @@ impl VaeDecoder {
     /// Every parameter array.
     pub fn arrays(&self) -> Vec<&Array> {
         let mut v = self.conv_in.arrays();
-        v.extend(self.mid.0.arrays());
-        let a = &self.mid.1;
-        v.extend(a.group_norm.arrays());
-        for l in [&a.query_proj, &a.key_proj, &a.value_proj, &a.out_proj] {
-            v.extend(l.arrays());
-        }
-        v.extend(self.mid.2.arrays());
+        v.extend(mid_arrays(&self.mid));
         for b in &self.up_blocks {
             for r in &b.resnets {
                 v.extend(r.arrays());

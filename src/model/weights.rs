@@ -271,7 +271,8 @@ pub fn remap_mmdit(
     Ok(out)
 }
 
-/// Prefix of the VAE encoder's tensors (published with the checkpoint; not used here).
+/// Prefix of the VAE encoder's tensors (published with the checkpoint; generating does not use
+/// them, training the demo model does).
 pub const VAE_ENCODER_PREFIX: &str = "first_stage_model.encoder.";
 
 /// Fails when `sd3_medium.safetensors` holds tensors of no known part (MMDiT, VAE decoder or

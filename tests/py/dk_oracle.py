@@ -110,6 +110,26 @@ def vae(checkpoint, config_file, out):
 COMMANDS["vae"] = vae
 
 
+def vae_encoder(checkpoint, config_file, out):
+    """DiffusionKit's VAE encoder, loaded with its own remapping, on a deterministic image in
+    [-1, 1]: the image and the encoder's output (mean and log-variance channels)."""
+    from diffusionkit.mlx.vae import VAEEncoder
+    from diffusionkit.mlx.model_io import vae_encoder_state_dict_adjustments
+
+    cfg = json.load(open(config_file))
+    model = VAEEncoder(in_channels=3, out_channels=2 * cfg["latent_channels"],
+                       block_out_channels=cfg["block_out_channels"],
+                       layers_per_block=cfg["layers_per_block"], resnet_groups=cfg["norm_groups"])
+    weights = vae_encoder_state_dict_adjustments(mx.load(checkpoint), prefix="first_stage_model.encoder.")
+    model.load_weights(list({k: v.astype(mx.float32) for k, v in weights.items()}.items()))
+    image = np.random.RandomState(6).uniform(-1, 1, (2, 40, 24, 3)).astype(np.float32)
+    np.save(os.path.join(out, "encoder_image.npy"), image)
+    np.save(os.path.join(out, "encoder_moments.npy"), np.array(model(mx.array(image))))
+
+
+COMMANDS["vae_encoder"] = vae_encoder
+
+
 def _clip_and_tokenizer(model_dir, name, tok_name, pad_with_eos):
     return _load_clip(os.path.join(model_dir, name), os.path.join(model_dir, tok_name), pad_with_eos)
 
