@@ -4,6 +4,7 @@
 
 pub mod judge;
 pub mod shapes;
+pub mod train;
 
 pub use judge::{IOU_PASS, Score, Verdict, judge};
 pub use shapes::{Colour, Layout, Place, Placement, Scene, Shape, Size, Split};
