@@ -21,7 +21,7 @@ pub const CHECKPOINT_FILE: &str = "sd3_medium.safetensors";
 pub const HF_MMDIT_REPO: &str = "argmaxinc/mlx-stable-diffusion-3-medium";
 pub const HF_TEXT_REPO: &str = "argmaxinc/stable-diffusion";
 /// Version of the built-in tiny model's recipe (bump when it changes).
-pub const TINY_VERSION: &str = "tiny-v2";
+pub const TINY_VERSION: &str = "tiny-v3";
 /// Seed of the built-in tiny model.
 pub const TINY_SEED: u64 = 20_240_612;
 
