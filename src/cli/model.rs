@@ -24,6 +24,8 @@ pub enum ModelCommand {
     Shapes(super::shapes::ShapesArgs),
     /// Score a benchmark's pictures of demo captions with the pixel judge.
     Judge(super::shapes::JudgeArgs),
+    /// Train the demo model (VAE, then MMDiT) on the shapes pictures; resumable.
+    TrainDemo(super::shapes::TrainDemoArgs),
 }
 
 #[derive(Args)]
@@ -160,6 +162,7 @@ pub fn run(cmd: &ModelCommand) -> anyhow::Result<ExitCode> {
         ModelCommand::Load(args) => load(args),
         ModelCommand::Shapes(args) => super::shapes::shapes(args),
         ModelCommand::Judge(args) => super::shapes::judge(args),
+        ModelCommand::TrainDemo(args) => super::shapes::train_demo(args),
     }
 }
 

@@ -1,5 +1,6 @@
-//! `sd3lab model shapes` (the demo model's captioned pictures, written out to look at) and
-//! `sd3lab model judge` (the pixel judge's score of a benchmark's pictures of demo captions).
+//! `sd3lab model shapes` (the demo model's captioned pictures, written out to look at),
+//! `sd3lab model judge` (the pixel judge's score of a benchmark's pictures of demo captions)
+//! and `sd3lab model train-demo` (the demo model trained on them).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use clap::Args;
 
 use sd3lab::bench::folder::BenchFolder;
 use sd3lab::demo::Split;
+use sd3lab::demo::job::{TrainDemoConfig, TrainEvent, run_train_demo};
 use sd3lab::demo::judge::{IOU_PASS, judge_benchmark};
 use sd3lab::demo::shapes::{CAPTIONS_JSONL, PROMPTS_CSV, write_pictures};
 
@@ -116,4 +118,87 @@ pub fn judge(args: &JudgeArgs) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct TrainDemoArgs {
+    /// Folder for the trained model (`model/`, the published layout) and the training state;
+    /// a rerun continues from the last checkpoint.
+    #[arg(long)]
+    output: PathBuf,
+    /// Steps of the VAE phase (encoder and decoder).
+    #[arg(long, default_value_t = TrainDemoConfig::new(PathBuf::new()).vae_steps)]
+    vae_steps: usize,
+    /// Steps of the MMDiT phase (rectified flow on the VAE's latents).
+    #[arg(long, default_value_t = TrainDemoConfig::new(PathBuf::new()).mmdit_steps)]
+    mmdit_steps: usize,
+    /// Seed of the initial weights and of the pictures.
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// Pictures per step.
+    #[arg(long, default_value_t = TrainDemoConfig::new(PathBuf::new()).batch)]
+    batch: usize,
+    /// The pictures' side in pixels (a multiple of 8, 16 to 256).
+    #[arg(long, default_value_t = 64)]
+    side: usize,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = TrainDemoConfig::new(PathBuf::new()).checkpoint_every)]
+    checkpoint_every: usize,
+}
+
+/// `sd3lab model train-demo`: exit 130 when cancelled (Ctrl-C), after saving a checkpoint.
+pub fn train_demo(args: &TrainDemoArgs) -> anyhow::Result<ExitCode> {
+    let config = TrainDemoConfig {
+        seed: args.seed,
+        vae_steps: args.vae_steps,
+        mmdit_steps: args.mmdit_steps,
+        batch: args.batch,
+        side: args.side,
+        checkpoint_every: args.checkpoint_every,
+        ..TrainDemoConfig::new(args.output.clone())
+    };
+    let cancel = super::cancel_on_ctrl_c();
+    let bar = indicatif::ProgressBar::hidden();
+    bar.set_style(super::bar_style(
+        "{prefix} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}",
+    ));
+    let mut on_event = |e: TrainEvent| match e {
+        TrainEvent::Phase { phase, steps, done } => {
+            bar.finish_and_clear();
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.reset();
+            bar.set_prefix(phase.name());
+            bar.set_length(steps as u64);
+            bar.set_position(done as u64);
+        }
+        TrainEvent::Step { done, loss, .. } => {
+            bar.set_position(done as u64);
+            bar.set_message(format!("loss {loss:.4}"));
+        }
+        TrainEvent::Saved { .. } => {}
+    };
+    let summary = run_train_demo(&config, &cancel, &mut on_event)
+        .with_context(|| format!("training the demo model in {}", args.output.display()))?;
+    bar.finish_and_clear();
+    let loss = |l: Option<f32>| l.map_or("-".to_owned(), |l| format!("{l:.4}"));
+    println!(
+        "{}: VAE {}/{} steps (loss {}), MMDiT {}/{} steps (loss {}); the model is in {}",
+        if summary.cancelled {
+            "cancelled"
+        } else {
+            "trained"
+        },
+        summary.vae_done,
+        config.vae_steps,
+        loss(summary.vae_loss),
+        summary.mmdit_done,
+        config.mmdit_steps,
+        loss(summary.mmdit_loss),
+        summary.model_dir.display()
+    );
+    Ok(if summary.cancelled {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

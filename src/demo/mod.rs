@@ -2,6 +2,7 @@
 //! (`shapes`), the data the demo model learns from and is evaluated on, and the pixel judge
 //! (`judge`) that says whether a generated picture shows what its prompt asks for.
 
+pub mod job;
 pub mod judge;
 pub mod shapes;
 pub mod train;

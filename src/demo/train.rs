@@ -78,6 +78,18 @@ impl Adam {
         })
     }
 
+    /// The first and second moments, in the parameters' order.
+    pub fn moments(&self) -> (&[Array], &[Array]) {
+        (&self.m, &self.v)
+    }
+
+    /// Continues from saved moments after `steps` updates.
+    pub fn set_moments(&mut self, m: Vec<Array>, v: Vec<Array>, steps: i32) {
+        self.m = m;
+        self.v = v;
+        self.steps = steps;
+    }
+
     /// One update of `params` along `grads` (evaluated, so the graph does not grow).
     pub fn update(&mut self, params: &mut [Array], grads: &[Array]) -> MlxResult<()> {
         self.steps += 1;
@@ -183,6 +195,13 @@ impl VaeTrainer {
             vae_encoder_from_tensors(path, &map, &self.encoder, Dtype::Float32)?,
             vae_decoder_from_tensors(path, &map, &self.decoder, Dtype::Float32)?,
         ))
+    }
+
+    /// The encoder with the current parameters.
+    pub fn encoder_model(&self) -> Result<VaeEncoder, WeightsError> {
+        Ok(self
+            .halves(Path::new("the VAE being trained"), &self.params.arrays)?
+            .0)
     }
 
     /// The objective on a batch: mean squared reconstruction error of the decoded posterior

@@ -1,0 +1,566 @@
+//! `train-demo`: the demo model trained end to end, a job like the others (typed config,
+//! events, cancel, resume). The output folder holds the model in the published layout
+//! (`model/`: the checkpoint, frozen random CLIP-L/G and their tokenizers) and the training
+//! state (`train-state.json` and `train-state.safetensors`: every parameter and Adam's moments,
+//! float32), both rewritten atomically at each checkpoint, so a rerun continues from the last
+//! one and reaches the weights of an uninterrupted run.
+//!
+//! Two phases: the VAE (encoder and decoder) learns to reconstruct the pictures; then, with the
+//! VAE frozen, the MMDiT learns SD3's rectified flow on the pictures' latents, conditioned on
+//! the captions through the frozen CLIP encoders (random: a fixed, distinct embedding per
+//! caption is all the MMDiT needs to tell captions apart, and it trains in a fraction of the
+//! time). One caption in ten is replaced by the empty prompt, so classifier-free guidance has
+//! an unconditional model to push against.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use mlx_rs::{Array, Dtype};
+use serde::{Deserialize, Serialize};
+
+use super::train::{Adam, FlowBatch, MmditTrainer, VaeTrainer, picture_batch};
+use crate::job::CancelToken;
+use crate::model::Preset;
+use crate::model::nn::MlxResult;
+use crate::model::pipeline::Pipeline;
+use crate::model::source::{CHECKPOINT_FILE, ModelFiles, write_model_dir};
+use crate::model::vae::scale_latent;
+use crate::model::weights::{WeightsError, load_safetensors};
+
+/// The state's settings and progress.
+pub const STATE_JSON: &str = "train-state.json";
+/// The state's tensors: parameters and Adam's moments (`adam.m.NAME`, `adam.v.NAME`).
+pub const STATE_TENSORS: &str = "train-state.safetensors";
+/// The trained model's folder inside the output.
+pub const MODEL_DIR: &str = "model";
+
+/// What to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainDemoConfig {
+    #[serde(skip)]
+    pub output: PathBuf,
+    /// Seed of the initial weights and of the pictures.
+    pub seed: u32,
+    pub vae_steps: usize,
+    pub mmdit_steps: usize,
+    pub batch: usize,
+    /// The pictures' side in pixels (the latents' is an eighth of it).
+    pub side: usize,
+    pub vae_learning_rate: f32,
+    pub mmdit_learning_rate: f32,
+    /// Steps between checkpoints (and at each phase's end).
+    #[serde(skip)]
+    pub checkpoint_every: usize,
+}
+
+impl TrainDemoConfig {
+    /// The settings the shipped model was trained with.
+    pub fn new(output: PathBuf) -> Self {
+        Self {
+            output,
+            seed: 0,
+            vae_steps: 3000,
+            mmdit_steps: 12000,
+            batch: 16,
+            side: 64,
+            vae_learning_rate: 1e-3,
+            mmdit_learning_rate: 3e-4,
+            checkpoint_every: 200,
+        }
+    }
+
+    /// The settings that must match to resume (not the step counts: a run can be extended).
+    fn same_run(&self, other: &Self) -> bool {
+        (self.seed, self.batch, self.side) == (other.seed, other.batch, other.side)
+            && self.vae_learning_rate == other.vae_learning_rate
+            && self.mmdit_learning_rate == other.mmdit_learning_rate
+    }
+}
+
+/// Progress.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainEvent {
+    /// A phase starts (or resumes) at `done` of `steps`.
+    Phase {
+        phase: Phase,
+        steps: usize,
+        done: usize,
+    },
+    Step {
+        phase: Phase,
+        done: usize,
+        loss: f32,
+        seconds: f64,
+    },
+    /// The state and the model were written after `done` steps of `phase`.
+    Saved { phase: Phase, done: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Vae,
+    Mmdit,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vae => "VAE",
+            Self::Mmdit => "MMDiT",
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSummary {
+    pub model_dir: PathBuf,
+    pub vae_done: usize,
+    pub mmdit_done: usize,
+    /// Mean loss of the last (up to) 50 steps run now, per phase.
+    pub vae_loss: Option<f32>,
+    pub mmdit_loss: Option<f32>,
+    pub cancelled: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Lock(#[from] crate::fsutil::LockError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Pipeline(#[from] crate::model::pipeline::PipelineError),
+    #[error("{path}: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error("{path} holds a training run with other settings ({theirs}); use another folder")]
+    OtherRun { path: PathBuf, theirs: String },
+    #[error("training: {0}")]
+    Mlx(#[from] mlx_rs::error::Exception),
+    #[error("the batch must be at least 1 and the side a multiple of 8 from 16 to 256")]
+    Settings,
+}
+
+/// Progress saved in [`STATE_JSON`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    schema: String,
+    settings: TrainDemoConfig,
+    vae_done: usize,
+    mmdit_done: usize,
+}
+
+const STATE_SCHEMA: &str = "sd3lab.train-demo/1";
+
+/// Trains (or continues training) the demo model into `config.output`.
+pub fn run_train_demo(
+    config: &TrainDemoConfig,
+    cancel: &CancelToken,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<TrainSummary, TrainError> {
+    if config.batch == 0 || config.side % 8 != 0 || !(16..=256).contains(&config.side) {
+        return Err(TrainError::Settings);
+    }
+    let out = &config.output;
+    std::fs::create_dir_all(out).map_err(|source| TrainError::Io {
+        path: out.clone(),
+        source,
+    })?;
+    let _lock = crate::fsutil::FolderLock::acquire(out)?;
+    let model_dir = out.join(MODEL_DIR);
+    let checkpoint = model_dir.join(CHECKPOINT_FILE);
+    let mut state = read_state(out, config)?;
+    if state.is_none() {
+        // The initial weights: the tiny preset's random checkpoint, CLIPs and tokenizers.
+        write_model_dir(&model_dir, &Preset::Tiny.config(None), config.seed as u64).map_err(
+            |source| TrainError::Io {
+                path: model_dir.clone(),
+                source,
+            },
+        )?;
+    }
+    let raw = match &state {
+        Some(_) => load_safetensors(&out.join(STATE_TENSORS))?,
+        None => load_safetensors(&checkpoint)?,
+    };
+    let mut state = state.take().unwrap_or(State {
+        schema: STATE_SCHEMA.into(),
+        settings: config.clone(),
+        vae_done: 0,
+        mmdit_done: 0,
+    });
+    state.settings = config.clone();
+    let preset = Preset::Tiny.config(None);
+    let mut vae = VaeTrainer::from_tensors(&checkpoint, &raw, &preset.vae)?;
+    let mut mmdit = MmditTrainer::from_tensors(&checkpoint, &raw, &preset.mmdit)?;
+    let mut vae_adam = Adam::new(config.vae_learning_rate, &vae.params.arrays)?;
+    let mut mmdit_adam = Adam::new(config.mmdit_learning_rate, &mmdit.params.arrays)?;
+    if state.vae_done > 0 {
+        vae_adam.restore(&raw, "vae", &vae.params.names, state.vae_done)?;
+    }
+    if state.mmdit_done > 0 {
+        mmdit_adam.restore(&raw, "mmdit", &mmdit.params.names, state.mmdit_done)?;
+    }
+    let save = |state: &State, vae: &VaeTrainer, mmdit: &MmditTrainer, a: &Adam, b: &Adam| {
+        save_state(out, &model_dir, state, vae, mmdit, a, b)
+    };
+
+    let mut summary = TrainSummary {
+        model_dir: model_dir.clone(),
+        vae_done: state.vae_done,
+        mmdit_done: state.mmdit_done,
+        vae_loss: None,
+        mmdit_loss: None,
+        cancelled: false,
+    };
+    // Phase 1: the VAE.
+    let mut losses = Vec::new();
+    if state.vae_done < config.vae_steps {
+        on_event(TrainEvent::Phase {
+            phase: Phase::Vae,
+            steps: config.vae_steps,
+            done: state.vae_done,
+        });
+    }
+    while state.vae_done < config.vae_steps {
+        if cancel.is_cancelled() {
+            summary.cancelled = true;
+            break;
+        }
+        let start = Instant::now();
+        let step = state.vae_done as u64;
+        let (images, _) = picture_batch(
+            config.seed,
+            step * config.batch as u64,
+            config.batch,
+            config.side,
+        );
+        let loss = vae.step(&mut vae_adam, &images, (config.seed as u64) << 32 | step)?;
+        state.vae_done += 1;
+        losses.push(loss);
+        on_event(TrainEvent::Step {
+            phase: Phase::Vae,
+            done: state.vae_done,
+            loss,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        if state.vae_done % config.checkpoint_every.max(1) == 0
+            || state.vae_done == config.vae_steps
+        {
+            save(&state, &vae, &mmdit, &vae_adam, &mmdit_adam)?;
+            on_event(TrainEvent::Saved {
+                phase: Phase::Vae,
+                done: state.vae_done,
+            });
+        }
+    }
+    summary.vae_loss = tail_mean(&losses);
+    summary.vae_done = state.vae_done;
+    if summary.cancelled {
+        save(&state, &vae, &mmdit, &vae_adam, &mmdit_adam)?;
+        return Ok(summary);
+    }
+
+    // Phase 2: the MMDiT on the frozen VAE's latents and the frozen CLIPs' embeddings.
+    let mut losses = Vec::new();
+    if state.mmdit_done < config.mmdit_steps {
+        on_event(TrainEvent::Phase {
+            phase: Phase::Mmdit,
+            steps: config.mmdit_steps,
+            done: state.mmdit_done,
+        });
+        let files = ModelFiles::in_dir(&model_dir, "demo").map_err(|e| TrainError::State {
+            path: model_dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let text = Pipeline::load(&files, Dtype::Float32)?;
+        let mut captions = CaptionCache::new(&text)?;
+        let encoder = vae.encoder_model()?;
+        while state.mmdit_done < config.mmdit_steps {
+            if cancel.is_cancelled() {
+                summary.cancelled = true;
+                break;
+            }
+            let start = Instant::now();
+            let step = state.mmdit_done as u64;
+            let batch = flow_batch(config, step, &encoder, &preset.vae, &mut captions, &text)?;
+            let loss = mmdit.step(&mut mmdit_adam, &batch)?;
+            state.mmdit_done += 1;
+            losses.push(loss);
+            on_event(TrainEvent::Step {
+                phase: Phase::Mmdit,
+                done: state.mmdit_done,
+                loss,
+                seconds: start.elapsed().as_secs_f64(),
+            });
+            if state.mmdit_done % config.checkpoint_every.max(1) == 0
+                || state.mmdit_done == config.mmdit_steps
+            {
+                save(&state, &vae, &mmdit, &vae_adam, &mmdit_adam)?;
+                on_event(TrainEvent::Saved {
+                    phase: Phase::Mmdit,
+                    done: state.mmdit_done,
+                });
+            }
+        }
+        if summary.cancelled {
+            save(&state, &vae, &mmdit, &vae_adam, &mmdit_adam)?;
+        }
+    }
+    summary.mmdit_loss = tail_mean(&losses);
+    summary.mmdit_done = state.mmdit_done;
+    Ok(summary)
+}
+
+fn tail_mean(losses: &[f32]) -> Option<f32> {
+    let tail = &losses[losses.len().saturating_sub(50)..];
+    (!tail.is_empty()).then(|| tail.iter().sum::<f32>() / tail.len() as f32)
+}
+
+/// Step `step`'s batch for the MMDiT: the pictures' latents, their captions' embeddings (one
+/// in ten the empty prompt's), noise levels from a logit-normal distribution and the noise,
+/// all drawn from the step alone.
+fn flow_batch(
+    config: &TrainDemoConfig,
+    step: u64,
+    encoder: &crate::model::vae::VaeEncoder,
+    vae: &crate::model::config::VaeDecoderConfig,
+    captions: &mut CaptionCache,
+    text: &Pipeline,
+) -> MlxResult<FlowBatch> {
+    let n = config.batch;
+    // The MMDiT's pictures follow the VAE's in the same sequence, from another offset.
+    let first = (1u64 << 40) + step * n as u64;
+    let (images, names) = picture_batch(config.seed, first, n, config.side);
+    let (mean, _) = encoder.moments(&images)?;
+    let x0 = scale_latent(&mean, vae)?;
+    let base = ((config.seed as u64) << 32) ^ (step * 3 + 1);
+    let k = |i: u64| mlx_rs::random::key(base.wrapping_add(i * 0x9E37_79B9_7F4A_7C15));
+    let drop = mlx_rs::random::uniform::<f32, f32>(0.0, 1.0, &[n as i32], &k(0)?)?;
+    drop.eval()?;
+    let dropped: Vec<bool> = drop.as_slice::<f32>().iter().map(|u| *u < 0.1).collect();
+    let (mut contexts, mut pooled) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for (caption, empty) in names.iter().zip(dropped) {
+        let (c, p) = captions.get(if empty { "" } else { caption }, text)?;
+        contexts.push(c);
+        pooled.push(p);
+    }
+    let context = captions.full_context(&mlx_rs::ops::stack(&contexts, 0)?)?;
+    let pooled = mlx_rs::ops::stack(&pooled, 0)?;
+    let u = mlx_rs::random::normal::<f32>(&[n as i32], None, None, &k(1)?)?;
+    let sigma = mlx_rs::ops::sigmoid(&u)?;
+    let noise = mlx_rs::random::normal::<f32>(x0.shape(), None, None, &k(2)?)?;
+    Ok(FlowBatch {
+        x0,
+        context,
+        pooled,
+        sigma,
+        noise,
+    })
+}
+
+use mlx_rs::ops::indexing::IndexOp;
+
+/// The frozen CLIPs' embeddings of each caption, computed once: the CLIP tokens' features
+/// (77 × L+G, without the zero padding to 4096 and the 77 zero "T5" tokens, added per batch)
+/// and the pooled vector.
+struct CaptionCache {
+    by_caption: HashMap<String, (Array, Array)>,
+    context_dim: i32,
+}
+
+impl CaptionCache {
+    fn new(text: &Pipeline) -> MlxResult<Self> {
+        Ok(Self {
+            by_caption: HashMap::new(),
+            context_dim: text.config.mmdit.context_dim as i32,
+        })
+    }
+
+    fn get(&mut self, caption: &str, text: &Pipeline) -> MlxResult<(Array, Array)> {
+        if let Some(v) = self.by_caption.get(caption) {
+            return Ok(v.clone());
+        }
+        let (cond, pooled) = text.encode_text(caption, "")?;
+        let width = text.config.clip_l.width + text.config.clip_g.width;
+        let clip = cond.index((0, ..77, ..width as i32));
+        let pooled = pooled.index(0);
+        mlx_rs::transforms::eval([&clip, &pooled])?;
+        self.by_caption
+            .insert(caption.to_owned(), (clip.clone(), pooled.clone()));
+        Ok((clip, pooled))
+    }
+
+    /// `(B, 77, L+G)` → `(B, 154, context_dim)` as the pipeline pads it.
+    fn full_context(&self, clip: &Array) -> MlxResult<Array> {
+        let s = clip.shape();
+        let pad = mlx_rs::ops::zeros::<f32>(&[s[0], s[1], self.context_dim - s[2]])?;
+        let cond = mlx_rs::ops::concatenate(&[clip, &pad], -1)?;
+        let t5 = mlx_rs::ops::zeros_like(&cond)?;
+        mlx_rs::ops::concatenate(&[cond, t5], 1)
+    }
+}
+
+fn read_state(out: &Path, config: &TrainDemoConfig) -> Result<Option<State>, TrainError> {
+    let path = out.join(STATE_JSON);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(TrainError::Io { path, source }),
+    };
+    let state: State = serde_json::from_str(&text).map_err(|e| TrainError::State {
+        path: path.clone(),
+        reason: format!("not a training state: {e}"),
+    })?;
+    if state.schema != STATE_SCHEMA {
+        return Err(TrainError::State {
+            path,
+            reason: format!("schema {} is not {STATE_SCHEMA}", state.schema),
+        });
+    }
+    if !state.settings.same_run(config) {
+        let s = &state.settings;
+        return Err(TrainError::OtherRun {
+            path,
+            theirs: format!(
+                "seed {}, batch {}, side {}, learning rates {} and {}",
+                s.seed, s.batch, s.side, s.vae_learning_rate, s.mmdit_learning_rate
+            ),
+        });
+    }
+    Ok(Some(state))
+}
+
+/// Writes the state's tensors, the model's checkpoint (float16, the published layout) and the
+/// state's JSON last, each atomically: a crash between them leaves a state that resumes from
+/// the previous checkpoint with tensors at least as new (a step or two of training repeated).
+fn save_state(
+    out: &Path,
+    model_dir: &Path,
+    state: &State,
+    vae: &VaeTrainer,
+    mmdit: &MmditTrainer,
+    vae_adam: &Adam,
+    mmdit_adam: &Adam,
+) -> Result<(), TrainError> {
+    let mut tensors: Vec<(String, &Array)> = Vec::new();
+    for p in [&vae.params, &mmdit.params] {
+        tensors.extend(p.names.iter().cloned().zip(p.arrays.iter()));
+    }
+    let model: Vec<(String, &Array)> = tensors.clone();
+    tensors.extend(vae_adam.named_moments("vae", &vae.params.names));
+    tensors.extend(mmdit_adam.named_moments("mmdit", &mmdit.params.names));
+    let io = |path: PathBuf| move |source| TrainError::Io { path, source };
+    let state_tensors = out.join(STATE_TENSORS);
+    write_arrays(&state_tensors, &tensors, Dtype::Float32).map_err(io(state_tensors.clone()))?;
+    let checkpoint = model_dir.join(CHECKPOINT_FILE);
+    write_arrays(&checkpoint, &model, Dtype::Float16).map_err(io(checkpoint.clone()))?;
+    let readme = model_dir.join("README.txt");
+    let text = format!(
+        "SD3 Lab's demo model: the tiny SD3 architecture trained by `sd3lab model train-demo` \
+         (seed {}, VAE {} steps, MMDiT {} steps, batch {}, {}x{} pictures) on captioned \
+         pictures of shapes; CLIP-L/G are frozen random encoders.\n",
+        state.settings.seed,
+        state.vae_done,
+        state.mmdit_done,
+        state.settings.batch,
+        state.settings.side,
+        state.settings.side
+    );
+    crate::fsutil::write_atomic(&readme, text.as_bytes()).map_err(io(readme.clone()))?;
+    let json = serde_json::to_string_pretty(state).map_err(|e| TrainError::State {
+        path: out.join(STATE_JSON),
+        reason: e.to_string(),
+    })?;
+    let path = out.join(STATE_JSON);
+    crate::fsutil::write_atomic(&path, json.as_bytes()).map_err(io(path.clone()))
+}
+
+/// Writes named arrays as a `.safetensors` file in `dtype` (float32 or float16), atomically.
+fn write_arrays(path: &Path, tensors: &[(String, &Array)], dtype: Dtype) -> std::io::Result<()> {
+    let (tag, size) = match dtype {
+        Dtype::Float16 => ("F16", 2),
+        _ => ("F32", 4),
+    };
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    let mut converted = Vec::with_capacity(tensors.len());
+    for (name, a) in tensors {
+        let c = a.as_dtype(dtype).map_err(std::io::Error::other)?;
+        c.eval().map_err(std::io::Error::other)?;
+        let bytes = c.size() * size;
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": tag, "shape": a.shape(), "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+        converted.push(c);
+    }
+    header.insert(
+        "__metadata__".into(),
+        serde_json::json!({"format": "pt", "generator": "sd3lab model train-demo"}),
+    );
+    crate::model::synth::write_safetensors_with(path, &header, |w| {
+        for c in &converted {
+            match dtype {
+                Dtype::Float16 => {
+                    for v in c.as_slice::<half::f16>() {
+                        w.write_all(&v.to_bits().to_le_bytes())?;
+                    }
+                }
+                _ => {
+                    for v in c.as_slice::<f32>() {
+                        w.write_all(&v.to_le_bytes())?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+impl Adam {
+    /// The moments under `adam.m.{what}.NAME` and `adam.v.{what}.NAME`.
+    fn named_moments<'a>(&'a self, what: &str, names: &[String]) -> Vec<(String, &'a Array)> {
+        let (m, v) = self.moments();
+        let mut out = Vec::with_capacity(2 * names.len());
+        for (n, a) in names.iter().zip(m) {
+            out.push((format!("adam.m.{what}.{n}"), a));
+        }
+        for (n, a) in names.iter().zip(v) {
+            out.push((format!("adam.v.{what}.{n}"), a));
+        }
+        out
+    }
+
+    /// Takes back the moments [`Adam::named_moments`] saved after `steps` updates.
+    fn restore(
+        &mut self,
+        raw: &HashMap<String, Array>,
+        what: &str,
+        names: &[String],
+        steps: usize,
+    ) -> Result<(), TrainError> {
+        let take = |kind: &str| -> Result<Vec<Array>, TrainError> {
+            names
+                .iter()
+                .map(|n| {
+                    let key = format!("adam.{kind}.{what}.{n}");
+                    raw.get(&key).cloned().ok_or_else(|| TrainError::State {
+                        path: PathBuf::from(STATE_TENSORS),
+                        reason: format!("missing tensor '{key}'"),
+                    })
+                })
+                .collect()
+        };
+        self.set_moments(take("m")?, take("v")?, steps as i32);
+        Ok(())
+    }
+}
