@@ -157,6 +157,7 @@ pub fn train_demo(args: &TrainDemoArgs) -> anyhow::Result<ExitCode> {
         checkpoint_every: args.checkpoint_every,
         ..TrainDemoConfig::new(args.output.clone())
     };
+    keep_freed_memory();
     let cancel = super::cancel_on_ctrl_c();
     let bar = indicatif::ProgressBar::hidden();
     bar.set_style(super::bar_style(
@@ -202,3 +203,24 @@ pub fn train_demo(args: &TrainDemoArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+/// Every training step allocates and frees the same large buffers; glibc would hand those above
+/// its mmap threshold back to the system and fault them in again at the next step (a quarter of
+/// the run's time on the development machine: docs/FIGURES.md). Keep them in the heap instead.
+/// `SD3LAB_NO_MALLOC_TUNING=1` leaves glibc's defaults (for `scripts/bench-train-demo.sh`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    if std::env::var_os("SD3LAB_NO_MALLOC_TUNING").is_some_and(|v| v == "1") {
+        return;
+    }
+    // SAFETY: mallopt only changes the allocator's tuning; it is called before the job's
+    // threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}

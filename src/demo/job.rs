@@ -165,7 +165,7 @@ pub fn run_train_demo(
     cancel: &CancelToken,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainSummary, TrainError> {
-    if config.batch == 0 || config.side % 8 != 0 || !(16..=256).contains(&config.side) {
+    if config.batch == 0 || !config.side.is_multiple_of(8) || !(16..=256).contains(&config.side) {
         return Err(TrainError::Settings);
     }
     let out = &config.output;
@@ -300,7 +300,9 @@ pub fn run_train_demo(
                 loss,
                 seconds: start.elapsed().as_secs_f64(),
             });
-            if state.mmdit_done % config.checkpoint_every.max(1) == 0
+            if state
+                .mmdit_done
+                .is_multiple_of(config.checkpoint_every.max(1))
                 || state.mmdit_done == config.mmdit_steps
             {
                 save(&state, &vae, &mmdit, &vae_adam, &mmdit_adam)?;
