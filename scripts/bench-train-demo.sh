@@ -3,11 +3,13 @@
 # settings (batch 16, 64×64 pictures, float32, MLX CPU), with the training command's allocator
 # tuning (freed buffers kept in the heap) and without it (SD3LAB_NO_MALLOC_TUNING=1), side by
 # side in one run. Both runs must end with the same bytes (the tuning changes no number).
+# The timings include each command's start (model initialisation or loading) and last checkpoint.
+# Linux (GNU date); the allocator tuning is glibc's.
 # Usage: scripts/bench-train-demo.sh [STEPS]   (table on stdout; logs in target/bench-train-demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release/sd3lab
-[ -x "$bin" ] || cargo build --release --locked
+cargo build --release --locked
 steps=${1:-20}
 out=target/bench-train-demo
 rm -rf "$out"
@@ -19,10 +21,10 @@ for mode in tuned default; do
   [ "$mode" = default ] && env=(SD3LAB_NO_MALLOC_TUNING=1)
   dir="$out/$mode"
   s=$(ms)
-  env "${env[@]}" "$bin" model train-demo --output "$dir" --vae-steps "$steps" --mmdit-steps 0 \
+  env ${env[@]+"${env[@]}"} "$bin" model train-demo --output "$dir" --vae-steps "$steps" --mmdit-steps 0 \
     --batch 16 >"$out/$mode-vae.log" 2>&1
   m=$(ms)
-  env "${env[@]}" "$bin" model train-demo --output "$dir" --vae-steps "$steps" --mmdit-steps "$steps" \
+  env ${env[@]+"${env[@]}"} "$bin" model train-demo --output "$dir" --vae-steps "$steps" --mmdit-steps "$steps" \
     --batch 16 >"$out/$mode-mmdit.log" 2>&1
   e=$(ms)
   awk -v a=$((m - s)) -v b=$((e - m)) -v n="$steps" -v mode="$mode" \

@@ -263,7 +263,8 @@ fn vae_encoder_matches_diffusionkit() {
         let image = to_mlx(&common::read_npy(&dir.path().join("encoder_image.npy")));
         let moments = encoder.forward(&image).unwrap();
         let want = common::read_npy(&dir.path().join("encoder_moments.npy"));
-        // 40×24 → 40/2^(levels-1) rows, the odd sizes rounding down as the padding gives.
+        // 44×20 → 22×10 → 11×5 → 5×2: odd sizes are halved too, rounding down as the padding
+        // of one row and column gives.
         assert_eq!(
             moments
                 .shape()
@@ -279,8 +280,31 @@ fn vae_encoder_matches_diffusionkit() {
             "{name}: VAE encoder relative error {err:.2e}"
         );
         let (mean, logvar) = encoder.moments(&image).unwrap();
-        assert_eq!(mean.shape()[3] as usize, cfg.latent_channels);
+        let c = cfg.latent_channels;
+        assert_eq!(mean.shape()[3] as usize, c);
         assert_eq!(logvar.shape(), mean.shape());
+        // The mean is the first half of the channels; the log-variance the second, clipped.
+        let ours = |a: &Array| {
+            // A fresh array (the halves are strided views of the output).
+            let a = a.multiply(Array::from_f32(1.0)).unwrap();
+            a.eval().unwrap();
+            a.as_slice::<f32>().to_vec()
+        };
+        let all = want.data.to_f32_vec();
+        let (m, l) = (ours(&mean), ours(&logvar));
+        for (i, v) in all.iter().enumerate() {
+            let (pixel, ch) = (i / (2 * c), i % (2 * c));
+            let got = if ch < c {
+                m[pixel * c + ch]
+            } else {
+                l[pixel * c + ch - c]
+            };
+            let want = if ch < c { *v } else { v.clamp(-30.0, 20.0) };
+            assert!(
+                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "{name}: {got} vs {want}"
+            );
+        }
     }
 }
 

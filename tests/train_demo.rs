@@ -1,6 +1,8 @@
-//! `sd3lab model train-demo` on a few steps: a run stopped at checkpoints and continued
-//! writes the same files, byte for byte, as one uninterrupted run; the trained folder is a
-//! model `generate` loads; other settings in a used folder are refused, naming the state file.
+//! `sd3lab model train-demo` on a few steps: a run stopped at checkpoints and continued (once
+//! with the JSON older than the tensors, as a crash between the two leaves it) writes the same
+//! files, byte for byte, as one uninterrupted run; the trained folder is a model `generate`
+//! loads; other settings, fewer steps than done, more VAE steps after the MMDiT phase started
+//! and a side the MMDiT cannot patch are refused.
 
 mod common;
 
@@ -53,11 +55,15 @@ fn a_continued_run_equals_an_uninterrupted_one_and_its_model_generates() {
         "{said}"
     );
     ok(train(&cache, &parts, 2, 0, 2));
+    let older_json = std::fs::read(parts.join("train-state.json")).unwrap();
     let said = ok(train(&cache, &parts, 4, 2, 2));
     assert!(
         said.contains("VAE 4/4") && said.contains("MMDiT 2/2"),
         "{said}"
     );
+    // A crash after the tensors were written, before the JSON: the tensors' own counters
+    // say where they are.
+    std::fs::write(parts.join("train-state.json"), older_json).unwrap();
     ok(train(&cache, &parts, 4, 4, 2));
     for f in [
         "model/sd3_medium.safetensors",
@@ -116,11 +122,38 @@ fn a_continued_run_equals_an_uninterrupted_one_and_its_model_generates() {
     .unwrap());
     assert!(png.is_file());
 
-    let o = train(&cache, &whole, 4, 4, 3);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let refused = |vae, mmdit, batch| {
+        let o = train(&cache, &whole, vae, mmdit, batch);
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let err = refused(4, 4, 3);
     assert!(
         err.contains("train-state.json") && err.contains("other settings"),
         "{err}"
     );
+    let err = refused(3, 4, 2);
+    assert!(
+        err.contains("4 VAE steps done") && err.contains("--vae-steps"),
+        "{err}"
+    );
+    let err = refused(6, 6, 2);
+    assert!(err.contains("once the MMDiT phase has started"), "{err}");
+    // A side whose latent cannot be cut into 2×2 patches is refused before any training.
+    let o = common::sd3lab_command(
+        &cache,
+        &[
+            "model",
+            "train-demo",
+            "--output",
+            &root.path().join("odd").display().to_string(),
+            "--side",
+            "24",
+        ],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("side 24"), "{err}");
+    assert!(!root.path().join("odd/model").exists());
 }

@@ -20,8 +20,8 @@ pub struct ShapesArgs {
     /// Folder for the pictures (`000000.png`…), `captions.jsonl` and `prompts.csv` (created).
     #[arg(long)]
     output: PathBuf,
-    /// How many pictures.
-    #[arg(long, default_value_t = 16)]
+    /// How many pictures (1 to 100000).
+    #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     count: usize,
     /// The set's seed: the same seed draws the same pictures.
     #[arg(long, default_value_t = 0)]
@@ -138,11 +138,15 @@ pub struct TrainDemoArgs {
     /// Pictures per step.
     #[arg(long, default_value_t = TrainDemoConfig::new(PathBuf::new()).batch)]
     batch: usize,
-    /// The pictures' side in pixels (a multiple of 8, 16 to 256).
+    /// The pictures' side in pixels (a multiple of 16, 16 to 256).
     #[arg(long, default_value_t = 64)]
     side: usize,
-    /// Steps between checkpoints.
-    #[arg(long, default_value_t = TrainDemoConfig::new(PathBuf::new()).checkpoint_every)]
+    /// Steps between checkpoints (and one at each phase's end).
+    #[arg(
+        long,
+        default_value_t = TrainDemoConfig::new(PathBuf::new()).checkpoint_every,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
     checkpoint_every: usize,
 }
 

@@ -32,6 +32,10 @@ use crate::model::weights::{WeightsError, load_safetensors};
 pub const STATE_JSON: &str = "train-state.json";
 /// The state's tensors: parameters and Adam's moments (`adam.m.NAME`, `adam.v.NAME`).
 pub const STATE_TENSORS: &str = "train-state.safetensors";
+/// The step counters stored with the tensors (float32 scalars `[1]`).
+const VAE_DONE: &str = "state.vae_done";
+const MMDIT_DONE: &str = "state.mmdit_done";
+
 /// The trained model's folder inside the output.
 pub const MODEL_DIR: &str = "model";
 
@@ -49,7 +53,7 @@ pub struct TrainDemoConfig {
     pub side: usize,
     pub vae_learning_rate: f32,
     pub mmdit_learning_rate: f32,
-    /// Steps between checkpoints (and at each phase's end).
+    /// Steps between checkpoints (there is one at each phase's end too; 0: only there).
     #[serde(skip)]
     pub checkpoint_every: usize,
 }
@@ -144,8 +148,19 @@ pub enum TrainError {
     OtherRun { path: PathBuf, theirs: String },
     #[error("training: {0}")]
     Mlx(#[from] mlx_rs::error::Exception),
-    #[error("the batch must be at least 1 and the side a multiple of 8 from 16 to 256")]
-    Settings,
+    #[error(
+        "batch {batch}, side {side}: the batch must be at least 1 and the side a multiple of 16 \
+         from 16 to 256 (the latent, an eighth of it, is cut into 2×2 patches)"
+    )]
+    Settings { batch: usize, side: usize },
+    #[error("{path} has {done} {phase} steps done; --{flag} must be at least that{extra}")]
+    Shrink {
+        path: PathBuf,
+        done: usize,
+        phase: &'static str,
+        flag: &'static str,
+        extra: &'static str,
+    },
 }
 
 /// Progress saved in [`STATE_JSON`].
@@ -165,8 +180,11 @@ pub fn run_train_demo(
     cancel: &CancelToken,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainSummary, TrainError> {
-    if config.batch == 0 || !config.side.is_multiple_of(8) || !(16..=256).contains(&config.side) {
-        return Err(TrainError::Settings);
+    if config.batch == 0 || !config.side.is_multiple_of(16) || !(16..=256).contains(&config.side) {
+        return Err(TrainError::Settings {
+            batch: config.batch,
+            side: config.side,
+        });
     }
     let out = &config.output;
     std::fs::create_dir_all(out).map_err(|source| TrainError::Io {
@@ -186,9 +204,10 @@ pub fn run_train_demo(
             },
         )?;
     }
-    let raw = match &state {
-        Some(_) => load_safetensors(&out.join(STATE_TENSORS))?,
-        None => load_safetensors(&checkpoint)?,
+    let state_tensors = out.join(STATE_TENSORS);
+    let (raw, loaded) = match &state {
+        Some(_) => (load_safetensors(&state_tensors)?, state_tensors.clone()),
+        None => (load_safetensors(&checkpoint)?, checkpoint.clone()),
     };
     let mut state = state.take().unwrap_or(State {
         schema: STATE_SCHEMA.into(),
@@ -196,20 +215,54 @@ pub fn run_train_demo(
         vae_done: 0,
         mmdit_done: 0,
     });
+    if loaded == state_tensors {
+        // The tensors are written before the JSON: after a crash between the two, their own
+        // counters say which step they are from.
+        state.vae_done = counter(&raw, &state_tensors, VAE_DONE)?;
+        state.mmdit_done = counter(&raw, &state_tensors, MMDIT_DONE)?;
+    }
+    let json = out.join(STATE_JSON);
+    if config.vae_steps < state.vae_done || config.mmdit_steps < state.mmdit_done {
+        let vae = config.vae_steps < state.vae_done;
+        return Err(TrainError::Shrink {
+            path: json,
+            done: if vae {
+                state.vae_done
+            } else {
+                state.mmdit_done
+            },
+            phase: if vae { "VAE" } else { "MMDiT" },
+            flag: if vae { "vae-steps" } else { "mmdit-steps" },
+            extra: "",
+        });
+    }
+    if state.mmdit_done > 0 && config.vae_steps > state.vae_done {
+        // The MMDiT learnt the latents of the VAE as it was: training the VAE further would
+        // give weights no uninterrupted run gives.
+        return Err(TrainError::Shrink {
+            path: json,
+            done: state.vae_done,
+            phase: "VAE",
+            flag: "vae-steps",
+            extra: " and no more once the MMDiT phase has started (its latents come from that VAE)",
+        });
+    }
     state.settings = config.clone();
     let preset = Preset::Tiny.config(None);
-    let mut vae = VaeTrainer::from_tensors(&checkpoint, &raw, &preset.vae)?;
-    let mut mmdit = MmditTrainer::from_tensors(&checkpoint, &raw, &preset.mmdit)?;
+    let mut vae = VaeTrainer::from_tensors(&loaded, &raw, &preset.vae)?;
+    let mut mmdit = MmditTrainer::from_tensors(&loaded, &raw, &preset.mmdit)?;
     let mut vae_adam = Adam::new(config.vae_learning_rate, &vae.params.arrays)?;
     let mut mmdit_adam = Adam::new(config.mmdit_learning_rate, &mmdit.params.arrays)?;
     if state.vae_done > 0 {
-        vae_adam.restore(&raw, "vae", &vae.params.names, state.vae_done)?;
+        vae_adam.restore(&raw, &loaded, "vae", &vae.params, state.vae_done)?;
     }
     if state.mmdit_done > 0 {
-        mmdit_adam.restore(&raw, "mmdit", &mmdit.params.names, state.mmdit_done)?;
+        mmdit_adam.restore(&raw, &loaded, "mmdit", &mmdit.params, state.mmdit_done)?;
     }
-    let save = |state: &State, vae: &VaeTrainer, mmdit: &MmditTrainer, a: &Adam, b: &Adam| {
-        save_state(out, &model_dir, state, vae, mmdit, a, b)
+    let mut saver = Saver {
+        out,
+        model_dir: &model_dir,
+        saved: (state.vae_done, state.mmdit_done),
     };
 
     let mut summary = TrainSummary {
@@ -251,20 +304,29 @@ pub fn run_train_demo(
             loss,
             seconds: start.elapsed().as_secs_f64(),
         });
-        if state.vae_done % config.checkpoint_every.max(1) == 0
+        if state.vae_done.is_multiple_of(config.checkpoint_every)
             || state.vae_done == config.vae_steps
         {
-            save(&state, &vae, &mmdit, &vae_adam, &mmdit_adam)?;
-            on_event(TrainEvent::Saved {
-                phase: Phase::Vae,
-                done: state.vae_done,
-            });
+            saver.save(
+                &state,
+                Phase::Vae,
+                (&vae, &mmdit),
+                [&vae_adam, &mmdit_adam],
+                on_event,
+            )?;
         }
     }
     summary.vae_loss = tail_mean(&losses);
     summary.vae_done = state.vae_done;
-    if summary.cancelled {
-        save(&state, &vae, &mmdit, &vae_adam, &mmdit_adam)?;
+    if summary.cancelled || (cancel.is_cancelled() && state.mmdit_done < config.mmdit_steps) {
+        summary.cancelled = true;
+        saver.save(
+            &state,
+            Phase::Vae,
+            (&vae, &mmdit),
+            [&vae_adam, &mmdit_adam],
+            on_event,
+        )?;
         return Ok(summary);
     }
 
@@ -300,25 +362,76 @@ pub fn run_train_demo(
                 loss,
                 seconds: start.elapsed().as_secs_f64(),
             });
-            if state
-                .mmdit_done
-                .is_multiple_of(config.checkpoint_every.max(1))
+            if state.mmdit_done.is_multiple_of(config.checkpoint_every)
                 || state.mmdit_done == config.mmdit_steps
             {
-                save(&state, &vae, &mmdit, &vae_adam, &mmdit_adam)?;
-                on_event(TrainEvent::Saved {
-                    phase: Phase::Mmdit,
-                    done: state.mmdit_done,
-                });
+                saver.save(
+                    &state,
+                    Phase::Mmdit,
+                    (&vae, &mmdit),
+                    [&vae_adam, &mmdit_adam],
+                    on_event,
+                )?;
             }
         }
         if summary.cancelled {
-            save(&state, &vae, &mmdit, &vae_adam, &mmdit_adam)?;
+            saver.save(
+                &state,
+                Phase::Mmdit,
+                (&vae, &mmdit),
+                [&vae_adam, &mmdit_adam],
+                on_event,
+            )?;
         }
     }
     summary.mmdit_loss = tail_mean(&losses);
     summary.mmdit_done = state.mmdit_done;
     Ok(summary)
+}
+
+/// Writes checkpoints, skipping one that would repeat the last (a cancel right after one).
+struct Saver<'a> {
+    out: &'a Path,
+    model_dir: &'a Path,
+    /// The (VAE, MMDiT) steps of the last checkpoint written or resumed from.
+    saved: (usize, usize),
+}
+
+/// The VAE and MMDiT trainers, in that order.
+type Trainers<'a> = (&'a VaeTrainer, &'a MmditTrainer);
+
+impl Saver<'_> {
+    fn save(
+        &mut self,
+        state: &State,
+        phase: Phase,
+        (vae, mmdit): Trainers<'_>,
+        adams: [&Adam; 2],
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<(), TrainError> {
+        let now = (state.vae_done, state.mmdit_done);
+        if now == self.saved {
+            return Ok(());
+        }
+        save_state(
+            self.out,
+            self.model_dir,
+            state,
+            vae,
+            mmdit,
+            adams[0],
+            adams[1],
+        )?;
+        self.saved = now;
+        on_event(TrainEvent::Saved {
+            phase,
+            done: match phase {
+                Phase::Vae => state.vae_done,
+                Phase::Mmdit => state.mmdit_done,
+            },
+        });
+        Ok(())
+    }
 }
 
 fn tail_mean(losses: &[f32]) -> Option<f32> {
@@ -344,7 +457,7 @@ fn flow_batch(
     let (mean, _) = encoder.moments(&images)?;
     let x0 = scale_latent(&mean, vae)?;
     let base = ((config.seed as u64) << 32) ^ (step * 3 + 1);
-    let k = |i: u64| mlx_rs::random::key(base.wrapping_add(i * 0x9E37_79B9_7F4A_7C15));
+    let k = |i: u64| mlx_rs::random::key(base.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
     let drop = mlx_rs::random::uniform::<f32, f32>(0.0, 1.0, &[n as i32], &k(0)?)?;
     drop.eval()?;
     let dropped: Vec<bool> = drop.as_slice::<f32>().iter().map(|u| *u < 0.1).collect();
@@ -410,6 +523,23 @@ impl CaptionCache {
     }
 }
 
+/// A step counter saved with the tensors.
+fn counter(raw: &HashMap<String, Array>, path: &Path, name: &str) -> Result<usize, TrainError> {
+    let fail = |reason: String| TrainError::State {
+        path: path.to_owned(),
+        reason,
+    };
+    let a = raw
+        .get(name)
+        .ok_or_else(|| fail(format!("missing tensor '{name}'")))?;
+    let v = a.as_dtype(Dtype::Float32)?;
+    v.eval()?;
+    match v.as_slice::<f32>() {
+        [n] if *n >= 0.0 && n.fract() == 0.0 => Ok(*n as usize),
+        other => Err(fail(format!("'{name}' is {other:?}, not a step count"))),
+    }
+}
+
 fn read_state(out: &Path, config: &TrainDemoConfig) -> Result<Option<State>, TrainError> {
     let path = out.join(STATE_JSON);
     let text = match std::fs::read_to_string(&path) {
@@ -440,9 +570,10 @@ fn read_state(out: &Path, config: &TrainDemoConfig) -> Result<Option<State>, Tra
     Ok(Some(state))
 }
 
-/// Writes the state's tensors, the model's checkpoint (float16, the published layout) and the
-/// state's JSON last, each atomically: a crash between them leaves a state that resumes from
-/// the previous checkpoint with tensors at least as new (a step or two of training repeated).
+/// Writes the state's tensors (with their step counters), the model's checkpoint (float16, the
+/// published layout), its README and the state's JSON last, each atomically. A crash between
+/// them leaves tensors newer than the JSON, which carry their own counters: the rerun resumes
+/// from them exactly.
 fn save_state(
     out: &Path,
     model_dir: &Path,
@@ -457,6 +588,12 @@ fn save_state(
         tensors.extend(p.names.iter().cloned().zip(p.arrays.iter()));
     }
     let model: Vec<(String, &Array)> = tensors.clone();
+    let counters = [
+        Array::from_slice(&[state.vae_done as f32], &[1]),
+        Array::from_slice(&[state.mmdit_done as f32], &[1]),
+    ];
+    tensors.push((VAE_DONE.into(), &counters[0]));
+    tensors.push((MMDIT_DONE.into(), &counters[1]));
     tensors.extend(vae_adam.named_moments("vae", &vae.params.names));
     tensors.extend(mmdit_adam.named_moments("mmdit", &mmdit.params.names));
     let io = |path: PathBuf| move |source| TrainError::Io { path, source };
@@ -542,23 +679,38 @@ impl Adam {
         out
     }
 
-    /// Takes back the moments [`Adam::named_moments`] saved after `steps` updates.
+    /// Takes back the moments [`Adam::named_moments`] saved after `steps` updates, each of
+    /// its parameter's shape.
     fn restore(
         &mut self,
         raw: &HashMap<String, Array>,
+        path: &Path,
         what: &str,
-        names: &[String],
+        params: &super::train::Params,
         steps: usize,
     ) -> Result<(), TrainError> {
         let take = |kind: &str| -> Result<Vec<Array>, TrainError> {
-            names
+            params
+                .names
                 .iter()
-                .map(|n| {
+                .zip(&params.arrays)
+                .map(|(n, p)| {
                     let key = format!("adam.{kind}.{what}.{n}");
-                    raw.get(&key).cloned().ok_or_else(|| TrainError::State {
-                        path: PathBuf::from(STATE_TENSORS),
-                        reason: format!("missing tensor '{key}'"),
-                    })
+                    let fail = |reason: String| TrainError::State {
+                        path: path.to_owned(),
+                        reason,
+                    };
+                    let a = raw
+                        .get(&key)
+                        .ok_or_else(|| fail(format!("missing tensor '{key}'")))?;
+                    if a.shape() != p.shape() {
+                        return Err(fail(format!(
+                            "'{key}' is {:?}, its parameter {:?}",
+                            a.shape(),
+                            p.shape()
+                        )));
+                    }
+                    Ok(a.as_dtype(Dtype::Float32)?)
                 })
                 .collect()
         };

@@ -1,14 +1,15 @@
 //! The pixel judge: does a picture show what its demo caption says? Computed from the pixels
 //! alone, so it can fail: the picture's background must read as the caption's background
-//! colour, its shapes' region as the shapes' colour, and the pixels nearer the shapes' colour
-//! than the background's must overlap the caption's shapes (placed exactly, no jitter) with an
-//! intersection over union of at least [`IOU_PASS`].
+//! colour, its shapes' region as the shapes' colour, the pixels nearer the shapes' colour than
+//! the background's must overlap the caption's shapes (placed exactly, no jitter) with an
+//! intersection over union of at least [`IOU_PASS`], and better than any other shape at the
+//! same places would (a square or a ring where a circle belongs overlaps it by 0.7–0.8).
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::shapes::{CaptionError, Colour, Scene, distance2};
+use super::shapes::{CaptionError, Colour, Scene, Shape, distance2};
 use crate::bench::folder::BenchFolder;
 use crate::metrics::images::{ImagesError, load_rgb};
 
@@ -25,11 +26,13 @@ pub struct Verdict {
     pub shape_colour: bool,
     /// Elsewhere, most pixels are nearest to the caption's background colour.
     pub background: bool,
+    /// No other shape at the caption's places overlaps those pixels more than its shape.
+    pub shape: bool,
 }
 
 impl Verdict {
     pub fn passed(&self) -> bool {
-        self.shape_colour && self.background && self.iou >= IOU_PASS
+        self.shape_colour && self.background && self.shape && self.iou >= IOU_PASS
     }
 }
 
@@ -41,7 +44,7 @@ pub fn judge(scene: &Scene, rgb: &[u8], side: usize) -> Verdict {
     // Each pixel votes for its nearest palette colour: where the shapes should be (leaving out
     // background votes, so a thin or slightly moved shape still counts) and elsewhere.
     let (mut inside, mut outside) = (Votes::default(), Votes::default());
-    let (mut both, mut either) = (0usize, 0usize);
+    let mut shown = Vec::with_capacity(expected.len());
     for (pixel, &want) in rgb.chunks_exact(3).zip(&expected) {
         let p = [pixel[0] as f32, pixel[1] as f32, pixel[2] as f32];
         let nearest = Colour::nearest(p);
@@ -50,18 +53,33 @@ pub fn judge(scene: &Scene, rgb: &[u8], side: usize) -> Verdict {
         } else if nearest != scene.background {
             inside.add(nearest);
         }
-        let shown = distance2(p, fg) < distance2(p, bg);
-        both += (shown && want) as usize;
-        either += (shown || want) as usize;
+        shown.push(distance2(p, fg) < distance2(p, bg));
     }
+    let iou = iou_of(&shown, &expected);
+    let best_other = Shape::ALL
+        .into_iter()
+        .filter(|s| *s != scene.shape)
+        .map(|shape| iou_of(&shown, &Scene { shape, ..*scene }.mask(side)))
+        .fold(0.0f32, f32::max);
     Verdict {
-        iou: if either == 0 {
-            0.0
-        } else {
-            both as f32 / either as f32
-        },
+        iou,
         shape_colour: inside.most() == Some(scene.colour),
         background: outside.most() == Some(scene.background),
+        shape: iou >= best_other,
+    }
+}
+
+/// Intersection over union of two masks (0 when both are empty).
+fn iou_of(a: &[bool], b: &[bool]) -> f32 {
+    let (mut both, mut either) = (0usize, 0usize);
+    for (&x, &y) in a.iter().zip(b) {
+        both += (x && y) as usize;
+        either += (x || y) as usize;
+    }
+    if either == 0 {
+        0.0
+    } else {
+        both as f32 / either as f32
     }
 }
 
@@ -241,8 +259,20 @@ mod tests {
             !background.passed() && !background.background,
             "{background:?}"
         );
-        // A ring where a circle should be leaves its hole: the overlap is ~0.7 of the disc,
-        // enough by the threshold; a small circle instead of a large one is not.
+        // A square or a ring where a circle should be overlaps it by 0.7–0.8, over the
+        // threshold: they fail because the shape they are fits better.
+        for shape in [Shape::Square, Shape::Ring, Shape::Star, Shape::Triangle] {
+            let other = judged(Scene { shape, ..scene });
+            assert!(!other.passed() && !other.shape, "{shape:?}: {other:?}");
+        }
+        assert!(
+            judged(Scene {
+                shape: Shape::Ring,
+                ..scene
+            })
+            .iou > IOU_PASS
+        );
+        // A small circle instead of a large one does not overlap enough.
         let small = judged(Scene {
             size: super::super::shapes::Size::Small,
             ..scene

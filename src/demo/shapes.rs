@@ -271,12 +271,7 @@ impl Scene {
     pub fn caption(&self) -> String {
         let (size, colour, shape) = (self.size.name(), self.colour.name(), self.shape.name());
         let background = self.background.name();
-        let article = if background.starts_with(['a', 'e', 'i', 'o', 'u']) {
-            "an"
-        } else {
-            "a"
-        };
-        let on = format!("on {article} {background} background");
+        let on = format!("on {} {background} background", article(background));
         match self.layout {
             Layout::One(place) => format!("a {size} {colour} {shape} {} {on}", place.phrase()),
             Layout::Two => format!("two {size} {colour} {shape}s {on}"),
@@ -291,14 +286,24 @@ impl Scene {
         };
         let words: Vec<&str> = caption.split_whitespace().collect();
         let rest = words.join(" ");
-        let (head, background) = rest
-            .rsplit_once(" on a ")
-            .or_else(|| rest.rsplit_once(" on an "))
-            .ok_or_else(|| fail("it does not end \"on a COLOUR background\""))?;
+        let (head, said, background) =
+            match (rest.rsplit_once(" on a "), rest.rsplit_once(" on an ")) {
+                (Some((h, b)), _) => (h, "a", b),
+                (None, Some((h, b))) => (h, "an", b),
+                (None, None) => return Err(fail("it does not end \"on a COLOUR background\"")),
+            };
         let background = background
             .strip_suffix(" background")
             .and_then(colour_named)
             .ok_or_else(|| fail("the background is not a palette colour"))?;
+        if said != article(background.name()) {
+            return Err(fail(&format!(
+                "\"on {said} {}\" should be \"on {} {}\"",
+                background.name(),
+                article(background.name()),
+                background.name()
+            )));
+        }
         let head: Vec<&str> = head.split(' ').collect();
         let [count, size, colour, shape, place @ ..] = head.as_slice() else {
             return Err(fail(
@@ -413,6 +418,15 @@ impl fmt::Display for Scene {
     }
 }
 
+/// "an" before a vowel, else "a".
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
 fn colour_named(name: &str) -> Option<Colour> {
     Colour::ALL.into_iter().find(|c| c.name() == name)
 }
@@ -514,7 +528,8 @@ pub const CAPTIONS_JSONL: &str = "captions.jsonl";
 /// The same captions as a prompt list (`prompt,file`), for `--prompt-csv`.
 pub const PROMPTS_CSV: &str = "prompts.csv";
 
-/// Writes items `0..count` of the set drawn with `seed` from `split` into `dir` as
+/// Writes items `0..count` of the set drawn with `seed` from `split` (held out: distinct
+/// scenes, [`held_out_scenes`], as long as there are new ones) into `dir` as
 /// `000000.png`… (`side`×`side`), [`CAPTIONS_JSONL`] and [`PROMPTS_CSV`], each file
 /// atomically; `progress` is called after each picture with the number written. Returns the
 /// scenes.
@@ -531,8 +546,16 @@ pub fn write_pictures(
     // Captions hold neither commas nor quotes: no field needs quoting.
     let mut csv = String::from("prompt,file\n");
     let mut scenes = Vec::with_capacity(count);
+    // Held-out pictures are evaluation prompts: no caption twice while there are new ones.
+    let distinct = match split {
+        Split::HeldOut => held_out_scenes(seed, count),
+        Split::Train => Vec::new(),
+    };
     for i in 0..count {
-        let (scene, placements) = item(seed, i as u64, split);
+        let (scene, placements) = match distinct.get(i) {
+            Some(scene) => (*scene, scene.placements()),
+            None => item(seed, i as u64, split),
+        };
         let file = format!("{i:06}.png");
         let rgb = scene.draw_at(&placements, side);
         crate::image::write_png(

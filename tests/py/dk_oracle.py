@@ -122,7 +122,7 @@ def vae_encoder(checkpoint, config_file, out):
                        layers_per_block=cfg["layers_per_block"], resnet_groups=cfg["norm_groups"])
     weights = vae_encoder_state_dict_adjustments(mx.load(checkpoint), prefix="first_stage_model.encoder.")
     model.load_weights(list({k: v.astype(mx.float32) for k, v in weights.items()}.items()))
-    image = np.random.RandomState(6).uniform(-1, 1, (2, 40, 24, 3)).astype(np.float32)
+    image = np.random.RandomState(6).uniform(-1, 1, (2, 44, 20, 3)).astype(np.float32)
     np.save(os.path.join(out, "encoder_image.npy"), image)
     np.save(os.path.join(out, "encoder_moments.npy"), np.array(model(mx.array(image))))
 
