@@ -113,7 +113,8 @@ pub fn judge(args: &JudgeArgs) -> anyhow::Result<ExitCode> {
         writeln!(
             out,
             "a picture passes when its background and shapes read as the caption's colours and \
-             the shapes' pixels overlap the caption's place and size with IoU ≥ {IOU_PASS}"
+             the shapes' pixels overlap the caption's shape, place and size with IoU ≥ {IOU_PASS}, \
+             better than any other shape there"
         )?;
     }
     out.flush()?;
