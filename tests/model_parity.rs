@@ -177,6 +177,32 @@ fn clip_encoders_match_diffusionkit() {
     }
 }
 
+/// A checkpoint of `specs` (seed `seed`) and `config` as JSON in a new folder, and
+/// `dk_oracle.py COMMAND` run on them (its outputs land in the folder): the folder and the
+/// checkpoint.
+fn vae_oracle(
+    command: &str,
+    specs: &[sd3lab::model::synth::TensorSpec],
+    config: &impl serde::Serialize,
+    seed: u64,
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("sd3_medium.safetensors");
+    write_safetensors(&ckpt, specs, seed).unwrap();
+    let cfg_file = dir.path().join("vae.json");
+    std::fs::write(&cfg_file, serde_json::to_string(config).unwrap()).unwrap();
+    common::run_oracle(
+        "dk_oracle.py",
+        &[
+            command.as_ref(),
+            ckpt.as_os_str(),
+            cfg_file.as_os_str(),
+            dir.path().as_os_str(),
+        ],
+    );
+    (dir, ckpt)
+}
+
 #[test]
 fn vae_decoder_matches_diffusionkit() {
     use sd3lab::model::synth::vae_decoder_specs;
@@ -190,20 +216,7 @@ fn vae_decoder_matches_diffusionkit() {
         ..tiny.clone()
     };
     for (name, cfg) in [("tiny", tiny), ("3-levels", other)] {
-        let dir = tempfile::tempdir().unwrap();
-        let ckpt = dir.path().join("sd3_medium.safetensors");
-        write_safetensors(&ckpt, &vae_decoder_specs(&cfg), 3).unwrap();
-        let cfg_file = dir.path().join("vae.json");
-        std::fs::write(&cfg_file, serde_json::to_string(&cfg).unwrap()).unwrap();
-        common::run_oracle(
-            "dk_oracle.py",
-            &[
-                "vae".as_ref(),
-                ckpt.as_os_str(),
-                cfg_file.as_os_str(),
-                dir.path().as_os_str(),
-            ],
-        );
+        let (dir, ckpt) = vae_oracle("vae", &vae_decoder_specs(&cfg), &cfg, 3);
         let vae = load_vae_decoder(&ckpt, &cfg, Dtype::Float32).unwrap();
         let latent = to_mlx(&common::read_npy(&dir.path().join("vae_latent.npy")));
         let image = vae.decode_latent(&latent).unwrap();
@@ -244,20 +257,7 @@ fn vae_encoder_matches_diffusionkit() {
         ..tiny.clone()
     };
     for (name, cfg) in [("tiny", tiny), ("3-levels", other)] {
-        let dir = tempfile::tempdir().unwrap();
-        let ckpt = dir.path().join("sd3_medium.safetensors");
-        write_safetensors(&ckpt, &vae_encoder_specs(&cfg), 4).unwrap();
-        let cfg_file = dir.path().join("vae.json");
-        std::fs::write(&cfg_file, serde_json::to_string(&cfg).unwrap()).unwrap();
-        common::run_oracle(
-            "dk_oracle.py",
-            &[
-                "vae_encoder".as_ref(),
-                ckpt.as_os_str(),
-                cfg_file.as_os_str(),
-                dir.path().as_os_str(),
-            ],
-        );
+        let (dir, ckpt) = vae_oracle("vae_encoder", &vae_encoder_specs(&cfg), &cfg, 4);
         let raw = sd3lab::model::weights::load_safetensors(&ckpt).unwrap();
         let encoder = vae_encoder_from_tensors(&ckpt, &raw, &cfg, Dtype::Float32).unwrap();
         let image = to_mlx(&common::read_npy(&dir.path().join("encoder_image.npy")));

@@ -298,23 +298,8 @@ pub fn run_train_demo(
         let loss = vae.step(&mut vae_adam, &images, (config.seed as u64) << 32 | step)?;
         state.vae_done += 1;
         losses.push(loss);
-        on_event(TrainEvent::Step {
-            phase: Phase::Vae,
-            done: state.vae_done,
-            loss,
-            seconds: start.elapsed().as_secs_f64(),
-        });
-        if state.vae_done.is_multiple_of(config.checkpoint_every)
-            || state.vae_done == config.vae_steps
-        {
-            saver.save(
-                &state,
-                Phase::Vae,
-                (&vae, &mmdit),
-                [&vae_adam, &mmdit_adam],
-                on_event,
-            )?;
-        }
+        let (trainers, adams) = ((&vae, &mmdit), [&vae_adam, &mmdit_adam]);
+        saver.stepped(&state, Phase::Vae, loss, start, trainers, adams, on_event)?;
     }
     summary.vae_loss = tail_mean(&losses);
     summary.vae_done = state.vae_done;
@@ -356,23 +341,8 @@ pub fn run_train_demo(
             let loss = mmdit.step(&mut mmdit_adam, &batch)?;
             state.mmdit_done += 1;
             losses.push(loss);
-            on_event(TrainEvent::Step {
-                phase: Phase::Mmdit,
-                done: state.mmdit_done,
-                loss,
-                seconds: start.elapsed().as_secs_f64(),
-            });
-            if state.mmdit_done.is_multiple_of(config.checkpoint_every)
-                || state.mmdit_done == config.mmdit_steps
-            {
-                saver.save(
-                    &state,
-                    Phase::Mmdit,
-                    (&vae, &mmdit),
-                    [&vae_adam, &mmdit_adam],
-                    on_event,
-                )?;
-            }
+            let (trainers, adams) = ((&vae, &mmdit), [&vae_adam, &mmdit_adam]);
+            saver.stepped(&state, Phase::Mmdit, loss, start, trainers, adams, on_event)?;
         }
         if summary.cancelled {
             saver.save(
@@ -401,6 +371,34 @@ struct Saver<'a> {
 type Trainers<'a> = (&'a VaeTrainer, &'a MmditTrainer);
 
 impl Saver<'_> {
+    /// After a step of `phase`: its event, then a checkpoint when one is due.
+    #[allow(clippy::too_many_arguments)]
+    fn stepped(
+        &mut self,
+        state: &State,
+        phase: Phase,
+        loss: f32,
+        start: Instant,
+        trainers: Trainers<'_>,
+        adams: [&Adam; 2],
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<(), TrainError> {
+        let (done, total) = match phase {
+            Phase::Vae => (state.vae_done, state.settings.vae_steps),
+            Phase::Mmdit => (state.mmdit_done, state.settings.mmdit_steps),
+        };
+        on_event(TrainEvent::Step {
+            phase,
+            done,
+            loss,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        if done.is_multiple_of(state.settings.checkpoint_every) || done == total {
+            self.save(state, phase, trainers, adams, on_event)?;
+        }
+        Ok(())
+    }
+
     fn save(
         &mut self,
         state: &State,

@@ -33,6 +33,39 @@ impl Params {
         Self { names, arrays }
     }
 
+    /// The tensors of `raw` under any of `prefixes`, as float32 parameters.
+    pub fn from_tensors(
+        path: &Path,
+        raw: &HashMap<String, Array>,
+        prefixes: &[&str],
+    ) -> Result<Self, WeightsError> {
+        let mut map = HashMap::new();
+        for (k, v) in raw
+            .iter()
+            .filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p)))
+        {
+            let v = v
+                .as_dtype(Dtype::Float32)
+                .map_err(|source| WeightsError::MlxTensor {
+                    path: path.to_owned(),
+                    key: k.clone(),
+                    source,
+                })?;
+            map.insert(k.clone(), v);
+        }
+        Ok(Self::from_map(map))
+    }
+
+    /// These parameters' names with `arrays` (their values, or a transform's tracers), for a
+    /// checkpoint loader.
+    pub fn with(&self, arrays: &[Array]) -> HashMap<String, Array> {
+        self.names
+            .iter()
+            .cloned()
+            .zip(arrays.iter().cloned())
+            .collect()
+    }
+
     /// Parameters counted.
     pub fn count(&self) -> usize {
         self.arrays.iter().map(|a| a.size()).sum()
@@ -154,23 +187,10 @@ impl VaeTrainer {
         raw: &HashMap<String, Array>,
         decoder: &VaeDecoderConfig,
     ) -> Result<Self, WeightsError> {
-        let mut map = HashMap::new();
-        for (k, v) in raw {
-            if k.starts_with(VAE_ENCODER_PREFIX) || k.starts_with(VAE_DECODER_PREFIX) {
-                let v = v
-                    .as_dtype(Dtype::Float32)
-                    .map_err(|source| WeightsError::MlxTensor {
-                        path: path.to_owned(),
-                        key: k.clone(),
-                        source,
-                    })?;
-                map.insert(k.clone(), v);
-            }
-        }
         let trainer = Self {
             encoder: VaeEncoderConfig::for_decoder(decoder),
             decoder: decoder.clone(),
-            params: Params::from_map(map),
+            params: Params::from_tensors(path, raw, &[VAE_ENCODER_PREFIX, VAE_DECODER_PREFIX])?,
             kl_weight: 1e-4,
         };
         // Every tensor must be one the two halves take, of the right shape.
@@ -184,13 +204,7 @@ impl VaeTrainer {
         path: &Path,
         arrays: &[Array],
     ) -> Result<(VaeEncoder, VaeDecoder), WeightsError> {
-        let map: HashMap<String, Array> = self
-            .params
-            .names
-            .iter()
-            .cloned()
-            .zip(arrays.iter().cloned())
-            .collect();
+        let map = self.params.with(arrays);
         Ok((
             vae_encoder_from_tensors(path, &map, &self.encoder, Dtype::Float32)?,
             vae_decoder_from_tensors(path, &map, &self.decoder, Dtype::Float32)?,
@@ -269,20 +283,9 @@ impl MmditTrainer {
         raw: &HashMap<String, Array>,
         config: &MmditConfig,
     ) -> Result<Self, WeightsError> {
-        let mut map = HashMap::new();
-        for (k, v) in raw.iter().filter(|(k, _)| k.starts_with(MMDIT_PREFIX)) {
-            let v = v
-                .as_dtype(Dtype::Float32)
-                .map_err(|source| WeightsError::MlxTensor {
-                    path: path.to_owned(),
-                    key: k.clone(),
-                    source,
-                })?;
-            map.insert(k.clone(), v);
-        }
         let trainer = Self {
             config: config.clone(),
-            params: Params::from_map(map),
+            params: Params::from_tensors(path, raw, &[MMDIT_PREFIX])?,
         };
         trainer.model(path, &trainer.params.arrays)?;
         Ok(trainer)
@@ -290,14 +293,12 @@ impl MmditTrainer {
 
     /// The MMDiT built from `arrays` (values or tracers) by the checkpoint loader.
     fn model(&self, path: &Path, arrays: &[Array]) -> Result<Mmdit, WeightsError> {
-        let map: HashMap<String, Array> = self
-            .params
-            .names
-            .iter()
-            .cloned()
-            .zip(arrays.iter().cloned())
-            .collect();
-        mmdit_from_tensors(path, &map, &self.config, Dtype::Float32)
+        mmdit_from_tensors(
+            path,
+            &self.params.with(arrays),
+            &self.config,
+            Dtype::Float32,
+        )
     }
 
     /// SD3's objective: the model at `x = σ·noise + (1 − σ)·x0` and timestep `1000·σ` predicts

@@ -420,10 +420,11 @@ pub fn launch(
     let mut failure_order = Vec::new();
     let mut stopped = vec![false; ranks.len()];
     while codes.iter().any(|c| c.is_none()) {
-        // Wait for output at most 100 ms, then take what is queued: a rank that never stops
-        // printing cannot keep the others' exits from being seen.
+        // Wait for output at most 100 ms, then take what is queued, at most a bounded number
+        // of lines: a rank that never stops printing cannot keep the others' exits from being
+        // seen.
         if let Ok(first) = rx.recv_timeout(Duration::from_millis(100)) {
-            for (rank, line) in std::iter::once(first).chain(rx.try_iter()) {
+            for (rank, line) in std::iter::once(first).chain(rx.try_iter().take(4096)) {
                 on_event(LaunchEvent::Line { rank, line });
             }
         }

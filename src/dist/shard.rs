@@ -107,7 +107,8 @@ pub enum PartsError {
 pub fn part_folders(dir: &Path) -> std::io::Result<Vec<(Shard, PathBuf)>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
+        // An entry that cannot be read is not a part; it hides no others.
+        let Ok(entry) = entry else { continue };
         if let Some(shard) = entry.file_name().to_str().and_then(Shard::from_folder_name)
             && entry.path().is_dir()
         {
