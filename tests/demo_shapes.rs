@@ -12,15 +12,7 @@ fn run(cache: &Path, args: &[&str]) -> Output {
     common::sd3lab_command(cache, args).output().unwrap()
 }
 
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed ({:?}):\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use common::stdout_of_success as ok;
 
 /// A 3-image, 2-step fp32 benchmark of the tiny model on `prompts`, with `reference` (a
 /// folder of pictures) as its reference set when given.

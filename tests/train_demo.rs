@@ -34,15 +34,7 @@ fn train(cache: &Path, out: &Path, vae: usize, mmdit: usize, batch: usize) -> Ou
     .unwrap()
 }
 
-fn ok(o: Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed ({:?}):\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use common::stdout_of_success as ok;
 
 #[test]
 fn a_continued_run_equals_an_uninterrupted_one_and_its_model_generates() {

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{Array, Dtype};
 use serde::{Deserialize, Serialize};
 
@@ -153,14 +154,18 @@ pub enum TrainError {
          from 16 to 256 (the latent, an eighth of it, is cut into 2×2 patches)"
     )]
     Settings { batch: usize, side: usize },
-    #[error("{path} has {done} {phase} steps done; --{flag} must be at least that{extra}")]
+    #[error("{path} has {done} {phase} steps done; --{flag} must be at least that")]
     Shrink {
         path: PathBuf,
         done: usize,
         phase: &'static str,
         flag: &'static str,
-        extra: &'static str,
     },
+    #[error(
+        "{path} has {done} VAE steps done; --vae-steps must be at least that and no more once \
+         the MMDiT phase has started (its latents come from that VAE)"
+    )]
+    VaeAfterMmdit { path: PathBuf, done: usize },
 }
 
 /// Progress saved in [`STATE_JSON`].
@@ -233,18 +238,14 @@ pub fn run_train_demo(
             },
             phase: if vae { "VAE" } else { "MMDiT" },
             flag: if vae { "vae-steps" } else { "mmdit-steps" },
-            extra: "",
         });
     }
     if state.mmdit_done > 0 && config.vae_steps > state.vae_done {
         // The MMDiT learnt the latents of the VAE as it was: training the VAE further would
         // give weights no uninterrupted run gives.
-        return Err(TrainError::Shrink {
+        return Err(TrainError::VaeAfterMmdit {
             path: json,
             done: state.vae_done,
-            phase: "VAE",
-            flag: "vae-steps",
-            extra: " and no more once the MMDiT phase has started (its latents come from that VAE)",
         });
     }
     state.settings = config.clone();
@@ -328,7 +329,7 @@ pub fn run_train_demo(
             reason: e.to_string(),
         })?;
         let text = Pipeline::load(&files, Dtype::Float32)?;
-        let mut captions = CaptionCache::new(&text)?;
+        let mut captions = CaptionCache::new(&text);
         let encoder = vae.encoder_model()?;
         while state.mmdit_done < config.mmdit_steps {
             if cancel.is_cancelled() {
@@ -479,8 +480,6 @@ fn flow_batch(
     })
 }
 
-use mlx_rs::ops::indexing::IndexOp;
-
 /// The frozen CLIPs' embeddings of each caption, computed once: the CLIP tokens' features
 /// (77 × L+G, without the zero padding to 4096 and the 77 zero "T5" tokens, added per batch)
 /// and the pooled vector.
@@ -490,11 +489,11 @@ struct CaptionCache {
 }
 
 impl CaptionCache {
-    fn new(text: &Pipeline) -> MlxResult<Self> {
-        Ok(Self {
+    fn new(text: &Pipeline) -> Self {
+        Self {
             by_caption: HashMap::new(),
             context_dim: text.config.mmdit.context_dim as i32,
-        })
+        }
     }
 
     fn get(&mut self, caption: &str, text: &Pipeline) -> MlxResult<(Array, Array)> {

@@ -137,15 +137,13 @@ impl VaeDecoder {
         for (i, &cout) in chans.iter().enumerate() {
             // up.i receives the output of up.(i+1) (or of the mid block for the last one).
             let cin = chans.get(i + 1).copied().unwrap_or(top);
-            let mut resnets = Vec::with_capacity(config.layers_per_block);
-            for j in 0..config.layers_per_block {
-                resnets.push(b.resnet(
-                    store,
-                    &format!("up_blocks.{i}.resnets.{j}"),
-                    if j == 0 { cin } else { cout },
-                    cout,
-                )?);
-            }
+            let resnets = b.resnets(
+                store,
+                &format!("up_blocks.{i}"),
+                config.layers_per_block,
+                cin,
+                cout,
+            )?;
             let upsample = if i > 0 {
                 Some(b.conv(store, &format!("up_blocks.{i}.upsample"), cout, cout, 1, 1)?)
             } else {
@@ -253,6 +251,23 @@ impl Builder {
         })
     }
 
+    /// A block's `n` resnets (`{block}.resnets.{j}`), the first from `cin` channels.
+    fn resnets(
+        &self,
+        store: &mut TensorStore,
+        block: &str,
+        n: usize,
+        cin: usize,
+        cout: usize,
+    ) -> Result<Vec<ResnetBlock>, WeightsError> {
+        (0..n)
+            .map(|j| {
+                let cin = if j == 0 { cin } else { cout };
+                self.resnet(store, &format!("{block}.resnets.{j}"), cin, cout)
+            })
+            .collect()
+    }
+
     /// The mid block (resnet, attention, resnet) at `c` channels.
     fn mid(
         &self,
@@ -358,15 +373,13 @@ impl VaeEncoder {
         let mut down_blocks = Vec::with_capacity(chans.len());
         for (i, &cout) in chans.iter().enumerate() {
             let cin = if i == 0 { chans[0] } else { chans[i - 1] };
-            let mut resnets = Vec::with_capacity(config.layers_per_block);
-            for j in 0..config.layers_per_block {
-                resnets.push(b.resnet(
-                    store,
-                    &format!("down_blocks.{i}.resnets.{j}"),
-                    if j == 0 { cin } else { cout },
-                    cout,
-                )?);
-            }
+            let resnets = b.resnets(
+                store,
+                &format!("down_blocks.{i}"),
+                config.layers_per_block,
+                cin,
+                cout,
+            )?;
             let downsample = if i + 1 < chans.len() {
                 Some(b.conv(
                     store,

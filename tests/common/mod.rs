@@ -83,3 +83,15 @@ pub fn tiny_model_and_calibration(
     run_calibration(&cfg, &sd3lab::job::CancelToken::new(), &mut |_| {}).unwrap();
     (model.display().to_string(), calib)
 }
+
+/// The standard output of a command that must have succeeded (else: panics with its status
+/// and standard error).
+pub fn stdout_of_success(o: std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed ({:?}):\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
