@@ -619,47 +619,43 @@ fn save_state(
     crate::fsutil::write_atomic(&path, json.as_bytes()).map_err(io(path.clone()))
 }
 
-/// Writes named arrays as a `.safetensors` file in `dtype` (float32 or float16), atomically.
+/// Writes named arrays as a `.safetensors` file in `dtype` (float32 or float16), atomically,
+/// through the project's one writer of named tensors.
 fn write_arrays(path: &Path, tensors: &[(String, &Array)], dtype: Dtype) -> std::io::Result<()> {
-    let (tag, size) = match dtype {
-        Dtype::Float16 => ("F16", 2),
-        _ => ("F32", 4),
-    };
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    let mut converted = Vec::with_capacity(tensors.len());
-    for (name, a) in tensors {
+    use crate::metrics::pth::{Dtype as Stored, Tensor};
+    let stored = |a: &Array| -> std::io::Result<Tensor> {
         let c = a.as_dtype(dtype).map_err(std::io::Error::other)?;
         c.eval().map_err(std::io::Error::other)?;
-        let bytes = c.size() * size;
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": tag, "shape": a.shape(), "data_offsets": [offset, offset + bytes]}),
-        );
-        offset += bytes;
-        converted.push(c);
-    }
-    header.insert(
-        "__metadata__".into(),
-        serde_json::json!({"format": "pt", "generator": "sd3lab model train-demo"}),
-    );
-    crate::model::synth::write_safetensors_with(path, &header, |w| {
-        for c in &converted {
-            match dtype {
-                Dtype::Float16 => {
-                    for v in c.as_slice::<half::f16>() {
-                        w.write_all(&v.to_bits().to_le_bytes())?;
-                    }
-                }
-                _ => {
-                    for v in c.as_slice::<f32>() {
-                        w.write_all(&v.to_le_bytes())?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    })
+        let (kind, bytes): (Stored, Vec<u8>) = match dtype {
+            Dtype::Float16 => (
+                Stored::F16,
+                c.as_slice::<half::f16>()
+                    .iter()
+                    .flat_map(|v| v.to_bits().to_le_bytes())
+                    .collect(),
+            ),
+            _ => (
+                Stored::F32,
+                c.as_slice::<f32>()
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+        };
+        let shape = a.shape().iter().map(|&d| d as usize).collect();
+        Tensor::from_bytes(kind, shape, bytes)
+            .ok_or_else(|| std::io::Error::other("an array's bytes do not match its shape"))
+    };
+    let converted = tensors
+        .iter()
+        .map(|(name, a)| Ok((name.as_str(), stored(a)?)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let named: Vec<(&str, &Tensor)> = converted.iter().map(|(n, t)| (*n, t)).collect();
+    crate::metrics::weights::write_safetensors(
+        path,
+        &named,
+        &[("format", "pt"), ("generator", "sd3lab model train-demo")],
+    )
 }
 
 impl Adam {
