@@ -178,12 +178,12 @@ fn an_invalid_number_is_refused_at_the_field_and_keeps_the_value() {
         "not clamped"
     );
     type_into(&mut h, "Steps", "ten");
-    assert!(shows(&h, "not a number; keeps 10"));
-    assert_eq!(h.state().persisted.generate.num_steps, 10);
+    assert!(shows(&h, "not a number; keeps 28"));
+    assert_eq!(h.state().persisted.generate.num_steps, 28);
     type_into(&mut h, "Height", "2.5");
     assert!(shows(
         &h,
-        "must be a whole number between 16 and 2048; keeps 256"
+        "must be a whole number between 16 and 2048; keeps 64"
     ));
     type_into(&mut h, "Images", "7");
     assert_eq!(h.state().persisted.generate.num_images, 7);

@@ -1,6 +1,6 @@
 //! The demo model's data and judge through the CLI: `model shapes` writes pictures and the
 //! prompt list a benchmark takes; `model judge` scores a benchmark's pictures against their
-//! captions (the random tiny model's noise fails, the captions' own drawings as the reference
+//! captions (a random tiny model's noise fails, the captions' own drawings as the reference
 //! set pass) and refuses a benchmark whose prompts are not demo captions, naming the image.
 
 mod common;
@@ -14,15 +14,24 @@ fn run(cache: &Path, args: &[&str]) -> Output {
 
 use common::stdout_of_success as ok;
 
-/// A 3-image, 2-step fp32 benchmark of the tiny model on `prompts`, with `reference` (a
-/// folder of pictures) as its reference set when given.
+/// A 3-image, 2-step fp32 benchmark of the random tiny model (`model synth --preset tiny`,
+/// written into `cache` once) on `prompts`, with `reference` (a folder of pictures) as its
+/// reference set when given.
 fn benchmark(cache: &Path, prompts: &Path, reference: Option<&Path>, out: &Path) -> Output {
+    let model = cache.join("random-tiny");
+    if !model.exists() {
+        ok(run(
+            cache,
+            &["model", "synth", "--output", &model.display().to_string()],
+        ));
+    }
+    let model = model.display().to_string();
     let reference = reference.map(|r| r.display().to_string());
     let (prompts, out) = (prompts.display().to_string(), out.display().to_string());
     let mut args = vec![
         "benchmark",
         "--model",
-        "tiny",
+        &model,
         "--dtype",
         "float32",
         "--height",
@@ -95,11 +104,13 @@ fn a_benchmark_of_demo_captions_is_judged_from_its_pixels() {
     assert_eq!(fp32["score"]["pictures"], 3);
     // The random tiny model draws coloured noise: nothing passes.
     assert_eq!(fp32["score"]["passed"], 0, "{fp32}");
+    assert_eq!(fp32["score"]["placed"], 0, "{fp32}");
 
     // The reference set is the captions' own drawings: every one passes.
     let reference = &doc["configurations"][1];
     assert_eq!(reference["name"], "reference");
     assert_eq!(reference["score"]["passed"], 3, "{reference}");
+    assert_eq!(reference["score"]["placed"], 3, "{reference}");
     assert!(reference["score"]["mean_iou"].as_f64().unwrap() > 0.99);
     assert_eq!(reference["verdicts"][2][0], 2);
     let table = ok(run(

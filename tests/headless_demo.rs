@@ -1,5 +1,6 @@
 //! `sd3lab` with no subcommand where there is no display: it says so and runs the app's
-//! workflow headless on the tiny model; `sd3lab gui` fails clearly instead.
+//! workflow headless on the tiny model (whose picture the pixel judge recognises); `sd3lab gui`
+//! fails clearly instead.
 
 mod common;
 
@@ -17,7 +18,7 @@ fn no_display_runs_the_headless_demo() {
     assert!(stderr.contains("no display found"), "{stderr}");
     let demo = root.path().join("sd3lab-demo");
     for f in [
-        "fox.png",
+        "circle.png",
         "calibration_data/manifest.json",
         "sensitivity/sensitivity.json",
         "plan.json",
@@ -26,6 +27,17 @@ fn no_display_runs_the_headless_demo() {
     ] {
         assert!(demo.join(f).is_file(), "{f} missing");
     }
+    // The demo model draws what the prompt asks for, by the pixel judge.
+    let picture = image::open(demo.join("circle.png")).unwrap().to_rgb8();
+    let side = picture.width() as usize;
+    assert_eq!(side, sd3lab::demo::DEMO_SIDE);
+    let scene = sd3lab::demo::Scene::parse(sd3lab::demo::DEMO_PROMPT).unwrap();
+    let verdict = sd3lab::demo::judge(&scene, picture.as_raw(), side);
+    assert!(verdict.passed(), "{verdict:?}");
+    // The calibration set used the demo captions.
+    let manifest = std::fs::read_to_string(demo.join("calibration_data/manifest.json")).unwrap();
+    assert!(manifest.contains("assets/demo-prompts.csv"), "{manifest}");
+
     let html = std::fs::read_to_string(demo.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("Pareto front"));
 

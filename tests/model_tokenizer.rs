@@ -1,6 +1,6 @@
 //! The CLIP tokenizer against DiffusionKit's on the real CLIP BPE data (48,894 merges from
 //! open_clip's `bpe_simple_vocab_16e6.txt.gz`), and against OpenAI's byte-level behaviour where
-//! DiffusionKit would raise.
+//! DiffusionKit would raise; the merges shipped in `assets/` are that data.
 
 mod common;
 
@@ -77,4 +77,14 @@ fn matches_diffusionkit_and_openai_on_real_bpe_data() {
     );
     let long = tok.tokenize(&prompts[prompts.len() - 1]);
     assert_eq!(long.len(), 77);
+
+    // The merges shipped for the demo model are these, and the vocabulary built from them is
+    // OpenAI's / Hugging Face's, id for id.
+    use sd3lab::model::tokenizer::{clip_merges, parse_merges, vocab_from_merges};
+    let theirs = std::fs::read_to_string(dir.path().join("merges.txt")).unwrap();
+    assert_eq!(parse_merges(&theirs).unwrap(), clip_merges());
+    let their_vocab: HashMap<String, u32> =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("vocab.json")).unwrap())
+            .unwrap();
+    assert_eq!(vocab_from_merges(&clip_merges()), their_vocab);
 }

@@ -1,8 +1,8 @@
-//! `sd3lab model train-demo` on a few steps: a run stopped at checkpoints and continued (once
-//! with the JSON older than the tensors, as a crash between the two leaves it) writes the same
+//! `sd3lab model train-demo` on a few steps: a run stopped by Ctrl-C in each phase and continued
+//! (once with the JSON older than the tensors, as a crash between the two leaves it) writes the same
 //! files, byte for byte, as one uninterrupted run; the trained folder is a model `generate`
-//! loads; other settings, fewer steps than done, more VAE steps after the MMDiT phase started
-//! and a side the MMDiT cannot patch are refused.
+//! loads; other settings, fewer steps than done, more VAE steps after the MMDiT phase started,
+//! another length for a started phase and a side the MMDiT cannot patch are refused.
 
 mod common;
 
@@ -36,27 +36,81 @@ fn train(cache: &Path, out: &Path, vae: usize, mmdit: usize, batch: usize) -> Ou
 
 use common::stdout_of_success as ok;
 
+/// Steps of each phase in the runs compared (enough for the learning rate to warm up, hold and
+/// decay).
+const STEPS: usize = 8;
+
+/// A run of [`STEPS`] per phase, stopped as Ctrl-C stops it (SIGINT) once its output shows
+/// `line`; the stopped run must exit 130. Returns what it printed.
+fn train_until_interrupted(cache: &Path, out: &Path, line: &str) -> String {
+    use std::io::BufRead;
+    let steps = STEPS.to_string();
+    let mut child = common::sd3lab_command(
+        cache,
+        &[
+            "model",
+            "train-demo",
+            "--output",
+            &out.display().to_string(),
+            "--vae-steps",
+            &steps,
+            "--mmdit-steps",
+            &steps,
+            "--batch",
+            "2",
+            "--side",
+            "32",
+            "--checkpoint-every",
+            "2",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut said = String::new();
+    let mut sent = false;
+    for l in std::io::BufReader::new(stderr).lines() {
+        let l = l.unwrap();
+        if !sent && l.contains(line) {
+            let pid = child.id().to_string();
+            let kill = std::process::Command::new("kill")
+                .args(["-INT", &pid])
+                .status();
+            assert!(kill.unwrap().success());
+            sent = true;
+        }
+        said.push_str(&l);
+        said.push('\n');
+    }
+    let o = child.wait_with_output().unwrap();
+    said.push_str(&String::from_utf8_lossy(&o.stdout));
+    assert!(sent, "{line:?} never came: {said}");
+    assert_eq!(o.status.code(), Some(130), "{said}");
+    said
+}
+
 #[test]
 fn a_continued_run_equals_an_uninterrupted_one_and_its_model_generates() {
     let root = tempfile::tempdir().unwrap();
     let cache = root.path().join("cache");
     let (whole, parts) = (root.path().join("whole"), root.path().join("parts"));
-    let said = ok(train(&cache, &whole, 4, 4, 2));
+    let said = ok(train(&cache, &whole, STEPS, STEPS, 2));
     assert!(
-        said.contains("VAE 4/4 steps") && said.contains("MMDiT 4/4 steps"),
+        said.contains("VAE 8/8 steps") && said.contains("MMDiT 8/8 steps"),
         "{said}"
     );
-    ok(train(&cache, &parts, 2, 0, 2));
+    // Ctrl-C in the VAE phase, then in the MMDiT phase: each saves where it stopped.
+    let said = train_until_interrupted(&cache, &parts, "VAE step 2:");
+    assert!(said.contains("cancelled: VAE"), "{said}");
     let older_json = std::fs::read(parts.join("train-state.json")).unwrap();
-    let said = ok(train(&cache, &parts, 4, 2, 2));
-    assert!(
-        said.contains("VAE 4/4") && said.contains("MMDiT 2/2"),
-        "{said}"
-    );
+    let said = train_until_interrupted(&cache, &parts, "MMDiT step 2:");
+    assert!(said.contains("VAE 8/8"), "{said}");
     // A crash after the tensors were written, before the JSON: the tensors' own counters
     // say where they are.
     std::fs::write(parts.join("train-state.json"), older_json).unwrap();
-    ok(train(&cache, &parts, 4, 4, 2));
+    ok(train(&cache, &parts, STEPS, STEPS, 2));
     for f in [
         "model/sd3_medium.safetensors",
         "train-state.safetensors",
@@ -119,18 +173,24 @@ fn a_continued_run_equals_an_uninterrupted_one_and_its_model_generates() {
         assert!(!o.status.success());
         String::from_utf8_lossy(&o.stderr).into_owned()
     };
-    let err = refused(4, 4, 3);
+    let err = refused(8, 8, 3);
     assert!(
         err.contains("train-state.json") && err.contains("other settings"),
         "{err}"
     );
-    let err = refused(3, 4, 2);
+    let err = refused(7, 8, 2);
     assert!(
-        err.contains("4 VAE steps done") && err.contains("--vae-steps"),
+        err.contains("8 VAE steps done") && err.contains("--vae-steps"),
         "{err}"
     );
-    let err = refused(6, 6, 2);
+    let err = refused(10, 10, 2);
     assert!(err.contains("once the MMDiT phase has started"), "{err}");
+    // A started phase keeps its length (its learning rate's schedule follows it).
+    let err = refused(8, 12, 2);
+    assert!(
+        err.contains("MMDiT phase was started with --mmdit-steps 8"),
+        "{err}"
+    );
     // A side whose latent cannot be cut into 2×2 patches is refused before any training.
     let o = common::sd3lab_command(
         &cache,

@@ -89,16 +89,18 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            // The built-in demo model at its own size and settings; its prompts (the CSV
+            // left empty) are the shipped demo captions.
             model: "tiny".into(),
             prompt_source: PromptSource::Csv,
             prompt_csv: String::new(),
-            prompt: "a red fox in snow".into(),
+            prompt: crate::demo::DEMO_PROMPT.into(),
             num_images: 4,
-            num_steps: 10,
-            cfg_weight: 7.5,
+            num_steps: crate::demo::DEMO_STEPS,
+            cfg_weight: crate::demo::DEMO_CFG,
             seed: 0,
-            height: 256,
-            width: 256,
+            height: crate::demo::DEMO_SIDE,
+            width: crate::demo::DEMO_SIDE,
             calib_dir: "calibration_data".into(),
             negative_prompt: String::new(),
             overwrite: false,
@@ -494,7 +496,8 @@ impl GenerateTab {
                 ui.label("Model");
                 ui.selectable_value(&mut o.model, "tiny".into(), "tiny (built-in)")
                     .on_hover_text(
-                        "A small random-weight model built in: a quick demo, no download",
+                        "The built-in demo model: trained on captioned pictures of flat shapes, \
+                         it draws the demo captions at 64x64; no download",
                     );
                 ui.selectable_value(&mut o.model, "sd3-medium".into(), "sd3-medium")
                     .on_hover_text(
@@ -532,7 +535,9 @@ impl GenerateTab {
                             )
                             .on_hover_text(
                                 "A CSV file with a \"prompt\" column; empty uses the built-in \
-                                 prompt set. A relative path starts in the base folder below.",
+                                 prompt set (for the tiny model, the 40 demo captions of \
+                                 assets/demo-prompts.csv; else the 206 of assets/prompts.csv). \
+                                 A relative path starts in the base folder below.",
                             )
                         });
                         if ui

@@ -237,6 +237,24 @@ pub fn builtin_prompts() -> Vec<String> {
     parse_prompts(BUILTIN_PROMPTS_CSV, "assets/prompts.csv").unwrap_or_default()
 }
 
+/// The demo model's shipped prompts (`assets/demo-prompts.csv`): 40 captions of its world that
+/// its training never showed (`sd3lab model shapes --held-out --count 40 --seed 0`).
+pub const DEMO_PROMPTS_CSV: &str = include_str!("../../assets/demo-prompts.csv");
+
+/// The prompts a run uses when it is given none: the demo captions for the built-in `tiny`
+/// model (it knows no other words), the general set otherwise; with the file they come from.
+pub fn builtin_prompts_for(model: &str) -> (Vec<String>, &'static str) {
+    if model == "tiny" {
+        let file = "assets/demo-prompts.csv";
+        (
+            parse_prompts(DEMO_PROMPTS_CSV, file).unwrap_or_default(),
+            file,
+        )
+    } else {
+        (builtin_prompts(), "assets/prompts.csv")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

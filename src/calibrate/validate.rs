@@ -7,13 +7,10 @@ use super::{
     CalibrateConfig, CalibrateError, GenerationSettings, MAX_NUM_IMAGES, MAX_NUM_STEPS,
     ModelIdentity,
 };
-use crate::calib::prompts::{builtin_prompts, read_prompts};
+use crate::calib::prompts::{builtin_prompts_for, read_prompts};
 use crate::model::config::Sd3Config;
 use crate::model::pipeline::{GenerateConfig, PipelineError};
 use crate::model::source::{ModelFiles, infer_config, resolve};
-
-/// Where the shipped prompts come from, as the manifest records it.
-const BUILTIN_PROMPT_SOURCE: &str = "assets/prompts.csv (built in)";
 
 /// A [`CalibrateConfig`] that passed every check, with what the checks resolved.
 #[derive(Debug, Clone)]
@@ -67,6 +64,9 @@ impl CalibrateConfig {
             });
         }
         let mut notes = Vec::new();
+        let files = resolve(&self.model, cancel, on_model)?;
+        // The shipped prompts are the model's: the demo captions for the built-in tiny
+        // model (`auto` may have fallen back to it).
         let (prompts, prompt_source) = match &self.prompt_csv {
             // Anything there (a folder, a FIFO, a file) is read or refused by read_prompts;
             // only a path with nothing behind it falls back to the shipped prompts.
@@ -76,14 +76,18 @@ impl CalibrateConfig {
                 (read.prompts, p.display().to_string())
             }
             Some(p) => {
+                let (prompts, file) = builtin_prompts_for(&files.name);
                 notes.push(format!(
-                    "{} does not exist: using the {} prompts shipped in assets/prompts.csv",
+                    "{} does not exist: using the {} prompts shipped in {file}",
                     p.display(),
-                    builtin_prompts().len()
+                    prompts.len()
                 ));
-                (builtin_prompts(), BUILTIN_PROMPT_SOURCE.to_owned())
+                (prompts, format!("{file} (built in)"))
             }
-            None => (builtin_prompts(), BUILTIN_PROMPT_SOURCE.to_owned()),
+            None => {
+                let (prompts, file) = builtin_prompts_for(&files.name);
+                (prompts, format!("{file} (built in)"))
+            }
         };
         if self.num_images > prompts.len() {
             notes.push(format!(
@@ -92,7 +96,6 @@ impl CalibrateConfig {
                 prompts.len()
             ));
         }
-        let files = resolve(&self.model, cancel, on_model)?;
         let (mmdit_cfg, vae_cfg) = infer_config(&files.checkpoint).map_err(PipelineError::from)?;
         let probe = GenerateConfig {
             num_steps: self.num_steps,
@@ -193,8 +196,28 @@ mod tests {
 
         cfg.prompt_csv = Some(root.path().join("missing.csv"));
         let run = cfg.validate().unwrap();
-        assert_eq!(run.settings.prompt_source, BUILTIN_PROMPT_SOURCE);
+        assert_eq!(run.settings.prompt_source, "assets/prompts.csv (built in)");
         assert!(run.notes[0].contains("missing.csv does not exist"));
+        assert_eq!(
+            run.settings.prompts[0],
+            crate::calib::prompts::builtin_prompts()[0]
+        );
+    }
+
+    #[test]
+    fn the_built_in_tiny_model_gets_the_demo_captions() {
+        let (prompts, file) = crate::calib::prompts::builtin_prompts_for("tiny");
+        assert_eq!(file, "assets/demo-prompts.csv");
+        assert_eq!(prompts.len(), 40);
+        for p in &prompts {
+            let scene = crate::demo::shapes::Scene::parse(p).unwrap();
+            assert!(
+                crate::demo::shapes::is_held_out(scene.shape, scene.colour, scene.background),
+                "{p}"
+            );
+        }
+        let (general, _) = crate::calib::prompts::builtin_prompts_for("sd3-medium");
+        assert_eq!(general, crate::calib::prompts::builtin_prompts());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use sd3lab::demo::{DEMO_CFG, DEMO_PROMPT, DEMO_SIDE, DEMO_STEPS};
 
 /// `sd3lab` without a subcommand: the desktop app; where there is no display (or the window
 /// cannot open), the same workflow headless through the CLI on the tiny model.
@@ -42,10 +43,28 @@ fn headless_demo() -> anyhow::Result<ExitCode> {
         }
     }
     eprintln!(
-        "\nDone: see {} (image, calibration data, sensitivity.json, plan.json, report.html).",
+        "\nDone: see {} (circle.png, calibration data, sensitivity.json, plan.json, report.html).",
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo model's own size, steps and guidance as flags.
+fn demo_settings() -> Vec<String> {
+    let side = DEMO_SIDE.to_string();
+    [
+        "--height",
+        &side,
+        "--width",
+        &side,
+        "--num-steps",
+        &DEMO_STEPS.to_string(),
+        "--cfg-weight",
+        &DEMO_CFG.to_string(),
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect()
 }
 
 /// The demo's steps, `(what, sd3lab arguments)`, writing into `out`.
@@ -59,44 +78,30 @@ fn demo_steps(out: &Path) -> Vec<(&'static str, Vec<String>)> {
             vec!["doctor".into(), "--seconds".into(), "0.3".into()],
         ),
         (
-            "one image",
+            "one picture",
             [
                 "generate",
                 "--model",
                 "tiny",
                 "--prompt",
-                "a red fox in snow",
+                DEMO_PROMPT,
                 "--seed",
                 "1",
-                "--num-steps",
-                "4",
-                "--output",
             ]
             .iter()
             .map(|x| x.to_string())
-            .chain([s(&out.join("fox.png"))])
+            .chain(demo_settings())
+            .chain(["--output".into(), s(&out.join("circle.png"))])
             .collect(),
         ),
         (
-            "calibration data",
-            [
-                "calibrate",
-                "--model",
-                "tiny",
-                "--num-images",
-                "2",
-                "--num-steps",
-                "6",
-                "--height",
-                "128",
-                "--width",
-                "128",
-                "--calib-dir",
-            ]
-            .iter()
-            .map(|x| x.to_string())
-            .chain([s(&calib)])
-            .collect(),
+            "calibration data (the demo captions)",
+            ["calibrate", "--model", "tiny", "--num-images", "2"]
+                .iter()
+                .map(|x| x.to_string())
+                .chain(demo_settings())
+                .chain(["--calib-dir".into(), s(&calib)])
+                .collect(),
         ),
         (
             "browse",

@@ -96,15 +96,17 @@ pub fn judge(args: &JudgeArgs) -> anyhow::Result<ExitCode> {
     } else {
         writeln!(
             out,
-            "{:<24} {:>8} {:>7} {:>7} {:>9}",
-            "configuration", "pictures", "passed", "rate", "mean IoU"
+            "{:<24} {:>8} {:>7} {:>7} {:>7} {:>7} {:>9}",
+            "configuration", "pictures", "placed", "rate", "passed", "rate", "mean IoU"
         )?;
         for c in &scores {
             writeln!(
                 out,
-                "{:<24} {:>8} {:>7} {:>6.0}% {:>9.3}",
+                "{:<24} {:>8} {:>7} {:>6.0}% {:>7} {:>6.0}% {:>9.3}",
                 c.name,
                 c.score.pictures,
+                c.score.placed,
+                c.score.placed_rate() * 100.0,
                 c.score.passed,
                 c.score.pass_rate() * 100.0,
                 c.score.mean_iou
@@ -112,9 +114,9 @@ pub fn judge(args: &JudgeArgs) -> anyhow::Result<ExitCode> {
         }
         writeln!(
             out,
-            "a picture passes when its background and shapes read as the caption's colours and \
-             the shapes' pixels overlap the caption's shape, place and size with IoU ≥ {IOU_PASS}, \
-             better than any other shape there"
+            "placed: the background and the shapes read as the caption's colours and the shapes' \
+             pixels overlap the caption's place and size with IoU ≥ {IOU_PASS}; passed: placed, \
+             and no other shape there overlaps them better than the caption's"
         )?;
     }
     out.flush()?;
@@ -168,6 +170,16 @@ pub fn train_demo(args: &TrainDemoArgs) -> anyhow::Result<ExitCode> {
     bar.set_style(super::bar_style(
         "{prefix} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}",
     ));
+    // A line above the bar, or on its own where the bar is not drawn (output to a file).
+    let say = |line: String| {
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
+    // Losses since the last checkpoint, for a line at each.
+    let since_saved = std::cell::Cell::new((0.0f64, 0usize));
     let mut on_event = |e: TrainEvent| match e {
         TrainEvent::Phase { phase, steps, done } => {
             bar.finish_and_clear();
@@ -178,10 +190,24 @@ pub fn train_demo(args: &TrainDemoArgs) -> anyhow::Result<ExitCode> {
             bar.set_position(done as u64);
         }
         TrainEvent::Step { done, loss, .. } => {
+            let (sum, n) = since_saved.get();
+            since_saved.set((sum + loss as f64, n + 1));
             bar.set_position(done as u64);
             bar.set_message(format!("loss {loss:.4}"));
         }
-        TrainEvent::Saved { .. } => {}
+        TrainEvent::LatentScale { factor } => say(format!(
+            "VAE latents rescaled by {factor:.4} to unit variance for the MMDiT"
+        )),
+        TrainEvent::Saved { phase, done } => {
+            let (sum, n) = since_saved.replace((0.0, 0));
+            if n > 0 {
+                say(format!(
+                    "{} step {done}: mean loss {:.4} over the last {n} steps",
+                    phase.name(),
+                    sum / n as f64
+                ));
+            }
+        }
     };
     let summary = run_train_demo(&config, &cancel, &mut on_event)
         .with_context(|| format!("training the demo model in {}", args.output.display()))?;

@@ -20,12 +20,15 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{Array, Dtype};
 use serde::{Deserialize, Serialize};
 
-use super::train::{Adam, FlowBatch, MmditTrainer, VaeTrainer, picture_batch};
+use super::train::{
+    Adam, FlowBatch, MmditTrainer, VaeTrainer, init_mmdit_for_training, learning_rate,
+    picture_batch,
+};
 use crate::job::CancelToken;
 use crate::model::Preset;
 use crate::model::nn::MlxResult;
 use crate::model::pipeline::Pipeline;
-use crate::model::source::{CHECKPOINT_FILE, ModelFiles, write_model_dir};
+use crate::model::source::{CHECKPOINT_FILE, ModelFiles, write_model_dir, write_text_side};
 use crate::model::vae::scale_latent;
 use crate::model::weights::{WeightsError, load_safetensors};
 
@@ -36,6 +39,10 @@ pub const STATE_TENSORS: &str = "train-state.safetensors";
 /// The step counters stored with the tensors (float32 scalars `[1]`).
 const VAE_DONE: &str = "state.vae_done";
 const MMDIT_DONE: &str = "state.mmdit_done";
+
+/// Where in the training pictures' sequence the pictures that set the latent scale start
+/// (apart from the VAE's and the MMDiT's batches).
+const LATENT_SCALE_PICTURES: u64 = 1 << 41;
 
 /// The trained model's folder inside the output.
 pub const MODEL_DIR: &str = "model";
@@ -65,12 +72,12 @@ impl TrainDemoConfig {
         Self {
             output,
             seed: 0,
-            vae_steps: 3000,
-            mmdit_steps: 12000,
+            vae_steps: 1000,
+            mmdit_steps: 8000,
             batch: 16,
             side: 64,
             vae_learning_rate: 1e-3,
-            mmdit_learning_rate: 3e-4,
+            mmdit_learning_rate: 5e-4,
             checkpoint_every: 200,
         }
     }
@@ -98,6 +105,9 @@ pub enum TrainEvent {
         loss: f32,
         seconds: f64,
     },
+    /// The VAE's latents were rescaled by `factor` to unit variance (at the MMDiT phase's
+    /// start).
+    LatentScale { factor: f32 },
     /// The state and the model were written after `done` steps of `phase`.
     Saved { phase: Phase, done: usize },
 }
@@ -162,6 +172,16 @@ pub enum TrainError {
         flag: &'static str,
     },
     #[error(
+        "{path}: its {phase} phase was started with --{flag} {steps}, and the learning rate's \
+         schedule follows that length; continue with --{flag} {steps}, or use another folder"
+    )]
+    Length {
+        path: PathBuf,
+        phase: &'static str,
+        flag: &'static str,
+        steps: usize,
+    },
+    #[error(
         "{path} has {done} VAE steps done; --vae-steps must be at least that and no more once \
          the MMDiT phase has started (its latents come from that VAE)"
     )]
@@ -201,18 +221,26 @@ pub fn run_train_demo(
     let checkpoint = model_dir.join(CHECKPOINT_FILE);
     let mut state = read_state(out, config)?;
     if state.is_none() {
-        // The initial weights: the tiny preset's random checkpoint, CLIPs and tokenizers.
-        write_model_dir(&model_dir, &Preset::Tiny.config(None), config.seed as u64).map_err(
-            |source| TrainError::Io {
-                path: model_dir.clone(),
-                source,
-            },
-        )?;
+        // The initial weights: the tiny preset's random checkpoint and CLIPs, with tokenizers
+        // that read text as CLIP does (OpenAI's merges: each caption word is one token).
+        let io = |source| TrainError::Io {
+            path: model_dir.clone(),
+            source,
+        };
+        let tiny = Preset::Tiny.config(None);
+        write_model_dir(&model_dir, &tiny, config.seed as u64).map_err(io)?;
+        let merges = crate::model::tokenizer::clip_merges();
+        write_text_side(&model_dir, &tiny, config.seed as u64, &merges).map_err(io)?;
     }
     let state_tensors = out.join(STATE_TENSORS);
+    let preset = Preset::Tiny.config(None);
     let (raw, loaded) = match &state {
         Some(_) => (load_safetensors(&state_tensors)?, state_tensors.clone()),
-        None => (load_safetensors(&checkpoint)?, checkpoint.clone()),
+        None => {
+            let mut raw = load_safetensors(&checkpoint)?;
+            init_mmdit_for_training(&mut raw, &preset.mmdit)?;
+            (raw, checkpoint.clone())
+        }
     };
     let mut state = state.take().unwrap_or(State {
         schema: STATE_SCHEMA.into(),
@@ -248,8 +276,34 @@ pub fn run_train_demo(
             done: state.vae_done,
         });
     }
+    // The learning rate's schedule follows each phase's length: a started phase keeps it.
+    let before = &state.settings;
+    for (phase, done, steps, was, flag) in [
+        (
+            "VAE",
+            state.vae_done,
+            config.vae_steps,
+            before.vae_steps,
+            "vae-steps",
+        ),
+        (
+            "MMDiT",
+            state.mmdit_done,
+            config.mmdit_steps,
+            before.mmdit_steps,
+            "mmdit-steps",
+        ),
+    ] {
+        if done > 0 && steps != was && !(phase == "VAE" && state.mmdit_done > 0) {
+            return Err(TrainError::Length {
+                path: json.clone(),
+                phase,
+                flag,
+                steps: was,
+            });
+        }
+    }
     state.settings = config.clone();
-    let preset = Preset::Tiny.config(None);
     let mut vae = VaeTrainer::from_tensors(&loaded, &raw, &preset.vae)?;
     let mut mmdit = MmditTrainer::from_tensors(&loaded, &raw, &preset.mmdit)?;
     let mut vae_adam = Adam::new(config.vae_learning_rate, &vae.params.arrays)?;
@@ -290,6 +344,8 @@ pub fn run_train_demo(
         }
         let start = Instant::now();
         let step = state.vae_done as u64;
+        vae_adam.learning_rate =
+            learning_rate(config.vae_learning_rate, state.vae_done, config.vae_steps);
         let (images, _) = picture_batch(
             config.seed,
             step * config.batch as u64,
@@ -328,8 +384,16 @@ pub fn run_train_demo(
             path: model_dir.clone(),
             reason: e.to_string(),
         })?;
+        if state.mmdit_done == 0 {
+            // The trained VAE's latents to unit variance before the MMDiT learns them (a
+            // resumed run that had not reached an MMDiT checkpoint does this again from the
+            // same saved VAE, with the same result).
+            let (images, _) = picture_batch(config.seed, LATENT_SCALE_PICTURES, 64, config.side);
+            let factor = vae.normalise_latents(&images)?;
+            on_event(TrainEvent::LatentScale { factor });
+        }
         let text = Pipeline::load(&files, Dtype::Float32)?;
-        let mut captions = CaptionCache::new(&text);
+        let mut captions = CaptionCache::new();
         let encoder = vae.encoder_model()?;
         while state.mmdit_done < config.mmdit_steps {
             if cancel.is_cancelled() {
@@ -338,6 +402,11 @@ pub fn run_train_demo(
             }
             let start = Instant::now();
             let step = state.mmdit_done as u64;
+            mmdit_adam.learning_rate = learning_rate(
+                config.mmdit_learning_rate,
+                state.mmdit_done,
+                config.mmdit_steps,
+            );
             let batch = flow_batch(config, step, &encoder, &preset.vae, &mut captions, &text)?;
             let loss = mmdit.step(&mut mmdit_adam, &batch)?;
             state.mmdit_done += 1;
@@ -466,7 +535,7 @@ fn flow_batch(
         contexts.push(c);
         pooled.push(p);
     }
-    let context = captions.full_context(&mlx_rs::ops::stack(&contexts, 0)?)?;
+    let context = CaptionCache::full_context(&mlx_rs::ops::stack(&contexts, 0)?)?;
     let pooled = mlx_rs::ops::stack(&pooled, 0)?;
     let u = mlx_rs::random::normal::<f32>(&[n as i32], None, None, &k(1)?)?;
     let sigma = mlx_rs::ops::sigmoid(&u)?;
@@ -481,18 +550,16 @@ fn flow_batch(
 }
 
 /// The frozen CLIPs' embeddings of each caption, computed once: the CLIP tokens' features
-/// (77 × L+G, without the zero padding to 4096 and the 77 zero "T5" tokens, added per batch)
-/// and the pooled vector.
+/// (77 × L+G, without the pipeline's zero padding to 4096 channels, which the trainer does not
+/// need) and the pooled vector.
 struct CaptionCache {
     by_caption: HashMap<String, (Array, Array)>,
-    context_dim: i32,
 }
 
 impl CaptionCache {
-    fn new(text: &Pipeline) -> Self {
+    fn new() -> Self {
         Self {
             by_caption: HashMap::new(),
-            context_dim: text.config.mmdit.context_dim as i32,
         }
     }
 
@@ -510,13 +577,10 @@ impl CaptionCache {
         Ok((clip, pooled))
     }
 
-    /// `(B, 77, L+G)` → `(B, 154, context_dim)` as the pipeline pads it.
-    fn full_context(&self, clip: &Array) -> MlxResult<Array> {
-        let s = clip.shape();
-        let pad = mlx_rs::ops::zeros::<f32>(&[s[0], s[1], self.context_dim - s[2]])?;
-        let cond = mlx_rs::ops::concatenate(&[clip, &pad], -1)?;
-        let t5 = mlx_rs::ops::zeros_like(&cond)?;
-        mlx_rs::ops::concatenate(&[cond, t5], 1)
+    /// `(B, 77, L+G)` → `(B, 154, L+G)`: the 77 zero "T5" tokens the pipeline appends.
+    fn full_context(clip: &Array) -> MlxResult<Array> {
+        let t5 = mlx_rs::ops::zeros_like(clip)?;
+        mlx_rs::ops::concatenate(&[clip, &t5], 1)
     }
 }
 
@@ -584,7 +648,31 @@ fn save_state(
     for p in [&vae.params, &mmdit.params] {
         tensors.extend(p.names.iter().cloned().zip(p.arrays.iter()));
     }
-    let model: Vec<(String, &Array)> = tensors.clone();
+    // The context embedder's columns past the CLIP channels only ever meet the pipeline's
+    // zero padding (they never change in training): zero in the model, so that they set no
+    // quantization group's scale and change no output.
+    let embedder = format!(
+        "{}context_embedder.weight",
+        crate::model::weights::MMDIT_PREFIX
+    );
+    let tiny = Preset::Tiny.config(None);
+    let clip_width = (tiny.clip_l.width + tiny.clip_g.width) as i32;
+    let mut trimmed = None;
+    if let Some((_, w)) = tensors.iter().find(|(n, _)| *n == embedder) {
+        let columns = w.shape()[1];
+        let keep: Vec<f32> = (0..columns)
+            .map(|c| if c < clip_width { 1.0 } else { 0.0 })
+            .collect();
+        let keep = Array::from_slice(&keep, &[columns]);
+        trimmed = Some(w.multiply(&keep)?);
+    }
+    let model: Vec<(String, &Array)> = tensors
+        .iter()
+        .map(|(n, a)| match (&trimmed, *n == embedder) {
+            (Some(t), true) => (n.clone(), t),
+            _ => (n.clone(), *a),
+        })
+        .collect();
     let counters = [
         Array::from_slice(&[state.vae_done as f32], &[1]),
         Array::from_slice(&[state.mmdit_done as f32], &[1]),
@@ -602,7 +690,8 @@ fn save_state(
     let text = format!(
         "SD3 Lab's demo model: the tiny SD3 architecture trained by `sd3lab model train-demo` \
          (seed {}, VAE {} steps, MMDiT {} steps, batch {}, {}x{} pictures) on captioned \
-         pictures of shapes; CLIP-L/G are frozen random encoders.\n",
+         pictures of shapes; CLIP-L/G are frozen random encoders behind OpenAI CLIP's own \
+         tokenizer.\n",
         state.settings.seed,
         state.vae_done,
         state.mmdit_done,

@@ -31,8 +31,16 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// Every check: colours, place and size, and the shape itself.
     pub fn passed(&self) -> bool {
-        self.shape_colour && self.background && self.shape && self.iou >= IOU_PASS
+        self.placed() && self.shape
+    }
+
+    /// The colours, place and size checks without the shape's: the shapes' colour against
+    /// the background's and their mask at the caption's place and size (IoU ≥ 0.6), where a
+    /// rounded blob in place of a star still counts.
+    pub fn placed(&self) -> bool {
+        self.shape_colour && self.background && self.iou >= IOU_PASS
     }
 }
 
@@ -103,7 +111,10 @@ impl Votes {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Score {
     pub pictures: usize,
+    /// Pictures that pass every check ([`Verdict::passed`]).
     pub passed: usize,
+    /// Pictures with the right colours, place and size ([`Verdict::placed`]).
+    pub placed: usize,
     pub mean_iou: f32,
 }
 
@@ -113,6 +124,7 @@ impl Score {
         Score {
             pictures: n,
             passed: verdicts.iter().filter(|v| v.passed()).count(),
+            placed: verdicts.iter().filter(|v| v.placed()).count(),
             mean_iou: if n == 0 {
                 0.0
             } else {
@@ -123,10 +135,19 @@ impl Score {
 
     /// The share of pictures that passed (0 for none).
     pub fn pass_rate(&self) -> f32 {
+        self.share(self.passed)
+    }
+
+    /// The share of pictures with the right colours, place and size (0 for none).
+    pub fn placed_rate(&self) -> f32 {
+        self.share(self.placed)
+    }
+
+    fn share(&self, n: usize) -> f32 {
         if self.pictures == 0 {
             0.0
         } else {
-            self.passed as f32 / self.pictures as f32
+            n as f32 / self.pictures as f32
         }
     }
 }
@@ -306,6 +327,20 @@ mod tests {
         assert!(score.mean_iou < 1.0 && score.mean_iou > 0.85, "{score:?}");
         assert!((score.pass_rate() - score.passed as f32 / 11.0).abs() < 1e-6);
         assert_eq!(Score::of(&[]).pass_rate(), 0.0);
+        assert_eq!(Score::of(&[]).placed_rate(), 0.0);
+    }
+
+    #[test]
+    fn a_circle_in_place_of_a_square_is_placed_but_does_not_pass() {
+        // A circle's picture judged against the caption of a square at the same place and
+        // size: colours, place and size are right (IoU π/4), the shape is not.
+        let square = Scene::parse("a large red square in the centre on a blue background").unwrap();
+        let circle = Scene::parse("a large red circle in the centre on a blue background").unwrap();
+        let v = judge(&square, &circle.draw(64), 64);
+        assert!(v.placed() && !v.shape && !v.passed(), "{v:?}");
+        let score = Score::of(&[v, judge(&square, &square.draw(64), 64)]);
+        assert_eq!((score.placed, score.passed), (2, 1));
+        assert_eq!(score.placed_rate(), 1.0);
     }
 
     #[test]

@@ -11,3 +11,12 @@ pub mod train;
 
 pub use judge::{IOU_PASS, Score, Verdict, judge};
 pub use shapes::{Colour, Layout, Place, Placement, Scene, Shape, Size, Split};
+
+/// The picture side the demo model was trained at, in pixels (its natural size).
+pub const DEMO_SIDE: usize = 64;
+/// Denoising steps for the demo model's pictures (the evaluation setting).
+pub const DEMO_STEPS: usize = 28;
+/// Classifier-free guidance for the demo model's pictures.
+pub const DEMO_CFG: f32 = 4.0;
+/// A caption to start with.
+pub const DEMO_PROMPT: &str = "a large red circle in the centre on a blue background";

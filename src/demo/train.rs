@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{Array, Dtype};
 
 use super::shapes::{Split, item};
@@ -92,6 +93,8 @@ pub struct Adam {
     beta1: f32,
     beta2: f32,
     eps: f32,
+    /// The largest global gradient norm an update uses (larger ones are scaled down to it).
+    pub max_grad_norm: f32,
     m: Vec<Array>,
     v: Vec<Array>,
     steps: i32,
@@ -105,6 +108,7 @@ impl Adam {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
+            max_grad_norm: 1.0,
             m: params.iter().map(zeros).collect::<MlxResult<_>>()?,
             v: params.iter().map(zeros).collect::<MlxResult<_>>()?,
             steps: 0,
@@ -125,6 +129,29 @@ impl Adam {
 
     /// One update of `params` along `grads` (evaluated, so the graph does not grow).
     pub fn update(&mut self, params: &mut [Array], grads: &[Array]) -> MlxResult<()> {
+        // Gradients whose global norm exceeds `max_grad_norm` are scaled down to it: one
+        // unlucky batch cannot throw a run off course.
+        let mut squares = scalar(0.0);
+        for g in grads {
+            squares = squares.add(g.square()?.sum(None)?)?;
+        }
+        squares.eval()?;
+        let norm = squares.item_exact::<f32>().sqrt();
+        let clip = if norm > self.max_grad_norm {
+            self.max_grad_norm / norm
+        } else {
+            1.0
+        };
+        let clipped: Vec<Array>;
+        let grads = if clip < 1.0 {
+            clipped = grads
+                .iter()
+                .map(|g| g.multiply(scalar(clip)))
+                .collect::<MlxResult<_>>()?;
+            &clipped[..]
+        } else {
+            grads
+        };
         self.steps += 1;
         let (b1, b2) = (self.beta1, self.beta2);
         let c1 = 1.0 - b1.powi(self.steps);
@@ -240,6 +267,62 @@ impl VaeTrainer {
         mse.add(kl.multiply(scalar(self.kl_weight))?)
     }
 
+    /// Rescales the latent space so that the sampler's latents of `images`
+    /// (`(mean − shift) · scaling_factor`) have unit standard deviation, as SD3's constants
+    /// give for its own VAE: the encoder's mean channels are multiplied by `a`, its log-variance
+    /// channels shifted by `2 ln a` and the decoder's first convolution divided by `a`, which
+    /// leaves every reconstruction as it was. Returns `a`.
+    pub fn normalise_latents(&mut self, images: &Array) -> Result<f32, WeightsError> {
+        let mlx = |source| WeightsError::MlxTensor {
+            path: "the VAE being trained".into(),
+            key: "latent scale".into(),
+            source,
+        };
+        let encoder = self.encoder_model()?;
+        let (mean, _) = encoder.moments(images).map_err(mlx)?;
+        let scaled = crate::model::vae::scale_latent(&mean, &self.decoder).map_err(mlx)?;
+        let std = scaled
+            .subtract(scaled.mean(None).map_err(mlx)?)
+            .and_then(|d| d.square())
+            .and_then(|d| d.mean(None))
+            .and_then(|v| v.sqrt())
+            .map_err(mlx)?;
+        std.eval().map_err(mlx)?;
+        let a = 1.0 / std.item_exact::<f32>();
+        let c = self.encoder.latent_channels as i32;
+        let position = |name: &str| {
+            self.params
+                .names
+                .iter()
+                .position(|n| n == name)
+                .ok_or_else(|| WeightsError::MlxTensor {
+                    path: "the VAE being trained".into(),
+                    key: name.to_owned(),
+                    source: mlx_rs::error::Exception::custom("missing"),
+                })
+        };
+        // Per output channel of the encoder: the mean's ×a, the log-variance's +2 ln a.
+        let c = c as usize;
+        let mul: Vec<f32> = [vec![a; c], vec![1.0; c]].concat();
+        let add: Vec<f32> = [vec![0.0; c], vec![2.0 * a.ln(); c]].concat();
+        let (mul, add) = (
+            Array::from_slice(&mul, &[2 * c as i32]),
+            Array::from_slice(&add, &[2 * c as i32]),
+        );
+        let w = position(&format!("{VAE_ENCODER_PREFIX}conv_out.weight"))?;
+        let b = position(&format!("{VAE_ENCODER_PREFIX}conv_out.bias"))?;
+        let d = position(&format!("{VAE_DECODER_PREFIX}conv_in.weight"))?;
+        let arrays = &mut self.params.arrays;
+        arrays[w] = (arrays[w].multiply(mul.reshape(&[-1, 1, 1, 1]).map_err(mlx)?)).map_err(mlx)?;
+        arrays[b] = arrays[b]
+            .multiply(&mul)
+            .and_then(|x| x.add(&add))
+            .map_err(mlx)?;
+        arrays[d] = arrays[d].multiply(scalar(1.0 / a)).map_err(mlx)?;
+        mlx_rs::transforms::eval([&arrays[w], &arrays[b], &arrays[d]]).map_err(mlx)?;
+        Ok(a)
+    }
+
     /// One optimisation step on `images`; returns the loss before it.
     pub fn step(&mut self, adam: &mut Adam, images: &Array, noise_seed: u64) -> MlxResult<f32> {
         let s = images.shape();
@@ -266,7 +349,8 @@ pub struct MmditTrainer {
 }
 
 /// One batch of the rectified-flow objective: clean latents `x0` `(B, h, w, 16)` as the sampler
-/// sees them (scaled), their text `context` `(B, T, 4096)` and `pooled` `(B, P)`, the noise
+/// sees them (scaled), their text `context` `(B, T, L+G)` (the pipeline's context without its
+/// zero channels: the CLIP-L and CLIP-G features, zero for the "T5" tokens) and `pooled` `(B, P)`, the noise
 /// levels `sigma` `(B,)` in (0, 1] and the noise `(B, h, w, 16)`.
 pub struct FlowBatch {
     pub x0: Array,
@@ -312,11 +396,25 @@ impl MmditTrainer {
         let x = sigma
             .multiply(&b.noise)?
             .add(scalar(1.0).subtract(&sigma)?.multiply(&b.x0)?)?;
-        let out = model.denoise(
-            &x,
-            &b.context,
-            &b.pooled,
-            &b.sigma.multiply(scalar(1000.0))?,
+        // The pipeline's context is the CLIP channels then zeros up to 4096; the zeros meet
+        // the embedder's other columns in products of zero and give them no gradient, so the
+        // embedder's first columns alone make the same text tokens (the cost of the full
+        // product would be half the step's).
+        let width = b.context.shape()[2];
+        let embedder = &model.context_embedder;
+        let mut txt = b
+            .context
+            .matmul(embedder.weight.index((.., ..width)).transpose()?)?;
+        if let Some(bias) = &embedder.bias {
+            txt = txt.add(bias)?;
+        }
+        let modulation = model.modulation(&b.pooled, &b.sigma.multiply(scalar(1000.0))?)?;
+        let out = model.forward_from(
+            0,
+            model.embed_image(&x)?,
+            txt.expand_dims(2)?,
+            &modulation,
+            (x.shape()[1], x.shape()[2]),
         )?;
         out.subtract(b.noise.subtract(&b.x0)?)?.square()?.mean(None)
     }
@@ -327,6 +425,68 @@ impl MmditTrainer {
         adam.update(&mut self.params.arrays, &grads)?;
         Ok(value)
     }
+}
+
+/// The MMDiT's starting point for training, from the synthetic random checkpoint `raw`: DiT's
+/// adaLN-Zero (every modulation Linear and the final Linear zero, so each block starts as the
+/// identity and the model as the zero velocity, which trains faster and steadier than random
+/// gates) and a 2-D sine-cosine position table (the construction SD3 and MAE use), so the tokens know their place
+/// from the first step.
+pub fn init_mmdit_for_training(
+    raw: &mut HashMap<String, Array>,
+    config: &MmditConfig,
+) -> MlxResult<()> {
+    for (name, value) in raw.iter_mut() {
+        let Some(key) = name.strip_prefix(MMDIT_PREFIX) else {
+            continue;
+        };
+        if key.contains("adaLN_modulation") || key.starts_with("final_layer.linear") {
+            *value = mlx_rs::ops::zeros_like(&*value)?;
+        }
+    }
+    let pos = format!("{MMDIT_PREFIX}pos_embed");
+    if let Some(table) = raw.get_mut(&pos) {
+        let max = config.max_latent_resolution;
+        let shape = table.shape().to_vec();
+        *table = Array::from_slice(&sincos_table(max, config.hidden_size), &shape);
+    }
+    Ok(())
+}
+
+/// The 2-D sine-cosine position table `(max², hidden)`, row-major over the `max × max` grid:
+/// the first half of each vector encodes the row, the second the column, each as
+/// `[sin(p·ω_k), cos(p·ω_k)]` with `ω_k = 10000^(−k/(d/4))` (MAE's construction, rows first).
+pub fn sincos_table(max: usize, hidden: usize) -> Vec<f32> {
+    let quarter = hidden / 4;
+    let mut out = Vec::with_capacity(max * max * hidden);
+    for row in 0..max {
+        for col in 0..max {
+            for p in [row, col] {
+                for f in [f64::sin, f64::cos] {
+                    for k in 0..quarter {
+                        let omega = 10000f64.powf(-(k as f64) / quarter as f64);
+                        out.push(f(p as f64 * omega) as f32);
+                    }
+                }
+            }
+            out.resize(out.len() + hidden - 4 * quarter, 0.0);
+        }
+    }
+    out
+}
+
+/// The learning rate at step `done` of `total`: a linear warm-up over the first 5 % (at most
+/// 200 steps), then `base` until the last quarter, which decays linearly to a tenth.
+pub fn learning_rate(base: f32, done: usize, total: usize) -> f32 {
+    let warm = (total / 20).clamp(1, 200);
+    let ramp = ((done + 1) as f32 / warm as f32).min(1.0);
+    let decay_from = total - total / 4;
+    let decay = if done < decay_from || total == decay_from {
+        1.0
+    } else {
+        1.0 - 0.9 * (done - decay_from) as f32 / (total - decay_from) as f32
+    };
+    base * ramp * decay
 }
 
 #[cfg(test)]
@@ -381,8 +541,8 @@ mod tests {
         assert!(last < 0.5 * first, "{first} → {last}: {losses:?}");
     }
 
-    #[test]
-    fn the_mmdit_learns_the_velocity_of_a_batch() {
+    /// The tiny preset's random MMDiT tensors.
+    fn tiny_mmdit_tensors() -> (MmditConfig, HashMap<String, Array>) {
         let dir = tempfile::tempdir().unwrap();
         let config = crate::model::Preset::Tiny.config(None).mmdit;
         let path = dir.path().join("mmdit.safetensors");
@@ -392,15 +552,172 @@ mod tests {
             2,
         )
         .unwrap();
-        let raw = crate::model::weights::load_safetensors(&path).unwrap();
-        let mut mmdit = MmditTrainer::from_tensors(&path, &raw, &config).unwrap();
+        (
+            config,
+            crate::model::weights::load_safetensors(&path).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_trainers_loss_is_the_pipelines_denoiser_on_the_padded_context() {
+        let (config, raw) = tiny_mmdit_tensors();
+        let path = Path::new("mmdit");
+        let mmdit = MmditTrainer::from_tensors(path, &raw, &config).unwrap();
+        let key = |k| mlx_rs::random::key(k).unwrap();
+        let normal =
+            |shape: &[i32], k| mlx_rs::random::normal::<f32>(shape, None, None, &key(k)).unwrap();
+        let b = 2;
+        let clip = normal(&[b, 77, 80], 2);
+        let batch = FlowBatch {
+            x0: normal(&[b, 8, 8, 16], 1),
+            context: mlx_rs::ops::concatenate(
+                &[&clip, &mlx_rs::ops::zeros_like(&clip).unwrap()],
+                1,
+            )
+            .unwrap(),
+            pooled: normal(&[b, config.pooled_dim as i32], 3),
+            sigma: Array::from_slice(&[0.3f32, 0.8], &[b]),
+            noise: normal(&[b, 8, 8, 16], 4),
+        };
+        let loss = mmdit.loss(&mmdit.params.arrays, &batch).unwrap();
+        // The same objective through the sampler's own call on the pipeline's (B, 154, 4096).
+        let padded = mlx_rs::ops::concatenate(
+            &[
+                &batch.context,
+                &mlx_rs::ops::zeros::<f32>(&[b, 154, 4096 - 80]).unwrap(),
+            ],
+            -1,
+        )
+        .unwrap();
+        let model = mmdit_from_tensors(path, &raw, &config, Dtype::Float32).unwrap();
+        let sigma = batch.sigma.reshape(&[-1, 1, 1, 1]).unwrap();
+        let x = sigma
+            .multiply(&batch.noise)
+            .unwrap()
+            .add(
+                scalar(1.0)
+                    .subtract(&sigma)
+                    .unwrap()
+                    .multiply(&batch.x0)
+                    .unwrap(),
+            )
+            .unwrap();
+        let t = batch.sigma.multiply(scalar(1000.0)).unwrap();
+        let out = model.denoise(&x, &padded, &batch.pooled, &t).unwrap();
+        let expected = out
+            .subtract(batch.noise.subtract(&batch.x0).unwrap())
+            .unwrap()
+            .square()
+            .unwrap()
+            .mean(None)
+            .unwrap();
+        let (loss, expected) = (loss.item_exact::<f32>(), expected.item_exact::<f32>());
+        assert!(
+            (loss - expected).abs() <= 1e-5 * expected,
+            "{loss} vs {expected}"
+        );
+    }
+
+    #[test]
+    fn a_model_initialised_for_training_predicts_zero_and_knows_places() {
+        let (config, mut raw) = tiny_mmdit_tensors();
+        init_mmdit_for_training(&mut raw, &config).unwrap();
+        let model = mmdit_from_tensors(Path::new("mmdit"), &raw, &config, Dtype::Float32).unwrap();
+        let key = |k| mlx_rs::random::key(k).unwrap();
+        let x = mlx_rs::random::normal::<f32>(&[1, 8, 8, 16], None, None, &key(1)).unwrap();
+        let context = mlx_rs::ops::zeros::<f32>(&[1, 154, 4096]).unwrap();
+        let pooled =
+            mlx_rs::random::normal::<f32>(&[1, config.pooled_dim as i32], None, None, &key(2))
+                .unwrap();
+        let out = model
+            .denoise(&x, &context, &pooled, &Array::from_slice(&[500.0f32], &[1]))
+            .unwrap();
+        assert_eq!(out.shape(), &[1, 8, 8, 16]);
+        assert_eq!(
+            out.abs().unwrap().max(None).unwrap().item_exact::<f32>(),
+            0.0
+        );
+        // The position table: row 0, column 0 is sin 0 = 0 and cos 0 = 1 in each half; rows
+        // and columns differ from each other.
+        let (max, h) = (config.max_latent_resolution, config.hidden_size);
+        let table = sincos_table(max, h);
+        assert_eq!(table.len(), max * max * h);
+        let q = h / 4;
+        assert!(table[..q].iter().all(|v| *v == 0.0));
+        assert!(table[q..2 * q].iter().all(|v| *v == 1.0));
+        let at = |row: usize, col: usize| &table[(row * max + col) * h..(row * max + col + 1) * h];
+        assert_ne!(at(0, 1), at(1, 0));
+        assert_eq!(at(0, 1)[..2 * q], at(0, 5)[..2 * q]); // same row, same first half
+        assert_ne!(at(0, 1)[2 * q..], at(0, 5)[2 * q..]);
+    }
+
+    #[test]
+    fn the_learning_rate_warms_up_holds_and_decays_to_a_tenth() {
+        let lr = |done| learning_rate(1.0, done, 4000);
+        assert!(lr(0) < 0.01);
+        assert!(lr(100) < lr(150));
+        assert_eq!(lr(199), 1.0);
+        assert_eq!(lr(2999), 1.0);
+        assert!(lr(3500) < lr(3100) && lr(3100) < 1.0);
+        assert!((lr(3999) - 0.1).abs() < 1e-3, "{}", lr(3999));
+        // A run of one step is not a division by zero.
+        assert!(learning_rate(1.0, 0, 1).is_finite());
+    }
+
+    #[test]
+    fn normalising_the_latents_keeps_the_reconstructions() {
+        let mut vae = tiny_vae();
+        let (images, _) = picture_batch(5, 0, 4, 32);
+        let path = Path::new("vae");
+        let recon = |vae: &VaeTrainer| {
+            let (encoder, decoder) = vae.halves(path, &vae.params.arrays).unwrap();
+            let (mean, logvar) = encoder.moments(&images).unwrap();
+            let out = decoder.forward(&mean).unwrap();
+            (out, mean, logvar)
+        };
+        let (before, mean_before, logvar_before) = recon(&vae);
+        let a = vae.normalise_latents(&images).unwrap();
+        assert!(a.is_finite() && a > 0.0 && a != 1.0, "{a}");
+        let (after, mean_after, logvar_after) = recon(&vae);
+        let close = |x: &Array, y: &Array, tol: f32| {
+            let d = x.subtract(y).unwrap().abs().unwrap().max(None).unwrap();
+            let m = y.abs().unwrap().max(None).unwrap();
+            assert!(
+                d.item_exact::<f32>() <= tol * m.item_exact::<f32>().max(1.0),
+                "{d:?}"
+            );
+        };
+        close(&after, &before, 1e-4);
+        close(&mean_after, &mean_before.multiply(scalar(a)).unwrap(), 1e-5);
+        close(
+            &logvar_after,
+            &logvar_before.add(scalar(2.0 * a.ln())).unwrap(),
+            1e-5,
+        );
+        let scaled = crate::model::vae::scale_latent(&mean_after, &vae.decoder).unwrap();
+        let centred = scaled.subtract(scaled.mean(None).unwrap()).unwrap();
+        let std = centred
+            .square()
+            .unwrap()
+            .mean(None)
+            .unwrap()
+            .sqrt()
+            .unwrap();
+        assert!((std.item_exact::<f32>() - 1.0).abs() < 1e-3, "{std:?}");
+    }
+
+    #[test]
+    fn the_mmdit_learns_the_velocity_of_a_batch() {
+        let (config, raw) = tiny_mmdit_tensors();
+        let path = Path::new("mmdit");
+        let mut mmdit = MmditTrainer::from_tensors(path, &raw, &config).unwrap();
         let key = |k| mlx_rs::random::key(k).unwrap();
         let normal =
             |shape: &[i32], k| mlx_rs::random::normal::<f32>(shape, None, None, &key(k)).unwrap();
         let b = 4;
         let batch = FlowBatch {
             x0: normal(&[b, 8, 8, 16], 1),
-            context: normal(&[b, 154, config.context_dim as i32], 2),
+            context: normal(&[b, 154, 80], 2),
             pooled: normal(&[b, config.pooled_dim as i32], 3),
             sigma: Array::from_slice(&[0.2f32, 0.4, 0.6, 0.9], &[b]),
             noise: normal(&[b, 8, 8, 16], 4),

@@ -20,10 +20,17 @@ pub const CHECKPOINT_FILE: &str = "sd3_medium.safetensors";
 /// Hugging Face repositories of the real model.
 pub const HF_MMDIT_REPO: &str = "argmaxinc/mlx-stable-diffusion-3-medium";
 pub const HF_TEXT_REPO: &str = "argmaxinc/stable-diffusion";
-/// Version of the built-in tiny model's recipe (bump when it changes).
-pub const TINY_VERSION: &str = "tiny-v3";
-/// Seed of the built-in tiny model.
+/// Version of the built-in tiny model (bump when it changes): the demo model trained by
+/// `sd3lab model train-demo` with its default settings.
+pub const TINY_VERSION: &str = "tiny-demo-1";
+/// Seed of the random tiny model the app's tests use.
 pub const TINY_SEED: u64 = 20_240_612;
+/// The trained demo model's checkpoint (MMDiT and VAE encoder and decoder, float16, the
+/// published layout), shipped in the binary; `scripts/train-demo-model.sh` reproduces it.
+pub const DEMO_CHECKPOINT: &[u8] = include_bytes!("../../assets/demo-model/sd3_medium.safetensors");
+/// The seed the demo model was trained with: its frozen random CLIP encoders are regenerated
+/// from it (they are never trained, so they need not be shipped).
+pub const DEMO_SEED: u64 = 0;
 
 /// Why a model could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -243,7 +250,8 @@ pub fn sd3_medium_in(cache: &Path) -> Result<ModelFiles, SourceError> {
     Ok(files)
 }
 
-/// The built-in tiny model in SD3 Lab's cache folder `cache`, written there on first use.
+/// The built-in tiny model (the trained demo model) in SD3 Lab's cache folder `cache`, written
+/// there on first use.
 pub fn tiny_model_in(cache: &Path) -> Result<ModelFiles, SourceError> {
     let dir = cache.join("models").join(TINY_VERSION);
     if let Ok(files) = ModelFiles::in_dir(&dir, "tiny") {
@@ -262,11 +270,9 @@ pub fn tiny_model_in(cache: &Path) -> Result<ModelFiles, SourceError> {
             path: parent.to_owned(),
             source,
         })?;
-    write_model_dir(tmp.path(), &Preset::Tiny.config(None), TINY_SEED).map_err(|source| {
-        SourceError::Io {
-            path: tmp.path().to_owned(),
-            source,
-        }
+    write_demo_model_dir(tmp.path()).map_err(|source| SourceError::Io {
+        path: tmp.path().to_owned(),
+        source,
     })?;
     let staged = tmp.keep();
     #[cfg(unix)]
@@ -302,7 +308,7 @@ impl std::fmt::Display for SourceEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::FellBackToTiny => f.write_str(
-                "sd3-medium is not in the Hugging Face cache: using the built-in tiny demo model (random weights; images are noise-like)",
+                "sd3-medium is not in the Hugging Face cache: using the built-in tiny demo model (it draws captions of flat shapes at 64x64)",
             ),
             Self::DownloadStarting => {
                 f.write_str("sd3-medium is not in the Hugging Face cache: downloading it (about 6 GB)")
@@ -372,17 +378,43 @@ pub fn write_model_dir(dir: &Path, config: &Sd3Config, seed: u64) -> std::io::Re
         &super::vae::VaeEncoderConfig::for_decoder(&config.vae),
     ));
     write_safetensors(&dir.join(CHECKPOINT_FILE), &specs, seed)?;
-    write_clip(&dir.join("clip_l"), &config.clip_l, seed ^ 0x11)?;
-    write_clip(&dir.join("clip_g"), &config.clip_g, seed ^ 0x22)?;
-    let merges = synthetic_merges();
-    write_tokenizer(&dir.join("tokenizer_l"), &merges)?;
-    write_tokenizer(&dir.join("tokenizer_g"), &merges)?;
+    write_text_side(dir, config, seed, &synthetic_merges())?;
     let readme = format!(
         "Synthetic SD3 checkpoint written by sd3lab (seed {seed}): random weights in the published file layout.\n\
          MMDiT depth {}, width {}; not a trained model.\n",
         config.mmdit.depth, config.mmdit.hidden_size
     );
     crate::fsutil::write_atomic(&dir.join("README.txt"), readme.as_bytes())
+}
+
+/// Writes the random CLIP-L and CLIP-G encoders drawn from `seed` (as [`write_model_dir`]
+/// draws them) and both tokenizers with `merges`.
+pub fn write_text_side(
+    dir: &Path,
+    config: &Sd3Config,
+    seed: u64,
+    merges: &[(String, String)],
+) -> std::io::Result<()> {
+    use super::synth::{write_clip, write_tokenizer};
+    write_clip(&dir.join("clip_l"), &config.clip_l, seed ^ 0x11)?;
+    write_clip(&dir.join("clip_g"), &config.clip_g, seed ^ 0x22)?;
+    write_tokenizer(&dir.join("tokenizer_l"), merges)?;
+    write_tokenizer(&dir.join("tokenizer_g"), merges)
+}
+
+/// Writes the trained demo model to `dir`: the shipped checkpoint, the frozen random CLIP
+/// encoders of its training seed and OpenAI CLIP's tokenizer.
+pub fn write_demo_model_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let config = Preset::Tiny.config(None);
+    write_text_side(dir, &config, DEMO_SEED, &super::tokenizer::clip_merges())?;
+    crate::fsutil::write_atomic(&dir.join(CHECKPOINT_FILE), DEMO_CHECKPOINT)?;
+    crate::fsutil::write_atomic(
+        &dir.join("README.txt"),
+        b"SD3 Lab's built-in demo model: the tiny SD3 architecture trained by `sd3lab model \
+          train-demo` (default settings, seed 0) on captioned 64x64 pictures of shapes; CLIP-L/G \
+          are frozen random encoders behind OpenAI CLIP's tokenizer.\n",
+    )
 }
 
 /// Infers the MMDiT and VAE configuration from a checkpoint's tensor shapes (SD3 conventions:

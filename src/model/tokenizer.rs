@@ -11,6 +11,29 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+/// OpenAI CLIP's own BPE merges, as every CLIP tokenizer's `merges.txt` on Hugging Face holds
+/// them (the first 48,894 of CLIP's `bpe_simple_vocab_16e6.txt`): the demo model's tokenizers.
+pub const CLIP_MERGES_TXT: &str = include_str!("../../assets/clip-bpe-merges.txt");
+
+/// [`CLIP_MERGES_TXT`] as pairs.
+pub fn clip_merges() -> Vec<(String, String)> {
+    parse_merges(CLIP_MERGES_TXT).unwrap_or_default()
+}
+
+/// The merges of a `merges.txt` (a header line, then one pair per line, at most
+/// [`MAX_MERGES`] read); a malformed line is `Err((line number, line))`.
+pub fn parse_merges(text: &str) -> Result<Vec<(String, String)>, (usize, String)> {
+    let mut merges = Vec::new();
+    for (n, line) in text.trim().split('\n').enumerate().skip(1).take(MAX_MERGES) {
+        let mut parts = line.split_whitespace();
+        match (parts.next(), parts.next()) {
+            (Some(a), Some(b)) => merges.push((a.to_owned(), b.to_owned())),
+            _ => return Err((n + 1, line.to_owned())),
+        }
+    }
+    Ok(merges)
+}
+
 /// Start-of-text marker.
 pub const BOS: &str = "<|startoftext|>";
 /// End-of-text marker.
@@ -131,26 +154,11 @@ impl ClipTokenizer {
                 path: vocab_path.display().to_string(),
                 reason: format!("not a token → id JSON object: {e}"),
             })?;
-        let merges_text = read(&merges_path)?;
-        let mut merges = Vec::new();
-        for (n, line) in merges_text
-            .trim()
-            .split('\n')
-            .enumerate()
-            .skip(1)
-            .take(MAX_MERGES)
-        {
-            let mut parts = line.split_whitespace();
-            match (parts.next(), parts.next()) {
-                (Some(a), Some(b)) => merges.push((a.to_owned(), b.to_owned())),
-                _ => {
-                    return Err(TokenizerError::Format {
-                        path: merges_path.display().to_string(),
-                        reason: format!("line {}: expected two symbols, found {line:?}", n + 1),
-                    });
-                }
-            }
-        }
+        let merges =
+            parse_merges(&read(&merges_path)?).map_err(|(n, line)| TokenizerError::Format {
+                path: merges_path.display().to_string(),
+                reason: format!("line {n}: expected two symbols, found {line:?}"),
+            })?;
         // The vocabulary came from `vocab_path`: name it in the error.
         Self::new(vocab, merges, padding).map_err(|e| match e {
             TokenizerError::MissingToken { .. } => TokenizerError::Format {
@@ -296,7 +304,10 @@ impl ClipTokenizer {
 /// `</w>`, one entry per merge, then BOS and EOS (OpenAI's construction; 49,408 entries for the
 /// published 48,894 merges).
 pub fn vocab_from_merges(merges: &[(String, String)]) -> HashMap<String, u32> {
-    let bytes = bytes_to_unicode();
+    // OpenAI's order: the printable bytes' symbols (themselves) then the others' (from U+0100
+    // on), each in byte order, which is the symbols' code point order.
+    let mut bytes = bytes_to_unicode();
+    bytes.sort_unstable();
     let mut tokens: Vec<String> = bytes.iter().map(|c| c.to_string()).collect();
     tokens.extend(bytes.iter().map(|c| format!("{c}</w>")));
     tokens.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
@@ -329,6 +340,22 @@ mod tests {
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect()
+    }
+
+    #[test]
+    fn the_shipped_merges_are_clips_and_tokenize_as_openais_tokenizer_does() {
+        let merges = clip_merges();
+        assert_eq!(merges.len(), MAX_MERGES);
+        assert_eq!(merges[0], ("i".to_owned(), "n".to_owned()));
+        let t = ClipTokenizer::new(vocab_from_merges(&merges), merges, Padding::Eos).unwrap();
+        // OpenAI's CLIP tokenizer's well-known ids: "a photo of a cat".
+        assert_eq!(
+            t.tokenize("A photo of a cat"),
+            [49406, 320, 1125, 539, 320, 2368, 49407]
+        );
+        // The demo captions' words are single tokens.
+        let ids = t.tokenize("two large white rings on an orange background");
+        assert_eq!(ids.len(), 2 + 8, "{ids:?}");
     }
 
     #[test]

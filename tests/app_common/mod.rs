@@ -78,16 +78,17 @@ pub fn calibration(dir: &Path, images: usize, steps: usize) {
     .unwrap();
 }
 
-/// The built-in tiny model's files (same configuration and seed as `--model tiny`), in a
+/// The random tiny model's files (`model synth --preset tiny` with the seed the parity tests use), in a
 /// folder the tests pass as the model: never the user's cache, and no environment changes
 /// while other test threads run. The folder's path is the same in every checkout (the
 /// Samples tab shows it, and a path of another length would move the snapshot's layout).
 pub fn tiny_model() -> String {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        use sd3lab::model::source::{ModelFiles, TINY_SEED, TINY_VERSION, write_model_dir};
+        use sd3lab::model::source::{ModelFiles, TINY_SEED, write_model_dir};
         let root = std::env::temp_dir();
-        let dir = root.join(format!("sd3lab-app-gui-{TINY_VERSION}"));
+        // Renamed when the random model's recipe changes (same length: the layout stays).
+        let dir = root.join("sd3lab-app-gui-tiny-v4");
         if ModelFiles::in_dir(&dir, "tiny").is_err() {
             // Built beside it and renamed, so an interrupted run never leaves half a model.
             let tmp = tempfile::tempdir_in(&root).unwrap();
