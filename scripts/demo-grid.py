@@ -1,6 +1,7 @@
 """The README's grid of demo pictures: one row per held-out caption, its drawing (what the
-caption asks for) and the demo model's picture under each benchmark configuration, framed
-green where the pixel judge recognises the caption and red where it does not.
+caption asks for) and the demo model's picture under each benchmark configuration, framed by
+the pixel judge's verdict: green when it passes (colours, place, size and shape right), amber
+when it is only placed (colours, place and size right), red otherwise.
 
 Usage: python scripts/demo-grid.py EVAL_DIR BENCH_DIR OUT.png
   EVAL_DIR  `sd3lab model shapes --held-out` output (captions.jsonl and the drawings)
@@ -39,22 +40,23 @@ def main(eval_dir: Path, bench_dir: Path, out: Path) -> None:
     first = Image.open(eval_dir / captions[0]["file"])
     cell = first.width * SCALE
     cols = 1 + len(configs)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=13)
     header = 22
     width = TEXT_W + cols * (cell + 2 * FRAME + PAD) + PAD
     height = header + len(captions) * (cell + 2 * FRAME + PAD) + PAD
     grid = Image.new("RGB", (width, height), (250, 250, 250))
     draw = ImageDraw.Draw(grid)
     names = ["asked for"] + [
-        f'{c["name"]} ({c["score"]["passed"]}/{c["score"]["pictures"]})' for c in configs
+        f'{c["name"]} ({c["score"]["placed"]}/{c["score"]["passed"]}/{c["score"]["pictures"]})'
+        for c in configs
     ]
     for j, name in enumerate(names):
         x = TEXT_W + j * (cell + 2 * FRAME + PAD)
         draw.text((x + FRAME, 5), name, fill=(20, 20, 20), font=font)
     for i, item in enumerate(captions):
         y = header + i * (cell + 2 * FRAME + PAD)
-        for k, line in enumerate(textwrap.wrap(item["caption"], 36)):
-            draw.text((PAD, y + 8 + 14 * k), line, fill=(20, 20, 20), font=font)
+        for k, line in enumerate(textwrap.wrap(item["caption"], 30)):
+            draw.text((PAD, y + 8 + 17 * k), line, fill=(20, 20, 20), font=font)
         pictures = [(eval_dir / item["file"], None)] + [
             (bench_dir / c["name"] / "images" / f"{i:06}.png", passed[c["name"]].get(i))
             for c in configs
@@ -62,8 +64,10 @@ def main(eval_dir: Path, bench_dir: Path, out: Path) -> None:
         for j, (path, verdict) in enumerate(pictures):
             x = TEXT_W + j * (cell + 2 * FRAME + PAD)
             if verdict is not None:
-                ok = verdict["shape_colour"] and verdict["background"] and verdict["shape"] and verdict["iou"] >= judged["iou_pass"]
-                colour = (40, 170, 60) if ok else (210, 50, 40)
+                placed = (
+                    verdict["shape_colour"] and verdict["background"] and verdict["iou"] >= judged["iou_pass"]
+                )
+                colour = (40, 170, 60) if placed and verdict["shape"] else (235, 160, 20) if placed else (210, 50, 40)
                 draw.rectangle([x, y, x + cell + 2 * FRAME - 1, y + cell + 2 * FRAME - 1], fill=colour)
             picture = Image.open(path).convert("RGB").resize((cell, cell), Image.NEAREST)
             grid.paste(picture, (x + FRAME, y + FRAME))
