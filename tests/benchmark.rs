@@ -540,8 +540,9 @@ fn metrics_are_recorded_per_configuration_against_the_reference_twins() {
     let results = json(&out.join("results.json"));
     let configs = results["configurations"].as_array().unwrap();
     let (fp32, w4) = (&configs[0]["metrics"], &configs[1]["metrics"]);
-    // The float images are their twins: FID 0 up to rounding, every pair identical.
-    assert!(fp32["fid"].as_f64().unwrap().abs() < 1e-3, "{fp32}");
+    // The float images are their twins: FID 0 up to rounding (the square root of a rank-3
+    // covariance product in 2048 dimensions: about 1e-3 here), every pair identical.
+    assert!(fp32["fid"].as_f64().unwrap().abs() < 1e-2, "{fp32}");
     assert_eq!(fp32["identical_pairs"], 4);
     assert_eq!(fp32["ssim_mean"], 1.0);
     assert!(fp32["psnr_mean"].is_null());

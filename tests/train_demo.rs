@@ -9,7 +9,14 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-fn train(cache: &Path, out: &Path, vae: usize, mmdit: usize, batch: usize) -> Output {
+/// `model train-demo` into `out` at 32×32 with a checkpoint every 2 steps, not yet run.
+fn train_command(
+    cache: &Path,
+    out: &Path,
+    vae: usize,
+    mmdit: usize,
+    batch: usize,
+) -> std::process::Command {
     let (vae, mmdit, batch) = (vae.to_string(), mmdit.to_string(), batch.to_string());
     common::sd3lab_command(
         cache,
@@ -30,8 +37,12 @@ fn train(cache: &Path, out: &Path, vae: usize, mmdit: usize, batch: usize) -> Ou
             "2",
         ],
     )
-    .output()
-    .unwrap()
+}
+
+fn train(cache: &Path, out: &Path, vae: usize, mmdit: usize, batch: usize) -> Output {
+    train_command(cache, out, vae, mmdit, batch)
+        .output()
+        .unwrap()
 }
 
 use common::stdout_of_success as ok;
@@ -44,30 +55,11 @@ const STEPS: usize = 8;
 /// `line`; the stopped run must exit 130. Returns what it printed.
 fn train_until_interrupted(cache: &Path, out: &Path, line: &str) -> String {
     use std::io::BufRead;
-    let steps = STEPS.to_string();
-    let mut child = common::sd3lab_command(
-        cache,
-        &[
-            "model",
-            "train-demo",
-            "--output",
-            &out.display().to_string(),
-            "--vae-steps",
-            &steps,
-            "--mmdit-steps",
-            &steps,
-            "--batch",
-            "2",
-            "--side",
-            "32",
-            "--checkpoint-every",
-            "2",
-        ],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut child = train_command(cache, out, STEPS, STEPS, 2)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut said = String::new();
     let mut sent = false;
