@@ -28,7 +28,7 @@ use crate::job::CancelToken;
 use crate::model::Preset;
 use crate::model::nn::MlxResult;
 use crate::model::pipeline::Pipeline;
-use crate::model::source::{CHECKPOINT_FILE, ModelFiles, write_model_dir, write_text_side};
+use crate::model::source::{CHECKPOINT_FILE, ModelFiles, write_model_dir_with};
 use crate::model::vae::scale_latent;
 use crate::model::weights::{WeightsError, load_safetensors};
 
@@ -220,20 +220,19 @@ pub fn run_train_demo(
     let model_dir = out.join(MODEL_DIR);
     let checkpoint = model_dir.join(CHECKPOINT_FILE);
     let mut state = read_state(out, config)?;
+    let preset = Preset::Tiny.config(None);
     if state.is_none() {
         // The initial weights: the tiny preset's random checkpoint and CLIPs, with tokenizers
         // that read text as CLIP does (OpenAI's merges: each caption word is one token).
-        let io = |source| TrainError::Io {
-            path: model_dir.clone(),
-            source,
-        };
-        let tiny = Preset::Tiny.config(None);
-        write_model_dir(&model_dir, &tiny, config.seed as u64).map_err(io)?;
         let merges = crate::model::tokenizer::clip_merges();
-        write_text_side(&model_dir, &tiny, config.seed as u64, &merges).map_err(io)?;
+        write_model_dir_with(&model_dir, &preset, config.seed as u64, &merges).map_err(
+            |source| TrainError::Io {
+                path: model_dir.clone(),
+                source,
+            },
+        )?;
     }
     let state_tensors = out.join(STATE_TENSORS);
-    let preset = Preset::Tiny.config(None);
     let (raw, loaded) = match &state {
         Some(_) => (load_safetensors(&state_tensors)?, state_tensors.clone()),
         None => {
@@ -276,32 +275,20 @@ pub fn run_train_demo(
             done: state.vae_done,
         });
     }
-    // The learning rate's schedule follows each phase's length: a started phase keeps it.
+    // The learning rate's schedule follows each phase's length: a started phase keeps it
+    // (the VAE's once the MMDiT phase has started is settled above).
     let before = &state.settings;
-    for (phase, done, steps, was, flag) in [
-        (
-            "VAE",
-            state.vae_done,
-            config.vae_steps,
-            before.vae_steps,
-            "vae-steps",
-        ),
-        (
-            "MMDiT",
-            state.mmdit_done,
-            config.mmdit_steps,
-            before.mmdit_steps,
-            "mmdit-steps",
-        ),
-    ] {
-        if done > 0 && steps != was && !(phase == "VAE" && state.mmdit_done > 0) {
-            return Err(TrainError::Length {
-                path: json.clone(),
-                phase,
-                flag,
-                steps: was,
-            });
-        }
+    let length = |phase, flag, steps| TrainError::Length {
+        path: json.clone(),
+        phase,
+        flag,
+        steps,
+    };
+    if state.vae_done > 0 && state.mmdit_done == 0 && config.vae_steps != before.vae_steps {
+        return Err(length("VAE", "vae-steps", before.vae_steps));
+    }
+    if state.mmdit_done > 0 && config.mmdit_steps != before.mmdit_steps {
+        return Err(length("MMDiT", "mmdit-steps", before.mmdit_steps));
     }
     state.settings = config.clone();
     let mut vae = VaeTrainer::from_tensors(&loaded, &raw, &preset.vae)?;

@@ -289,20 +289,18 @@ impl VaeTrainer {
             .map_err(mlx)?;
         std.eval().map_err(mlx)?;
         let a = 1.0 / std.item_exact::<f32>();
-        let c = self.encoder.latent_channels as i32;
         let position = |name: &str| {
             self.params
                 .names
                 .iter()
                 .position(|n| n == name)
-                .ok_or_else(|| WeightsError::MlxTensor {
+                .ok_or_else(|| WeightsError::Missing {
                     path: "the VAE being trained".into(),
                     key: name.to_owned(),
-                    source: mlx_rs::error::Exception::custom("missing"),
                 })
         };
         // Per output channel of the encoder: the mean's ×a, the log-variance's +2 ln a.
-        let c = c as usize;
+        let c = self.encoder.latent_channels;
         let mul: Vec<f32> = [vec![a; c], vec![1.0; c]].concat();
         let add: Vec<f32> = [vec![0.0; c], vec![2.0 * a.ln(); c]].concat();
         let (mul, add) = (

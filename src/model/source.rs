@@ -369,6 +369,17 @@ pub fn resolve_in(
 
 /// Writes a complete synthetic model directory in the published layout.
 pub fn write_model_dir(dir: &Path, config: &Sd3Config, seed: u64) -> std::io::Result<()> {
+    write_model_dir_with(dir, config, seed, &super::synth::synthetic_merges())
+}
+
+/// [`write_model_dir`] with tokenizers of the given `merges` (the demo model's training
+/// starts from OpenAI CLIP's).
+pub fn write_model_dir_with(
+    dir: &Path,
+    config: &Sd3Config,
+    seed: u64,
+    merges: &[(String, String)],
+) -> std::io::Result<()> {
     use super::synth::*;
     std::fs::create_dir_all(dir)?;
     let mut specs = mmdit_specs(&config.mmdit);
@@ -378,7 +389,7 @@ pub fn write_model_dir(dir: &Path, config: &Sd3Config, seed: u64) -> std::io::Re
         &super::vae::VaeEncoderConfig::for_decoder(&config.vae),
     ));
     write_safetensors(&dir.join(CHECKPOINT_FILE), &specs, seed)?;
-    write_text_side(dir, config, seed, &synthetic_merges())?;
+    write_text_side(dir, config, seed, merges)?;
     let readme = format!(
         "Synthetic SD3 checkpoint written by sd3lab (seed {seed}): random weights in the published file layout.\n\
          MMDiT depth {}, width {}; not a trained model.\n",
