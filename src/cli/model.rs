@@ -24,6 +24,9 @@ pub enum ModelCommand {
     Shapes(super::shapes::ShapesArgs),
     /// Score a benchmark's pictures of demo captions with the pixel judge.
     Judge(super::shapes::JudgeArgs),
+    /// Judge a model's VAE alone: held-out demo pictures encoded and decoded (the best the
+    /// model's pictures can score).
+    JudgeVae(super::shapes::JudgeVaeArgs),
     /// Train the demo model (VAE, then MMDiT) on the shapes pictures; resumable.
     TrainDemo(super::shapes::TrainDemoArgs),
 }
@@ -162,6 +165,7 @@ pub fn run(cmd: &ModelCommand) -> anyhow::Result<ExitCode> {
         ModelCommand::Load(args) => load(args),
         ModelCommand::Shapes(args) => super::shapes::shapes(args),
         ModelCommand::Judge(args) => super::shapes::judge(args),
+        ModelCommand::JudgeVae(args) => super::shapes::judge_vae(args),
         ModelCommand::TrainDemo(args) => super::shapes::train_demo(args),
     }
 }

@@ -1,6 +1,7 @@
 //! `sd3lab model shapes` (the demo model's captioned pictures, written out to look at),
-//! `sd3lab model judge` (the pixel judge's score of a benchmark's pictures of demo captions)
-//! and `sd3lab model train-demo` (the demo model trained on them).
+//! `sd3lab model judge` (the pixel judge's score of a benchmark's pictures of demo captions),
+//! `sd3lab model judge-vae` (its score of a model's VAE reconstructions) and
+//! `sd3lab model train-demo` (the demo model trained on them).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,8 +13,11 @@ use clap::Args;
 use sd3lab::bench::folder::BenchFolder;
 use sd3lab::demo::Split;
 use sd3lab::demo::job::{TrainDemoConfig, TrainEvent, run_train_demo};
-use sd3lab::demo::judge::{IOU_PASS, judge_benchmark};
-use sd3lab::demo::shapes::{CAPTIONS_JSONL, PROMPTS_CSV, write_pictures};
+use sd3lab::demo::judge::{
+    ConfigurationScore, IOU_PASS, Score, Verdict, judge as judge_pixels, judge_benchmark,
+};
+use sd3lab::demo::shapes::{CAPTIONS_JSONL, PROMPTS_CSV, held_out_scenes, write_pictures};
+use sd3lab::demo::train::reconstruct_pictures;
 
 #[derive(Args)]
 pub struct ShapesArgs {
@@ -83,11 +87,18 @@ pub fn judge(args: &JudgeArgs) -> anyhow::Result<ExitCode> {
     let folder = BenchFolder::open(&args.dir)?;
     let scores = judge_benchmark(&folder)
         .with_context(|| format!("judging the pictures of {}", args.dir.display()))?;
+    print_scores(&args.dir.display().to_string(), &scores, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The judge's scores as its table (one row per configuration) or as one JSON document
+/// (schema `sd3lab.judge/1`) with every picture's verdict; `source` names what was judged.
+fn print_scores(source: &str, scores: &[ConfigurationScore], json: bool) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    if args.json {
+    if json {
         let doc = serde_json::json!({
             "schema": "sd3lab.judge/1",
-            "benchmark": args.dir,
+            "benchmark": source,
             "iou_pass": IOU_PASS,
             "configurations": scores,
         });
@@ -99,7 +110,7 @@ pub fn judge(args: &JudgeArgs) -> anyhow::Result<ExitCode> {
             "{:<24} {:>8} {:>7} {:>7} {:>7} {:>7} {:>9}",
             "configuration", "pictures", "placed", "rate", "passed", "rate", "mean IoU"
         )?;
-        for c in &scores {
+        for c in scores {
             writeln!(
                 out,
                 "{:<24} {:>8} {:>7} {:>6.0}% {:>7} {:>6.0}% {:>9.3}",
@@ -120,6 +131,53 @@ pub fn judge(args: &JudgeArgs) -> anyhow::Result<ExitCode> {
         )?;
     }
     out.flush()?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct JudgeVaeArgs {
+    /// tiny, or a directory in the published layout whose checkpoint has the VAE encoder.
+    #[arg(long, default_value = "tiny")]
+    model: String,
+    /// How many held-out pictures (distinct captions; at most as many as there are).
+    #[arg(long, default_value_t = 40, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    count: usize,
+    /// The held-out set's seed (`model shapes --held-out --seed`).
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// The pictures' side in pixels (a multiple of 16).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(16..=256))]
+    side: u16,
+    /// Print one JSON document (schema `sd3lab.judge/1`) with every picture's verdict.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `sd3lab model judge-vae`: held-out pictures drawn exactly, encoded and decoded by the
+/// model's VAE, judged against their captions.
+pub fn judge_vae(args: &JudgeVaeArgs) -> anyhow::Result<ExitCode> {
+    let side = args.side as usize;
+    if !side.is_multiple_of(16) {
+        anyhow::bail!("--side {side}: the VAE needs a multiple of 16");
+    }
+    let files = super::resolve_model(&args.model)?;
+    let scenes = held_out_scenes(args.seed, args.count);
+    let pictures: Vec<Vec<u8>> = scenes.iter().map(|s| s.draw(side)).collect();
+    let decoded = reconstruct_pictures(&files.checkpoint, &pictures, side)
+        .with_context(|| format!("reconstructing pictures with the VAE of '{}'", files.name))?;
+    let verdicts: Vec<(usize, Verdict)> = scenes
+        .iter()
+        .zip(&decoded)
+        .map(|(scene, rgb)| judge_pixels(scene, rgb, side))
+        .enumerate()
+        .collect();
+    let score = Score::of(&verdicts.iter().map(|(_, v)| *v).collect::<Vec<_>>());
+    let scores = [ConfigurationScore {
+        name: "VAE reconstructions".into(),
+        score,
+        verdicts,
+    }];
+    print_scores(&format!("model {}", files.name), &scores, args.json)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -195,6 +195,40 @@ pub fn picture_batch(seed: u32, start: u64, n: usize, side: usize) -> (Array, Ve
     (Array::from_slice(&data, &shape), captions)
 }
 
+/// Each `side`×`side` RGB picture (row-major, `u8`) encoded to its posterior mean by the VAE
+/// of `checkpoint` (a published-layout file with the encoder) and decoded again, as the
+/// pipeline decodes: the best any picture of the model can look, since every one goes through
+/// this decoder.
+pub fn reconstruct_pictures(
+    checkpoint: &Path,
+    pictures: &[Vec<u8>],
+    side: usize,
+) -> Result<Vec<Vec<u8>>, WeightsError> {
+    let raw = crate::model::weights::load_safetensors(checkpoint)?;
+    let (_, decoder) = crate::model::source::infer_config_from(checkpoint, &raw)?;
+    let encoder = VaeEncoderConfig::for_decoder(&decoder);
+    let encoder = vae_encoder_from_tensors(checkpoint, &raw, &encoder, Dtype::Float32)?;
+    let decoder = vae_decoder_from_tensors(checkpoint, &raw, &decoder, Dtype::Float32)?;
+    let mlx = |source| WeightsError::MlxTensor {
+        path: checkpoint.to_owned(),
+        key: "the VAE's reconstruction".into(),
+        source,
+    };
+    let mut out = Vec::with_capacity(pictures.len());
+    for picture in pictures {
+        let x: Vec<f32> = picture.iter().map(|&b| b as f32 / 127.5 - 1.0).collect();
+        let x = Array::from_slice(&x, &[1, side as i32, side as i32, 3]);
+        let images = encoder
+            .moments(&x)
+            .and_then(|(mean, _)| crate::model::vae::scale_latent(&mean, &decoder.config))
+            .and_then(|latent| decoder.decode_latent(&latent))
+            .and_then(|image| crate::model::vae::to_u8_images(&image))
+            .map_err(mlx)?;
+        out.extend(images.into_iter().map(|(_, _, bytes)| bytes));
+    }
+    Ok(out)
+}
+
 /// The VAE being trained: its two halves' sizes and their parameters under the checkpoint's
 /// own names (`first_stage_model.encoder.*`, `first_stage_model.decoder.*`), so the trained
 /// tensors are written back as they are and the published loading code builds the model.
