@@ -216,6 +216,15 @@ pub fn reconstruct_pictures(
     };
     let mut out = Vec::with_capacity(pictures.len());
     for picture in pictures {
+        if picture.len() != side * side * 3 {
+            return Err(WeightsError::Invalid {
+                path: checkpoint.to_owned(),
+                reason: format!(
+                    "a picture of {} bytes is not {side}×{side} RGB",
+                    picture.len()
+                ),
+            });
+        }
         let x: Vec<f32> = picture.iter().map(|&b| b as f32 / 127.5 - 1.0).collect();
         let x = Array::from_slice(&x, &[1, side as i32, side as i32, 3]);
         let images = encoder
