@@ -144,17 +144,11 @@ fn the_demo_models_vae_reconstructs_what_a_random_one_cannot() {
         assert_eq!(c["score"]["pictures"], 40);
         c["score"]["placed"].as_u64().unwrap()
     };
+    // `model synth`'s default preset: the random tiny model.
     let random = root.path().join("random");
     run(
         &cache,
-        &[
-            "model",
-            "synth",
-            "--preset",
-            "tiny",
-            "--output",
-            &random.display().to_string(),
-        ],
+        &["model", "synth", "--output", &random.display().to_string()],
     );
     let (trained, untrained) = (placed("tiny"), placed(&random.display().to_string()));
     // Measured: 31 of 40 for the shipped VAE (30 for the model's own pictures).

@@ -14,7 +14,7 @@ use sd3lab::bench::folder::BenchFolder;
 use sd3lab::demo::Split;
 use sd3lab::demo::job::{TrainDemoConfig, TrainEvent, run_train_demo};
 use sd3lab::demo::judge::{
-    ConfigurationScore, IOU_PASS, Score, Verdict, judge as judge_pixels, judge_benchmark,
+    ConfigurationScore, IOU_PASS, Verdict, judge as judge_pixels, judge_benchmark,
 };
 use sd3lab::demo::shapes::{CAPTIONS_JSONL, PROMPTS_CSV, held_out_scenes, write_pictures};
 use sd3lab::demo::train::reconstruct_pictures;
@@ -171,12 +171,7 @@ pub fn judge_vae(args: &JudgeVaeArgs) -> anyhow::Result<ExitCode> {
         .map(|(scene, rgb)| judge_pixels(scene, rgb, side))
         .enumerate()
         .collect();
-    let score = Score::of(&verdicts.iter().map(|(_, v)| *v).collect::<Vec<_>>());
-    let scores = [ConfigurationScore {
-        name: "VAE reconstructions".into(),
-        score,
-        verdicts,
-    }];
+    let scores = [ConfigurationScore::new("VAE reconstructions", verdicts)];
     print_scores(&format!("model {}", files.name), &scores, args.json)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -176,6 +176,18 @@ pub struct ConfigurationScore {
     pub verdicts: Vec<(usize, Verdict)>,
 }
 
+impl ConfigurationScore {
+    /// The score of `verdicts` (by image index) under `name`.
+    pub fn new(name: &str, verdicts: Vec<(usize, Verdict)>) -> Self {
+        let score = Score::of(&verdicts.iter().map(|(_, v)| *v).collect::<Vec<_>>());
+        Self {
+            name: name.to_owned(),
+            score,
+            verdicts,
+        }
+    }
+}
+
 /// Judges every finished picture of a benchmark against its prompt, configuration by
 /// configuration (then the reference set's, named `reference`, when the run has one). Every
 /// prompt must be a demo caption.
@@ -196,12 +208,7 @@ pub fn judge_benchmark(folder: &BenchFolder) -> Result<Vec<ConfigurationScore>, 
             .filter(|(index, _)| *index < scenes.len())
             .map(|(index, path)| Ok((index, judge_file(&scenes[index], path)?)))
             .collect::<Result<Vec<_>, JudgeError>>()?;
-        let score = Score::of(&verdicts.iter().map(|(_, v)| *v).collect::<Vec<_>>());
-        Ok::<_, JudgeError>(ConfigurationScore {
-            name: name.to_owned(),
-            score,
-            verdicts,
-        })
+        Ok::<_, JudgeError>(ConfigurationScore::new(name, verdicts))
     };
     let mut out = Vec::new();
     for c in &folder.configurations {

@@ -183,16 +183,16 @@ pub fn picture_batch(seed: u32, start: u64, n: usize, side: usize) -> (Array, Ve
     let mut captions = Vec::with_capacity(n);
     for i in 0..n as u64 {
         let (scene, placements) = item(seed, start + i, Split::Train);
-        data.extend(
-            scene
-                .draw_at(&placements, side)
-                .into_iter()
-                .map(|b| b as f32 / 127.5 - 1.0),
-        );
+        data.extend(scene.draw_at(&placements, side).into_iter().map(vae_input));
         captions.push(scene.caption());
     }
     let shape = [n as i32, side as i32, side as i32, 3];
     (Array::from_slice(&data, &shape), captions)
+}
+
+/// A pixel byte as the VAE takes it, in [-1, 1].
+fn vae_input(byte: u8) -> f32 {
+    byte as f32 / 127.5 - 1.0
 }
 
 /// Each `side`×`side` RGB picture (row-major, `u8`) encoded to its posterior mean by the VAE
@@ -225,7 +225,7 @@ pub fn reconstruct_pictures(
                 ),
             });
         }
-        let x: Vec<f32> = picture.iter().map(|&b| b as f32 / 127.5 - 1.0).collect();
+        let x: Vec<f32> = picture.iter().copied().map(vae_input).collect();
         let x = Array::from_slice(&x, &[1, side as i32, side as i32, 3]);
         let images = encoder
             .moments(&x)
