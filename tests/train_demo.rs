@@ -2,7 +2,8 @@
 //! (once with the JSON older than the tensors, as a crash between the two leaves it) writes the same
 //! files, byte for byte, as one uninterrupted run; the trained folder is a model `generate`
 //! loads; other settings, fewer steps than done, more VAE steps after the MMDiT phase started,
-//! another length for a started phase and a side the MMDiT cannot patch are refused.
+//! another length for a started phase, a side the MMDiT cannot patch and a noise-level shift
+//! not above 0 are refused.
 
 mod common;
 
@@ -29,12 +30,16 @@ fn train_command(
             &vae,
             "--mmdit-steps",
             &mmdit,
+            "--vae-batch",
+            &batch,
             "--batch",
             &batch,
             "--side",
             "32",
             "--checkpoint-every",
             "2",
+            "--latent-pool",
+            "24",
         ],
     )
 }
@@ -125,7 +130,7 @@ fn a_continued_run_equals_an_uninterrupted_one_and_its_model_generates() {
             "model",
             "synth",
             "--preset",
-            "tiny",
+            "demo",
             "--output",
             &init.display().to_string(),
         ],
@@ -200,4 +205,24 @@ fn a_continued_run_equals_an_uninterrupted_one_and_its_model_generates() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("side 24"), "{err}");
     assert!(!root.path().join("odd/model").exists());
+    // So is a noise-level shift that is not above 0.
+    let o = common::sd3lab_command(
+        &cache,
+        &[
+            "model",
+            "train-demo",
+            "--output",
+            &root.path().join("unshiftable").display().to_string(),
+            "--sigma-shift",
+            "0",
+        ],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("sigma shift 0"),
+        "{err}"
+    );
+    assert!(!root.path().join("unshiftable/model").exists());
 }

@@ -191,12 +191,27 @@ pub struct TrainDemoArgs {
     /// Seed of the initial weights and of the pictures.
     #[arg(long, default_value_t = 0)]
     seed: u32,
-    /// Pictures per step.
+    /// Pictures per VAE step.
+    #[arg(long, default_value_t = TrainDemoConfig::new(PathBuf::new()).vae_batch)]
+    vae_batch: usize,
+    /// Pictures per MMDiT step.
     #[arg(long, default_value_t = TrainDemoConfig::new(PathBuf::new()).batch)]
     batch: usize,
     /// The pictures' side in pixels (a multiple of 16, 16 to 256).
     #[arg(long, default_value_t = 64)]
     side: usize,
+    /// Training pictures the frozen VAE encodes once for the MMDiT phase (its batches are drawn
+    /// from them).
+    #[arg(
+        long,
+        default_value_t = TrainDemoConfig::new(PathBuf::new()).latent_pool,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    latent_pool: usize,
+    /// Shift of the MMDiT's training noise levels, as SD3's sampler shifts its schedule:
+    /// σ = k·s/(1 + (k − 1)·s) with s logit-normal (1: no shift).
+    #[arg(long, default_value_t = TrainDemoConfig::new(PathBuf::new()).sigma_shift)]
+    sigma_shift: f32,
     /// Steps between checkpoints (and one at each phase's end).
     #[arg(
         long,
@@ -212,8 +227,11 @@ pub fn train_demo(args: &TrainDemoArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         vae_steps: args.vae_steps,
         mmdit_steps: args.mmdit_steps,
+        vae_batch: args.vae_batch,
         batch: args.batch,
         side: args.side,
+        latent_pool: args.latent_pool,
+        sigma_shift: args.sigma_shift,
         checkpoint_every: args.checkpoint_every,
         ..TrainDemoConfig::new(args.output.clone())
     };
@@ -234,11 +252,24 @@ pub fn train_demo(args: &TrainDemoArgs) -> anyhow::Result<ExitCode> {
     // Losses since the last checkpoint, for a line at each.
     let since_saved = std::cell::Cell::new((0.0f64, 0usize));
     let mut on_event = |e: TrainEvent| match e {
+        TrainEvent::Encoded { done: 0, total } => {
+            bar.finish_and_clear();
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.reset();
+            bar.set_prefix("latents");
+            bar.set_length(total as u64);
+            bar.set_message("encoding the MMDiT's pictures");
+            say(format!(
+                "encoding {total} pictures with the trained VAE for the MMDiT phase"
+            ));
+        }
+        TrainEvent::Encoded { done, .. } => bar.set_position(done as u64),
         TrainEvent::Phase { phase, steps, done } => {
             bar.finish_and_clear();
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             bar.reset();
             bar.set_prefix(phase.name());
+            bar.set_message("");
             bar.set_length(steps as u64);
             bar.set_position(done as u64);
         }

@@ -6,11 +6,13 @@
 //! one and reaches the weights of an uninterrupted run.
 //!
 //! Two phases: the VAE (encoder and decoder) learns to reconstruct the pictures; then, with the
-//! VAE frozen, the MMDiT learns SD3's rectified flow on the pictures' latents, conditioned on
-//! the captions through the frozen CLIP encoders (random: a fixed, distinct embedding per
-//! caption is all the MMDiT needs to tell captions apart, and it trains in a fraction of the
-//! time). One caption in ten is replaced by the empty prompt, so classifier-free guidance has
-//! an unconditional model to push against.
+//! VAE frozen, the MMDiT learns SD3's rectified flow on the latents of a pool of pictures the
+//! VAE encodes once, conditioned on the captions through the frozen CLIP encoders (random: a
+//! fixed, distinct embedding per caption is all the MMDiT needs to tell captions apart, and it
+//! trains in a fraction of the time). One caption in ten is replaced by the empty prompt, so
+//! classifier-free guidance has an unconditional model to push against. The noise levels
+//! are shifted towards 1 as SD3's sampler shifts its schedule, so the first sampling steps,
+//! where only the caption can say what the picture is, are trained as often as they matter.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -56,11 +58,23 @@ pub struct TrainDemoConfig {
     pub seed: u32,
     pub vae_steps: usize,
     pub mmdit_steps: usize,
+    /// Pictures per VAE step.
+    pub vae_batch: usize,
+    /// Pictures per MMDiT step.
     pub batch: usize,
     /// The pictures' side in pixels (the latents' is an eighth of it).
     pub side: usize,
     pub vae_learning_rate: f32,
     pub mmdit_learning_rate: f32,
+    /// Training pictures the frozen VAE encodes once for the MMDiT phase, which draws its
+    /// batches from them.
+    pub latent_pool: usize,
+    /// The shift `k` of the MMDiT's training noise levels: σ = k·s/(1 + (k − 1)·s), `s`
+    /// logit-normal, as SD3's sampler shifts its schedule (k = 3). Unshifted, σ near 1 (the
+    /// sampler's first steps, where only the caption can say what the background is) is
+    /// almost never trained, and the MMDiT learns to read a picture's background from the
+    /// noise instead.
+    pub sigma_shift: f32,
     /// Steps between checkpoints (there is one at each phase's end too; 0: only there).
     #[serde(skip)]
     pub checkpoint_every: usize,
@@ -72,27 +86,34 @@ impl TrainDemoConfig {
         Self {
             output,
             seed: 0,
-            vae_steps: 1000,
+            vae_steps: 900,
             mmdit_steps: 8000,
+            vae_batch: 8,
             batch: 16,
             side: 64,
             vae_learning_rate: 1e-3,
             mmdit_learning_rate: 5e-4,
+            latent_pool: 16384,
+            sigma_shift: crate::model::sampler::SHIFT,
             checkpoint_every: 200,
         }
     }
 
     /// The settings that must match to resume (not the step counts: a run can be extended).
     fn same_run(&self, other: &Self) -> bool {
-        (self.seed, self.batch, self.side) == (other.seed, other.batch, other.side)
+        let key = |c: &Self| (c.seed, c.vae_batch, c.batch, c.side, c.latent_pool);
+        key(self) == key(other)
             && self.vae_learning_rate == other.vae_learning_rate
             && self.mmdit_learning_rate == other.mmdit_learning_rate
+            && self.sigma_shift == other.sigma_shift
     }
 }
 
 /// Progress.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainEvent {
+    /// `done` of the `total` pictures of the MMDiT phase's pool are encoded (before its steps).
+    Encoded { done: usize, total: usize },
     /// A phase starts (or resumes) at `done` of `steps`.
     Phase {
         phase: Phase,
@@ -160,10 +181,18 @@ pub enum TrainError {
     #[error("training: {0}")]
     Mlx(#[from] mlx_rs::error::Exception),
     #[error(
-        "batch {batch}, side {side}: the batch must be at least 1 and the side a multiple of 16 \
-         from 16 to 256 (the latent, an eighth of it, is cut into 2×2 patches)"
+        "batch {batch}, VAE batch {vae_batch}, side {side}, latent pool {pool}, sigma shift \
+         {shift}: the batches and the pool must be at least 1, the side a multiple of 16 from 16 \
+         to 256 (the latent, an eighth of it, is cut into 2×2 patches) and the shift a number \
+         above 0"
     )]
-    Settings { batch: usize, side: usize },
+    Settings {
+        batch: usize,
+        vae_batch: usize,
+        side: usize,
+        pool: usize,
+        shift: f32,
+    },
     #[error("{path} has {done} {phase} steps done; --{flag} must be at least that")]
     Shrink {
         path: PathBuf,
@@ -197,7 +226,7 @@ struct State {
     mmdit_done: usize,
 }
 
-const STATE_SCHEMA: &str = "sd3lab.train-demo/1";
+const STATE_SCHEMA: &str = "sd3lab.train-demo/2";
 
 /// Trains (or continues training) the demo model into `config.output`.
 pub fn run_train_demo(
@@ -205,10 +234,19 @@ pub fn run_train_demo(
     cancel: &CancelToken,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainSummary, TrainError> {
-    if config.batch == 0 || !config.side.is_multiple_of(16) || !(16..=256).contains(&config.side) {
+    if config.batch == 0
+        || config.vae_batch == 0
+        || config.latent_pool == 0
+        || !config.side.is_multiple_of(16)
+        || !(16..=256).contains(&config.side)
+        || !(config.sigma_shift.is_finite() && config.sigma_shift > 0.0)
+    {
         return Err(TrainError::Settings {
             batch: config.batch,
+            vae_batch: config.vae_batch,
             side: config.side,
+            pool: config.latent_pool,
+            shift: config.sigma_shift,
         });
     }
     let out = &config.output;
@@ -220,9 +258,9 @@ pub fn run_train_demo(
     let model_dir = out.join(MODEL_DIR);
     let checkpoint = model_dir.join(CHECKPOINT_FILE);
     let mut state = read_state(out, config)?;
-    let preset = Preset::Tiny.config(None);
+    let preset = Preset::Demo.config(None);
     if state.is_none() {
-        // The initial weights: the tiny preset's random checkpoint and CLIPs, with tokenizers
+        // The initial weights: the demo preset's random checkpoint and CLIPs, with tokenizers
         // that read text as CLIP does (OpenAI's merges: each caption word is one token).
         let merges = crate::model::tokenizer::clip_merges();
         write_model_dir_with(&model_dir, &preset, config.seed as u64, &merges).map_err(
@@ -335,8 +373,8 @@ pub fn run_train_demo(
             learning_rate(config.vae_learning_rate, state.vae_done, config.vae_steps);
         let (images, _) = picture_batch(
             config.seed,
-            step * config.batch as u64,
-            config.batch,
+            step * config.vae_batch as u64,
+            config.vae_batch,
             config.side,
         );
         let loss = vae.step(&mut vae_adam, &images, (config.seed as u64) << 32 | step)?;
@@ -362,11 +400,6 @@ pub fn run_train_demo(
     // Phase 2: the MMDiT on the frozen VAE's latents and the frozen CLIPs' embeddings.
     let mut losses = Vec::new();
     if state.mmdit_done < config.mmdit_steps {
-        on_event(TrainEvent::Phase {
-            phase: Phase::Mmdit,
-            steps: config.mmdit_steps,
-            done: state.mmdit_done,
-        });
         let files = ModelFiles::in_dir(&model_dir, "demo").map_err(|e| TrainError::State {
             path: model_dir.clone(),
             reason: e.to_string(),
@@ -382,7 +415,20 @@ pub fn run_train_demo(
         let text = Pipeline::load(&files, Dtype::Float32)?;
         let mut captions = CaptionCache::new();
         let encoder = vae.encoder_model()?;
-        while state.mmdit_done < config.mmdit_steps {
+        let pool = LatentPool::encode(config, &encoder, &preset.vae, cancel, on_event)?;
+        if pool.is_none() {
+            summary.cancelled = true;
+        } else {
+            on_event(TrainEvent::Phase {
+                phase: Phase::Mmdit,
+                steps: config.mmdit_steps,
+                done: state.mmdit_done,
+            });
+        }
+        while let Some(pool) = pool
+            .as_ref()
+            .filter(|_| state.mmdit_done < config.mmdit_steps)
+        {
             if cancel.is_cancelled() {
                 summary.cancelled = true;
                 break;
@@ -394,7 +440,7 @@ pub fn run_train_demo(
                 state.mmdit_done,
                 config.mmdit_steps,
             );
-            let batch = flow_batch(config, step, &encoder, &preset.vae, &mut captions, &text)?;
+            let batch = flow_batch(config, step, pool, &mut captions, &text)?;
             let loss = mmdit.step(&mut mmdit_adam, &batch)?;
             state.mmdit_done += 1;
             losses.push(loss);
@@ -494,23 +540,76 @@ fn tail_mean(losses: &[f32]) -> Option<f32> {
     (!tail.is_empty()).then(|| tail.iter().sum::<f32>() / tail.len() as f32)
 }
 
-/// Step `step`'s batch for the MMDiT: the pictures' latents, their captions' embeddings (one
-/// in ten the empty prompt's), noise levels from a logit-normal distribution and the noise,
-/// all drawn from the step alone.
+/// The MMDiT phase's pictures, encoded once by the frozen VAE: the posterior means of
+/// [`TrainDemoConfig::latent_pool`] training pictures (from their own offset in the pictures'
+/// sequence), scaled as the sampler sees them, and their captions. Encoding each step's
+/// pictures instead would run the 64-channel encoder on every step (as long again as the
+/// MMDiT's step); the pool, rebuilt identically on a resume, runs it once per run.
+struct LatentPool {
+    latents: Array,
+    captions: Vec<String>,
+}
+
+impl LatentPool {
+    /// Pictures encoded at a time.
+    const CHUNK: usize = 64;
+
+    /// Encodes the pool; `None` when cancelled on the way.
+    fn encode(
+        config: &TrainDemoConfig,
+        encoder: &crate::model::vae::VaeEncoder,
+        vae: &crate::model::config::VaeDecoderConfig,
+        cancel: &CancelToken,
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> MlxResult<Option<Self>> {
+        let total = config.latent_pool;
+        let first = 1u64 << 40;
+        let (mut parts, mut captions) = (Vec::new(), Vec::with_capacity(total));
+        on_event(TrainEvent::Encoded { done: 0, total });
+        for start in (0..total).step_by(Self::CHUNK) {
+            if cancel.is_cancelled() {
+                return Ok(None);
+            }
+            let n = Self::CHUNK.min(total - start);
+            let (images, names) = picture_batch(config.seed, first + start as u64, n, config.side);
+            let (mean, _) = encoder.moments(&images)?;
+            let x0 = scale_latent(&mean, vae)?;
+            x0.eval()?;
+            parts.push(x0);
+            captions.extend(names);
+            on_event(TrainEvent::Encoded {
+                done: start + n,
+                total,
+            });
+        }
+        let latents = mlx_rs::ops::concatenate(&parts, 0)?;
+        latents.eval()?;
+        Ok(Some(Self { latents, captions }))
+    }
+}
+
+/// Step `step`'s batch for the MMDiT: pictures drawn from the pool, their captions'
+/// embeddings (one in ten the empty prompt's), noise levels from a logit-normal distribution
+/// shifted by [`TrainDemoConfig::sigma_shift`] and the noise, all drawn from the step alone.
 fn flow_batch(
     config: &TrainDemoConfig,
     step: u64,
-    encoder: &crate::model::vae::VaeEncoder,
-    vae: &crate::model::config::VaeDecoderConfig,
+    pool: &LatentPool,
     captions: &mut CaptionCache,
     text: &Pipeline,
 ) -> MlxResult<FlowBatch> {
     let n = config.batch;
-    // The MMDiT's pictures follow the VAE's in the same sequence, from another offset.
-    let first = (1u64 << 40) + step * n as u64;
-    let (images, names) = picture_batch(config.seed, first, n, config.side);
-    let (mean, _) = encoder.moments(&images)?;
-    let x0 = scale_latent(&mean, vae)?;
+    let mut rng = crate::rng::NumpyRandomState::new(
+        (config.seed as u64 ^ step.wrapping_mul(0x9E37_79B9)) as u32,
+    );
+    let picks: Vec<usize> = (0..n)
+        .map(|_| (rng.next_f64() * pool.captions.len() as f64) as usize % pool.captions.len())
+        .collect();
+    let index: Vec<u32> = picks.iter().map(|&i| i as u32).collect();
+    let x0 = pool
+        .latents
+        .take_axis(Array::from_slice(&index, &[n as i32]), 0)?;
+    let names: Vec<&str> = picks.iter().map(|&i| pool.captions[i].as_str()).collect();
     let base = ((config.seed as u64) << 32) ^ (step * 3 + 1);
     let k = |i: u64| mlx_rs::random::key(base.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
     let drop = mlx_rs::random::uniform::<f32, f32>(0.0, 1.0, &[n as i32], &k(0)?)?;
@@ -525,7 +624,7 @@ fn flow_batch(
     let context = CaptionCache::full_context(&mlx_rs::ops::stack(&contexts, 0)?)?;
     let pooled = mlx_rs::ops::stack(&pooled, 0)?;
     let u = mlx_rs::random::normal::<f32>(&[n as i32], None, None, &k(1)?)?;
-    let sigma = mlx_rs::ops::sigmoid(&u)?;
+    let sigma = shift_sigmas(&mlx_rs::ops::sigmoid(&u)?, config.sigma_shift)?;
     let noise = mlx_rs::random::normal::<f32>(x0.shape(), None, None, &k(2)?)?;
     Ok(FlowBatch {
         x0,
@@ -534,6 +633,14 @@ fn flow_batch(
         sigma,
         noise,
     })
+}
+
+/// Noise levels `s` in (0, 1) shifted as SD3's sampler shifts its schedule:
+/// `k·s / (1 + (k − 1)·s)` (k = 1 leaves them as they are; k > 1 moves them towards 1).
+fn shift_sigmas(s: &Array, k: f32) -> MlxResult<Array> {
+    use crate::model::nn::scalar;
+    s.multiply(scalar(k))?
+        .divide(s.multiply(scalar(k - 1.0))?.add(scalar(1.0))?)
 }
 
 /// The frozen CLIPs' embeddings of each caption, computed once: the CLIP tokens' features
@@ -610,8 +717,16 @@ fn read_state(out: &Path, config: &TrainDemoConfig) -> Result<Option<State>, Tra
         return Err(TrainError::OtherRun {
             path,
             theirs: format!(
-                "seed {}, batch {}, side {}, learning rates {} and {}",
-                s.seed, s.batch, s.side, s.vae_learning_rate, s.mmdit_learning_rate
+                "seed {}, VAE batch {}, batch {}, side {}, learning rates {} and {}, latent pool \
+                 {}, sigma shift {}",
+                s.seed,
+                s.vae_batch,
+                s.batch,
+                s.side,
+                s.vae_learning_rate,
+                s.mmdit_learning_rate,
+                s.latent_pool,
+                s.sigma_shift
             ),
         });
     }
@@ -642,8 +757,8 @@ fn save_state(
         "{}context_embedder.weight",
         crate::model::weights::MMDIT_PREFIX
     );
-    let tiny = Preset::Tiny.config(None);
-    let clip_width = (tiny.clip_l.width + tiny.clip_g.width) as i32;
+    let demo = Preset::Demo.config(None);
+    let clip_width = (demo.clip_l.width + demo.clip_g.width) as i32;
     let mut trimmed = None;
     if let Some((_, w)) = tensors.iter().find(|(n, _)| *n == embedder) {
         let columns = w.shape()[1];
@@ -676,11 +791,12 @@ fn save_state(
     let readme = model_dir.join("README.txt");
     let text = format!(
         "SD3 Lab's demo model: the tiny SD3 architecture trained by `sd3lab model train-demo` \
-         (seed {}, VAE {} steps, MMDiT {} steps, batch {}, {}x{} pictures) on captioned \
-         pictures of shapes; CLIP-L/G are frozen random encoders behind OpenAI CLIP's own \
-         tokenizer.\n",
+         (seed {}, VAE {} steps of {} pictures, MMDiT {} steps of {}, {}x{} pictures) on \
+         captioned pictures of shapes; CLIP-L/G are frozen random encoders behind OpenAI CLIP's \
+         own tokenizer.\n",
         state.settings.seed,
         state.vae_done,
+        state.settings.vae_batch,
         state.mmdit_done,
         state.settings.batch,
         state.settings.side,
@@ -785,5 +901,29 @@ impl Adam {
         };
         self.set_moments(take("m")?, take("v")?, steps as i32);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifted_noise_levels_follow_the_samplers_schedule() {
+        let s = Array::from_slice(&[0.1f32, 0.5, 0.9], &[3]);
+        let same = shift_sigmas(&s, 1.0).unwrap();
+        same.eval().unwrap();
+        assert_eq!(same.as_slice::<f32>(), s.as_slice::<f32>());
+        // SD3's shift 3 maps 0.5 to 0.75, 0.1 to 0.25 and 0.9 to 27/28: towards 1, as
+        // the sampler's first steps are.
+        let shifted = shift_sigmas(&s, 3.0).unwrap();
+        shifted.eval().unwrap();
+        for (got, want) in shifted
+            .as_slice::<f32>()
+            .iter()
+            .zip([0.25f32, 0.75, 27.0 / 28.0])
+        {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
     }
 }

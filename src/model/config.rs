@@ -383,8 +383,14 @@ pub struct Sd3Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Preset {
-    /// A few MB, runs in seconds: for tests and the built-in demo.
+    /// A few MB, runs in seconds: for tests (random weights).
     Tiny,
+    /// The built-in demo model's architecture: the tiny preset with a VAE of 64 channels at
+    /// every level. GroupNorm's 32 groups over the tiny preset's 32 channels normalise each
+    /// channel on its own, which erases a flat region's colour (each channel's mean) before the
+    /// decoder's last convolution; with two channels a group, their difference carries it, and
+    /// the VAE learns the demo's flat pictures several times faster.
+    Demo,
     /// SD3-medium widths, reduced depth (default 4): for benchmarks.
     MediumShaped,
     /// SD3 medium as published (24 blocks, 2B MMDiT parameters).
@@ -395,6 +401,11 @@ impl Preset {
     /// The configuration; `depth` overrides the MMDiT depth.
     pub fn config(self, depth: Option<usize>) -> Sd3Config {
         let mut config = match self {
+            Self::Demo => {
+                let mut config = Self::Tiny.config(None);
+                config.vae.block_out_channels = vec![64; 4];
+                config
+            }
             Self::Sd3Medium => Sd3Config {
                 mmdit: MmditConfig::sd3_medium(),
                 clip_l: ClipConfig::clip_l(),
@@ -501,7 +512,12 @@ mod tests {
 
     #[test]
     fn every_preset_is_valid() {
-        for preset in [Preset::Tiny, Preset::MediumShaped, Preset::Sd3Medium] {
+        for preset in [
+            Preset::Tiny,
+            Preset::Demo,
+            Preset::MediumShaped,
+            Preset::Sd3Medium,
+        ] {
             let c = preset.config(None);
             assert_eq!(c.mmdit.validate(), Ok(()), "{preset:?}");
             assert_eq!(c.vae.validate(), Ok(()), "{preset:?}");

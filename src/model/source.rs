@@ -22,7 +22,7 @@ pub const HF_MMDIT_REPO: &str = "argmaxinc/mlx-stable-diffusion-3-medium";
 pub const HF_TEXT_REPO: &str = "argmaxinc/stable-diffusion";
 /// Version of the built-in tiny model (bump when it changes): the demo model trained by
 /// `sd3lab model train-demo` with its default settings.
-pub const TINY_VERSION: &str = "tiny-demo-1";
+pub const TINY_VERSION: &str = "tiny-demo-2";
 /// Seed of the random tiny model the app's tests use.
 pub const TINY_SEED: u64 = 20_240_612;
 /// The trained demo model's checkpoint (MMDiT and VAE encoder and decoder, float16, the
@@ -417,7 +417,7 @@ pub fn write_text_side(
 /// encoders of its training seed and OpenAI CLIP's tokenizer.
 pub fn write_demo_model_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let config = Preset::Tiny.config(None);
+    let config = Preset::Demo.config(None);
     write_text_side(dir, &config, DEMO_SEED, &super::tokenizer::clip_merges())?;
     crate::fsutil::write_atomic(&dir.join(CHECKPOINT_FILE), DEMO_CHECKPOINT)?;
     crate::fsutil::write_atomic(
