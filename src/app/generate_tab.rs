@@ -926,7 +926,7 @@ pub fn disk_status(o: &Options) -> DiskStatus {
 /// "about X on disk, Y free" for the options (queries the free space).
 pub fn disk_estimate(o: &Options) -> String {
     let preset = if o.model == "tiny" {
-        Preset::Tiny
+        Preset::Demo
     } else {
         Preset::Sd3Medium
     };
