@@ -790,15 +790,16 @@ fn save_state(
     write_arrays(&checkpoint, &model, Dtype::Float16).map_err(io(checkpoint.clone()))?;
     let readme = model_dir.join("README.txt");
     let text = format!(
-        "SD3 Lab's demo model: the tiny SD3 architecture trained by `sd3lab model train-demo` \
-         (seed {}, VAE {} steps of {} pictures, MMDiT {} steps of {}, {}x{} pictures) on \
-         captioned pictures of shapes; CLIP-L/G are frozen random encoders behind OpenAI CLIP's \
-         own tokenizer.\n",
+        "SD3 Lab's demo model: the demo SD3 architecture (the tiny preset with a 64-channel VAE) \
+         trained by `sd3lab model train-demo` (seed {}, VAE {} steps of {} pictures, MMDiT {} \
+         steps of {} with noise levels shifted by {}, {}x{} pictures) on captioned pictures of \
+         shapes; CLIP-L/G are frozen random encoders behind OpenAI CLIP's own tokenizer.\n",
         state.settings.seed,
         state.vae_done,
         state.settings.vae_batch,
         state.mmdit_done,
         state.settings.batch,
+        state.settings.sigma_shift,
         state.settings.side,
         state.settings.side
     );

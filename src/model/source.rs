@@ -422,9 +422,10 @@ pub fn write_demo_model_dir(dir: &Path) -> std::io::Result<()> {
     crate::fsutil::write_atomic(&dir.join(CHECKPOINT_FILE), DEMO_CHECKPOINT)?;
     crate::fsutil::write_atomic(
         &dir.join("README.txt"),
-        b"SD3 Lab's built-in demo model: the tiny SD3 architecture trained by `sd3lab model \
-          train-demo` (default settings, seed 0) on captioned 64x64 pictures of shapes; CLIP-L/G \
-          are frozen random encoders behind OpenAI CLIP's tokenizer.\n",
+        b"SD3 Lab's built-in demo model: the demo SD3 architecture (the tiny preset with a \
+          64-channel VAE) trained by `sd3lab model train-demo` (default settings, seed 0) on \
+          captioned 64x64 pictures of shapes; CLIP-L/G are frozen random encoders behind OpenAI \
+          CLIP's tokenizer.\n",
     )
 }
 
