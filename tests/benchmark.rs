@@ -540,14 +540,19 @@ fn metrics_are_recorded_per_configuration_against_the_reference_twins() {
     let results = json(&out.join("results.json"));
     let configs = results["configurations"].as_array().unwrap();
     let (fp32, w4) = (&configs[0]["metrics"], &configs[1]["metrics"]);
-    // The float images are their twins: FID 0 up to rounding (the square root of a rank-3
-    // covariance product in 2048 dimensions: about 1e-3 here), every pair identical.
-    assert!(fp32["fid"].as_f64().unwrap().abs() < 1e-2, "{fp32}");
+    // The float images are their twins: FID 0 up to rounding — the square root of a rank-3
+    // covariance product in 2048 dimensions, whose error grows with the features' scale (here
+    // a few 1e-2 against a w4 FID of about 250) — and every pair identical.
+    let (fid_fp32, fid_w4) = (fp32["fid"].as_f64().unwrap(), w4["fid"].as_f64().unwrap());
+    eprintln!("fp32 FID {fid_fp32}, w4 FID {fid_w4}");
+    assert!(
+        fid_w4 > 1.0 && fid_fp32.abs() < 1e-3 * fid_w4,
+        "fp32 FID {fid_fp32}, w4 FID {fid_w4}"
+    );
     assert_eq!(fp32["identical_pairs"], 4);
     assert_eq!(fp32["ssim_mean"], 1.0);
     assert!(fp32["psnr_mean"].is_null());
     // Quantized images differ from theirs.
-    assert!(w4["fid"].as_f64().unwrap() > fp32["fid"].as_f64().unwrap());
     assert_eq!(w4["identical_pairs"], 0);
     assert!(w4["ssim_mean"].as_f64().unwrap() < 1.0);
     assert!(w4["psnr_mean"].as_f64().unwrap().is_finite());

@@ -188,41 +188,28 @@ fn a_continued_run_equals_an_uninterrupted_one_and_its_model_generates() {
         err.contains("MMDiT phase was started with --mmdit-steps 8"),
         "{err}"
     );
-    // A side whose latent cannot be cut into 2×2 patches is refused before any training.
-    let o = common::sd3lab_command(
-        &cache,
-        &[
-            "model",
-            "train-demo",
-            "--output",
-            &root.path().join("odd").display().to_string(),
-            "--side",
-            "24",
-        ],
-    )
-    .output()
-    .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("side 24"), "{err}");
-    assert!(!root.path().join("odd/model").exists());
-    // So is a noise-level shift that is not above 0.
-    let o = common::sd3lab_command(
-        &cache,
-        &[
-            "model",
-            "train-demo",
-            "--output",
-            &root.path().join("unshiftable").display().to_string(),
-            "--sigma-shift",
-            "0",
-        ],
-    )
-    .output()
-    .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("sigma shift 0"),
-        "{err}"
-    );
-    assert!(!root.path().join("unshiftable/model").exists());
+    // Settings the trainer cannot use are refused before any training, naming the value: a
+    // side whose latent cannot be cut into 2×2 patches, a noise-level shift not above 0.
+    for (folder, flag, value, named) in [
+        ("odd", "--side", "24", "side 24"),
+        ("unshiftable", "--sigma-shift", "0", "sigma shift 0"),
+    ] {
+        let out = root.path().join(folder);
+        let o = common::sd3lab_command(
+            &cache,
+            &[
+                "model",
+                "train-demo",
+                "--output",
+                &out.display().to_string(),
+                flag,
+                value,
+            ],
+        )
+        .output()
+        .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(named), "{err}");
+        assert!(!out.join("model").exists(), "{folder}");
+    }
 }
