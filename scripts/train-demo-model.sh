@@ -5,7 +5,7 @@
 # the trained checkpoint replaces the shipped one (then rebuild: the binary embeds it, and bump
 # TINY_VERSION in src/model/source.rs so caches take the new model).
 # The same machine and MLX build give the same bytes; another CPU or BLAS may round differently.
-# Usage: scripts/train-demo-model.sh [--install]   (about 50 minutes on 2 CPU cores)
+# Usage: scripts/train-demo-model.sh [--install]   (about 47 minutes on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=target/release/sd3lab

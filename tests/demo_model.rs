@@ -1,8 +1,8 @@
 //! The built-in `tiny` model is the trained demo model, and it draws: on held-out captions
 //! (combinations of shape, colour and background it never saw) at 28 steps and CFG 4, the
 //! pixel judge finds the colours, place and size right in at least 80 % of its pictures
-//! (issue 20's criterion); 8-bit weights keep that score, 2-bit weights lose it; its VAE alone reconstructs
-//! held-out pictures the judge recognises, a random one does not. Everything goes through the
+//! (issue 20's criterion); 8-bit weights keep that score, 2-bit weights lose it; its VAE alone
+//! reconstructs held-out pictures the judge recognises, a random one does not. Everything goes through the
 //! CLI a user runs (`model shapes`, `benchmark`, `model judge`, `model judge-vae`).
 
 mod common;

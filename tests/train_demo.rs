@@ -1,9 +1,10 @@
 //! `sd3lab model train-demo` on a few steps: a run stopped by Ctrl-C in each phase and continued
 //! (once with the JSON older than the tensors, as a crash between the two leaves it) writes the same
 //! files, byte for byte, as one uninterrupted run; the trained folder is a model `generate`
-//! loads; other settings, fewer steps than done, more VAE steps after the MMDiT phase started,
-//! another length for a started phase, a side the MMDiT cannot patch and a noise-level shift
-//! not above 0 are refused.
+//! loads; other settings (batches, latent pool, noise-level shift), a folder of the previous
+//! recipe's schema, fewer steps than done, more VAE steps after the MMDiT phase started, another
+//! length for a started phase, a side the MMDiT cannot patch and a noise-level shift not above 0
+//! are refused.
 
 mod common;
 
@@ -173,6 +174,46 @@ fn a_continued_run_equals_an_uninterrupted_one_and_its_model_generates() {
     let err = refused(8, 8, 3);
     assert!(
         err.contains("train-state.json") && err.contains("other settings"),
+        "{err}"
+    );
+    // Every setting of the run is part of it: another latent pool, VAE batch or noise-level
+    // shift is refused as well, naming the run's own.
+    for (flag, value, theirs) in [
+        ("--latent-pool", "25", "latent pool 24"),
+        ("--vae-batch", "3", "VAE batch 2"),
+        ("--sigma-shift", "2", "sigma shift 3"),
+    ] {
+        let base = train_command(&cache, &whole, 8, 8, 2);
+        let mut args: Vec<String> = base
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        match args.iter().position(|a| a == flag) {
+            Some(i) => args[i + 1] = value.into(),
+            None => args.extend([flag.into(), value.into()]),
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = common::sd3lab_command(&cache, &args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("other settings") && err.contains(theirs),
+            "{flag} {value}: {err}"
+        );
+    }
+    // A folder of another recipe's schema is refused by its schema (its settings differ).
+    let old = root.path().join("old-recipe");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(
+        old.join("train-state.json"),
+        r#"{"schema": "sd3lab.train-demo/1", "settings": {"seed": 0, "vae_steps": 8,
+            "mmdit_steps": 8, "batch": 2, "side": 32, "vae_learning_rate": 0.001,
+            "mmdit_learning_rate": 0.0005}, "vae_done": 8, "mmdit_done": 8}"#,
+    )
+    .unwrap();
+    let o = train(&cache, &old, 8, 8, 2);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("schema sd3lab.train-demo/1 is not"),
         "{err}"
     );
     let err = refused(7, 8, 2);

@@ -202,11 +202,7 @@ pub struct TrainDemoArgs {
     side: usize,
     /// Training pictures the frozen VAE encodes once for the MMDiT phase (its batches are drawn
     /// from them).
-    #[arg(
-        long,
-        default_value_t = TrainDemoConfig::new(PathBuf::new()).latent_pool,
-        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
-    )]
+    #[arg(long, default_value_t = TrainDemoConfig::new(PathBuf::new()).latent_pool)]
     latent_pool: usize,
     /// Shift of the MMDiT's training noise levels, as SD3's sampler shifts its schedule:
     /// σ = k·s/(1 + (k − 1)·s) with s logit-normal (1: no shift).

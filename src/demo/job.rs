@@ -45,6 +45,10 @@ const MMDIT_DONE: &str = "state.mmdit_done";
 /// Where in the training pictures' sequence the pictures that set the latent scale start
 /// (apart from the VAE's and the MMDiT's batches).
 const LATENT_SCALE_PICTURES: u64 = 1 << 41;
+/// Where the MMDiT phase's latent pool starts in the pictures' sequence (after the VAE's).
+const POOL_PICTURES: u64 = 1 << 40;
+/// The largest latent pool (256 MB of latents at 64×64, 4 GB at 256×256).
+const MAX_LATENT_POOL: usize = 1 << 16;
 
 /// The trained model's folder inside the output.
 pub const MODEL_DIR: &str = "model";
@@ -182,7 +186,7 @@ pub enum TrainError {
     Mlx(#[from] mlx_rs::error::Exception),
     #[error(
         "batch {batch}, VAE batch {vae_batch}, side {side}, latent pool {pool}, sigma shift \
-         {shift}: the batches and the pool must be at least 1, the side a multiple of 16 from 16 \
+         {shift}: the batches must be at least 1, the pool from 1 to 65,536, the side a multiple of 16 from 16 \
          to 256 (the latent, an eighth of it, is cut into 2×2 patches) and the shift a number \
          above 0"
     )]
@@ -236,7 +240,7 @@ pub fn run_train_demo(
 ) -> Result<TrainSummary, TrainError> {
     if config.batch == 0
         || config.vae_batch == 0
-        || config.latent_pool == 0
+        || !(1..=MAX_LATENT_POOL).contains(&config.latent_pool)
         || !config.side.is_multiple_of(16)
         || !(16..=256).contains(&config.side)
         || !(config.sigma_shift.is_finite() && config.sigma_shift > 0.0)
@@ -563,7 +567,7 @@ impl LatentPool {
         on_event: &mut dyn FnMut(TrainEvent),
     ) -> MlxResult<Option<Self>> {
         let total = config.latent_pool;
-        let first = 1u64 << 40;
+        let first = POOL_PICTURES;
         let (mut parts, mut captions) = (Vec::new(), Vec::with_capacity(total));
         on_event(TrainEvent::Encoded { done: 0, total });
         for start in (0..total).step_by(Self::CHUNK) {
@@ -624,7 +628,8 @@ fn flow_batch(
     let context = CaptionCache::full_context(&mlx_rs::ops::stack(&contexts, 0)?)?;
     let pooled = mlx_rs::ops::stack(&pooled, 0)?;
     let u = mlx_rs::random::normal::<f32>(&[n as i32], None, None, &k(1)?)?;
-    let sigma = shift_sigmas(&mlx_rs::ops::sigmoid(&u)?, config.sigma_shift)?;
+    let sigma =
+        crate::model::sampler::shift_sigmas(&mlx_rs::ops::sigmoid(&u)?, config.sigma_shift)?;
     let noise = mlx_rs::random::normal::<f32>(x0.shape(), None, None, &k(2)?)?;
     Ok(FlowBatch {
         x0,
@@ -633,14 +638,6 @@ fn flow_batch(
         sigma,
         noise,
     })
-}
-
-/// Noise levels `s` in (0, 1) shifted as SD3's sampler shifts its schedule:
-/// `k·s / (1 + (k − 1)·s)` (k = 1 leaves them as they are; k > 1 moves them towards 1).
-fn shift_sigmas(s: &Array, k: f32) -> MlxResult<Array> {
-    use crate::model::nn::scalar;
-    s.multiply(scalar(k))?
-        .divide(s.multiply(scalar(k - 1.0))?.add(scalar(1.0))?)
 }
 
 /// The frozen CLIPs' embeddings of each caption, computed once: the CLIP tokens' features
@@ -702,16 +699,25 @@ fn read_state(out: &Path, config: &TrainDemoConfig) -> Result<Option<State>, Tra
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(TrainError::Io { path, source }),
     };
-    let state: State = serde_json::from_str(&text).map_err(|e| TrainError::State {
+    let not_a_state = |e: serde_json::Error| TrainError::State {
         path: path.clone(),
         reason: format!("not a training state: {e}"),
-    })?;
-    if state.schema != STATE_SCHEMA {
+    };
+    // The schema first: another schema's settings have other fields.
+    #[derive(Deserialize)]
+    struct Schema {
+        schema: String,
+    }
+    let Schema { schema } = serde_json::from_str(&text).map_err(not_a_state)?;
+    if schema != STATE_SCHEMA {
         return Err(TrainError::State {
             path,
-            reason: format!("schema {} is not {STATE_SCHEMA}", state.schema),
+            reason: format!(
+                "schema {schema} is not {STATE_SCHEMA} (a run of another sd3lab version's recipe)"
+            ),
         });
     }
+    let state: State = serde_json::from_str(&text).map_err(not_a_state)?;
     if !state.settings.same_run(config) {
         let s = &state.settings;
         return Err(TrainError::OtherRun {
@@ -902,29 +908,5 @@ impl Adam {
         };
         self.set_moments(take("m")?, take("v")?, steps as i32);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shifted_noise_levels_follow_the_samplers_schedule() {
-        let s = Array::from_slice(&[0.1f32, 0.5, 0.9], &[3]);
-        let same = shift_sigmas(&s, 1.0).unwrap();
-        same.eval().unwrap();
-        assert_eq!(same.as_slice::<f32>(), s.as_slice::<f32>());
-        // SD3's shift 3 maps 0.5 to 0.75, 0.1 to 0.25 and 0.9 to 27/28: towards 1, as
-        // the sampler's first steps are.
-        let shifted = shift_sigmas(&s, 3.0).unwrap();
-        shifted.eval().unwrap();
-        for (got, want) in shifted
-            .as_slice::<f32>()
-            .iter()
-            .zip([0.25f32, 0.75, 27.0 / 28.0])
-        {
-            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
-        }
     }
 }

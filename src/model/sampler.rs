@@ -13,10 +13,16 @@ use crate::rng::NumpyRandomState;
 pub const SHIFT: f32 = 3.0;
 
 fn sigma_of(t: &Array) -> MlxResult<Array> {
-    let t = t.divide(scalar(1000.0))?;
-    scalar(SHIFT)
-        .multiply(&t)?
-        .divide(scalar(1.0).add(scalar(SHIFT - 1.0).multiply(&t)?)?)
+    shift_sigmas(&t.divide(scalar(1000.0))?, SHIFT)
+}
+
+/// Noise levels `s` in [0, 1] shifted as SD3 shifts its schedule: `k·s / (1 + (k − 1)·s)`
+/// (k = 1 leaves them; k > 1 moves them towards 1). The sampler's schedule with k = [`SHIFT`],
+/// and the demo trainer's noise levels.
+pub fn shift_sigmas(s: &Array, k: f32) -> MlxResult<Array> {
+    scalar(k)
+        .multiply(s)?
+        .divide(scalar(1.0).add(scalar(k - 1.0).multiply(s)?)?)
 }
 
 /// The `num_steps + 1` sigmas (the last one 0), float32.
@@ -117,5 +123,20 @@ mod tests {
         // sigma_min = sigma(1) = 0.0029940…
         let table = sigma_of(&Array::from_f32(1.0)).unwrap().item_exact::<f32>();
         assert!((table - 0.002_994_0).abs() < 1e-7);
+    }
+
+    #[test]
+    fn shifting_moves_noise_levels_towards_one_and_a_shift_of_one_keeps_them() {
+        let s = Array::from_slice(&[0.0f32, 0.1, 0.5, 0.9, 1.0], &[5]);
+        let same = shift_sigmas(&s, 1.0).unwrap();
+        same.eval().unwrap();
+        assert_eq!(same.as_slice::<f32>(), s.as_slice::<f32>());
+        // SD3's shift 3: 0.1 → 0.25, 0.5 → 0.75, 0.9 → 27/28, the ends kept.
+        let shifted = shift_sigmas(&s, SHIFT).unwrap();
+        shifted.eval().unwrap();
+        let want = [0.0f32, 0.25, 0.75, 27.0 / 28.0, 1.0];
+        for (got, want) in shifted.as_slice::<f32>().iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
     }
 }
