@@ -238,13 +238,14 @@ pub fn run_train_demo(
     cancel: &CancelToken,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainSummary, TrainError> {
-    if config.batch == 0
-        || config.vae_batch == 0
-        || !(1..=MAX_LATENT_POOL).contains(&config.latent_pool)
-        || !config.side.is_multiple_of(16)
-        || !(16..=256).contains(&config.side)
-        || !(config.sigma_shift.is_finite() && config.sigma_shift > 0.0)
-    {
+    let usable = config.batch > 0
+        && config.vae_batch > 0
+        && (1..=MAX_LATENT_POOL).contains(&config.latent_pool)
+        && config.side.is_multiple_of(16)
+        && (16..=256).contains(&config.side)
+        && config.sigma_shift.is_finite()
+        && config.sigma_shift > 0.0;
+    if !usable {
         return Err(TrainError::Settings {
             batch: config.batch,
             vae_batch: config.vae_batch,
