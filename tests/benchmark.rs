@@ -544,7 +544,6 @@ fn metrics_are_recorded_per_configuration_against_the_reference_twins() {
     // covariance product in 2048 dimensions, whose error grows with the features' scale (here
     // a few 1e-2 against a w4 FID of about 250) — and every pair identical.
     let (fid_fp32, fid_w4) = (fp32["fid"].as_f64().unwrap(), w4["fid"].as_f64().unwrap());
-    eprintln!("fp32 FID {fid_fp32}, w4 FID {fid_w4}");
     assert!(
         fid_w4 > 1.0 && fid_fp32.abs() < 1e-3 * fid_w4,
         "fp32 FID {fid_fp32}, w4 FID {fid_w4}"

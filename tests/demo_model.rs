@@ -2,8 +2,8 @@
 //! (combinations of shape, colour and background it never saw) at 28 steps and CFG 4, the
 //! pixel judge finds the colours, place and size right in at least 80 % of its pictures
 //! (issue 20's criterion); 8-bit weights keep that score, 2-bit weights lose it; its VAE alone
-//! reconstructs held-out pictures the judge recognises, a random one does not. Everything goes through the
-//! CLI a user runs (`model shapes`, `benchmark`, `model judge`, `model judge-vae`).
+//! reconstructs held-out pictures the judge recognises, a random one does not. Everything goes
+//! through the CLI a user runs (`model shapes`, `benchmark`, `model judge`, `model judge-vae`).
 
 mod common;
 

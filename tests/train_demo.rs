@@ -142,18 +142,18 @@ fn a_continued_run_equals_an_uninterrupted_one_and_its_model_generates() {
     )
     .output()
     .unwrap());
-    let values = |path: &Path, key: &str| -> Vec<f32> {
-        let tensors = sd3lab::model::weights::load_safetensors(path).unwrap();
+    let load = |path: &Path| sd3lab::model::weights::load_safetensors(path).unwrap();
+    let values = |tensors: &std::collections::HashMap<String, mlx_rs::Array>, key: &str| {
         let t = tensors[key].as_dtype(mlx_rs::Dtype::Float32).unwrap();
         t.eval().unwrap();
         t.as_slice::<f32>().to_vec()
     };
-    let trained = whole.join("model/sd3_medium.safetensors");
-    let conv_out = "first_stage_model.decoder.conv_out.weight";
-    let (before, after) = (
-        values(&init.join("sd3_medium.safetensors"), conv_out),
-        values(&trained, conv_out),
+    let (initial, trained) = (
+        load(&init.join("sd3_medium.safetensors")),
+        load(&whole.join("model/sd3_medium.safetensors")),
     );
+    let conv_out = "first_stage_model.decoder.conv_out.weight";
+    let (before, after) = (values(&initial, conv_out), values(&trained, conv_out));
     let moved = before
         .iter()
         .zip(&after)

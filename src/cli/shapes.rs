@@ -245,30 +245,28 @@ pub fn train_demo(args: &TrainDemoArgs) -> anyhow::Result<ExitCode> {
             bar.println(line);
         }
     };
+    // A new stage (the pool's encoding, a phase): the bar starts over, drawn from now on.
+    let restart_bar =
+        |prefix: &'static str, length: usize, position: usize, message: &'static str| {
+            bar.finish_and_clear();
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar.reset();
+            bar.set_prefix(prefix);
+            bar.set_message(message);
+            bar.set_length(length as u64);
+            bar.set_position(position as u64);
+        };
     // Losses since the last checkpoint, for a line at each.
     let since_saved = std::cell::Cell::new((0.0f64, 0usize));
     let mut on_event = |e: TrainEvent| match e {
         TrainEvent::Encoded { done: 0, total } => {
-            bar.finish_and_clear();
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            bar.reset();
-            bar.set_prefix("latents");
-            bar.set_length(total as u64);
-            bar.set_message("encoding the MMDiT's pictures");
+            restart_bar("latents", total, 0, "encoding the MMDiT's pictures");
             say(format!(
                 "encoding {total} pictures with the trained VAE for the MMDiT phase"
             ));
         }
         TrainEvent::Encoded { done, .. } => bar.set_position(done as u64),
-        TrainEvent::Phase { phase, steps, done } => {
-            bar.finish_and_clear();
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            bar.reset();
-            bar.set_prefix(phase.name());
-            bar.set_message("");
-            bar.set_length(steps as u64);
-            bar.set_position(done as u64);
-        }
+        TrainEvent::Phase { phase, steps, done } => restart_bar(phase.name(), steps, done, ""),
         TrainEvent::Step { done, loss, .. } => {
             let (sum, n) = since_saved.get();
             since_saved.set((sum + loss as f64, n + 1));

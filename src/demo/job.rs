@@ -186,9 +186,9 @@ pub enum TrainError {
     Mlx(#[from] mlx_rs::error::Exception),
     #[error(
         "batch {batch}, VAE batch {vae_batch}, side {side}, latent pool {pool}, sigma shift \
-         {shift}: the batches must be at least 1, the pool from 1 to 65,536, the side a multiple of 16 from 16 \
-         to 256 (the latent, an eighth of it, is cut into 2×2 patches) and the shift a number \
-         above 0"
+         {shift}: the batches must be at least 1, the pool from 1 to 65,536, the side a multiple \
+         of 16 from 16 to 256 (the latent, an eighth of it, is cut into 2×2 patches) and the \
+         shift a number above 0"
     )]
     Settings {
         batch: usize,
@@ -568,7 +568,6 @@ impl LatentPool {
         on_event: &mut dyn FnMut(TrainEvent),
     ) -> MlxResult<Option<Self>> {
         let total = config.latent_pool;
-        let first = POOL_PICTURES;
         let (mut parts, mut captions) = (Vec::new(), Vec::with_capacity(total));
         on_event(TrainEvent::Encoded { done: 0, total });
         for start in (0..total).step_by(Self::CHUNK) {
@@ -576,7 +575,8 @@ impl LatentPool {
                 return Ok(None);
             }
             let n = Self::CHUNK.min(total - start);
-            let (images, names) = picture_batch(config.seed, first + start as u64, n, config.side);
+            let (images, names) =
+                picture_batch(config.seed, POOL_PICTURES + start as u64, n, config.side);
             let (mean, _) = encoder.moments(&images)?;
             let x0 = scale_latent(&mean, vae)?;
             x0.eval()?;
