@@ -238,7 +238,11 @@ fn resize_equals_torch_fidelitys_tf1_interpolation() {
 #[test]
 fn features_and_logits_equal_torch_fidelitys() {
     let model = InceptionV3::load(weights_path()).expect("load the synthetic weights");
-    for folder in ["a", "b"] {
+    // On x86 the network runs on the CPU kernels (`metrics::inception_cpu`); MLX's own
+    // operations, which Metal runs, are checked too.
+    assert!(sd3lab::metrics::inception_cpu::available());
+    for (path, folder) in [("CPU kernels", "a"), ("CPU kernels", "b"), ("MLX", "a")] {
+        let _plain = (path == "MLX").then(sd3lab::model::cpu_kernels::PlainMlx::enter);
         let files = list_images(&fixtures().join("images").join(folder)).expect("list");
         let mut progress = Vec::new();
         let got = extract_features(&files, &model, 7, &CancelToken::new(), &mut |d, t| {
@@ -272,13 +276,14 @@ fn features_and_logits_equal_torch_fidelitys() {
         ] {
             let (scaled, l2) = compare(ours, theirs, cols);
             eprintln!(
-                "folder {folder} {what}: max|diff|/max|value| {scaled:e}, relative L2 {l2:e}"
+                "{path}, folder {folder} {what}: max|diff|/max|value| {scaled:e}, relative L2 \
+                 {l2:e}"
             );
             assert!(
                 scaled <= SCALED_TOL,
-                "{folder} {what}: max|diff|/max|value| {scaled}"
+                "{path}, {folder} {what}: max|diff|/max|value| {scaled}"
             );
-            assert!(l2 <= L2_TOL, "{folder} {what}: relative L2 {l2}");
+            assert!(l2 <= L2_TOL, "{path}, {folder} {what}: relative L2 {l2}");
         }
     }
 }

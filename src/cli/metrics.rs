@@ -11,7 +11,6 @@ use clap::{Args, Subcommand};
 use sd3lab::metrics::compute::{Input, MetricsConfig, MetricsError, MetricsEvent, MetricsResult};
 use sd3lab::metrics::fidelity::{DEFAULT_IS_SPLITS, DEFAULT_KID_SUBSETS};
 use sd3lab::metrics::images::list_images;
-use sd3lab::metrics::inception::DEFAULT_BATCH_SIZE;
 use sd3lab::metrics::weights::{
     ALEXNET, FetchEvent, INCEPTION, LPIPS_ALEX_LIN, WeightsError, converted_path,
     fetch_inception_weights, fetch_lpips_weights,
@@ -53,8 +52,9 @@ pub struct MetricsArgs {
     /// (default: the user cache, filled by `sd3lab metrics weights --fetch`).
     #[arg(long)]
     inception_weights: Option<PathBuf>,
-    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
-    batch_size: usize,
+    /// Images per Inception batch (default: 4 on the CPU, 16 on the GPU).
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Do not read or write the feature cache beside input2.
     #[arg(long)]
     no_cache: bool,

@@ -35,7 +35,9 @@ pub struct MetricsConfig {
     pub inception_weights: Option<PathBuf>,
     /// Where fetched and converted weights live (`model::source::cache_dir()` for users).
     pub cache_dir: PathBuf,
-    pub batch_size: usize,
+    /// Images per Inception batch; `None`: [`super::inception::default_batch_size`] for the
+    /// device the job runs on.
+    pub batch_size: Option<usize>,
     /// Cache the second input's features beside it (a reference set computed once).
     pub cache_second: bool,
 }
@@ -52,7 +54,7 @@ impl Default for MetricsConfig {
             kid_subset_size: None,
             inception_weights: None,
             cache_dir: crate::model::source::cache_dir(),
-            batch_size: super::inception::DEFAULT_BATCH_SIZE,
+            batch_size: None,
             cache_second: true,
         }
     }
@@ -277,6 +279,9 @@ impl Scorer {
         let Some((model, _)) = &self.inception else {
             return Ok(result);
         };
+        let batch_size = cfg
+            .batch_size
+            .unwrap_or_else(super::inception::default_batch_size);
         let features = |input: usize,
                         inp: Input,
                         on_event: &mut dyn FnMut(MetricsEvent),
@@ -289,7 +294,7 @@ impl Scorer {
                         dir,
                         inp.files,
                         model,
-                        cfg.batch_size,
+                        batch_size,
                         cancel,
                         &mut progress,
                     )?;
@@ -305,7 +310,7 @@ impl Scorer {
                     }
                     e
                 }
-                _ => extract_features(inp.files, model, cfg.batch_size, cancel, &mut progress)?,
+                _ => extract_features(inp.files, model, batch_size, cancel, &mut progress)?,
             };
             Ok::<_, MetricsError>((
                 Features::new(extracted.n, FEATURES_DIM, extracted.features)?,

@@ -23,10 +23,15 @@ use super::nn::MlxResult;
 /// Below this many elements the work is done on the calling thread.
 const PARALLEL_MIN: usize = 1 << 16;
 
-/// Whether these kernels apply to `x`: an x86-64 machine whose default MLX device is the CPU,
-/// `x` is float32, and they are not switched off with `SD3LAB_CPU_KERNELS=0` (for comparisons
-/// with plain MLX).
+/// Whether these kernels apply to `x`: [`active`] on this thread, and `x` is float32.
 pub fn applies(x: &Array) -> bool {
+    active() && x.dtype() == Dtype::Float32
+}
+
+/// Whether the CPU kernels are on for this thread: an x86-64 machine whose default MLX device
+/// is the CPU, they are not switched off with `SD3LAB_CPU_KERNELS=0` (for comparisons with plain
+/// MLX), and no [`PlainMlx`] guard is alive.
+pub fn active() -> bool {
     use std::sync::OnceLock;
     if PLAIN_MLX.with(|d| d.get() > 0) {
         return false;
@@ -35,15 +40,14 @@ pub fn applies(x: &Array) -> bool {
     // The default device is set once at start-up and never changed after. On ARM, MLX's CPU
     // code is NEON-vectorised already (and sums in vector lanes, an order these kernels do not
     // reproduce), so they are for x86 only.
-    let active = *ACTIVE.get_or_init(|| {
+    *ACTIVE.get_or_init(|| {
         cfg!(target_arch = "x86_64")
             && std::env::var("SD3LAB_CPU_KERNELS").map_or(true, |v| v != "0")
             && matches!(
                 mlx_rs::Device::try_default().and_then(|d| d.get_type()),
                 Ok(mlx_rs::DeviceType::Cpu)
             )
-    });
-    active && x.dtype() == Dtype::Float32
+    })
 }
 
 thread_local! {
@@ -156,7 +160,9 @@ fn map_elementwise(
     Ok(array_from_vec(out, x.shape()))
 }
 
-/// Wraps `data` as an MLX float32 array without copying; MLX frees it through `drop_vec`.
+/// Wraps `data` as an MLX float32 array. MLX's CPU allocator cannot adopt a foreign buffer
+/// (its `make_buffer` returns none), so MLX copies the values into a buffer of its own and
+/// frees the vector at once through `drop_vec`; on Metal the buffer would be adopted.
 fn array_from_vec(data: Vec<f32>, shape: &[i32]) -> Array {
     let mut boxed = Box::new(data);
     let ptr = boxed.as_mut_ptr() as *mut c_void;
@@ -180,7 +186,7 @@ fn array_from_vec(data: Vec<f32>, shape: &[i32]) -> Array {
 }
 
 /// How many pieces to split `len` elements into: one per core, or one below `PARALLEL_MIN`.
-fn pieces_for(len: usize) -> usize {
+pub(crate) fn pieces_for(len: usize) -> usize {
     if len < PARALLEL_MIN {
         return 1;
     }
@@ -188,7 +194,7 @@ fn pieces_for(len: usize) -> usize {
 }
 
 /// Runs `work` on every piece, the first on the calling thread and the others on their own.
-fn run_pieces<T: Send>(pieces: impl Iterator<Item = T>, work: impl Fn(T) + Sync) {
+pub(crate) fn run_pieces<T: Send>(pieces: impl Iterator<Item = T>, work: impl Fn(T) + Sync) {
     std::thread::scope(|s| {
         let mut pieces = pieces;
         let first = pieces.next();

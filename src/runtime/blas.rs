@@ -144,7 +144,8 @@ pub fn best_core_for_cpu() -> Option<&'static str> {
     None
 }
 
-type CblasSgemm = extern "C" fn(
+/// The CBLAS `sgemm` signature (32-bit integers, as Debian's OpenBLAS and MLX use).
+pub type CblasSgemm = extern "C" fn(
     c_int,
     c_int,
     c_int,
@@ -160,6 +161,15 @@ type CblasSgemm = extern "C" fn(
     *mut f32,
     c_int,
 );
+
+/// The `cblas_sgemm` MLX's CPU backend calls (OpenBLAS on Linux), for kernels that multiply
+/// matrices outside MLX's graph; `None` where the process has none.
+pub fn cblas_sgemm() -> Option<CblasSgemm> {
+    static SGEMM: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let ptr = (*SGEMM.get_or_init(|| global_symbol("cblas_sgemm").map(|p| p as usize)))?;
+    // SAFETY: the symbol is the standard CBLAS sgemm, whose signature `CblasSgemm` spells out.
+    Some(unsafe { std::mem::transmute::<usize, CblasSgemm>(ptr) })
+}
 
 /// Runs the process's `cblas_sgemm` on a deterministic product and returns the largest
 /// error relative to a float64 reference, scaled by the row norms. `None`: no cblas_sgemm.
