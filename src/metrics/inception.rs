@@ -896,18 +896,31 @@ pub fn extract_features(
         features: Vec::with_capacity(files.len() * FEATURES_DIM),
         logits: Vec::with_capacity(files.len() * LOGITS_DIM),
     };
-    for chunk in files.chunks(batch_size) {
-        if cancel.is_cancelled() {
-            return Err(InceptionError::Cancelled);
+    // The next batch is decoded on a helper thread (plain Rust, no MLX) while the network
+    // runs on this one.
+    std::thread::scope(|s| {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        s.spawn(move || {
+            for chunk in files.chunks(batch_size) {
+                // A closed channel: the run ended (an error or a cancellation).
+                if tx.send(load_batch(chunk)).is_err() {
+                    break;
+                }
+            }
+        });
+        for batch in rx {
+            if cancel.is_cancelled() {
+                return Err(InceptionError::Cancelled);
+            }
+            let batch = batch?;
+            let (f, l) = model.run_batch(&batch)?;
+            out.features.extend(f);
+            out.logits.extend(l);
+            out.n += batch.n;
+            on_progress(out.n, files.len());
         }
-        let batch = load_batch(chunk)?;
-        let (f, l) = model.run_batch(&batch)?;
-        out.features.extend(f);
-        out.logits.extend(l);
-        out.n += batch.n;
-        on_progress(out.n, files.len());
-    }
-    Ok(out)
+        Ok(out)
+    })
 }
 
 // ---- synthetic weights ----------------------------------------------------------------------
