@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Image-quality metrics figures for docs/FIGURES.md, side by side in one run, same images:
-#   - Inception-v3 feature extraction of 150 images of 512×512: sd3lab (MLX on the CPU) against
-#     torch-fidelity 0.4.0 (PyTorch on the CPU), both with the same synthetic weights
-#     (`sd3lab metrics weights --synthetic`, saved as a .pth for torch-fidelity), and their IS
-#     from those features (a check that both computed the same thing);
+#   - Inception-v3 feature extraction of 150 images of 512×512: sd3lab on the CPU (its x86 CPU
+#     kernels, with OpenBLAS's kernels as the environment sets them and, if OPENBLAS_CORETYPE is
+#     set, as sd3lab picks them; and MLX's own operations) against torch-fidelity 0.4.0
+#     (PyTorch on the CPU), ROUNDS (default 2) alternating rounds, all with the same synthetic
+#     weights (`sd3lab metrics weights --synthetic`, saved as a .pth for torch-fidelity), and
+#     their IS from those features (a check that all computed the same thing);
 #   - FID between two such sets: sd3lab (faer eigenvalues, f64) against torch-fidelity's
 #     fid_statistics_to_metric (numpy eigvals), on the same features.
 # Needs the PyTorch environment of scripts/metrics-fixtures.sh (~6 GB; not needed by the tests).
@@ -44,23 +46,51 @@ for folder in "ab":
         img.save(f"{work}/{folder}/{i:03d}.png")
 PY
 echo "threads: sd3lab = MLX + OpenBLAS on all cores; torch $("$venv/bin/python" -c 'import torch; print(torch.get_num_threads())') threads"
-ours=$("$bin" metrics --input1 "$work/a" --input2 "$work/b" --fid --isc --no-cache \
-  --inception-weights "$work/inception.safetensors" --json)
-"$venv/bin/python" - "$work" "$ours" <<'PY'
+# sd3lab's variants, each a JSON line "label<TAB>json": its CPU kernels with OpenBLAS's kernels
+# as this environment sets them; if OPENBLAS_CORETYPE is set, also as sd3lab picks them on a
+# user's machine (the variable unset); and MLX's own operations (SD3LAB_CPU_KERNELS=0).
+core() { "$@" "$bin" doctor --seconds 0.1 2>/dev/null | sed -n 's/^  kernels *\([^:]*\):.*/\1/p'; }
+ours() { # label, env command..., then metrics flags after --
+  local label=$1; shift; local envcmd=(); while [ "$1" != -- ]; do envcmd+=("$1"); shift; done; shift
+  printf '%s\t%s\n' "$label" "$("${envcmd[@]}" "$bin" metrics --input1 "$work/a" --no-cache \
+    --inception-weights "$work/inception.safetensors" --json "$@" | tr -d '\n')"
+}
+rounds=${ROUNDS:-2}
+results=$work/ours.tsv; : > "$results"
+for r in $(seq "$rounds"); do
+  ours "CPU kernels, OpenBLAS $(core env)" env -- --isc --input2 "$work/b" --fid >> "$results"
+  if [ -n "${OPENBLAS_CORETYPE:-}" ]; then
+    ours "CPU kernels, OpenBLAS $(core env -u OPENBLAS_CORETYPE) (sd3lab's choice; OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE unset)" \
+      env -u OPENBLAS_CORETYPE -- --isc >> "$results"
+  fi
+  ours "MLX's operations (SD3LAB_CPU_KERNELS=0), OpenBLAS $(core env)" env SD3LAB_CPU_KERNELS=0 -- --isc >> "$results"
+  "$venv/bin/python" - "$work" >> "$results" <<'PY'
 import json, sys, time
-import numpy as np
 import torch_fidelity
-from torch_fidelity.metric_fid import fid_statistics_to_metric
-work, ours = sys.argv[1], json.loads(sys.argv[2])
+work = sys.argv[1]
 t = time.perf_counter()
 r = torch_fidelity.calculate_metrics(input1=f"{work}/a", isc=True, cuda=False, cache=False, verbose=False,
                                      feature_extractor_weights_path=f"{work}/inception.pth")
-t_tf = time.perf_counter() - t
-s = ours["seconds"]
-print("| 150 images, 512×512, CPU | Inception features s | s / image | IS |")
-print("|---|---|---|---|")
-print(f"| sd3lab (MLX) | {s['features1']:.1f} | {s['features1'] / 150:.3f} | {ours['inception_score_mean']:.6f} |")
-print(f"| torch-fidelity 0.4.0 (PyTorch) | {t_tf:.1f} | {t_tf / 150:.3f} | {r['inception_score_mean']:.6f} |")
+t = time.perf_counter() - t
+print("torch-fidelity\t" + json.dumps({"seconds": {"features1": t}, "inception_score_mean": r["inception_score_mean"]}))
+PY
+done
+"$venv/bin/python" - "$results" <<'PY'
+import json, sys, time
+import numpy as np
+from torch_fidelity.metric_fid import fid_statistics_to_metric
+rows = [line.rstrip("\n").split("\t", 1) for line in open(sys.argv[1]) if "\t" in line]
+print("| 150 images, 512×512, CPU | round | Inception features s | s / image | IS |")
+print("|---|---|---|---|---|")
+seen, fid = {}, []
+for label, js in rows:
+    d = json.loads(js)
+    seen[label] = seen.get(label, 0) + 1
+    t = d["seconds"]["features1"]
+    name = "torch-fidelity 0.4.0 (PyTorch)" if label == "torch-fidelity" else f"sd3lab: {label}"
+    print(f"| {name} | {seen[label]} | {t:.1f} | {t / 150:.3f} | {d['inception_score_mean']:.6f} |")
+    if "fid" in d["seconds"]:
+        fid.append(d["seconds"]["fid"])
 # FID on 2048-d features of this size: the eigenvalue problem is 2048×2048 either way.
 rs = np.random.RandomState(1)
 f1 = rs.rand(150, 2048).astype(np.float32); f2 = rs.rand(150, 2048).astype(np.float32)
@@ -72,6 +102,6 @@ t_np = time.perf_counter() - t
 print()
 print("| FID of two 150-image sets (2048×2048 eigenvalues) | seconds |")
 print("|---|---|")
-print(f"| sd3lab (faer, f64; statistics + eigenvalues) | {s['fid']:.2f} |")
+print(f"| sd3lab (faer, f64; statistics + eigenvalues) | {' / '.join(f'{x:.2f}' for x in fid)} |")
 print(f"| torch-fidelity (numpy eigvals; eigenvalues only) | {t_np:.2f} |")
 PY

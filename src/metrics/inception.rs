@@ -857,8 +857,8 @@ pub struct Extracted {
     pub logits: Vec<f32>,
 }
 
-/// Images per batch on the CPU unless told otherwise: the fastest of 2, 4, 8 and 16 with the
-/// CPU kernels on the development machine (16 took 12 % longer, and twice the memory).
+/// Images per batch on the CPU unless told otherwise: with the CPU kernels on the development
+/// machine, 16 took 5 % longer and 1.8× the memory (docs/FIGURES.md).
 pub const CPU_BATCH_SIZE: usize = 4;
 /// Images per batch on the GPU unless told otherwise (torch-fidelity's default is 64; 16 keeps
 /// memory modest).
