@@ -7,12 +7,17 @@
 //! tensors already read (the `.pth` reader's). Every convolution is followed by BatchNorm
 //! (running statistics, eps 1e-3) and ReLU; the BatchNorm is folded into the convolution at
 //! load time (`w·α`, `β − mean·α` with `α = γ/√(var + eps)`, as torch's inference kernel forms
-//! α and β), so each layer is one convolution (a plain matrix product for 1×1 convolutions,
-//! with the bias added by the BLAS call), one bias add and one ReLU.
+//! α and β), so each layer is one convolution (a plain matrix product for 1×1 convolutions),
+//! one bias add and one ReLU.
+//!
+//! The graph is written once, over the `Ops` trait: [`InceptionV3::run_batch`] runs it on the
+//! x86 CPU kernels of [`super::inception_cpu`] where they apply (MLX's x86 CPU backend is scalar
+//! and single-threaded outside its GEMM), and on MLX's own operations elsewhere (Metal).
 //!
 //! [`extract_features`] is the job: files → batches → features, with progress and
-//! cancellation. [`synthetic_weights`] writes the deterministic test weights that the
-//! torch-fidelity fixtures (`tests/py/fidelity_fixtures.py`) were computed with.
+//! cancellation; the next batch is decoded on a helper thread while the network runs.
+//! [`synthetic_weights`] writes the deterministic test weights that the torch-fidelity fixtures
+//! (`tests/py/fidelity_fixtures.py`) were computed with.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -279,7 +284,8 @@ pub fn state_dict_keys() -> Vec<(String, Vec<usize>)> {
 struct BasicConv {
     /// `(cout, kh, kw, cin)`, row-major, scaled by the BatchNorm's α.
     weight: Array,
-    /// For 1×1 stride-1 convolutions, the same weight as `(cin, cout)`, for one matrix product.
+    /// For 1×1 stride-1 convolutions, the same weight as `(cin, cout)`, for one matrix product
+    /// on MLX (with the bias added by the BLAS call).
     pointwise: Option<Array>,
     bias: Array,
     geometry: ConvGeometry,
@@ -565,6 +571,13 @@ impl Builder {
             key: key("bn"),
             source,
         };
+        let geometry = ConvGeometry {
+            cin: c.cin,
+            cout: c.cout,
+            kernel: c.kernel,
+            stride: c.stride,
+            padding: c.padding,
+        };
         let fold = || -> MlxResult<(Array, Array, Option<Array>)> {
             // torch's inference BatchNorm: invstd = 1/√(var + eps), α = invstd·γ, β' = β − mean·α.
             let invstd = scalar(1.0).divide(mlx_rs::ops::sqrt(var.add(scalar(BN_EPS))?)?)?;
@@ -573,7 +586,7 @@ impl Builder {
             let w = w
                 .transpose_axes(&[0, 2, 3, 1])?
                 .multiply(alpha.reshape(&[cout, 1, 1, 1])?)?;
-            let pointwise = if (kh, kw, c.stride) == (1, 1, 1) {
+            let pointwise = if geometry.is_pointwise() {
                 let p = w.reshape(&[cout, cin])?.transpose()?;
                 // A contiguous copy, so the product reads it in order.
                 let p = p.contiguous()?;
@@ -593,13 +606,7 @@ impl Builder {
             weight,
             pointwise,
             bias,
-            geometry: ConvGeometry {
-                cin: c.cin,
-                cout: c.cout,
-                kernel: c.kernel,
-                stride: c.stride,
-                padding: c.padding,
-            },
+            geometry,
         })
     }
 
@@ -827,7 +834,9 @@ impl InceptionV3 {
     }
 
     /// Features and logits of a prepared batch, as plain vectors (row-major, N×2048, N×1008):
-    /// through the x86 CPU kernels where they apply, else [`Self::forward`].
+    /// through the x86 CPU kernels where they apply, else [`Self::forward`]. The CPU kernels
+    /// keep their buffers pooled for the next batch until [`inception_cpu::release_buffers`]
+    /// ([`extract_features`] calls it when it ends).
     pub fn run_batch(&self, batch: &InputBatch) -> MlxResult<(Vec<f32>, Vec<f32>)> {
         let (n, s) = (batch.n, INCEPTION_SIZE);
         if crate::model::cpu_kernels::active() && inception_cpu::available() {
@@ -866,9 +875,10 @@ pub const GPU_BATCH_SIZE: usize = 16;
 
 /// [`CPU_BATCH_SIZE`] or [`GPU_BATCH_SIZE`], for MLX's default device on this thread.
 pub fn default_batch_size() -> usize {
-    match mlx_rs::Device::try_default().and_then(|d| d.get_type()) {
-        Ok(mlx_rs::DeviceType::Gpu) => GPU_BATCH_SIZE,
-        _ => CPU_BATCH_SIZE,
+    if crate::model::cpu_kernels::default_device_is_cpu() {
+        CPU_BATCH_SIZE
+    } else {
+        GPU_BATCH_SIZE
     }
 }
 
@@ -902,8 +912,10 @@ pub fn extract_features(
         let (tx, rx) = crossbeam_channel::bounded(1);
         s.spawn(move || {
             for chunk in files.chunks(batch_size) {
+                let batch = load_batch(chunk);
+                let failed = batch.is_err();
                 // A closed channel: the run ended (an error or a cancellation).
-                if tx.send(load_batch(chunk)).is_err() {
+                if tx.send(batch).is_err() || failed {
                     break;
                 }
             }

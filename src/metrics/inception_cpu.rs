@@ -7,26 +7,29 @@
 //! the ReLU, the pooling reductions and the concatenations each as another single-threaded
 //! pass. Measured on the development machine, that overhead took longer than the matrix
 //! products themselves (docs/FIGURES.md, "Image-quality metrics"). Here the im2col is written by
-//! all cores into a reused buffer, in tiles of at most [`TILE_FLOATS`] so it stays small and hot
-//! in cache, and multiplied by the same `cblas_sgemm` MLX calls, with the same arguments (row
-//! major, the im2col's columns in MLX's `(ky, kx, c)` order, the weight transposed); bias and
-//! ReLU are one pass over the result. 1×1 convolutions multiply the input directly.
+//! all cores into one reused buffer, in tiles of at most [`TILE_FLOATS`] (so the buffer stays
+//! bounded and its pages are mapped once), and multiplied by the same `cblas_sgemm` MLX's
+//! convolution calls, with the same arguments (row major, the im2col's columns in MLX's
+//! `(ky, kx, c)` order, the weight transposed); bias and ReLU are one pass over the result.
+//! 1×1 convolutions multiply the input directly.
 //!
 //! Between layers the activations stay plain vectors rather than MLX arrays: MLX's CPU
 //! allocator cannot adopt a foreign buffer, so wrapping each layer's output as an array would
 //! copy it once more. The vectors come from a pool and go back to it when a [`Tensor`] is
 //! dropped, so after the first batch no layer maps fresh pages; [`release_buffers`] frees them.
 //! [`available`] says whether the kernels can run; `inception` decides per batch, and uses
-//! MLX's own operations elsewhere (Metal, [`crate::model::cpu_kernels::PlainMlx`]), which
-//! compute the same values (tests compare them).
+//! MLX's own operations elsewhere (Metal, non-x86 CPUs,
+//! [`crate::model::cpu_kernels::PlainMlx`], `SD3LAB_CPU_KERNELS=0`), which compute the same
+//! values to float32 rounding (the tests compare them). NaN propagates as through MLX's
+//! `maximum`: a NaN stays NaN through the ReLU and the max pooling.
 
 use std::sync::Mutex;
 
-use crate::model::cpu_kernels::{pieces_for, run_pieces, with_simd};
+use crate::model::cpu_kernels::{parallel_row_blocks, with_simd};
 use crate::runtime::blas::CblasSgemm;
 
-/// The largest im2col tile, in floats (16 MB): a tile is written and then multiplied while it
-/// is still in cache, and the buffer holding it is allocated once.
+/// The largest im2col tile, in floats (16 MB): the buffer holding it is allocated once, and a
+/// tile is multiplied soon after it is written.
 pub const TILE_FLOATS: usize = 4 << 20;
 
 /// At most this many floats wait in the pool (1 GB); buffers beyond it are freed.
@@ -44,7 +47,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Whether the kernels can run in this process: x86-64, with a `cblas_sgemm` to call. (Whether
-/// an input is a float32 CPU array is [`crate::model::cpu_kernels::applies`]'s question.)
+/// they are on for this thread, with MLX on the CPU, is
+/// [`crate::model::cpu_kernels::active`]'s question.)
 pub fn available() -> bool {
     cfg!(target_arch = "x86_64") && crate::runtime::blas::cblas_sgemm().is_some()
 }
@@ -57,11 +61,13 @@ pub fn release_buffers() {
     drop((scratch, pool));
 }
 
-/// An empty vector with room for `len` floats: the smallest pooled one that fits, else new.
+/// An empty vector with room for `len` floats: the smallest pooled one that fits without being
+/// more than twice as large (a small tensor does not keep a large buffer from its own size),
+/// else a new one.
 fn take_buffer(len: usize) -> Vec<f32> {
     let mut pool = lock(&POOL);
     let best = (pool.iter().enumerate())
-        .filter(|(_, v)| v.capacity() >= len)
+        .filter(|(_, v)| (len..=len.saturating_mul(2).max(1)).contains(&v.capacity()))
         .min_by_key(|(_, v)| v.capacity())
         .map(|(i, _)| i);
     match best {
@@ -94,23 +100,28 @@ impl Tensor {
         Self { data: buf, dims }
     }
 
-    /// A tensor of `dims` whose values `fill` writes, all of them, into the (uninitialised)
-    /// buffer it is given.
-    fn filled(dims: [usize; 4], fill: impl FnOnce(*mut f32)) -> Self {
+    /// A tensor of `dims` whose values `fill` writes into the uninitialised buffer it is
+    /// given, a pointer to room for all of them.
+    ///
+    /// # Safety
+    /// `fill` must write every one of the `dims.iter().product()` floats.
+    unsafe fn filled(dims: [usize; 4], fill: impl FnOnce(*mut f32)) -> Self {
         let len = dims.iter().product();
         let mut data = take_buffer(len);
         fill(data.spare_capacity_mut().as_mut_ptr() as *mut f32);
-        // SAFETY: `fill` wrote all `len` floats of the buffer's capacity (its contract).
+        // SAFETY: `fill` wrote all `len` floats of the buffer's capacity (the caller's promise).
         unsafe { data.set_len(len) };
         Self { data, dims }
     }
 
-    /// A tensor of `dims` computed by `fill` over a zeroed buffer.
-    fn zeroed(dims: [usize; 4], fill: impl FnOnce(&mut [f32])) -> Self {
-        let len = dims.iter().product();
+    /// A tensor of `dims` computed row by row on every core: `fill(first_row, rows)` writes
+    /// every value of a block of whole rows of `row_len` floats, starting at row `first_row`.
+    fn by_rows(dims: [usize; 4], row_len: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Self {
+        let len: usize = dims.iter().product();
         let mut data = take_buffer(len);
+        // Zeroed first: the rows are handed out as initialised slices.
         data.resize(len, 0.0);
-        fill(&mut data);
+        parallel_row_blocks(&mut data, row_len, fill);
         Self { data, dims }
     }
 
@@ -145,7 +156,8 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
-    fn is_pointwise(&self) -> bool {
+    /// A 1×1 convolution with stride 1 and no padding: a plain matrix product.
+    pub fn is_pointwise(&self) -> bool {
         self.kernel == (1, 1) && self.stride == 1 && self.padding == (0, 0)
     }
 
@@ -178,7 +190,7 @@ pub fn conv_bias_relu(x: &Tensor, weight: &[f32], bias: &[f32], g: &ConvGeometry
     );
     let (oh, ow) = g.output_size(h, w);
     let rows = n * oh * ow;
-    let mut out = Tensor::filled([n, oh, ow, g.cout], |dst| {
+    let fill = |dst: *mut f32| {
         if g.is_pointwise() {
             // SAFETY: `x` holds `rows × cin` floats, `weight` `cout × cin`, `dst` has room for
             // `rows × cout`.
@@ -199,10 +211,7 @@ pub fn conv_bias_relu(x: &Tensor, weight: &[f32], bias: &[f32], g: &ConvGeometry
         for first in (0..rows).step_by(tile_rows) {
             let count = tile_rows.min(rows - first);
             let tile = &mut scratch[..count * k];
-            let per = count.div_ceil(pieces_for(tile.len())).max(1);
-            run_pieces(tile.chunks_mut(per * k).enumerate(), |(i, part)| {
-                layout.write_rows(first + i * per, part)
-            });
+            parallel_row_blocks(tile, k, |row, part| layout.write_rows(first + row, part));
             // SAFETY: the tile holds `count × k` floats; rows `first..first + count` of `dst`
             // are within its `rows × cout` floats.
             unsafe {
@@ -217,16 +226,15 @@ pub fn conv_bias_relu(x: &Tensor, weight: &[f32], bias: &[f32], g: &ConvGeometry
                 )
             };
         }
-    });
-    let per = rows.div_ceil(pieces_for(out.data.len())).max(1);
-    run_pieces(out.data.chunks_mut(per * g.cout), |part| {
-        bias_relu(part, bias)
-    });
+    };
+    // SAFETY: the GEMMs (beta 0) write every float of the `rows × cout` result.
+    let mut out = unsafe { Tensor::filled([n, oh, ow, g.cout], fill) };
+    parallel_row_blocks(&mut out.data, g.cout, |_, part| bias_relu(part, bias));
     out
 }
 
-/// `C = A · Wᵀ` with `A` `rows × k`, `W` `cout × k`, `C` `rows × cout`, all row-major: the call
-/// MLX's CPU convolution makes. With beta 0 it writes every float of `C`.
+/// `C = A · Wᵀ` with `A` `rows × k`, `W` `cout × k`, `C` `rows × cout`, all row-major: the
+/// call MLX's CPU convolution makes. With beta 0 it writes every float of `C`.
 ///
 /// # Safety
 /// `a` must point at `rows × k` floats and `c` at room for `rows × cout`.
@@ -242,7 +250,8 @@ unsafe fn gemm_nt(
     const ROW_MAJOR: i32 = 101;
     const NO_TRANS: i32 = 111;
     const TRANS: i32 = 112;
-    let (m, n, k) = (rows as i32, cout as i32, k as i32);
+    let int = |v: usize| i32::try_from(v).expect("Inception's matrices have fewer than 2³¹ rows");
+    let (m, n, k) = (int(rows), int(cout), int(k));
     sgemm(
         ROW_MAJOR,
         NO_TRANS,
@@ -315,8 +324,9 @@ fn bias_relu(data: &mut [f32], bias: &[f32]) {
         || {
             for row in data.chunks_exact_mut(bias.len()) {
                 for (v, &b) in row.iter_mut().zip(bias) {
+                    // As MLX's `maximum(y, 0)`: NaN stays NaN, −0 becomes +0.
                     let y = *v + b;
-                    *v = if y > 0.0 { y } else { 0.0 };
+                    *v = if y <= 0.0 { 0.0 } else { y };
                 }
             }
         },
@@ -344,6 +354,9 @@ pub fn avg_pool3_same(x: &Tensor) -> Tensor {
 
 fn pool3(x: &Tensor, stride: usize, pad: usize, pool: Pool) -> Tensor {
     let [n, h, w, c] = x.dims;
+    // With at most one pixel of padding every window holds at least one real pixel (torch
+    // requires padding ≤ kernel / 2 too).
+    assert!(pad <= 1, "3×3 pooling with padding {pad}");
     let g = ConvGeometry {
         cin: c,
         cout: c,
@@ -352,59 +365,70 @@ fn pool3(x: &Tensor, stride: usize, pad: usize, pool: Pool) -> Tensor {
         padding: (pad, pad),
     };
     let (oh, ow) = g.output_size(h, w);
-    let input = &x.data;
-    Tensor::zeroed([n, oh, ow, c], |out| {
-        let row_len = ow * c;
-        let per = (n * oh).div_ceil(pieces_for(out.len())).max(1);
-        run_pieces(
-            out.chunks_mut(per * row_len).enumerate(),
-            |(piece, part)| {
-                with_simd(
-                    #[inline(always)]
-                    || {
-                        for (i, orow) in part.chunks_exact_mut(row_len).enumerate() {
-                            let r = piece * per + i;
-                            let (b, oy) = (r / oh, r % oh);
-                            // The window's rows and columns inside the image.
-                            let inside = |o: usize, len: usize| {
-                                let start = o * stride;
-                                (start.max(pad) - pad, (start + 3).min(pad + len) - pad)
-                            };
-                            let (y0, y1) = inside(oy, h);
-                            for (ox, opix) in orow.chunks_exact_mut(c).enumerate() {
-                                let (x0, x1) = inside(ox, w);
-                                let mut first = true;
-                                for iy in y0..y1 {
-                                    for ix in x0..x1 {
-                                        let src = ((b * h + iy) * w + ix) * c;
-                                        let v = &input[src..src + c];
-                                        if first {
-                                            opix.copy_from_slice(v);
-                                            first = false;
-                                        } else if pool == Pool::Max {
-                                            for (o, &v) in opix.iter_mut().zip(v) {
-                                                *o = if v > *o { v } else { *o };
-                                            }
-                                        } else {
-                                            for (o, &v) in opix.iter_mut().zip(v) {
-                                                *o += v;
-                                            }
-                                        }
-                                    }
-                                }
-                                if pool == Pool::Mean {
-                                    let count = ((y1 - y0) * (x1 - x0)) as f32;
-                                    for o in opix.iter_mut() {
-                                        *o /= count;
-                                    }
-                                }
-                            }
-                        }
-                    },
-                )
+    // The window's rows (or columns) inside the image, for output row (or column) `o`.
+    let inside = |o: usize, len: usize| {
+        let start = o * stride;
+        (start.max(pad) - pad, (start + 3).min(pad + len) - pad)
+    };
+    Tensor::by_rows([n, oh, ow, c], ow * c, |first, rows| {
+        with_simd(
+            #[inline(always)]
+            || {
+                for (i, orow) in rows.chunks_exact_mut(ow * c).enumerate() {
+                    let (b, oy) = ((first + i) / oh, (first + i) % oh);
+                    let (y0, y1) = inside(oy, h);
+                    for (ox, opix) in orow.chunks_exact_mut(c).enumerate() {
+                        let (x0, x1) = inside(ox, w);
+                        pool_window(&x.data, (b, h, w, c), (y0, y1), (x0, x1), pool, opix);
+                    }
+                }
             },
-        );
+        )
     })
+}
+
+/// One output pixel of a pooling: the window `ys × xs` of image `b` of `input`, combined.
+#[inline(always)]
+fn pool_window(
+    input: &[f32],
+    (b, h, w, c): (usize, usize, usize, usize),
+    (y0, y1): (usize, usize),
+    (x0, x1): (usize, usize),
+    pool: Pool,
+    out: &mut [f32],
+) {
+    let pixel = |iy: usize, ix: usize| {
+        let at = ((b * h + iy) * w + ix) * c;
+        &input[at..at + c]
+    };
+    out.copy_from_slice(pixel(y0, x0));
+    for iy in y0..y1 {
+        for ix in x0..x1 {
+            if (iy, ix) == (y0, x0) {
+                continue;
+            }
+            let v = pixel(iy, ix);
+            match pool {
+                // A NaN anywhere in the window wins, as in MLX.
+                Pool::Max => {
+                    for (o, &v) in out.iter_mut().zip(v) {
+                        *o = if v > *o || v.is_nan() { v } else { *o };
+                    }
+                }
+                Pool::Mean => {
+                    for (o, &v) in out.iter_mut().zip(v) {
+                        *o += v;
+                    }
+                }
+            }
+        }
+    }
+    if pool == Pool::Mean {
+        let count = ((y1 - y0) * (x1 - x0)) as f32;
+        for o in out.iter_mut() {
+            *o /= count;
+        }
+    }
 }
 
 /// Tensors of the same `N, H, W` joined along the channels.
@@ -415,19 +439,16 @@ pub fn concat_channels(parts: &[Tensor]) -> Tensor {
         "tensors of different sizes joined along the channels"
     );
     let total: usize = parts.iter().map(|p| p.dims[3]).sum();
-    Tensor::zeroed([n, h, w, total], |out| {
-        let per = (n * h * w).div_ceil(pieces_for(out.len())).max(1);
-        run_pieces(out.chunks_mut(per * total).enumerate(), |(piece, part)| {
-            for (i, opix) in part.chunks_exact_mut(total).enumerate() {
-                let p = piece * per + i;
-                let mut at = 0;
-                for t in parts {
-                    let c = t.dims[3];
-                    opix[at..at + c].copy_from_slice(&t.data[p * c..(p + 1) * c]);
-                    at += c;
-                }
+    Tensor::by_rows([n, h, w, total], total, |first, pixels| {
+        for (i, opix) in pixels.chunks_exact_mut(total).enumerate() {
+            let p = first + i;
+            let mut at = 0;
+            for t in parts {
+                let c = t.dims[3];
+                opix[at..at + c].copy_from_slice(&t.data[p * c..(p + 1) * c]);
+                at += c;
             }
-        });
+        }
     })
 }
 
@@ -515,6 +536,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn the_kernels_are_available_here() {
         // The development machines and CI are x86-64 with OpenBLAS: the fast path is the one
         // the metrics take there, so it is the one these tests check.
@@ -605,6 +627,54 @@ mod tests {
         let mean = Tensor::from_slice(&mean, [2, 1, 1, 6]);
         let mlx_mean = mlx_mean.reshape(&[2, 1, 1, 6]).unwrap();
         assert_close(&mean, &mlx_mean, 1e-6, "spatial mean");
+    }
+
+    #[test]
+    fn nan_propagates_as_through_mlx() {
+        let _serial = serial();
+        let mut v = values(2 * 5 * 5 * 3, 21);
+        v[3 * 5 * 3 + 2 * 3 + 1] = f32::NAN; // image 0, pixel (3, 2), channel 1
+        let x = Tensor::from_slice(&v, [2, 5, 5, 3]);
+        let xa = Array::from_slice(&v, &[2, 5, 5, 3]);
+        let g = ConvGeometry {
+            cin: 3,
+            cout: 2,
+            kernel: (1, 1),
+            stride: 1,
+            padding: (0, 0),
+        };
+        let ours = conv_bias_relu(&x, &values(6, 22), &values(2, 23), &g);
+        let ours_pool = max_pool3(&x, 1, 1);
+        let mlx = mlx_rs::ops::maximum(
+            mlx_rs::ops::conv2d(
+                &xa,
+                Array::from_slice(&values(6, 22), &[2, 1, 1, 3]),
+                (1, 1),
+                (0, 0),
+                None,
+                None,
+            )
+            .unwrap()
+            .add(Array::from_slice(&values(2, 23), &[2]))
+            .unwrap(),
+            scalar(0.0),
+        )
+        .unwrap();
+        let mlx_pool = inception::max_pool3(&xa, 1, 1).unwrap();
+        for (what, ours, mlx) in [
+            ("conv + ReLU", &ours, &mlx),
+            ("max pool", &ours_pool, &mlx_pool),
+        ] {
+            let nan_at =
+                |d: &[f32]| -> Vec<usize> { (0..d.len()).filter(|&i| d[i].is_nan()).collect() };
+            let theirs = nan_at(mlx.as_slice::<f32>());
+            assert!(!theirs.is_empty(), "{what}: MLX propagates the NaN");
+            assert_eq!(
+                nan_at(ours.data()),
+                theirs,
+                "{what}: the same outputs are NaN"
+            );
+        }
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! their reference twins.
 //!
 //! `images`: torch-fidelity's folder listing, decoding and TF1-compatible resize. `inception`:
-//! the `inception-v3-compat` graph on MLX (`inception_cpu`: its layers as x86 CPU kernels, where
-//! MLX's CPU backend is scalar and single-threaded). `pth`: a `.pth` reader that never executes pickle
-//! code. `weights`: where the Inception weights come from (fetch, convert, cache). `fidelity`:
+//! the `inception-v3-compat` graph on MLX (`inception_cpu`: its layers as x86 CPU kernels,
+//! where MLX's CPU backend is scalar and single-threaded). `pth`: a `.pth` reader that never
+//! executes pickle code. `weights`: where the Inception weights come from (fetch, convert, cache). `fidelity`:
 //! FID, IS, KID from features. `paired`: PSNR, SSIM (and LPIPS) per image pair. `lpips`: the LPIPS
 //! network (AlexNet, v0.1 heads) on MLX.
 

@@ -43,11 +43,16 @@ pub fn active() -> bool {
     *ACTIVE.get_or_init(|| {
         cfg!(target_arch = "x86_64")
             && std::env::var("SD3LAB_CPU_KERNELS").map_or(true, |v| v != "0")
-            && matches!(
-                mlx_rs::Device::try_default().and_then(|d| d.get_type()),
-                Ok(mlx_rs::DeviceType::Cpu)
-            )
+            && default_device_is_cpu()
     })
+}
+
+/// Whether MLX's default device is the CPU (set once at start-up).
+pub fn default_device_is_cpu() -> bool {
+    matches!(
+        mlx_rs::Device::try_default().and_then(|d| d.get_type()),
+        Ok(mlx_rs::DeviceType::Cpu)
+    )
 }
 
 thread_local! {
@@ -186,7 +191,7 @@ fn array_from_vec(data: Vec<f32>, shape: &[i32]) -> Array {
 }
 
 /// How many pieces to split `len` elements into: one per core, or one below `PARALLEL_MIN`.
-pub(crate) fn pieces_for(len: usize) -> usize {
+fn pieces_for(len: usize) -> usize {
     if len < PARALLEL_MIN {
         return 1;
     }
@@ -194,7 +199,7 @@ pub(crate) fn pieces_for(len: usize) -> usize {
 }
 
 /// Runs `work` on every piece, the first on the calling thread and the others on their own.
-pub(crate) fn run_pieces<T: Send>(pieces: impl Iterator<Item = T>, work: impl Fn(T) + Sync) {
+fn run_pieces<T: Send>(pieces: impl Iterator<Item = T>, work: impl Fn(T) + Sync) {
     std::thread::scope(|s| {
         let mut pieces = pieces;
         let first = pieces.next();
@@ -210,8 +215,23 @@ pub(crate) fn run_pieces<T: Send>(pieces: impl Iterator<Item = T>, work: impl Fn
 
 /// Runs `kernel` over whole rows of `data`, split between the cores.
 fn parallel_rows(data: &mut [f32], cols: usize, kernel: fn(&mut [f32], usize)) {
-    let rows_per = (data.len() / cols).div_ceil(pieces_for(data.len())).max(1);
-    run_pieces(data.chunks_mut(rows_per * cols), |rows| kernel(rows, cols));
+    parallel_row_blocks(data, cols, |_, rows| kernel(rows, cols));
+}
+
+/// Runs `work(first_row, rows)` over blocks of whole rows of `data` (`row_len` values each),
+/// one block per core; `first_row` is the index of the block's first row in `data`.
+pub(crate) fn parallel_row_blocks<T: Send>(
+    data: &mut [T],
+    row_len: usize,
+    work: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let row_len = row_len.max(1);
+    let per = (data.len() / row_len)
+        .div_ceil(pieces_for(data.len()))
+        .max(1);
+    run_pieces(data.chunks_mut(per * row_len).enumerate(), |(i, rows)| {
+        work(i * per, rows)
+    });
 }
 
 /// Runs `kernel` over matching chunks of `input` and `out`, split between the cores.
