@@ -316,26 +316,24 @@ impl BasicConv {
     }
 }
 
+/// Mixed_5* (`InceptionA`: a 1×1, a 5×5 chain of 2, a 3×3 chain of 3) and Mixed_6b–e
+/// (`InceptionC`: a 1×1, a 7×7 chain of 3 and one of 5): four branches, the last a 1×1 on the
+/// 3×3 average pool.
 #[derive(Debug, Clone)]
-struct BlockA {
+struct PoolBranchBlock<const P: usize, const Q: usize> {
     b1: BasicConv,
-    b5: [BasicConv; 2],
-    b3: [BasicConv; 3],
+    first: [BasicConv; P],
+    second: [BasicConv; Q],
     pool: BasicConv,
 }
+
+type BlockA = PoolBranchBlock<2, 3>;
+type BlockC = PoolBranchBlock<3, 5>;
 
 #[derive(Debug, Clone)]
 struct BlockB {
     b3: BasicConv,
     dbl: [BasicConv; 3],
-}
-
-#[derive(Debug, Clone)]
-struct BlockC {
-    b1: BasicConv,
-    b7: [BasicConv; 3],
-    dbl: [BasicConv; 5],
-    pool: BasicConv,
 }
 
 #[derive(Debug, Clone)]
@@ -483,13 +481,13 @@ fn chain<O: Ops>(o: &O, x: &O::T, layers: &[BasicConv]) -> MlxResult<O::T> {
     Ok(y)
 }
 
-impl BlockA {
+impl<const P: usize, const Q: usize> PoolBranchBlock<P, Q> {
     fn forward<O: Ops>(&self, o: &O, x: &O::T) -> MlxResult<O::T> {
         let pooled = o.avg_pool3_same(x)?;
         o.concat(vec![
             o.conv(&self.b1, x)?,
-            chain(o, x, &self.b5)?,
-            chain(o, x, &self.b3)?,
+            chain(o, x, &self.first)?,
+            chain(o, x, &self.second)?,
             o.conv(&self.pool, &pooled)?,
         ])
     }
@@ -501,18 +499,6 @@ impl BlockB {
             o.conv(&self.b3, x)?,
             chain(o, x, &self.dbl)?,
             o.max_pool3(x, 2, 0)?,
-        ])
-    }
-}
-
-impl BlockC {
-    fn forward<O: Ops>(&self, o: &O, x: &O::T) -> MlxResult<O::T> {
-        let pooled = o.avg_pool3_same(x)?;
-        o.concat(vec![
-            o.conv(&self.b1, x)?,
-            chain(o, x, &self.b7)?,
-            chain(o, x, &self.dbl)?,
-            o.conv(&self.pool, &pooled)?,
         ])
     }
 }
@@ -629,7 +615,12 @@ impl Builder {
         let b5 = self.convs(p, ["branch5x5_1", "branch5x5_2"])?;
         let b3 = self.convs(p, ["branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"])?;
         let [pool] = self.convs(p, ["branch_pool"])?;
-        Ok(BlockA { b1, b5, b3, pool })
+        Ok(BlockA {
+            b1,
+            first: b5,
+            second: b3,
+            pool,
+        })
     }
 
     fn block_c(&mut self, p: &str) -> Result<BlockC, WeightsError> {
@@ -646,7 +637,12 @@ impl Builder {
             ],
         )?;
         let [pool] = self.convs(p, ["branch_pool"])?;
-        Ok(BlockC { b1, b7, dbl, pool })
+        Ok(BlockC {
+            b1,
+            first: b7,
+            second: dbl,
+            pool,
+        })
     }
 
     fn block_e(&mut self, p: &str, max_pool: bool) -> Result<BlockE, WeightsError> {
