@@ -61,15 +61,11 @@ pub enum InceptionError {
 // ---- the graph's layers, in the state dict's order ------------------------------------------
 
 /// One `BasicConv2d` (convolution without bias, BatchNorm, ReLU) as torch-fidelity declares
-/// it: its key prefix, channels, kernel `(kh, kw)`, stride and padding `(ph, pw)`.
+/// it: its key prefix and its channels, kernel `(kh, kw)`, stride and padding `(ph, pw)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConvSpec {
     pub name: String,
-    pub cin: usize,
-    pub cout: usize,
-    pub kernel: (usize, usize),
-    pub stride: usize,
-    pub padding: (usize, usize),
+    pub geometry: ConvGeometry,
 }
 
 fn spec(
@@ -82,11 +78,13 @@ fn spec(
 ) -> ConvSpec {
     ConvSpec {
         name,
-        cin,
-        cout,
-        kernel,
-        stride,
-        padding,
+        geometry: ConvGeometry {
+            cin,
+            cout,
+            kernel,
+            stride,
+            padding,
+        },
     }
 }
 
@@ -262,13 +260,15 @@ pub fn conv_specs() -> Vec<ConvSpec> {
 pub fn state_dict_keys() -> Vec<(String, Vec<usize>)> {
     let mut keys = Vec::new();
     for c in conv_specs() {
-        let (kh, kw) = c.kernel;
-        keys.push((
-            format!("{}.conv.weight", c.name),
-            vec![c.cout, c.cin, kh, kw],
-        ));
+        let ConvGeometry {
+            cin,
+            cout,
+            kernel: (kh, kw),
+            ..
+        } = c.geometry;
+        keys.push((format!("{}.conv.weight", c.name), vec![cout, cin, kh, kw]));
         for t in ["weight", "bias", "running_mean", "running_var"] {
-            keys.push((format!("{}.bn.{t}", c.name), vec![c.cout]));
+            keys.push((format!("{}.bn.{t}", c.name), vec![cout]));
         }
         keys.push((format!("{}.bn.num_batches_tracked", c.name), vec![]));
     }
@@ -545,8 +545,9 @@ impl Builder {
             .specs
             .remove(name)
             .expect("every layer the graph uses is one of conv_specs()");
-        let (kh, kw) = (c.kernel.0 as i32, c.kernel.1 as i32);
-        let (cin, cout) = (c.cin as i32, c.cout as i32);
+        let geometry = c.geometry;
+        let (kh, kw) = (geometry.kernel.0 as i32, geometry.kernel.1 as i32);
+        let (cin, cout) = (geometry.cin as i32, geometry.cout as i32);
         let key = |t: &str| format!("{name}.{t}");
         let w = self.store.take(&key("conv.weight"), &[cout, cin, kh, kw])?;
         let gamma = self.store.take(&key("bn.weight"), &[cout])?;
@@ -556,13 +557,6 @@ impl Builder {
         let mlx = |source| WeightsError::Mlx {
             key: key("bn"),
             source,
-        };
-        let geometry = ConvGeometry {
-            cin: c.cin,
-            cout: c.cout,
-            kernel: c.kernel,
-            stride: c.stride,
-            padding: c.padding,
         };
         let fold = || -> MlxResult<(Array, Array, Option<Array>)> {
             // torch's inference BatchNorm: invstd = 1/√(var + eps), α = invstd·γ, β' = β − mean·α.
