@@ -78,13 +78,7 @@ fn spec(
 ) -> ConvSpec {
     ConvSpec {
         name,
-        geometry: ConvGeometry {
-            cin,
-            cout,
-            kernel,
-            stride,
-            padding,
-        },
+        geometry: ConvGeometry::new(cin, cout, kernel, stride, padding),
     }
 }
 

@@ -156,6 +156,23 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
+    /// Channels in and out, kernel `(kh, kw)`, stride, padding `(ph, pw)`.
+    pub const fn new(
+        cin: usize,
+        cout: usize,
+        kernel: (usize, usize),
+        stride: usize,
+        padding: (usize, usize),
+    ) -> Self {
+        Self {
+            cin,
+            cout,
+            kernel,
+            stride,
+            padding,
+        }
+    }
+
     /// A 1×1 convolution with stride 1 and no padding: a plain matrix product.
     pub fn is_pointwise(&self) -> bool {
         self.kernel == (1, 1) && self.stride == 1 && self.padding == (0, 0)
@@ -357,13 +374,7 @@ fn pool3(x: &Tensor, stride: usize, pad: usize, pool: Pool) -> Tensor {
     // With at most one pixel of padding every window holds at least one real pixel (torch
     // requires padding ≤ kernel / 2 too).
     assert!(pad <= 1, "3×3 pooling with padding {pad}");
-    let g = ConvGeometry {
-        cin: c,
-        cout: c,
-        kernel: (3, 3),
-        stride,
-        padding: (pad, pad),
-    };
+    let g = ConvGeometry::new(c, c, (3, 3), stride, (pad, pad));
     let (oh, ow) = g.output_size(h, w);
     // The window's rows (or columns) inside the image, for output row (or column) `o`.
     let inside = |o: usize, len: usize| {
@@ -559,13 +570,7 @@ mod tests {
             ((3, 1), 1, (1, 0)),
         ];
         for (i, (kernel, stride, padding)) in kinds.into_iter().enumerate() {
-            let g = ConvGeometry {
-                cin: 5,
-                cout: 7,
-                kernel,
-                stride,
-                padding,
-            };
+            let g = ConvGeometry::new(5, 7, kernel, stride, padding);
             let x = both([2, 11, 9, 5], 1 + i as u64);
             let (ours, mlx) = conv_both(&x, &g, 100 + 2 * i as u64);
             let what = format!("{kernel:?} stride {stride} padding {padding:?}");
@@ -580,13 +585,7 @@ mod tests {
     fn a_convolution_larger_than_one_tile_matches_mlx() {
         let _serial = serial();
         // 100·100 rows × 3·3·64 columns: two im2col tiles.
-        let g = ConvGeometry {
-            cin: 64,
-            cout: 16,
-            kernel: (3, 3),
-            stride: 1,
-            padding: (1, 1),
-        };
+        let g = ConvGeometry::new(64, 16, (3, 3), 1, (1, 1));
         const { assert!(100 * 100 * 9 * 64 > TILE_FLOATS) };
         let (ours, mlx) = conv_both(&both([1, 100, 100, 64], 7), &g, 8);
         assert_close(&ours, &mlx, 1e-6, "two tiles");
@@ -636,13 +635,7 @@ mod tests {
         v[3 * 5 * 3 + 2 * 3 + 1] = f32::NAN; // image 0, pixel (3, 2), channel 1
         let x = Tensor::from_slice(&v, [2, 5, 5, 3]);
         let xa = Array::from_slice(&v, &[2, 5, 5, 3]);
-        let g = ConvGeometry {
-            cin: 3,
-            cout: 2,
-            kernel: (1, 1),
-            stride: 1,
-            padding: (0, 0),
-        };
+        let g = ConvGeometry::new(3, 2, (1, 1), 1, (0, 0));
         let ours = conv_bias_relu(&x, &values(6, 22), &values(2, 23), &g);
         let ours_pool = max_pool3(&x, 1, 1);
         let mlx = mlx_rs::ops::maximum(

@@ -174,9 +174,7 @@ pub fn cblas_sgemm() -> Option<CblasSgemm> {
 /// Runs the process's `cblas_sgemm` on a deterministic product and returns the largest
 /// error relative to a float64 reference, scaled by the row norms. `None`: no cblas_sgemm.
 pub fn sgemm_reference_error() -> Option<f64> {
-    let ptr = global_symbol("cblas_sgemm")?;
-    // SAFETY: the standard CBLAS signature (32-bit integers, as Debian's OpenBLAS and MLX use).
-    let sgemm: CblasSgemm = unsafe { std::mem::transmute(ptr) };
+    let sgemm = cblas_sgemm()?;
     let (m, n, k) = (67usize, 53usize, 129usize);
     let a: Vec<f32> = (0..m * k)
         .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 53.0)
